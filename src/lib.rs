@@ -1,0 +1,1 @@
+//! Hookyard: a webhook gateway.
