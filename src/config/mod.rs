@@ -1,0 +1,354 @@
+//! `routes.yaml`: reading, `${ENV}` expansion, the schema and the checks that need no compilation
+//! (names, references, URLs, paths). Every problem is collected with its file, line, column and key
+//! path; nothing stops at the first error.
+//!
+//! This module knows nothing of hyper, wasmtime or the store. Compiling the parts (conditions,
+//! verifiers, signers, HTTP clients) is `runtime`'s job, which reports through [`Config::error`].
+
+mod schema;
+pub mod yaml;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use schema::*;
+use yaml::{Mark, Positions};
+
+/// One problem in a config file, printed as `file:line:col: key: message`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: String,
+    pub mark: Option<Mark>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(m) = self.mark {
+            write!(f, ":{}:{}", m.line, m.col)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a config, in file order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A parsed config: every item that parsed, in file order. Items with errors are left out and their
+/// errors are returned beside it by [`Config::parse`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file name as given, used in error messages.
+    pub file: String,
+    /// Directory relative paths in the config are resolved against.
+    pub base_dir: PathBuf,
+    pub server: ServerConfig,
+    pub egress: EgressConfig,
+    pub delivery: DeliveryConfig,
+    pub sources: Vec<(String, SourceConfig)>,
+    pub destinations: Vec<(String, DestinationConfig)>,
+    pub routes: Vec<RouteEntry>,
+    positions: Positions,
+    /// Keys whose value could not be read (e.g. a missing `${VAR}`).
+    poisoned: Vec<String>,
+}
+
+const TOP_LEVEL: [&str; 6] = ["server", "egress", "delivery", "sources", "destinations", "routes"];
+
+impl Config {
+    /// Reads `path` and parses it with the process environment.
+    pub fn load(path: &Path) -> (Option<Config>, Vec<ConfigError>) {
+        let file = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                let (c, e) = Config::parse(&file, &base, &text, &|k| std::env::var(k).ok());
+                (Some(c), e)
+            }
+            Err(e) => (
+                None,
+                vec![ConfigError { file, mark: None, key: String::new(), message: format!("cannot read: {e}") }],
+            ),
+        }
+    }
+
+    /// Parses config text. Returns what parsed and every problem found.
+    pub fn parse(
+        file: &str,
+        base_dir: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> (Config, Vec<ConfigError>) {
+        let mut cfg = Config {
+            file: file.to_string(),
+            base_dir: base_dir.to_path_buf(),
+            server: ServerConfig::default(),
+            egress: EgressConfig::default(),
+            delivery: DeliveryConfig::default(),
+            sources: Vec::new(),
+            destinations: Vec::new(),
+            routes: Vec::new(),
+            positions: Positions::default(),
+            poisoned: Vec::new(),
+        };
+        let doc = match yaml::parse(text, env) {
+            Ok(doc) => doc,
+            Err(p) => {
+                return (cfg, vec![ConfigError { file: file.to_string(), mark: p.mark, key: p.path, message: p.message }]);
+            }
+        };
+        let root = doc.value;
+        cfg.positions = doc.positions;
+        let mut errors: Vec<ConfigError> = doc
+            .problems
+            .into_iter()
+            .map(|p| ConfigError { file: file.to_string(), mark: p.mark, key: p.path, message: p.message })
+            .collect();
+        cfg.poisoned = errors.iter().map(|e| e.key.clone()).collect();
+        let mut root = match root {
+            Value::Object(map) => map,
+            Value::Null => serde_json::Map::new(),
+            _ => {
+                errors.push(cfg.error("", "the top level must be a mapping with keys server, sources, destinations, routes"));
+                return (cfg, errors);
+            }
+        };
+        for key in root.keys() {
+            if !TOP_LEVEL.contains(&key.as_str()) {
+                let hint = did_you_mean(key, TOP_LEVEL.iter().copied());
+                errors.push(cfg.error(key, format!("unknown key{hint}; expected one of {}", TOP_LEVEL.join(", "))));
+            }
+        }
+        if let Some(v) = root.remove("server") {
+            if let Some(s) = cfg.item("server", v, &mut errors) {
+                cfg.server = s;
+            }
+        }
+        if let Some(v) = root.remove("egress") {
+            if let Some(s) = cfg.item("egress", v, &mut errors) {
+                cfg.egress = s;
+            }
+        }
+        if let Some(v) = root.remove("delivery") {
+            if let Some(s) = cfg.item("delivery", v, &mut errors) {
+                cfg.delivery = s;
+            }
+        }
+        if let Some(v) = root.remove("sources") {
+            cfg.sources = cfg.named_items("sources", v, &mut errors);
+        }
+        if let Some(v) = root.remove("destinations") {
+            cfg.destinations = cfg.named_items("destinations", v, &mut errors);
+        }
+        match root.remove("routes") {
+            Some(Value::Array(items)) => {
+                for (i, v) in items.into_iter().enumerate() {
+                    if let Some(r) = cfg.item(&format!("routes[{i}]"), v, &mut errors) {
+                        cfg.routes.push((i, r));
+                    }
+                }
+            }
+            Some(Value::Null) | None => {}
+            Some(_) => errors.push(cfg.error("routes", "must be a list of routes")),
+        }
+        cfg.check_references(&mut errors);
+        let errors = cfg.finish_errors(errors);
+        (cfg, errors)
+    }
+
+    /// Sorts errors in file order and drops follow-on errors about a value that could not be read
+    /// (a missing `${VAR}` leaves `null`, which would also be reported as "missing secret").
+    pub fn finish_errors(&self, errors: Vec<ConfigError>) -> Vec<ConfigError> {
+        let follow_on = |key: &str| {
+            self.poisoned.iter().any(|p| {
+                key != p && p.strip_prefix(key).is_some_and(|rest| rest.starts_with(['.', '[']))
+                    || key.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with(['.', '[']))
+            })
+        };
+        let mut errors: Vec<ConfigError> = errors.into_iter().filter(|e| !follow_on(&e.key)).collect();
+        errors.sort_by_key(|e| e.mark.map(|m| (m.line, m.col)));
+        errors
+    }
+
+    /// An error at `key`, located in the file when the key was written there.
+    pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            mark: self.positions.locate(key),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn item<T: DeserializeOwned>(&self, key: &str, v: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(&v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = if inner == "." { key.to_string() } else { format!("{key}.{inner}") };
+                errors.push(self.error(&full, clean_serde_message(&e.inner().to_string())));
+                None
+            }
+        }
+    }
+
+    fn named_items<T: DeserializeOwned>(&self, key: &str, v: Value, errors: &mut Vec<ConfigError>) -> Vec<(String, T)> {
+        let map = match v {
+            Value::Object(m) => m,
+            Value::Null => return Vec::new(),
+            _ => {
+                errors.push(self.error(key, format!("must be a mapping of names to {key}")));
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (name, v) in map {
+            let k = format!("{key}.{name}");
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                errors.push(self.error(&k, "names may use only letters, digits, '-' and '_'"));
+                continue;
+            }
+            if let Some(t) = self.item(&k, v, errors) {
+                out.push((name, t));
+            }
+        }
+        // keep file order, so summaries and dry-run list items as written
+        out.sort_by_key(|(name, _)| self.positions.locate(&format!("{key}.{name}")).map(|m| (m.line, m.col)));
+        out
+    }
+
+    fn check_references(&self, errors: &mut Vec<ConfigError>) {
+        let mut paths: Vec<(&str, &str)> = Vec::new();
+        for (name, s) in &self.sources {
+            let key = format!("sources.{name}.path");
+            if !s.path.starts_with('/') {
+                errors.push(self.error(&key, format!("must start with '/', got \"{}\"", s.path)));
+            } else if s.path.contains(['?', '#']) {
+                errors.push(self.error(&key, "must be a plain path without '?' or '#'"));
+            } else if let Some((other, _)) = paths.iter().find(|(_, p)| *p == s.path) {
+                errors.push(self.error(&key, format!("path \"{}\" is already used by source \"{other}\"", s.path)));
+            }
+            paths.push((name, &s.path));
+        }
+        for (i, net) in self.egress.allow.iter().enumerate() {
+            if parse_net(net).is_none() {
+                errors.push(self.error(&format!("egress.allow[{i}]"), format!("\"{net}\" is not a CIDR network or IP address")));
+            }
+        }
+        for (name, d) in &self.destinations {
+            let key = format!("destinations.{name}");
+            match d.url.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+                Ok(_) => errors.push(self.error(&format!("{key}.url"), format!("\"{}\" must be an absolute http:// or https:// URL", d.url))),
+                Err(e) => errors.push(self.error(&format!("{key}.url"), format!("invalid URL \"{}\": {e}", d.url))),
+            }
+            if d.timeout_ms == 0 {
+                errors.push(self.error(&format!("{key}.timeout_ms"), "must be greater than 0"));
+            }
+            if d.max_in_flight == 0 {
+                errors.push(self.error(&format!("{key}.max_in_flight"), "must be greater than 0"));
+            }
+            if !(0.0..=1.0).contains(&d.retry.jitter) {
+                errors.push(self.error(&format!("{key}.retry.jitter"), "must be between 0 and 1"));
+            }
+        }
+        if self.delivery.max_in_flight == 0 {
+            errors.push(self.error("delivery.max_in_flight", "must be greater than 0"));
+        }
+        if self.delivery.max_pending == 0 {
+            errors.push(self.error("delivery.max_pending", "must be greater than 0"));
+        }
+        if self.server.max_connections == 0 {
+            errors.push(self.error("server.max_connections", "must be greater than 0"));
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for (i, r) in &self.routes {
+            let key = format!("routes[{i}]");
+            if r.name.is_empty() {
+                errors.push(self.error(&format!("{key}.name"), "must not be empty"));
+            } else if names.contains(&r.name.as_str()) {
+                errors.push(self.error(&format!("{key}.name"), format!("duplicate route name \"{}\"", r.name)));
+            }
+            names.push(&r.name);
+            if !self.sources.iter().any(|(n, _)| *n == r.source) {
+                let hint = did_you_mean(&r.source, self.sources.iter().map(|(n, _)| n.as_str()));
+                errors.push(self.error(&format!("{key}.source"), format!("unknown source \"{}\"{hint}", r.source)));
+            }
+            if r.to.is_empty() {
+                errors.push(self.error(&format!("{key}.to"), "must name at least one destination"));
+            }
+            for (j, dest) in r.to.iter().enumerate() {
+                let k = format!("{key}.to[{j}]");
+                if !self.destinations.iter().any(|(n, _)| n == dest) {
+                    let hint = did_you_mean(dest, self.destinations.iter().map(|(n, _)| n.as_str()));
+                    errors.push(self.error(&k, format!("unknown destination \"{dest}\"{hint}")));
+                } else if r.to[..j].contains(dest) {
+                    errors.push(self.error(&k, format!("destination \"{dest}\" is listed twice")));
+                }
+            }
+        }
+    }
+}
+
+/// A route with its index in the file's `routes` list.
+pub type RouteEntry = (usize, RouteConfig);
+
+/// Parses `10.0.0.0/8` or a single address (`::1`).
+pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>().ok().or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// serde's messages name Rust types; users see YAML.
+fn clean_serde_message(msg: &str) -> String {
+    msg.replace("struct ", "").replace("a map", "a mapping").replace("a sequence", "a list")
+}
+
+/// ` (did you mean "x"?)` when a known name is within a small edit distance, else empty.
+pub fn did_you_mean<'a>(word: &str, known: impl Iterator<Item = &'a str>) -> String {
+    known
+        .map(|k| (edit_distance(word, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3) && *d < k.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| format!(" (did you mean \"{k}\"?)"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,349 @@
+//! The `routes.yaml` schema. Every field's doc comment is user documentation: the README's reference
+//! table is written from it. Unknown keys are errors everywhere (`deny_unknown_fields`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::rules::ConditionConfig;
+
+/// `server:` — the ingress listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the webhook listener binds, `host:port`. Default `127.0.0.1:8080`; use `0.0.0.0:8080`
+    /// to accept from other hosts. Port 0 picks a free port (printed at start).
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes. Default 1 MiB: GitHub caps payloads at 25 MB but real
+    /// events are a few KiB; larger requests get `413` before their body is read to the end.
+    pub max_body_bytes: usize,
+    /// Most ingress connections served at once; further connections wait in the kernel's accept
+    /// queue. Default 1024 (bounds memory: each connection may hold a body of `max_body_bytes`).
+    pub max_connections: usize,
+    /// Time allowed to receive a whole request (headers and body). Default `30s`; a slower sender
+    /// gets `408`, so a slow client cannot hold a connection slot forever.
+    pub request_timeout: Dur,
+    /// On SIGINT/SIGTERM, how long to wait for in-flight requests and queued deliveries before exiting.
+    /// Default `10s`.
+    pub shutdown_grace: Dur,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            max_connections: 1024,
+            request_timeout: Dur(Duration::from_secs(30)),
+            shutdown_grace: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// `egress:` — where deliveries may connect. By default only public addresses are allowed, so a
+/// destination URL cannot be used to reach internal services (SSRF).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// Networks (CIDR, or a single address) that deliveries may reach although they are loopback,
+    /// private, link-local or otherwise non-public, e.g. `[127.0.0.0/8, "::1/128", 10.1.0.0/16]`.
+    /// Checked after DNS resolution, on every connection.
+    pub allow: Vec<String>,
+}
+
+/// `delivery:` — limits of the delivery engine as a whole.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Most delivery attempts in flight at once, over all destinations. Default 256.
+    pub max_in_flight: usize,
+    /// Most deliveries waiting (queued or between retries). When full, new events get `503` with
+    /// `Retry-After` instead of being accepted and lost. Default 100000.
+    pub max_pending: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig { max_in_flight: 256, max_pending: 100_000 }
+    }
+}
+
+/// `sources.<name>:` — one sender of webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// URL path the sender posts to, e.g. `/hooks/github`. Unique across sources.
+    pub path: String,
+    /// How requests are authenticated. Required; write `scheme: none` to accept unsigned requests.
+    pub verify: VerifyConfig,
+}
+
+/// Inbound verification schemes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifySchemeName {
+    /// No verification (anyone who can reach the path can post).
+    None,
+    /// `X-Hub-Signature-256: sha256=<hex>` (GitHub).
+    Github,
+    /// `Stripe-Signature: t=…,v1=…` (Stripe), with timestamp tolerance.
+    Stripe,
+    /// `X-Shopify-Hmac-Sha256: <base64>` (Shopify).
+    Shopify,
+    /// `X-Slack-Signature: v0=…` over `v0:{ts}:{body}` (Slack), with timestamp tolerance.
+    Slack,
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature` (standardwebhooks.com), `whsec_` secrets.
+    StandardWebhooks,
+    /// Generic HMAC of the body in a header of your choice.
+    Hmac,
+    /// HTTP Basic auth; secrets are `user:password`.
+    Basic,
+    /// A static key in a header.
+    ApiKey,
+}
+
+/// MAC algorithm of the generic `hmac` scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlgorithmName {
+    #[default]
+    Sha256,
+    Sha512,
+}
+
+/// Text encoding of a MAC in a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingName {
+    #[default]
+    Hex,
+    Base64,
+}
+
+/// `sources.<name>.verify:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// One of `none`, `github`, `stripe`, `shopify`, `slack`, `standard-webhooks`, `hmac`, `basic`, `api-key`.
+    pub scheme: VerifySchemeName,
+    /// The shared secret (use `${ENV_VAR}`). For `standard-webhooks` a `whsec_…` secret, for `basic`
+    /// `user:password`, for `api-key` the key.
+    pub secret: Option<Secret>,
+    /// Several secrets, any of which verifies: for rotation. May be combined with `secret`.
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    /// Largest accepted clock difference for timestamped schemes (`stripe`, `slack`,
+    /// `standard-webhooks`), in either direction. Default `5m`, what the providers recommend.
+    pub tolerance: Option<Dur>,
+    /// `hmac`: header carrying the signature (required). `api-key`: header carrying the key
+    /// (default `X-API-Key`).
+    pub header: Option<String>,
+    /// `hmac`: `sha256` (default) or `sha512`.
+    pub algorithm: Option<AlgorithmName>,
+    /// `hmac`: `hex` (default) or `base64`.
+    pub encoding: Option<EncodingName>,
+    /// `hmac`: text before the encoded MAC in the header, e.g. `sha256=`. Default empty.
+    pub prefix: Option<String>,
+}
+
+/// `destinations.<name>:` — one receiver of deliveries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// `http://` or `https://` URL the event is POSTed to.
+    pub url: String,
+    /// Time allowed for one attempt (connect, send, response head and body), in milliseconds.
+    /// Default 10000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Extra headers set on every delivery. Signature, hop-by-hop and `webhook-*` headers are reserved.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// How deliveries are signed. Required; write `scheme: none` to send unsigned.
+    pub sign: SignConfig,
+    /// When failed attempts are retried.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Most attempts in flight to this destination at once (each uses one pooled connection).
+    /// Default 32.
+    #[serde(default = "default_destination_in_flight")]
+    pub max_in_flight: usize,
+    /// TLS settings for `https://` URLs.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_destination_in_flight() -> usize {
+    32
+}
+
+/// `destinations.<name>.tls:`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// A PEM file of extra CA certificates trusted for this destination, besides the bundled
+    /// webpki roots (for internal CAs). Relative to the config file's directory.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Outbound signature schemes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignSchemeName {
+    /// `webhook-signature: v1,<base64>` over `{id}.{timestamp}.{body}` with a `whsec_` secret.
+    #[default]
+    StandardWebhooks,
+    /// `X-Hub-Signature-256: sha256=<hex>` as GitHub sends it.
+    Github,
+    /// A MAC of the body in a header of your choice.
+    Hmac,
+    /// No signature.
+    None,
+}
+
+/// `destinations.<name>.sign:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignConfig {
+    /// `standard-webhooks` (default), `github`, `hmac` or `none`.
+    #[serde(default)]
+    pub scheme: SignSchemeName,
+    /// Signing secret (use `${ENV_VAR}`); `whsec_…` for `standard-webhooks`.
+    pub secret: Option<Secret>,
+    /// `hmac`: header to put the signature in (required).
+    pub header: Option<String>,
+    /// `hmac`: `sha256` (default) or `sha512`.
+    pub algorithm: Option<AlgorithmName>,
+    /// `hmac`: `hex` (default) or `base64`.
+    pub encoding: Option<EncodingName>,
+    /// `hmac`: text before the encoded MAC. Default empty.
+    pub prefix: Option<String>,
+}
+
+/// `destinations.<name>.retry:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Delay before each retry; its length is the number of retries. Default
+    /// `[5s, 5m, 30m, 2h, 5h, 10h, 10h]` (about 28 hours in all, as Standard Webhooks suggests).
+    pub schedule: Vec<Dur>,
+    /// Each delay is multiplied by a random factor in `[1 - jitter, 1 + jitter]` so retries of many
+    /// events do not arrive at once. Default `0.2`.
+    pub jitter: f64,
+    /// A `Retry-After` from the destination replaces the scheduled delay, clamped to this. Default `1h`.
+    pub max_retry_after: Dur,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let schedule = [5, 300, 1800, 7200, 18000, 36000, 36000];
+        RetryConfig {
+            schedule: schedule.iter().map(|s| Dur(Duration::from_secs(*s))).collect(),
+            jitter: 0.2,
+            max_retry_after: Dur(Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// `routes[]:` — which events go where.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, used in logs, metrics and `dry-run` output.
+    pub name: String,
+    /// The source whose events this route considers.
+    pub source: String,
+    /// Conditions that must all hold (see "Conditions"). Empty or absent: every event of the source.
+    #[serde(default)]
+    pub when: Vec<ConditionConfig>,
+    /// Destinations that receive each matching event (at least one).
+    pub to: Vec<String>,
+    /// Free text for humans.
+    pub description: Option<String>,
+}
+
+/// A secret string. Its `Debug` never shows the value, so secrets cannot leak through logs.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A duration written with a unit: `250ms`, `5s`, `5m`, `2h`, `1d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        let text = match &v {
+            serde_json::Value::String(s) => s.as_str(),
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "expected a duration with a unit such as \"5s\" or \"250ms\", found {other}"
+                )));
+            }
+        };
+        parse_duration(text).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `250ms`, `5s`, `5m`, `2h`, `1d` (one number, one unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration \"{text}\": expected a number and a unit (ms, s, m, h, d), e.g. \"5s\""))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("invalid duration \"{text}\": unit must be one of ms, s, m, h, d")),
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("invalid duration \"{text}\": too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("250ms", Ok(Duration::from_millis(250))),
+            ("5s", Ok(Duration::from_secs(5))),
+            ("5m", Ok(Duration::from_secs(300))),
+            ("2h", Ok(Duration::from_secs(7200))),
+            ("1d", Ok(Duration::from_secs(86400))),
+            ("5", Err("invalid duration \"5\": unit must be one of ms, s, m, h, d")),
+            ("s", Err("invalid duration \"s\": expected a number and a unit (ms, s, m, h, d), e.g. \"5s\"")),
+            ("5 weeks", Err("invalid duration \"5 weeks\": unit must be one of ms, s, m, h, d")),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_duration(input).as_ref().map_err(|e| e.as_str()), want.as_ref().map_err(|e| *e), "{input}");
+        }
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(<redacted>)");
+    }
+}

@@ -1,0 +1,144 @@
+use super::*;
+
+fn parse(text: &str) -> (Config, Vec<String>) {
+    let env = |k: &str| match k {
+        "GH_SECRET" => Some("from-env".to_string()),
+        _ => None,
+    };
+    let (cfg, errors) = Config::parse("routes.yaml", Path::new("."), text, &env);
+    (cfg, errors.iter().map(ToString::to_string).collect())
+}
+
+const GOOD: &str = r#"
+server:
+  listen: "127.0.0.1:0"
+  max_body_bytes: 2048
+egress:
+  allow: [127.0.0.0/8, "::1"]
+sources:
+  github:
+    path: /hooks/github
+    verify: { scheme: github, secret: "${GH_SECRET}" }
+destinations:
+  chat:
+    url: http://127.0.0.1:9000/chat
+    sign: { secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw }
+    retry: { schedule: [200ms, 1s], jitter: 0 }
+routes:
+  - name: pushes
+    source: github
+    to: [chat]
+"#;
+
+#[test]
+fn parses_a_good_config() {
+    let (cfg, errors) = parse(GOOD);
+    assert_eq!(errors, Vec::<String>::new());
+    assert_eq!(cfg.server.max_body_bytes, 2048);
+    assert_eq!(cfg.server.request_timeout.0, std::time::Duration::from_secs(30));
+    assert_eq!(cfg.sources[0].1.verify.secret, Some(Secret("from-env".into())));
+    let d = &cfg.destinations[0].1;
+    assert_eq!(d.timeout_ms, 10_000);
+    assert_eq!(d.sign.scheme, SignSchemeName::StandardWebhooks);
+    assert_eq!(d.retry.schedule, vec![Dur(std::time::Duration::from_millis(200)), Dur(std::time::Duration::from_secs(1))]);
+    assert_eq!(cfg.routes[0].1.name, "pushes");
+}
+
+#[test]
+fn reports_every_problem_with_position_and_key() {
+    let text = r#"
+server:
+  listn: "127.0.0.1:0"
+sources:
+  github:
+    path: hooks/github
+    verify: { scheme: github, secret: "${MISSING_SECRET}" }
+  stripe:
+    path: /hooks/stripe
+    verify: { scheme: stripey, secret: x }
+destinations:
+  chat:
+    url: ftp://example.com/x
+    sign: { secret: whsec_abc }
+routes:
+  - name: a
+    source: githb
+    to: [chta]
+  - name: a
+    source: github
+    to: [chat, chat]
+    bogus: 1
+  - name: b
+    source: github
+    to: [chat]
+egress: { allow: [not-a-net] }
+"#;
+    let (_, errors) = parse(text);
+    let want = [
+        "routes.yaml:3:3: server.listn: unknown field `listn`, expected one of `listen`, `max_body_bytes`, `max_connections`, `request_timeout`, `shutdown_grace`",
+        "routes.yaml:6:5: sources.github.path: must start with '/', got \"hooks/github\"",
+        "routes.yaml:7:39: sources.github.verify.secret: environment variable MISSING_SECRET is not set (write ${MISSING_SECRET:-default} to give a default)",
+        "routes.yaml:10:15: sources.stripe.verify.scheme: unknown variant `stripey`, expected one of `none`, `github`, `stripe`, `shopify`, `slack`, `standard-webhooks`, `hmac`, `basic`, `api-key`",
+        "routes.yaml:13:5: destinations.chat.url: \"ftp://example.com/x\" must be an absolute http:// or https:// URL",
+        "routes.yaml:17:5: routes[0].source: unknown source \"githb\" (did you mean \"github\"?)",
+        "routes.yaml:18:10: routes[0].to[0]: unknown destination \"chta\" (did you mean \"chat\"?)",
+        "routes.yaml:22:5: routes[1].bogus: unknown field `bogus`, expected one of `name`, `source`, `when`, `to`, `description`",
+        "routes.yaml:26:19: egress.allow[0]: \"not-a-net\" is not a CIDR network or IP address",
+    ];
+    assert_eq!(errors, want);
+}
+
+#[test]
+fn reference_checks() {
+    let text = r#"
+sources:
+  a: { path: /same, verify: { scheme: none } }
+  b: { path: /same, verify: { scheme: none } }
+  "bad name": { path: /x, verify: { scheme: none } }
+destinations:
+  d: { url: "http://127.0.0.1/", sign: { scheme: none }, timeout_ms: 0, retry: { jitter: 2 } }
+routes:
+  - { name: r, source: a, to: [d, d] }
+  - { name: r, source: a, to: [] }
+"#;
+    let (_, errors) = parse(text);
+    let want = [
+        "routes.yaml:4:8: sources.b.path: path \"/same\" is already used by source \"a\"",
+        "routes.yaml:5:3: sources.bad name: names may use only letters, digits, '-' and '_'",
+        "routes.yaml:7:58: destinations.d.timeout_ms: must be greater than 0",
+        "routes.yaml:7:82: destinations.d.retry.jitter: must be between 0 and 1",
+        "routes.yaml:9:35: routes[0].to[1]: destination \"d\" is listed twice",
+        "routes.yaml:10:7: routes[1].name: duplicate route name \"r\"",
+        "routes.yaml:10:27: routes[1].to: must name at least one destination",
+    ];
+    assert_eq!(errors, want);
+}
+
+#[test]
+fn syntax_errors_and_wrong_shapes() {
+    let (_, errors) = parse("routes: [\n");
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].starts_with("routes.yaml:2:1: invalid YAML"), "{errors:?}");
+    let (_, errors) = parse("- a\n- b\n");
+    assert_eq!(errors, ["routes.yaml: the top level must be a mapping with keys server, sources, destinations, routes"]);
+    let (_, errors) = parse("routes: {a: 1}\nsourcs: {}\n");
+    assert_eq!(
+        errors,
+        [
+            "routes.yaml:1:1: routes: must be a list of routes",
+            "routes.yaml:2:1: sourcs: unknown key (did you mean \"sources\"?); expected one of server, egress, delivery, sources, destinations, routes"
+        ]
+    );
+    let (_, errors) = parse("server: { request_timeout: 30 }\n");
+    assert_eq!(
+        errors,
+        ["routes.yaml:1:11: server.request_timeout: expected a duration with a unit such as \"5s\" or \"250ms\", found 30"]
+    );
+}
+
+#[test]
+fn did_you_mean_only_for_close_names() {
+    assert_eq!(did_you_mean("chta", ["chat", "billing"].into_iter()), " (did you mean \"chat\"?)");
+    assert_eq!(did_you_mean("zzzz", ["chat", "billing"].into_iter()), "");
+    assert_eq!(did_you_mean("x", ["y"].into_iter()), "");
+}
