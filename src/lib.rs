@@ -1,6 +1,9 @@
 //! Hookyard: a webhook gateway. See `ARCHITECTURE.md` for the map.
 
 pub mod config;
+pub mod delivery;
 pub mod rules;
+pub mod server;
+pub mod runtime;
 pub mod sign;
 pub mod verify;

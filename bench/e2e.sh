@@ -1,0 +1,505 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of Hookyard against a bare sink and an nginx reverse
+# proxy. See bench/README.md for what is measured and how to read it.
+#
+#   ROUNDS=3 DURATION=10s CONNECTIONS=32 bench/e2e.sh
+#
+# Scenarios (rounds interleaved: direct, nginx, hookyard-1, hookyard-3, direct, ...):
+#   direct      wrk -> sink
+#   nginx       wrk -> nginx (proxy_pass, keepalive upstream, 1 worker) -> sink
+#   hookyard-1  wrk -> hookyard (1 route, 1 destination) -> sink
+#   hookyard-3  wrk -> hookyard (1 route, 3 destinations: same sink, 3 paths) -> sink
+# The sink is `hookyard receive --quiet` in every scenario. wrk and the sink run
+# on LOAD_CPU (0); the server under test (nginx or hookyard) runs on SUT_CPU (1).
+set -euo pipefail
+export LC_ALL=C
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+
+# ---------------------------------------------------------------- parameters
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+HOOKYARD=${HOOKYARD:-target/release/hookyard}
+PORT_BASE=${PORT_BASE:-18080}
+WARMUP=${WARMUP:-1s}                  # wrk run before each measured run; 0 = none
+DRAIN_MAX=${DRAIN_MAX:-10}            # s: longest wait for queued deliveries after wrk stops
+DRAIN_STABLE_MS=${DRAIN_STABLE_MS:-500} # ms without sink growth that counts as drained
+SCENARIOS=${SCENARIOS:-"direct nginx hookyard-1 hookyard-3"}
+LOAD_CPU=${LOAD_CPU:-0}
+SUT_CPU=${SUT_CPU:-1}
+RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
+KEEP_WORKDIR=${KEEP_WORKDIR:-0}
+
+GITHUB_SECRET="bench-secret"
+DEST_SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+BODY_FILE="$BENCH_DIR/github_push.json"
+
+HY_PORT=$PORT_BASE
+NGINX_PORT=$((PORT_BASE + 1))
+SINK_PORT=$((PORT_BASE + 11))
+
+log() { printf '[e2e %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+case "$HOOKYARD" in /*) ;; *) HOOKYARD="$ROOT/$HOOKYARD" ;; esac
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
+[[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
+[[ "$PORT_BASE" =~ ^[0-9]+$ ]] && ((PORT_BASE >= 1024 && PORT_BASE <= 65000)) \
+  || die "PORT_BASE must be in 1024..65000"
+for s in $SCENARIOS; do
+  case "$s" in direct | nginx | hookyard-1 | hookyard-3) ;; *) die "unknown scenario '$s'" ;; esac
+done
+
+# "10s" / "1m" / "500ms" / "2" -> whole seconds (rounded up), for timeouts.
+dur_secs() {
+  local d=$1
+  case "$d" in
+    *ms) echo $(((${d%ms} + 999) / 1000)) ;;
+    *s) echo "${d%s}" ;;
+    *m) echo $((${d%m} * 60)) ;;
+    *h) echo $((${d%h} * 3600)) ;;
+    *) echo "$d" ;;
+  esac
+}
+DURATION_S=$(dur_secs "$DURATION")
+WARMUP_S=$(dur_secs "$WARMUP")
+[[ "$DURATION_S" =~ ^[0-9]+$ && "$DURATION_S" -ge 1 ]] || die "DURATION must be like 10s or 1m"
+[[ "$WARMUP_S" =~ ^[0-9]+$ ]] || die "WARMUP must be like 1s or 0"
+
+# ---------------------------------------------------------- process tracking
+WORK=""
+PIDS=()
+
+track() { PIDS+=("$1"); }
+
+# stop_pid PID NAME: SIGTERM, up to 5 s grace, then SIGKILL; reaps the child.
+stop_pid() {
+  local pid=$1 name=${2:-process} i
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    # a zombie child still answers kill -0; reap it if it is done
+    [[ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" == Z ]] && break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null && [[ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]]; then
+    log "WARNING: $name (pid $pid) still running 5 s after SIGTERM; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+  local kept=() p
+  for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || kept+=("$p"); done
+  PIDS=("${kept[@]+"${kept[@]}"}")
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local i
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}" "pid ${PIDS[i]}"; done
+  if [[ -n "$WORK" && -d "$WORK" ]]; then
+    if [[ $rc -eq 0 && "$KEEP_WORKDIR" != 1 ]]; then
+      rm -rf "$WORK"
+    else
+      log "work dir (configs, logs, wrk output) kept: $WORK"
+    fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------- dependencies
+NGINX_BIN=$(command -v nginx || true)
+[[ -z "$NGINX_BIN" && -x /usr/sbin/nginx ]] && NGINX_BIN=/usr/sbin/nginx
+
+install_deps() {
+  local pkgs=() p
+  command -v wrk >/dev/null || pkgs+=(wrk)
+  command -v curl >/dev/null || pkgs+=(curl)
+  command -v python3 >/dev/null || pkgs+=(python3)
+  command -v taskset >/dev/null || pkgs+=(util-linux)
+  [[ -n "$NGINX_BIN" ]] || pkgs+=(nginx)
+  ((${#pkgs[@]})) || return 0
+  [[ $EUID -eq 0 ]] || die "missing ${pkgs[*]}; install them (apt-get install ${pkgs[*]}) or run as root"
+  command -v apt-get >/dev/null || die "missing ${pkgs[*]} and no apt-get to install them"
+  log "installing: ${pkgs[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  # nginx-light is the smallest build that has the proxy module; fall back to nginx.
+  for i in "${!pkgs[@]}"; do
+    if [[ "${pkgs[i]}" == nginx ]] && apt-cache show nginx-light >/dev/null 2>&1; then
+      pkgs[i]=nginx-light
+    fi
+  done
+  # Packages may start the system nginx service; remember whether it ran before.
+  local svc_before=0
+  [[ -s /run/nginx.pid ]] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null && svc_before=1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  if [[ $svc_before == 0 && -s /run/nginx.pid ]] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+    log "stopping the nginx service that the package install started"
+    p=$(cat /run/nginx.pid)
+    kill -QUIT "$p" 2>/dev/null || true
+  fi
+  NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+}
+install_deps
+for t in wrk curl python3 taskset; do command -v "$t" >/dev/null || die "$t not found"; done
+[[ -x "$NGINX_BIN" ]] || die "nginx not found"
+
+if [[ ! -x "$HOOKYARD" ]]; then
+  if [[ "$HOOKYARD" == "$ROOT/target/release/hookyard" ]]; then
+    log "building hookyard (cargo build --release)"
+    (cd "$ROOT" && cargo build --release) || die "cargo build --release failed"
+  fi
+  [[ -x "$HOOKYARD" ]] || die "hookyard binary not found at $HOOKYARD"
+fi
+[[ -f "$BODY_FILE" ]] || die "payload $BODY_FILE missing"
+
+NCPU=$(nproc)
+if ((NCPU < 2)); then
+  log "WARNING: only $NCPU CPU; load and server under test share CPU 0"
+  LOAD_CPU=0 SUT_CPU=0
+fi
+CLK_TCK=$(getconf CLK_TCK)
+
+# Keep this script and everything it spawns (curl, sed, ...) off the SUT CPU.
+taskset -cp "$LOAD_CPU" $$ >/dev/null
+
+WORK=$(mktemp -d /tmp/hookyard-e2e.XXXXXX)
+mkdir -p "$RESULTS_DIR"
+TS=$(date -u +%Y%m%dT%H%M%SZ)
+ROWS="$WORK/rows.tsv"
+
+# ------------------------------------------------------------------ payload
+SIG="sha256=$(python3 -c 'import hashlib, hmac, sys
+print(hmac.new(sys.argv[1].encode(), open(sys.argv[2], "rb").read(), hashlib.sha256).hexdigest())' \
+  "$GITHUB_SECRET" "$BODY_FILE")"
+BODY_BYTES=$(wc -c <"$BODY_FILE")
+log "payload: $BODY_FILE ($BODY_BYTES bytes), X-Hub-Signature-256: ${SIG:0:23}..."
+
+# ------------------------------------------------------------------ helpers
+# now_us: sets NOW_US to wall-clock microseconds (no subshell).
+now_us() { local t=$EPOCHREALTIME; NOW_US=$((10#${t/./})); }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+ensure_port_free() {
+  if port_open "$1"; then die "port $1 is already in use (set PORT_BASE)"; fi
+}
+
+# wait_listening OUTFILE PID NAME: wait for the "listening on" stdout line.
+wait_listening() {
+  local out=$1 pid=$2 name=$3 i
+  for ((i = 0; i < 150; i++)); do
+    if grep -q '^listening on ' "$out" 2>/dev/null; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || {
+      tail -n 20 "${out%.out}.err" >&2 || true
+      die "$name exited before listening"
+    }
+    sleep 0.1
+  done
+  tail -n 20 "${out%.out}.err" >&2 || true
+  die "$name did not print 'listening on' within 15 s"
+}
+
+wait_port() {
+  local port=$1 pid=$2 name=$3 i
+  for ((i = 0; i < 150; i++)); do
+    port_open "$port" && return 0
+    kill -0 "$pid" 2>/dev/null || die "$name exited before listening on $port"
+    sleep 0.1
+  done
+  die "$name not listening on $port within 15 s"
+}
+
+# sink_count: prints the sink's received counter.
+sink_count() {
+  local json n
+  json=$(curl -sf --max-time 2 "http://127.0.0.1:$SINK_PORT/stats") || die "sink /stats failed"
+  n=$(sed -n 's/.*"received"[[:space:]]*:[[:space:]]*\([0-9][0-9]*\).*/\1/p' <<<"$json")
+  [[ -n "$n" ]] || die "sink /stats has no \"received\" counter: $json"
+  echo "$n"
+}
+
+# cpu_ticks PID...: utime+stime summed over the given processes, in clock ticks.
+cpu_ticks() {
+  local total=0 pid stat rest f
+  for pid in "$@"; do
+    stat=$(<"/proc/$pid/stat") || die "process $pid is gone"
+    rest=${stat##*) }
+    read -ra f <<<"$rest"
+    total=$((total + f[11] + f[12]))  # fields 14 (utime) and 15 (stime)
+  done
+  echo "$total"
+}
+
+# hwm_kb PID...: peak resident set (VmHWM) summed over the processes, in KiB.
+hwm_kb() {
+  local total=0 pid v
+  for pid in "$@"; do
+    v=$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$pid/status" 2>/dev/null || true)
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+
+children_of() { cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | sed '/^$/d'; }
+
+# post URL [SIGNATURE]: one signed request with curl; prints the HTTP status.
+post() {
+  curl -s -o "$WORK/last_response" -w '%{http_code}' --max-time 5 -X POST \
+    --data-binary "@$BODY_FILE" -H 'Content-Type: application/json' \
+    -H 'X-GitHub-Event: push' -H "X-Hub-Signature-256: ${2:-$SIG}" "$1" || echo 000
+}
+
+# wait_sink_at_least N: bounded wait (5 s) until the sink counter reaches N.
+wait_sink_at_least() {
+  local want=$1 i c
+  for ((i = 0; i < 50; i++)); do
+    c=$(sink_count)
+    ((c >= want)) && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# drain: after wrk stopped, poll the sink until its counter has not grown for
+# DRAIN_STABLE_MS (or DRAIN_MAX s have passed). Sets DRAIN_COUNT, DRAIN_AT_US
+# (when the final count was first seen), DRAIN_TIMEOUT (1 if cut short).
+drain() {
+  local start_us=$1 c last
+  last=$(sink_count)
+  now_us
+  local last_change_us=$NOW_US deadline_us=$((start_us + DRAIN_MAX * 1000000))
+  DRAIN_TIMEOUT=0
+  while :; do
+    sleep 0.05
+    c=$(sink_count)
+    now_us
+    if ((c != last)); then
+      last=$c
+      last_change_us=$NOW_US
+    elif ((NOW_US - last_change_us >= DRAIN_STABLE_MS * 1000)); then
+      break
+    fi
+    if ((NOW_US >= deadline_us)); then
+      DRAIN_TIMEOUT=1
+      break
+    fi
+  done
+  DRAIN_COUNT=$last
+  DRAIN_AT_US=$last_change_us
+}
+
+# run_wrk URL SECONDS OUTFILE: one wrk run on the load CPU; bounded by timeout.
+run_wrk() {
+  local url=$1 secs=$2 out=$3 pid rc=0
+  timeout --kill-after=5 $((secs + 30)) \
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --timeout 5s \
+    -s "$BENCH_DIR/signed_post.lua" "$url" -- "$BODY_FILE" "$SIG" >"$out" 2>&1 &
+  pid=$!
+  track "$pid"
+  wait "$pid" || rc=$?
+  local kept=() p
+  for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || kept+=("$p"); done
+  PIDS=("${kept[@]+"${kept[@]}"}")
+  if ((rc != 0)) || ! grep -q '^E2E_RESULT ' "$out"; then
+    cat "$out" >&2
+    die "wrk failed (exit $rc) against $url"
+  fi
+}
+
+# ------------------------------------------------------------------ servers
+SINK_PID=""
+start_sink() {
+  ensure_port_free "$SINK_PORT"
+  HOOKYARD_WORKER_THREADS=1 RUST_LOG=warn taskset -c "$LOAD_CPU" \
+    "$HOOKYARD" receive --listen "127.0.0.1:$SINK_PORT" --quiet \
+    >"$WORK/sink.out" 2>"$WORK/sink.err" &
+  SINK_PID=$!
+  track "$SINK_PID"
+  wait_listening "$WORK/sink.out" "$SINK_PID" "hookyard receive (sink)"
+  sink_count >/dev/null
+  log "sink: hookyard receive on 127.0.0.1:$SINK_PORT (pid $SINK_PID, CPU $LOAD_CPU)"
+}
+
+render_nginx_conf() {
+  local prefix=$1 user_line=""
+  [[ $EUID -eq 0 ]] && user_line="user root;"
+  mkdir -p "$prefix"/{client_body,proxy,fastcgi,uwsgi,scgi}
+  sed -e "s|@PREFIX@|$prefix|g" -e "s|@SINK_PORT@|$SINK_PORT|g" \
+    -e "s|@LISTEN_PORT@|$NGINX_PORT|g" -e "s|@USER_LINE@|$user_line|g" \
+    "$BENCH_DIR/nginx.conf.template" >"$prefix/nginx.conf"
+}
+
+write_hookyard_conf() {
+  local fanout=$1 file=$2 i to=""
+  {
+    echo "server: { listen: \"127.0.0.1:$HY_PORT\" }"
+    echo 'egress: { allow: ["127.0.0.0/8"] }'
+    echo 'sources:'
+    echo '  github:'
+    echo '    path: /hooks/github'
+    echo "    verify: { scheme: github, secret: \"$GITHUB_SECRET\" }"
+    echo 'destinations:'
+    for ((i = 1; i <= fanout; i++)); do
+      echo "  sink$i: { url: \"http://127.0.0.1:$SINK_PORT/sink$i\", sign: { scheme: standard-webhooks, secret: \"$DEST_SECRET\" } }"
+      to+="${to:+, }sink$i"
+    done
+    echo 'routes:'
+    echo '  - name: all-pushes'
+    echo '    source: github'
+    echo '    when: [ { header: X-GitHub-Event, equals: push } ]'
+    echo "    to: [$to]"
+  } >"$file"
+}
+
+# start_sut SCENARIO: sets SUT_PIDS (processes whose CPU is charged), URL,
+# FANOUT, SUT_MAIN (pid to stop; empty for direct), SUT_LOG.
+start_sut() {
+  local sc=$1
+  SUT_MAIN="" SUT_LOG=""
+  case "$sc" in
+    direct)
+      FANOUT=1
+      URL="http://127.0.0.1:$SINK_PORT/sink1"
+      SUT_PIDS=("$SINK_PID") # no proxy: the sink is the only server
+      ;;
+    nginx)
+      FANOUT=1
+      URL="http://127.0.0.1:$NGINX_PORT/sink1"
+      local prefix="$WORK/nginx"
+      rm -rf "$prefix"
+      render_nginx_conf "$prefix"
+      ensure_port_free "$NGINX_PORT"
+      taskset -c "$SUT_CPU" "$NGINX_BIN" -p "$prefix/" -e "$prefix/error.log" \
+        -c "$prefix/nginx.conf" >"$prefix/stdout" 2>&1 &
+      SUT_MAIN=$!
+      track "$SUT_MAIN"
+      wait_port "$NGINX_PORT" "$SUT_MAIN" nginx
+      local kids
+      kids=$(children_of "$SUT_MAIN")
+      [[ -n "$kids" ]] || die "nginx has no worker process"
+      # shellcheck disable=SC2206
+      SUT_PIDS=("$SUT_MAIN" $kids)
+      SUT_LOG="$prefix/error.log"
+      ;;
+    hookyard-*)
+      FANOUT=${sc#hookyard-}
+      URL="http://127.0.0.1:$HY_PORT/hooks/github"
+      local conf="$WORK/$sc.yaml"
+      write_hookyard_conf "$FANOUT" "$conf"
+      ensure_port_free "$HY_PORT"
+      HOOKYARD_WORKER_THREADS=1 RUST_LOG=warn taskset -c "$SUT_CPU" \
+        "$HOOKYARD" run --config "$conf" >"$WORK/$sc.out" 2>"$WORK/$sc.err" &
+      SUT_MAIN=$!
+      track "$SUT_MAIN"
+      wait_listening "$WORK/$sc.out" "$SUT_MAIN" "hookyard run ($sc)"
+      SUT_PIDS=("$SUT_MAIN")
+      SUT_LOG="$WORK/$sc.err"
+      ;;
+  esac
+}
+
+stop_sut() {
+  [[ -n "$SUT_MAIN" ]] && stop_pid "$SUT_MAIN" "$1"
+  SUT_MAIN=""
+}
+
+# sanity SCENARIO: one signed request must be accepted and reach the sink
+# FANOUT times; for hookyard a bad signature must be rejected.
+sanity() {
+  local sc=$1 before code
+  before=$(sink_count)
+  code=$(post "$URL")
+  [[ "$code" == 2* ]] || die "$sc: signed POST $URL answered $code: $(head -c 300 "$WORK/last_response")"
+  wait_sink_at_least $((before + FANOUT)) \
+    || die "$sc: sink got $(($(sink_count) - before)) of $FANOUT deliveries for one request within 5 s"
+  if [[ "$sc" == hookyard-* ]]; then
+    code=$(post "$URL" "sha256=$(printf '0%.0s' {1..64})")
+    [[ "$code" == 4* ]] || log "WARNING: $sc: a bad signature got HTTP $code (expected 4xx)"
+  fi
+}
+
+# warn_lines FILE: number of log lines that look like warnings/errors/panics.
+warn_lines() {
+  local n=0
+  if [[ -n "${1:-}" && -f "$1" ]]; then n=$(grep -ciE 'warn|error|panic' "$1" || true); fi
+  echo "${n:-0}"
+}
+
+# measure ROUND SCENARIO: one warm-up + one measured wrk run; appends a row.
+measure() {
+  local round=$1 sc=$2
+  start_sut "$sc"
+  sanity "$sc"
+  if ((WARMUP_S > 0)); then
+    now_us
+    run_wrk "$URL" "$WARMUP_S" "$WORK/wrk-$sc-r$round-warmup.txt"
+    drain "$NOW_US"
+  fi
+  kill -0 "$SINK_PID" 2>/dev/null || die "sink died"
+
+  local out="$WORK/wrk-$sc-r$round.txt" c0 cpu0 scpu0 t0 t_wrk cpu1 scpu1 rss
+  c0=$(sink_count)
+  cpu0=$(cpu_ticks "${SUT_PIDS[@]}")
+  scpu0=$(cpu_ticks "$SINK_PID")
+  now_us
+  t0=$NOW_US
+  run_wrk "$URL" "$DURATION_S" "$out"
+  now_us
+  t_wrk=$NOW_US
+  drain "$t_wrk"
+  cpu1=$(cpu_ticks "${SUT_PIDS[@]}")
+  scpu1=$(cpu_ticks "$SINK_PID")
+  rss=$(hwm_kb "${SUT_PIDS[@]}")
+  local warns
+  warns=$(warn_lines "$SUT_LOG")
+  stop_sut "$sc"
+
+  local kv
+  kv=$(sed -n 's/^E2E_RESULT //p' "$out")
+  # round scenario fanout delivered wall_us drain_us drain_timeout sut_ticks sink_ticks sut_hwm_kb log_warn + wrk k=v
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$sc" "$FANOUT" \
+    $((DRAIN_COUNT - c0)) $((DRAIN_AT_US - t0)) $((DRAIN_AT_US - t_wrk)) "$DRAIN_TIMEOUT" \
+    $((cpu1 - cpu0)) $((scpu1 - scpu0)) "$rss" "$warns" "$kv" >>"$ROWS"
+  python3 "$BENCH_DIR/e2e_report.py" row "$CLK_TCK" "$(tail -n 1 "$ROWS")" >&2
+}
+
+# -------------------------------------------------------------------- main
+log "rounds=$ROUNDS duration=${DURATION_S}s warmup=${WARMUP_S}s connections=$CONNECTIONS" \
+  "cpus: load=$LOAD_CPU sut=$SUT_CPU hookyard=$HOOKYARD"
+start_sink
+
+for ((r = 1; r <= ROUNDS; r++)); do
+  for sc in $SCENARIOS; do
+    log "round $r/$ROUNDS: $sc"
+    measure "$r" "$sc"
+    sleep 1
+  done
+done
+
+stop_pid "$SINK_PID" sink
+sink_warns=$(warn_lines "$WORK/sink.err")
+
+JSON="$RESULTS_DIR/e2e-$TS.json"
+META=(
+  "timestamp=$TS"
+  "rounds=$ROUNDS" "duration_s=$DURATION_S" "warmup_s=$WARMUP_S" "connections=$CONNECTIONS"
+  "load_cpu=$LOAD_CPU" "sut_cpu=$SUT_CPU" "clk_tck=$CLK_TCK" "body_bytes=$BODY_BYTES"
+  "drain_max_s=$DRAIN_MAX" "drain_stable_ms=$DRAIN_STABLE_MS" "sink_log_warn=$sink_warns"
+  "hookyard=$HOOKYARD"
+  "hookyard_version=$(timeout 5 "$HOOKYARD" --version 2>/dev/null | head -n 1 || true)"
+  "git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || true)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo '-dirty')"
+  "nginx_version=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
+  "wrk_version=$(wrk -v 2>&1 | head -n 1 | cut -d' ' -f2)"
+  "kernel=$(uname -r)"
+  "cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
+  "nproc=$NCPU"
+)
+python3 "$BENCH_DIR/e2e_report.py" summary "$ROWS" "$JSON" "${META[@]}"
+log "results written to ${JSON#"$ROOT"/}"

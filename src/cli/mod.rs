@@ -1,0 +1,125 @@
+//! Command-line front end: argument parsing (clap), logging set-up and the commands. `anyhow` lives
+//! here and nowhere in the library.
+
+mod dry_run;
+mod receive;
+mod run;
+mod send;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "hookyard", version, about = "A webhook gateway: verify, route, re-sign and fan out webhooks")]
+struct Cli {
+    /// Log format: `text` for people, `json` for machines. Filter with RUST_LOG (default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve webhooks with the routes in the config file.
+    Run {
+        #[arg(long, short, default_value = "routes.yaml")]
+        config: PathBuf,
+    },
+    /// Validate the config file: exit 0 with a summary, or 1 listing every problem.
+    Check {
+        #[arg(long, short, default_value = "routes.yaml")]
+        config: PathBuf,
+    },
+    /// Run one event through routing (no verification, nothing sent) and print, as JSON, which
+    /// routes matched and the exact request each destination would get.
+    DryRun(dry_run::Args),
+    /// Sign a file the way the source's provider would and POST it to the running gateway.
+    Send(send::Args),
+    /// A local receiver that prints each incoming webhook and whether its Standard Webhooks
+    /// signature verifies.
+    Receive(receive::Args),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run { config } => run::run(&config),
+        Command::Check { config } => return check(&config),
+        Command::DryRun(args) => dry_run::run(args),
+        Command::Send(args) => with_runtime(send::run(args)),
+        Command::Receive(args) => with_runtime(receive::run(args)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(config: &std::path::Path) -> ExitCode {
+    match hookyard::runtime::build(config) {
+        Ok(snapshot) => {
+            println!("{}", snapshot.summary());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{} problem{} found", errors.0.len(), if errors.0.len() == 1 { "" } else { "s" });
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `HOOKYARD_WORKER_THREADS` sets the number of tokio worker threads (default: one per core).
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if let Ok(n) = std::env::var("HOOKYARD_WORKER_THREADS") {
+        let n: usize = n.parse().map_err(|_| anyhow::anyhow!("HOOKYARD_WORKER_THREADS must be a number, got {n:?}"))?;
+        b.worker_threads(n.max(1));
+    }
+    Ok(b.build()?)
+}
+
+fn with_runtime(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(fut)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Prints the line tests and scripts wait for, and flushes it.
+pub(crate) fn announce(addr: std::net::SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on {addr}");
+    let _ = out.flush();
+}
+
+/// Parses `--header 'Name: value'`.
+pub(crate) fn parse_header(s: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
+    let (k, v) = s.split_once(':').ok_or_else(|| format!("expected 'Name: value', got {s:?}"))?;
+    let name = http::HeaderName::try_from(k.trim()).map_err(|_| format!("invalid header name {:?}", k.trim()))?;
+    let value = http::HeaderValue::from_str(v.trim()).map_err(|_| format!("invalid header value for {name}"))?;
+    Ok((name, value))
+}

@@ -1,0 +1,181 @@
+//! Delivery: turns planned deliveries into signed HTTP requests, sends them, and retries them on
+//! the destination's schedule.
+//!
+//! Knows nothing of how events arrived (no verification, no routing). The queue sits behind
+//! [`Engine`]; in this release it lives in memory (see `engine` for what that means on a crash).
+
+mod client;
+pub mod egress;
+mod engine;
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, USER_AGENT};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use http_body_util::Full;
+use sha2::{Digest, Sha256};
+
+pub use client::{HttpClient, TlsRoots};
+pub use client::AttemptReport;
+pub use engine::{Engine, EngineStats, HttpTransport, QueueFull, Transport};
+pub use retry::{AttemptOutcome, RetryPolicy};
+
+use crate::sign::Signer;
+
+/// `User-Agent` of every delivery.
+pub const USER_AGENT_VALUE: &str = concat!("Hookyard/", env!("CARGO_PKG_VERSION"));
+
+/// A configured destination, compiled: parsed URL, headers, signer, its own connection pool.
+pub struct Destination {
+    pub name: Arc<str>,
+    pub url: Uri,
+    /// Extra headers from the config, set on every delivery.
+    pub headers: HeaderMap,
+    pub signer: Signer,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Bounds attempts in flight to this destination (`max_in_flight`).
+    pub limit: tokio::sync::Semaphore,
+    pub client: HttpClient,
+}
+
+/// One planned delivery: an event, for one route, to one destination.
+#[derive(Clone)]
+pub struct Delivery {
+    pub event_id: Arc<str>,
+    pub route: Arc<str>,
+    pub destination: Arc<Destination>,
+    /// The outgoing `webhook-id`: stable per (event, route, destination) across retries.
+    pub msg_id: String,
+    /// Sender headers that are forwarded (signatures, cookies, auth and hop-by-hop headers removed).
+    pub forwarded: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Delivery {
+    /// `msg_` + 24 hex digits of SHA-256(event id, route, destination): deterministic, so a retry or
+    /// replay carries the same id and receivers can deduplicate, while two routes delivering one
+    /// event to one destination carry different ids (both are meant to arrive).
+    pub fn message_id(event_id: &str, route: &str, destination: &str) -> String {
+        let mut h = Sha256::new();
+        for part in [event_id, route, destination] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        let digest = h.finalize();
+        format!("msg_{}", hex::encode(&digest[..12]))
+    }
+
+    /// The exact request an attempt sends at `now`: forwarded headers, then the destination's
+    /// headers, then `webhook-id`, `webhook-timestamp` and the signature, which always win.
+    pub fn request(&self, now: SystemTime) -> Request<Full<Bytes>> {
+        let d = &self.destination;
+        let mut headers = self.forwarded.clone();
+        for (k, v) in &d.headers {
+            headers.insert(k.clone(), v.clone());
+        }
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        let timestamp = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        headers.insert(WEBHOOK_ID, HeaderValue::from_str(&self.msg_id).expect("msg id is ascii"));
+        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
+        d.signer.sign(&self.msg_id, timestamp, &self.body, &mut headers);
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = d.url.clone();
+        *req.headers_mut() = headers;
+        req
+    }
+}
+
+pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+pub const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+
+/// Headers never copied from a sender's request to a delivery: hop-by-hop headers (RFC 9110 §7.6.1),
+/// ones the client sets itself, credentials, and every provider's signature headers, which would be
+/// wrong (or a leaked credential) on the re-signed request. The source's own signature header (for
+/// `hmac` and `api-key`) is added to this list per source.
+pub const NEVER_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "expect",
+    "cookie",
+    "set-cookie",
+    "authorization",
+    "user-agent",
+    "x-hub-signature",
+    "x-hub-signature-256",
+    "stripe-signature",
+    "x-shopify-hmac-sha256",
+    "x-slack-signature",
+    "x-slack-request-timestamp",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "x-api-key",
+];
+
+/// Copies the headers of `incoming` that may be forwarded, skipping `never` (lower-case names).
+pub fn forwardable(incoming: &HeaderMap, never: &[HeaderName]) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(incoming.len());
+    for (k, v) in incoming {
+        if !never.contains(k) {
+            out.append(k.clone(), v.clone());
+        }
+    }
+    if !out.contains_key(CONTENT_TYPE) {
+        out.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_stable_and_distinct() {
+        let a = Delivery::message_id("evt_1", "route-a", "chat");
+        assert_eq!(a, Delivery::message_id("evt_1", "route-a", "chat"));
+        assert_eq!(a.len(), 4 + 24);
+        assert_ne!(a, Delivery::message_id("evt_1", "route-b", "chat"));
+        assert_ne!(a, Delivery::message_id("evt_1", "route-a", "billing"));
+        // the separator keeps ("ab","c") and ("a","bc") apart
+        assert_ne!(Delivery::message_id("e", "ab", "c"), Delivery::message_id("e", "a", "bc"));
+    }
+
+    #[test]
+    fn strips_credentials_signatures_and_hop_by_hop() {
+        let never: Vec<HeaderName> = NEVER_FORWARDED.iter().map(|h| HeaderName::from_static(h)).collect();
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("content-type", "application/json"),
+            ("x-github-event", "push"),
+            ("x-github-delivery", "123"),
+            ("x-hub-signature-256", "sha256=abc"),
+            ("authorization", "Bearer t"),
+            ("cookie", "a=b"),
+            ("connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("host", "gw"),
+            ("content-length", "10"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = forwardable(&h, &never);
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["content-type", "x-github-delivery", "x-github-event"]);
+    }
+}

@@ -1,0 +1,140 @@
+//! What an attempt's result means and when the next attempt is due. Pure: the engine supplies the
+//! random number, so every rule is testable without time passing.
+
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+
+/// The result of one delivery attempt, judged by who is at fault and whether a retry can help.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptOutcome {
+    /// A 2xx response.
+    Delivered { status: StatusCode },
+    /// Worth another try: timeouts, connection and DNS errors, 408, 429 and 5xx.
+    Retryable { status: Option<StatusCode>, retry_after: Option<Duration>, reason: String },
+    /// A retry will not help: other 4xx (and 1xx/3xx, since redirects are not followed), an egress refusal.
+    Failed { status: Option<StatusCode>, reason: String },
+}
+
+impl AttemptOutcome {
+    /// Judges a response status. `retry_after` is the parsed `Retry-After` header, if any.
+    pub fn from_status(status: StatusCode, retry_after: Option<Duration>) -> Self {
+        if status.is_success() {
+            AttemptOutcome::Delivered { status }
+        } else if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            AttemptOutcome::Retryable { status: Some(status), retry_after, reason: format!("HTTP {}", status.as_u16()) }
+        } else {
+            AttemptOutcome::Failed { status: Some(status), reason: format!("HTTP {} is not retried", status.as_u16()) }
+        }
+    }
+
+    /// Short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered { .. } => "delivered",
+            AttemptOutcome::Retryable { .. } => "retryable",
+            AttemptOutcome::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// Parses `Retry-After`: delay-seconds or an HTTP date (a date in the past means "now").
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// A destination's retry policy (`destinations.<name>.retry`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Delay before retry 1, 2, …; its length is the number of retries.
+    pub schedule: Vec<Duration>,
+    /// Relative spread applied to scheduled delays, 0..=1.
+    pub jitter: f64,
+    /// Upper bound on a destination's `Retry-After`.
+    pub max_retry_after: Duration,
+}
+
+impl RetryPolicy {
+    /// Delay before retry number `retry` (0 = the first retry, after the first attempt), or `None`
+    /// when the schedule is exhausted. A `Retry-After` replaces the scheduled delay (clamped to
+    /// `max_retry_after`, not jittered: the destination asked for that time). `random` is uniform in [0, 1).
+    pub fn delay(&self, retry: usize, retry_after: Option<Duration>, random: f64) -> Option<Duration> {
+        let scheduled = *self.schedule.get(retry)?;
+        if let Some(ra) = retry_after {
+            return Some(ra.min(self.max_retry_after));
+        }
+        let factor = 1.0 + self.jitter * (2.0 * random - 1.0);
+        Some(scheduled.mul_f64(factor.max(0.0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            schedule: vec![Duration::from_secs(5), Duration::from_secs(300)],
+            jitter: 0.2,
+            max_retry_after: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn classifies_statuses() {
+        let cases = [
+            (200, "delivered"),
+            (204, "delivered"),
+            (301, "failed"),
+            (400, "failed"),
+            (401, "failed"),
+            (404, "failed"),
+            (408, "retryable"),
+            (410, "failed"),
+            (422, "failed"),
+            (429, "retryable"),
+            (500, "retryable"),
+            (502, "retryable"),
+            (503, "retryable"),
+        ];
+        for (code, want) in cases {
+            let got = AttemptOutcome::from_status(StatusCode::from_u16(code).unwrap(), None);
+            assert_eq!(got.label(), want, "{code}");
+        }
+    }
+
+    #[test]
+    fn schedule_with_jitter_bounds() {
+        let p = policy();
+        assert_eq!(p.delay(0, None, 0.5), Some(Duration::from_secs(5)));
+        assert_eq!(p.delay(0, None, 0.0), Some(Duration::from_secs(4)));
+        assert_eq!(p.delay(1, None, 0.0), Some(Duration::from_secs(240)));
+        let hi = p.delay(1, None, 0.999_999).unwrap();
+        assert!(hi > Duration::from_secs(359) && hi <= Duration::from_secs(360), "{hi:?}");
+        assert_eq!(p.delay(2, None, 0.5), None, "exhausted after the schedule");
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_clamped() {
+        let p = policy();
+        assert_eq!(p.delay(0, Some(Duration::from_secs(42)), 0.0), Some(Duration::from_secs(42)));
+        assert_eq!(p.delay(0, Some(Duration::from_secs(86_400)), 0.0), Some(Duration::from_secs(3600)));
+        assert_eq!(p.delay(2, Some(Duration::from_secs(1)), 0.0), None, "Retry-After does not extend the schedule");
+    }
+
+    #[test]
+    fn parses_retry_after() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:29:00 GMT", now), Some(Duration::from_secs(60)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+}

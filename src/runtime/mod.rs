@@ -1,0 +1,319 @@
+//! Turns a config file into one immutable, compiled [`Snapshot`]: verifiers, compiled conditions,
+//! signers and destination clients. `hookyard check`, `run`, `dry-run` and (later) hot reload all go
+//! through [`build`], so what `check` accepts is exactly what `run` serves.
+//!
+//! A request reads one snapshot at its start and uses it to the end.
+
+mod event;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sha2::{Digest, Sha256};
+
+pub use event::{Event, EventId};
+
+use crate::config::{
+    AlgorithmName, Config, ConfigError, ConfigErrors, DeliveryConfig, DestinationConfig, EncodingName,
+    ServerConfig, SignSchemeName, SourceConfig, VerifySchemeName, parse_net,
+};
+use crate::delivery::egress::EgressPolicy;
+use crate::delivery::{Delivery, Destination, HttpClient, NEVER_FORWARDED, RetryPolicy, TlsRoots, forwardable};
+use crate::rules::{EventView, Rule};
+use crate::sign::{SignScheme, Signer};
+use crate::verify::{Algorithm, Encoding, Scheme, Verifier};
+
+/// Default clock tolerance for timestamped verification schemes.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+pub struct Snapshot {
+    /// First 12 hex digits of the SHA-256 of the config text.
+    pub version: String,
+    pub loaded_at: SystemTime,
+    pub file: String,
+    pub server: ServerConfig,
+    pub delivery: DeliveryConfig,
+    pub sources: Vec<Source>,
+    pub routes: Vec<Route>,
+    pub destinations: Vec<Arc<Destination>>,
+}
+
+pub struct Source {
+    pub name: Arc<str>,
+    pub path: String,
+    pub verifier: Verifier,
+    /// Indexes into `Snapshot::routes` of the routes of this source, in file order.
+    pub routes: Vec<usize>,
+    /// Whether any of those routes reads the JSON body (if not, the body is never parsed).
+    pub needs_body: bool,
+    /// Sender headers not forwarded to destinations.
+    pub never_forward: Vec<HeaderName>,
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub rule: Rule,
+    /// Indexes into `Snapshot::destinations`.
+    pub destinations: Vec<usize>,
+}
+
+/// Reads and compiles a config file.
+pub fn build(path: &Path) -> Result<Snapshot, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.display().to_string(),
+            mark: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    build_from_text(&path.display().to_string(), &base, &text, &|k| std::env::var(k).ok())
+}
+
+/// Parses and compiles config text; every problem is returned, parse and compile errors alike.
+pub fn build_from_text(
+    file: &str,
+    base_dir: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Snapshot, ConfigErrors> {
+    let (cfg, mut errors) = Config::parse(file, base_dir, text, env);
+    let version = hex::encode(&Sha256::digest(text.as_bytes())[..6]);
+
+    let policy = Arc::new(EgressPolicy::new(cfg.egress.allow.iter().filter_map(|s| parse_net(s)).collect()));
+    let roots = TlsRoots::webpki();
+    let mut destinations = Vec::new();
+    for (name, d) in &cfg.destinations {
+        match build_destination(&cfg, name, d, &policy, &roots) {
+            Ok(dest) => destinations.push(Arc::new(dest)),
+            Err(e) => errors.push(e),
+        }
+    }
+
+    let mut routes: Vec<Route> = Vec::new();
+    let mut route_sources: Vec<&str> = Vec::new();
+    for (index, r) in &cfg.routes {
+        let key = format!("routes[{index}]");
+        let rule = match crate::rules::compile(&r.when) {
+            Ok(rule) => rule,
+            Err(errs) => {
+                errors.extend(errs.into_iter().map(|e| cfg.error(&format!("{key}.when{}", e.path), e.message)));
+                continue;
+            }
+        };
+        let dests = r.to.iter().filter_map(|t| destinations.iter().position(|d| &*d.name == t)).collect();
+        routes.push(Route { name: r.name.as_str().into(), rule, destinations: dests });
+        route_sources.push(&r.source);
+    }
+
+    let mut sources = Vec::new();
+    for (name, s) in &cfg.sources {
+        match build_verifier(s) {
+            Ok(verifier) => {
+                let mine: Vec<usize> = (0..routes.len()).filter(|i| route_sources[*i] == name).collect();
+                let needs_body = mine.iter().any(|i| routes[*i].rule.needs_body());
+                let mut never_forward: Vec<HeaderName> = NEVER_FORWARDED.iter().map(|h| HeaderName::from_static(h)).collect();
+                if let Some(h) = s.verify.header.as_deref().and_then(|h| HeaderName::try_from(h).ok()) {
+                    never_forward.push(h);
+                }
+                sources.push(Source { name: name.as_str().into(), path: s.path.clone(), verifier, routes: mine, needs_body, never_forward });
+            }
+            Err((key, msg)) => errors.push(cfg.error(&format!("sources.{name}.verify{key}"), msg)),
+        }
+    }
+
+    let errors = cfg.finish_errors(errors);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Snapshot {
+        version,
+        loaded_at: SystemTime::now(),
+        file: file.to_string(),
+        server: cfg.server.clone(),
+        delivery: cfg.delivery.clone(),
+        sources,
+        routes,
+        destinations,
+    })
+}
+
+fn algorithm(a: Option<AlgorithmName>) -> Algorithm {
+    match a.unwrap_or_default() {
+        AlgorithmName::Sha256 => Algorithm::Sha256,
+        AlgorithmName::Sha512 => Algorithm::Sha512,
+    }
+}
+
+fn encoding(e: Option<EncodingName>) -> Encoding {
+    match e.unwrap_or_default() {
+        EncodingName::Hex => Encoding::Hex,
+        EncodingName::Base64 => Encoding::Base64,
+    }
+}
+
+fn header_name(h: Option<&str>, default: Option<&'static str>) -> Result<HeaderName, (String, String)> {
+    match (h, default) {
+        (Some(h), _) => HeaderName::try_from(h).map_err(|_| (".header".into(), format!("\"{h}\" is not a valid header name"))),
+        (None, Some(d)) => Ok(HeaderName::from_static(d)),
+        (None, None) => Err((".header".into(), "this scheme needs `header:`, the header carrying the signature".into())),
+    }
+}
+
+/// Builds a source's verifier; on error, the key suffix under `verify` and the message.
+fn build_verifier(s: &SourceConfig) -> Result<Verifier, (String, String)> {
+    let v = &s.verify;
+    let scheme = match v.scheme {
+        VerifySchemeName::None => Scheme::None,
+        VerifySchemeName::Github => Scheme::Github,
+        VerifySchemeName::Stripe => Scheme::Stripe,
+        VerifySchemeName::Shopify => Scheme::Shopify,
+        VerifySchemeName::Slack => Scheme::Slack,
+        VerifySchemeName::StandardWebhooks => Scheme::StandardWebhooks,
+        VerifySchemeName::Hmac => Scheme::Hmac {
+            header: header_name(v.header.as_deref(), None)?,
+            algorithm: algorithm(v.algorithm),
+            encoding: encoding(v.encoding),
+            prefix: v.prefix.clone().unwrap_or_default(),
+        },
+        VerifySchemeName::Basic => Scheme::Basic,
+        VerifySchemeName::ApiKey => Scheme::ApiKey { header: header_name(v.header.as_deref(), Some("x-api-key"))? },
+    };
+    let hmac_only = [(v.algorithm.is_some(), "algorithm"), (v.encoding.is_some(), "encoding"), (v.prefix.is_some(), "prefix")];
+    for (set, key) in hmac_only {
+        if set && v.scheme != VerifySchemeName::Hmac {
+            return Err((format!(".{key}"), "only the hmac scheme takes this key".into()));
+        }
+    }
+    if v.header.is_some() && !matches!(v.scheme, VerifySchemeName::Hmac | VerifySchemeName::ApiKey) {
+        return Err((".header".into(), "only the hmac and api-key schemes take this key".into()));
+    }
+    let timestamped = matches!(v.scheme, VerifySchemeName::Stripe | VerifySchemeName::Slack | VerifySchemeName::StandardWebhooks);
+    if v.tolerance.is_some() && !timestamped {
+        return Err((".tolerance".into(), "only timestamped schemes (stripe, slack, standard-webhooks) take a tolerance".into()));
+    }
+    let secrets: Vec<String> = v.secret.iter().chain(v.secrets.iter()).map(|s| s.0.clone()).collect();
+    if v.scheme == VerifySchemeName::None && !secrets.is_empty() {
+        return Err((".secret".into(), "scheme none takes no secret".into()));
+    }
+    let tolerance = v.tolerance.map(|d| d.0).unwrap_or(DEFAULT_TOLERANCE);
+    Verifier::new(scheme, &secrets, tolerance).map_err(|m| (String::new(), m))
+}
+
+fn build_destination(
+    cfg: &Config,
+    name: &str,
+    d: &DestinationConfig,
+    policy: &Arc<EgressPolicy>,
+    roots: &TlsRoots,
+) -> Result<Destination, ConfigError> {
+    let key = format!("destinations.{name}");
+    let err = |k: &str, m: String| cfg.error(&format!("{key}{k}"), m);
+    let url: http::Uri = d.url.parse().map_err(|e| err(".url", format!("invalid URL: {e}")))?;
+    let mut headers = HeaderMap::new();
+    for (k, v) in &d.headers {
+        let hk = format!(".headers.{k}");
+        let n = HeaderName::try_from(k.as_str()).map_err(|_| err(&hk, format!("\"{k}\" is not a valid header name")))?;
+        if NEVER_FORWARDED.contains(&n.as_str()) || n == http::header::CONTENT_TYPE {
+            return Err(err(&hk, format!("\"{k}\" is set by hookyard itself and cannot be configured")));
+        }
+        let v = HeaderValue::from_str(v).map_err(|_| err(&hk, "header values must be visible ASCII".into()))?;
+        headers.insert(n, v);
+    }
+    let s = &d.sign;
+    let scheme = match s.scheme {
+        SignSchemeName::None => SignScheme::None,
+        SignSchemeName::StandardWebhooks => SignScheme::StandardWebhooks,
+        SignSchemeName::Github => SignScheme::Github,
+        SignSchemeName::Hmac => SignScheme::Hmac {
+            header: header_name(s.header.as_deref(), None).map_err(|(k, m)| err(&format!(".sign{k}"), m))?,
+            algorithm: algorithm(s.algorithm),
+            encoding: encoding(s.encoding),
+            prefix: s.prefix.clone().unwrap_or_default(),
+        },
+    };
+    if s.scheme != SignSchemeName::Hmac && (s.header.is_some() || s.algorithm.is_some() || s.encoding.is_some() || s.prefix.is_some()) {
+        return Err(err(".sign", "header, algorithm, encoding and prefix apply to the hmac scheme only".into()));
+    }
+    let signer = Signer::new(scheme, s.secret.as_ref().map(|s| s.0.as_str())).map_err(|m| err(".sign", m))?;
+    let roots = match &d.tls.ca_file {
+        Some(f) => roots.with_ca_file(&cfg.base_dir.join(f)).map_err(|m| err(".tls.ca_file", m))?,
+        None => roots.clone(),
+    };
+    let timeout = Duration::from_millis(d.timeout_ms);
+    let client = HttpClient::new(policy.clone(), &roots, d.max_in_flight, timeout).map_err(|m| err(".tls", m))?;
+    Ok(Destination {
+        name: name.into(),
+        url,
+        headers,
+        signer,
+        timeout,
+        retry: RetryPolicy {
+            schedule: d.retry.schedule.iter().map(|d| d.0).collect(),
+            jitter: d.retry.jitter,
+            max_retry_after: d.retry.max_retry_after.0,
+        },
+        limit: tokio::sync::Semaphore::new(d.max_in_flight),
+        client,
+    })
+}
+
+impl Snapshot {
+    pub fn source_by_path(&self, path: &str) -> Option<&Source> {
+        self.sources.iter().find(|s| s.path == path)
+    }
+
+    pub fn source_by_name(&self, name: &str) -> Option<&Source> {
+        self.sources.iter().find(|s| &*s.name == name)
+    }
+
+    /// Indexes of the routes of `source` that `event` matches. The body is parsed as JSON only when
+    /// a route needs it; a body that is not JSON simply fails every body condition.
+    pub fn matching_routes(&self, source: &Source, event: &Event) -> Vec<usize> {
+        let json = if source.needs_body { serde_json::from_slice::<serde_json::Value>(&event.body).ok() } else { None };
+        let view = EventView { headers: &event.headers, body: json.as_ref() };
+        source.routes.iter().copied().filter(|i| self.routes[*i].rule.matches(&view)).collect()
+    }
+
+    /// One delivery per (matching route, destination of that route).
+    pub fn plan(&self, source: &Source, event: &Event, routes: &[usize]) -> Vec<Delivery> {
+        let forwarded = forwardable(&event.headers, &source.never_forward);
+        let mut out = Vec::new();
+        for &r in routes {
+            let route = &self.routes[r];
+            for &d in &route.destinations {
+                let destination = self.destinations[d].clone();
+                out.push(Delivery {
+                    event_id: event.id.0.clone(),
+                    route: route.name.clone(),
+                    msg_id: Delivery::message_id(&event.id.0, &route.name, &destination.name),
+                    destination,
+                    forwarded: forwarded.clone(),
+                    body: event.body.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// `ok — N sources, N destinations, N routes` for `check`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: ok — {} sources, {} destinations, {} routes (version {})",
+            self.file,
+            self.sources.len(),
+            self.destinations.len(),
+            self.routes.len(),
+            self.version
+        )
+    }
+}
+
+/// Convenience for callers that hold a raw body.
+pub fn new_event(source: &str, headers: HeaderMap, body: Bytes) -> Event {
+    Event { id: EventId::generate(), source: source.into(), received_at: SystemTime::now(), headers, body }
+}

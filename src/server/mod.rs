@@ -1,0 +1,165 @@
+//! The ingress listener: one path per source, size and time limits, verification, routing, and the
+//! hand-off to the delivery engine. The sender gets `202` only once the event's deliveries are queued.
+//!
+//! Knows nothing of how deliveries are retried.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::delivery::Engine;
+use crate::runtime::{Event, EventId, Snapshot};
+
+/// What the ingress needs: the live config snapshot and the delivery engine.
+pub struct Gateway {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub engine: Engine,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json(status: StatusCode, body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Resp {
+    json(status, format!("{{\"error\":\"{message}\"}}"))
+}
+
+impl Gateway {
+    /// Handles one request against one snapshot, read once at the start.
+    pub async fn handle(&self, req: Request<Incoming>) -> Resp {
+        let snap = self.snapshot.load_full();
+        let Some(source) = snap.source_by_path(req.uri().path()) else {
+            debug!(path = req.uri().path(), "no source at this path");
+            return error(StatusCode::NOT_FOUND, "not found");
+        };
+        if req.method() != Method::POST {
+            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            r.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            return r;
+        }
+        let limit = snap.server.max_body_bytes;
+        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return too_large(&source.name, limit);
+        }
+        let (parts, body) = req.into_parts();
+        let body = match tokio::time::timeout(snap.server.request_timeout.0, Limited::new(body, limit).collect()).await {
+            Err(_) => {
+                warn!(source = %source.name, "request body not received within server.request_timeout");
+                let mut r = error(StatusCode::REQUEST_TIMEOUT, "request timeout");
+                r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                return r;
+            }
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(&source.name, limit),
+            Ok(Err(e)) => {
+                warn!(source = %source.name, error = %e, "could not read request body");
+                return error(StatusCode::BAD_REQUEST, "could not read body");
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        if let Err(e) = source.verifier.verify(&parts.headers, &body, SystemTime::now()) {
+            warn!(source = %source.name, reason = e.reason(), error = %e, "verification failed");
+            return error(StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+        let event = Event { id: EventId::generate(), source: source.name.clone(), received_at: SystemTime::now(), headers: parts.headers, body };
+        let routes = snap.matching_routes(source, &event);
+        let deliveries = snap.plan(source, &event, &routes);
+        let count = deliveries.len();
+        if count > 0 {
+            if let Err(full) = self.engine.enqueue(deliveries) {
+                warn!(source = %source.name, error = %full, "refusing event: delivery queue full");
+                let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "delivery queue full, retry later");
+                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                return r;
+            }
+        }
+        let names: Vec<&str> = routes.iter().map(|r| &*snap.routes[*r].name).collect();
+        if count == 0 {
+            info!(event_id = %event.id, source = %source.name, bytes = event.body.len(), "event accepted; no route matched (unrouted)");
+        } else {
+            info!(event_id = %event.id, source = %source.name, bytes = event.body.len(), routes = ?names, deliveries = count, "event accepted");
+        }
+        json(StatusCode::ACCEPTED, format!("{{\"id\":\"{}\"}}", event.id))
+    }
+}
+
+fn too_large(source: &str, limit: usize) -> Resp {
+    warn!(source, limit, "request body larger than server.max_body_bytes");
+    let mut r = error(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
+    // the rest of the body is not read, so the connection cannot be reused
+    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Binds `addr` (port 0 picks a free port).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and gives in-flight requests up to
+/// `grace` to finish.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>, grace: Duration) {
+    let max_connections = gateway.snapshot.load().server.max_connections;
+    let header_timeout = gateway.snapshot.load().server.request_timeout.0;
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(Some(header_timeout)).keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = connections.clone().acquire_owned() => p.expect("never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // e.g. EMFILE: back off instead of spinning
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gateway.clone();
+        let svc = service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, Infallible>(gw.handle(req).await) }
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        warn!("in-flight requests did not finish within the shutdown grace period");
+    }
+}
