@@ -3,7 +3,7 @@
 pub mod config;
 pub mod delivery;
 pub mod rules;
-pub mod server;
 pub mod runtime;
+pub mod server;
 pub mod sign;
 pub mod verify;

@@ -17,7 +17,11 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
             for e in &errors.0 {
                 eprintln!("{e}");
             }
-            anyhow::bail!("{} has {} problem(s); nothing started", config.display(), errors.0.len());
+            anyhow::bail!(
+                "{} has {} problem(s); nothing started",
+                config.display(),
+                errors.0.len()
+            );
         }
     };
     super::runtime()?.block_on(async move {

@@ -68,7 +68,10 @@ pub struct DeliveryConfig {
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
-        DeliveryConfig { max_in_flight: 256, max_pending: 100_000 }
+        DeliveryConfig {
+            max_in_flight: 256,
+            max_pending: 100_000,
+        }
     }
 }
 
@@ -246,7 +249,10 @@ impl Default for RetryConfig {
     fn default() -> Self {
         let schedule = [5, 300, 1800, 7200, 18000, 36000, 36000];
         RetryConfig {
-            schedule: schedule.iter().map(|s| Dur(Duration::from_secs(*s))).collect(),
+            schedule: schedule
+                .iter()
+                .map(|s| Dur(Duration::from_secs(*s)))
+                .collect(),
             jitter: 0.2,
             max_retry_after: Dur(Duration::from_secs(3600)),
         }
@@ -296,7 +302,9 @@ impl<'de> Deserialize<'de> for Dur {
                 )));
             }
         };
-        parse_duration(text).map(Dur).map_err(serde::de::Error::custom)
+        parse_duration(text)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -314,7 +322,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("invalid duration \"{text}\": unit must be one of ms, s, m, h, d")),
+        _ => {
+            return Err(format!(
+                "invalid duration \"{text}\": unit must be one of ms, s, m, h, d"
+            ));
+        }
     };
     n.checked_mul(ms)
         .map(Duration::from_millis)
@@ -333,17 +345,35 @@ mod tests {
             ("5m", Ok(Duration::from_secs(300))),
             ("2h", Ok(Duration::from_secs(7200))),
             ("1d", Ok(Duration::from_secs(86400))),
-            ("5", Err("invalid duration \"5\": unit must be one of ms, s, m, h, d")),
-            ("s", Err("invalid duration \"s\": expected a number and a unit (ms, s, m, h, d), e.g. \"5s\"")),
-            ("5 weeks", Err("invalid duration \"5 weeks\": unit must be one of ms, s, m, h, d")),
+            (
+                "5",
+                Err("invalid duration \"5\": unit must be one of ms, s, m, h, d"),
+            ),
+            (
+                "s",
+                Err(
+                    "invalid duration \"s\": expected a number and a unit (ms, s, m, h, d), e.g. \"5s\"",
+                ),
+            ),
+            (
+                "5 weeks",
+                Err("invalid duration \"5 weeks\": unit must be one of ms, s, m, h, d"),
+            ),
         ];
         for (input, want) in cases {
-            assert_eq!(parse_duration(input).as_ref().map_err(|e| e.as_str()), want.as_ref().map_err(|e| *e), "{input}");
+            assert_eq!(
+                parse_duration(input).as_ref().map_err(|e| e.as_str()),
+                want.as_ref().map_err(|e| *e),
+                "{input}"
+            );
         }
     }
 
     #[test]
     fn secret_debug_is_redacted() {
-        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(<redacted>)");
+        assert_eq!(
+            format!("{:?}", Secret("hunter2".into())),
+            "Secret(<redacted>)"
+        );
     }
 }

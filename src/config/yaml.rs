@@ -22,7 +22,10 @@ pub struct Mark {
 
 impl Mark {
     fn from_span(span: &Span) -> Mark {
-        Mark { line: span.start.line(), col: span.start.col() + 1 }
+        Mark {
+            line: span.start.line(),
+            col: span.start.col() + 1,
+        }
     }
 }
 
@@ -73,16 +76,30 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Documen
             Err(e) => {
                 let m = e.marker();
                 return Err(YamlProblem {
-                    mark: Some(Mark { line: m.line(), col: m.col() + 1 }),
+                    mark: Some(Mark {
+                        line: m.line(),
+                        col: m.col() + 1,
+                    }),
                     path: String::new(),
                     message: format!("invalid YAML: {}", e.info()),
                 });
             }
         }
     }
-    let mut b = Builder { events, pos: 0, positions: Positions::default(), problems: Vec::new(), anchors: HashMap::new(), env };
+    let mut b = Builder {
+        events,
+        pos: 0,
+        positions: Positions::default(),
+        problems: Vec::new(),
+        anchors: HashMap::new(),
+        env,
+    };
     let value = b.document();
-    Ok(Document { value, positions: b.positions, problems: b.problems })
+    Ok(Document {
+        value,
+        positions: b.positions,
+        problems: b.problems,
+    })
 }
 
 struct Builder<'e, 'i> {
@@ -105,10 +122,17 @@ impl Builder<'_, '_> {
                     self.pos += 1;
                     if documents > 1 {
                         let mark = Mark::from_span(&self.events[self.pos - 1].1);
-                        self.problems.push(YamlProblem { mark: Some(mark), path: String::new(), message: "only one YAML document is allowed".into() });
+                        self.problems.push(YamlProblem {
+                            mark: Some(mark),
+                            path: String::new(),
+                            message: "only one YAML document is allowed".into(),
+                        });
                         return value;
                     }
-                    if !matches!(self.events.get(self.pos).map(|e| &e.0), Some(Event::DocumentEnd)) {
+                    if !matches!(
+                        self.events.get(self.pos).map(|e| &e.0),
+                        Some(Event::DocumentEnd)
+                    ) {
                         value = self.node(String::new());
                     }
                 }
@@ -156,10 +180,18 @@ impl Builder<'_, '_> {
                         Value::Null => "null".to_string(),
                         other => other.to_string(),
                     };
-                    let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                    let child = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
                     let value = self.node(child.clone());
                     if map.contains_key(&key) {
-                        self.problems.push(YamlProblem { mark: Some(key_mark), path: child, message: format!("duplicate key \"{key}\"") });
+                        self.problems.push(YamlProblem {
+                            mark: Some(key_mark),
+                            path: child,
+                            message: format!("duplicate key \"{key}\""),
+                        });
                         continue;
                     }
                     self.positions.marks.insert(child, key_mark);
@@ -181,7 +213,11 @@ impl Builder<'_, '_> {
             return match expand_env(text, self.env) {
                 Ok(s) => Value::String(s),
                 Err(message) => {
-                    self.problems.push(YamlProblem { mark: Some(mark), path: path.to_string(), message });
+                    self.problems.push(YamlProblem {
+                        mark: Some(mark),
+                        path: path.to_string(),
+                        message,
+                    });
                     Value::Null
                 }
             };
@@ -207,7 +243,10 @@ fn resolve_plain(text: &str) -> Value {
     if let Ok(u) = text.parse::<u64>() {
         return Value::Number(u.into());
     }
-    let looks_numeric = text.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'-' || b == b'+' || b == b'.');
+    let looks_numeric = text
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_digit() || b == b'-' || b == b'+' || b == b'.');
     if looks_numeric && !text.ends_with('.') {
         if let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
             return Value::Number(n);
@@ -243,13 +282,17 @@ pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
             None => (expr, None),
         };
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("invalid variable name \"{name}\" in \"${{{expr}}}\""));
+            return Err(format!(
+                "invalid variable name \"{name}\" in \"${{{expr}}}\""
+            ));
         }
         match (env(name).filter(|v| !v.is_empty()), default) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
             (None, None) => {
-                return Err(format!("environment variable {name} is not set (write ${{{name}:-default}} to give a default)"));
+                return Err(format!(
+                    "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+                ));
             }
         }
         rest = &body[end + 1..];
@@ -281,14 +324,28 @@ mod tests {
             ("${EMPTY:-dflt}", Ok("dflt")),
             ("$${SECRET}", Ok("${SECRET}")),
             ("cost $5", Ok("cost $5")),
-            ("${MISSING}", Err("environment variable MISSING is not set (write ${MISSING:-default} to give a default)")),
-            ("${EMPTY}", Err("environment variable EMPTY is not set (write ${EMPTY:-default} to give a default)")),
+            (
+                "${MISSING}",
+                Err(
+                    "environment variable MISSING is not set (write ${MISSING:-default} to give a default)",
+                ),
+            ),
+            (
+                "${EMPTY}",
+                Err(
+                    "environment variable EMPTY is not set (write ${EMPTY:-default} to give a default)",
+                ),
+            ),
             ("${SECRET", Err("unclosed \"${\" in \"${SECRET\"")),
             ("${A-B}", Err("invalid variable name \"A-B\" in \"${A-B}\"")),
         ];
         for (input, want) in cases {
             let got = expand_env(input, &env);
-            assert_eq!(got.as_deref().map_err(|e| e.as_str()), want, "input {input:?}");
+            assert_eq!(
+                got.as_deref().map_err(|e| e.as_str()),
+                want,
+                "input {input:?}"
+            );
         }
     }
 
@@ -304,9 +361,18 @@ mod tests {
         );
         assert_eq!(pos.locate("server.max"), Some(Mark { line: 3, col: 3 }));
         assert_eq!(pos.locate("routes[0]"), Some(Mark { line: 5, col: 5 }));
-        assert_eq!(pos.locate("routes[0].to[1]"), Some(Mark { line: 6, col: 13 }));
-        assert_eq!(pos.locate("routes[0].to[7]"), Some(Mark { line: 6, col: 5 }));
-        assert_eq!(pos.locate("routes[0].name.sub"), Some(Mark { line: 5, col: 5 }));
+        assert_eq!(
+            pos.locate("routes[0].to[1]"),
+            Some(Mark { line: 6, col: 13 })
+        );
+        assert_eq!(
+            pos.locate("routes[0].to[7]"),
+            Some(Mark { line: 6, col: 5 })
+        );
+        assert_eq!(
+            pos.locate("routes[0].name.sub"),
+            Some(Mark { line: 5, col: 5 })
+        );
     }
 
     #[test]
@@ -315,15 +381,24 @@ mod tests {
         let doc = parse(text, &env).unwrap();
         assert_eq!(doc.value, json!({"a": null, "b": null}));
         let problems = doc.problems;
-        let got: Vec<_> = problems.iter().map(|p| (p.mark.unwrap().line, p.path.as_str())).collect();
+        let got: Vec<_> = problems
+            .iter()
+            .map(|p| (p.mark.unwrap().line, p.path.as_str()))
+            .collect();
         assert_eq!(got, [(1, "a"), (2, "b"), (3, "a")]);
         assert!(problems[2].message.contains("duplicate key"));
     }
 
     #[test]
     fn reports_syntax_errors_with_position() {
-        let Err(problem) = parse("a: [1, 2\nb: 3\n", &env) else { panic!("parsed") };
-        assert!(problem.message.starts_with("invalid YAML"), "{}", problem.message);
+        let Err(problem) = parse("a: [1, 2\nb: 3\n", &env) else {
+            panic!("parsed")
+        };
+        assert!(
+            problem.message.starts_with("invalid YAML"),
+            "{}",
+            problem.message
+        );
         assert!(problem.mark.is_some());
     }
 

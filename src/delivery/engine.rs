@@ -33,7 +33,10 @@ pub struct HttpTransport;
 
 impl Transport for HttpTransport {
     async fn attempt(&self, d: &Delivery) -> AttemptReport {
-        d.destination.client.send(d.request(SystemTime::now()), d.destination.timeout).await
+        d.destination
+            .client
+            .send(d.request(SystemTime::now()), d.destination.timeout)
+            .await
     }
 }
 
@@ -62,7 +65,9 @@ pub struct Engine<T: Transport = HttpTransport> {
 
 impl<T: Transport> Clone for Engine<T> {
     fn clone(&self) -> Self {
-        Engine { inner: self.inner.clone() }
+        Engine {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -102,7 +107,10 @@ impl<T: Transport> Engine<T> {
         let before = inner.pending.fetch_add(n, Ordering::AcqRel);
         if before + n > inner.max_pending {
             inner.pending.fetch_sub(n, Ordering::AcqRel);
-            return Err(QueueFull { pending: before, limit: inner.max_pending });
+            return Err(QueueFull {
+                pending: before,
+                limit: inner.max_pending,
+            });
         }
         for d in deliveries {
             tokio::spawn(run(self.inner.clone(), d));
@@ -161,21 +169,23 @@ async fn run<T: Transport>(inner: Arc<Inner<T>>, d: Delivery) {
                 error!(event_id = %d.event_id, route = %d.route, destination = %dest.name, attempt, %reason, "delivery failed; not retryable");
                 break;
             }
-            AttemptOutcome::Retryable { retry_after, reason, .. } => {
-                match dest.retry.delay(retry, retry_after, fastrand::f64()) {
-                    Some(delay) => {
-                        inner.retries.fetch_add(1, Ordering::Relaxed);
-                        warn!(event_id = %d.event_id, route = %d.route, destination = %dest.name, attempt, %reason, retry_in_ms = delay.as_millis() as u64, "delivery attempt failed; will retry");
-                        tokio::time::sleep(delay).await;
-                        retry += 1;
-                    }
-                    None => {
-                        inner.dead.fetch_add(1, Ordering::Relaxed);
-                        error!(event_id = %d.event_id, route = %d.route, destination = %dest.name, attempt, %reason, "delivery failed; retry schedule exhausted");
-                        break;
-                    }
+            AttemptOutcome::Retryable {
+                retry_after,
+                reason,
+                ..
+            } => match dest.retry.delay(retry, retry_after, fastrand::f64()) {
+                Some(delay) => {
+                    inner.retries.fetch_add(1, Ordering::Relaxed);
+                    warn!(event_id = %d.event_id, route = %d.route, destination = %dest.name, attempt, %reason, retry_in_ms = delay.as_millis() as u64, "delivery attempt failed; will retry");
+                    tokio::time::sleep(delay).await;
+                    retry += 1;
                 }
-            }
+                None => {
+                    inner.dead.fetch_add(1, Ordering::Relaxed);
+                    error!(event_id = %d.event_id, route = %d.route, destination = %dest.name, attempt, %reason, "delivery failed; retry schedule exhausted");
+                    break;
+                }
+            },
         }
     }
     if inner.pending.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -18,8 +18,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
 
-pub use client::{HttpClient, TlsRoots};
 pub use client::AttemptReport;
+pub use client::{HttpClient, TlsRoots};
 pub use engine::{Engine, EngineStats, HttpTransport, QueueFull, Transport};
 pub use retry::{AttemptOutcome, RetryPolicy};
 
@@ -78,10 +78,17 @@ impl Delivery {
             headers.insert(k.clone(), v.clone());
         }
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        let timestamp = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        headers.insert(WEBHOOK_ID, HeaderValue::from_str(&self.msg_id).expect("msg id is ascii"));
+        let timestamp = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        headers.insert(
+            WEBHOOK_ID,
+            HeaderValue::from_str(&self.msg_id).expect("msg id is ascii"),
+        );
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
-        d.signer.sign(&self.msg_id, timestamp, &self.body, &mut headers);
+        d.signer
+            .sign(&self.msg_id, timestamp, &self.body, &mut headers);
         let mut req = Request::new(Full::new(self.body.clone()));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = d.url.clone();
@@ -135,7 +142,10 @@ pub fn forwardable(incoming: &HeaderMap, never: &[HeaderName]) -> HeaderMap {
         }
     }
     if !out.contains_key(CONTENT_TYPE) {
-        out.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        out.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
     }
     out
 }
@@ -152,12 +162,18 @@ mod tests {
         assert_ne!(a, Delivery::message_id("evt_1", "route-b", "chat"));
         assert_ne!(a, Delivery::message_id("evt_1", "route-a", "billing"));
         // the separator keeps ("ab","c") and ("a","bc") apart
-        assert_ne!(Delivery::message_id("e", "ab", "c"), Delivery::message_id("e", "a", "bc"));
+        assert_ne!(
+            Delivery::message_id("e", "ab", "c"),
+            Delivery::message_id("e", "a", "bc")
+        );
     }
 
     #[test]
     fn strips_credentials_signatures_and_hop_by_hop() {
-        let never: Vec<HeaderName> = NEVER_FORWARDED.iter().map(|h| HeaderName::from_static(h)).collect();
+        let never: Vec<HeaderName> = NEVER_FORWARDED
+            .iter()
+            .map(|h| HeaderName::from_static(h))
+            .collect();
         let mut h = HeaderMap::new();
         for (k, v) in [
             ("content-type", "application/json"),
@@ -176,6 +192,9 @@ mod tests {
         let out = forwardable(&h, &never);
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort();
-        assert_eq!(names, ["content-type", "x-github-delivery", "x-github-event"]);
+        assert_eq!(
+            names,
+            ["content-type", "x-github-delivery", "x-github-event"]
+        );
     }
 }

@@ -11,9 +11,16 @@ pub enum AttemptOutcome {
     /// A 2xx response.
     Delivered { status: StatusCode },
     /// Worth another try: timeouts, connection and DNS errors, 408, 429 and 5xx.
-    Retryable { status: Option<StatusCode>, retry_after: Option<Duration>, reason: String },
+    Retryable {
+        status: Option<StatusCode>,
+        retry_after: Option<Duration>,
+        reason: String,
+    },
     /// A retry will not help: other 4xx (and 1xx/3xx, since redirects are not followed), an egress refusal.
-    Failed { status: Option<StatusCode>, reason: String },
+    Failed {
+        status: Option<StatusCode>,
+        reason: String,
+    },
 }
 
 impl AttemptOutcome {
@@ -21,10 +28,20 @@ impl AttemptOutcome {
     pub fn from_status(status: StatusCode, retry_after: Option<Duration>) -> Self {
         if status.is_success() {
             AttemptOutcome::Delivered { status }
-        } else if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            AttemptOutcome::Retryable { status: Some(status), retry_after, reason: format!("HTTP {}", status.as_u16()) }
+        } else if status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error()
+        {
+            AttemptOutcome::Retryable {
+                status: Some(status),
+                retry_after,
+                reason: format!("HTTP {}", status.as_u16()),
+            }
         } else {
-            AttemptOutcome::Failed { status: Some(status), reason: format!("HTTP {} is not retried", status.as_u16()) }
+            AttemptOutcome::Failed {
+                status: Some(status),
+                reason: format!("HTTP {} is not retried", status.as_u16()),
+            }
         }
     }
 
@@ -63,7 +80,12 @@ impl RetryPolicy {
     /// Delay before retry number `retry` (0 = the first retry, after the first attempt), or `None`
     /// when the schedule is exhausted. A `Retry-After` replaces the scheduled delay (clamped to
     /// `max_retry_after`, not jittered: the destination asked for that time). `random` is uniform in [0, 1).
-    pub fn delay(&self, retry: usize, retry_after: Option<Duration>, random: f64) -> Option<Duration> {
+    pub fn delay(
+        &self,
+        retry: usize,
+        retry_after: Option<Duration>,
+        random: f64,
+    ) -> Option<Duration> {
         let scheduled = *self.schedule.get(retry)?;
         if let Some(ra) = retry_after {
             return Some(ra.min(self.max_retry_after));
@@ -115,25 +137,47 @@ mod tests {
         assert_eq!(p.delay(0, None, 0.0), Some(Duration::from_secs(4)));
         assert_eq!(p.delay(1, None, 0.0), Some(Duration::from_secs(240)));
         let hi = p.delay(1, None, 0.999_999).unwrap();
-        assert!(hi > Duration::from_secs(359) && hi <= Duration::from_secs(360), "{hi:?}");
+        assert!(
+            hi > Duration::from_secs(359) && hi <= Duration::from_secs(360),
+            "{hi:?}"
+        );
         assert_eq!(p.delay(2, None, 0.5), None, "exhausted after the schedule");
     }
 
     #[test]
     fn retry_after_is_honoured_and_clamped() {
         let p = policy();
-        assert_eq!(p.delay(0, Some(Duration::from_secs(42)), 0.0), Some(Duration::from_secs(42)));
-        assert_eq!(p.delay(0, Some(Duration::from_secs(86_400)), 0.0), Some(Duration::from_secs(3600)));
-        assert_eq!(p.delay(2, Some(Duration::from_secs(1)), 0.0), None, "Retry-After does not extend the schedule");
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(42)), 0.0),
+            Some(Duration::from_secs(42))
+        );
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(86_400)), 0.0),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            p.delay(2, Some(Duration::from_secs(1)), 0.0),
+            None,
+            "Retry-After does not extend the schedule"
+        );
     }
 
     #[test]
     fn parses_retry_after() {
         let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:29:00 GMT", now), Some(Duration::from_secs(60)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:29:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
     }

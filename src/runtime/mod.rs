@@ -17,11 +17,13 @@ use sha2::{Digest, Sha256};
 pub use event::{Event, EventId};
 
 use crate::config::{
-    AlgorithmName, Config, ConfigError, ConfigErrors, DeliveryConfig, DestinationConfig, EncodingName,
-    ServerConfig, SignSchemeName, SourceConfig, VerifySchemeName, parse_net,
+    AlgorithmName, Config, ConfigError, ConfigErrors, DeliveryConfig, DestinationConfig,
+    EncodingName, ServerConfig, SignSchemeName, SourceConfig, VerifySchemeName, parse_net,
 };
 use crate::delivery::egress::EgressPolicy;
-use crate::delivery::{Delivery, Destination, HttpClient, NEVER_FORWARDED, RetryPolicy, TlsRoots, forwardable};
+use crate::delivery::{
+    Delivery, Destination, HttpClient, NEVER_FORWARDED, RetryPolicy, TlsRoots, forwardable,
+};
 use crate::rules::{EventView, Rule};
 use crate::sign::{SignScheme, Signer};
 use crate::verify::{Algorithm, Encoding, Scheme, Verifier};
@@ -71,7 +73,9 @@ pub fn build(path: &Path) -> Result<Snapshot, ConfigErrors> {
         }])
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    build_from_text(&path.display().to_string(), &base, &text, &|k| std::env::var(k).ok())
+    build_from_text(&path.display().to_string(), &base, &text, &|k| {
+        std::env::var(k).ok()
+    })
 }
 
 /// Parses and compiles config text; every problem is returned, parse and compile errors alike.
@@ -84,7 +88,13 @@ pub fn build_from_text(
     let (cfg, mut errors) = Config::parse(file, base_dir, text, env);
     let version = hex::encode(&Sha256::digest(text.as_bytes())[..6]);
 
-    let policy = Arc::new(EgressPolicy::new(cfg.egress.allow.iter().filter_map(|s| parse_net(s)).collect()));
+    let policy = Arc::new(EgressPolicy::new(
+        cfg.egress
+            .allow
+            .iter()
+            .filter_map(|s| parse_net(s))
+            .collect(),
+    ));
     let roots = TlsRoots::webpki();
     let mut destinations = Vec::new();
     for (name, d) in &cfg.destinations {
@@ -101,12 +111,22 @@ pub fn build_from_text(
         let rule = match crate::rules::compile(&r.when) {
             Ok(rule) => rule,
             Err(errs) => {
-                errors.extend(errs.into_iter().map(|e| cfg.error(&format!("{key}.when{}", e.path), e.message)));
+                errors.extend(
+                    errs.into_iter()
+                        .map(|e| cfg.error(&format!("{key}.when{}", e.path), e.message)),
+                );
                 continue;
             }
         };
-        let dests = r.to.iter().filter_map(|t| destinations.iter().position(|d| &*d.name == t)).collect();
-        routes.push(Route { name: r.name.as_str().into(), rule, destinations: dests });
+        let dests =
+            r.to.iter()
+                .filter_map(|t| destinations.iter().position(|d| &*d.name == t))
+                .collect();
+        routes.push(Route {
+            name: r.name.as_str().into(),
+            rule,
+            destinations: dests,
+        });
         route_sources.push(&r.source);
     }
 
@@ -114,13 +134,30 @@ pub fn build_from_text(
     for (name, s) in &cfg.sources {
         match build_verifier(s) {
             Ok(verifier) => {
-                let mine: Vec<usize> = (0..routes.len()).filter(|i| route_sources[*i] == name).collect();
+                let mine: Vec<usize> = (0..routes.len())
+                    .filter(|i| route_sources[*i] == name)
+                    .collect();
                 let needs_body = mine.iter().any(|i| routes[*i].rule.needs_body());
-                let mut never_forward: Vec<HeaderName> = NEVER_FORWARDED.iter().map(|h| HeaderName::from_static(h)).collect();
-                if let Some(h) = s.verify.header.as_deref().and_then(|h| HeaderName::try_from(h).ok()) {
+                let mut never_forward: Vec<HeaderName> = NEVER_FORWARDED
+                    .iter()
+                    .map(|h| HeaderName::from_static(h))
+                    .collect();
+                if let Some(h) = s
+                    .verify
+                    .header
+                    .as_deref()
+                    .and_then(|h| HeaderName::try_from(h).ok())
+                {
                     never_forward.push(h);
                 }
-                sources.push(Source { name: name.as_str().into(), path: s.path.clone(), verifier, routes: mine, needs_body, never_forward });
+                sources.push(Source {
+                    name: name.as_str().into(),
+                    path: s.path.clone(),
+                    verifier,
+                    routes: mine,
+                    needs_body,
+                    never_forward,
+                });
             }
             Err((key, msg)) => errors.push(cfg.error(&format!("sources.{name}.verify{key}"), msg)),
         }
@@ -156,11 +193,22 @@ fn encoding(e: Option<EncodingName>) -> Encoding {
     }
 }
 
-fn header_name(h: Option<&str>, default: Option<&'static str>) -> Result<HeaderName, (String, String)> {
+fn header_name(
+    h: Option<&str>,
+    default: Option<&'static str>,
+) -> Result<HeaderName, (String, String)> {
     match (h, default) {
-        (Some(h), _) => HeaderName::try_from(h).map_err(|_| (".header".into(), format!("\"{h}\" is not a valid header name"))),
+        (Some(h), _) => HeaderName::try_from(h).map_err(|_| {
+            (
+                ".header".into(),
+                format!("\"{h}\" is not a valid header name"),
+            )
+        }),
         (None, Some(d)) => Ok(HeaderName::from_static(d)),
-        (None, None) => Err((".header".into(), "this scheme needs `header:`, the header carrying the signature".into())),
+        (None, None) => Err((
+            ".header".into(),
+            "this scheme needs `header:`, the header carrying the signature".into(),
+        )),
     }
 }
 
@@ -181,22 +229,46 @@ fn build_verifier(s: &SourceConfig) -> Result<Verifier, (String, String)> {
             prefix: v.prefix.clone().unwrap_or_default(),
         },
         VerifySchemeName::Basic => Scheme::Basic,
-        VerifySchemeName::ApiKey => Scheme::ApiKey { header: header_name(v.header.as_deref(), Some("x-api-key"))? },
+        VerifySchemeName::ApiKey => Scheme::ApiKey {
+            header: header_name(v.header.as_deref(), Some("x-api-key"))?,
+        },
     };
-    let hmac_only = [(v.algorithm.is_some(), "algorithm"), (v.encoding.is_some(), "encoding"), (v.prefix.is_some(), "prefix")];
+    let hmac_only = [
+        (v.algorithm.is_some(), "algorithm"),
+        (v.encoding.is_some(), "encoding"),
+        (v.prefix.is_some(), "prefix"),
+    ];
     for (set, key) in hmac_only {
         if set && v.scheme != VerifySchemeName::Hmac {
-            return Err((format!(".{key}"), "only the hmac scheme takes this key".into()));
+            return Err((
+                format!(".{key}"),
+                "only the hmac scheme takes this key".into(),
+            ));
         }
     }
-    if v.header.is_some() && !matches!(v.scheme, VerifySchemeName::Hmac | VerifySchemeName::ApiKey) {
-        return Err((".header".into(), "only the hmac and api-key schemes take this key".into()));
+    if v.header.is_some() && !matches!(v.scheme, VerifySchemeName::Hmac | VerifySchemeName::ApiKey)
+    {
+        return Err((
+            ".header".into(),
+            "only the hmac and api-key schemes take this key".into(),
+        ));
     }
-    let timestamped = matches!(v.scheme, VerifySchemeName::Stripe | VerifySchemeName::Slack | VerifySchemeName::StandardWebhooks);
+    let timestamped = matches!(
+        v.scheme,
+        VerifySchemeName::Stripe | VerifySchemeName::Slack | VerifySchemeName::StandardWebhooks
+    );
     if v.tolerance.is_some() && !timestamped {
-        return Err((".tolerance".into(), "only timestamped schemes (stripe, slack, standard-webhooks) take a tolerance".into()));
+        return Err((
+            ".tolerance".into(),
+            "only timestamped schemes (stripe, slack, standard-webhooks) take a tolerance".into(),
+        ));
     }
-    let secrets: Vec<String> = v.secret.iter().chain(v.secrets.iter()).map(|s| s.0.clone()).collect();
+    let secrets: Vec<String> = v
+        .secret
+        .iter()
+        .chain(v.secrets.iter())
+        .map(|s| s.0.clone())
+        .collect();
     if v.scheme == VerifySchemeName::None && !secrets.is_empty() {
         return Err((".secret".into(), "scheme none takes no secret".into()));
     }
@@ -213,15 +285,23 @@ fn build_destination(
 ) -> Result<Destination, ConfigError> {
     let key = format!("destinations.{name}");
     let err = |k: &str, m: String| cfg.error(&format!("{key}{k}"), m);
-    let url: http::Uri = d.url.parse().map_err(|e| err(".url", format!("invalid URL: {e}")))?;
+    let url: http::Uri = d
+        .url
+        .parse()
+        .map_err(|e| err(".url", format!("invalid URL: {e}")))?;
     let mut headers = HeaderMap::new();
     for (k, v) in &d.headers {
         let hk = format!(".headers.{k}");
-        let n = HeaderName::try_from(k.as_str()).map_err(|_| err(&hk, format!("\"{k}\" is not a valid header name")))?;
+        let n = HeaderName::try_from(k.as_str())
+            .map_err(|_| err(&hk, format!("\"{k}\" is not a valid header name")))?;
         if NEVER_FORWARDED.contains(&n.as_str()) || n == http::header::CONTENT_TYPE {
-            return Err(err(&hk, format!("\"{k}\" is set by hookyard itself and cannot be configured")));
+            return Err(err(
+                &hk,
+                format!("\"{k}\" is set by hookyard itself and cannot be configured"),
+            ));
         }
-        let v = HeaderValue::from_str(v).map_err(|_| err(&hk, "header values must be visible ASCII".into()))?;
+        let v = HeaderValue::from_str(v)
+            .map_err(|_| err(&hk, "header values must be visible ASCII".into()))?;
         headers.insert(n, v);
     }
     let s = &d.sign;
@@ -230,22 +310,35 @@ fn build_destination(
         SignSchemeName::StandardWebhooks => SignScheme::StandardWebhooks,
         SignSchemeName::Github => SignScheme::Github,
         SignSchemeName::Hmac => SignScheme::Hmac {
-            header: header_name(s.header.as_deref(), None).map_err(|(k, m)| err(&format!(".sign{k}"), m))?,
+            header: header_name(s.header.as_deref(), None)
+                .map_err(|(k, m)| err(&format!(".sign{k}"), m))?,
             algorithm: algorithm(s.algorithm),
             encoding: encoding(s.encoding),
             prefix: s.prefix.clone().unwrap_or_default(),
         },
     };
-    if s.scheme != SignSchemeName::Hmac && (s.header.is_some() || s.algorithm.is_some() || s.encoding.is_some() || s.prefix.is_some()) {
-        return Err(err(".sign", "header, algorithm, encoding and prefix apply to the hmac scheme only".into()));
+    if s.scheme != SignSchemeName::Hmac
+        && (s.header.is_some()
+            || s.algorithm.is_some()
+            || s.encoding.is_some()
+            || s.prefix.is_some())
+    {
+        return Err(err(
+            ".sign",
+            "header, algorithm, encoding and prefix apply to the hmac scheme only".into(),
+        ));
     }
-    let signer = Signer::new(scheme, s.secret.as_ref().map(|s| s.0.as_str())).map_err(|m| err(".sign", m))?;
+    let signer = Signer::new(scheme, s.secret.as_ref().map(|s| s.0.as_str()))
+        .map_err(|m| err(".sign", m))?;
     let roots = match &d.tls.ca_file {
-        Some(f) => roots.with_ca_file(&cfg.base_dir.join(f)).map_err(|m| err(".tls.ca_file", m))?,
+        Some(f) => roots
+            .with_ca_file(&cfg.base_dir.join(f))
+            .map_err(|m| err(".tls.ca_file", m))?,
         None => roots.clone(),
     };
     let timeout = Duration::from_millis(d.timeout_ms);
-    let client = HttpClient::new(policy.clone(), &roots, d.max_in_flight, timeout).map_err(|m| err(".tls", m))?;
+    let client = HttpClient::new(policy.clone(), &roots, d.max_in_flight, timeout)
+        .map_err(|m| err(".tls", m))?;
     Ok(Destination {
         name: name.into(),
         url,
@@ -274,9 +367,21 @@ impl Snapshot {
     /// Indexes of the routes of `source` that `event` matches. The body is parsed as JSON only when
     /// a route needs it; a body that is not JSON simply fails every body condition.
     pub fn matching_routes(&self, source: &Source, event: &Event) -> Vec<usize> {
-        let json = if source.needs_body { serde_json::from_slice::<serde_json::Value>(&event.body).ok() } else { None };
-        let view = EventView { headers: &event.headers, body: json.as_ref() };
-        source.routes.iter().copied().filter(|i| self.routes[*i].rule.matches(&view)).collect()
+        let json = if source.needs_body {
+            serde_json::from_slice::<serde_json::Value>(&event.body).ok()
+        } else {
+            None
+        };
+        let view = EventView {
+            headers: &event.headers,
+            body: json.as_ref(),
+        };
+        source
+            .routes
+            .iter()
+            .copied()
+            .filter(|i| self.routes[*i].rule.matches(&view))
+            .collect()
     }
 
     /// One delivery per (matching route, destination of that route).
@@ -315,5 +420,11 @@ impl Snapshot {
 
 /// Convenience for callers that hold a raw body.
 pub fn new_event(source: &str, headers: HeaderMap, body: Bytes) -> Event {
-    Event { id: EventId::generate(), source: source.into(), received_at: SystemTime::now(), headers, body }
+    Event {
+        id: EventId::generate(),
+        source: source.into(),
+        received_at: SystemTime::now(),
+        headers,
+        body,
+    }
 }

@@ -37,7 +37,8 @@ type Resp = Response<Full<Bytes>>;
 fn json(status: StatusCode, body: String) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -55,42 +56,68 @@ impl Gateway {
         };
         if req.method() != Method::POST {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            r.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
             return r;
         }
         let limit = snap.server.max_body_bytes;
-        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
             return too_large(&source.name, limit);
         }
         let (parts, body) = req.into_parts();
-        let body = match tokio::time::timeout(snap.server.request_timeout.0, Limited::new(body, limit).collect()).await {
+        let body = match tokio::time::timeout(
+            snap.server.request_timeout.0,
+            Limited::new(body, limit).collect(),
+        )
+        .await
+        {
             Err(_) => {
                 warn!(source = %source.name, "request body not received within server.request_timeout");
                 let mut r = error(StatusCode::REQUEST_TIMEOUT, "request timeout");
-                r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                r.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
                 return r;
             }
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(&source.name, limit),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return too_large(&source.name, limit);
+            }
             Ok(Err(e)) => {
                 warn!(source = %source.name, error = %e, "could not read request body");
                 return error(StatusCode::BAD_REQUEST, "could not read body");
             }
             Ok(Ok(collected)) => collected.to_bytes(),
         };
-        if let Err(e) = source.verifier.verify(&parts.headers, &body, SystemTime::now()) {
+        if let Err(e) = source
+            .verifier
+            .verify(&parts.headers, &body, SystemTime::now())
+        {
             warn!(source = %source.name, reason = e.reason(), error = %e, "verification failed");
             return error(StatusCode::UNAUTHORIZED, "unauthorized");
         }
-        let event = Event { id: EventId::generate(), source: source.name.clone(), received_at: SystemTime::now(), headers: parts.headers, body };
+        let event = Event {
+            id: EventId::generate(),
+            source: source.name.clone(),
+            received_at: SystemTime::now(),
+            headers: parts.headers,
+            body,
+        };
         let routes = snap.matching_routes(source, &event);
         let deliveries = snap.plan(source, &event, &routes);
         let count = deliveries.len();
         if count > 0 {
             if let Err(full) = self.engine.enqueue(deliveries) {
                 warn!(source = %source.name, error = %full, "refusing event: delivery queue full");
-                let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "delivery queue full, retry later");
-                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                let mut r = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "delivery queue full, retry later",
+                );
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
                 return r;
             }
         }
@@ -105,10 +132,14 @@ impl Gateway {
 }
 
 fn too_large(source: &str, limit: usize) -> Resp {
-    warn!(source, limit, "request body larger than server.max_body_bytes");
+    warn!(
+        source,
+        limit, "request body larger than server.max_body_bytes"
+    );
     let mut r = error(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
     // the rest of the body is not read, so the connection cannot be reused
-    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
@@ -119,13 +150,21 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves until `shutdown` resolves, then stops accepting and gives in-flight requests up to
 /// `grace` to finish.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>, grace: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
     let max_connections = gateway.snapshot.load().server.max_connections;
     let header_timeout = gateway.snapshot.load().server.request_timeout.0;
     let connections = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(Some(header_timeout)).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(header_timeout))
+        .keep_alive(true);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -159,7 +198,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!("in-flight requests did not finish within the shutdown grace period");
     }
 }

@@ -1,0 +1,271 @@
+//! A JSONPath parsed once, at compile time, and evaluated per event.
+//!
+//! `jsonpath-rust` evaluates a pre-parsed [`JpQuery`] with `js_path_process`, but it builds the
+//! normalized path string of every node it visits. Most routing paths are plain navigation
+//! (`$.pull_request.head.ref`, `$.commits[*].id`), so those are lowered to [`Step`]s and walked
+//! in place without allocating; everything else keeps the library's evaluator.
+
+use jsonpath_rust::parser::errors::JsonPathError;
+use jsonpath_rust::parser::model::{JpQuery, Segment, Selector};
+use jsonpath_rust::parser::parse_json_path;
+use jsonpath_rust::query::js_path_process;
+use serde_json::Value;
+
+/// A compiled `path:` subject.
+#[derive(Debug, Clone)]
+pub(super) enum BodyPath {
+    /// Names, indexes and wildcards only: walked in place.
+    Direct(Box<[Step]>),
+    /// Filters, slices, descendants or unions: evaluated by `jsonpath-rust`.
+    General(Box<JpQuery>),
+}
+
+/// One navigation step of a [`BodyPath::Direct`] path, with RFC 9535 semantics.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Step {
+    /// `.name` / `['name']`: the member of an object.
+    Name(Box<str>),
+    /// `[i]`: an array element; negative counts from the end.
+    Index(i64),
+    /// `[*]` / `.*`: every element of an array or member of an object.
+    Wildcard,
+}
+
+impl BodyPath {
+    /// Parses a JSONPath; the error is a short, single-line description.
+    pub(super) fn parse(path: &str) -> Result<Self, String> {
+        let query = parse_json_path(path).map_err(|error| describe(path, &error))?;
+        let steps: Option<Box<[Step]>> = query.segments.iter().map(lower).collect();
+        Ok(match steps {
+            Some(steps) => BodyPath::Direct(steps),
+            None => BodyPath::General(Box::new(query)),
+        })
+    }
+
+    /// Whether `visit` returns true for at least one value the path selects in `body`. Stops at
+    /// the first such value.
+    pub(super) fn any<'v>(
+        &self,
+        body: &'v Value,
+        mut visit: impl FnMut(&'v Value) -> bool,
+    ) -> bool {
+        match self {
+            BodyPath::Direct(steps) => walk(steps, body, &mut visit),
+            // An `Err` means the query produced a computed value rather than nodes of the body,
+            // which a parsed query never does; treat it as selecting nothing.
+            BodyPath::General(query) => js_path_process(query, body)
+                .is_ok_and(|nodes| nodes.iter().any(|node| visit(node.val))),
+        }
+    }
+}
+
+fn lower(segment: &Segment) -> Option<Step> {
+    match segment {
+        Segment::Selector(Selector::Name(name)) => Some(Step::Name(name.as_str().into())),
+        Segment::Selector(Selector::Index(index)) => Some(Step::Index(*index)),
+        Segment::Selector(Selector::Wildcard) => Some(Step::Wildcard),
+        _ => None,
+    }
+}
+
+fn walk<'v, F: FnMut(&'v Value) -> bool>(steps: &[Step], value: &'v Value, visit: &mut F) -> bool {
+    let Some((step, rest)) = steps.split_first() else {
+        return visit(value);
+    };
+    match (step, value) {
+        (Step::Name(name), Value::Object(members)) => {
+            members.get(&**name).is_some_and(|v| walk(rest, v, visit))
+        }
+        (Step::Index(index), Value::Array(elements)) => {
+            element(elements, *index).is_some_and(|v| walk(rest, v, visit))
+        }
+        (Step::Wildcard, Value::Array(elements)) => elements.iter().any(|v| walk(rest, v, visit)),
+        (Step::Wildcard, Value::Object(members)) => members.values().any(|v| walk(rest, v, visit)),
+        _ => false,
+    }
+}
+
+fn element(elements: &[Value], index: i64) -> Option<&Value> {
+    let position = if index < 0 {
+        elements
+            .len()
+            .checked_sub(usize::try_from(index.unsigned_abs()).ok()?)?
+    } else {
+        usize::try_from(index).ok()?
+    };
+    elements.get(position)
+}
+
+/// `jsonpath-rust` reports syntax errors with pest's multi-line, caret-drawing format; a config
+/// error wants one line: the column and what was expected.
+fn describe(path: &str, error: &JsonPathError) -> String {
+    let detail = match error {
+        JsonPathError::PestError(pest) => {
+            let rendered = pest.to_string();
+            let column = rendered
+                .lines()
+                .find_map(|line| line.trim_start().strip_prefix("--> "))
+                .and_then(|position| position.rsplit(':').next())
+                .map(str::to_owned);
+            match column {
+                Some(column) => format!("at column {column}: {}", pest.variant.message()),
+                None => pest.variant.message().into_owned(),
+            }
+        }
+        other => other.to_string(),
+    };
+    let hint = if path.trim_start().starts_with('$') {
+        ""
+    } else {
+        " (a JSONPath starts with `$`, as in `$.action`)"
+    };
+    format!("invalid JSONPath `{path}`: {detail}{hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Every value the path selects, in order.
+    fn select<'v>(path: &BodyPath, body: &'v Value) -> Vec<&'v Value> {
+        let mut found = Vec::new();
+        path.any(body, |v| {
+            found.push(v);
+            false
+        });
+        found
+    }
+
+    #[test]
+    fn plain_navigation_is_walked_in_place() {
+        let cases: &[(&str, &[Step])] = &[
+            ("$", &[]),
+            ("$.a", &[Step::Name("a".into())]),
+            ("$['a b']", &[Step::Name("a b".into())]),
+            ("$.a[0]", &[Step::Name("a".into()), Step::Index(0)]),
+            (
+                "$.a[-1].b",
+                &[
+                    Step::Name("a".into()),
+                    Step::Index(-1),
+                    Step::Name("b".into()),
+                ],
+            ),
+            (
+                "$.a[*].b",
+                &[
+                    Step::Name("a".into()),
+                    Step::Wildcard,
+                    Step::Name("b".into()),
+                ],
+            ),
+            ("$.*", &[Step::Wildcard]),
+        ];
+        for (source, expected) in cases {
+            match BodyPath::parse(source).unwrap() {
+                BodyPath::Direct(steps) => assert_eq!(&*steps, *expected, "{source}"),
+                other => panic!("{source}: expected a direct path, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn other_paths_use_the_library() {
+        for source in [
+            "$..a",
+            "$.a[1:3]",
+            "$['a','b']",
+            "$.a[?@.b == 1]",
+            "$.a[0,1]",
+        ] {
+            assert!(
+                matches!(BodyPath::parse(source).unwrap(), BodyPath::General(_)),
+                "{source}"
+            );
+        }
+    }
+
+    /// The in-place walk must select exactly what `jsonpath-rust` selects, in the same order.
+    #[test]
+    fn direct_walk_agrees_with_the_library() {
+        let bodies = [
+            json!({"a": [{"b": 1}, {"b": [2, 3]}, {"c": 4}, 5], "x": {"y": {"z": null}}, "e": []}),
+            json!([[1, 2], {"k": "v", "j": "w"}, "s", null]),
+            json!("scalar"),
+            json!({}),
+        ];
+        let paths = [
+            "$",
+            "$.a",
+            "$.a[0]",
+            "$.a[3]",
+            "$.a[4]",
+            "$.a[-1]",
+            "$.a[-4]",
+            "$.a[-5]",
+            "$.a[*]",
+            "$.a[*].b",
+            "$.a[*].b[*]",
+            "$.a[*].b[1]",
+            "$.x.y.z",
+            "$.x.*.z",
+            "$.x.y.z.w",
+            "$.e[*]",
+            "$.e[0]",
+            "$[0]",
+            "$[1].k",
+            "$[*][*]",
+            "$.*",
+            "$.missing",
+            "$[9007199254740991]",
+            "$[-9007199254740991]",
+        ];
+        for body in &bodies {
+            for source in paths {
+                let parsed = parse_json_path(source).unwrap();
+                let library: Vec<&Value> = js_path_process(&parsed, body)
+                    .unwrap()
+                    .into_iter()
+                    .map(|node| node.val)
+                    .collect();
+                let path = BodyPath::parse(source).unwrap();
+                assert!(matches!(path, BodyPath::Direct(_)), "{source}");
+                assert_eq!(select(&path, body), library, "{source} on {body}");
+            }
+        }
+    }
+
+    #[test]
+    fn any_stops_at_the_first_hit() {
+        let body = json!({"a": [1, 2, 3]});
+        let mut seen = 0;
+        assert!(BodyPath::parse("$.a[*]").unwrap().any(&body, |v| {
+            seen += 1;
+            v == &json!(2)
+        }));
+        assert_eq!(seen, 2);
+    }
+
+    #[test]
+    fn syntax_errors_are_one_line() {
+        let cases = [
+            (
+                "$.a[",
+                "invalid JSONPath `$.a[`: at column 5: expected selector",
+            ),
+            (
+                "a.b",
+                "invalid JSONPath `a.b`: at column 1: expected jp_query \
+                 (a JSONPath starts with `$`, as in `$.action`)",
+            ),
+            (
+                "$.a[?@.x ==]",
+                "invalid JSONPath `$.a[?@.x ==]`: at column 12: expected comparable",
+            ),
+        ];
+        for (source, expected) in cases {
+            assert_eq!(BodyPath::parse(source).unwrap_err(), expected);
+        }
+    }
+}
