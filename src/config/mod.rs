@@ -173,20 +173,20 @@ impl Config {
                 ));
             }
         }
-        if let Some(v) = root.remove("server") {
-            if let Some(s) = cfg.item("server", v, &mut errors) {
-                cfg.server = s;
-            }
+        if let Some(v) = root.remove("server")
+            && let Some(s) = cfg.item("server", v, &mut errors)
+        {
+            cfg.server = s;
         }
-        if let Some(v) = root.remove("egress") {
-            if let Some(s) = cfg.item("egress", v, &mut errors) {
-                cfg.egress = s;
-            }
+        if let Some(v) = root.remove("egress")
+            && let Some(s) = cfg.item("egress", v, &mut errors)
+        {
+            cfg.egress = s;
         }
-        if let Some(v) = root.remove("delivery") {
-            if let Some(s) = cfg.item("delivery", v, &mut errors) {
-                cfg.delivery = s;
-            }
+        if let Some(v) = root.remove("delivery")
+            && let Some(s) = cfg.item("delivery", v, &mut errors)
+        {
+            cfg.delivery = s;
         }
         if let Some(v) = root.remove("sources") {
             cfg.sources = cfg.named_items("sources", v, &mut errors);

@@ -109,8 +109,10 @@ impl Gateway {
         let routes = snap.matching_routes(source, &event);
         let deliveries = snap.plan(source, &event, &routes);
         let count = deliveries.len();
-        if count > 0 {
-            if let Err(full) = self.engine.enqueue(deliveries) {
+        if count > 0
+            && let Err(full) = self.engine.enqueue(deliveries)
+        {
+            {
                 warn!(source = %source.name, error = %full, "refusing event: delivery queue full");
                 let mut r = error(
                     StatusCode::SERVICE_UNAVAILABLE,
