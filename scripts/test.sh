@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README gives it: builds what the tests need, then `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Plugins are built from source before the tests, so tests never depend on stale binaries.
+if [ -x plugins/build.sh ]; then bash plugins/build.sh; fi
+cargo test --all-targets
+# doc tests are not part of --all-targets
+cargo test --doc
