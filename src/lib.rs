@@ -6,4 +6,5 @@ pub mod rules;
 pub mod runtime;
 pub mod server;
 pub mod sign;
+pub mod store;
 pub mod verify;

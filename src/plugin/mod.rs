@@ -1,1 +1,255 @@
+//! WebAssembly transform plugins: the host side.
+//!
+//! A plugin is a WebAssembly **component** for the `hookyard:plugin/transform@0.1.0` world
+//! (`plugins/wit/plugin.wit`). [`PluginHost`] owns the one wasmtime `Engine` of the process;
+//! [`PluginHost::load`] compiles a component once (or loads it from the compiled-code cache) and
+//! checks its world; [`Plugin::run`] runs it on one event in a **fresh store and instance**, so no
+//! state leaks from one event to the next, under a wall-clock deadline (epoch interruption) and a
+//! memory limit, then checks what it returned against the route (destinations, sizes, headers).
+//! [`run_chain`] runs several plugins in a row, fanning out on splits.
+//!
+//! This is the only module that names wasmtime types: nothing wasmtime-shaped crosses its API.
+//! It does no network or file IO on the request path (files are read by `load` only), and it
+//! gives plugins no WASI: a component can import nothing but the `host` interface.
+//!
+//! Failures are the plugin's fault and are reported per event as a [`PluginError`] with a precise
+//! reason; nothing a plugin does can take the gateway down or affect another event.
 
+mod chain;
+mod engine;
+mod error;
+mod run;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+pub use chain::{ChainError, run_chain};
+pub use error::{LoadError, PluginError};
+pub use run::{GuestLog, LogLevel, RunReport};
+
+/// The WIT world every plugin must target.
+pub const WORLD: &str = "hookyard:plugin/transform@0.1.0";
+
+/// Settings of the process-wide plugin runtime. [`PluginHost::new`] uses the defaults.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Where compiled plugins are cached, keyed by the sha256 of the `.wasm` file and the engine
+    /// configuration, so restarts and reloads skip recompiling unchanged plugins (compiling takes
+    /// 0.1-1 s per plugin). `None`: compile on every load. The files in it are trusted native
+    /// code: the directory must be writable only by the gateway's user.
+    pub cache_dir: Option<PathBuf>,
+    /// How many plugin instances may exist at once, across all plugins: the size of wasmtime's
+    /// instance pool, and of the semaphore in front of it (an event waits for a free slot rather
+    /// than failing). 128 covers the concurrency two cores can usefully drive with room for
+    /// slow plugins; each slot reserves address space, not memory.
+    pub max_instances: u32,
+    /// The largest `memory_mb` a plugin's limits may ask for. Default 256.
+    pub max_memory_mb: u64,
+    /// The epoch tick: deadlines are checked this often, so a timeout fires at most about one
+    /// tick late, and a running plugin yields its async worker thread at least this often.
+    /// Default 1 ms.
+    pub tick: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig { cache_dir: None, max_instances: 128, max_memory_mb: 256, tick: Duration::from_millis(1) }
+    }
+}
+
+/// The plugin runtime: one per process. Create it only if some route has a transform (it runs a
+/// ticker thread). Cloning is cheap and shares the engine.
+#[derive(Clone)]
+pub struct PluginHost {
+    engine: Arc<engine::Engine>,
+}
+
+impl PluginHost {
+    /// A host with [`HostConfig`]'s defaults and this compiled-code cache directory (created if
+    /// missing).
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<PluginHost, String> {
+        PluginHost::with_config(HostConfig { cache_dir, ..HostConfig::default() })
+    }
+
+    pub fn with_config(config: HostConfig) -> Result<PluginHost, String> {
+        Ok(PluginHost { engine: Arc::new(engine::Engine::new(config)?) })
+    }
+
+    /// Compiles (or loads from the cache) the component at `path` and checks that it targets
+    /// [`WORLD`]. `config` is the route's `config:` map for it, `allowed_destinations` the route's
+    /// destination names: an output naming any other fails the event with
+    /// [`PluginError::BadDestination`].
+    ///
+    /// Blocking and CPU-heavy (compilation): call it at startup or from `spawn_blocking`,
+    /// never on a request.
+    pub fn load(
+        &self,
+        path: &Path,
+        config: Vec<(String, String)>,
+        limits: Limits,
+        allowed_destinations: Vec<String>,
+    ) -> Result<Plugin, LoadError> {
+        limits.check(self.engine.config().max_memory_mb).map_err(LoadError::BadLimits)?;
+        let pre = self.engine.load(path)?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Plugin {
+            inner: Arc::new(run::PluginInner {
+                name,
+                pre,
+                limits,
+                config,
+                allowed_destinations,
+                engine: self.engine.clone(),
+            }),
+        })
+    }
+
+    /// The same as [`load`](Self::load) for a component already in memory; `name` is used in
+    /// logs. For tests and tools.
+    pub fn load_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        config: Vec<(String, String)>,
+        limits: Limits,
+        allowed_destinations: Vec<String>,
+    ) -> Result<Plugin, LoadError> {
+        limits.check(self.engine.config().max_memory_mb).map_err(LoadError::BadLimits)?;
+        let pre = self.engine.load_bytes(bytes)?;
+        Ok(Plugin {
+            inner: Arc::new(run::PluginInner {
+                name: name.to_string(),
+                pre,
+                limits,
+                config,
+                allowed_destinations,
+                engine: self.engine.clone(),
+            }),
+        })
+    }
+}
+
+/// Per-plugin limits (routes.yaml: `limits:` under a transform). Every one is enforced per event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Wall-clock deadline for one call, instantiation included. Default 50 ms: a transform is a
+    /// reshape of one payload, which takes microseconds; 50 ms leaves three orders of magnitude
+    /// for a slow machine while bounding what a looping plugin costs. Range 1..=60000.
+    pub timeout_ms: u64,
+    /// Linear memory a plugin may grow to. Default 16 MiB: a Rust plugin needs ~1 MiB of stack
+    /// plus a few copies of a body that the ingress caps at 1 MiB. Range 1..=the host's
+    /// `max_memory_mb`.
+    pub memory_mb: u64,
+    /// Largest single output: body plus header names and values. Default 1 MiB, the ingress
+    /// body limit, so a transform cannot amplify what a sender may send.
+    pub max_output_bytes: usize,
+    /// Most outputs one call (or one chain step, across its branches) may emit. Default 100.
+    pub max_outputs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { timeout_ms: 50, memory_mb: 16, max_output_bytes: 1 << 20, max_outputs: 100 }
+    }
+}
+
+impl Limits {
+    fn check(&self, max_memory_mb: u64) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if !(1..=60_000).contains(&self.timeout_ms) {
+            problems.push(format!("timeout_ms must be 1..=60000, not {}", self.timeout_ms));
+        }
+        if !(1..=max_memory_mb).contains(&self.memory_mb) {
+            problems.push(format!("memory_mb must be 1..={max_memory_mb}, not {}", self.memory_mb));
+        }
+        if self.max_output_bytes == 0 {
+            problems.push("max_output_bytes must be at least 1".to_string());
+        }
+        if self.max_outputs == 0 {
+            problems.push("max_outputs must be at least 1".to_string());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    }
+}
+
+/// A loaded plugin, ready to run: compiled code, its route's config, limits and destinations.
+/// Cheap to clone; share it between requests.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<run::PluginInner>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.inner.name).field("limits", &self.inner.limits).finish()
+    }
+}
+
+impl Plugin {
+    /// The file stem of the `.wasm` file (`plugins/dist/redact.wasm` → `redact`).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Runs the plugin on one event in a fresh instance, with its deadline and memory limit.
+    ///
+    /// The wasm runs on the calling task (wasmtime's async mode: on a fiber): it yields the
+    /// worker thread at every epoch tick and is stopped at its deadline, so it never holds a
+    /// tokio worker longer than one tick at a time. Waits for a free instance slot first.
+    pub async fn run(&self, event: &PluginEvent) -> Result<Outcome, PluginError> {
+        self.inner.run(event, &self.inner.allowed_destinations, None).await
+    }
+
+    /// [`run`](Self::run), also returning the plugin's log lines and the time the call took
+    /// (for `hookyard plugin test` and `dry-run`). The lines also go to `tracing` as usual.
+    pub async fn run_report(&self, event: &PluginEvent) -> RunReport {
+        let mut logs = Vec::new();
+        let start = std::time::Instant::now();
+        let result = self.inner.run(event, &self.inner.allowed_destinations, Some(&mut logs)).await;
+        RunReport { result, logs, elapsed: start.elapsed() }
+    }
+}
+
+/// One event as a plugin sees it (`event` in the WIT).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginEvent {
+    pub id: String,
+    /// The name of the source that received it.
+    pub source: String,
+    /// Milliseconds since the Unix epoch.
+    pub received_at_ms: u64,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// What a plugin decided, after the host checked it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// One or more outputs (never empty: a plugin that emits nothing is reported as a drop).
+    Emit(Vec<Output>),
+    /// Deliver nothing; the reason is the plugin's (a metric label), at most 128 bytes.
+    Drop(String),
+}
+
+/// One request to send on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// `None`: the route's destinations. `Some`: a non-empty subset of them (checked).
+    pub destinations: Option<Vec<String>>,
+    /// Headers to add to, or replace on, the outgoing request (names and values checked; the
+    /// plugin may not set the framing headers the gateway manages, such as Content-Length).
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}

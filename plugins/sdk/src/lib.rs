@@ -1,0 +1,177 @@
+//! Write Hookyard transform plugins in Rust.
+//!
+//! A plugin is a `cdylib` that implements [`Plugin`] for a type and exports it:
+//!
+//! ```ignore
+//! use hookyard_plugin_sdk::prelude::*;
+//!
+//! struct Upper;
+//! impl Plugin for Upper {
+//!     fn transform(event: Event) -> Result<Outcome> {
+//!         let mut body = event.json()?;
+//!         body["seen_by"] = json!("upper");
+//!         Ok(Outcome::one(Output::json(&body)))
+//!     }
+//! }
+//! hookyard_plugin_sdk::export!(Upper);
+//! ```
+//!
+//! `plugins/build.sh` turns the crate into a WebAssembly component for the `transform` world of
+//! `plugins/wit/plugin.wit`. The component gets a fresh instance for every event: statics do not
+//! survive from one event to the next. It has no WASI: no files, clock, environment or
+//! randomness, only [`log`] and [`config`].
+
+wit_bindgen::generate!({
+    world: "transform",
+    path: "../wit",
+    pub_export_macro: true,
+    default_bindings_module: "hookyard_plugin_sdk",
+});
+
+pub mod path;
+
+use std::sync::OnceLock;
+
+pub use hookyard::plugin::types::{Event, Outcome, Output, PluginError};
+/// The trait a plugin implements: `fn transform(event: Event) -> Result<Outcome>`.
+pub use Guest as Plugin;
+pub use serde_json::{self, Value, json};
+
+/// A plugin's result: an outcome, or its own error.
+pub type Result<T, E = PluginError> = core::result::Result<T, E>;
+
+/// Everything a plugin usually needs: `use hookyard_plugin_sdk::prelude::*;`.
+pub mod prelude {
+    pub use crate::path::JsonPath;
+    pub use crate::{Event, Outcome, Output, Plugin, PluginError, Result, Value, config, json, log};
+}
+
+impl Event {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON; a body that is not JSON is a permanent (non-retryable) error.
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| PluginError::fatal(format!("body is not JSON: {e}")))
+    }
+}
+
+impl Output {
+    /// An output with this body, sent to all of the route's destinations.
+    pub fn new(body: impl Into<Vec<u8>>) -> Output {
+        Output { destinations: None, headers: Vec::new(), body: body.into() }
+    }
+
+    /// An output whose body is `value` serialized, with `Content-Type: application/json`.
+    pub fn json(value: &Value) -> Output {
+        Output::new(serde_json::to_vec(value).expect("a Value always serializes"))
+            .header("Content-Type", "application/json")
+    }
+
+    /// Sets a header on the outgoing request (replacing one of the same name).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Output {
+        let name = name.into();
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Sends this output only to these destinations, which must be among the route's.
+    pub fn to<S: Into<String>>(mut self, destinations: impl IntoIterator<Item = S>) -> Output {
+        self.destinations = Some(destinations.into_iter().map(Into::into).collect());
+        self
+    }
+}
+
+impl Outcome {
+    /// Emit exactly one output.
+    pub fn one(output: Output) -> Outcome {
+        Outcome::Emit(vec![output])
+    }
+
+    /// Deliver nothing; `reason` becomes a metric label, so keep it short and fixed.
+    pub fn drop(reason: impl Into<String>) -> Outcome {
+        Outcome::Drop(reason.into())
+    }
+}
+
+impl PluginError {
+    /// A permanent failure: retrying the same event will fail again.
+    pub fn fatal(message: impl Into<String>) -> PluginError {
+        PluginError { retryable: false, message: message.into() }
+    }
+
+    /// A failure that may go away if the event is retried later.
+    pub fn retryable(message: impl Into<String>) -> PluginError {
+        PluginError { retryable: true, message: message.into() }
+    }
+}
+
+/// The route's `config:` map for this plugin (routes.yaml), fetched from the host once per event.
+pub mod config {
+    use super::*;
+
+    fn map() -> &'static [(String, String)] {
+        static CONFIG: OnceLock<Vec<(String, String)>> = OnceLock::new();
+        CONFIG.get_or_init(hookyard::plugin::host::config)
+    }
+
+    /// All entries, in file order.
+    pub fn all() -> &'static [(String, String)] {
+        map()
+    }
+
+    /// The value of `key`, if set.
+    pub fn get(key: &str) -> Option<&'static str> {
+        map().iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `key`, or a permanent error naming the missing key.
+    pub fn require(key: &str) -> Result<&'static str> {
+        get(key).ok_or_else(|| PluginError::fatal(format!("config key `{key}` is required")))
+    }
+
+    /// A comma-separated list (`a, b,c` gives `["a", "b", "c"]`); empty when unset.
+    pub fn list(key: &str) -> Vec<&'static str> {
+        get(key)
+            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    }
+
+    /// A boolean (`true`/`yes`/`1` or `false`/`no`/`0`), or `default` when unset.
+    pub fn flag(key: &str, default: bool) -> Result<bool> {
+        match get(key).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if matches!(v.as_str(), "true" | "yes" | "1") => Ok(true),
+            Some(v) if matches!(v.as_str(), "false" | "no" | "0") => Ok(false),
+            Some(v) => Err(PluginError::fatal(format!("config key `{key}`: `{v}` is not a boolean"))),
+        }
+    }
+
+    /// Entries whose key starts with `prefix`, with the prefix removed (`set.a=1` → `("a", "1")`).
+    pub fn with_prefix(prefix: &str) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        map().iter().filter_map(move |(k, v)| Some((k.strip_prefix(prefix)?, v.as_str())))
+    }
+}
+
+/// Lines in the gateway's log, tagged with the plugin's name and the event id. The host keeps
+/// at most a bounded number of lines per event (see plugins/README.md).
+pub mod log {
+    use super::hookyard::plugin::host::{Level, log};
+
+    pub fn debug(message: &str) {
+        log(Level::Debug, message)
+    }
+    pub fn info(message: &str) {
+        log(Level::Info, message)
+    }
+    pub fn warn(message: &str) {
+        log(Level::Warn, message)
+    }
+    pub fn error(message: &str) {
+        log(Level::Error, message)
+    }
+}

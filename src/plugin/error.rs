@@ -1,0 +1,84 @@
+//! What can go wrong with a plugin: at load time ([`LoadError`], a config error) and per event
+//! ([`PluginError`], that event's transform failed; the route's `on_error` decides what next).
+
+/// Why one event's transform failed. Every variant but `Timeout` and a retryable `Failed` is the
+/// plugin's fault and deterministic: running it again on the same event fails the same way.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PluginError {
+    /// The plugin trapped: a panic, `unreachable`, an out-of-bounds access, a stack overflow.
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// It ran past its `timeout_ms` deadline and was stopped.
+    #[error("plugin ran past its {ms} ms deadline and was stopped")]
+    Timeout { ms: u64 },
+    /// It tried to grow its memory past `memory_mb` and then failed.
+    #[error("plugin exceeded its memory limit of {mb} MiB")]
+    MemoryLimit { mb: u64 },
+    /// One output (body plus headers) is larger than `max_output_bytes`.
+    #[error("output {index} is {size} bytes, over the limit of {limit} bytes")]
+    OutputTooLarge { index: usize, size: usize, limit: usize },
+    /// More outputs than `max_outputs`.
+    #[error("plugin emitted {count} outputs, over the limit of {limit}")]
+    TooManyOutputs { count: usize, limit: usize },
+    /// An output names a destination that is not one of the route's.
+    #[error("output names destination `{name}`, which is not one of the route's ({})", allowed.join(", "))]
+    BadDestination { name: String, allowed: Vec<String> },
+    /// The plugin returned something the host cannot use: invalid UTF-8 or pointers, a bad
+    /// header name or value, a framing header, an empty destination list.
+    #[error("plugin returned malformed output: {0}")]
+    Malformed(String),
+    /// The plugin returned its own `plugin-error`.
+    #[error("plugin failed ({}): {message}", if *retryable { "retryable" } else { "permanent" })]
+    Failed { retryable: bool, message: String },
+}
+
+impl PluginError {
+    /// A fixed label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            PluginError::Trap(_) => "trap",
+            PluginError::Timeout { .. } => "timeout",
+            PluginError::MemoryLimit { .. } => "memory",
+            PluginError::OutputTooLarge { .. } => "output_too_large",
+            PluginError::TooManyOutputs { .. } => "too_many_outputs",
+            PluginError::BadDestination { .. } => "bad_destination",
+            PluginError::Malformed(_) => "malformed",
+            PluginError::Failed { .. } => "plugin_error",
+        }
+    }
+
+    /// Whether running the transform again later may succeed: a timeout may (the deadline is
+    /// wall-clock time, which depends on load) and so may a plugin error the plugin marked
+    /// retryable; everything else is a deterministic property of the plugin and the event.
+    pub fn retryable(&self) -> bool {
+        match self {
+            PluginError::Timeout { .. } => true,
+            PluginError::Failed { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
+}
+
+/// Why a plugin file cannot be used. The message is one line and names no file: the caller
+/// prefixes the route and the path.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LoadError {
+    #[error("file not found")]
+    NotFound,
+    #[error("cannot read the file: {0}")]
+    Unreadable(String),
+    /// Not WebAssembly at all (or WebAssembly text, which must be built first).
+    #[error("not a WebAssembly file: {0}")]
+    NotWasm(String),
+    #[error("this is a core WebAssembly module, not a component: build it as a component: see plugins/README.md")]
+    CoreModule,
+    /// A component, but not for `hookyard:plugin/transform@0.1.0`.
+    #[error("the component does not target {}: {found}", super::WORLD)]
+    WrongWorld { found: String },
+    /// A component that wasmtime rejects (malformed or using unsupported features).
+    #[error("the component does not compile: {0}")]
+    Compile(String),
+    /// The route's `limits:` for this plugin are out of range.
+    #[error("bad limits: {0}")]
+    BadLimits(String),
+}

@@ -1,0 +1,79 @@
+//! Versioned migrations. `PRAGMA user_version` holds the number of migrations applied; each runs
+//! once, in order, in a transaction. Never edit a released migration: add a new one.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the event log, the delivery queue and the attempt log
+    r#"
+    CREATE TABLE events (
+        id           TEXT PRIMARY KEY,
+        source       TEXT NOT NULL,
+        received_at  INTEGER NOT NULL,          -- unix ms
+        headers      TEXT NOT NULL,             -- JSON [[name, value], ...]; credentials and signatures removed
+        body         BLOB NOT NULL,
+        dedupe_key   TEXT,
+        routed       INTEGER NOT NULL           -- 0: no route matched (kept, never delivered)
+    );
+    CREATE INDEX events_received ON events(received_at);
+    CREATE INDEX events_dedupe ON events(source, dedupe_key) WHERE dedupe_key IS NOT NULL;
+
+    CREATE TABLE deliveries (
+        id           INTEGER PRIMARY KEY,
+        event_id     TEXT NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+        route        TEXT NOT NULL,
+        destination  TEXT NOT NULL,
+        msg_id       TEXT NOT NULL,             -- the outgoing webhook-id, stable across retries and replays
+        status       TEXT NOT NULL,             -- pending | delivered | failed | dead
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      INTEGER NOT NULL,          -- unix ms when due (pending only)
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        last_status  INTEGER,                   -- last HTTP status, if any
+        last_error   TEXT,
+        body         BLOB,                      -- transformed body; NULL: the event's body
+        headers      TEXT                       -- JSON of extra headers set by a transform; NULL: none
+    );
+    CREATE INDEX deliveries_due ON deliveries(next_at) WHERE status = 'pending';
+    CREATE INDEX deliveries_event ON deliveries(event_id);
+    CREATE INDEX deliveries_destination ON deliveries(destination, status, updated_at);
+    CREATE INDEX deliveries_status ON deliveries(status, updated_at);
+
+    CREATE TABLE attempts (
+        delivery_id  INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+        n            INTEGER NOT NULL,
+        at           INTEGER NOT NULL,
+        status_code  INTEGER,
+        latency_ms   INTEGER NOT NULL,
+        response     BLOB,                      -- first 4 KiB of the response body
+        error        TEXT,
+        PRIMARY KEY (delivery_id, n)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE destination_state (
+        name         TEXT PRIMARY KEY,
+        paused       INTEGER NOT NULL,
+        reason       TEXT,
+        updated_at   INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// Applies the migrations this database has not seen. Refuses a database from a newer Hookyard.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
+    let applied: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if applied > MIGRATIONS.len() {
+        return Ok(Err(format!(
+            "the database has schema version {applied}, newer than this hookyard knows ({}); upgrade hookyard",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(Ok(()))
+}

@@ -1,0 +1,618 @@
+//! The command line: `check`, `dry-run`, `send` + `receive` end to end, and `run` refusing a bad
+//! config. Outputs are compared exactly where the format is the interface (check's lines) and
+//! structurally where it is JSON.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// The development secret every destination of the bundled routes.yaml signs with by default.
+const BUNDLED_SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn bundled_config() -> PathBuf {
+    manifest_dir().join("routes.yaml")
+}
+
+fn example(name: &str) -> PathBuf {
+    manifest_dir().join("examples").join(name)
+}
+
+fn write_config(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).expect("write config");
+    path
+}
+
+// --- check ------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn check_accepts_the_bundled_config() {
+    let path = bundled_config();
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+    let text = std::fs::read(&path).unwrap();
+    let version = &hex::encode(Sha256::digest(&text))[..12];
+    assert_eq!(
+        out.stdout,
+        format!(
+            "{}: ok — 4 sources, 5 destinations, 6 routes (version {version})\n",
+            path.display()
+        )
+    );
+}
+
+/// A config with several problems at once: each must be reported, in file order, as
+/// `FILE:LINE:COL: KEY: message`, then the count.
+const BROKEN: &str = r#"server:
+  listen: "127.0.0.1:0"
+  max_body_bytez: 1024
+sources:
+  github:
+    path: /hooks/github
+    verify: { scheme: github, secret: "${HOOKYARD_TEST_NEVER_SET}" }
+destinations:
+  deploys:
+    url: http://127.0.0.1:9/deploys
+    sign: { secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw }
+routes:
+  - name: pushes
+    source: githbu
+    when:
+      - path: $.ref
+        matches: "refs/heads/(main"
+    to: [deploy]
+"#;
+
+fn broken_lines(path: &Path) -> Vec<String> {
+    let f = path.display();
+    vec![
+        format!(
+            "{f}:3:3: server.max_body_bytez: unknown field `max_body_bytez`, expected one of `listen`, `max_body_bytes`, `max_connections`, `request_timeout`, `shutdown_grace`"
+        ),
+        format!(
+            "{f}:7:39: sources.github.verify.secret: environment variable HOOKYARD_TEST_NEVER_SET is not set (write ${{HOOKYARD_TEST_NEVER_SET:-default}} to give a default)"
+        ),
+        format!("{f}:14:5: routes[0].source: unknown source \"githbu\" (did you mean \"github\"?)"),
+        format!(
+            "{f}:17:9: routes[0].when[0].matches: invalid regex `refs/heads/(main`: unclosed group"
+        ),
+        format!(
+            "{f}:18:10: routes[0].to[0]: unknown destination \"deploy\" (did you mean \"deploys\"?)"
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn check_reports_every_problem_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "routes.yaml", BROKEN);
+    let mut cmd = hookyard();
+    cmd.arg("check")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("HOOKYARD_TEST_NEVER_SET");
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "stdout: {}", out.stdout);
+    assert_eq!(out.stdout, "");
+    let mut want = broken_lines(&path);
+    want.push("5 problems found".into());
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), want);
+}
+
+#[tokio::test]
+async fn check_counts_a_single_problem_in_the_singular() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "one.yaml",
+        "server:\n  listen: \"127.0.0.1:0\"\nrotues: []\n",
+    );
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1));
+    let f = path.display();
+    assert_eq!(
+        out.stderr,
+        format!(
+            "{f}:3:1: rotues: unknown key (did you mean \"routes\"?); expected one of server, egress, delivery, sources, destinations, routes\n1 problem found\n"
+        )
+    );
+}
+
+/// The variable set, the same config loads: the missing variable was the only problem there.
+#[tokio::test]
+async fn check_reads_secrets_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "server: { listen: \"127.0.0.1:0\" }\nsources:\n  github:\n    path: /hooks/github\n    verify: { scheme: github, secret: \"${HOOKYARD_TEST_SECRET}\" }\n";
+    let path = write_config(dir.path(), "env.yaml", yaml);
+    let mut cmd = hookyard();
+    cmd.arg("check")
+        .arg("--config")
+        .arg(&path)
+        .env("HOOKYARD_TEST_SECRET", "from-the-environment");
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with(&format!(
+            "{}: ok — 1 sources, 0 destinations, 0 routes (version ",
+            path.display()
+        )),
+        "{}",
+        out.stdout
+    );
+}
+
+/// A destination (or source) that is defined but has an error of its own must not also be
+/// reported as unknown where routes name it: that second error sends the user looking for a
+/// typo that is not there, and the did-you-mean hint disappears.
+#[tokio::test]
+async fn check_does_not_call_a_defined_but_invalid_destination_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"server: { listen: "127.0.0.1:0" }
+sources:
+  github:
+    path: /hooks/github
+    verify: { scheme: github, secret: s }
+destinations:
+  deploys:
+    url: http://127.0.0.1:9/deploys
+    sign: { secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw }
+    retries: { schedule: [1s] }
+routes:
+  - name: exact
+    source: github
+    to: [deploys]
+  - name: typo
+    source: github
+    to: [deploy]
+"#;
+    let path = write_config(dir.path(), "routes.yaml", yaml);
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1));
+    let f = path.display();
+    let want = [
+        format!(
+            "{f}:10:5: destinations.deploys.retries: unknown field `retries`, expected one of `url`, `timeout_ms`, `headers`, `sign`, `retry`, `max_in_flight`, `tls`"
+        ),
+        format!(
+            "{f}:17:10: routes[1].to[0]: unknown destination \"deploy\" (did you mean \"deploys\"?)"
+        ),
+        "2 problems found".to_string(),
+    ];
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), want);
+}
+
+// --- run --------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn run_refuses_a_broken_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "routes.yaml", BROKEN);
+    let mut cmd = hookyard();
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("HOOKYARD_TEST_NEVER_SET");
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "stderr: {}", out.stderr);
+    assert!(
+        !out.stdout.contains("listening on"),
+        "nothing may start: {}",
+        out.stdout
+    );
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    for want in broken_lines(&path) {
+        assert!(
+            lines.contains(&want.as_str()),
+            "missing {want:?} in:\n{}",
+            out.stderr
+        );
+    }
+    assert!(out.stderr.contains("nothing started"), "{}", out.stderr);
+}
+
+// --- dry-run ----------------------------------------------------------------------------------
+
+struct DryRun {
+    source: &'static str,
+    headers: &'static [&'static str],
+    body: &'static str,
+    body_is_json: bool,
+    /// `(route, matched)` for every route of the source, in file order.
+    routes: &'static [(&'static str, bool)],
+    /// `(route, destination, url)`.
+    deliveries: &'static [(&'static str, &'static str, &'static str)],
+}
+
+const DRY_RUNS: &[DryRun] = &[
+    DryRun {
+        source: "github",
+        headers: &["X-GitHub-Event: push", "X-GitHub-Delivery: 72d3162e"],
+        body: "github-push.json",
+        body_is_json: true,
+        routes: &[("pushes-to-main", true), ("pull-requests-opened", false)],
+        deliveries: &[
+            ("pushes-to-main", "deploys", "http://127.0.0.1:9000/deploys"),
+            ("pushes-to-main", "chat", "http://127.0.0.1:9000/chat"),
+        ],
+    },
+    DryRun {
+        source: "github",
+        headers: &["X-GitHub-Event: pull_request"],
+        body: "github-pull_request.json",
+        body_is_json: true,
+        routes: &[("pushes-to-main", false), ("pull-requests-opened", true)],
+        deliveries: &[(
+            "pull-requests-opened",
+            "reviews",
+            "http://127.0.0.1:9000/reviews",
+        )],
+    },
+    DryRun {
+        source: "github",
+        headers: &["X-GitHub-Event: issues"],
+        body: "github-push.json",
+        body_is_json: true,
+        routes: &[("pushes-to-main", false), ("pull-requests-opened", false)],
+        deliveries: &[],
+    },
+    DryRun {
+        source: "stripe",
+        headers: &[],
+        body: "stripe-invoice.paid.json",
+        body_is_json: true,
+        routes: &[("paid-invoices", true)],
+        deliveries: &[("paid-invoices", "billing", "http://127.0.0.1:9000/billing")],
+    },
+    DryRun {
+        source: "shopify",
+        headers: &["X-Shopify-Topic: orders/create"],
+        body: "shopify-orders-create.json",
+        body_is_json: true,
+        routes: &[("large-orders", true), ("all-orders", true)],
+        deliveries: &[
+            ("large-orders", "orders", "http://127.0.0.1:9000/orders"),
+            ("large-orders", "chat", "http://127.0.0.1:9000/chat"),
+            ("all-orders", "orders", "http://127.0.0.1:9000/orders"),
+        ],
+    },
+    DryRun {
+        source: "slack",
+        headers: &[],
+        body: "slack-app_mention.json",
+        body_is_json: true,
+        routes: &[("slack-mentions", true)],
+        deliveries: &[("slack-mentions", "chat", "http://127.0.0.1:9000/chat")],
+    },
+    DryRun {
+        source: "slack",
+        headers: &["Content-Type: text/plain"],
+        body: "NOT-JSON",
+        body_is_json: false,
+        routes: &[("slack-mentions", false)],
+        deliveries: &[],
+    },
+];
+
+const DRY_RUN_TIMESTAMP: &str = "1700000000";
+
+async fn dry_run(case: &DryRun, body_path: &Path, event_id: &str) -> Output {
+    let mut cmd = hookyard();
+    cmd.arg("dry-run")
+        .arg("--config")
+        .arg(bundled_config())
+        .arg("--source")
+        .arg(case.source);
+    for h in case.headers {
+        cmd.arg("-H").arg(h);
+    }
+    cmd.arg("--body")
+        .arg(body_path)
+        .arg("--event-id")
+        .arg(event_id)
+        .arg("--timestamp")
+        .arg(DRY_RUN_TIMESTAMP);
+    run_cli(cmd).await
+}
+
+#[tokio::test]
+async fn dry_run_prints_matched_routes_and_exact_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_json = write_config(dir.path(), "not-json.txt", "token=abc&event=app_mention");
+    for case in DRY_RUNS {
+        let label = format!("{} {}", case.source, case.body);
+        let body_path = if case.body == "NOT-JSON" {
+            not_json.clone()
+        } else {
+            example(case.body)
+        };
+        let body = std::fs::read_to_string(&body_path).unwrap();
+        let out = dry_run(case, &body_path, "evt_dryrun").await;
+        assert_eq!(out.code(), Some(0), "{label}: {}", out.stderr);
+        let v: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{label}: output is not JSON ({e}): {}", out.stdout));
+
+        assert_eq!(
+            v["event"],
+            json!({"id": "evt_dryrun", "source": case.source, "body_is_json": case.body_is_json}),
+            "{label}"
+        );
+        let routes: Vec<Value> = case
+            .routes
+            .iter()
+            .map(|(n, m)| json!({"name": n, "matched": m}))
+            .collect();
+        assert_eq!(v["routes"], Value::Array(routes), "{label}");
+
+        let deliveries = v["deliveries"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{label}: no deliveries list"));
+        let got: Vec<(&str, &str, &str)> = deliveries
+            .iter()
+            .map(|d| {
+                (
+                    d["route"].as_str().unwrap(),
+                    d["destination"].as_str().unwrap(),
+                    d["request"]["url"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, case.deliveries, "{label}");
+
+        let mut ids = Vec::new();
+        for d in deliveries {
+            let req = &d["request"];
+            let dest = d["destination"].as_str().unwrap();
+            assert_eq!(req["method"], "POST", "{label} {dest}");
+            assert_eq!(
+                req["body"],
+                body.as_str(),
+                "{label} {dest}: the body is sent unchanged"
+            );
+            let h = &req["headers"];
+            let header = |name: &str| {
+                h[name]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{label} {dest}: no {name} in {h}"))
+            };
+            assert_eq!(header("user-agent"), "Hookyard/0.1.0");
+            assert_eq!(header("webhook-timestamp"), DRY_RUN_TIMESTAMP);
+            for sent in case.headers {
+                let (k, val) = sent.split_once(": ").unwrap();
+                assert_eq!(
+                    header(&k.to_ascii_lowercase()),
+                    val,
+                    "{label} {dest}: sender header forwarded"
+                );
+            }
+            if !case.headers.iter().any(|h| h.starts_with("Content-Type")) {
+                assert_eq!(header("content-type"), "application/json", "{label} {dest}");
+            }
+            if dest == "billing" {
+                assert_eq!(header("x-team"), "finance", "{label}: destination headers");
+            }
+            let id = header("webhook-id");
+            assert!(is_message_id(id), "{label} {dest}: webhook-id {id:?}");
+            let want = standard_webhooks_signature(
+                BUNDLED_SIGNING_SECRET,
+                id,
+                DRY_RUN_TIMESTAMP,
+                body.as_bytes(),
+            );
+            assert_eq!(
+                header("webhook-signature"),
+                want,
+                "{label} {dest}: signature of the printed id, timestamp and body"
+            );
+            ids.push(id.to_string());
+        }
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            n,
+            "{label}: one webhook-id per (route, destination)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn dry_run_is_reproducible_with_a_fixed_event_id_and_timestamp() {
+    let case = &DRY_RUNS[0];
+    let a = dry_run(case, &example(case.body), "evt_same").await;
+    let b = dry_run(case, &example(case.body), "evt_same").await;
+    assert_eq!(a.code(), Some(0), "{}", a.stderr);
+    assert_eq!(
+        a.stdout, b.stdout,
+        "same event id and timestamp, same output"
+    );
+    let c = dry_run(case, &example(case.body), "evt_other").await;
+    let ids = |o: &Output| -> Vec<String> {
+        let v: Value = serde_json::from_str(&o.stdout).unwrap();
+        v["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                d["request"]["headers"]["webhook-id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let (ida, idc) = (ids(&a), ids(&c));
+    assert!(
+        ida.iter().all(|id| !idc.contains(id)),
+        "another event gets other webhook-ids: {ida:?} {idc:?}"
+    );
+}
+
+#[tokio::test]
+async fn dry_run_names_the_sources_when_given_an_unknown_one() {
+    let mut cmd = hookyard();
+    cmd.arg("dry-run")
+        .arg("--config")
+        .arg(bundled_config())
+        .arg("--source")
+        .arg("gitlab")
+        .arg("--body")
+        .arg(example("github-push.json"));
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1));
+    assert_eq!(out.stdout, "");
+    assert!(
+        out.stderr
+            .contains(r#"unknown source "gitlab"; sources are: github, stripe, shopify, slack"#),
+        "{}",
+        out.stderr
+    );
+}
+
+// --- send + receive ---------------------------------------------------------------------------
+
+async fn start_receive(dir: &Path, name: &str, secret: &str) -> Process {
+    let mut cmd = hookyard();
+    cmd.args(["receive", "--listen", "127.0.0.1:0", "--secret", secret]);
+    Process::spawn(cmd, dir.join(format!("{name}.stderr"))).await
+}
+
+/// Polls `GET /stats` of a receiver until `done` holds (every 50 ms, at most `WAIT`).
+async fn wait_for_stats(receiver: &Process, done: impl Fn(&Value) -> bool) -> Value {
+    let url = format!("http://{}/stats", receiver.addr);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stats = get(&url).await.json();
+        if done(&stats) {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "receiver stats never reached the expected state: {stats}\nstdout:\n{}",
+            receiver.stdout()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn send_through_the_gateway_to_receive_verifies_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let signing = format!("whsec_{}", b64(b"end to end signing key"));
+    let other = format!("whsec_{}", b64(b"some other key"));
+    let good = start_receive(dir.path(), "good", &signing).await;
+    let wrong = start_receive(dir.path(), "wrong", &other).await;
+    let gateway_yaml = format!(
+        r#"
+server: {{ listen: "127.0.0.1:0" }}
+egress: {{ allow: [127.0.0.0/8] }}
+sources:
+  github:
+    path: /hooks/github
+    verify: {{ scheme: github, secret: e2e-github-secret }}
+destinations:
+  deploys:
+    url: http://{good}/deploys
+    sign: {{ secret: "{signing}" }}
+  audit:
+    url: http://{wrong}/audit
+    sign: {{ secret: "{signing}" }}
+routes:
+  - name: pushes-to-main
+    source: github
+    when:
+      - header: X-GitHub-Event
+        equals: push
+      - path: $.ref
+        equals: refs/heads/main
+    to: [deploys, audit]
+"#,
+        good = good.addr,
+        wrong = wrong.addr,
+    );
+    let gw = Gateway::start(&gateway_yaml).await;
+
+    let mut cmd = hookyard();
+    cmd.arg("send")
+        .arg("--config")
+        .arg(&gw.config_path)
+        .args([
+            "--source",
+            "github",
+            "--gateway",
+            &gw.url(""),
+            "-H",
+            "X-GitHub-Event: push",
+        ])
+        .arg(example("github-push.json"));
+    let out = run_cli(cmd).await;
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "stdout: {} stderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    let (status, body) = out.stdout.trim_end().split_once(' ').expect("STATUS BODY");
+    assert_eq!(status, "202", "{}", out.stdout);
+    let id: Value = serde_json::from_str(body).unwrap();
+    assert!(id["id"].as_str().is_some_and(is_event_id), "{body}");
+
+    let stats = wait_for_stats(&good, |s| s["verified"] == 1).await;
+    assert_eq!(stats, json!({"received": 1, "verified": 1, "invalid": 0}));
+    let stats = wait_for_stats(&wrong, |s| s["received"] == 1).await;
+    assert_eq!(stats, json!({"received": 1, "verified": 0, "invalid": 1}));
+
+    // Each receiver printed the webhook with its verdict.
+    assert!(good.stdout().contains("POST /deploys"), "{}", good.stdout());
+    assert!(
+        good.stdout().contains("signature: valid"),
+        "{}",
+        good.stdout()
+    );
+    assert!(
+        wrong.stdout().contains("signature: INVALID ("),
+        "{}",
+        wrong.stdout()
+    );
+}
+
+#[tokio::test]
+async fn send_exits_nonzero_when_the_gateway_rejects_the_signature() {
+    let gw = Gateway::start(
+        r#"
+server: { listen: "127.0.0.1:0" }
+sources:
+  github:
+    path: /hooks/github
+    verify: { scheme: github, secret: the-gateways-secret }
+"#,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let sender = write_config(
+        dir.path(),
+        "sender.yaml",
+        "sources:\n  github:\n    path: /hooks/github\n    verify: { scheme: github, secret: not-the-gateways-secret }\n",
+    );
+    let mut cmd = hookyard();
+    cmd.arg("send")
+        .arg("--config")
+        .arg(&sender)
+        .args(["--source", "github", "--gateway", &gw.url("")])
+        .arg(example("github-push.json"));
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert_eq!(out.stdout, "401 {\"error\":\"unauthorized\"}\n");
+}

@@ -1,0 +1,478 @@
+//! Delivery: what destinations receive (body, forwarded and stripped headers, re-signing per
+//! destination), and when they receive it again (retries, `Retry-After`, what is never retried),
+//! and what they never receive (egress to loopback without `egress.allow`).
+//!
+//! Timing is measured on the sink's clock (when each attempt arrived), never by sleeping.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const GH_IN: &str = "inbound-github-secret";
+const GH_OUT: &str = "outbound-github-secret";
+
+fn secret(seed: &str) -> String {
+    format!(
+        "whsec_{}",
+        b64(format!("delivery test key {seed}").as_bytes())
+    )
+}
+
+/// A gateway with one unsigned source `app`; each `(name, url, extra YAML)` becomes a destination
+/// and a route `to-<name>` taking events whose `X-To` header names it.
+async fn gateway(egress_allow: bool, destinations: &[(&str, String, &str)]) -> Gateway {
+    let mut yaml = String::from("server: { listen: \"127.0.0.1:0\" }\n");
+    if egress_allow {
+        yaml.push_str("egress: { allow: [127.0.0.0/8, \"::1/128\"] }\n");
+    }
+    yaml.push_str(
+        "sources:\n  app:\n    path: /hooks/app\n    verify: { scheme: none }\ndestinations:\n",
+    );
+    for (name, url, extra) in destinations {
+        yaml.push_str(&format!("  {name}:\n    url: {url}\n"));
+        for line in extra.trim().lines() {
+            yaml.push_str(&format!("    {}\n", line.trim()));
+        }
+    }
+    yaml.push_str("routes:\n");
+    for (name, ..) in destinations {
+        yaml.push_str(&format!("  - name: to-{name}\n    source: app\n    when: [{{ header: X-To, contains: \"{name},\" }}]\n    to: [{name}]\n"));
+    }
+    Gateway::start(&yaml).await
+}
+
+/// Posts an event to the destinations named (`X-To: a,b,`).
+async fn send_to(gw: &Gateway, names: &[&str], case: &str) -> String {
+    let to: String = names.iter().map(|n| format!("{n},")).collect();
+    gw.post(
+        "/hooks/app",
+        &[
+            ("X-To", &to),
+            ("X-Case", case),
+            ("Content-Type", "application/json"),
+        ],
+        format!(r#"{{"case":"{case}"}}"#),
+    )
+    .await
+    .accepted_id()
+}
+
+#[tokio::test]
+async fn verified_event_fans_out_resigned_per_destination() {
+    let sink = Sink::start().await;
+    let (a, b) = (secret("a"), secret("b"));
+    let gw = Gateway::start(&format!(
+        r#"
+server: {{ listen: "127.0.0.1:0" }}
+egress: {{ allow: [127.0.0.0/8] }}
+sources:
+  github:
+    path: /hooks/github
+    verify: {{ scheme: github, secret: {GH_IN} }}
+destinations:
+  plain:
+    url: {plain}
+    sign: {{ scheme: standard-webhooks, secret: "{a}" }}
+  with-headers:
+    url: {with_headers}
+    headers: {{ X-Team: finance, X-Env: test }}
+    sign: {{ secret: "{b}" }}
+  github-style:
+    url: {github_style}
+    sign: {{ scheme: github, secret: {GH_OUT} }}
+routes:
+  - name: pushes
+    source: github
+    when: [{{ header: X-GitHub-Event, equals: push }}]
+    to: [plain, with-headers, github-style]
+"#,
+        plain = sink.url("/plain"),
+        with_headers = sink.url("/with-headers?team=finance"),
+        github_style = sink.url("/github-style"),
+    ))
+    .await;
+
+    let body =
+        std::fs::read(manifest_dir().join("examples/github-push.json")).expect("example event");
+    let inbound_signature = github_signature(GH_IN, &body);
+    let sent = [
+        ("Content-Type", "application/json"),
+        ("X-GitHub-Event", "push"),
+        ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+        ("X-GitHub-Hook-ID", "292430182"),
+        ("X-Hub-Signature-256", inbound_signature.as_str()),
+        (
+            "X-Hub-Signature",
+            "sha1=0000000000000000000000000000000000000000",
+        ),
+        ("Authorization", "Bearer sender-token"),
+        ("Cookie", "session=secret"),
+        ("Stripe-Signature", "t=1,v1=abc"),
+        ("X-Shopify-Hmac-Sha256", "abc="),
+        ("X-Slack-Signature", "v0=abc"),
+        ("X-API-Key", "sender-key"),
+        ("Proxy-Authorization", "Basic abc"),
+        ("Webhook-Id", "msg_from_the_sender"),
+        ("Webhook-Signature", "v1,forged"),
+        ("User-Agent", "GitHub-Hookshot/044aadd"),
+    ];
+    gw.post("/hooks/github", &sent, body.clone())
+        .await
+        .accepted_id();
+    let got = sink.wait_for(3, WAIT).await;
+    assert_eq!(got.len(), 3);
+
+    let mut ids = Vec::new();
+    for r in &got {
+        assert_eq!(r.method, http::Method::POST);
+        assert_eq!(
+            r.body, body,
+            "{}: the body is forwarded byte for byte",
+            r.path
+        );
+        assert_eq!(r.must("content-type"), "application/json", "{}", r.path);
+        assert_eq!(r.must("x-github-event"), "push", "{}", r.path);
+        assert_eq!(
+            r.must("x-github-delivery"),
+            "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+            "{}",
+            r.path
+        );
+        assert_eq!(r.must("x-github-hook-id"), "292430182", "{}", r.path);
+        assert_eq!(r.must("user-agent"), "Hookyard/0.1.0", "{}", r.path);
+        for stripped in [
+            "x-hub-signature",
+            "authorization",
+            "cookie",
+            "stripe-signature",
+            "x-shopify-hmac-sha256",
+            "x-slack-signature",
+            "x-api-key",
+            "proxy-authorization",
+        ] {
+            assert_eq!(
+                r.header(stripped),
+                None,
+                "{}: {stripped} must not be forwarded; headers {:?}",
+                r.path,
+                header_list(&r.headers)
+            );
+        }
+        let id = r.must("webhook-id");
+        assert!(is_message_id(id), "{}: webhook-id {id:?}", r.path);
+        let t: u64 = r
+            .must("webhook-timestamp")
+            .parse()
+            .expect("webhook-timestamp in seconds");
+        assert!(
+            t.abs_diff(now_unix()) <= 60,
+            "{}: webhook-timestamp {t}",
+            r.path
+        );
+        ids.push(id.to_string());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "each destination gets its own webhook-id");
+
+    let by_path = |p: &str| {
+        got.iter()
+            .find(|r| r.path == p)
+            .unwrap_or_else(|| panic!("nothing at {p}"))
+    };
+    let plain = by_path("/plain");
+    assert_standard_webhooks(plain, &a);
+    assert_eq!(
+        plain.header("x-hub-signature-256"),
+        None,
+        "the sender's signature is not forwarded"
+    );
+    assert_eq!(
+        plain.header("x-team"),
+        None,
+        "destination headers stay with their destination"
+    );
+
+    let with_headers = by_path("/with-headers");
+    assert_standard_webhooks(with_headers, &b);
+    assert_eq!(with_headers.must("x-team"), "finance");
+    assert_eq!(with_headers.must("x-env"), "test");
+    assert_eq!(
+        with_headers.uri, "/with-headers?team=finance",
+        "the query string is kept"
+    );
+
+    let github_style = by_path("/github-style");
+    assert_eq!(
+        github_style.must("x-hub-signature-256"),
+        github_signature(GH_OUT, &body),
+        "re-signed with the destination's secret"
+    );
+    assert_ne!(github_style.must("x-hub-signature-256"), inbound_signature);
+    assert_eq!(github_style.header("webhook-signature"), None);
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_with_the_same_webhook_id() {
+    let sink = Sink::with_script(vec![Reply::status(503), Reply::status(503), Reply::ok()]).await;
+    let key = secret("retries");
+    let gw = gateway(
+        true,
+        &[(
+            "flaky",
+            sink.url("/flaky"),
+            &format!(
+                r#"sign: {{ secret: "{key}" }}
+            retry: {{ schedule: [100ms, 200ms], jitter: 0 }}"#
+            ),
+        )],
+    )
+    .await;
+    send_to(&gw, &["flaky"], "retry").await;
+    let got = sink.wait_for(3, WAIT).await;
+    let ids: Vec<String> = got
+        .iter()
+        .map(|r| assert_standard_webhooks(r, &key))
+        .collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "a retry carries the same webhook-id: {ids:?}"
+    );
+    assert!(got.iter().all(|r| r.body == got[0].body));
+    let gaps = [got[1].at - got[0].at, got[2].at - got[1].at];
+    assert!(
+        gaps[0] >= Duration::from_millis(95),
+        "first retry after the 100ms of the schedule, got {gaps:?}"
+    );
+    assert!(
+        gaps[1] >= Duration::from_millis(195),
+        "second retry after 200ms, got {gaps:?}"
+    );
+    gw.wait_for_log_lines(&["delivered", "attempt=3"], 1, WAIT)
+        .await;
+    assert_eq!(
+        sink.requests().len(),
+        3,
+        "delivered on the third attempt, so no fourth"
+    );
+}
+
+#[tokio::test]
+async fn delivery_gives_up_when_the_schedule_is_exhausted() {
+    let sink = Sink::with_script(vec![Reply::status(500); 10]).await;
+    let gw = gateway(
+        true,
+        &[(
+            "down",
+            sink.url("/down"),
+            "sign: { scheme: none }\nretry: { schedule: [100ms, 100ms], jitter: 0 }",
+        )],
+    )
+    .await;
+    send_to(&gw, &["down"], "give-up").await;
+    gw.wait_for_log_lines(&["retry schedule exhausted", "destination=down"], 1, WAIT)
+        .await;
+    assert_eq!(sink.requests().len(), 3, "one attempt and two retries");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_and_clamped() {
+    // Retry-After: 1 replaces the 100ms schedule; Retry-After: 30 is clamped to max_retry_after 1s.
+    let honoured = Sink::with_script(vec![Reply::status(429).retry_after(1)]).await;
+    let clamped = Sink::with_script(vec![Reply::status(503).retry_after(30)]).await;
+    let gw = gateway(
+        true,
+        &[
+            ("honoured", honoured.url("/honoured"), "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0, max_retry_after: 5s }"),
+            ("clamped", clamped.url("/clamped"), "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0, max_retry_after: 1s }"),
+        ],
+    )
+    .await;
+    send_to(&gw, &["honoured", "clamped"], "retry-after").await;
+    for (name, sink) in [("honoured", &honoured), ("clamped", &clamped)] {
+        let got = sink.wait_for(2, WAIT).await;
+        let gap = got[1].at - got[0].at;
+        assert!(
+            gap >= Duration::from_millis(990),
+            "{name}: second attempt {gap:?} after the first, expected >= 1s"
+        );
+        assert!(
+            gap < Duration::from_secs(4),
+            "{name}: second attempt {gap:?} after the first, expected about 1s"
+        );
+        assert_eq!(got[0].must("webhook-id"), got[1].must("webhook-id"));
+    }
+}
+
+#[tokio::test]
+async fn timeouts_are_retried() {
+    let sink = Sink::with_script(vec![Reply::ok().delayed(Duration::from_secs(3))]).await;
+    let gw = gateway(
+        true,
+        &[(
+            "slow",
+            sink.url("/slow"),
+            "sign: { scheme: none }\ntimeout_ms: 200\nretry: { schedule: [100ms], jitter: 0 }",
+        )],
+    )
+    .await;
+    send_to(&gw, &["slow"], "timeout").await;
+    let got = sink.wait_for(2, WAIT).await;
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(295) && gap < Duration::from_secs(2),
+        "timed out after 200ms, retried 100ms later: {gap:?}"
+    );
+    gw.wait_for_log_lines(&["delivered", "destination=slow", "attempt=2"], 1, WAIT)
+        .await;
+}
+
+#[tokio::test]
+async fn connection_errors_are_retried() {
+    // A port that nothing listens on: bind, note the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = gateway(
+        true,
+        &[(
+            "gone",
+            format!("http://127.0.0.1:{port}/gone"),
+            "sign: { scheme: none }\nretry: { schedule: [100ms, 100ms], jitter: 0 }",
+        )],
+    )
+    .await;
+    send_to(&gw, &["gone"], "refused").await;
+    let retries = gw
+        .wait_for_log_lines(&["will retry", "destination=gone"], 2, WAIT)
+        .await;
+    assert_eq!(retries.len(), 2, "{retries:?}");
+    gw.wait_for_log_lines(
+        &["retry schedule exhausted", "destination=gone", "attempt=3"],
+        1,
+        WAIT,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn only_timeouts_429_and_5xx_are_retried() {
+    // (status, retried?) — each on its own sink and destination.
+    let table: &[(u16, bool)] = &[
+        (400, false),
+        (401, false),
+        (403, false),
+        (404, false),
+        (409, false),
+        (410, false),
+        (422, false),
+        (301, false),
+        (408, true),
+        (429, true),
+        (500, true),
+        (502, true),
+        (504, true),
+    ];
+    let mut sinks = Vec::new();
+    for (status, _) in table {
+        sinks.push(
+            Sink::with_script(vec![
+                Reply::status(*status).header("location", "http://127.0.0.1:9/elsewhere"),
+            ])
+            .await,
+        );
+    }
+    // The control's retry arrives 300ms after its first attempt: by then a retry of any event
+    // posted before it, on a 100ms schedule, would have arrived too.
+    let control = Sink::with_script(vec![Reply::status(503)]).await;
+    let mut dests: Vec<(String, String)> = table
+        .iter()
+        .zip(&sinks)
+        .map(|((s, _), sink)| (format!("s{s}"), sink.url(&format!("/{s}"))))
+        .collect();
+    dests.push(("control".into(), control.url("/control")));
+    let specs: Vec<(&str, String, &str)> = dests
+        .iter()
+        .map(|(n, u)| {
+            let retry = if n == "control" {
+                "sign: { scheme: none }\nretry: { schedule: [300ms], jitter: 0 }"
+            } else {
+                "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0 }"
+            };
+            (n.as_str(), u.clone(), retry)
+        })
+        .collect();
+    let gw = gateway(true, &specs).await;
+
+    let names: Vec<&str> = dests
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| *n != "control")
+        .collect();
+    send_to(&gw, &names, "status").await;
+    for sink in &sinks {
+        sink.wait_for(1, WAIT).await;
+    }
+    send_to(&gw, &["control"], "control").await;
+    control.wait_for(2, WAIT).await;
+    for ((status, retried), sink) in table.iter().zip(&sinks) {
+        let want = if *retried { 2 } else { 1 };
+        let got = if *retried {
+            sink.wait_for(2, WAIT).await.len()
+        } else {
+            sink.requests().len()
+        };
+        assert_eq!(got, want, "HTTP {status}: {got} attempt(s), want {want}");
+    }
+    let failed = gw.log_lines_with(&["not retryable"]);
+    assert_eq!(
+        failed.len(),
+        table.iter().filter(|(_, r)| !r).count(),
+        "one 'not retryable' line per non-retried status: {failed:#?}"
+    );
+    assert!(
+        failed.iter().all(|l| l.contains("ERROR")),
+        "logged at error level: {failed:#?}"
+    );
+}
+
+#[tokio::test]
+async fn loopback_destinations_are_refused_without_egress_allow() {
+    let sink = Sink::start().await;
+    let port = sink.addr.port();
+    let gw = gateway(
+        false,
+        &[
+            (
+                "literal",
+                sink.url("/literal"),
+                "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0 }",
+            ),
+            (
+                "named",
+                format!("http://localhost:{port}/named"),
+                "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0 }",
+            ),
+        ],
+    )
+    .await;
+    send_to(&gw, &["literal", "named"], "ssrf").await;
+    let lines = gw.wait_for_log_lines(&["egress refused"], 2, WAIT).await;
+    for dest in ["literal", "named"] {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!("destination={dest}")))
+            .unwrap_or_else(|| panic!("no refusal logged for {dest}: {lines:#?}"));
+        assert!(line.contains("ERROR"), "refusals are errors: {line}");
+        assert!(line.contains("not retryable"), "a refusal is final: {line}");
+    }
+    assert!(
+        sink.requests().is_empty(),
+        "nothing may reach a refused destination: {:?}",
+        sink.requests()
+    );
+}
