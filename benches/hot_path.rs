@@ -35,9 +35,7 @@ fn rules(c: &mut Criterion) {
         {"path": "$.commits[*].author.username", "in": ["monalisa", "octocat"]}
     ]))
     .unwrap();
-    let rule = hookyard::rules::compile(&conds)
-        .map_err(|e| format!("{e:?}"))
-        .unwrap();
+    let rule = hookyard::rules::compile(&conds).map_err(|e| format!("{e:?}")).unwrap();
     let headers = headers();
     let body = body();
     let mut group = c.benchmark_group("rules");
@@ -46,12 +44,7 @@ fn rules(c: &mut Criterion) {
     });
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     group.bench_function("match_4_conditions", |b| {
-        b.iter(|| {
-            rule.matches(black_box(&EventView {
-                headers: &headers,
-                body: Some(&json),
-            }))
-        })
+        b.iter(|| rule.matches(black_box(&EventView { headers: &headers, body: Some(&json) })))
     });
     group.finish();
 }
@@ -60,36 +53,24 @@ fn signatures(c: &mut Criterion) {
     let body = body();
     let now = SystemTime::now();
     let mut group = c.benchmark_group("signatures");
-    for (name, scheme) in [
-        ("github", Scheme::Github),
-        ("stripe", Scheme::Stripe),
-        ("standard_webhooks", Scheme::StandardWebhooks),
-    ] {
-        let secret = if name == "standard_webhooks" {
-            WHSEC
-        } else {
-            SECRET
-        };
+    for (name, scheme) in
+        [("github", Scheme::Github), ("stripe", Scheme::Stripe), ("standard_webhooks", Scheme::StandardWebhooks)]
+    {
+        let secret = if name == "standard_webhooks" { WHSEC } else { SECRET };
         let v = Verifier::new(scheme, &[secret.to_string()], Duration::from_secs(300)).unwrap();
         let mut h = headers();
         for (k, val) in v.provider_headers(&body, now, "msg_bench") {
             h.insert(k, val);
         }
         assert!(v.verify(&h, &body, now).is_ok());
-        group.bench_function(format!("verify_{name}_1k"), |b| {
-            b.iter(|| v.verify(black_box(&h), black_box(&body), now))
-        });
+        group
+            .bench_function(format!("verify_{name}_1k"), |b| b.iter(|| v.verify(black_box(&h), black_box(&body), now)));
     }
     let signer = Signer::new(SignScheme::StandardWebhooks, Some(WHSEC)).unwrap();
     group.bench_function("sign_standard_webhooks_1k", |b| {
         b.iter(|| {
             let mut out = HeaderMap::new();
-            signer.sign(
-                "msg_2a1b3c4d5e6f7a8b9c0d1e2f",
-                1_795_770_000,
-                black_box(&body),
-                &mut out,
-            );
+            signer.sign("msg_2a1b3c4d5e6f7a8b9c0d1e2f", 1_795_770_000, black_box(&body), &mut out);
             out
         })
     });
@@ -98,10 +79,7 @@ fn signatures(c: &mut Criterion) {
 
 fn route_and_plan(c: &mut Criterion) {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.yaml");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _guard = rt.enter();
     let snap = hookyard::runtime::build(&config).expect("bundled routes.yaml");
     let source = snap.source_by_name("github").unwrap();
@@ -112,9 +90,7 @@ fn route_and_plan(c: &mut Criterion) {
             let routes = snap.matching_routes(source, &event);
             let plan = snap.plan(source, &event, &routes);
             assert_eq!(plan.len(), 2);
-            plan.iter()
-                .map(|d| black_box(d.request(SystemTime::now())))
-                .for_each(drop)
+            plan.iter().map(|d| black_box(d.request(SystemTime::now()))).for_each(drop)
         })
     });
 }

@@ -25,12 +25,7 @@ pub enum SignScheme {
     /// GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`.
     Github,
     /// `<header>: <prefix><encoding of HMAC(secret, body)>`.
-    Hmac {
-        header: HeaderName,
-        algorithm: verify::Algorithm,
-        encoding: verify::Encoding,
-        prefix: String,
-    },
+    Hmac { header: HeaderName, algorithm: verify::Algorithm, encoding: verify::Encoding, prefix: String },
 }
 
 impl SignScheme {
@@ -55,9 +50,7 @@ pub struct Signer {
 impl fmt::Debug for Signer {
     /// Shows the scheme, never the secret.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Signer")
-            .field("scheme", &self.scheme)
-            .finish_non_exhaustive()
+        f.debug_struct("Signer").field("scheme", &self.scheme).finish_non_exhaustive()
     }
 }
 
@@ -70,27 +63,17 @@ impl Signer {
         let key = match (&scheme, secret) {
             (SignScheme::None, None) => None,
             (SignScheme::None, Some(_)) => {
-                return Err(
-                    "sign scheme none takes no secret; choose a scheme or remove it".to_owned(),
-                );
+                return Err("sign scheme none takes no secret; choose a scheme or remove it".to_owned());
             }
             (_, None) => return Err(format!("sign scheme {name} needs a secret")),
             (_, Some("")) => return Err(format!("the {name} signing secret is empty")),
             (SignScheme::StandardWebhooks, Some(secret)) => {
-                let key = mac::decode_whsec(secret).map_err(|why| {
-                    format!("the signing secret is not a valid whsec_ secret: {why}")
-                })?;
+                let key = mac::decode_whsec(secret)
+                    .map_err(|why| format!("the signing secret is not a valid whsec_ secret: {why}"))?;
                 Some(MacKey::new(Algorithm::Sha256, &key))
             }
-            (SignScheme::Github, Some(secret)) => {
-                Some(MacKey::new(Algorithm::Sha256, secret.as_bytes()))
-            }
-            (
-                SignScheme::Hmac {
-                    algorithm, prefix, ..
-                },
-                Some(secret),
-            ) => {
+            (SignScheme::Github, Some(secret)) => Some(MacKey::new(Algorithm::Sha256, secret.as_bytes())),
+            (SignScheme::Hmac { algorithm, prefix, .. }, Some(secret)) => {
                 mac::check_prefix(prefix)?;
                 Some(MacKey::new(*algorithm, secret.as_bytes()))
             }
@@ -109,29 +92,16 @@ impl Signer {
             SignScheme::None => {}
             SignScheme::StandardWebhooks => {
                 let timestamp = Decimal::new(timestamp);
-                let signed =
-                    verify::standard_webhooks_signed(msg_id.as_bytes(), timestamp.as_bytes(), body);
-                let value = key
-                    .tag(&signed)
-                    .header_value(verify::STANDARD_WEBHOOKS_PREFIX, Encoding::Base64);
+                let signed = verify::standard_webhooks_signed(msg_id.as_bytes(), timestamp.as_bytes(), body);
+                let value = key.tag(&signed).header_value(verify::STANDARD_WEBHOOKS_PREFIX, Encoding::Base64);
                 out.insert(verify::WEBHOOK_SIGNATURE, value);
             }
             SignScheme::Github => {
-                let value = key
-                    .tag(&[body])
-                    .header_value(verify::GITHUB_PREFIX, Encoding::Hex);
+                let value = key.tag(&[body]).header_value(verify::GITHUB_PREFIX, Encoding::Hex);
                 out.insert(verify::GITHUB_SIGNATURE, value);
             }
-            SignScheme::Hmac {
-                header,
-                encoding,
-                prefix,
-                ..
-            } => {
-                out.insert(
-                    header.clone(),
-                    key.tag(&[body]).header_value(prefix, *encoding),
-                );
+            SignScheme::Hmac { header, encoding, prefix, .. } => {
+                out.insert(header.clone(), key.tag(&[body]).header_value(prefix, *encoding));
             }
         }
     }
@@ -227,26 +197,13 @@ mod tests {
 
     #[test]
     fn signatures_match_independent_values() {
-        for Vector {
-            scheme,
-            secret,
-            msg_id,
-            timestamp,
-            body,
-            header,
-            want,
-        } in vectors()
-        {
+        for Vector { scheme, secret, msg_id, timestamp, body, header, want } in vectors() {
             let name = scheme.name();
             let signer = Signer::new(scheme, Some(secret)).expect(name);
             let mut out = HeaderMap::new();
             signer.sign(msg_id, timestamp, body, &mut out);
             assert_eq!(out.len(), 1, "{name}: {out:?}");
-            assert_eq!(
-                out.get(header).and_then(|v| v.to_str().ok()),
-                Some(want),
-                "{name}"
-            );
+            assert_eq!(out.get(header).and_then(|v| v.to_str().ok()), Some(want), "{name}");
         }
     }
 
@@ -256,12 +213,7 @@ mod tests {
         let verifier_scheme = |scheme: &SignScheme| match scheme {
             SignScheme::StandardWebhooks => Scheme::StandardWebhooks,
             SignScheme::Github => Scheme::Github,
-            SignScheme::Hmac {
-                header,
-                algorithm,
-                encoding,
-                prefix,
-            } => Scheme::Hmac {
+            SignScheme::Hmac { header, algorithm, encoding, prefix } => Scheme::Hmac {
                 header: header.clone(),
                 algorithm: *algorithm,
                 encoding: *encoding,
@@ -269,29 +221,14 @@ mod tests {
             },
             SignScheme::None => Scheme::None,
         };
-        for Vector {
-            scheme,
-            secret,
-            msg_id,
-            timestamp,
-            body,
-            ..
-        } in vectors()
-        {
+        for Vector { scheme, secret, msg_id, timestamp, body, .. } in vectors() {
             let name = scheme.name();
-            let verifier = Verifier::new(
-                verifier_scheme(&scheme),
-                &[secret.to_owned()],
-                Duration::from_secs(300),
-            )
-            .expect(name);
+            let verifier =
+                Verifier::new(verifier_scheme(&scheme), &[secret.to_owned()], Duration::from_secs(300)).expect(name);
             let signer = Signer::new(scheme, Some(secret)).expect(name);
             let mut out = HeaderMap::new();
             // As the delivery code does: it sets id and timestamp, the signer the signature.
-            out.insert(
-                verify::WEBHOOK_ID,
-                HeaderValue::from_str(msg_id).expect("ascii"),
-            );
+            out.insert(verify::WEBHOOK_ID, HeaderValue::from_str(msg_id).expect("ascii"));
             out.insert(verify::WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
             signer.sign(msg_id, timestamp, body, &mut out);
             let now = UNIX_EPOCH + Duration::from_secs(timestamp.unsigned_abs());
@@ -303,20 +240,11 @@ mod tests {
     fn sign_replaces_a_passed_through_signature() {
         let signer = Signer::new(SignScheme::Github, Some(SECRET)).expect("valid");
         let mut out = HeaderMap::new();
-        out.append(
-            "x-hub-signature-256",
-            HeaderValue::from_static("sha256=from-the-original-sender"),
-        );
-        out.append(
-            "x-hub-signature-256",
-            HeaderValue::from_static("sha256=and-another"),
-        );
+        out.append("x-hub-signature-256", HeaderValue::from_static("sha256=from-the-original-sender"));
+        out.append("x-hub-signature-256", HeaderValue::from_static("sha256=and-another"));
         signer.sign("msg_1", T, BODY, &mut out);
         let values: Vec<_> = out.get_all("x-hub-signature-256").iter().collect();
-        assert_eq!(
-            values,
-            ["sha256=b8b34f223cec39d000eca4be8dbb6ebd04fa19f2b49c8512876306d7e7e4ac6d"]
-        );
+        assert_eq!(values, ["sha256=b8b34f223cec39d000eca4be8dbb6ebd04fa19f2b49c8512876306d7e7e4ac6d"]);
     }
 
     #[test]
@@ -338,32 +266,17 @@ mod tests {
         };
         let table: Vec<(SignScheme, Option<&str>, &str)> = vec![
             (SignScheme::None, Some(SECRET), "takes no secret"),
-            (
-                SignScheme::Github,
-                None,
-                "sign scheme github needs a secret",
-            ),
+            (SignScheme::Github, None, "sign scheme github needs a secret"),
             (hmac512(), Some(""), "the hmac signing secret is empty"),
-            (
-                SignScheme::StandardWebhooks,
-                Some(SECRET),
-                "not a valid whsec_ secret: does not start with",
-            ),
-            (
-                SignScheme::StandardWebhooks,
-                Some("whsec_%%%%"),
-                "not a valid whsec_ secret: the part after",
-            ),
+            (SignScheme::StandardWebhooks, Some(SECRET), "not a valid whsec_ secret: does not start with"),
+            (SignScheme::StandardWebhooks, Some("whsec_%%%%"), "not a valid whsec_ secret: the part after"),
             (bad_prefix, Some(SECRET), "signature prefix"),
         ];
         for (scheme, secret, want) in table {
             let name = scheme.name();
             let error = Signer::new(scheme, secret).expect_err(name);
             assert!(error.contains(want), "{name}: {error:?} lacks {want:?}");
-            assert!(
-                !error.contains(SECRET),
-                "{name}: {error:?} quotes the secret"
-            );
+            assert!(!error.contains(SECRET), "{name}: {error:?} quotes the secret");
         }
     }
 
@@ -371,11 +284,7 @@ mod tests {
     fn scheme_names_and_debug() {
         let table = [
             (SignScheme::None, None, "none"),
-            (
-                SignScheme::StandardWebhooks,
-                Some(WHSEC),
-                "standard-webhooks",
-            ),
+            (SignScheme::StandardWebhooks, Some(WHSEC), "standard-webhooks"),
             (SignScheme::Github, Some(SECRET), "github"),
             (hmac512(), Some(SECRET), "hmac"),
         ];

@@ -41,10 +41,7 @@ async fn check_accepts_the_bundled_config() {
     let version = &hex::encode(Sha256::digest(&text))[..12];
     assert_eq!(
         out.stdout,
-        format!(
-            "{}: ok — 4 sources, 5 destinations, 6 routes (version {version})\n",
-            path.display()
-        )
+        format!("{}: ok — 4 sources, 5 destinations, 6 routes (version {version})\n", path.display())
     );
 }
 
@@ -80,12 +77,8 @@ fn broken_lines(path: &Path) -> Vec<String> {
             "{f}:7:39: sources.github.verify.secret: environment variable HOOKYARD_TEST_NEVER_SET is not set (write ${{HOOKYARD_TEST_NEVER_SET:-default}} to give a default)"
         ),
         format!("{f}:14:5: routes[0].source: unknown source \"githbu\" (did you mean \"github\"?)"),
-        format!(
-            "{f}:17:9: routes[0].when[0].matches: invalid regex `refs/heads/(main`: unclosed group"
-        ),
-        format!(
-            "{f}:18:10: routes[0].to[0]: unknown destination \"deploy\" (did you mean \"deploys\"?)"
-        ),
+        format!("{f}:17:9: routes[0].when[0].matches: invalid regex `refs/heads/(main`: unclosed group"),
+        format!("{f}:18:10: routes[0].to[0]: unknown destination \"deploy\" (did you mean \"deploys\"?)"),
     ]
 }
 
@@ -94,10 +87,7 @@ async fn check_reports_every_problem_with_its_location() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), "routes.yaml", BROKEN);
     let mut cmd = hookyard();
-    cmd.arg("check")
-        .arg("--config")
-        .arg(&path)
-        .env_remove("HOOKYARD_TEST_NEVER_SET");
+    cmd.arg("check").arg("--config").arg(&path).env_remove("HOOKYARD_TEST_NEVER_SET");
     let out = run_cli(cmd).await;
     assert_eq!(out.code(), Some(1), "stdout: {}", out.stdout);
     assert_eq!(out.stdout, "");
@@ -109,11 +99,7 @@ async fn check_reports_every_problem_with_its_location() {
 #[tokio::test]
 async fn check_counts_a_single_problem_in_the_singular() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        dir.path(),
-        "one.yaml",
-        "server:\n  listen: \"127.0.0.1:0\"\nrotues: []\n",
-    );
+    let path = write_config(dir.path(), "one.yaml", "server:\n  listen: \"127.0.0.1:0\"\nrotues: []\n");
     let mut cmd = hookyard();
     cmd.arg("check").arg("--config").arg(&path);
     let out = run_cli(cmd).await;
@@ -134,33 +120,30 @@ async fn check_reads_secrets_from_the_environment() {
     let yaml = "server: { listen: \"127.0.0.1:0\" }\nsources:\n  github:\n    path: /hooks/github\n    verify: { scheme: github, secret: \"${HOOKYARD_TEST_SECRET}\" }\n";
     let path = write_config(dir.path(), "env.yaml", yaml);
     let mut cmd = hookyard();
-    cmd.arg("check")
-        .arg("--config")
-        .arg(&path)
-        .env("HOOKYARD_TEST_SECRET", "from-the-environment");
+    cmd.arg("check").arg("--config").arg(&path).env("HOOKYARD_TEST_SECRET", "from-the-environment");
     let out = run_cli(cmd).await;
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
     assert!(
-        out.stdout.starts_with(&format!(
-            "{}: ok — 1 sources, 0 destinations, 0 routes (version ",
-            path.display()
-        )),
+        out.stdout.starts_with(&format!("{}: ok — 1 sources, 0 destinations, 0 routes (version ", path.display())),
         "{}",
         out.stdout
     );
 }
 
-/// A destination (or source) that is defined but has an error of its own must not also be
+/// A destination or source that is defined but has an error of its own must not also be
 /// reported as unknown where routes name it: that second error sends the user looking for a
 /// typo that is not there, and the did-you-mean hint disappears.
 #[tokio::test]
-async fn check_does_not_call_a_defined_but_invalid_destination_unknown() {
+async fn check_does_not_call_a_defined_but_invalid_item_unknown() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = r#"server: { listen: "127.0.0.1:0" }
 sources:
   github:
     path: /hooks/github
     verify: { scheme: github, secret: s }
+  shop:
+    path: /hooks/shop
+    verify: { scheme: shopfy, secret: s }
 destinations:
   deploys:
     url: http://127.0.0.1:9/deploys
@@ -173,6 +156,9 @@ routes:
   - name: typo
     source: github
     to: [deploy]
+  - name: orders
+    source: shop
+    to: [deploys]
 "#;
     let path = write_config(dir.path(), "routes.yaml", yaml);
     let mut cmd = hookyard();
@@ -182,12 +168,13 @@ routes:
     let f = path.display();
     let want = [
         format!(
-            "{f}:10:5: destinations.deploys.retries: unknown field `retries`, expected one of `url`, `timeout_ms`, `headers`, `sign`, `retry`, `max_in_flight`, `tls`"
+            "{f}:8:15: sources.shop.verify.scheme: unknown variant `shopfy`, expected one of `none`, `github`, `stripe`, `shopify`, `slack`, `standard-webhooks`, `hmac`, `basic`, `api-key`"
         ),
         format!(
-            "{f}:17:10: routes[1].to[0]: unknown destination \"deploy\" (did you mean \"deploys\"?)"
+            "{f}:13:5: destinations.deploys.retries: unknown field `retries`, expected one of `url`, `timeout_ms`, `headers`, `sign`, `retry`, `max_in_flight`, `tls`"
         ),
-        "2 problems found".to_string(),
+        format!("{f}:20:10: routes[1].to[0]: unknown destination \"deploy\" (did you mean \"deploys\"?)"),
+        "3 problems found".to_string(),
     ];
     assert_eq!(out.stderr.lines().collect::<Vec<_>>(), want);
 }
@@ -199,26 +186,46 @@ async fn run_refuses_a_broken_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), "routes.yaml", BROKEN);
     let mut cmd = hookyard();
-    cmd.arg("run")
-        .arg("--config")
-        .arg(&path)
-        .env_remove("HOOKYARD_TEST_NEVER_SET");
+    cmd.arg("run").arg("--config").arg(&path).env_remove("HOOKYARD_TEST_NEVER_SET");
     let out = run_cli(cmd).await;
     assert_eq!(out.code(), Some(1), "stderr: {}", out.stderr);
-    assert!(
-        !out.stdout.contains("listening on"),
-        "nothing may start: {}",
-        out.stdout
-    );
+    assert!(!out.stdout.contains("listening on"), "nothing may start: {}", out.stdout);
     let lines: Vec<&str> = out.stderr.lines().collect();
     for want in broken_lines(&path) {
-        assert!(
-            lines.contains(&want.as_str()),
-            "missing {want:?} in:\n{}",
-            out.stderr
-        );
+        assert!(lines.contains(&want.as_str()), "missing {want:?} in:\n{}", out.stderr);
     }
     assert!(out.stderr.contains("nothing started"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn run_exits_on_sigterm_after_draining_pending_deliveries() {
+    // The first attempt fails and the retry is due 500ms later; SIGTERM arrives in between.
+    let sink = Sink::with_script(vec![Reply::status(503)]).await;
+    let mut gw = Gateway::start(&format!(
+        r#"
+server: {{ listen: "127.0.0.1:0", shutdown_grace: 5s }}
+egress: {{ allow: [127.0.0.0/8] }}
+sources:
+  app:
+    path: /hooks/app
+    verify: {{ scheme: none }}
+destinations:
+  out:
+    url: {url}
+    sign: {{ scheme: none }}
+    retry: {{ schedule: [500ms], jitter: 0 }}
+routes:
+  - {{ name: all, source: app, to: [out] }}
+"#,
+        url = sink.url("/out")
+    ))
+    .await;
+    gw.post("/hooks/app", &[], "{}").await.accepted_id();
+    sink.wait_for(1, WAIT).await;
+    let status = gw.terminate(WAIT).await;
+    assert!(status.success(), "exit status {status}; logs:\n{}", gw.logs());
+    assert_eq!(sink.requests().len(), 2, "the pending retry was delivered before exiting; logs:\n{}", gw.logs());
+    assert!(gw.logs_contain("SIGTERM"), "{}", gw.logs());
 }
 
 // --- dry-run ----------------------------------------------------------------------------------
@@ -252,11 +259,7 @@ const DRY_RUNS: &[DryRun] = &[
         body: "github-pull_request.json",
         body_is_json: true,
         routes: &[("pushes-to-main", false), ("pull-requests-opened", true)],
-        deliveries: &[(
-            "pull-requests-opened",
-            "reviews",
-            "http://127.0.0.1:9000/reviews",
-        )],
+        deliveries: &[("pull-requests-opened", "reviews", "http://127.0.0.1:9000/reviews")],
     },
     DryRun {
         source: "github",
@@ -308,20 +311,11 @@ const DRY_RUN_TIMESTAMP: &str = "1700000000";
 
 async fn dry_run(case: &DryRun, body_path: &Path, event_id: &str) -> Output {
     let mut cmd = hookyard();
-    cmd.arg("dry-run")
-        .arg("--config")
-        .arg(bundled_config())
-        .arg("--source")
-        .arg(case.source);
+    cmd.arg("dry-run").arg("--config").arg(bundled_config()).arg("--source").arg(case.source);
     for h in case.headers {
         cmd.arg("-H").arg(h);
     }
-    cmd.arg("--body")
-        .arg(body_path)
-        .arg("--event-id")
-        .arg(event_id)
-        .arg("--timestamp")
-        .arg(DRY_RUN_TIMESTAMP);
+    cmd.arg("--body").arg(body_path).arg("--event-id").arg(event_id).arg("--timestamp").arg(DRY_RUN_TIMESTAMP);
     run_cli(cmd).await
 }
 
@@ -331,11 +325,7 @@ async fn dry_run_prints_matched_routes_and_exact_requests() {
     let not_json = write_config(dir.path(), "not-json.txt", "token=abc&event=app_mention");
     for case in DRY_RUNS {
         let label = format!("{} {}", case.source, case.body);
-        let body_path = if case.body == "NOT-JSON" {
-            not_json.clone()
-        } else {
-            example(case.body)
-        };
+        let body_path = if case.body == "NOT-JSON" { not_json.clone() } else { example(case.body) };
         let body = std::fs::read_to_string(&body_path).unwrap();
         let out = dry_run(case, &body_path, "evt_dryrun").await;
         assert_eq!(out.code(), Some(0), "{label}: {}", out.stderr);
@@ -347,16 +337,10 @@ async fn dry_run_prints_matched_routes_and_exact_requests() {
             json!({"id": "evt_dryrun", "source": case.source, "body_is_json": case.body_is_json}),
             "{label}"
         );
-        let routes: Vec<Value> = case
-            .routes
-            .iter()
-            .map(|(n, m)| json!({"name": n, "matched": m}))
-            .collect();
+        let routes: Vec<Value> = case.routes.iter().map(|(n, m)| json!({"name": n, "matched": m})).collect();
         assert_eq!(v["routes"], Value::Array(routes), "{label}");
 
-        let deliveries = v["deliveries"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{label}: no deliveries list"));
+        let deliveries = v["deliveries"].as_array().unwrap_or_else(|| panic!("{label}: no deliveries list"));
         let got: Vec<(&str, &str, &str)> = deliveries
             .iter()
             .map(|d| {
@@ -374,26 +358,14 @@ async fn dry_run_prints_matched_routes_and_exact_requests() {
             let req = &d["request"];
             let dest = d["destination"].as_str().unwrap();
             assert_eq!(req["method"], "POST", "{label} {dest}");
-            assert_eq!(
-                req["body"],
-                body.as_str(),
-                "{label} {dest}: the body is sent unchanged"
-            );
+            assert_eq!(req["body"], body.as_str(), "{label} {dest}: the body is sent unchanged");
             let h = &req["headers"];
-            let header = |name: &str| {
-                h[name]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("{label} {dest}: no {name} in {h}"))
-            };
+            let header = |name: &str| h[name].as_str().unwrap_or_else(|| panic!("{label} {dest}: no {name} in {h}"));
             assert_eq!(header("user-agent"), "Hookyard/0.1.0");
             assert_eq!(header("webhook-timestamp"), DRY_RUN_TIMESTAMP);
             for sent in case.headers {
                 let (k, val) = sent.split_once(": ").unwrap();
-                assert_eq!(
-                    header(&k.to_ascii_lowercase()),
-                    val,
-                    "{label} {dest}: sender header forwarded"
-                );
+                assert_eq!(header(&k.to_ascii_lowercase()), val, "{label} {dest}: sender header forwarded");
             }
             if !case.headers.iter().any(|h| h.starts_with("Content-Type")) {
                 assert_eq!(header("content-type"), "application/json", "{label} {dest}");
@@ -403,12 +375,7 @@ async fn dry_run_prints_matched_routes_and_exact_requests() {
             }
             let id = header("webhook-id");
             assert!(is_message_id(id), "{label} {dest}: webhook-id {id:?}");
-            let want = standard_webhooks_signature(
-                BUNDLED_SIGNING_SECRET,
-                id,
-                DRY_RUN_TIMESTAMP,
-                body.as_bytes(),
-            );
+            let want = standard_webhooks_signature(BUNDLED_SIGNING_SECRET, id, DRY_RUN_TIMESTAMP, body.as_bytes());
             assert_eq!(
                 header("webhook-signature"),
                 want,
@@ -419,11 +386,7 @@ async fn dry_run_prints_matched_routes_and_exact_requests() {
         let n = ids.len();
         ids.sort();
         ids.dedup();
-        assert_eq!(
-            ids.len(),
-            n,
-            "{label}: one webhook-id per (route, destination)"
-        );
+        assert_eq!(ids.len(), n, "{label}: one webhook-id per (route, destination)");
     }
 }
 
@@ -433,10 +396,7 @@ async fn dry_run_is_reproducible_with_a_fixed_event_id_and_timestamp() {
     let a = dry_run(case, &example(case.body), "evt_same").await;
     let b = dry_run(case, &example(case.body), "evt_same").await;
     assert_eq!(a.code(), Some(0), "{}", a.stderr);
-    assert_eq!(
-        a.stdout, b.stdout,
-        "same event id and timestamp, same output"
-    );
+    assert_eq!(a.stdout, b.stdout, "same event id and timestamp, same output");
     let c = dry_run(case, &example(case.body), "evt_other").await;
     let ids = |o: &Output| -> Vec<String> {
         let v: Value = serde_json::from_str(&o.stdout).unwrap();
@@ -444,19 +404,11 @@ async fn dry_run_is_reproducible_with_a_fixed_event_id_and_timestamp() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|d| {
-                d["request"]["headers"]["webhook-id"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
+            .map(|d| d["request"]["headers"]["webhook-id"].as_str().unwrap().to_string())
             .collect()
     };
     let (ida, idc) = (ids(&a), ids(&c));
-    assert!(
-        ida.iter().all(|id| !idc.contains(id)),
-        "another event gets other webhook-ids: {ida:?} {idc:?}"
-    );
+    assert!(ida.iter().all(|id| !idc.contains(id)), "another event gets other webhook-ids: {ida:?} {idc:?}");
 }
 
 #[tokio::test]
@@ -473,8 +425,7 @@ async fn dry_run_names_the_sources_when_given_an_unknown_one() {
     assert_eq!(out.code(), Some(1));
     assert_eq!(out.stdout, "");
     assert!(
-        out.stderr
-            .contains(r#"unknown source "gitlab"; sources are: github, stripe, shopify, slack"#),
+        out.stderr.contains(r#"unknown source "gitlab"; sources are: github, stripe, shopify, slack"#),
         "{}",
         out.stderr
     );
@@ -547,23 +498,10 @@ routes:
     cmd.arg("send")
         .arg("--config")
         .arg(&gw.config_path)
-        .args([
-            "--source",
-            "github",
-            "--gateway",
-            &gw.url(""),
-            "-H",
-            "X-GitHub-Event: push",
-        ])
+        .args(["--source", "github", "--gateway", &gw.url(""), "-H", "X-GitHub-Event: push"])
         .arg(example("github-push.json"));
     let out = run_cli(cmd).await;
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "stdout: {} stderr: {}",
-        out.stdout,
-        out.stderr
-    );
+    assert_eq!(out.code(), Some(0), "stdout: {} stderr: {}", out.stdout, out.stderr);
     let (status, body) = out.stdout.trim_end().split_once(' ').expect("STATUS BODY");
     assert_eq!(status, "202", "{}", out.stdout);
     let id: Value = serde_json::from_str(body).unwrap();
@@ -576,16 +514,8 @@ routes:
 
     // Each receiver printed the webhook with its verdict.
     assert!(good.stdout().contains("POST /deploys"), "{}", good.stdout());
-    assert!(
-        good.stdout().contains("signature: valid"),
-        "{}",
-        good.stdout()
-    );
-    assert!(
-        wrong.stdout().contains("signature: INVALID ("),
-        "{}",
-        wrong.stdout()
-    );
+    assert!(good.stdout().contains("signature: valid"), "{}", good.stdout());
+    assert!(wrong.stdout().contains("signature: INVALID ("), "{}", wrong.stdout());
 }
 
 #[tokio::test]

@@ -14,10 +14,7 @@ const GH_IN: &str = "inbound-github-secret";
 const GH_OUT: &str = "outbound-github-secret";
 
 fn secret(seed: &str) -> String {
-    format!(
-        "whsec_{}",
-        b64(format!("delivery test key {seed}").as_bytes())
-    )
+    format!("whsec_{}", b64(format!("delivery test key {seed}").as_bytes()))
 }
 
 /// A gateway with one unsigned source `app`; each `(name, url, extra YAML)` becomes a destination
@@ -27,9 +24,7 @@ async fn gateway(egress_allow: bool, destinations: &[(&str, String, &str)]) -> G
     if egress_allow {
         yaml.push_str("egress: { allow: [127.0.0.0/8, \"::1/128\"] }\n");
     }
-    yaml.push_str(
-        "sources:\n  app:\n    path: /hooks/app\n    verify: { scheme: none }\ndestinations:\n",
-    );
+    yaml.push_str("sources:\n  app:\n    path: /hooks/app\n    verify: { scheme: none }\ndestinations:\n");
     for (name, url, extra) in destinations {
         yaml.push_str(&format!("  {name}:\n    url: {url}\n"));
         for line in extra.trim().lines() {
@@ -48,11 +43,7 @@ async fn send_to(gw: &Gateway, names: &[&str], case: &str) -> String {
     let to: String = names.iter().map(|n| format!("{n},")).collect();
     gw.post(
         "/hooks/app",
-        &[
-            ("X-To", &to),
-            ("X-Case", case),
-            ("Content-Type", "application/json"),
-        ],
+        &[("X-To", &to), ("X-Case", case), ("Content-Type", "application/json")],
         format!(r#"{{"case":"{case}"}}"#),
     )
     .await
@@ -94,8 +85,7 @@ routes:
     ))
     .await;
 
-    let body =
-        std::fs::read(manifest_dir().join("examples/github-push.json")).expect("example event");
+    let body = std::fs::read(manifest_dir().join("examples/github-push.json")).expect("example event");
     let inbound_signature = github_signature(GH_IN, &body);
     let sent = [
         ("Content-Type", "application/json"),
@@ -103,10 +93,7 @@ routes:
         ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
         ("X-GitHub-Hook-ID", "292430182"),
         ("X-Hub-Signature-256", inbound_signature.as_str()),
-        (
-            "X-Hub-Signature",
-            "sha1=0000000000000000000000000000000000000000",
-        ),
+        ("X-Hub-Signature", "sha1=0000000000000000000000000000000000000000"),
         ("Authorization", "Bearer sender-token"),
         ("Cookie", "session=secret"),
         ("Stripe-Signature", "t=1,v1=abc"),
@@ -117,29 +104,19 @@ routes:
         ("Webhook-Id", "msg_from_the_sender"),
         ("Webhook-Signature", "v1,forged"),
         ("User-Agent", "GitHub-Hookshot/044aadd"),
+        ("X-Env", "from-the-sender"),
     ];
-    gw.post("/hooks/github", &sent, body.clone())
-        .await
-        .accepted_id();
+    gw.post("/hooks/github", &sent, body.clone()).await.accepted_id();
     let got = sink.wait_for(3, WAIT).await;
     assert_eq!(got.len(), 3);
 
     let mut ids = Vec::new();
     for r in &got {
         assert_eq!(r.method, http::Method::POST);
-        assert_eq!(
-            r.body, body,
-            "{}: the body is forwarded byte for byte",
-            r.path
-        );
+        assert_eq!(r.body, body, "{}: the body is forwarded byte for byte", r.path);
         assert_eq!(r.must("content-type"), "application/json", "{}", r.path);
         assert_eq!(r.must("x-github-event"), "push", "{}", r.path);
-        assert_eq!(
-            r.must("x-github-delivery"),
-            "72d3162e-cc78-11e3-81ab-4c9367dc0958",
-            "{}",
-            r.path
-        );
+        assert_eq!(r.must("x-github-delivery"), "72d3162e-cc78-11e3-81ab-4c9367dc0958", "{}", r.path);
         assert_eq!(r.must("x-github-hook-id"), "292430182", "{}", r.path);
         assert_eq!(r.must("user-agent"), "Hookyard/0.1.0", "{}", r.path);
         for stripped in [
@@ -162,47 +139,26 @@ routes:
         }
         let id = r.must("webhook-id");
         assert!(is_message_id(id), "{}: webhook-id {id:?}", r.path);
-        let t: u64 = r
-            .must("webhook-timestamp")
-            .parse()
-            .expect("webhook-timestamp in seconds");
-        assert!(
-            t.abs_diff(now_unix()) <= 60,
-            "{}: webhook-timestamp {t}",
-            r.path
-        );
+        let t: u64 = r.must("webhook-timestamp").parse().expect("webhook-timestamp in seconds");
+        assert!(t.abs_diff(now_unix()) <= 60, "{}: webhook-timestamp {t}", r.path);
         ids.push(id.to_string());
     }
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 3, "each destination gets its own webhook-id");
 
-    let by_path = |p: &str| {
-        got.iter()
-            .find(|r| r.path == p)
-            .unwrap_or_else(|| panic!("nothing at {p}"))
-    };
+    let by_path = |p: &str| got.iter().find(|r| r.path == p).unwrap_or_else(|| panic!("nothing at {p}"));
     let plain = by_path("/plain");
     assert_standard_webhooks(plain, &a);
-    assert_eq!(
-        plain.header("x-hub-signature-256"),
-        None,
-        "the sender's signature is not forwarded"
-    );
-    assert_eq!(
-        plain.header("x-team"),
-        None,
-        "destination headers stay with their destination"
-    );
+    assert_eq!(plain.header("x-hub-signature-256"), None, "the sender's signature is not forwarded");
+    assert_eq!(plain.header("x-team"), None, "destination headers stay with their destination");
+    assert_eq!(plain.must("x-env"), "from-the-sender", "other sender headers are forwarded");
 
     let with_headers = by_path("/with-headers");
     assert_standard_webhooks(with_headers, &b);
     assert_eq!(with_headers.must("x-team"), "finance");
-    assert_eq!(with_headers.must("x-env"), "test");
-    assert_eq!(
-        with_headers.uri, "/with-headers?team=finance",
-        "the query string is kept"
-    );
+    assert_eq!(with_headers.must("x-env"), "test", "a destination header replaces the sender's (and is sent once)");
+    assert_eq!(with_headers.uri, "/with-headers?team=finance", "the query string is kept");
 
     let github_style = by_path("/github-style");
     assert_eq!(
@@ -212,6 +168,63 @@ routes:
     );
     assert_ne!(github_style.must("x-hub-signature-256"), inbound_signature);
     assert_eq!(github_style.header("webhook-signature"), None);
+}
+
+#[tokio::test]
+async fn a_sources_own_credential_header_is_not_forwarded() {
+    let sink = Sink::start().await;
+    let gw = Gateway::start(&format!(
+        r#"
+server: {{ listen: "127.0.0.1:0" }}
+egress: {{ allow: [127.0.0.0/8] }}
+sources:
+  hmac:
+    path: /hooks/hmac
+    verify: {{ scheme: hmac, secret: hmac-secret, header: X-Acme-Signature, prefix: "sha256=" }}
+  token:
+    path: /hooks/token
+    verify: {{ scheme: api-key, secret: tok-456, header: X-Acme-Token }}
+  basic:
+    path: /hooks/basic
+    verify: {{ scheme: basic, secret: "alice:wonderland" }}
+destinations:
+  out:
+    url: {url}
+    sign: {{ scheme: none }}
+routes:
+  - {{ name: from-hmac, source: hmac, to: [out] }}
+  - {{ name: from-token, source: token, to: [out] }}
+  - {{ name: from-basic, source: basic, to: [out] }}
+"#,
+        url = sink.url("/out")
+    ))
+    .await;
+    let sig = format!("sha256={}", hex::encode(hmac_sha256(b"hmac-secret", &[b"{}"])));
+    let basic = basic_auth("alice:wonderland");
+    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        ("/hooks/hmac", &[("X-Acme-Signature", &sig)], "x-acme-signature"),
+        ("/hooks/token", &[("X-Acme-Token", "tok-456")], "x-acme-token"),
+        ("/hooks/basic", &[("Authorization", &basic)], "authorization"),
+    ];
+    for (i, (path, headers, secret_header)) in cases.iter().enumerate() {
+        let mut h = headers.to_vec();
+        let marker = format!("case-{i}");
+        h.push(("X-Case", &marker));
+        gw.post(path, &h, "{}").await.accepted_id();
+        let got = sink.wait_for(i + 1, WAIT).await;
+        let r = got.iter().find(|r| r.header("x-case") == Some(marker.as_str())).expect("delivered");
+        assert_eq!(
+            r.header(secret_header),
+            None,
+            "{path}: {secret_header} must not be forwarded: {:?}",
+            header_list(&r.headers)
+        );
+        assert_eq!(
+            r.must("content-type"),
+            "application/octet-stream",
+            "{path}: a body without a type is sent as octet-stream"
+        );
+    }
 }
 
 #[tokio::test]
@@ -232,31 +245,14 @@ async fn failed_attempts_are_retried_with_the_same_webhook_id() {
     .await;
     send_to(&gw, &["flaky"], "retry").await;
     let got = sink.wait_for(3, WAIT).await;
-    let ids: Vec<String> = got
-        .iter()
-        .map(|r| assert_standard_webhooks(r, &key))
-        .collect();
-    assert!(
-        ids.iter().all(|id| *id == ids[0]),
-        "a retry carries the same webhook-id: {ids:?}"
-    );
+    let ids: Vec<String> = got.iter().map(|r| assert_standard_webhooks(r, &key)).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "a retry carries the same webhook-id: {ids:?}");
     assert!(got.iter().all(|r| r.body == got[0].body));
     let gaps = [got[1].at - got[0].at, got[2].at - got[1].at];
-    assert!(
-        gaps[0] >= Duration::from_millis(95),
-        "first retry after the 100ms of the schedule, got {gaps:?}"
-    );
-    assert!(
-        gaps[1] >= Duration::from_millis(195),
-        "second retry after 200ms, got {gaps:?}"
-    );
-    gw.wait_for_log_lines(&["delivered", "attempt=3"], 1, WAIT)
-        .await;
-    assert_eq!(
-        sink.requests().len(),
-        3,
-        "delivered on the third attempt, so no fourth"
-    );
+    assert!(gaps[0] >= Duration::from_millis(95), "first retry after the 100ms of the schedule, got {gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(195), "second retry after 200ms, got {gaps:?}");
+    gw.wait_for_log_lines(&["delivered", "attempt=3"], 1, WAIT).await;
+    assert_eq!(sink.requests().len(), 3, "delivered on the third attempt, so no fourth");
 }
 
 #[tokio::test]
@@ -264,16 +260,11 @@ async fn delivery_gives_up_when_the_schedule_is_exhausted() {
     let sink = Sink::with_script(vec![Reply::status(500); 10]).await;
     let gw = gateway(
         true,
-        &[(
-            "down",
-            sink.url("/down"),
-            "sign: { scheme: none }\nretry: { schedule: [100ms, 100ms], jitter: 0 }",
-        )],
+        &[("down", sink.url("/down"), "sign: { scheme: none }\nretry: { schedule: [100ms, 100ms], jitter: 0 }")],
     )
     .await;
     send_to(&gw, &["down"], "give-up").await;
-    gw.wait_for_log_lines(&["retry schedule exhausted", "destination=down"], 1, WAIT)
-        .await;
+    gw.wait_for_log_lines(&["retry schedule exhausted", "destination=down"], 1, WAIT).await;
     assert_eq!(sink.requests().len(), 3, "one attempt and two retries");
 }
 
@@ -285,8 +276,16 @@ async fn retry_after_is_honoured_and_clamped() {
     let gw = gateway(
         true,
         &[
-            ("honoured", honoured.url("/honoured"), "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0, max_retry_after: 5s }"),
-            ("clamped", clamped.url("/clamped"), "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0, max_retry_after: 1s }"),
+            (
+                "honoured",
+                honoured.url("/honoured"),
+                "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0, max_retry_after: 5s }",
+            ),
+            (
+                "clamped",
+                clamped.url("/clamped"),
+                "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0, max_retry_after: 1s }",
+            ),
         ],
     )
     .await;
@@ -294,14 +293,8 @@ async fn retry_after_is_honoured_and_clamped() {
     for (name, sink) in [("honoured", &honoured), ("clamped", &clamped)] {
         let got = sink.wait_for(2, WAIT).await;
         let gap = got[1].at - got[0].at;
-        assert!(
-            gap >= Duration::from_millis(990),
-            "{name}: second attempt {gap:?} after the first, expected >= 1s"
-        );
-        assert!(
-            gap < Duration::from_secs(4),
-            "{name}: second attempt {gap:?} after the first, expected about 1s"
-        );
+        assert!(gap >= Duration::from_millis(990), "{name}: second attempt {gap:?} after the first, expected >= 1s");
+        assert!(gap < Duration::from_secs(4), "{name}: second attempt {gap:?} after the first, expected about 1s");
         assert_eq!(got[0].must("webhook-id"), got[1].must("webhook-id"));
     }
 }
@@ -325,18 +318,13 @@ async fn timeouts_are_retried() {
         gap >= Duration::from_millis(295) && gap < Duration::from_secs(2),
         "timed out after 200ms, retried 100ms later: {gap:?}"
     );
-    gw.wait_for_log_lines(&["delivered", "destination=slow", "attempt=2"], 1, WAIT)
-        .await;
+    gw.wait_for_log_lines(&["delivered", "destination=slow", "attempt=2"], 1, WAIT).await;
 }
 
 #[tokio::test]
 async fn connection_errors_are_retried() {
     // A port that nothing listens on: bind, note the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let gw = gateway(
         true,
         &[(
@@ -347,16 +335,9 @@ async fn connection_errors_are_retried() {
     )
     .await;
     send_to(&gw, &["gone"], "refused").await;
-    let retries = gw
-        .wait_for_log_lines(&["will retry", "destination=gone"], 2, WAIT)
-        .await;
+    let retries = gw.wait_for_log_lines(&["will retry", "destination=gone"], 2, WAIT).await;
     assert_eq!(retries.len(), 2, "{retries:?}");
-    gw.wait_for_log_lines(
-        &["retry schedule exhausted", "destination=gone", "attempt=3"],
-        1,
-        WAIT,
-    )
-    .await;
+    gw.wait_for_log_lines(&["retry schedule exhausted", "destination=gone", "attempt=3"], 1, WAIT).await;
 }
 
 #[tokio::test]
@@ -380,20 +361,14 @@ async fn only_timeouts_429_and_5xx_are_retried() {
     let mut sinks = Vec::new();
     for (status, _) in table {
         sinks.push(
-            Sink::with_script(vec![
-                Reply::status(*status).header("location", "http://127.0.0.1:9/elsewhere"),
-            ])
-            .await,
+            Sink::with_script(vec![Reply::status(*status).header("location", "http://127.0.0.1:9/elsewhere")]).await,
         );
     }
     // The control's retry arrives 300ms after its first attempt: by then a retry of any event
     // posted before it, on a 100ms schedule, would have arrived too.
     let control = Sink::with_script(vec![Reply::status(503)]).await;
-    let mut dests: Vec<(String, String)> = table
-        .iter()
-        .zip(&sinks)
-        .map(|((s, _), sink)| (format!("s{s}"), sink.url(&format!("/{s}"))))
-        .collect();
+    let mut dests: Vec<(String, String)> =
+        table.iter().zip(&sinks).map(|((s, _), sink)| (format!("s{s}"), sink.url(&format!("/{s}")))).collect();
     dests.push(("control".into(), control.url("/control")));
     let specs: Vec<(&str, String, &str)> = dests
         .iter()
@@ -408,11 +383,7 @@ async fn only_timeouts_429_and_5xx_are_retried() {
         .collect();
     let gw = gateway(true, &specs).await;
 
-    let names: Vec<&str> = dests
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .filter(|n| *n != "control")
-        .collect();
+    let names: Vec<&str> = dests.iter().map(|(n, _)| n.as_str()).filter(|n| *n != "control").collect();
     send_to(&gw, &names, "status").await;
     for sink in &sinks {
         sink.wait_for(1, WAIT).await;
@@ -421,11 +392,7 @@ async fn only_timeouts_429_and_5xx_are_retried() {
     control.wait_for(2, WAIT).await;
     for ((status, retried), sink) in table.iter().zip(&sinks) {
         let want = if *retried { 2 } else { 1 };
-        let got = if *retried {
-            sink.wait_for(2, WAIT).await.len()
-        } else {
-            sink.requests().len()
-        };
+        let got = if *retried { sink.wait_for(2, WAIT).await.len() } else { sink.requests().len() };
         assert_eq!(got, want, "HTTP {status}: {got} attempt(s), want {want}");
     }
     let failed = gw.log_lines_with(&["not retryable"]);
@@ -434,10 +401,7 @@ async fn only_timeouts_429_and_5xx_are_retried() {
         table.iter().filter(|(_, r)| !r).count(),
         "one 'not retryable' line per non-retried status: {failed:#?}"
     );
-    assert!(
-        failed.iter().all(|l| l.contains("ERROR")),
-        "logged at error level: {failed:#?}"
-    );
+    assert!(failed.iter().all(|l| l.contains("ERROR")), "logged at error level: {failed:#?}");
 }
 
 #[tokio::test]
@@ -447,22 +411,38 @@ async fn loopback_destinations_are_refused_without_egress_allow() {
     let gw = gateway(
         false,
         &[
-            (
-                "literal",
-                sink.url("/literal"),
-                "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0 }",
-            ),
+            ("literal", sink.url("/literal"), "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0 }"),
             (
                 "named",
                 format!("http://localhost:{port}/named"),
                 "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0 }",
             ),
+            (
+                "v6",
+                format!("http://[::1]:{port}/v6"),
+                "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0 }",
+            ),
+            // Cloud metadata and a private network: refused before any connection is tried (an
+            // attempt would time out here and be retried).
+            (
+                "metadata",
+                "http://169.254.169.254/latest/meta-data/".to_string(),
+                "sign: { scheme: none }\ntimeout_ms: 500\nretry: { schedule: [100ms], jitter: 0 }",
+            ),
+            (
+                "private",
+                "http://10.11.12.13:8080/internal".to_string(),
+                "sign: { scheme: none }\ntimeout_ms: 500\nretry: { schedule: [100ms], jitter: 0 }",
+            ),
         ],
     )
     .await;
-    send_to(&gw, &["literal", "named"], "ssrf").await;
-    let lines = gw.wait_for_log_lines(&["egress refused"], 2, WAIT).await;
-    for dest in ["literal", "named"] {
+    let all = ["literal", "named", "v6", "metadata", "private"];
+    send_to(&gw, &all, "ssrf").await;
+    let lines = gw.wait_for_log_lines(&["egress refused"], all.len(), WAIT).await;
+    assert_eq!(lines.len(), all.len(), "one refusal per destination: {lines:#?}");
+    assert!(gw.log_lines_with(&["will retry"]).is_empty(), "refusals are not retried: {}", gw.logs());
+    for dest in all {
         let line = lines
             .iter()
             .find(|l| l.contains(&format!("destination={dest}")))
@@ -470,9 +450,5 @@ async fn loopback_destinations_are_refused_without_egress_allow() {
         assert!(line.contains("ERROR"), "refusals are errors: {line}");
         assert!(line.contains("not retryable"), "a refusal is final: {line}");
     }
-    assert!(
-        sink.requests().is_empty(),
-        "nothing may reach a refused destination: {:?}",
-        sink.requests()
-    );
+    assert!(sink.requests().is_empty(), "nothing may reach a refused destination: {:?}", sink.requests());
 }

@@ -43,71 +43,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let Some(source) = snap.source_by_name(&args.source) else {
         let names: Vec<&str> = snap.sources.iter().map(|s| &*s.name).collect();
-        anyhow::bail!(
-            "unknown source {:?}; sources are: {}",
-            args.source,
-            names.join(", ")
-        );
+        anyhow::bail!("unknown source {:?}; sources are: {}", args.source, names.join(", "));
     };
-    let body = Bytes::from(
-        std::fs::read(&args.body)
-            .with_context(|| format!("cannot read {}", args.body.display()))?,
-    );
+    let body = Bytes::from(std::fs::read(&args.body).with_context(|| format!("cannot read {}", args.body.display()))?);
     let mut headers = http::HeaderMap::new();
     for (k, v) in args.headers {
         headers.append(k, v);
     }
     if !headers.contains_key(http::header::CONTENT_TYPE) {
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     }
     let now = match args.timestamp {
         Some(t) => UNIX_EPOCH + Duration::from_secs(t),
         None => SystemTime::now(),
     };
-    let id = args
-        .event_id
-        .map(|s| EventId(s.into()))
-        .unwrap_or_else(EventId::generate);
-    let event = Event {
-        id,
-        source: source.name.clone(),
-        received_at: now,
-        headers,
-        body,
-    };
-    let matched = snap.matching_routes(source, &event);
-    let routes: Vec<Value> = source
-        .routes
-        .iter()
-        .map(|r| json!({"name": &*snap.routes[*r].name, "matched": matched.contains(r)}))
-        .collect();
-    let deliveries: Vec<Value> = snap
-        .plan(source, &event, &matched)
-        .iter()
-        .map(|d| {
-            let req = d.request(now);
-            let mut headers = Map::new();
-            for (k, v) in req.headers() {
-                headers.insert(
-                    k.as_str().to_string(),
-                    Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-                );
+    let id = args.event_id.map(|s| EventId(s.into())).unwrap_or_else(EventId::generate);
+    let event = Event { id, source: source.name.clone(), received_at: now, headers, body };
+    let json = snap.parse_body(source, &event);
+    let matched = snap.matching_routes(source, &event, json.as_ref());
+    let routes: Vec<Value> =
+        source.routes.iter().map(|r| json!({"name": &*snap.routes[*r].name, "matched": matched.contains(r)})).collect();
+    let mut deliveries = Vec::new();
+    for planned in snap.plan(&matched, &event.id.0) {
+        let dest = snap.destination(&planned.destination).expect("planned destinations exist");
+        let due = snap.preview(source, &event, &planned);
+        let req = hookyard::delivery::build_request(dest, &due, now);
+        let mut headers = Map::new();
+        for (k, v) in req.headers() {
+            headers.insert(k.as_str().to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()));
+        }
+        let mut request = json!({"method": "POST", "url": req.uri().to_string(), "headers": headers});
+        match std::str::from_utf8(&due.body) {
+            Ok(s) => request["body"] = Value::String(s.to_string()),
+            Err(_) => {
+                request["body_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(&due.body))
             }
-            let mut request =
-                json!({"method": "POST", "url": req.uri().to_string(), "headers": headers});
-            match std::str::from_utf8(&d.body) {
-                Ok(s) => request["body"] = Value::String(s.to_string()),
-                Err(_) => {
-                    request["body_base64"] =
-                        Value::String(base64::engine::general_purpose::STANDARD.encode(&d.body))
-                }
-            }
-            json!({"route": &*d.route, "destination": &*d.destination.name, "request": request})
-        })
-        .collect();
+        }
+        deliveries.push(json!({"route": planned.route, "destination": planned.destination, "request": request}));
+    }
     let body_is_json = serde_json::from_slice::<Value>(&event.body).is_ok();
     let out = json!({
         "event": {"id": event.id.to_string(), "source": &*source.name, "body_is_json": body_is_json},

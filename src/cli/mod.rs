@@ -12,11 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(
-    name = "hookyard",
-    version,
-    about = "A webhook gateway: verify, route, re-sign and fan out webhooks"
-)]
+#[command(name = "hookyard", version, about = "A webhook gateway: verify, route, re-sign and fan out webhooks")]
 struct Cli {
     /// Log format: `text` for people, `json` for machines. Filter with RUST_LOG (default `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -82,11 +78,7 @@ fn check(config: &std::path::Path) -> ExitCode {
             for e in &errors.0 {
                 eprintln!("{e}");
             }
-            eprintln!(
-                "{} problem{} found",
-                errors.0.len(),
-                if errors.0.len() == 1 { "" } else { "s" }
-            );
+            eprintln!("{} problem{} found", errors.0.len(), if errors.0.len() == 1 { "" } else { "s" });
             ExitCode::FAILURE
         }
     }
@@ -97,26 +89,20 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.enable_all();
     if let Ok(n) = std::env::var("HOOKYARD_WORKER_THREADS") {
-        let n: usize = n
-            .parse()
-            .map_err(|_| anyhow::anyhow!("HOOKYARD_WORKER_THREADS must be a number, got {n:?}"))?;
+        let n: usize = n.parse().map_err(|_| anyhow::anyhow!("HOOKYARD_WORKER_THREADS must be a number, got {n:?}"))?;
         b.worker_threads(n.max(1));
     }
     Ok(b.build()?)
 }
 
-fn with_runtime(
-    fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
-) -> anyhow::Result<ExitCode> {
+fn with_runtime(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(fut)
 }
 
 fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -133,12 +119,8 @@ pub(crate) fn announce(addr: std::net::SocketAddr) {
 
 /// Parses `--header 'Name: value'`.
 pub(crate) fn parse_header(s: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
-    let (k, v) = s
-        .split_once(':')
-        .ok_or_else(|| format!("expected 'Name: value', got {s:?}"))?;
-    let name = http::HeaderName::try_from(k.trim())
-        .map_err(|_| format!("invalid header name {:?}", k.trim()))?;
-    let value = http::HeaderValue::from_str(v.trim())
-        .map_err(|_| format!("invalid header value for {name}"))?;
+    let (k, v) = s.split_once(':').ok_or_else(|| format!("expected 'Name: value', got {s:?}"))?;
+    let name = http::HeaderName::try_from(k.trim()).map_err(|_| format!("invalid header name {:?}", k.trim()))?;
+    let value = http::HeaderValue::from_str(v.trim()).map_err(|_| format!("invalid header value for {name}"))?;
     Ok((name, value))
 }

@@ -45,12 +45,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None
     } else {
         Some(
-            Verifier::new(
-                Scheme::StandardWebhooks,
-                &args.secret,
-                Duration::from_secs(300),
-            )
-            .map_err(|e| anyhow::anyhow!("--secret: {e}"))?,
+            Verifier::new(Scheme::StandardWebhooks, &args.secret, Duration::from_secs(300))
+                .map_err(|e| anyhow::anyhow!("--secret: {e}"))?,
         )
     };
     let status = StatusCode::from_u16(args.status)?;
@@ -76,11 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))));
                     }
                     let (parts, body) = req.into_parts();
-                    let body = body
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
+                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                     stats.received.fetch_add(1, Ordering::Relaxed);
                     let verdict = match verifier {
                         None => "not checked (no --secret)".to_string(),
@@ -103,36 +95,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     Ok(r)
                 }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
 
 fn print_request(parts: &http::request::Parts, body: &[u8], verdict: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "{} {} ({} bytes) signature: {verdict}",
-        parts.method,
-        parts.uri,
-        body.len()
-    );
+    let _ = writeln!(out, "{} {} ({} bytes) signature: {verdict}", parts.method, parts.uri, body.len());
     for (k, v) in &parts.headers {
         let _ = writeln!(out, "  {k}: {}", String::from_utf8_lossy(v.as_bytes()));
     }
     let text = String::from_utf8_lossy(body);
     let shown: String = text.chars().take(2000).collect();
-    let _ = writeln!(
-        out,
-        "  {shown}{}",
-        if text.chars().count() > 2000 {
-            " …"
-        } else {
-            ""
-        }
-    );
+    let _ = writeln!(out, "  {shown}{}", if text.chars().count() > 2000 { " …" } else { "" });
     let _ = writeln!(out);
     let _ = out.flush();
 }

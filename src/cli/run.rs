@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use hookyard::delivery::{Engine, HttpTransport};
+use hookyard::delivery::{Dispatcher, HttpTransport};
 use hookyard::server::{self, Gateway};
-use tracing::{info, warn};
+use hookyard::store::{Store, now_ms};
+use tracing::{error, info, warn};
 
 pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
     let snapshot = match hookyard::runtime::build(config) {
@@ -17,30 +18,74 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
             for e in &errors.0 {
                 eprintln!("{e}");
             }
-            anyhow::bail!(
-                "{} has {} problem(s); nothing started",
-                config.display(),
-                errors.0.len()
-            );
+            anyhow::bail!("{} has {} problem(s); nothing started", config.display(), errors.0.len());
         }
     };
     super::runtime()?.block_on(async move {
         let listen = snapshot.server.listen;
         let grace = snapshot.server.shutdown_grace.0;
-        let engine = Engine::new(HttpTransport, snapshot.delivery.max_in_flight, snapshot.delivery.max_pending);
+        let storage = snapshot.storage.clone();
+        let store = Store::open(&storage.path, storage.sync)?;
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            HttpTransport,
+            &snapshot.destinations,
+            snapshot.delivery.max_in_flight,
+            snapshot.delivery.max_pending,
+        )
+        .await?;
         let listener = server::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
-        info!(%addr, config = %config.display(), version = %snapshot.version, sources = snapshot.sources.len(), routes = snapshot.routes.len(), "hookyard listening");
-        let gateway = Arc::new(Gateway { snapshot: ArcSwap::from_pointee(snapshot), engine: engine.clone() });
+        let pending = dispatcher.stats().pending;
+        info!(%addr, config = %config.display(), version = %snapshot.version, store = %storage.path.display(), pending, "hookyard listening");
+        let gateway = Arc::new(Gateway { snapshot: ArcSwap::from_pointee(snapshot), dispatcher: dispatcher.clone() });
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let poller = {
+            let d = dispatcher.clone();
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move { d.run(stop).await })
+        };
+        let purger = tokio::spawn(purge_loop(store.clone(), storage.retention.0, storage.purge_interval.0, stopped(stop_rx.clone())));
+
         super::announce(addr);
         server::serve(listener, gateway, shutdown_signal(), grace).await;
-        info!("stopped accepting; waiting for queued deliveries");
-        let left = engine.drain(grace).await;
-        if left > 0 {
-            warn!(pending = left, "exiting with deliveries still pending; they are lost (the queue is in memory in this release)");
+        info!("stopped accepting; finishing delivery attempts in flight");
+        let _ = stop_tx.send(true);
+        let _ = poller.await;
+        let _ = purger.await;
+        let running = dispatcher.drain(grace).await;
+        if running > 0 {
+            warn!(running, "attempts still running at the end of the grace period; they stay due in the store");
         }
+        let pending = dispatcher.stats().pending;
+        info!(pending, "stopped; pending deliveries stay due in the store");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Deletes finished events older than the retention, at start and then every `interval`.
+async fn purge_loop(
+    store: Store,
+    retention: std::time::Duration,
+    interval: std::time::Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        match store.purge(now_ms() - retention.as_millis() as i64).await {
+            Ok(0) => {}
+            Ok(n) => info!(events = n, "retention purge deleted finished events"),
+            Err(e) => error!(error = %e, "retention purge failed"),
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -31,14 +31,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let snap = hookyard::runtime::build(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let Some(source) = snap.source_by_name(&args.source) else {
         let names: Vec<&str> = snap.sources.iter().map(|s| &*s.name).collect();
-        anyhow::bail!(
-            "unknown source {:?}; sources are: {}",
-            args.source,
-            names.join(", ")
-        );
+        anyhow::bail!("unknown source {:?}; sources are: {}", args.source, names.join(", "));
     };
-    let body = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let body = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
     let base = match args.gateway {
         Some(g) => g.trim_end_matches('/').to_string(),
         None => {
@@ -53,34 +48,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let msg_id = format!("msg_{}", uuid::Uuid::now_v7().simple());
     let mut req = http::Request::post(&url).body(Full::new(Bytes::from(body.clone())))?;
     let h = req.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    for (k, v) in source
-        .verifier
-        .provider_headers(&body, SystemTime::now(), &msg_id)
-    {
+    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    for (k, v) in source.verifier.provider_headers(&body, SystemTime::now(), &msg_id) {
         h.insert(k, v);
     }
     for (k, v) in args.headers {
         h.insert(k, v);
     }
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let resp = client
-        .request(req)
-        .await
-        .with_context(|| format!("cannot POST to {url} (is `hookyard run` running?)"))?;
+    let resp =
+        client.request(req).await.with_context(|| format!("cannot POST to {url} (is `hookyard run` running?)"))?;
     let status = resp.status();
     let text = resp.into_body().collect().await?.to_bytes();
-    println!(
-        "{} {}",
-        status.as_u16(),
-        String::from_utf8_lossy(&text).trim_end()
-    );
-    Ok(if status.is_success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    println!("{} {}", status.as_u16(), String::from_utf8_lossy(&text).trim_end());
+    Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -68,6 +68,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub egress: EgressConfig,
     pub delivery: DeliveryConfig,
+    pub storage: StorageConfig,
     pub sources: Vec<(String, SourceConfig)>,
     pub destinations: Vec<(String, DestinationConfig)>,
     pub routes: Vec<RouteEntry>,
@@ -76,14 +77,7 @@ pub struct Config {
     poisoned: Vec<String>,
 }
 
-const TOP_LEVEL: [&str; 6] = [
-    "server",
-    "egress",
-    "delivery",
-    "sources",
-    "destinations",
-    "routes",
-];
+const TOP_LEVEL: [&str; 6] = ["server", "egress", "delivery", "sources", "destinations", "routes"];
 
 impl Config {
     /// Reads `path` and parses it with the process environment.
@@ -95,15 +89,9 @@ impl Config {
                 let (c, e) = Config::parse(&file, &base, &text, &|k| std::env::var(k).ok());
                 (Some(c), e)
             }
-            Err(e) => (
-                None,
-                vec![ConfigError {
-                    file,
-                    mark: None,
-                    key: String::new(),
-                    message: format!("cannot read: {e}"),
-                }],
-            ),
+            Err(e) => {
+                (None, vec![ConfigError { file, mark: None, key: String::new(), message: format!("cannot read: {e}") }])
+            }
         }
     }
 
@@ -120,6 +108,7 @@ impl Config {
             server: ServerConfig::default(),
             egress: EgressConfig::default(),
             delivery: DeliveryConfig::default(),
+            storage: StorageConfig::default(),
             sources: Vec::new(),
             destinations: Vec::new(),
             routes: Vec::new(),
@@ -131,12 +120,7 @@ impl Config {
             Err(p) => {
                 return (
                     cfg,
-                    vec![ConfigError {
-                        file: file.to_string(),
-                        mark: p.mark,
-                        key: p.path,
-                        message: p.message,
-                    }],
+                    vec![ConfigError { file: file.to_string(), mark: p.mark, key: p.path, message: p.message }],
                 );
             }
         };
@@ -145,32 +129,23 @@ impl Config {
         let mut errors: Vec<ConfigError> = doc
             .problems
             .into_iter()
-            .map(|p| ConfigError {
-                file: file.to_string(),
-                mark: p.mark,
-                key: p.path,
-                message: p.message,
-            })
+            .map(|p| ConfigError { file: file.to_string(), mark: p.mark, key: p.path, message: p.message })
             .collect();
         cfg.poisoned = errors.iter().map(|e| e.key.clone()).collect();
         let mut root = match root {
             Value::Object(map) => map,
             Value::Null => serde_json::Map::new(),
             _ => {
-                errors.push(cfg.error("", "the top level must be a mapping with keys server, sources, destinations, routes"));
+                errors.push(
+                    cfg.error("", "the top level must be a mapping with keys server, sources, destinations, routes"),
+                );
                 return (cfg, errors);
             }
         };
         for key in root.keys() {
             if !TOP_LEVEL.contains(&key.as_str()) {
                 let hint = did_you_mean(key, TOP_LEVEL.iter().copied());
-                errors.push(cfg.error(
-                    key,
-                    format!(
-                        "unknown key{hint}; expected one of {}",
-                        TOP_LEVEL.join(", ")
-                    ),
-                ));
+                errors.push(cfg.error(key, format!("unknown key{hint}; expected one of {}", TOP_LEVEL.join(", "))));
             }
         }
         if let Some(v) = root.remove("server")
@@ -187,6 +162,11 @@ impl Config {
             && let Some(s) = cfg.item("delivery", v, &mut errors)
         {
             cfg.delivery = s;
+        }
+        if let Some(v) = root.remove("storage")
+            && let Some(s) = cfg.item("storage", v, &mut errors)
+        {
+            cfg.storage = s;
         }
         if let Some(v) = root.remove("sources") {
             cfg.sources = cfg.named_items("sources", v, &mut errors);
@@ -215,16 +195,11 @@ impl Config {
     pub fn finish_errors(&self, errors: Vec<ConfigError>) -> Vec<ConfigError> {
         let follow_on = |key: &str| {
             self.poisoned.iter().any(|p| {
-                key != p
-                    && p.strip_prefix(key)
-                        .is_some_and(|rest| rest.starts_with(['.', '[']))
-                    || key
-                        .strip_prefix(p.as_str())
-                        .is_some_and(|rest| rest.starts_with(['.', '[']))
+                key != p && p.strip_prefix(key).is_some_and(|rest| rest.starts_with(['.', '[']))
+                    || key.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with(['.', '[']))
             })
         };
-        let mut errors: Vec<ConfigError> =
-            errors.into_iter().filter(|e| !follow_on(&e.key)).collect();
+        let mut errors: Vec<ConfigError> = errors.into_iter().filter(|e| !follow_on(&e.key)).collect();
         errors.sort_by_key(|e| e.mark.map(|m| (m.line, m.col)));
         errors
     }
@@ -239,33 +214,19 @@ impl Config {
         }
     }
 
-    fn item<T: DeserializeOwned>(
-        &self,
-        key: &str,
-        v: Value,
-        errors: &mut Vec<ConfigError>,
-    ) -> Option<T> {
+    fn item<T: DeserializeOwned>(&self, key: &str, v: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(&v) {
             Ok(t) => Some(t),
             Err(e) => {
                 let inner = e.path().to_string();
-                let full = if inner == "." {
-                    key.to_string()
-                } else {
-                    format!("{key}.{inner}")
-                };
+                let full = if inner == "." { key.to_string() } else { format!("{key}.{inner}") };
                 errors.push(self.error(&full, clean_serde_message(&e.inner().to_string())));
                 None
             }
         }
     }
 
-    fn named_items<T: DeserializeOwned>(
-        &self,
-        key: &str,
-        v: Value,
-        errors: &mut Vec<ConfigError>,
-    ) -> Vec<(String, T)> {
+    fn named_items<T: DeserializeOwned>(&self, key: &str, v: Value, errors: &mut Vec<ConfigError>) -> Vec<(String, T)> {
         let map = match v {
             Value::Object(m) => m,
             Value::Null => return Vec::new(),
@@ -277,11 +238,7 @@ impl Config {
         let mut out = Vec::new();
         for (name, v) in map {
             let k = format!("{key}.{name}");
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
                 errors.push(self.error(&k, "names may use only letters, digits, '-' and '_'"));
                 continue;
             }
@@ -290,11 +247,7 @@ impl Config {
             }
         }
         // keep file order, so summaries and dry-run list items as written
-        out.sort_by_key(|(name, _)| {
-            self.positions
-                .locate(&format!("{key}.{name}"))
-                .map(|m| (m.line, m.col))
-        });
+        out.sort_by_key(|(name, _)| self.positions.locate(&format!("{key}.{name}")).map(|m| (m.line, m.col)));
         out
     }
 
@@ -307,34 +260,31 @@ impl Config {
             } else if s.path.contains(['?', '#']) {
                 errors.push(self.error(&key, "must be a plain path without '?' or '#'"));
             } else if let Some((other, _)) = paths.iter().find(|(_, p)| *p == s.path) {
-                errors.push(self.error(
-                    &key,
-                    format!("path \"{}\" is already used by source \"{other}\"", s.path),
-                ));
+                errors.push(self.error(&key, format!("path \"{}\" is already used by source \"{other}\"", s.path)));
             }
             paths.push((name, &s.path));
+            if let Some(d) = &s.dedupe
+                && d.header.is_some() == d.path.is_some()
+            {
+                errors.push(self.error(&format!("sources.{name}.dedupe"), "give exactly one of header and path"));
+            }
         }
         for (i, net) in self.egress.allow.iter().enumerate() {
             if parse_net(net).is_none() {
-                errors.push(self.error(
-                    &format!("egress.allow[{i}]"),
-                    format!("\"{net}\" is not a CIDR network or IP address"),
-                ));
+                errors.push(
+                    self.error(&format!("egress.allow[{i}]"), format!("\"{net}\" is not a CIDR network or IP address")),
+                );
             }
         }
         for (name, d) in &self.destinations {
             let key = format!("destinations.{name}");
             match d.url.parse::<http::Uri>() {
-                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
-                }
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
                 Ok(_) => errors.push(self.error(
                     &format!("{key}.url"),
                     format!("\"{}\" must be an absolute http:// or https:// URL", d.url),
                 )),
-                Err(e) => errors.push(self.error(
-                    &format!("{key}.url"),
-                    format!("invalid URL \"{}\": {e}", d.url),
-                )),
+                Err(e) => errors.push(self.error(&format!("{key}.url"), format!("invalid URL \"{}\": {e}", d.url))),
             }
             if d.timeout_ms == 0 {
                 errors.push(self.error(&format!("{key}.timeout_ms"), "must be greater than 0"));
@@ -344,6 +294,26 @@ impl Config {
             }
             if !(0.0..=1.0).contains(&d.retry.jitter) {
                 errors.push(self.error(&format!("{key}.retry.jitter"), "must be between 0 and 1"));
+            }
+            if d.retry.schedule.is_some() && d.retry.exponential.is_some() {
+                errors.push(self.error(&format!("{key}.retry"), "give either schedule or exponential, not both"));
+            }
+            if let Some(e) = &d.retry.exponential {
+                if !(e.factor >= 1.0 && e.factor.is_finite()) {
+                    errors.push(self.error(&format!("{key}.retry.exponential.factor"), "must be at least 1"));
+                }
+                if e.max_attempts == 0 {
+                    errors.push(self.error(&format!("{key}.retry.exponential.max_attempts"), "must be at least 1"));
+                }
+            }
+            if let Some(r) = d.rate_limit
+                && !(r > 0.0 && r.is_finite())
+            {
+                errors
+                    .push(self.error(&format!("{key}.rate_limit"), "must be a positive number of requests per second"));
+            }
+            if !(d.breaker.failure_rate > 0.0 && d.breaker.failure_rate <= 1.0) {
+                errors.push(self.error(&format!("{key}.breaker.failure_rate"), "must be in (0, 1]"));
             }
         }
         if self.delivery.max_in_flight == 0 {
@@ -361,18 +331,12 @@ impl Config {
             if r.name.is_empty() {
                 errors.push(self.error(&format!("{key}.name"), "must not be empty"));
             } else if names.contains(&r.name.as_str()) {
-                errors.push(self.error(
-                    &format!("{key}.name"),
-                    format!("duplicate route name \"{}\"", r.name),
-                ));
+                errors.push(self.error(&format!("{key}.name"), format!("duplicate route name \"{}\"", r.name)));
             }
             names.push(&r.name);
             if !self.sources.iter().any(|(n, _)| *n == r.source) {
                 let hint = did_you_mean(&r.source, self.sources.iter().map(|(n, _)| n.as_str()));
-                errors.push(self.error(
-                    &format!("{key}.source"),
-                    format!("unknown source \"{}\"{hint}", r.source),
-                ));
+                errors.push(self.error(&format!("{key}.source"), format!("unknown source \"{}\"{hint}", r.source)));
             }
             if r.to.is_empty() {
                 errors.push(self.error(&format!("{key}.to"), "must name at least one destination"));
@@ -380,8 +344,7 @@ impl Config {
             for (j, dest) in r.to.iter().enumerate() {
                 let k = format!("{key}.to[{j}]");
                 if !self.destinations.iter().any(|(n, _)| n == dest) {
-                    let hint =
-                        did_you_mean(dest, self.destinations.iter().map(|(n, _)| n.as_str()));
+                    let hint = did_you_mean(dest, self.destinations.iter().map(|(n, _)| n.as_str()));
                     errors.push(self.error(&k, format!("unknown destination \"{dest}\"{hint}")));
                 } else if r.to[..j].contains(dest) {
                     errors.push(self.error(&k, format!("destination \"{dest}\" is listed twice")));
@@ -396,16 +359,12 @@ pub type RouteEntry = (usize, RouteConfig);
 
 /// Parses `10.0.0.0/8` or a single address (`::1`).
 pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
-    s.parse::<ipnet::IpNet>()
-        .ok()
-        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+    s.parse::<ipnet::IpNet>().ok().or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 /// serde's messages name Rust types; users see YAML.
 fn clean_serde_message(msg: &str) -> String {
-    msg.replace("struct ", "")
-        .replace("a map", "a mapping")
-        .replace("a sequence", "a list")
+    msg.replace("struct ", "").replace("a map", "a mapping").replace("a sequence", "a list")
 }
 
 /// ` (did you mean "x"?)` when a known name is within a small edit distance, else empty.

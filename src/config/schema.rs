@@ -68,9 +68,36 @@ pub struct DeliveryConfig {
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
-        DeliveryConfig {
-            max_in_flight: 256,
-            max_pending: 100_000,
+        DeliveryConfig { max_in_flight: 256, max_pending: 100_000 }
+    }
+}
+
+/// `storage:` — the durable event log and delivery queue (SQLite).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Database file, created on first run (with its directory). Relative to the config file's
+    /// directory. Default `data/hookyard.db`. `:memory:` keeps nothing across restarts (tests only).
+    pub path: PathBuf,
+    /// `full` (default): every acknowledged event is fsynced before the `202`, so it survives a
+    /// power loss. `normal`: no fsync per commit; survives a crash of hookyard but the last
+    /// commits may be lost if the machine loses power. Commits are grouped across concurrent
+    /// requests either way.
+    pub sync: crate::store::SyncMode,
+    /// How long finished events (all deliveries delivered, failed or dead) are kept. Pending work
+    /// is never deleted. Default `7d`.
+    pub retention: Dur,
+    /// How often the retention purge runs. Default `1h`.
+    pub purge_interval: Dur,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::from("data/hookyard.db"),
+            sync: crate::store::SyncMode::Full,
+            retention: Dur(Duration::from_secs(7 * 86_400)),
+            purge_interval: Dur(Duration::from_secs(3600)),
         }
     }
 }
@@ -83,6 +110,26 @@ pub struct SourceConfig {
     pub path: String,
     /// How requests are authenticated. Required; write `scheme: none` to accept unsigned requests.
     pub verify: VerifyConfig,
+    /// Idempotency: where the sender puts its own event id. A repeat within the window is
+    /// acknowledged with the original event's id and not delivered again.
+    pub dedupe: Option<DedupeConfig>,
+}
+
+/// `sources.<name>.dedupe:` — give exactly one of `header` and `path`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// Header holding the sender's event id, e.g. `X-GitHub-Delivery` or `webhook-id`.
+    pub header: Option<String>,
+    /// JSONPath of the sender's event id in the body, e.g. `$.id` (Stripe).
+    pub path: Option<String>,
+    /// How long an id is remembered. Default `24h`. Events without the id are never deduplicated.
+    #[serde(default = "default_dedupe_window")]
+    pub window: Dur,
+}
+
+fn default_dedupe_window() -> Dur {
+    Dur(Duration::from_secs(86_400))
 }
 
 /// Inbound verification schemes.
@@ -178,6 +225,42 @@ pub struct DestinationConfig {
     /// TLS settings for `https://` URLs.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Circuit breaker: stops sending to a destination that keeps failing, without failing or
+    /// dropping its deliveries (they wait in the store).
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Most requests per second to this destination; excess deliveries are delayed, never dropped.
+    /// Default: no limit.
+    pub rate_limit: Option<f64>,
+}
+
+/// `destinations.<name>.breaker:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Default `true`.
+    pub enabled: bool,
+    /// The breaker opens when at least this share of the attempts in `window` failed (5xx, 408,
+    /// 429, timeouts, connection errors). Default `0.5`.
+    pub failure_rate: f64,
+    /// ...and at least this many attempts were made in `window`. Default `10`.
+    pub min_requests: usize,
+    /// Sliding window of attempts considered. Default `60s`.
+    pub window: Dur,
+    /// How long the breaker stays open before one probe is let through (half-open). Default `30s`.
+    pub cooldown: Dur,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            enabled: true,
+            failure_rate: 0.5,
+            min_requests: 10,
+            window: Dur(Duration::from_secs(60)),
+            cooldown: Dur(Duration::from_secs(30)),
+        }
+    }
 }
 
 fn default_timeout_ms() -> u64 {
@@ -231,32 +314,71 @@ pub struct SignConfig {
     pub prefix: Option<String>,
 }
 
-/// `destinations.<name>.retry:`
+/// `destinations.<name>.retry:` — either a `schedule` or `exponential`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Delay before each retry; its length is the number of retries. Default
     /// `[5s, 5m, 30m, 2h, 5h, 10h, 10h]` (about 28 hours in all, as Standard Webhooks suggests).
-    pub schedule: Vec<Dur>,
+    pub schedule: Option<Vec<Dur>>,
+    /// Exponential backoff instead of a schedule.
+    pub exponential: Option<ExponentialConfig>,
     /// Each delay is multiplied by a random factor in `[1 - jitter, 1 + jitter]` so retries of many
     /// events do not arrive at once. Default `0.2`.
     pub jitter: f64,
-    /// A `Retry-After` from the destination replaces the scheduled delay, clamped to this. Default `1h`.
+    /// A `Retry-After` from the destination replaces the computed delay, clamped to this. Default `1h`.
     pub max_retry_after: Dur,
+    /// Smallest delay after a `429` or a timeout, `Retry-After` included: an overloaded destination
+    /// gets air. Default `60s`.
+    pub throttle_floor: Dur,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        let schedule = [5, 300, 1800, 7200, 18000, 36000, 36000];
         RetryConfig {
-            schedule: schedule
-                .iter()
-                .map(|s| Dur(Duration::from_secs(*s)))
-                .collect(),
+            schedule: None,
+            exponential: None,
             jitter: 0.2,
             max_retry_after: Dur(Duration::from_secs(3600)),
+            throttle_floor: Dur(Duration::from_secs(60)),
         }
     }
+}
+
+/// The default retry schedule.
+pub fn default_schedule() -> Vec<Duration> {
+    [5, 300, 1800, 7200, 18000, 36000, 36000].iter().map(|s| Duration::from_secs(*s)).collect()
+}
+
+/// `destinations.<name>.retry.exponential:` — delay n = min(base × factorⁿ, cap).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExponentialConfig {
+    /// First delay. Default `1s`.
+    #[serde(default = "default_base")]
+    pub base: Dur,
+    /// Growth per retry. Default `2`.
+    #[serde(default = "default_factor")]
+    pub factor: f64,
+    /// Largest delay. Default `1h`.
+    #[serde(default = "default_cap")]
+    pub cap: Dur,
+    /// Attempts in all, the first included. Default `10`.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_base() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_factor() -> f64 {
+    2.0
+}
+fn default_cap() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
+fn default_max_attempts() -> u32 {
+    10
 }
 
 /// `routes[]:` — which events go where.
@@ -302,9 +424,7 @@ impl<'de> Deserialize<'de> for Dur {
                 )));
             }
         };
-        parse_duration(text)
-            .map(Dur)
-            .map_err(serde::de::Error::custom)
+        parse_duration(text).map(Dur).map_err(serde::de::Error::custom)
     }
 }
 
@@ -313,9 +433,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration \"{text}\": expected a number and a unit (ms, s, m, h, d), e.g. \"5s\""))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration \"{text}\": expected a number and a unit (ms, s, m, h, d), e.g. \"5s\"")
+    })?;
     let ms = match unit {
         "ms" => 1,
         "s" => 1000,
@@ -323,14 +443,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => 3_600_000,
         "d" => 86_400_000,
         _ => {
-            return Err(format!(
-                "invalid duration \"{text}\": unit must be one of ms, s, m, h, d"
-            ));
+            return Err(format!("invalid duration \"{text}\": unit must be one of ms, s, m, h, d"));
         }
     };
-    n.checked_mul(ms)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("invalid duration \"{text}\": too large"))
+    n.checked_mul(ms).map(Duration::from_millis).ok_or_else(|| format!("invalid duration \"{text}\": too large"))
 }
 
 #[cfg(test)]
@@ -345,20 +461,9 @@ mod tests {
             ("5m", Ok(Duration::from_secs(300))),
             ("2h", Ok(Duration::from_secs(7200))),
             ("1d", Ok(Duration::from_secs(86400))),
-            (
-                "5",
-                Err("invalid duration \"5\": unit must be one of ms, s, m, h, d"),
-            ),
-            (
-                "s",
-                Err(
-                    "invalid duration \"s\": expected a number and a unit (ms, s, m, h, d), e.g. \"5s\"",
-                ),
-            ),
-            (
-                "5 weeks",
-                Err("invalid duration \"5 weeks\": unit must be one of ms, s, m, h, d"),
-            ),
+            ("5", Err("invalid duration \"5\": unit must be one of ms, s, m, h, d")),
+            ("s", Err("invalid duration \"s\": expected a number and a unit (ms, s, m, h, d), e.g. \"5s\"")),
+            ("5 weeks", Err("invalid duration \"5 weeks\": unit must be one of ms, s, m, h, d")),
         ];
         for (input, want) in cases {
             assert_eq!(
@@ -371,9 +476,6 @@ mod tests {
 
     #[test]
     fn secret_debug_is_redacted() {
-        assert_eq!(
-            format!("{:?}", Secret("hunter2".into())),
-            "Secret(<redacted>)"
-        );
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(<redacted>)");
     }
 }

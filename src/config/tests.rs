@@ -35,23 +35,14 @@ fn parses_a_good_config() {
     let (cfg, errors) = parse(GOOD);
     assert_eq!(errors, Vec::<String>::new());
     assert_eq!(cfg.server.max_body_bytes, 2048);
-    assert_eq!(
-        cfg.server.request_timeout.0,
-        std::time::Duration::from_secs(30)
-    );
-    assert_eq!(
-        cfg.sources[0].1.verify.secret,
-        Some(Secret("from-env".into()))
-    );
+    assert_eq!(cfg.server.request_timeout.0, std::time::Duration::from_secs(30));
+    assert_eq!(cfg.sources[0].1.verify.secret, Some(Secret("from-env".into())));
     let d = &cfg.destinations[0].1;
     assert_eq!(d.timeout_ms, 10_000);
     assert_eq!(d.sign.scheme, SignSchemeName::StandardWebhooks);
     assert_eq!(
         d.retry.schedule,
-        vec![
-            Dur(std::time::Duration::from_millis(200)),
-            Dur(std::time::Duration::from_secs(1))
-        ]
+        vec![Dur(std::time::Duration::from_millis(200)), Dur(std::time::Duration::from_secs(1))]
     );
     assert_eq!(cfg.routes[0].1.name, "pushes");
 }
@@ -130,16 +121,11 @@ routes:
 fn syntax_errors_and_wrong_shapes() {
     let (_, errors) = parse("routes: [\n");
     assert_eq!(errors.len(), 1);
-    assert!(
-        errors[0].starts_with("routes.yaml:2:1: invalid YAML"),
-        "{errors:?}"
-    );
+    assert!(errors[0].starts_with("routes.yaml:2:1: invalid YAML"), "{errors:?}");
     let (_, errors) = parse("- a\n- b\n");
     assert_eq!(
         errors,
-        [
-            "routes.yaml: the top level must be a mapping with keys server, sources, destinations, routes"
-        ]
+        ["routes.yaml: the top level must be a mapping with keys server, sources, destinations, routes"]
     );
     let (_, errors) = parse("routes: {a: 1}\nsourcs: {}\n");
     assert_eq!(
@@ -160,10 +146,7 @@ fn syntax_errors_and_wrong_shapes() {
 
 #[test]
 fn did_you_mean_only_for_close_names() {
-    assert_eq!(
-        did_you_mean("chta", ["chat", "billing"].into_iter()),
-        " (did you mean \"chat\"?)"
-    );
+    assert_eq!(did_you_mean("chta", ["chat", "billing"].into_iter()), " (did you mean \"chat\"?)");
     assert_eq!(did_you_mean("zzzz", ["chat", "billing"].into_iter()), "");
     assert_eq!(did_you_mean("x", ["y"].into_iter()), "");
 }

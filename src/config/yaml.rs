@@ -22,10 +22,7 @@ pub struct Mark {
 
 impl Mark {
     fn from_span(span: &Span) -> Mark {
-        Mark {
-            line: span.start.line(),
-            col: span.start.col() + 1,
-        }
+        Mark { line: span.start.line(), col: span.start.col() + 1 }
     }
 }
 
@@ -76,30 +73,17 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Documen
             Err(e) => {
                 let m = e.marker();
                 return Err(YamlProblem {
-                    mark: Some(Mark {
-                        line: m.line(),
-                        col: m.col() + 1,
-                    }),
+                    mark: Some(Mark { line: m.line(), col: m.col() + 1 }),
                     path: String::new(),
                     message: format!("invalid YAML: {}", e.info()),
                 });
             }
         }
     }
-    let mut b = Builder {
-        events,
-        pos: 0,
-        positions: Positions::default(),
-        problems: Vec::new(),
-        anchors: HashMap::new(),
-        env,
-    };
+    let mut b =
+        Builder { events, pos: 0, positions: Positions::default(), problems: Vec::new(), anchors: HashMap::new(), env };
     let value = b.document();
-    Ok(Document {
-        value,
-        positions: b.positions,
-        problems: b.problems,
-    })
+    Ok(Document { value, positions: b.positions, problems: b.problems })
 }
 
 struct Builder<'e, 'i> {
@@ -129,10 +113,7 @@ impl Builder<'_, '_> {
                         });
                         return value;
                     }
-                    if !matches!(
-                        self.events.get(self.pos).map(|e| &e.0),
-                        Some(Event::DocumentEnd)
-                    ) {
+                    if !matches!(self.events.get(self.pos).map(|e| &e.0), Some(Event::DocumentEnd)) {
                         value = self.node(String::new());
                     }
                 }
@@ -180,11 +161,7 @@ impl Builder<'_, '_> {
                         Value::Null => "null".to_string(),
                         other => other.to_string(),
                     };
-                    let child = if path.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{path}.{key}")
-                    };
+                    let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
                     let value = self.node(child.clone());
                     if map.contains_key(&key) {
                         self.problems.push(YamlProblem {
@@ -213,11 +190,7 @@ impl Builder<'_, '_> {
             return match expand_env(text, self.env) {
                 Ok(s) => Value::String(s),
                 Err(message) => {
-                    self.problems.push(YamlProblem {
-                        mark: Some(mark),
-                        path: path.to_string(),
-                        message,
-                    });
+                    self.problems.push(YamlProblem { mark: Some(mark), path: path.to_string(), message });
                     Value::Null
                 }
             };
@@ -243,10 +216,7 @@ fn resolve_plain(text: &str) -> Value {
     if let Ok(u) = text.parse::<u64>() {
         return Value::Number(u.into());
     }
-    let looks_numeric = text
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_digit() || b == b'-' || b == b'+' || b == b'.');
+    let looks_numeric = text.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'-' || b == b'+' || b == b'.');
     if looks_numeric
         && !text.ends_with('.')
         && let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64)
@@ -283,9 +253,7 @@ pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
             None => (expr, None),
         };
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!(
-                "invalid variable name \"{name}\" in \"${{{expr}}}\""
-            ));
+            return Err(format!("invalid variable name \"{name}\" in \"${{{expr}}}\""));
         }
         match (env(name).filter(|v| !v.is_empty()), default) {
             (Some(v), _) => out.push_str(&v),
@@ -327,26 +295,15 @@ mod tests {
             ("cost $5", Ok("cost $5")),
             (
                 "${MISSING}",
-                Err(
-                    "environment variable MISSING is not set (write ${MISSING:-default} to give a default)",
-                ),
+                Err("environment variable MISSING is not set (write ${MISSING:-default} to give a default)"),
             ),
-            (
-                "${EMPTY}",
-                Err(
-                    "environment variable EMPTY is not set (write ${EMPTY:-default} to give a default)",
-                ),
-            ),
+            ("${EMPTY}", Err("environment variable EMPTY is not set (write ${EMPTY:-default} to give a default)")),
             ("${SECRET", Err("unclosed \"${\" in \"${SECRET\"")),
             ("${A-B}", Err("invalid variable name \"A-B\" in \"${A-B}\"")),
         ];
         for (input, want) in cases {
             let got = expand_env(input, &env);
-            assert_eq!(
-                got.as_deref().map_err(|e| e.as_str()),
-                want,
-                "input {input:?}"
-            );
+            assert_eq!(got.as_deref().map_err(|e| e.as_str()), want, "input {input:?}");
         }
     }
 
@@ -362,18 +319,9 @@ mod tests {
         );
         assert_eq!(pos.locate("server.max"), Some(Mark { line: 3, col: 3 }));
         assert_eq!(pos.locate("routes[0]"), Some(Mark { line: 5, col: 5 }));
-        assert_eq!(
-            pos.locate("routes[0].to[1]"),
-            Some(Mark { line: 6, col: 13 })
-        );
-        assert_eq!(
-            pos.locate("routes[0].to[7]"),
-            Some(Mark { line: 6, col: 5 })
-        );
-        assert_eq!(
-            pos.locate("routes[0].name.sub"),
-            Some(Mark { line: 5, col: 5 })
-        );
+        assert_eq!(pos.locate("routes[0].to[1]"), Some(Mark { line: 6, col: 13 }));
+        assert_eq!(pos.locate("routes[0].to[7]"), Some(Mark { line: 6, col: 5 }));
+        assert_eq!(pos.locate("routes[0].name.sub"), Some(Mark { line: 5, col: 5 }));
     }
 
     #[test]
@@ -382,24 +330,15 @@ mod tests {
         let doc = parse(text, &env).unwrap();
         assert_eq!(doc.value, json!({"a": null, "b": null}));
         let problems = doc.problems;
-        let got: Vec<_> = problems
-            .iter()
-            .map(|p| (p.mark.unwrap().line, p.path.as_str()))
-            .collect();
+        let got: Vec<_> = problems.iter().map(|p| (p.mark.unwrap().line, p.path.as_str())).collect();
         assert_eq!(got, [(1, "a"), (2, "b"), (3, "a")]);
         assert!(problems[2].message.contains("duplicate key"));
     }
 
     #[test]
     fn reports_syntax_errors_with_position() {
-        let Err(problem) = parse("a: [1, 2\nb: 3\n", &env) else {
-            panic!("parsed")
-        };
-        assert!(
-            problem.message.starts_with("invalid YAML"),
-            "{}",
-            problem.message
-        );
+        let Err(problem) = parse("a: [1, 2\nb: 3\n", &env) else { panic!("parsed") };
+        assert!(problem.message.starts_with("invalid YAML"), "{}", problem.message);
         assert!(problem.mark.is_some());
     }
 

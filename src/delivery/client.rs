@@ -38,13 +38,9 @@ impl TlsRoots {
     pub fn with_ca_file(&self, path: &Path) -> Result<Self, String> {
         let mut roots = (*self.0).clone();
         let mut n = 0;
-        for cert in CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        {
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read {}: {e}", path.display()))? {
             let cert = cert.map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: invalid certificate: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("{}: invalid certificate: {e}", path.display()))?;
             n += 1;
         }
         if n == 0 {
@@ -87,11 +83,8 @@ impl HttpClient {
             .map_err(|e| format!("TLS setup: {e}"))?
             .with_root_certificates(roots.0.clone())
             .with_no_client_auth();
-        let https = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https =
+            HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(pool_size)
@@ -103,14 +96,12 @@ impl HttpClient {
     pub async fn send(&self, req: Request<Full<Bytes>>, timeout: Duration) -> AttemptReport {
         let started = Instant::now();
         let outcome = match self.check_literal(&req) {
-            Err(refused) => Err(AttemptOutcome::Failed {
-                status: None,
-                reason: refused.to_string(),
-            }),
+            Err(refused) => Err(AttemptOutcome::Failed { status: None, reason: refused.to_string() }),
             Ok(()) => match tokio::time::timeout(timeout, self.exchange(req)).await {
                 Err(_) => Err(AttemptOutcome::Retryable {
                     status: None,
                     retry_after: None,
+                    throttled: true,
                     reason: format!("timed out after {} ms", timeout.as_millis()),
                 }),
                 Ok(r) => r,
@@ -120,22 +111,11 @@ impl HttpClient {
             Ok(pair) => pair,
             Err(o) => (o, Bytes::new()),
         };
-        AttemptReport {
-            outcome,
-            latency: started.elapsed(),
-            response_body,
-        }
+        AttemptReport { outcome, latency: started.elapsed(), response_body }
     }
 
-    async fn exchange(
-        &self,
-        req: Request<Full<Bytes>>,
-    ) -> Result<(AttemptOutcome, Bytes), AttemptOutcome> {
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| classify_error(&e))?;
+    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<(AttemptOutcome, Bytes), AttemptOutcome> {
+        let resp = self.client.request(req).await.map_err(|e| classify_error(&e))?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -158,10 +138,7 @@ impl HttpClient {
                 Err(_) => break, // the status already tells the outcome
             }
         }
-        Ok((
-            AttemptOutcome::from_status(status, retry_after),
-            Bytes::from(kept),
-        ))
+        Ok((AttemptOutcome::from_status(status, retry_after), Bytes::from(kept)))
     }
 
     /// IP-literal URLs do not go through the resolver, so they are checked here.
@@ -171,11 +148,7 @@ impl HttpClient {
         };
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         match bare.parse::<std::net::IpAddr>() {
-            Ok(ip) => self.policy.check(ip).map_err(|kind| EgressRefused {
-                host: host.to_string(),
-                ip,
-                kind,
-            }),
+            Ok(ip) => self.policy.check(ip).map_err(|kind| EgressRefused { host: host.to_string(), ip, kind }),
             Err(_) => Ok(()),
         }
     }
@@ -183,10 +156,7 @@ impl HttpClient {
 
 fn classify_error(e: &hyper_util::client::legacy::Error) -> AttemptOutcome {
     if let Some(refused) = find_refusal(e) {
-        return AttemptOutcome::Failed {
-            status: None,
-            reason: refused.to_string(),
-        };
+        return AttemptOutcome::Failed { status: None, reason: refused.to_string() };
     }
     let mut reason = e.to_string();
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -195,9 +165,5 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> AttemptOutcome {
         reason.push_str(&s.to_string());
         source = s.source();
     }
-    AttemptOutcome::Retryable {
-        status: None,
-        retry_after: None,
-        reason,
-    }
+    AttemptOutcome::Retryable { status: None, retry_after: None, throttled: false, reason }
 }

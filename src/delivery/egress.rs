@@ -123,8 +123,7 @@ impl GuardedResolver {
     }
 }
 
-type ResolveFuture =
-    Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
+type ResolveFuture = Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
 
 impl tower_service::Service<Name> for GuardedResolver {
     type Response = std::vec::IntoIter<SocketAddr>;
@@ -139,19 +138,14 @@ impl tower_service::Service<Name> for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut refused = None;
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
                 .filter(|a| match policy.check(a.ip()) {
                     Ok(()) => true,
                     Err(kind) => {
-                        refused.get_or_insert(EgressRefused {
-                            host: host.clone(),
-                            ip: a.ip(),
-                            kind,
-                        });
+                        refused.get_or_insert(EgressRefused { host: host.clone(), ip: a.ip(), kind });
                         false
                     }
                 })
@@ -165,17 +159,13 @@ impl tower_service::Service<Name> for GuardedResolver {
 }
 
 /// Finds an [`EgressRefused`] anywhere in an error's source chain.
-pub fn find_refusal<'a>(
-    mut err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a EgressRefused> {
+pub fn find_refusal<'a>(mut err: &'a (dyn std::error::Error + 'static)) -> Option<&'a EgressRefused> {
     loop {
         if let Some(r) = err.downcast_ref::<EgressRefused>() {
             return Some(r);
         }
-        if let Some(r) = err
-            .downcast_ref::<io::Error>()
-            .and_then(|e| e.get_ref())
-            .and_then(|e| e.downcast_ref::<EgressRefused>())
+        if let Some(r) =
+            err.downcast_ref::<io::Error>().and_then(|e| e.get_ref()).and_then(|e| e.downcast_ref::<EgressRefused>())
         {
             return Some(r);
         }
@@ -223,10 +213,7 @@ mod tests {
 
     #[test]
     fn allow_list_overrides() {
-        let policy = EgressPolicy::new(vec![
-            "127.0.0.0/8".parse().unwrap(),
-            "::1/128".parse().unwrap(),
-        ]);
+        let policy = EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
         assert_eq!(policy.check("127.0.0.1".parse().unwrap()), Ok(()));
         assert_eq!(policy.check("::1".parse().unwrap()), Ok(()));
         assert_eq!(policy.check("10.0.0.1".parse().unwrap()), Err("private"));
@@ -240,21 +227,13 @@ mod tests {
         let err = r.call("localhost".parse().unwrap()).await.unwrap_err();
         let refusal = find_refusal(&err).expect("refusal in chain");
         assert_eq!(refusal.kind, "loopback");
-        assert!(
-            err.to_string()
-                .starts_with("egress refused: localhost resolves to "),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("egress refused: localhost resolves to "), "{err}");
 
         let mut r = GuardedResolver::new(Arc::new(EgressPolicy::new(vec![
             "127.0.0.0/8".parse().unwrap(),
             "::1/128".parse().unwrap(),
         ])));
-        let addrs: Vec<_> = r
-            .call("localhost".parse().unwrap())
-            .await
-            .unwrap()
-            .collect();
+        let addrs: Vec<_> = r.call("localhost".parse().unwrap()).await.unwrap().collect();
         assert!(!addrs.is_empty());
     }
 }

@@ -1,12 +1,13 @@
-//! Delivery: turns planned deliveries into signed HTTP requests, sends them, and retries them on
-//! the destination's schedule.
+//! Delivery: takes due deliveries from the store, turns them into signed HTTP requests, sends them,
+//! records every attempt and retries on the destination's policy, behind circuit breakers and
+//! rate limits.
 //!
-//! Knows nothing of how events arrived (no verification, no routing). The queue sits behind
-//! [`Engine`]; in this release it lives in memory (see `engine` for what that means on a crash).
+//! Knows nothing of how events arrived (no verification, no routing).
 
+pub mod breaker;
 mod client;
+mod dispatcher;
 pub mod egress;
-mod engine;
 pub mod retry;
 
 use std::sync::Arc;
@@ -18,10 +19,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
 
-pub use client::AttemptReport;
-pub use client::{HttpClient, TlsRoots};
-pub use engine::{Engine, EngineStats, HttpTransport, QueueFull, Transport};
-pub use retry::{AttemptOutcome, RetryPolicy};
+pub use breaker::{BreakerSettings, RateLimiter};
+pub use client::{AttemptReport, HttpClient, TlsRoots};
+pub use dispatcher::{Dispatcher, DispatcherStats, HttpTransport, QueueFull, Transport};
+pub use retry::{AttemptOutcome, Backoff, RetryPolicy};
+
+use crate::store::DueDelivery;
 
 use crate::sign::Signer;
 
@@ -40,61 +43,50 @@ pub struct Destination {
     /// Bounds attempts in flight to this destination (`max_in_flight`).
     pub limit: tokio::sync::Semaphore,
     pub client: HttpClient,
+    pub breaker: BreakerSettings,
+    pub rate: Option<RateLimiter>,
 }
 
-/// One planned delivery: an event, for one route, to one destination.
-#[derive(Clone)]
-pub struct Delivery {
-    pub event_id: Arc<str>,
-    pub route: Arc<str>,
-    pub destination: Arc<Destination>,
-    /// The outgoing `webhook-id`: stable per (event, route, destination) across retries.
-    pub msg_id: String,
-    /// Sender headers that are forwarded (signatures, cookies, auth and hop-by-hop headers removed).
-    pub forwarded: HeaderMap,
-    pub body: Bytes,
+/// `msg_` + 24 hex digits of SHA-256(event id, route, destination): deterministic, so a retry or
+/// replay carries the same id and receivers can deduplicate, while two routes delivering one
+/// event to one destination carry different ids (both are meant to arrive).
+pub fn message_id(event_id: &str, route: &str, destination: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [event_id, route, destination] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    let digest = h.finalize();
+    format!("msg_{}", hex::encode(&digest[..12]))
 }
 
-impl Delivery {
-    /// `msg_` + 24 hex digits of SHA-256(event id, route, destination): deterministic, so a retry or
-    /// replay carries the same id and receivers can deduplicate, while two routes delivering one
-    /// event to one destination carry different ids (both are meant to arrive).
-    pub fn message_id(event_id: &str, route: &str, destination: &str) -> String {
-        let mut h = Sha256::new();
-        for part in [event_id, route, destination] {
-            h.update(part.as_bytes());
-            h.update([0u8]);
+/// The exact request an attempt sends at `now`: the event's forwarded headers, a transform's
+/// headers, the destination's headers, then `webhook-id`, `webhook-timestamp` and the signature,
+/// which always win.
+pub fn build_request(dest: &Destination, d: &DueDelivery, now: SystemTime) -> Request<Full<Bytes>> {
+    let mut headers = HeaderMap::with_capacity(d.headers.len() + dest.headers.len() + 4);
+    let extra = d.extra_headers.as_deref().map(Vec::as_slice).unwrap_or_default();
+    for (k, v) in d.headers.iter().chain(extra) {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+            headers.insert(k, v);
         }
-        let digest = h.finalize();
-        format!("msg_{}", hex::encode(&digest[..12]))
     }
-
-    /// The exact request an attempt sends at `now`: forwarded headers, then the destination's
-    /// headers, then `webhook-id`, `webhook-timestamp` and the signature, which always win.
-    pub fn request(&self, now: SystemTime) -> Request<Full<Bytes>> {
-        let d = &self.destination;
-        let mut headers = self.forwarded.clone();
-        for (k, v) in &d.headers {
-            headers.insert(k.clone(), v.clone());
-        }
-        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        let timestamp = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        headers.insert(
-            WEBHOOK_ID,
-            HeaderValue::from_str(&self.msg_id).expect("msg id is ascii"),
-        );
-        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
-        d.signer
-            .sign(&self.msg_id, timestamp, &self.body, &mut headers);
-        let mut req = Request::new(Full::new(self.body.clone()));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = d.url.clone();
-        *req.headers_mut() = headers;
-        req
+    if !headers.contains_key(CONTENT_TYPE) {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     }
+    for (k, v) in &dest.headers {
+        headers.insert(k.clone(), v.clone());
+    }
+    headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+    let timestamp = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    headers.insert(WEBHOOK_ID, HeaderValue::from_str(&d.msg_id).expect("msg ids are ascii"));
+    headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
+    dest.signer.sign(&d.msg_id, timestamp, &d.body, &mut headers);
+    let mut req = Request::new(Full::new(d.body.clone()));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = dest.url.clone();
+    *req.headers_mut() = headers;
+    req
 }
 
 pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
@@ -133,21 +125,14 @@ pub const NEVER_FORWARDED: &[&str] = &[
     "x-api-key",
 ];
 
-/// Copies the headers of `incoming` that may be forwarded, skipping `never` (lower-case names).
-pub fn forwardable(incoming: &HeaderMap, never: &[HeaderName]) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(incoming.len());
-    for (k, v) in incoming {
-        if !never.contains(k) {
-            out.append(k.clone(), v.clone());
-        }
-    }
-    if !out.contains_key(CONTENT_TYPE) {
-        out.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-    }
-    out
+/// The headers of `incoming` that may be forwarded (and are stored with the event), skipping
+/// `never` and values that are not visible ASCII.
+pub fn forwardable(incoming: &HeaderMap, never: &[HeaderName]) -> Vec<(String, String)> {
+    incoming
+        .iter()
+        .filter(|(k, _)| !never.contains(k))
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
 }
 
 #[cfg(test)]
@@ -156,24 +141,18 @@ mod tests {
 
     #[test]
     fn message_ids_are_stable_and_distinct() {
-        let a = Delivery::message_id("evt_1", "route-a", "chat");
-        assert_eq!(a, Delivery::message_id("evt_1", "route-a", "chat"));
+        let a = message_id("evt_1", "route-a", "chat");
+        assert_eq!(a, message_id("evt_1", "route-a", "chat"));
         assert_eq!(a.len(), 4 + 24);
-        assert_ne!(a, Delivery::message_id("evt_1", "route-b", "chat"));
-        assert_ne!(a, Delivery::message_id("evt_1", "route-a", "billing"));
+        assert_ne!(a, message_id("evt_1", "route-b", "chat"));
+        assert_ne!(a, message_id("evt_1", "route-a", "billing"));
         // the separator keeps ("ab","c") and ("a","bc") apart
-        assert_ne!(
-            Delivery::message_id("e", "ab", "c"),
-            Delivery::message_id("e", "a", "bc")
-        );
+        assert_ne!(message_id("e", "ab", "c"), message_id("e", "a", "bc"));
     }
 
     #[test]
     fn strips_credentials_signatures_and_hop_by_hop() {
-        let never: Vec<HeaderName> = NEVER_FORWARDED
-            .iter()
-            .map(|h| HeaderName::from_static(h))
-            .collect();
+        let never: Vec<HeaderName> = NEVER_FORWARDED.iter().map(|h| HeaderName::from_static(h)).collect();
         let mut h = HeaderMap::new();
         for (k, v) in [
             ("content-type", "application/json"),
@@ -190,11 +169,8 @@ mod tests {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         let out = forwardable(&h, &never);
-        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        let mut names: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
         names.sort();
-        assert_eq!(
-            names,
-            ["content-type", "x-github-delivery", "x-github-event"]
-        );
+        assert_eq!(names, ["content-type", "x-github-delivery", "x-github-event"]);
     }
 }

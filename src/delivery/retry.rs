@@ -10,17 +10,15 @@ use http::StatusCode;
 pub enum AttemptOutcome {
     /// A 2xx response.
     Delivered { status: StatusCode },
-    /// Worth another try: timeouts, connection and DNS errors, 408, 429 and 5xx.
-    Retryable {
-        status: Option<StatusCode>,
-        retry_after: Option<Duration>,
-        reason: String,
-    },
-    /// A retry will not help: other 4xx (and 1xx/3xx, since redirects are not followed), an egress refusal.
-    Failed {
-        status: Option<StatusCode>,
-        reason: String,
-    },
+    /// Worth another try: timeouts, connection and DNS errors, 408, 429 and 5xx. `throttled` marks
+    /// a 429 or a timeout, after which the destination gets at least `throttle_floor`.
+    Retryable { status: Option<StatusCode>, retry_after: Option<Duration>, throttled: bool, reason: String },
+    /// A retry will not help: other 4xx (and 1xx/3xx, since redirects are not followed), an
+    /// egress refusal.
+    Failed { status: Option<StatusCode>, reason: String },
+    /// `410 Gone`: the receiver says the endpoint no longer exists. The destination is paused (its
+    /// deliveries wait in the store) until an operator resumes it.
+    Gone,
 }
 
 impl AttemptOutcome {
@@ -28,6 +26,8 @@ impl AttemptOutcome {
     pub fn from_status(status: StatusCode, retry_after: Option<Duration>) -> Self {
         if status.is_success() {
             AttemptOutcome::Delivered { status }
+        } else if status == StatusCode::GONE {
+            AttemptOutcome::Gone
         } else if status == StatusCode::REQUEST_TIMEOUT
             || status == StatusCode::TOO_MANY_REQUESTS
             || status.is_server_error()
@@ -35,13 +35,11 @@ impl AttemptOutcome {
             AttemptOutcome::Retryable {
                 status: Some(status),
                 retry_after,
+                throttled: status == StatusCode::TOO_MANY_REQUESTS,
                 reason: format!("HTTP {}", status.as_u16()),
             }
         } else {
-            AttemptOutcome::Failed {
-                status: Some(status),
-                reason: format!("HTTP {} is not retried", status.as_u16()),
-            }
+            AttemptOutcome::Failed { status: Some(status), reason: format!("HTTP {} is not retried", status.as_u16()) }
         }
     }
 
@@ -51,6 +49,7 @@ impl AttemptOutcome {
             AttemptOutcome::Delivered { .. } => "delivered",
             AttemptOutcome::Retryable { .. } => "retryable",
             AttemptOutcome::Failed { .. } => "failed",
+            AttemptOutcome::Gone => "gone",
         }
     }
 }
@@ -65,33 +64,55 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// How delays grow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backoff {
+    /// Delay before retry 1, 2, …; its length is the number of retries.
+    Schedule(Vec<Duration>),
+    /// min(base × factor^(retry-1), cap), for at most `max_attempts` attempts in all.
+    Exponential { base: Duration, factor: f64, cap: Duration, max_attempts: u32 },
+}
+
 /// A destination's retry policy (`destinations.<name>.retry`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
-    /// Delay before retry 1, 2, …; its length is the number of retries.
-    pub schedule: Vec<Duration>,
-    /// Relative spread applied to scheduled delays, 0..=1.
+    pub backoff: Backoff,
+    /// Relative spread applied to computed delays, 0..=1.
     pub jitter: f64,
     /// Upper bound on a destination's `Retry-After`.
     pub max_retry_after: Duration,
+    /// Smallest delay after a 429 or a timeout.
+    pub throttle_floor: Duration,
 }
 
 impl RetryPolicy {
-    /// Delay before retry number `retry` (0 = the first retry, after the first attempt), or `None`
-    /// when the schedule is exhausted. A `Retry-After` replaces the scheduled delay (clamped to
-    /// `max_retry_after`, not jittered: the destination asked for that time). `random` is uniform in [0, 1).
+    /// Delay before the next attempt after `attempts` attempts have failed, or `None` when the
+    /// policy is exhausted (a dead letter). A `Retry-After` replaces the computed delay (clamped to
+    /// `max_retry_after`, not jittered: the destination asked for that time). After a 429 or a
+    /// timeout the delay is at least `throttle_floor`. `random` is uniform in [0, 1).
     pub fn delay(
         &self,
-        retry: usize,
+        attempts: u32,
         retry_after: Option<Duration>,
+        throttled: bool,
         random: f64,
     ) -> Option<Duration> {
-        let scheduled = *self.schedule.get(retry)?;
-        if let Some(ra) = retry_after {
-            return Some(ra.min(self.max_retry_after));
-        }
-        let factor = 1.0 + self.jitter * (2.0 * random - 1.0);
-        Some(scheduled.mul_f64(factor.max(0.0)))
+        let retry = attempts.saturating_sub(1) as usize;
+        let computed = match &self.backoff {
+            Backoff::Schedule(s) => *s.get(retry)?,
+            Backoff::Exponential { base, factor, cap, max_attempts } => {
+                if attempts >= *max_attempts {
+                    return None;
+                }
+                let d = base.as_secs_f64() * factor.powi(retry.min(1000) as i32);
+                Duration::from_secs_f64(d.min(cap.as_secs_f64()))
+            }
+        };
+        let delay = match retry_after {
+            Some(ra) => ra.min(self.max_retry_after),
+            None => computed.mul_f64((1.0 + self.jitter * (2.0 * random - 1.0)).max(0.0)),
+        };
+        Some(if throttled { delay.max(self.throttle_floor) } else { delay })
     }
 }
 
@@ -101,9 +122,10 @@ mod tests {
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
-            schedule: vec![Duration::from_secs(5), Duration::from_secs(300)],
+            backoff: Backoff::Schedule(vec![Duration::from_secs(5), Duration::from_secs(300)]),
             jitter: 0.2,
             max_retry_after: Duration::from_secs(3600),
+            throttle_floor: Duration::from_secs(60),
         }
     }
 
@@ -117,7 +139,7 @@ mod tests {
             (401, "failed"),
             (404, "failed"),
             (408, "retryable"),
-            (410, "failed"),
+            (410, "gone"),
             (422, "failed"),
             (429, "retryable"),
             (500, "retryable"),
@@ -137,47 +159,25 @@ mod tests {
         assert_eq!(p.delay(0, None, 0.0), Some(Duration::from_secs(4)));
         assert_eq!(p.delay(1, None, 0.0), Some(Duration::from_secs(240)));
         let hi = p.delay(1, None, 0.999_999).unwrap();
-        assert!(
-            hi > Duration::from_secs(359) && hi <= Duration::from_secs(360),
-            "{hi:?}"
-        );
+        assert!(hi > Duration::from_secs(359) && hi <= Duration::from_secs(360), "{hi:?}");
         assert_eq!(p.delay(2, None, 0.5), None, "exhausted after the schedule");
     }
 
     #[test]
     fn retry_after_is_honoured_and_clamped() {
         let p = policy();
-        assert_eq!(
-            p.delay(0, Some(Duration::from_secs(42)), 0.0),
-            Some(Duration::from_secs(42))
-        );
-        assert_eq!(
-            p.delay(0, Some(Duration::from_secs(86_400)), 0.0),
-            Some(Duration::from_secs(3600))
-        );
-        assert_eq!(
-            p.delay(2, Some(Duration::from_secs(1)), 0.0),
-            None,
-            "Retry-After does not extend the schedule"
-        );
+        assert_eq!(p.delay(0, Some(Duration::from_secs(42)), 0.0), Some(Duration::from_secs(42)));
+        assert_eq!(p.delay(0, Some(Duration::from_secs(86_400)), 0.0), Some(Duration::from_secs(3600)));
+        assert_eq!(p.delay(2, Some(Duration::from_secs(1)), 0.0), None, "Retry-After does not extend the schedule");
     }
 
     #[test]
     fn parses_retry_after() {
         let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:29:00 GMT", now),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:29:00 GMT", now), Some(Duration::from_secs(60)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
     }

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
 
 pub use chain::{ChainError, run_chain};
 pub use error::{LoadError, PluginError};

@@ -27,10 +27,9 @@ pub struct RuleError {
 pub fn compile(conditions: &[ConditionConfig]) -> Result<Rule, Vec<RuleError>> {
     let mut errors = Vec::new();
     match compile_list(conditions, "", &mut errors) {
-        Some(conditions) if errors.is_empty() => Ok(Rule {
-            needs_body: conditions.iter().any(Condition::reads_body),
-            conditions,
-        }),
+        Some(conditions) if errors.is_empty() => {
+            Ok(Rule { needs_body: conditions.iter().any(Condition::reads_body), conditions })
+        }
         _ => Err(errors),
     }
 }
@@ -40,10 +39,7 @@ const OPERATORS: &str = "`equals`, `not_equals`, `in`, `gt`, `gte`, `lt`, `lte`,
                          `contains` or `exists`";
 
 fn error(errors: &mut Vec<RuleError>, path: impl Into<String>, message: impl Into<String>) {
-    errors.push(RuleError {
-        path: path.into(),
-        message: message.into(),
-    });
+    errors.push(RuleError { path: path.into(), message: message.into() });
 }
 
 fn key(at: &str, key: &str) -> String {
@@ -51,28 +47,17 @@ fn key(at: &str, key: &str) -> String {
 }
 
 /// Compiles every item (so that all errors are found); `None` if any failed.
-fn compile_list(
-    list: &[ConditionConfig],
-    at: &str,
-    errors: &mut Vec<RuleError>,
-) -> Option<Box<[Condition]>> {
-    let compiled: Vec<Option<Condition>> = list
-        .iter()
-        .enumerate()
-        .map(|(i, c)| compile_one(c, &format!("{at}[{i}]"), errors))
-        .collect();
+fn compile_list(list: &[ConditionConfig], at: &str, errors: &mut Vec<RuleError>) -> Option<Box<[Condition]>> {
+    let compiled: Vec<Option<Condition>> =
+        list.iter().enumerate().map(|(i, c)| compile_one(c, &format!("{at}[{i}]"), errors)).collect();
     compiled.into_iter().collect()
 }
 
 fn compile_one(c: &ConditionConfig, at: &str, errors: &mut Vec<RuleError>) -> Option<Condition> {
-    let combinators: Vec<&str> = [
-        ("any", c.any.is_some()),
-        ("all", c.all.is_some()),
-        ("not", c.not.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect();
+    let combinators: Vec<&str> = [("any", c.any.is_some()), ("all", c.all.is_some()), ("not", c.not.is_some())]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
     match combinators.first() {
         Some(first) => compile_combinator(c, first, &combinators[1..], at, errors),
         None => compile_test(c, at, errors),
@@ -92,38 +77,25 @@ fn compile_combinator(
         error(
             errors,
             key(at, other),
-            format!(
-                "`{other}` cannot be combined with `{first}` in one condition; nest one inside the other"
-            ),
+            format!("`{other}` cannot be combined with `{first}` in one condition; nest one inside the other"),
         );
     }
     for stray in test_keys(c) {
         error(
             errors,
             key(at, stray),
-            format!(
-                "`{stray}` cannot be combined with `{first}` in one condition; give it its own item in the list"
-            ),
+            format!("`{stray}` cannot be combined with `{first}` in one condition; give it its own item in the list"),
         );
     }
     // Compile every branch, even a conflicting one, to report the errors inside it too.
-    let any = c
-        .any
+    let any = c.any.as_deref().map(|list| compile_group(list, at, "any", errors).map(Condition::Any));
+    let all = c.all.as_deref().map(|list| compile_group(list, at, "all", errors).map(Condition::All));
+    let not = c
+        .not
         .as_deref()
-        .map(|list| compile_group(list, at, "any", errors).map(Condition::Any));
-    let all = c
-        .all
-        .as_deref()
-        .map(|list| compile_group(list, at, "all", errors).map(Condition::All));
-    let not = c.not.as_deref().map(|inner| {
-        compile_one(inner, &key(at, "not"), errors).map(|inner| Condition::Not(Box::new(inner)))
-    });
+        .map(|inner| compile_one(inner, &key(at, "not"), errors).map(|inner| Condition::Not(Box::new(inner))));
     let condition = any.or(all).or(not).flatten();
-    if errors.len() > before {
-        None
-    } else {
-        condition
-    }
+    if errors.len() > before { None } else { condition }
 }
 
 fn compile_group(
@@ -135,11 +107,7 @@ fn compile_group(
     let at = key(at, name);
     if list.is_empty() {
         let outcome = if name == "any" { "never" } else { "always" };
-        error(
-            errors,
-            at,
-            format!("`{name}: []` is empty, so it {outcome} holds; give at least one condition"),
-        );
+        error(errors, at, format!("`{name}: []` is empty, so it {outcome} holds; give at least one condition"));
         return None;
     }
     compile_list(list, &at, errors)
@@ -176,10 +144,7 @@ enum Subject {
 /// A condition with a subject and an operator.
 fn compile_test(c: &ConditionConfig, at: &str, errors: &mut Vec<RuleError>) -> Option<Condition> {
     let before = errors.len();
-    let operators: Vec<&str> = operator_keys(c)
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect();
+    let operators: Vec<&str> = operator_keys(c).into_iter().filter_map(|(name, set)| set.then_some(name)).collect();
 
     // Each subject is checked even when both are given, to report everything at once.
     let header = c.header.as_deref().map(|name| {
@@ -187,13 +152,14 @@ fn compile_test(c: &ConditionConfig, at: &str, errors: &mut Vec<RuleError>) -> O
             error(
                 errors,
                 key(at, "header"),
-                format!("invalid header name `{name}`: a header name is a token of letters, digits and !#$%&'*+-.^_`|~"),
+                format!(
+                    "invalid header name `{name}`: a header name is a token of letters, digits and !#$%&'*+-.^_`|~"
+                ),
             );
         })
     });
-    let path = c.path.as_deref().map(|path| {
-        BodyPath::parse(path).map_err(|message| error(errors, key(at, "path"), message))
-    });
+    let path =
+        c.path.as_deref().map(|path| BodyPath::parse(path).map_err(|message| error(errors, key(at, "path"), message)));
     let subject = match (header, path) {
         (Some(header), None) => header.ok().map(Subject::Header),
         (None, Some(path)) => path.ok().map(Subject::Body),
@@ -225,11 +191,8 @@ fn compile_test(c: &ConditionConfig, at: &str, errors: &mut Vec<RuleError>) -> O
         }
         [] | [_] => {}
         many if many.contains(&"exists") => {
-            let others: Vec<String> = many
-                .iter()
-                .filter(|name| **name != "exists")
-                .map(|name| format!("`{name}`"))
-                .collect();
+            let others: Vec<String> =
+                many.iter().filter(|name| **name != "exists").map(|name| format!("`{name}`")).collect();
             error(
                 errors,
                 key(at, "exists"),
@@ -258,10 +221,8 @@ fn compile_test(c: &ConditionConfig, at: &str, errors: &mut Vec<RuleError>) -> O
         Some(Subject::Body(_)) => Some(false),
         None => None,
     };
-    let checks: Vec<Option<Check>> = operators
-        .iter()
-        .map(|name| compile_operator(c, name, is_header, &key(at, name), errors))
-        .collect();
+    let checks: Vec<Option<Check>> =
+        operators.iter().map(|name| compile_operator(c, name, is_header, &key(at, name), errors)).collect();
 
     if errors.len() > before {
         return None;
@@ -289,11 +250,7 @@ fn compile_operator(
     let bound = |comparison: Comparison, bound: Option<f64>, errors: &mut Vec<RuleError>| {
         let bound = bound?;
         if bound.is_nan() {
-            error(
-                errors,
-                at,
-                "NaN cannot be compared with anything; give a number",
-            );
+            error(errors, at, "NaN cannot be compared with anything; give a number");
             return None;
         }
         Some(Operator::Compare(comparison, bound))
@@ -305,18 +262,11 @@ fn compile_operator(
         "in" => {
             let list = c.in_.as_deref()?;
             if list.is_empty() {
-                error(
-                    errors,
-                    at,
-                    "`in: []` is empty, so the condition could never hold",
-                );
+                error(errors, at, "`in: []` is empty, so the condition could never hold");
                 return None;
             }
-            let compiled: Vec<Option<Value>> = list
-                .iter()
-                .enumerate()
-                .map(|(i, value)| expected(value, &format!("{at}[{i}]"), errors))
-                .collect();
+            let compiled: Vec<Option<Value>> =
+                list.iter().enumerate().map(|(i, value)| expected(value, &format!("{at}[{i}]"), errors)).collect();
             Operator::In(compiled.into_iter().collect::<Option<_>>()?)
         }
         "gt" => bound(Comparison::Gt, c.gt, errors)?,
@@ -328,11 +278,7 @@ fn compile_operator(
             match Regex::new(pattern) {
                 Ok(regex) => Operator::Matches(regex),
                 Err(e) => {
-                    error(
-                        errors,
-                        at,
-                        format!("invalid regex `{pattern}`: {}", describe_regex(&e)),
-                    );
+                    error(errors, at, format!("invalid regex `{pattern}`: {}", describe_regex(&e)));
                     return None;
                 }
             }
@@ -359,9 +305,7 @@ fn header_text(value: &Value, at: &str, errors: &mut Vec<RuleError>) -> Option<V
             error(
                 errors,
                 at,
-                format!(
-                    "a header value is text: compare it with a string, number or boolean, not {kind}"
-                ),
+                format!("a header value is text: compare it with a string, number or boolean, not {kind}"),
             );
             return None;
         }
@@ -373,12 +317,9 @@ fn header_text(value: &Value, at: &str, errors: &mut Vec<RuleError>) -> Option<V
 /// says what is wrong.
 fn describe_regex(error: &regex::Error) -> String {
     match error {
-        regex::Error::Syntax(rendered) => rendered
-            .lines()
-            .rev()
-            .find_map(|line| line.strip_prefix("error: "))
-            .unwrap_or(rendered)
-            .to_owned(),
+        regex::Error::Syntax(rendered) => {
+            rendered.lines().rev().find_map(|line| line.strip_prefix("error: ")).unwrap_or(rendered).to_owned()
+        }
         other => other.to_string(),
     }
 }

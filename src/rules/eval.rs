@@ -120,9 +120,7 @@ impl Operator {
             Operator::Equals(expected) => json_eq(value, expected),
             Operator::NotEquals(expected) => !json_eq(value, expected),
             Operator::In(list) => list.iter().any(|expected| json_eq(value, expected)),
-            Operator::Compare(comparison, bound) => {
-                value.as_f64().is_some_and(|n| comparison.holds(n, *bound))
-            }
+            Operator::Compare(comparison, bound) => value.as_f64().is_some_and(|n| comparison.holds(n, *bound)),
             Operator::Matches(regex) => value.as_str().is_some_and(|s| regex.is_match(s)),
             Operator::Contains(needle) => match value {
                 Value::String(haystack) => needle.as_str().is_some_and(|n| haystack.contains(n)),
@@ -138,9 +136,9 @@ impl Operator {
             Operator::Equals(expected) => expected.as_str() == Some(text),
             Operator::NotEquals(expected) => expected.as_str() != Some(text),
             Operator::In(list) => list.iter().any(|expected| expected.as_str() == Some(text)),
-            Operator::Compare(comparison, bound) => text
-                .parse::<f64>()
-                .is_ok_and(|n| n.is_finite() && comparison.holds(n, *bound)),
+            Operator::Compare(comparison, bound) => {
+                text.parse::<f64>().is_ok_and(|n| n.is_finite() && comparison.holds(n, *bound))
+            }
             Operator::Matches(regex) => regex.is_match(text),
             Operator::Contains(needle) => needle.as_str().is_some_and(|n| text.contains(n)),
         }
@@ -162,14 +160,9 @@ impl Comparison {
 pub(super) fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => number_eq(x, y),
-        (Value::Array(xs), Value::Array(ys)) => {
-            xs.len() == ys.len() && xs.iter().zip(ys).all(|(x, y)| json_eq(x, y))
-        }
+        (Value::Array(xs), Value::Array(ys)) => xs.len() == ys.len() && xs.iter().zip(ys).all(|(x, y)| json_eq(x, y)),
         (Value::Object(xs), Value::Object(ys)) => {
-            xs.len() == ys.len()
-                && xs
-                    .iter()
-                    .all(|(k, x)| ys.get(k).is_some_and(|y| json_eq(x, y)))
+            xs.len() == ys.len() && xs.iter().all(|(k, x)| ys.get(k).is_some_and(|y| json_eq(x, y)))
         }
         _ => a == b,
     }

@@ -78,3 +78,24 @@ mod tests;
 pub use compiler::{RuleError, compile};
 pub use config::ConditionConfig;
 pub use eval::{EventView, Rule};
+
+/// A JSONPath compiled once, for modules that pick one value out of a body (e.g. a source's
+/// dedupe key), with the same parser and semantics as conditions.
+#[derive(Debug, Clone)]
+pub struct JsonPath(path::BodyPath);
+
+impl JsonPath {
+    pub fn parse(text: &str) -> Result<JsonPath, String> {
+        path::BodyPath::parse(text).map(JsonPath)
+    }
+
+    /// The first value the path selects in `body`.
+    pub fn first<'v>(&self, body: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
+        let mut found = None;
+        self.0.any(body, |v| {
+            found = Some(v);
+            true
+        });
+        found
+    }
+}

@@ -44,17 +44,14 @@ impl BodyPath {
 
     /// Whether `visit` returns true for at least one value the path selects in `body`. Stops at
     /// the first such value.
-    pub(super) fn any<'v>(
-        &self,
-        body: &'v Value,
-        mut visit: impl FnMut(&'v Value) -> bool,
-    ) -> bool {
+    pub(super) fn any<'v>(&self, body: &'v Value, mut visit: impl FnMut(&'v Value) -> bool) -> bool {
         match self {
             BodyPath::Direct(steps) => walk(steps, body, &mut visit),
             // An `Err` means the query produced a computed value rather than nodes of the body,
             // which a parsed query never does; treat it as selecting nothing.
-            BodyPath::General(query) => js_path_process(query, body)
-                .is_ok_and(|nodes| nodes.iter().any(|node| visit(node.val))),
+            BodyPath::General(query) => {
+                js_path_process(query, body).is_ok_and(|nodes| nodes.iter().any(|node| visit(node.val)))
+            }
         }
     }
 }
@@ -73,12 +70,8 @@ fn walk<'v, F: FnMut(&'v Value) -> bool>(steps: &[Step], value: &'v Value, visit
         return visit(value);
     };
     match (step, value) {
-        (Step::Name(name), Value::Object(members)) => {
-            members.get(&**name).is_some_and(|v| walk(rest, v, visit))
-        }
-        (Step::Index(index), Value::Array(elements)) => {
-            element(elements, *index).is_some_and(|v| walk(rest, v, visit))
-        }
+        (Step::Name(name), Value::Object(members)) => members.get(&**name).is_some_and(|v| walk(rest, v, visit)),
+        (Step::Index(index), Value::Array(elements)) => element(elements, *index).is_some_and(|v| walk(rest, v, visit)),
         (Step::Wildcard, Value::Array(elements)) => elements.iter().any(|v| walk(rest, v, visit)),
         (Step::Wildcard, Value::Object(members)) => members.values().any(|v| walk(rest, v, visit)),
         _ => false,
@@ -87,9 +80,7 @@ fn walk<'v, F: FnMut(&'v Value) -> bool>(steps: &[Step], value: &'v Value, visit
 
 fn element(elements: &[Value], index: i64) -> Option<&Value> {
     let position = if index < 0 {
-        elements
-            .len()
-            .checked_sub(usize::try_from(index.unsigned_abs()).ok()?)?
+        elements.len().checked_sub(usize::try_from(index.unsigned_abs()).ok()?)?
     } else {
         usize::try_from(index).ok()?
     };
@@ -114,11 +105,7 @@ fn describe(path: &str, error: &JsonPathError) -> String {
         }
         other => other.to_string(),
     };
-    let hint = if path.trim_start().starts_with('$') {
-        ""
-    } else {
-        " (a JSONPath starts with `$`, as in `$.action`)"
-    };
+    let hint = if path.trim_start().starts_with('$') { "" } else { " (a JSONPath starts with `$`, as in `$.action`)" };
     format!("invalid JSONPath `{path}`: {detail}{hint}")
 }
 
@@ -144,22 +131,8 @@ mod tests {
             ("$.a", &[Step::Name("a".into())]),
             ("$['a b']", &[Step::Name("a b".into())]),
             ("$.a[0]", &[Step::Name("a".into()), Step::Index(0)]),
-            (
-                "$.a[-1].b",
-                &[
-                    Step::Name("a".into()),
-                    Step::Index(-1),
-                    Step::Name("b".into()),
-                ],
-            ),
-            (
-                "$.a[*].b",
-                &[
-                    Step::Name("a".into()),
-                    Step::Wildcard,
-                    Step::Name("b".into()),
-                ],
-            ),
+            ("$.a[-1].b", &[Step::Name("a".into()), Step::Index(-1), Step::Name("b".into())]),
+            ("$.a[*].b", &[Step::Name("a".into()), Step::Wildcard, Step::Name("b".into())]),
             ("$.*", &[Step::Wildcard]),
         ];
         for (source, expected) in cases {
@@ -172,17 +145,8 @@ mod tests {
 
     #[test]
     fn other_paths_use_the_library() {
-        for source in [
-            "$..a",
-            "$.a[1:3]",
-            "$['a','b']",
-            "$.a[?@.b == 1]",
-            "$.a[0,1]",
-        ] {
-            assert!(
-                matches!(BodyPath::parse(source).unwrap(), BodyPath::General(_)),
-                "{source}"
-            );
+        for source in ["$..a", "$.a[1:3]", "$['a','b']", "$.a[?@.b == 1]", "$.a[0,1]"] {
+            assert!(matches!(BodyPath::parse(source).unwrap(), BodyPath::General(_)), "{source}");
         }
     }
 
@@ -224,11 +188,8 @@ mod tests {
         for body in &bodies {
             for source in paths {
                 let parsed = parse_json_path(source).unwrap();
-                let library: Vec<&Value> = js_path_process(&parsed, body)
-                    .unwrap()
-                    .into_iter()
-                    .map(|node| node.val)
-                    .collect();
+                let library: Vec<&Value> =
+                    js_path_process(&parsed, body).unwrap().into_iter().map(|node| node.val).collect();
                 let path = BodyPath::parse(source).unwrap();
                 assert!(matches!(path, BodyPath::Direct(_)), "{source}");
                 assert_eq!(select(&path, body), library, "{source} on {body}");
@@ -250,19 +211,13 @@ mod tests {
     #[test]
     fn syntax_errors_are_one_line() {
         let cases = [
-            (
-                "$.a[",
-                "invalid JSONPath `$.a[`: at column 5: expected selector",
-            ),
+            ("$.a[", "invalid JSONPath `$.a[`: at column 5: expected selector"),
             (
                 "a.b",
                 "invalid JSONPath `a.b`: at column 1: expected jp_query \
                  (a JSONPath starts with `$`, as in `$.action`)",
             ),
-            (
-                "$.a[?@.x ==]",
-                "invalid JSONPath `$.a[?@.x ==]`: at column 12: expected comparable",
-            ),
+            ("$.a[?@.x ==]", "invalid JSONPath `$.a[?@.x ==]`: at column 12: expected comparable"),
         ];
         for (source, expected) in cases {
             assert_eq!(BodyPath::parse(source).unwrap_err(), expected);

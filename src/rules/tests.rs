@@ -15,10 +15,7 @@ fn rule(when: Value) -> Rule {
 fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in pairs {
-        map.append(
-            HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            HeaderValue::from_bytes(value).unwrap(),
-        );
+        map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_bytes(value).unwrap());
     }
     map
 }
@@ -67,20 +64,12 @@ fn check(cases: &[(Value, bool)]) {
     let mut failures = Vec::new();
     for (condition, expected) in cases {
         let rule = rule(json!([condition]));
-        let event = EventView {
-            headers: &headers,
-            body: Some(&body),
-        };
+        let event = EventView { headers: &headers, body: Some(&body) };
         if rule.matches(&event) != *expected {
             failures.push(format!("{condition} should be {expected}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -101,24 +90,12 @@ fn header_operators() {
         (json!({"header": "X-Empty", "equals": ""}), true),
         (json!({"header": "X-Cafe", "equals": "café au lait"}), true),
         // not_equals
-        (
-            json!({"header": "X-GitHub-Event", "not_equals": "pull_request"}),
-            true,
-        ),
-        (
-            json!({"header": "X-GitHub-Event", "not_equals": "push"}),
-            false,
-        ),
+        (json!({"header": "X-GitHub-Event", "not_equals": "pull_request"}), true),
+        (json!({"header": "X-GitHub-Event", "not_equals": "push"}), false),
         (json!({"header": "X-Count", "not_equals": 5}), false),
         // in
-        (
-            json!({"header": "X-GitHub-Event", "in": ["push", "release"]}),
-            true,
-        ),
-        (
-            json!({"header": "X-GitHub-Event", "in": ["ping", "release"]}),
-            false,
-        ),
+        (json!({"header": "X-GitHub-Event", "in": ["push", "release"]}), true),
+        (json!({"header": "X-GitHub-Event", "in": ["ping", "release"]}), false),
         (json!({"header": "X-Count", "in": [4, 5]}), true),
         (json!({"header": "X-Flag", "in": [false, true]}), true),
         // numeric comparisons parse the header
@@ -138,15 +115,9 @@ fn header_operators() {
         (json!({"header": "X-Empty", "lt": 1}), false),
         // matches: unanchored search
         (json!({"header": "X-GitHub-Event", "matches": "us"}), true),
-        (
-            json!({"header": "X-GitHub-Event", "matches": "^push$"}),
-            true,
-        ),
+        (json!({"header": "X-GitHub-Event", "matches": "^push$"}), true),
         (json!({"header": "X-GitHub-Event", "matches": "^us"}), false),
-        (
-            json!({"header": "X-GitHub-Event", "matches": "(?i)PUSH"}),
-            true,
-        ),
+        (json!({"header": "X-GitHub-Event", "matches": "(?i)PUSH"}), true),
         (json!({"header": "X-Count", "matches": "^\\d+$"}), true),
         (json!({"header": "X-Cafe", "matches": "é"}), true),
         // contains: substring of the scalar text
@@ -173,10 +144,7 @@ fn repeated_headers_match_any_value() {
         (json!({"header": "X-Multi", "in": ["beta"]}), true),
         (json!({"header": "X-Multi", "matches": "^b"}), true),
         (json!({"header": "X-Multi", "contains": "lph"}), true),
-        (
-            json!({"not": {"header": "X-Multi", "equals": "alpha"}}),
-            false,
-        ),
+        (json!({"not": {"header": "X-Multi", "equals": "alpha"}}), false),
     ]);
 }
 
@@ -213,73 +181,34 @@ fn body_operators() {
         (json!({"path": "$.nothing", "equals": null}), true),
         (json!({"path": "$.flag", "equals": null}), false),
         (json!({"path": "$.missing", "equals": null}), false),
-        (
-            json!({"path": "$.repository", "equals": {"full_name": "acme/widgets"}}),
-            true,
-        ),
-        (
-            json!({"path": "$.repository", "equals": {"full_name": "acme/other"}}),
-            false,
-        ),
+        (json!({"path": "$.repository", "equals": {"full_name": "acme/widgets"}}), true),
+        (json!({"path": "$.repository", "equals": {"full_name": "acme/other"}}), false),
         (json!({"path": "$.repository", "equals": {}}), false),
-        (
-            json!({"path": "$.nested.point", "equals": {"x": 1.0, "y": 2}}),
-            true,
-        ),
+        (json!({"path": "$.nested.point", "equals": {"x": 1.0, "y": 2}}), true),
         (json!({"path": "$.labels[*].name", "equals": "bug"}), true),
         (json!({"path": "$.empty", "equals": []}), true),
         (json!({"path": "$.tags[5]", "equals": [1, 2.0]}), true),
         (json!({"path": "$.tags[5]", "equals": [2, 1]}), false),
         // not_equals
         (json!({"path": "$.sender.type", "not_equals": "Bot"}), true),
-        (
-            json!({"path": "$.sender.type", "not_equals": "User"}),
-            false,
-        ),
+        (json!({"path": "$.sender.type", "not_equals": "User"}), false),
         (json!({"path": "$.count", "not_equals": 5.0}), false),
         (json!({"path": "$.nothing", "not_equals": null}), false),
         // in
-        (
-            json!({"path": "$.ref", "in": ["refs/heads/main", "refs/heads/release"]}),
-            true,
-        ),
-        (
-            json!({"path": "$.ref", "in": ["refs/heads/dev", "refs/heads/release"]}),
-            false,
-        ),
+        (json!({"path": "$.ref", "in": ["refs/heads/main", "refs/heads/release"]}), true),
+        (json!({"path": "$.ref", "in": ["refs/heads/dev", "refs/heads/release"]}), false),
         (json!({"path": "$.count", "in": [1, 5.0]}), true),
         (json!({"path": "$.count", "in": ["5"]}), false),
         (json!({"path": "$.nothing", "in": [null]}), true),
         // numeric comparisons need JSON numbers
         (json!({"path": "$.pull_request.additions", "gt": 100}), true),
-        (
-            json!({"path": "$.pull_request.additions", "gt": 150}),
-            false,
-        ),
-        (
-            json!({"path": "$.pull_request.additions", "gte": 150}),
-            true,
-        ),
-        (
-            json!({"path": "$.pull_request.additions", "gte": 150.5}),
-            false,
-        ),
-        (
-            json!({"path": "$.pull_request.additions", "lt": 150.5}),
-            true,
-        ),
-        (
-            json!({"path": "$.pull_request.additions", "lt": 150}),
-            false,
-        ),
-        (
-            json!({"path": "$.pull_request.additions", "lte": 150}),
-            true,
-        ),
-        (
-            json!({"path": "$.pull_request.additions", "lte": 149}),
-            false,
-        ),
+        (json!({"path": "$.pull_request.additions", "gt": 150}), false),
+        (json!({"path": "$.pull_request.additions", "gte": 150}), true),
+        (json!({"path": "$.pull_request.additions", "gte": 150.5}), false),
+        (json!({"path": "$.pull_request.additions", "lt": 150.5}), true),
+        (json!({"path": "$.pull_request.additions", "lt": 150}), false),
+        (json!({"path": "$.pull_request.additions", "lte": 150}), true),
+        (json!({"path": "$.pull_request.additions", "lte": 149}), false),
         (json!({"path": "$.ratio", "gt": 2}), true),
         (json!({"path": "$.ratio", "lt": -1}), false),
         (json!({"path": "$.string_number", "gt": 100}), false),
@@ -288,39 +217,18 @@ fn body_operators() {
         (json!({"path": "$.nothing", "lt": 1}), false),
         (json!({"path": "$.labels", "gt": 0}), false),
         // matches: strings only
-        (
-            json!({"path": "$.repository.full_name", "matches": "^acme/"}),
-            true,
-        ),
-        (
-            json!({"path": "$.repository.full_name", "matches": "^widgets"}),
-            false,
-        ),
-        (
-            json!({"path": "$.repository.full_name", "matches": "widgets$"}),
-            true,
-        ),
-        (
-            json!({"path": "$.pull_request.title", "matches": "(?i)^fix\\b"}),
-            true,
-        ),
+        (json!({"path": "$.repository.full_name", "matches": "^acme/"}), true),
+        (json!({"path": "$.repository.full_name", "matches": "^widgets"}), false),
+        (json!({"path": "$.repository.full_name", "matches": "widgets$"}), true),
+        (json!({"path": "$.pull_request.title", "matches": "(?i)^fix\\b"}), true),
         (json!({"path": "$.count", "matches": "5"}), false),
         (json!({"path": "$.flag", "matches": "true"}), false),
         (json!({"path": "$.nothing", "matches": ""}), false),
         (json!({"path": "$.labels", "matches": ""}), false),
         // contains: substring of a string, element of an array
-        (
-            json!({"path": "$.pull_request.title", "contains": "the"}),
-            true,
-        ),
-        (
-            json!({"path": "$.pull_request.title", "contains": "The"}),
-            false,
-        ),
-        (
-            json!({"path": "$.pull_request.title", "contains": 5}),
-            false,
-        ),
+        (json!({"path": "$.pull_request.title", "contains": "the"}), true),
+        (json!({"path": "$.pull_request.title", "contains": "The"}), false),
+        (json!({"path": "$.pull_request.title", "contains": 5}), false),
         (json!({"path": "$.tags", "contains": "alpha"}), true),
         (json!({"path": "$.tags", "contains": "alp"}), false),
         (json!({"path": "$.tags", "contains": 3.0}), true),
@@ -331,15 +239,9 @@ fn body_operators() {
         (json!({"path": "$.empty", "contains": null}), false),
         (json!({"path": "$.count", "contains": 5}), false),
         (json!({"path": "$.repository", "contains": "acme"}), false),
-        (
-            json!({"path": "$.labels[*].name", "contains": "urgent"}),
-            true,
-        ),
+        (json!({"path": "$.labels[*].name", "contains": "urgent"}), true),
         (json!({"path": "$.labels[*].name", "contains": "urg"}), true),
-        (
-            json!({"path": "$.labels[*].name", "contains": "feature"}),
-            false,
-        ),
+        (json!({"path": "$.labels[*].name", "contains": "feature"}), false),
         // exists: null is a value
         (json!({"path": "$.ref", "exists": true}), true),
         (json!({"path": "$.ref", "exists": false}), false),
@@ -376,11 +278,7 @@ fn numbers_compare_by_value() {
         (json!(1), json!(2), false),
         (json!(1), json!("1"), false),
         (json!(0), json!(false), false),
-        (
-            json!({"a": [1, {"b": 2.0}]}),
-            json!({"a": [1.0, {"b": 2}]}),
-            true,
-        ),
+        (json!({"a": [1, {"b": 2.0}]}), json!({"a": [1.0, {"b": 2}]}), true),
         (json!({"a": 1}), json!({"a": 1, "b": 2}), false),
         (json!({"a": 1, "b": 2}), json!({"a": 1}), false),
         (json!([1]), json!([1, 1]), false),
@@ -394,27 +292,12 @@ fn numbers_compare_by_value() {
 #[test]
 fn multi_value_paths_match_when_any_value_does() {
     check(&[
-        (
-            json!({"path": "$.labels[*].name", "equals": "urgent"}),
-            true,
-        ),
-        (
-            json!({"path": "$.labels[*].name", "equals": "feature"}),
-            false,
-        ),
+        (json!({"path": "$.labels[*].name", "equals": "urgent"}), true),
+        (json!({"path": "$.labels[*].name", "equals": "feature"}), false),
         // any value differs
-        (
-            json!({"path": "$.labels[*].name", "not_equals": "urgent"}),
-            true,
-        ),
-        (
-            json!({"not": {"path": "$.labels[*].name", "equals": "urgent"}}),
-            false,
-        ),
-        (
-            json!({"path": "$.labels[*].name", "in": ["feature", "bug"]}),
-            true,
-        ),
+        (json!({"path": "$.labels[*].name", "not_equals": "urgent"}), true),
+        (json!({"not": {"path": "$.labels[*].name", "equals": "urgent"}}), false),
+        (json!({"path": "$.labels[*].name", "in": ["feature", "bug"]}), true),
         (json!({"path": "$.commits[*].added", "gt": 10}), true),
         (json!({"path": "$.commits[*].added", "gt": 40}), false),
         (json!({"path": "$.commits[*].added", "lt": 2}), true),
@@ -424,33 +307,15 @@ fn multi_value_paths_match_when_any_value_does() {
         (json!({"path": "$.nested.*.x", "equals": 1}), true),
         (json!({"path": "$.nested.point.*", "equals": 2}), true),
         // evaluated by jsonpath-rust: filters, descendants, slices, unions
-        (
-            json!({"path": "$.labels[?@.name == 'bug'].name", "exists": true}),
-            true,
-        ),
-        (
-            json!({"path": "$.labels[?@.name == 'docs'].name", "exists": false}),
-            true,
-        ),
-        (
-            json!({"path": "$.commits[?@.added > 10].id", "equals": "c2"}),
-            true,
-        ),
-        (
-            json!({"path": "$.commits[?@.added > 10].id", "equals": "c1"}),
-            false,
-        ),
+        (json!({"path": "$.labels[?@.name == 'bug'].name", "exists": true}), true),
+        (json!({"path": "$.labels[?@.name == 'docs'].name", "exists": false}), true),
+        (json!({"path": "$.commits[?@.added > 10].id", "equals": "c2"}), true),
+        (json!({"path": "$.commits[?@.added > 10].id", "equals": "c1"}), false),
         (json!({"path": "$..full_name", "matches": "^acme/"}), true),
         (json!({"path": "$.commits[1:].id", "in": ["c2"]}), true),
         (json!({"path": "$.commits[:1].id", "in": ["c2"]}), false),
-        (
-            json!({"path": "$['ref','action']", "equals": "opened"}),
-            true,
-        ),
-        (
-            json!({"path": "$.labels[?match(@.name, 'ur.*')].name", "equals": "urgent"}),
-            true,
-        ),
+        (json!({"path": "$['ref','action']", "equals": "opened"}), true),
+        (json!({"path": "$.labels[?match(@.name, 'ur.*')].name", "equals": "urgent"}), true),
     ]);
 }
 
@@ -471,10 +336,7 @@ fn missing_body_values_match_nothing() {
 
     // A body that is not JSON (`None`): only `exists: false` holds.
     let headers = HeaderMap::new();
-    let no_body = EventView {
-        headers: &headers,
-        body: None,
-    };
+    let no_body = EventView { headers: &headers, body: None };
     let cases = [
         (json!({"path": "$", "exists": true}), false),
         (json!({"path": "$", "exists": false}), true),
@@ -484,19 +346,12 @@ fn missing_body_values_match_nothing() {
         (json!({"not": {"path": "$.a", "equals": 1}}), true),
     ];
     for (condition, expected) in cases {
-        assert_eq!(
-            rule(json!([condition])).matches(&no_body),
-            expected,
-            "{condition}"
-        );
+        assert_eq!(rule(json!([condition])).matches(&no_body), expected, "{condition}");
     }
 
     // A body that is JSON but not an object.
     let scalar = json!("just a string");
-    let event = EventView {
-        headers: &headers,
-        body: Some(&scalar),
-    };
+    let event = EventView { headers: &headers, body: Some(&scalar) };
     assert!(rule(json!([{"path": "$", "matches": "string"}])).matches(&event));
     assert!(!rule(json!([{"path": "$.a", "exists": true}])).matches(&event));
 }
@@ -504,14 +359,8 @@ fn missing_body_values_match_nothing() {
 #[test]
 fn combinators_nest() {
     check(&[
-        (
-            json!({"any": [{"path": "$.action", "equals": "opened"}, {"path": "$.action", "equals": "closed"}]}),
-            true,
-        ),
-        (
-            json!({"any": [{"path": "$.action", "equals": "edited"}, {"path": "$.action", "equals": "closed"}]}),
-            false,
-        ),
+        (json!({"any": [{"path": "$.action", "equals": "opened"}, {"path": "$.action", "equals": "closed"}]}), true),
+        (json!({"any": [{"path": "$.action", "equals": "edited"}, {"path": "$.action", "equals": "closed"}]}), false),
         (
             json!({"all": [{"path": "$.action", "equals": "opened"}, {"header": "X-GitHub-Event", "equals": "push"}]}),
             true,
@@ -521,14 +370,8 @@ fn combinators_nest() {
             false,
         ),
         (json!({"not": {"header": "X-Debug", "exists": true}}), true),
-        (
-            json!({"not": {"header": "X-GitHub-Event", "exists": true}}),
-            false,
-        ),
-        (
-            json!({"not": {"not": {"path": "$.flag", "equals": true}}}),
-            true,
-        ),
+        (json!({"not": {"header": "X-GitHub-Event", "exists": true}}), false),
+        (json!({"not": {"not": {"path": "$.flag", "equals": true}}}), true),
         (
             json!({"any": [
                 {"path": "$.action", "equals": "closed"},
@@ -557,20 +400,11 @@ fn combinators_nest() {
 fn a_when_list_is_a_conjunction() {
     let headers = fixture_headers();
     let body = fixture_body();
-    let event = EventView {
-        headers: &headers,
-        body: Some(&body),
-    };
+    let event = EventView { headers: &headers, body: Some(&body) };
     let cases = [
         (json!([]), true),
-        (
-            json!([{"header": "X-GitHub-Event", "equals": "push"}, {"path": "$.ref", "equals": "refs/heads/main"}]),
-            true,
-        ),
-        (
-            json!([{"header": "X-GitHub-Event", "equals": "push"}, {"path": "$.ref", "equals": "refs/heads/dev"}]),
-            false,
-        ),
+        (json!([{"header": "X-GitHub-Event", "equals": "push"}, {"path": "$.ref", "equals": "refs/heads/main"}]), true),
+        (json!([{"header": "X-GitHub-Event", "equals": "push"}, {"path": "$.ref", "equals": "refs/heads/dev"}]), false),
         (
             json!([{"header": "X-GitHub-Event", "equals": "ping"}, {"path": "$.ref", "equals": "refs/heads/main"}]),
             false,
@@ -604,19 +438,10 @@ fn needs_body_when_any_condition_reads_it() {
     let cases = [
         (json!([]), false),
         (json!([{"header": "X-A", "exists": true}]), false),
-        (
-            json!([{"header": "X-A", "equals": "a"}, {"not": {"header": "X-B", "exists": true}}]),
-            false,
-        ),
-        (
-            json!([{"any": [{"header": "X-A", "exists": true}, {"all": [{"header": "X-B", "gt": 1}]}]}]),
-            false,
-        ),
+        (json!([{"header": "X-A", "equals": "a"}, {"not": {"header": "X-B", "exists": true}}]), false),
+        (json!([{"any": [{"header": "X-A", "exists": true}, {"all": [{"header": "X-B", "gt": 1}]}]}]), false),
         (json!([{"path": "$.a", "exists": false}]), true),
-        (
-            json!([{"header": "X-A", "exists": true}, {"path": "$.a", "equals": 1}]),
-            true,
-        ),
+        (json!([{"header": "X-A", "exists": true}, {"path": "$.a", "equals": 1}]), true),
         (json!([{"not": {"path": "$.a", "equals": 1}}]), true),
         (
             json!([{"any": [{"header": "X-A", "exists": true}, {"all": [{"not": {"path": "$", "exists": true}}]}]}]),
@@ -637,8 +462,7 @@ fn compile_errors() {
                          or one of `any`, `all`, `not`";
     const BOTH: &str = "`header` and `path` cannot both be given: a condition tests one subject \
                         (write two conditions)";
-    const NOT_TEXT: &str =
-        "a header value is text: compare it with a string, number or boolean, not";
+    const NOT_TEXT: &str = "a header value is text: compare it with a string, number or boolean, not";
     let cases: Vec<(Value, Vec<(&str, String)>)> = vec![
         // subjects
         (json!([{}]), vec![("[0]", EMPTY.into())]),
@@ -759,13 +583,8 @@ fn compile_errors() {
     ];
     let mut failures = Vec::new();
     for (when, expected) in cases {
-        let expected: Vec<RuleError> = expected
-            .into_iter()
-            .map(|(path, message)| RuleError {
-                path: path.into(),
-                message,
-            })
-            .collect();
+        let expected: Vec<RuleError> =
+            expected.into_iter().map(|(path, message)| RuleError { path: path.into(), message }).collect();
         match compile(&conditions(when.clone())) {
             Ok(_) => failures.push(format!("{when}: compiled, expected {expected:#?}")),
             Err(errors) if errors != expected => {
@@ -780,11 +599,7 @@ fn compile_errors() {
 #[test]
 fn nan_bounds_are_rejected() {
     // JSON has no NaN, but the loader may deserialize `.nan` from YAML straight into `f64`.
-    let condition = ConditionConfig {
-        path: Some("$.a".into()),
-        gte: Some(f64::NAN),
-        ..ConditionConfig::default()
-    };
+    let condition = ConditionConfig { path: Some("$.a".into()), gte: Some(f64::NAN), ..ConditionConfig::default() };
     assert_eq!(
         compile(&[condition]).unwrap_err(),
         vec![RuleError {
@@ -796,10 +611,7 @@ fn nan_bounds_are_rejected() {
 
 #[test]
 fn rule_error_displays_path_and_message() {
-    let error = RuleError {
-        path: "[0].in".into(),
-        message: "empty".into(),
-    };
+    let error = RuleError { path: "[0].in".into(), message: "empty".into() };
     assert_eq!(error.to_string(), "[0].in: empty");
 }
 
@@ -818,15 +630,10 @@ fn serde_shape() {
         json!([{"header": 5, "exists": true}]),
     ];
     for when in rejected {
-        assert!(
-            serde_json::from_value::<Vec<ConditionConfig>>(when.clone()).is_err(),
-            "{when} should be rejected"
-        );
+        assert!(serde_json::from_value::<Vec<ConditionConfig>>(when.clone()).is_err(), "{when} should be rejected");
     }
     let unknown =
-        serde_json::from_value::<Vec<ConditionConfig>>(json!([{"path": "$.a", "equal": 1}]))
-            .unwrap_err()
-            .to_string();
+        serde_json::from_value::<Vec<ConditionConfig>>(json!([{"path": "$.a", "equal": 1}])).unwrap_err().to_string();
     assert!(unknown.contains("unknown field `equal`"), "{unknown}");
 
     // `in` is spelled `in`; `in_` is not a key.

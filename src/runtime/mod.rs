@@ -17,15 +17,17 @@ use sha2::{Digest, Sha256};
 pub use event::{Event, EventId};
 
 use crate::config::{
-    AlgorithmName, Config, ConfigError, ConfigErrors, DeliveryConfig, DestinationConfig,
-    EncodingName, ServerConfig, SignSchemeName, SourceConfig, VerifySchemeName, parse_net,
+    AlgorithmName, Config, ConfigError, ConfigErrors, DeliveryConfig, DestinationConfig, EncodingName, ServerConfig,
+    SignSchemeName, SourceConfig, StorageConfig, VerifySchemeName, default_schedule, parse_net,
 };
 use crate::delivery::egress::EgressPolicy;
 use crate::delivery::{
-    Delivery, Destination, HttpClient, NEVER_FORWARDED, RetryPolicy, TlsRoots, forwardable,
+    Backoff, BreakerSettings, Destination, HttpClient, NEVER_FORWARDED, RateLimiter, RetryPolicy, TlsRoots,
+    forwardable, message_id,
 };
-use crate::rules::{EventView, Rule};
+use crate::rules::{EventView, JsonPath, Rule};
 use crate::sign::{SignScheme, Signer};
+use crate::store::{DueDelivery, NewDelivery};
 use crate::verify::{Algorithm, Encoding, Scheme, Verifier};
 
 /// Default clock tolerance for timestamped verification schemes.
@@ -38,6 +40,8 @@ pub struct Snapshot {
     pub file: String,
     pub server: ServerConfig,
     pub delivery: DeliveryConfig,
+    /// `storage`, with `path` resolved against the config file's directory.
+    pub storage: StorageConfig,
     pub sources: Vec<Source>,
     pub routes: Vec<Route>,
     pub destinations: Vec<Arc<Destination>>,
@@ -51,8 +55,20 @@ pub struct Source {
     pub routes: Vec<usize>,
     /// Whether any of those routes reads the JSON body (if not, the body is never parsed).
     pub needs_body: bool,
-    /// Sender headers not forwarded to destinations.
+    /// Sender headers not forwarded to destinations (nor stored).
     pub never_forward: Vec<HeaderName>,
+    pub dedupe: Option<Dedupe>,
+}
+
+/// Where a source's own event id is found, and for how long it is remembered.
+pub struct Dedupe {
+    pub key: DedupeKey,
+    pub window: Duration,
+}
+
+pub enum DedupeKey {
+    Header(HeaderName),
+    Path(JsonPath),
 }
 
 pub struct Route {
@@ -73,9 +89,7 @@ pub fn build(path: &Path) -> Result<Snapshot, ConfigErrors> {
         }])
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    build_from_text(&path.display().to_string(), &base, &text, &|k| {
-        std::env::var(k).ok()
-    })
+    build_from_text(&path.display().to_string(), &base, &text, &|k| std::env::var(k).ok())
 }
 
 /// Parses and compiles config text; every problem is returned, parse and compile errors alike.
@@ -88,13 +102,7 @@ pub fn build_from_text(
     let (cfg, mut errors) = Config::parse(file, base_dir, text, env);
     let version = hex::encode(&Sha256::digest(text.as_bytes())[..6]);
 
-    let policy = Arc::new(EgressPolicy::new(
-        cfg.egress
-            .allow
-            .iter()
-            .filter_map(|s| parse_net(s))
-            .collect(),
-    ));
+    let policy = Arc::new(EgressPolicy::new(cfg.egress.allow.iter().filter_map(|s| parse_net(s)).collect()));
     let roots = TlsRoots::webpki();
     let mut destinations = Vec::new();
     for (name, d) in &cfg.destinations {
@@ -111,45 +119,50 @@ pub fn build_from_text(
         let rule = match crate::rules::compile(&r.when) {
             Ok(rule) => rule,
             Err(errs) => {
-                errors.extend(
-                    errs.into_iter()
-                        .map(|e| cfg.error(&format!("{key}.when{}", e.path), e.message)),
-                );
+                errors.extend(errs.into_iter().map(|e| cfg.error(&format!("{key}.when{}", e.path), e.message)));
                 continue;
             }
         };
-        let dests =
-            r.to.iter()
-                .filter_map(|t| destinations.iter().position(|d| &*d.name == t))
-                .collect();
-        routes.push(Route {
-            name: r.name.as_str().into(),
-            rule,
-            destinations: dests,
-        });
+        let dests = r.to.iter().filter_map(|t| destinations.iter().position(|d| &*d.name == t)).collect();
+        routes.push(Route { name: r.name.as_str().into(), rule, destinations: dests });
         route_sources.push(&r.source);
     }
 
     let mut sources = Vec::new();
     for (name, s) in &cfg.sources {
+        let dedupe = match &s.dedupe {
+            None => None,
+            Some(d) => {
+                let key = match (&d.header, &d.path) {
+                    (Some(h), _) => HeaderName::try_from(h.as_str()).map(DedupeKey::Header).map_err(|_| {
+                        (format!("sources.{name}.dedupe.header"), format!("\"{h}\" is not a valid header name"))
+                    }),
+                    (None, Some(p)) => {
+                        JsonPath::parse(p).map(DedupeKey::Path).map_err(|m| (format!("sources.{name}.dedupe.path"), m))
+                    }
+                    (None, None) => Err((format!("sources.{name}.dedupe"), String::new())), // reported by config
+                };
+                match key {
+                    Ok(key) => Some(Dedupe { key, window: d.window.0 }),
+                    Err((k, m)) => {
+                        if !m.is_empty() {
+                            errors.push(cfg.error(&k, m));
+                        }
+                        None
+                    }
+                }
+            }
+        };
         match build_verifier(s) {
             Ok(verifier) => {
-                let mine: Vec<usize> = (0..routes.len())
-                    .filter(|i| route_sources[*i] == name)
-                    .collect();
+                let mine: Vec<usize> = (0..routes.len()).filter(|i| route_sources[*i] == name).collect();
                 let needs_body = mine.iter().any(|i| routes[*i].rule.needs_body());
-                let mut never_forward: Vec<HeaderName> = NEVER_FORWARDED
-                    .iter()
-                    .map(|h| HeaderName::from_static(h))
-                    .collect();
-                if let Some(h) = s
-                    .verify
-                    .header
-                    .as_deref()
-                    .and_then(|h| HeaderName::try_from(h).ok())
-                {
+                let mut never_forward: Vec<HeaderName> =
+                    NEVER_FORWARDED.iter().map(|h| HeaderName::from_static(h)).collect();
+                if let Some(h) = s.verify.header.as_deref().and_then(|h| HeaderName::try_from(h).ok()) {
                     never_forward.push(h);
                 }
+                let needs_body = needs_body || matches!(dedupe, Some(Dedupe { key: DedupeKey::Path(_), .. }));
                 sources.push(Source {
                     name: name.as_str().into(),
                     path: s.path.clone(),
@@ -157,6 +170,7 @@ pub fn build_from_text(
                     routes: mine,
                     needs_body,
                     never_forward,
+                    dedupe,
                 });
             }
             Err((key, msg)) => errors.push(cfg.error(&format!("sources.{name}.verify{key}"), msg)),
@@ -173,6 +187,14 @@ pub fn build_from_text(
         file: file.to_string(),
         server: cfg.server.clone(),
         delivery: cfg.delivery.clone(),
+        storage: StorageConfig {
+            path: if cfg.storage.path.as_os_str() == ":memory:" {
+                cfg.storage.path.clone()
+            } else {
+                cfg.base_dir.join(&cfg.storage.path)
+            },
+            ..cfg.storage.clone()
+        },
         sources,
         routes,
         destinations,
@@ -193,22 +215,15 @@ fn encoding(e: Option<EncodingName>) -> Encoding {
     }
 }
 
-fn header_name(
-    h: Option<&str>,
-    default: Option<&'static str>,
-) -> Result<HeaderName, (String, String)> {
+fn header_name(h: Option<&str>, default: Option<&'static str>) -> Result<HeaderName, (String, String)> {
     match (h, default) {
-        (Some(h), _) => HeaderName::try_from(h).map_err(|_| {
-            (
-                ".header".into(),
-                format!("\"{h}\" is not a valid header name"),
-            )
-        }),
+        (Some(h), _) => {
+            HeaderName::try_from(h).map_err(|_| (".header".into(), format!("\"{h}\" is not a valid header name")))
+        }
         (None, Some(d)) => Ok(HeaderName::from_static(d)),
-        (None, None) => Err((
-            ".header".into(),
-            "this scheme needs `header:`, the header carrying the signature".into(),
-        )),
+        (None, None) => {
+            Err((".header".into(), "this scheme needs `header:`, the header carrying the signature".into()))
+        }
     }
 }
 
@@ -229,46 +244,27 @@ fn build_verifier(s: &SourceConfig) -> Result<Verifier, (String, String)> {
             prefix: v.prefix.clone().unwrap_or_default(),
         },
         VerifySchemeName::Basic => Scheme::Basic,
-        VerifySchemeName::ApiKey => Scheme::ApiKey {
-            header: header_name(v.header.as_deref(), Some("x-api-key"))?,
-        },
+        VerifySchemeName::ApiKey => Scheme::ApiKey { header: header_name(v.header.as_deref(), Some("x-api-key"))? },
     };
-    let hmac_only = [
-        (v.algorithm.is_some(), "algorithm"),
-        (v.encoding.is_some(), "encoding"),
-        (v.prefix.is_some(), "prefix"),
-    ];
+    let hmac_only =
+        [(v.algorithm.is_some(), "algorithm"), (v.encoding.is_some(), "encoding"), (v.prefix.is_some(), "prefix")];
     for (set, key) in hmac_only {
         if set && v.scheme != VerifySchemeName::Hmac {
-            return Err((
-                format!(".{key}"),
-                "only the hmac scheme takes this key".into(),
-            ));
+            return Err((format!(".{key}"), "only the hmac scheme takes this key".into()));
         }
     }
-    if v.header.is_some() && !matches!(v.scheme, VerifySchemeName::Hmac | VerifySchemeName::ApiKey)
-    {
-        return Err((
-            ".header".into(),
-            "only the hmac and api-key schemes take this key".into(),
-        ));
+    if v.header.is_some() && !matches!(v.scheme, VerifySchemeName::Hmac | VerifySchemeName::ApiKey) {
+        return Err((".header".into(), "only the hmac and api-key schemes take this key".into()));
     }
-    let timestamped = matches!(
-        v.scheme,
-        VerifySchemeName::Stripe | VerifySchemeName::Slack | VerifySchemeName::StandardWebhooks
-    );
+    let timestamped =
+        matches!(v.scheme, VerifySchemeName::Stripe | VerifySchemeName::Slack | VerifySchemeName::StandardWebhooks);
     if v.tolerance.is_some() && !timestamped {
         return Err((
             ".tolerance".into(),
             "only timestamped schemes (stripe, slack, standard-webhooks) take a tolerance".into(),
         ));
     }
-    let secrets: Vec<String> = v
-        .secret
-        .iter()
-        .chain(v.secrets.iter())
-        .map(|s| s.0.clone())
-        .collect();
+    let secrets: Vec<String> = v.secret.iter().chain(v.secrets.iter()).map(|s| s.0.clone()).collect();
     if v.scheme == VerifySchemeName::None && !secrets.is_empty() {
         return Err((".secret".into(), "scheme none takes no secret".into()));
     }
@@ -285,23 +281,16 @@ fn build_destination(
 ) -> Result<Destination, ConfigError> {
     let key = format!("destinations.{name}");
     let err = |k: &str, m: String| cfg.error(&format!("{key}{k}"), m);
-    let url: http::Uri = d
-        .url
-        .parse()
-        .map_err(|e| err(".url", format!("invalid URL: {e}")))?;
+    let url: http::Uri = d.url.parse().map_err(|e| err(".url", format!("invalid URL: {e}")))?;
     let mut headers = HeaderMap::new();
     for (k, v) in &d.headers {
         let hk = format!(".headers.{k}");
-        let n = HeaderName::try_from(k.as_str())
-            .map_err(|_| err(&hk, format!("\"{k}\" is not a valid header name")))?;
+        let n =
+            HeaderName::try_from(k.as_str()).map_err(|_| err(&hk, format!("\"{k}\" is not a valid header name")))?;
         if NEVER_FORWARDED.contains(&n.as_str()) || n == http::header::CONTENT_TYPE {
-            return Err(err(
-                &hk,
-                format!("\"{k}\" is set by hookyard itself and cannot be configured"),
-            ));
+            return Err(err(&hk, format!("\"{k}\" is set by hookyard itself and cannot be configured")));
         }
-        let v = HeaderValue::from_str(v)
-            .map_err(|_| err(&hk, "header values must be visible ASCII".into()))?;
+        let v = HeaderValue::from_str(v).map_err(|_| err(&hk, "header values must be visible ASCII".into()))?;
         headers.insert(n, v);
     }
     let s = &d.sign;
@@ -310,35 +299,24 @@ fn build_destination(
         SignSchemeName::StandardWebhooks => SignScheme::StandardWebhooks,
         SignSchemeName::Github => SignScheme::Github,
         SignSchemeName::Hmac => SignScheme::Hmac {
-            header: header_name(s.header.as_deref(), None)
-                .map_err(|(k, m)| err(&format!(".sign{k}"), m))?,
+            header: header_name(s.header.as_deref(), None).map_err(|(k, m)| err(&format!(".sign{k}"), m))?,
             algorithm: algorithm(s.algorithm),
             encoding: encoding(s.encoding),
             prefix: s.prefix.clone().unwrap_or_default(),
         },
     };
     if s.scheme != SignSchemeName::Hmac
-        && (s.header.is_some()
-            || s.algorithm.is_some()
-            || s.encoding.is_some()
-            || s.prefix.is_some())
+        && (s.header.is_some() || s.algorithm.is_some() || s.encoding.is_some() || s.prefix.is_some())
     {
-        return Err(err(
-            ".sign",
-            "header, algorithm, encoding and prefix apply to the hmac scheme only".into(),
-        ));
+        return Err(err(".sign", "header, algorithm, encoding and prefix apply to the hmac scheme only".into()));
     }
-    let signer = Signer::new(scheme, s.secret.as_ref().map(|s| s.0.as_str()))
-        .map_err(|m| err(".sign", m))?;
+    let signer = Signer::new(scheme, s.secret.as_ref().map(|s| s.0.as_str())).map_err(|m| err(".sign", m))?;
     let roots = match &d.tls.ca_file {
-        Some(f) => roots
-            .with_ca_file(&cfg.base_dir.join(f))
-            .map_err(|m| err(".tls.ca_file", m))?,
+        Some(f) => roots.with_ca_file(&cfg.base_dir.join(f)).map_err(|m| err(".tls.ca_file", m))?,
         None => roots.clone(),
     };
     let timeout = Duration::from_millis(d.timeout_ms);
-    let client = HttpClient::new(policy.clone(), &roots, d.max_in_flight, timeout)
-        .map_err(|m| err(".tls", m))?;
+    let client = HttpClient::new(policy.clone(), &roots, d.max_in_flight, timeout).map_err(|m| err(".tls", m))?;
     Ok(Destination {
         name: name.into(),
         url,
@@ -346,12 +324,30 @@ fn build_destination(
         signer,
         timeout,
         retry: RetryPolicy {
-            schedule: d.retry.schedule.iter().map(|d| d.0).collect(),
+            backoff: match (&d.retry.exponential, &d.retry.schedule) {
+                (Some(e), _) => Backoff::Exponential {
+                    base: e.base.0,
+                    factor: e.factor,
+                    cap: e.cap.0,
+                    max_attempts: e.max_attempts,
+                },
+                (None, Some(s)) => Backoff::Schedule(s.iter().map(|d| d.0).collect()),
+                (None, None) => Backoff::Schedule(default_schedule()),
+            },
             jitter: d.retry.jitter,
             max_retry_after: d.retry.max_retry_after.0,
+            throttle_floor: d.retry.throttle_floor.0,
         },
         limit: tokio::sync::Semaphore::new(d.max_in_flight),
         client,
+        breaker: BreakerSettings {
+            enabled: d.breaker.enabled,
+            failure_rate: d.breaker.failure_rate,
+            min_requests: d.breaker.min_requests,
+            window: d.breaker.window.0,
+            cooldown: d.breaker.cooldown.0,
+        },
+        rate: d.rate_limit.map(RateLimiter::new),
     })
 }
 
@@ -364,45 +360,72 @@ impl Snapshot {
         self.sources.iter().find(|s| &*s.name == name)
     }
 
-    /// Indexes of the routes of `source` that `event` matches. The body is parsed as JSON only when
-    /// a route needs it; a body that is not JSON simply fails every body condition.
-    pub fn matching_routes(&self, source: &Source, event: &Event) -> Vec<usize> {
-        let json = if source.needs_body {
-            serde_json::from_slice::<serde_json::Value>(&event.body).ok()
-        } else {
-            None
-        };
-        let view = EventView {
-            headers: &event.headers,
-            body: json.as_ref(),
-        };
-        source
-            .routes
-            .iter()
-            .copied()
-            .filter(|i| self.routes[*i].rule.matches(&view))
-            .collect()
+    /// The JSON body, parsed only when a route or the dedupe key of `source` needs it. A body that
+    /// is not JSON gives `None`: it simply fails every body condition.
+    pub fn parse_body(&self, source: &Source, event: &Event) -> Option<serde_json::Value> {
+        if source.needs_body { serde_json::from_slice(&event.body).ok() } else { None }
+    }
+
+    /// Indexes of the routes of `source` that `event` matches.
+    pub fn matching_routes(&self, source: &Source, event: &Event, json: Option<&serde_json::Value>) -> Vec<usize> {
+        let view = EventView { headers: &event.headers, body: json };
+        source.routes.iter().copied().filter(|i| self.routes[*i].rule.matches(&view)).collect()
+    }
+
+    /// The source's own id of this event, if it names one and the event carries it.
+    pub fn dedupe_key(&self, source: &Source, event: &Event, json: Option<&serde_json::Value>) -> Option<String> {
+        let d = source.dedupe.as_ref()?;
+        match &d.key {
+            DedupeKey::Header(h) => event.headers.get(h)?.to_str().ok().map(str::to_string),
+            DedupeKey::Path(p) => match p.first(json?)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Null => None,
+                other => Some(other.to_string()),
+            },
+        }
     }
 
     /// One delivery per (matching route, destination of that route).
-    pub fn plan(&self, source: &Source, event: &Event, routes: &[usize]) -> Vec<Delivery> {
-        let forwarded = forwardable(&event.headers, &source.never_forward);
+    pub fn plan(&self, routes: &[usize], event_id: &str) -> Vec<NewDelivery> {
         let mut out = Vec::new();
         for &r in routes {
             let route = &self.routes[r];
             for &d in &route.destinations {
-                let destination = self.destinations[d].clone();
-                out.push(Delivery {
-                    event_id: event.id.0.clone(),
-                    route: route.name.clone(),
-                    msg_id: Delivery::message_id(&event.id.0, &route.name, &destination.name),
-                    destination,
-                    forwarded: forwarded.clone(),
-                    body: event.body.clone(),
+                let destination = &self.destinations[d].name;
+                out.push(NewDelivery {
+                    route: route.name.to_string(),
+                    destination: destination.to_string(),
+                    msg_id: message_id(event_id, &route.name, destination),
+                    body: None,
+                    headers: None,
                 });
             }
         }
         out
+    }
+
+    pub fn destination(&self, name: &str) -> Option<&Arc<Destination>> {
+        self.destinations.iter().find(|d| &*d.name == name)
+    }
+
+    /// The headers of an event that are stored and forwarded.
+    pub fn stored_headers(&self, source: &Source, headers: &HeaderMap) -> Vec<(String, String)> {
+        forwardable(headers, &source.never_forward)
+    }
+
+    /// A planned delivery as the dispatcher would see it (for `dry-run`).
+    pub fn preview(&self, source: &Source, event: &Event, d: &NewDelivery) -> DueDelivery {
+        DueDelivery {
+            id: 0,
+            event_id: event.id.0.clone(),
+            route: d.route.as_str().into(),
+            destination: d.destination.as_str().into(),
+            msg_id: d.msg_id.as_str().into(),
+            attempts: 0,
+            headers: Arc::new(self.stored_headers(source, &event.headers)),
+            extra_headers: d.headers.clone().map(Arc::new),
+            body: d.body.clone().unwrap_or_else(|| event.body.clone()),
+        }
     }
 
     /// `ok — N sources, N destinations, N routes` for `check`.
@@ -420,11 +443,5 @@ impl Snapshot {
 
 /// Convenience for callers that hold a raw body.
 pub fn new_event(source: &str, headers: HeaderMap, body: Bytes) -> Event {
-    Event {
-        id: EventId::generate(),
-        source: source.into(),
-        received_at: SystemTime::now(),
-        headers,
-        body,
-    }
+    Event { id: EventId::generate(), source: source.into(), received_at: SystemTime::now(), headers, body }
 }

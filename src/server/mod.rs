@@ -23,13 +23,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::delivery::Engine;
+use crate::delivery::Dispatcher;
 use crate::runtime::{Event, EventId, Snapshot};
+use crate::store::{Accepted, NewEvent, to_ms};
 
-/// What the ingress needs: the live config snapshot and the delivery engine.
+/// What the ingress needs: the live config snapshot and the dispatcher (which owns the store).
 pub struct Gateway {
     pub snapshot: ArcSwap<Snapshot>,
-    pub engine: Engine,
+    pub dispatcher: Dispatcher,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -37,8 +38,7 @@ type Resp = Response<Full<Bytes>>;
 fn json(status: StatusCode, body: String) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -56,31 +56,22 @@ impl Gateway {
         };
         if req.method() != Method::POST {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("POST"));
+            r.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
             return r;
         }
         let limit = snap.server.max_body_bytes;
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
             return too_large(&source.name, limit);
         }
         let (parts, body) = req.into_parts();
-        let body = match tokio::time::timeout(
-            snap.server.request_timeout.0,
-            Limited::new(body, limit).collect(),
-        )
-        .await
+        let body = match tokio::time::timeout(snap.server.request_timeout.0, Limited::new(body, limit).collect()).await
         {
             Err(_) => {
                 warn!(source = %source.name, "request body not received within server.request_timeout");
                 let mut r = error(StatusCode::REQUEST_TIMEOUT, "request timeout");
-                r.headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
                 return r;
             }
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
@@ -92,10 +83,7 @@ impl Gateway {
             }
             Ok(Ok(collected)) => collected.to_bytes(),
         };
-        if let Err(e) = source
-            .verifier
-            .verify(&parts.headers, &body, SystemTime::now())
-        {
+        if let Err(e) = source.verifier.verify(&parts.headers, &body, SystemTime::now()) {
             warn!(source = %source.name, reason = e.reason(), error = %e, "verification failed");
             return error(StatusCode::UNAUTHORIZED, "unauthorized");
         }
@@ -106,42 +94,56 @@ impl Gateway {
             headers: parts.headers,
             body,
         };
-        let routes = snap.matching_routes(source, &event);
-        let deliveries = snap.plan(source, &event, &routes);
+        let body_json = snap.parse_body(source, &event);
+        let routes = snap.matching_routes(source, &event, body_json.as_ref());
+        let deliveries = snap.plan(&routes, &event.id.0);
         let count = deliveries.len();
-        if count > 0
-            && let Err(full) = self.engine.enqueue(deliveries)
-        {
-            {
-                warn!(source = %source.name, error = %full, "refusing event: delivery queue full");
-                let mut r = error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "delivery queue full, retry later",
-                );
-                r.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
-                return r;
+        if let Err(full) = self.dispatcher.check_capacity(count) {
+            warn!(source = %source.name, error = %full, "refusing event: delivery queue full");
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "delivery queue full, retry later");
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        }
+        let record = NewEvent {
+            id: event.id.0.to_string(),
+            source: source.name.to_string(),
+            received_at_ms: to_ms(event.received_at),
+            headers: snap.stored_headers(source, &event.headers),
+            body: event.body.clone(),
+            dedupe_key: snap.dedupe_key(source, &event, body_json.as_ref()),
+        };
+        let window = source.dedupe.as_ref().map(|d| d.window);
+        // the 202 goes out only after this commit returned
+        match self.dispatcher.store().accept(record, deliveries, window).await {
+            Ok(Accepted::Stored(due)) => {
+                let names: Vec<&str> = routes.iter().map(|r| &*snap.routes[*r].name).collect();
+                if count == 0 {
+                    info!(event_id = %event.id, source = %source.name, bytes = event.body.len(), "event accepted; no route matched (unrouted)");
+                } else {
+                    info!(event_id = %event.id, source = %source.name, bytes = event.body.len(), routes = ?names, deliveries = count, "event accepted");
+                }
+                self.dispatcher.submit(due);
+                json(StatusCode::ACCEPTED, format!("{{\"id\":\"{}\"}}", event.id))
+            }
+            Ok(Accepted::Duplicate { original }) => {
+                info!(event_id = %original, source = %source.name, "duplicate event acknowledged; not delivered again");
+                json(StatusCode::ACCEPTED, format!("{{\"id\":\"{original}\",\"duplicate\":true}}"))
+            }
+            Err(e) => {
+                tracing::error!(source = %source.name, error = %e, "could not store the event; answering 503 so the sender retries");
+                let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "could not store the event, retry later");
+                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                r
             }
         }
-        let names: Vec<&str> = routes.iter().map(|r| &*snap.routes[*r].name).collect();
-        if count == 0 {
-            info!(event_id = %event.id, source = %source.name, bytes = event.body.len(), "event accepted; no route matched (unrouted)");
-        } else {
-            info!(event_id = %event.id, source = %source.name, bytes = event.body.len(), routes = ?names, deliveries = count, "event accepted");
-        }
-        json(StatusCode::ACCEPTED, format!("{{\"id\":\"{}\"}}", event.id))
     }
 }
 
 fn too_large(source: &str, limit: usize) -> Resp {
-    warn!(
-        source,
-        limit, "request body larger than server.max_body_bytes"
-    );
+    warn!(source, limit, "request body larger than server.max_body_bytes");
     let mut r = error(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
     // the rest of the body is not read, so the connection cannot be reused
-    r.headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
+    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
@@ -152,21 +154,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves until `shutdown` resolves, then stops accepting and gives in-flight requests up to
 /// `grace` to finish.
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) {
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>, grace: Duration) {
     let max_connections = gateway.snapshot.load().server.max_connections;
     let header_timeout = gateway.snapshot.load().server.request_timeout.0;
     let connections = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Some(header_timeout))
-        .keep_alive(true);
+    builder.timer(TokioTimer::new()).header_read_timeout(Some(header_timeout)).keep_alive(true);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -200,10 +194,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         warn!("in-flight requests did not finish within the shutdown grace period");
     }
 }

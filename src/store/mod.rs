@@ -60,9 +60,7 @@ pub fn now_ms() -> i64 {
 }
 
 pub fn to_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 pub type Headers = Vec<(String, String)>;
@@ -254,29 +252,21 @@ impl Store {
     /// Opens (creating it and its directory on first run) and migrates the database at `path`.
     /// `:memory:` keeps everything in memory (nothing survives a restart; for tests and benchmarks).
     pub fn open(path: &Path, sync: SyncMode) -> Result<Store> {
-        let err = |message: String| StoreError::Open {
-            path: path.to_path_buf(),
-            message,
-        };
+        let err = |message: String| StoreError::Open { path: path.to_path_buf(), message };
         // `:memory:` is a throw-away file without fsync: SQLite's own in-memory databases cannot be
         // shared by a writer and a reader connection without table locks.
         let (target, sync, temp) = if path == Path::new(":memory:") {
-            let dir = std::env::temp_dir()
-                .join(format!("hookyard-mem-{}", uuid::Uuid::now_v7().simple()));
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+            let dir = std::env::temp_dir().join(format!("hookyard-mem-{}", uuid::Uuid::now_v7().simple()));
+            std::fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
             (dir.join("hookyard.db"), None, Some(TempDir(dir)))
         } else {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
             }
             (path.to_path_buf(), Some(sync), None)
         };
         let mut write_conn = open_conn(&target, sync).map_err(|e| err(e.to_string()))?;
-        schema::migrate(&mut write_conn)
-            .map_err(|e| err(e.to_string()))?
-            .map_err(err)?;
+        schema::migrate(&mut write_conn).map_err(|e| err(e.to_string()))?.map_err(err)?;
         let read_conn = open_conn(&target, sync).map_err(|e| err(e.to_string()))?;
         Ok(Store {
             writer: Writer::start(write_conn),
@@ -300,12 +290,7 @@ impl Store {
         dedupe_window: Option<Duration>,
     ) -> Result<Accepted> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(Op::Accept {
-            event,
-            deliveries,
-            dedupe_window,
-            reply: tx,
-        })?;
+        self.writer.send(Op::Accept { event, deliveries, dedupe_window, reply: tx })?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -318,13 +303,7 @@ impl Store {
         error: Option<String>,
     ) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(Op::Settle {
-            delivery_id,
-            attempt,
-            settle,
-            error,
-            reply: tx,
-        })?;
+        self.writer.send(Op::Settle { delivery_id, attempt, settle, error, reply: tx })?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -409,11 +388,7 @@ impl Store {
 
     pub async fn pending_count(&self) -> Result<usize> {
         self.read(|c| {
-            c.query_row(
-                "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
+            c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'", [], |r| r.get::<_, i64>(0))
         })
         .await
         .map(|n| n as usize)
@@ -422,9 +397,8 @@ impl Store {
     /// Paused destinations and why.
     pub async fn paused(&self) -> Result<Vec<(String, Option<String>)>> {
         self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT name, reason FROM destination_state WHERE paused = 1 ORDER BY name",
-            )?;
+            let mut st =
+                c.prepare_cached("SELECT name, reason FROM destination_state WHERE paused = 1 ORDER BY name")?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
@@ -432,12 +406,7 @@ impl Store {
     }
 
     /// Pauses or resumes a destination: while paused its deliveries wait in the store.
-    pub async fn set_paused(
-        &self,
-        destination: &str,
-        paused: bool,
-        reason: Option<String>,
-    ) -> Result<()> {
+    pub async fn set_paused(&self, destination: &str, paused: bool, reason: Option<String>) -> Result<()> {
         let name = destination.to_string();
         self.write(move |t| {
             t.execute(
@@ -486,11 +455,7 @@ impl Store {
     }
 
     /// Re-sends dead letters (optionally of one destination, and since a time). Returns how many.
-    pub async fn replay_dead(
-        &self,
-        destination: Option<String>,
-        since_ms: Option<i64>,
-    ) -> Result<usize> {
+    pub async fn replay_dead(&self, destination: Option<String>, since_ms: Option<i64>) -> Result<usize> {
         self.write(move |t| {
             t.execute(
                 "UPDATE deliveries SET status = 'pending', next_at = ?3, updated_at = ?3
@@ -502,11 +467,7 @@ impl Store {
     }
 
     /// Adds deliveries to an existing event (re-routing with the current config). Due now.
-    pub async fn add_deliveries(
-        &self,
-        event_id: String,
-        deliveries: Vec<NewDelivery>,
-    ) -> Result<usize> {
+    pub async fn add_deliveries(&self, event_id: String, deliveries: Vec<NewDelivery>) -> Result<usize> {
         self.write(move |t| {
             let now = now_ms();
             for d in &deliveries {
@@ -611,19 +572,15 @@ impl Store {
     /// The raw event (for re-routing): source, headers and body.
     pub async fn raw_event(&self, id: String) -> Result<Option<(String, i64, Headers, Bytes)>> {
         self.read(move |c| {
-            c.query_row(
-                "SELECT source, received_at, headers, body FROM events WHERE id = ?1",
-                [&id],
-                |r| {
-                    let headers: String = r.get(2)?;
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        serde_json::from_str(&headers).unwrap_or_default(),
-                        Bytes::from(r.get::<_, Vec<u8>>(3)?),
-                    ))
-                },
-            )
+            c.query_row("SELECT source, received_at, headers, body FROM events WHERE id = ?1", [&id], |r| {
+                let headers: String = r.get(2)?;
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    serde_json::from_str(&headers).unwrap_or_default(),
+                    Bytes::from(r.get::<_, Vec<u8>>(3)?),
+                ))
+            })
             .optional()
         })
         .await
@@ -632,12 +589,9 @@ impl Store {
     /// Counts of deliveries by status.
     pub async fn counts(&self) -> Result<Vec<(String, String, u64)>> {
         self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
-            })?;
+            let mut st =
+                c.prepare_cached("SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
             rows.collect()
         })
         .await
@@ -666,10 +620,7 @@ fn body_text(body: &[u8]) -> (Option<String>, Option<String>) {
     use base64::Engine as _;
     match std::str::from_utf8(body) {
         Ok(s) => (Some(s.to_string()), None),
-        Err(_) => (
-            None,
-            Some(base64::engine::general_purpose::STANDARD.encode(body)),
-        ),
+        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(body))),
     }
 }
 

@@ -61,8 +61,7 @@ const MIGRATIONS: &[&str] = &[
 
 /// Applies the migrations this database has not seen. Refuses a database from a newer Hookyard.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
-    let applied: usize =
-        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    let applied: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     if applied > MIGRATIONS.len() {
         return Ok(Err(format!(
             "the database has schema version {applied}, newer than this hookyard knows ({}); upgrade hookyard",

@@ -45,92 +45,45 @@ async fn events_and_deliveries_survive_reopen() {
     {
         let store = Store::open(&path, SyncMode::Full).unwrap();
         let due = stored(
-            store
-                .accept(
-                    event("evt_1", None, now_ms()),
-                    vec![delivery("a"), delivery("b")],
-                    None,
-                )
-                .await
-                .unwrap(),
+            store.accept(event("evt_1", None, now_ms()), vec![delivery("a"), delivery("b")], None).await.unwrap(),
         );
         assert_eq!(due.len(), 2);
         assert_eq!(&*due[0].msg_id, "msg_a");
         assert_eq!(&due[0].body[..], b"{\"a\":1}");
-        store
-            .settle(due[0].id, attempt(Some(200)), Settle::Delivered, None)
-            .await
-            .unwrap();
+        store.settle(due[0].id, attempt(Some(200)), Settle::Delivered, None).await.unwrap();
     }
     let store = Store::open(&path, SyncMode::Full).unwrap();
     let due = store.due(now_ms() + 1, 10).await.unwrap();
-    assert_eq!(
-        due.len(),
-        1,
-        "the undelivered one is due again after a restart"
-    );
+    assert_eq!(due.len(), 1, "the undelivered one is due again after a restart");
     assert_eq!(&*due[0].destination, "b");
-    assert_eq!(
-        due[0].headers.as_slice(),
-        &[("x-github-event".to_string(), "push".to_string())]
-    );
+    assert_eq!(due[0].headers.as_slice(), &[("x-github-event".to_string(), "push".to_string())]);
     let ev = store.event("evt_1".into()).await.unwrap().unwrap();
     assert_eq!(ev.deliveries[0].delivery.status, "delivered");
     assert_eq!(ev.deliveries[0].attempts_log.len(), 1);
-    assert_eq!(
-        ev.deliveries[0].attempts_log[0].response.len(),
-        MAX_RESPONSE_KEPT,
-        "response bodies are cut at 4 KiB"
-    );
+    assert_eq!(ev.deliveries[0].attempts_log[0].response.len(), MAX_RESPONSE_KEPT, "response bodies are cut at 4 KiB");
     assert_eq!(ev.deliveries[1].delivery.status, "pending");
 }
 
 #[tokio::test]
 async fn retries_dead_letters_and_replay() {
     let store = Store::open(Path::new(":memory:"), SyncMode::Full).unwrap();
-    let due = stored(
-        store
-            .accept(event("evt_1", None, now_ms()), vec![delivery("a")], None)
-            .await
-            .unwrap(),
-    );
+    let due = stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a")], None).await.unwrap());
     let id = due[0].id;
     let later = now_ms() + 60_000;
-    store
-        .settle(
-            id,
-            attempt(Some(503)),
-            Settle::Retry { next_at_ms: later },
-            Some("HTTP 503".into()),
-        )
-        .await
-        .unwrap();
-    assert!(
-        store.due(now_ms(), 10).await.unwrap().is_empty(),
-        "not due before next_at"
-    );
+    store.settle(id, attempt(Some(503)), Settle::Retry { next_at_ms: later }, Some("HTTP 503".into())).await.unwrap();
+    assert!(store.due(now_ms(), 10).await.unwrap().is_empty(), "not due before next_at");
     assert_eq!(store.due(later, 10).await.unwrap().len(), 1);
     assert_eq!(store.next_due_ms().await.unwrap(), Some(later));
-    store
-        .settle(id, attempt(None), Settle::Dead, Some("timed out".into()))
-        .await
-        .unwrap();
+    store.settle(id, attempt(None), Settle::Dead, Some("timed out".into())).await.unwrap();
     assert_eq!(store.pending_count().await.unwrap(), 0);
     let dead = store
-        .list_deliveries(DeliveryFilter {
-            status: Some("dead".into()),
-            limit: 10,
-            ..Default::default()
-        })
+        .list_deliveries(DeliveryFilter { status: Some("dead".into()), limit: 10, ..Default::default() })
         .await
         .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 2);
     assert_eq!(dead[0].last_error.as_deref(), Some("timed out"));
-    assert_eq!(
-        store.replay_dead(Some("other".into()), None).await.unwrap(),
-        0
-    );
+    assert_eq!(store.replay_dead(Some("other".into()), None).await.unwrap(), 0);
     assert_eq!(store.replay_dead(Some("a".into()), None).await.unwrap(), 1);
     let due = store.due(now_ms() + 1, 10).await.unwrap();
     assert_eq!(due.len(), 1);
@@ -145,49 +98,14 @@ async fn dedupe_within_window_only() {
     let store = Store::open(Path::new(":memory:"), SyncMode::Full).unwrap();
     let window = Some(Duration::from_secs(3600));
     let t0 = now_ms();
-    stored(
-        store
-            .accept(
-                event("evt_1", Some("gh-1"), t0),
-                vec![delivery("a")],
-                window,
-            )
-            .await
-            .unwrap(),
-    );
-    match store
-        .accept(
-            event("evt_2", Some("gh-1"), t0 + 1000),
-            vec![delivery("a")],
-            window,
-        )
-        .await
-        .unwrap()
-    {
+    stored(store.accept(event("evt_1", Some("gh-1"), t0), vec![delivery("a")], window).await.unwrap());
+    match store.accept(event("evt_2", Some("gh-1"), t0 + 1000), vec![delivery("a")], window).await.unwrap() {
         Accepted::Duplicate { original } => assert_eq!(original, "evt_1"),
         Accepted::Stored(_) => panic!("duplicate stored"),
     }
     // outside the window: a new event
-    stored(
-        store
-            .accept(
-                event("evt_3", Some("gh-1"), t0 + 3_600_001),
-                vec![delivery("a")],
-                window,
-            )
-            .await
-            .unwrap(),
-    );
-    stored(
-        store
-            .accept(
-                event("evt_4", Some("gh-2"), t0 + 2000),
-                vec![delivery("a")],
-                window,
-            )
-            .await
-            .unwrap(),
-    );
+    stored(store.accept(event("evt_3", Some("gh-1"), t0 + 3_600_001), vec![delivery("a")], window).await.unwrap());
+    stored(store.accept(event("evt_4", Some("gh-2"), t0 + 2000), vec![delivery("a")], window).await.unwrap());
     assert_eq!(store.pending_count().await.unwrap(), 3);
 }
 
@@ -195,41 +113,13 @@ async fn dedupe_within_window_only() {
 async fn purge_keeps_pending_work() {
     let store = Store::open(Path::new(":memory:"), SyncMode::Full).unwrap();
     let old = now_ms() - 10 * 86_400_000;
-    let done = stored(
-        store
-            .accept(event("evt_old_done", None, old), vec![delivery("a")], None)
-            .await
-            .unwrap(),
-    );
-    store
-        .settle(done[0].id, attempt(Some(200)), Settle::Delivered, None)
-        .await
-        .unwrap();
-    stored(
-        store
-            .accept(
-                event("evt_old_pending", None, old),
-                vec![delivery("a")],
-                None,
-            )
-            .await
-            .unwrap(),
-    );
-    stored(
-        store
-            .accept(event("evt_new", None, now_ms()), vec![], None)
-            .await
-            .unwrap(),
-    );
+    let done = stored(store.accept(event("evt_old_done", None, old), vec![delivery("a")], None).await.unwrap());
+    store.settle(done[0].id, attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    stored(store.accept(event("evt_old_pending", None, old), vec![delivery("a")], None).await.unwrap());
+    stored(store.accept(event("evt_new", None, now_ms()), vec![], None).await.unwrap());
     assert_eq!(store.purge(now_ms() - 7 * 86_400_000).await.unwrap(), 1);
     assert!(store.event("evt_old_done".into()).await.unwrap().is_none());
-    assert!(
-        store
-            .event("evt_old_pending".into())
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(store.event("evt_old_pending".into()).await.unwrap().is_some());
     let unrouted = store.event("evt_new".into()).await.unwrap().unwrap();
     assert!(!unrouted.routed);
 }
@@ -237,29 +127,11 @@ async fn purge_keeps_pending_work() {
 #[tokio::test]
 async fn paused_destinations_are_not_due() {
     let store = Store::open(Path::new(":memory:"), SyncMode::Full).unwrap();
-    stored(
-        store
-            .accept(
-                event("evt_1", None, now_ms()),
-                vec![delivery("a"), delivery("b")],
-                None,
-            )
-            .await
-            .unwrap(),
-    );
-    store
-        .set_paused("a", true, Some("410 Gone".into()))
-        .await
-        .unwrap();
+    stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a"), delivery("b")], None).await.unwrap());
+    store.set_paused("a", true, Some("410 Gone".into())).await.unwrap();
     let due = store.due(now_ms() + 1, 10).await.unwrap();
-    assert_eq!(
-        due.iter().map(|d| &*d.destination).collect::<Vec<_>>(),
-        ["b"]
-    );
-    assert_eq!(
-        store.paused().await.unwrap(),
-        [("a".to_string(), Some("410 Gone".to_string()))]
-    );
+    assert_eq!(due.iter().map(|d| &*d.destination).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(store.paused().await.unwrap(), [("a".to_string(), Some("410 Gone".to_string()))]);
     store.set_paused("a", false, None).await.unwrap();
     assert_eq!(store.due(now_ms() + 1, 10).await.unwrap().len(), 2);
 }
@@ -272,12 +144,7 @@ async fn concurrent_accepts_are_grouped_and_all_committed() {
         .map(|i| {
             let s = store.clone();
             tokio::spawn(async move {
-                s.accept(
-                    event(&format!("evt_{i}"), None, now_ms()),
-                    vec![delivery("a")],
-                    None,
-                )
-                .await
+                s.accept(event(&format!("evt_{i}"), None, now_ms()), vec![delivery("a")], None).await
             })
         })
         .collect();
@@ -285,37 +152,18 @@ async fn concurrent_accepts_are_grouped_and_all_committed() {
         stored(t.await.unwrap().unwrap());
     }
     assert_eq!(store.pending_count().await.unwrap(), 500);
-    let page1 = store
-        .list_deliveries(DeliveryFilter {
-            limit: 200,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let page1 = store.list_deliveries(DeliveryFilter { limit: 200, ..Default::default() }).await.unwrap();
     let page2 = store
-        .list_deliveries(DeliveryFilter {
-            limit: 400,
-            before_id: Some(page1.last().unwrap().id),
-            ..Default::default()
-        })
+        .list_deliveries(DeliveryFilter { limit: 400, before_id: Some(page1.last().unwrap().id), ..Default::default() })
         .await
         .unwrap();
-    assert_eq!(
-        page1.len() + page2.len(),
-        500,
-        "cursor pages cover every row once"
-    );
+    assert_eq!(page1.len() + page2.len(), 500, "cursor pages cover every row once");
 }
 
 #[tokio::test]
 async fn a_failing_operation_does_not_undo_its_group() {
     let store = Store::open(Path::new(":memory:"), SyncMode::Full).unwrap();
-    stored(
-        store
-            .accept(event("evt_1", None, now_ms()), vec![], None)
-            .await
-            .unwrap(),
-    );
+    stored(store.accept(event("evt_1", None, now_ms()), vec![], None).await.unwrap());
     let (dup, ok) = tokio::join!(
         store.accept(event("evt_1", None, now_ms()), vec![], None),
         store.accept(event("evt_2", None, now_ms()), vec![], None)

@@ -11,8 +11,7 @@ use tokio::sync::oneshot;
 use tracing::error;
 
 use super::{
-    Accepted, AttemptRecord, DueDelivery, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle,
-    StoreError, now_ms,
+    Accepted, AttemptRecord, DueDelivery, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle, StoreError, now_ms,
 };
 
 /// Most operations in one transaction. Bounds commit latency under a flood.
@@ -66,7 +65,6 @@ enum Reply {
     Accept(oneshot::Sender<Result<Accepted>>, Result<Accepted>),
     Settle(oneshot::Sender<Result<()>>, Result<()>),
     Deferred(Deferred),
-    None,
 }
 
 fn run(mut conn: Connection, rx: Receiver<Op>) {
@@ -94,7 +92,7 @@ fn run(mut conn: Connection, rx: Receiver<Op>) {
                 match r {
                     Reply::Accept(_, res) => *res = Err(StoreError::Commit(msg.clone())),
                     Reply::Settle(_, res) => *res = Err(StoreError::Commit(msg.clone())),
-                    Reply::Deferred(_) | Reply::None => {}
+                    Reply::Deferred(_) => {}
                 }
             }
         }
@@ -108,7 +106,6 @@ fn run(mut conn: Connection, rx: Receiver<Op>) {
                     let _ = tx.send(res);
                 }
                 Reply::Deferred(f) => f(commit_error.clone()),
-                Reply::None => {}
             }
         }
     }
@@ -126,31 +123,18 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Reply {
                     // let the job report the error to its caller without running its writes
                     let msg = e.to_string();
                     drop(job);
-                    return Reply::Deferred(Box::new(
-                        move |_| error!(error = %msg, "savepoint failed"),
-                    ));
+                    return Reply::Deferred(Box::new(move |_| error!(error = %msg, "savepoint failed")));
                 }
             };
         }
     };
     let (reply, ok) = match op {
-        Op::Accept {
-            event,
-            deliveries,
-            dedupe_window,
-            reply,
-        } => {
+        Op::Accept { event, deliveries, dedupe_window, reply } => {
             let res = accept(&sp, event, deliveries, dedupe_window);
             let ok = res.is_ok();
             (Reply::Accept(reply, res.map_err(Into::into)), ok)
         }
-        Op::Settle {
-            delivery_id,
-            attempt,
-            settle,
-            error,
-            reply,
-        } => {
+        Op::Settle { delivery_id, attempt, settle, error, reply } => {
             let res = settle_delivery(&sp, delivery_id, &attempt, &settle, error.as_deref());
             let ok = res.is_ok();
             (Reply::Settle(reply, res.map_err(Into::into)), ok)
@@ -160,11 +144,7 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Reply {
             (Reply::Deferred(deferred), ok)
         }
     };
-    let done = if ok {
-        sp.commit()
-    } else {
-        sp.rollback().and_then(|_| sp.finish())
-    };
+    let done = if ok { sp.commit() } else { sp.rollback().and_then(|_| sp.finish()) };
     if let Err(e) = done {
         error!(error = %e, "savepoint failed");
     }
@@ -215,16 +195,8 @@ fn accept(
     Ok(Accepted::Stored(due))
 }
 
-pub fn insert_delivery(
-    t: &Connection,
-    event_id: &str,
-    d: &NewDelivery,
-    now: i64,
-) -> rusqlite::Result<i64> {
-    let extra = d
-        .headers
-        .as_ref()
-        .map(|h| serde_json::to_string(h).expect("headers serialize"));
+pub fn insert_delivery(t: &Connection, event_id: &str, d: &NewDelivery, now: i64) -> rusqlite::Result<i64> {
+    let extra = d.headers.as_ref().map(|h| serde_json::to_string(h).expect("headers serialize"));
     t.prepare_cached(
         "INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at, body, headers)
          VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?5, ?6, ?7)",
@@ -241,9 +213,7 @@ fn settle_delivery(
     error: Option<&str>,
 ) -> rusqlite::Result<()> {
     let n: i64 = t
-        .prepare_cached(
-            "UPDATE deliveries SET attempts = attempts + 1 WHERE id = ?1 RETURNING attempts",
-        )?
+        .prepare_cached("UPDATE deliveries SET attempts = attempts + 1 WHERE id = ?1 RETURNING attempts")?
         .query_row([id], |r| r.get(0))?;
     let response = &a.response[..a.response.len().min(MAX_RESPONSE_KEPT)];
     t.prepare_cached(

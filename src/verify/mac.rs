@@ -72,10 +72,7 @@ impl MacKey {
                 mac.update(part);
             }
             let out = mac.finalize().into_bytes();
-            let mut tag = Tag {
-                bytes: [0; MAX_TAG_LEN],
-                len: out.len(),
-            };
+            let mut tag = Tag { bytes: [0; MAX_TAG_LEN], len: out.len() };
             tag.bytes[..out.len()].copy_from_slice(&out);
             tag
         }
@@ -97,10 +94,7 @@ impl Tag {
     /// Decodes a presented signature, returning `None` unless it is valid `encoding` of exactly
     /// `len` bytes. Hex digits may be in either case.
     pub(crate) fn decode(encoding: Encoding, text: &[u8], len: usize) -> Option<Tag> {
-        let mut tag = Tag {
-            bytes: [0; MAX_TAG_LEN],
-            len,
-        };
+        let mut tag = Tag { bytes: [0; MAX_TAG_LEN], len };
         let out = tag.bytes.get_mut(..len)?;
         match encoding {
             Encoding::Hex => {
@@ -135,9 +129,7 @@ impl Tag {
                 hex::encode_to_slice(self.as_bytes(), &mut buf[..n]).expect(FITS);
                 n
             }
-            Encoding::Base64 => BASE64
-                .encode_slice(self.as_bytes(), &mut buf[..])
-                .expect(FITS),
+            Encoding::Base64 => BASE64.encode_slice(self.as_bytes(), &mut buf[..]).expect(FITS),
         };
         &buf[..n]
     }
@@ -151,8 +143,7 @@ impl Tag {
         let mut value = Vec::with_capacity(prefix.len() + encoded.len());
         value.extend_from_slice(prefix.as_bytes());
         value.extend_from_slice(encoded);
-        HeaderValue::try_from(value)
-            .expect("a checked prefix followed by hex or base64 is a valid header value")
+        HeaderValue::try_from(value).expect("a checked prefix followed by hex or base64 is a valid header value")
     }
 }
 
@@ -160,9 +151,7 @@ impl Tag {
 pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
     match HeaderValue::from_str(prefix) {
         Ok(_) => Ok(()),
-        Err(_) => Err(format!(
-            "the signature prefix {prefix:?} cannot appear in a header value"
-        )),
+        Err(_) => Err(format!("the signature prefix {prefix:?} cannot appear in a header value")),
     }
 }
 
@@ -172,9 +161,7 @@ pub(crate) fn decode_whsec(secret: &str) -> Result<Vec<u8>, String> {
     let Some(encoded) = secret.strip_prefix(WHSEC_PREFIX) else {
         return Err(format!("does not start with {WHSEC_PREFIX:?}"));
     };
-    let key = BASE64
-        .decode(encoded)
-        .map_err(|e| format!("the part after {WHSEC_PREFIX:?} is not base64 ({e})"))?;
+    let key = BASE64.decode(encoded).map_err(|e| format!("the part after {WHSEC_PREFIX:?} is not base64 ({e})"))?;
     if key.is_empty() {
         return Err(format!("the key after {WHSEC_PREFIX:?} is empty"));
     }
@@ -231,10 +218,7 @@ pub(crate) struct Decimal {
 impl Decimal {
     pub(crate) fn new(n: i64) -> Decimal {
         // i64::MIN is the longest: a sign and 19 digits.
-        let mut d = Decimal {
-            buf: [0; 20],
-            start: 20,
-        };
+        let mut d = Decimal { buf: [0; 20], start: 20 };
         let mut rest = n.unsigned_abs();
         loop {
             d.start -= 1;
@@ -276,11 +260,7 @@ mod tests {
         let long = "user:".repeat(40);
         for plain in ["", "a", "ab", "abc", "alice:wonderland", long.as_str()] {
             let text = BASE64.encode(plain);
-            assert_eq!(
-                sha256_of_base64(text.as_bytes()),
-                Some(sha256(plain.as_bytes())),
-                "{plain}"
-            );
+            assert_eq!(sha256_of_base64(text.as_bytes()), Some(sha256(plain.as_bytes())), "{plain}");
         }
         // Padding in the middle, a missing pad, and a stray symbol are all rejected.
         let middle_pad = format!("YQ=={}", "A".repeat(64));

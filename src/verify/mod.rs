@@ -66,12 +66,7 @@ pub enum Scheme {
     StandardWebhooks,
     /// Any single-header HMAC of the body: `<header>: <prefix><encoding of HMAC(secret, body)>`.
     /// The prefix may be empty and must match exactly.
-    Hmac {
-        header: HeaderName,
-        algorithm: Algorithm,
-        encoding: Encoding,
-        prefix: String,
-    },
+    Hmac { header: HeaderName, algorithm: Algorithm, encoding: Encoding, prefix: String },
     /// HTTP Basic authentication (the body is not protected). `Authorization: Basic
     /// <base64 "user:password">`; each secret is a `user:password`. The scheme word is
     /// case-insensitive.
@@ -137,10 +132,7 @@ impl VerifyError {
     }
 
     fn malformed(header: &HeaderName, reason: &str) -> VerifyError {
-        VerifyError::MalformedHeader {
-            header: header.as_str().to_owned(),
-            reason: reason.to_owned(),
-        }
+        VerifyError::MalformedHeader { header: header.as_str().to_owned(), reason: reason.to_owned() }
     }
 }
 
@@ -161,11 +153,7 @@ const SLACK_PREFIX: &str = "v0=";
 
 /// The string Standard Webhooks signs, `{id}.{timestamp}.{body}`, in parts; shared with outbound
 /// signing so both sides sign the same thing.
-pub(crate) fn standard_webhooks_signed<'a>(
-    id: &'a [u8],
-    timestamp: &'a [u8],
-    body: &'a [u8],
-) -> [&'a [u8]; 5] {
+pub(crate) fn standard_webhooks_signed<'a>(id: &'a [u8], timestamp: &'a [u8], body: &'a [u8]) -> [&'a [u8]; 5] {
     [id, b".", timestamp, b".", body]
 }
 
@@ -213,16 +201,11 @@ impl Verifier {
     /// The error is one sentence listing every problem (secrets are numbered from 1 and never
     /// quoted): secrets given to `none` or missing for any other scheme, an empty secret, a bad
     /// `whsec_` secret, a Basic secret without `:`, an API key or prefix that cannot be a header value.
-    pub fn new(
-        scheme: Scheme,
-        secrets: &[String],
-        tolerance: Duration,
-    ) -> Result<Verifier, String> {
+    pub fn new(scheme: Scheme, secrets: &[String], tolerance: Duration) -> Result<Verifier, String> {
         let mut problems = Vec::new();
         match (&scheme, secrets.is_empty()) {
             (Scheme::None, false) => problems.push(
-                "scheme none verifies nothing, so it takes no secrets; choose a scheme or remove them"
-                    .to_owned(),
+                "scheme none verifies nothing, so it takes no secrets; choose a scheme or remove them".to_owned(),
             ),
             (Scheme::None, true) => {}
             (_, true) => problems.push(format!("scheme {} needs at least one secret", scheme.name())),
@@ -247,102 +230,54 @@ impl Verifier {
         let keys = match &scheme {
             Scheme::None => Keys::None,
             Scheme::Basic | Scheme::ApiKey { .. } => Keys::Credentials(
-                decoded
-                    .into_iter()
-                    .map(|raw| Credential {
-                        digest: mac::sha256(&raw),
-                        raw,
-                    })
-                    .collect(),
+                decoded.into_iter().map(|raw| Credential { digest: mac::sha256(&raw), raw }).collect(),
             ),
             _ => {
                 let algorithm = mac_algorithm(&scheme);
-                Keys::Mac(
-                    decoded
-                        .iter()
-                        .map(|key| MacKey::new(algorithm, key))
-                        .collect(),
-                )
+                Keys::Mac(decoded.iter().map(|key| MacKey::new(algorithm, key)).collect())
             }
         };
-        Ok(Verifier {
-            scheme,
-            keys,
-            tolerance,
-        })
+        Ok(Verifier { scheme, keys, tolerance })
     }
 
     /// `Ok` if the request carries a valid signature (or credentials) for one of the secrets.
     ///
     /// Headers are read case-insensitively; each header must appear at most once. Checks run from
     /// cheap to expensive: header syntax, then the timestamp, then one HMAC per secret.
-    pub fn verify(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: SystemTime,
-    ) -> Result<(), VerifyError> {
+    pub fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<(), VerifyError> {
         match &self.scheme {
             Scheme::None => Ok(()),
             Scheme::Github => {
-                let presented = single_signature(
-                    headers,
-                    &GITHUB_SIGNATURE,
-                    GITHUB_PREFIX,
-                    Encoding::Hex,
-                    Algorithm::Sha256,
-                )?;
+                let presented =
+                    single_signature(headers, &GITHUB_SIGNATURE, GITHUB_PREFIX, Encoding::Hex, Algorithm::Sha256)?;
                 self.match_any(&[body], || [presented].into_iter())
             }
             Scheme::Shopify => {
-                let presented = single_signature(
-                    headers,
-                    &SHOPIFY_SIGNATURE,
-                    "",
-                    Encoding::Base64,
-                    Algorithm::Sha256,
-                )?;
+                let presented = single_signature(headers, &SHOPIFY_SIGNATURE, "", Encoding::Base64, Algorithm::Sha256)?;
                 self.match_any(&[body], || [presented].into_iter())
             }
-            Scheme::Hmac {
-                header,
-                algorithm,
-                encoding,
-                prefix,
-            } => {
+            Scheme::Hmac { header, algorithm, encoding, prefix } => {
                 let presented = single_signature(headers, header, prefix, *encoding, *algorithm)?;
                 self.match_any(&[body], || [presented].into_iter())
             }
             Scheme::Slack => {
                 let (timestamp, t) = timestamp_header(headers, &SLACK_TIMESTAMP)?;
-                let presented = single_signature(
-                    headers,
-                    &SLACK_SIGNATURE,
-                    SLACK_PREFIX,
-                    Encoding::Hex,
-                    Algorithm::Sha256,
-                )?;
+                let presented =
+                    single_signature(headers, &SLACK_SIGNATURE, SLACK_PREFIX, Encoding::Hex, Algorithm::Sha256)?;
                 self.check_timestamp(t, now)?;
-                self.match_any(&[b"v0:", timestamp.as_bytes(), b":", body], || {
-                    [presented].into_iter()
-                })
+                self.match_any(&[b"v0:", timestamp.as_bytes(), b":", body], || [presented].into_iter())
             }
             Scheme::Stripe => self.verify_stripe(headers, body, now),
             Scheme::StandardWebhooks => self.verify_standard_webhooks(headers, body, now),
             Scheme::Basic => {
                 let value = header_bytes(headers, &AUTHORIZATION)?;
-                let malformed = || {
-                    VerifyError::malformed(
-                        &AUTHORIZATION,
-                        "expected \"Basic <base64 of user:password>\"",
-                    )
-                };
+                let malformed =
+                    || VerifyError::malformed(&AUTHORIZATION, "expected \"Basic <base64 of user:password>\"");
                 let (word, credentials) = split_once(value, b' ').ok_or_else(malformed)?;
                 if !word.eq_ignore_ascii_case(b"basic") {
                     return Err(malformed());
                 }
-                let digest =
-                    mac::sha256_of_base64(credentials.trim_ascii_start()).ok_or_else(malformed)?;
+                let digest = mac::sha256_of_base64(credentials.trim_ascii_start()).ok_or_else(malformed)?;
                 self.match_credential(&digest)
             }
             Scheme::ApiKey { header } => {
@@ -352,12 +287,7 @@ impl Verifier {
         }
     }
 
-    fn verify_stripe(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: SystemTime,
-    ) -> Result<(), VerifyError> {
+    fn verify_stripe(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<(), VerifyError> {
         let value = header_str(headers, &STRIPE_SIGNATURE)?;
         let malformed = |reason| VerifyError::malformed(&STRIPE_SIGNATURE, reason);
         let mut timestamp = None;
@@ -367,8 +297,7 @@ impl Verifier {
                 Some(("t", _)) if timestamp.is_some() => return Err(malformed("more than one t")),
                 Some(("t", t)) => timestamp = Some(t),
                 Some(("v1", sig)) => {
-                    decode_v1(Encoding::Hex, sig)
-                        .ok_or_else(|| malformed("a v1 signature is not 64 hex digits"))?;
+                    decode_v1(Encoding::Hex, sig).ok_or_else(|| malformed("a v1 signature is not 64 hex digits"))?;
                     signatures += 1;
                 }
                 Some(_) => {}
@@ -389,12 +318,7 @@ impl Verifier {
         })
     }
 
-    fn verify_standard_webhooks(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: SystemTime,
-    ) -> Result<(), VerifyError> {
+    fn verify_standard_webhooks(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<(), VerifyError> {
         let id = header_bytes(headers, &WEBHOOK_ID)?;
         let (timestamp, t) = timestamp_header(headers, &WEBHOOK_TIMESTAMP)?;
         let value = header_str(headers, &WEBHOOK_SIGNATURE)?;
@@ -409,9 +333,7 @@ impl Verifier {
                 }
                 Some(_) => {}
                 None => {
-                    return Err(malformed(
-                        "expected space-separated version,signature entries",
-                    ));
+                    return Err(malformed("expected space-separated version,signature entries"));
                 }
             }
         }
@@ -419,15 +341,12 @@ impl Verifier {
             return Err(malformed("no v1 signature"));
         }
         self.check_timestamp(t, now)?;
-        self.match_any(
-            &standard_webhooks_signed(id, timestamp.as_bytes(), body),
-            || {
-                standard_webhooks_entries(value).filter_map(|entry| match entry {
-                    Some(("v1", sig)) => decode_v1(Encoding::Base64, sig),
-                    _ => None,
-                })
-            },
-        )
+        self.match_any(&standard_webhooks_signed(id, timestamp.as_bytes(), body), || {
+            standard_webhooks_entries(value).filter_map(|entry| match entry {
+                Some(("v1", sig)) => decode_v1(Encoding::Base64, sig),
+                _ => None,
+            })
+        })
     }
 
     /// One HMAC per secret over `signed`, each compared with every presented signature. `presented`
@@ -453,11 +372,7 @@ impl Verifier {
         let Keys::Credentials(creds) = &self.keys else {
             return Err(VerifyError::Mismatch);
         };
-        if creds.iter().any(|c| mac::digests_equal(&c.digest, digest)) {
-            Ok(())
-        } else {
-            Err(VerifyError::Mismatch)
-        }
+        if creds.iter().any(|c| mac::digests_equal(&c.digest, digest)) { Ok(()) } else { Err(VerifyError::Mismatch) }
     }
 
     fn check_timestamp(&self, t: i64, now: SystemTime) -> Result<(), VerifyError> {
@@ -478,29 +393,19 @@ impl Verifier {
     /// Webhooks only (it must be a valid header value, as our UUIDs are; otherwise `webhook-id` is
     /// left out and the request will not verify). Basic gives `Authorization`, API key its header,
     /// none nothing.
-    pub fn provider_headers(
-        &self,
-        body: &[u8],
-        now: SystemTime,
-        msg_id: &str,
-    ) -> Vec<(HeaderName, HeaderValue)> {
+    pub fn provider_headers(&self, body: &[u8], now: SystemTime, msg_id: &str) -> Vec<(HeaderName, HeaderValue)> {
         match &self.keys {
             Keys::None => Vec::new(),
-            Keys::Credentials(creds) => creds
+            Keys::Credentials(creds) => creds.first().map_or_else(Vec::new, |c| self.credential_headers(&c.raw)),
+            Keys::Mac(keys) => keys
                 .first()
-                .map_or_else(Vec::new, |c| self.credential_headers(&c.raw)),
-            Keys::Mac(keys) => keys.first().map_or_else(Vec::new, |key| {
-                self.mac_headers(key, body, Decimal::new(unix_seconds(now)), msg_id)
-            }),
+                .map_or_else(Vec::new, |key| self.mac_headers(key, body, Decimal::new(unix_seconds(now)), msg_id)),
         }
     }
 
     fn credential_headers(&self, raw: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
         let (name, value) = match &self.scheme {
-            Scheme::Basic => (
-                AUTHORIZATION,
-                HeaderValue::try_from(format!("Basic {}", mac::base64_encode(raw))),
-            ),
+            Scheme::Basic => (AUTHORIZATION, HeaderValue::try_from(format!("Basic {}", mac::base64_encode(raw)))),
             // `new` checked that the key is a valid header value.
             Scheme::ApiKey { header } => (header.clone(), HeaderValue::from_bytes(raw)),
             _ => return Vec::new(),
@@ -517,54 +422,27 @@ impl Verifier {
     ) -> Vec<(HeaderName, HeaderValue)> {
         match &self.scheme {
             Scheme::Github => {
-                vec![(
-                    GITHUB_SIGNATURE,
-                    key.tag(&[body]).header_value(GITHUB_PREFIX, Encoding::Hex),
-                )]
+                vec![(GITHUB_SIGNATURE, key.tag(&[body]).header_value(GITHUB_PREFIX, Encoding::Hex))]
             }
-            Scheme::Shopify => vec![(
-                SHOPIFY_SIGNATURE,
-                key.tag(&[body]).header_value("", Encoding::Base64),
-            )],
-            Scheme::Hmac {
-                header,
-                encoding,
-                prefix,
-                ..
-            } => {
-                vec![(
-                    header.clone(),
-                    key.tag(&[body]).header_value(prefix, *encoding),
-                )]
+            Scheme::Shopify => vec![(SHOPIFY_SIGNATURE, key.tag(&[body]).header_value("", Encoding::Base64))],
+            Scheme::Hmac { header, encoding, prefix, .. } => {
+                vec![(header.clone(), key.tag(&[body]).header_value(prefix, *encoding))]
             }
             Scheme::Slack => {
                 let tag = key.tag(&[b"v0:", timestamp.as_bytes(), b":", body]);
                 vec![
                     (SLACK_TIMESTAMP, timestamp.header_value()),
-                    (
-                        SLACK_SIGNATURE,
-                        tag.header_value(SLACK_PREFIX, Encoding::Hex),
-                    ),
+                    (SLACK_SIGNATURE, tag.header_value(SLACK_PREFIX, Encoding::Hex)),
                 ]
             }
             Scheme::Stripe => {
                 let tag = key.tag(&[timestamp.as_bytes(), b".", body]);
-                let t: String = timestamp
-                    .as_bytes()
-                    .iter()
-                    .map(|&b| char::from(b))
-                    .collect();
-                vec![(
-                    STRIPE_SIGNATURE,
-                    tag.header_value(&format!("t={t},v1="), Encoding::Hex),
-                )]
+                let t: String = timestamp.as_bytes().iter().map(|&b| char::from(b)).collect();
+                vec![(STRIPE_SIGNATURE, tag.header_value(&format!("t={t},v1="), Encoding::Hex))]
             }
             Scheme::StandardWebhooks => {
-                let signed =
-                    standard_webhooks_signed(msg_id.as_bytes(), timestamp.as_bytes(), body);
-                let signature = key
-                    .tag(&signed)
-                    .header_value(STANDARD_WEBHOOKS_PREFIX, Encoding::Base64);
+                let signed = standard_webhooks_signed(msg_id.as_bytes(), timestamp.as_bytes(), body);
+                let signature = key.tag(&signed).header_value(STANDARD_WEBHOOKS_PREFIX, Encoding::Base64);
                 let mut headers = Vec::with_capacity(3);
                 if let Ok(id) = HeaderValue::from_str(msg_id) {
                     headers.push((WEBHOOK_ID, id));
@@ -596,9 +474,7 @@ fn decode_secret(scheme: &Scheme, secret: &str) -> Result<Vec<u8>, String> {
         Scheme::StandardWebhooks => {
             mac::decode_whsec(secret).map_err(|why| format!("is not a valid whsec_ secret: {why}"))
         }
-        Scheme::Basic if !secret.contains(':') => {
-            Err("is not of the form user:password".to_owned())
-        }
+        Scheme::Basic if !secret.contains(':') => Err("is not of the form user:password".to_owned()),
         Scheme::ApiKey { .. } if HeaderValue::from_str(secret).is_err() => {
             Err("cannot be sent in a header (use visible ASCII)".to_owned())
         }
@@ -617,9 +493,7 @@ fn unix_seconds(now: SystemTime) -> i64 {
 /// header has no single meaning.
 fn header_bytes<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h [u8], VerifyError> {
     let mut values = headers.get_all(name).iter();
-    let value = values
-        .next()
-        .ok_or_else(|| VerifyError::MissingHeader(name.as_str().to_owned()))?;
+    let value = values.next().ok_or_else(|| VerifyError::MissingHeader(name.as_str().to_owned()))?;
     if values.next().is_some() {
         return Err(VerifyError::malformed(name, "appears more than once"));
     }
@@ -636,13 +510,9 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h str, 
 }
 
 /// A header holding a Unix timestamp: its text (which is what gets signed) and its value.
-fn timestamp_header<'h>(
-    headers: &'h HeaderMap,
-    name: &HeaderName,
-) -> Result<(&'h str, i64), VerifyError> {
+fn timestamp_header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<(&'h str, i64), VerifyError> {
     let text = header_str(headers, name)?;
-    let t = parse_timestamp(text)
-        .ok_or_else(|| VerifyError::malformed(name, "not a Unix timestamp"))?;
+    let t = parse_timestamp(text).ok_or_else(|| VerifyError::malformed(name, "not a Unix timestamp"))?;
     Ok((text, t))
 }
 
@@ -663,13 +533,10 @@ fn single_signature(
     algorithm: Algorithm,
 ) -> Result<Tag, VerifyError> {
     let value = header_bytes(headers, name)?;
-    let encoded =
-        value
-            .strip_prefix(prefix.as_bytes())
-            .ok_or_else(|| VerifyError::MalformedHeader {
-                header: name.as_str().to_owned(),
-                reason: format!("does not start with {prefix:?}"),
-            })?;
+    let encoded = value.strip_prefix(prefix.as_bytes()).ok_or_else(|| VerifyError::MalformedHeader {
+        header: name.as_str().to_owned(),
+        reason: format!("does not start with {prefix:?}"),
+    })?;
     Tag::decode(encoding, encoded, algorithm.output_len()).ok_or_else(|| {
         let what = match encoding {
             Encoding::Hex => "hex digits",
@@ -694,10 +561,7 @@ fn stripe_fields(value: &str) -> impl Iterator<Item = Option<(&str, &str)>> {
 
 /// Standard Webhooks' `version,signature` entries; `None` for an entry without `,`.
 fn standard_webhooks_entries(value: &str) -> impl Iterator<Item = Option<(&str, &str)>> {
-    value
-        .split(' ')
-        .filter(|entry| !entry.is_empty())
-        .map(|entry| entry.split_once(','))
+    value.split(' ').filter(|entry| !entry.is_empty()).map(|entry| entry.split_once(','))
 }
 
 fn split_once(bytes: &[u8], separator: u8) -> Option<(&[u8], &[u8])> {

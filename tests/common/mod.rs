@@ -144,6 +144,8 @@ pub struct Process {
     stdout: Arc<Mutex<String>>,
     _stdout_task: JoinHandle<()>,
     what: String,
+    /// Set once the test has stopped the process itself.
+    stopped: bool,
 }
 
 impl Process {
@@ -161,23 +163,15 @@ impl Process {
             Ok(Ok(Some(line))) => line,
             Ok(Ok(None)) => {
                 let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-                panic!(
-                    "{what} exited ({status:?}) before listening; stderr:\n{}",
-                    logs()
-                )
+                panic!("{what} exited ({status:?}) before listening; stderr:\n{}", logs())
             }
             Ok(Err(e)) => panic!("{what}: reading stdout: {e}; stderr:\n{}", logs()),
-            Err(_) => panic!(
-                "{what} printed no line within {START_TIMEOUT:?}; stderr:\n{}",
-                logs()
-            ),
+            Err(_) => panic!("{what} printed no line within {START_TIMEOUT:?}; stderr:\n{}", logs()),
         };
         let addr = line
             .strip_prefix("listening on ")
             .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| {
-                panic!("{what}: first stdout line is {line:?}, expected `listening on ADDR`")
-            });
+            .unwrap_or_else(|| panic!("{what}: first stdout line is {line:?}, expected `listening on ADDR`"));
         // Keep reading stdout so the child never blocks on a full pipe, and keep it for assertions.
         let stdout = Arc::new(Mutex::new(String::new()));
         let sink = stdout.clone();
@@ -188,14 +182,7 @@ impl Process {
                 s.push('\n');
             }
         });
-        Process {
-            addr,
-            child,
-            stderr_path,
-            stdout,
-            _stdout_task: stdout_task,
-            what,
-        }
+        Process { addr, child, stderr_path, stdout, _stdout_task: stdout_task, what }
     }
 
     /// Everything written to stderr so far (colour codes removed).
@@ -209,21 +196,12 @@ impl Process {
 
     /// The log lines that contain every one of `needles`.
     pub fn log_lines_with(&self, needles: &[&str]) -> Vec<String> {
-        self.logs()
-            .lines()
-            .filter(|l| needles.iter().all(|n| l.contains(n)))
-            .map(str::to_string)
-            .collect()
+        self.logs().lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_string).collect()
     }
 
     /// Waits until `n` log lines each contain all of `needles` (polled every 20 ms, at most
     /// `timeout`); returns those lines.
-    pub async fn wait_for_log_lines(
-        &self,
-        needles: &[&str],
-        n: usize,
-        timeout: Duration,
-    ) -> Vec<String> {
+    pub async fn wait_for_log_lines(&self, needles: &[&str], n: usize, timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let lines = self.log_lines_with(needles);
@@ -241,6 +219,21 @@ impl Process {
         }
     }
 
+    /// Sends SIGTERM and waits (at most `timeout`) for the process to exit.
+    pub async fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let pid = self.child.id().expect("the process is still running");
+        let kill = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await.expect("run kill");
+        assert!(kill.success(), "kill -TERM {pid} failed");
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{} did not exit within {timeout:?} of SIGTERM; stderr:\n{}", self.what, self.logs())
+            })
+            .expect("wait for the process");
+        self.stopped = true;
+        status
+    }
+
     /// Stdout lines after the `listening on` line.
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
@@ -256,10 +249,7 @@ impl Process {
                 return logs;
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "{:?} never appeared in the logs of {} within {timeout:?}; logs:\n{logs}",
-                    needle, self.what
-                );
+                panic!("{:?} never appeared in the logs of {} within {timeout:?}; logs:\n{logs}", needle, self.what);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -268,7 +258,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let exited = self.child.try_wait().ok().flatten();
+        let exited = if self.stopped { None } else { self.child.try_wait().ok().flatten() };
         let _ = self.child.start_kill();
         let logs = self.logs();
         if std::thread::panicking() {
@@ -277,10 +267,7 @@ impl Drop for Process {
         }
         // A fixture that died or panicked (even in a task it survived) fails the test.
         if let Some(status) = exited {
-            panic!(
-                "{} exited during the test ({status}); stderr:\n{logs}",
-                self.what
-            );
+            panic!("{} exited during the test ({status}); stderr:\n{logs}", self.what);
         }
         if logs.contains("panicked at") {
             panic!("{} panicked during the test; stderr:\n{logs}", self.what);
@@ -303,6 +290,12 @@ impl std::ops::Deref for Gateway {
     }
 }
 
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
 impl Gateway {
     /// Writes `yaml` to a temp dir and runs `hookyard run --config` on it. The config should
     /// listen on `127.0.0.1:0`.
@@ -313,12 +306,7 @@ impl Gateway {
         let mut cmd = hookyard();
         cmd.arg("run").arg("--config").arg(&config_path);
         let process = Process::spawn(cmd, dir.path().join("stderr.log")).await;
-        Gateway {
-            process,
-            config_path,
-            client: http_client(),
-            _dir: dir,
-        }
+        Gateway { process, config_path, client: http_client(), _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -326,12 +314,7 @@ impl Gateway {
     }
 
     /// POSTs `body` with `headers` to `path`.
-    pub async fn post(
-        &self,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
-    ) -> Answer {
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Answer {
         self.request(Method::POST, path, headers, body).await
     }
 
@@ -356,19 +339,11 @@ impl Gateway {
         })
         .await;
         match result {
-            Ok(Ok((parts, body))) => Answer {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            },
-            Ok(Err(e)) => panic!(
-                "request to {path} failed: {e:?}; gateway stderr:\n{}",
-                self.logs()
-            ),
-            Err(_) => panic!(
-                "request to {path} got no answer within {REQUEST_TIMEOUT:?}; gateway stderr:\n{}",
-                self.logs()
-            ),
+            Ok(Ok((parts, body))) => Answer { status: parts.status, headers: parts.headers, body },
+            Ok(Err(e)) => panic!("request to {path} failed: {e:?}; gateway stderr:\n{}", self.logs()),
+            Err(_) => {
+                panic!("request to {path} got no answer within {REQUEST_TIMEOUT:?}; gateway stderr:\n{}", self.logs())
+            }
         }
     }
 
@@ -400,51 +375,28 @@ impl Answer {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().expect("ASCII header"))
+        self.headers.get(name).map(|v| v.to_str().expect("ASCII header"))
     }
 
     /// Asserts a `202 {"id":"evt_<32 hex>"}` and returns the id.
     pub fn accepted_id(&self) -> String {
-        assert_eq!(
-            self.status,
-            StatusCode::ACCEPTED,
-            "expected 202, body {:?}",
-            self.text()
-        );
+        assert_eq!(self.status, StatusCode::ACCEPTED, "expected 202, body {:?}", self.text());
         let v = self.json();
-        let id = v["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no id in {v}"))
-            .to_string();
-        assert!(
-            is_event_id(&id),
-            "{id:?} is not evt_ + 32 lower-case hex digits"
-        );
-        assert_eq!(
-            v,
-            serde_json::json!({ "id": id }),
-            "the 202 body holds the id only"
-        );
+        let id = v["id"].as_str().unwrap_or_else(|| panic!("no id in {v}")).to_string();
+        assert!(is_event_id(&id), "{id:?} is not evt_ + 32 lower-case hex digits");
+        assert_eq!(v, serde_json::json!({ "id": id }), "the 202 body holds the id only");
         id
     }
 }
 
 pub fn is_event_id(id: &str) -> bool {
-    id.strip_prefix("evt_").is_some_and(|h| {
-        h.len() == 32
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+    id.strip_prefix("evt_")
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 pub fn is_message_id(id: &str) -> bool {
-    id.strip_prefix("msg_").is_some_and(|h| {
-        h.len() == 24
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+    id.strip_prefix("msg_")
+        .is_some_and(|h| h.len() == 24 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {
@@ -453,18 +405,12 @@ pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {
 
 /// A GET with a fresh client, for helper processes such as `hookyard receive`.
 pub async fn get(url: &str) -> Answer {
-    let req = Request::get(url)
-        .body(Full::new(Bytes::new()))
-        .expect("valid request");
+    let req = Request::get(url).body(Full::new(Bytes::new())).expect("valid request");
     let result = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let resp = http_client().request(req).await?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await?.to_bytes();
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Answer { status: parts.status, headers: parts.headers, body })
     })
     .await;
     match result {
@@ -506,35 +452,22 @@ async fn raw_exchange(addr: SocketAddr, head: &str, body: &[u8]) -> RawResponse 
                 let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                 let len = head
                     .lines()
-                    .find_map(|l| {
-                        l.split_once(':')
-                            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                    })
+                    .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length")))
                     .map(|(_, v)| v.trim().parse::<usize>().expect("numeric content-length"));
                 if let Some(len) = len
                     && buf.len() >= end + 4 + len
                 {
-                    let status = head
-                        .split(' ')
-                        .nth(1)
-                        .and_then(|s| s.parse().ok())
-                        .expect("status line");
+                    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
                     let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
                     return RawResponse { status, head, body };
                 }
             }
             let n = stream.read(&mut chunk).await.expect("read response");
-            assert!(
-                n > 0,
-                "connection closed before a whole response; got {:?}",
-                String::from_utf8_lossy(&buf)
-            );
+            assert!(n > 0, "connection closed before a whole response; got {:?}", String::from_utf8_lossy(&buf));
             buf.extend_from_slice(&chunk[..n]);
         }
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .expect("no response on the raw connection within the timeout")
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.expect("no response on the raw connection within the timeout")
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -562,21 +495,14 @@ impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
         let mut all = self.headers.get_all(name).iter();
         let first = all.next()?;
-        assert!(
-            all.next().is_none(),
-            "header {name} sent more than once: {:?}",
-            self.headers
-        );
+        assert!(all.next().is_none(), "header {name} sent more than once: {:?}", self.headers);
         Some(first.to_str().expect("ASCII header"))
     }
 
     /// Like `header`, but the header must be present.
     pub fn must(&self, name: &str) -> &str {
         self.header(name).unwrap_or_else(|| {
-            panic!(
-                "{} {} has no {name} header; headers: {:?}",
-                self.method, self.path, self.headers
-            )
+            panic!("{} {} has no {name} header; headers: {:?}", self.method, self.path, self.headers)
         })
     }
 }
@@ -596,11 +522,7 @@ impl Reply {
     }
 
     pub fn status(status: u16) -> Reply {
-        Reply {
-            status,
-            headers: Vec::new(),
-            delay: Duration::ZERO,
-        }
+        Reply { status, headers: Vec::new(), delay: Duration::ZERO }
     }
 
     pub fn delayed(self, delay: Duration) -> Reply {
@@ -661,15 +583,10 @@ impl Sink {
 
     /// A sink that answers the n-th request with `script[n]`, and `200` once the script is spent.
     pub async fn with_script(script: Vec<Reply>) -> Sink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind sink");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
         let addr = listener.local_addr().expect("sink address");
         let state = Arc::new(SinkState {
-            inner: Mutex::new(SinkInner {
-                recorded: Vec::new(),
-                script: script.into(),
-            }),
+            inner: Mutex::new(SinkInner { recorded: Vec::new(), script: script.into() }),
             count: watch::Sender::new(0),
             failures: Mutex::new(Vec::new()),
         });
@@ -690,9 +607,7 @@ impl Sink {
                         async move { Ok::<_, Infallible>(handle(&st, req).await) }
                     });
                     // Connection errors (the gateway closing a pooled connection) are not failures.
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
                 let st3 = st.clone();
                 tokio::spawn(async move {
@@ -704,11 +619,7 @@ impl Sink {
                 });
             }
         });
-        Sink {
-            addr,
-            state,
-            accept,
-        }
+        Sink { addr, state, accept }
     }
 
     /// `http://127.0.0.1:PORT{path}`.
@@ -725,37 +636,21 @@ impl Sink {
     /// Waits (at most `timeout`) until at least `n` requests have arrived and returns all of them.
     /// Panics, listing what did arrive, on timeout.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
-        self.wait_until(timeout, &format!("{n} request(s)"), |r| r.len() >= n)
-            .await
+        self.wait_until(timeout, &format!("{n} request(s)"), |r| r.len() >= n).await
     }
 
     /// Waits until at least one request has arrived at `path`; returns everything received.
     pub async fn wait_for_path(&self, path: &str, timeout: Duration) -> Vec<Recorded> {
-        self.wait_until(timeout, &format!("a request to {path}"), |r| {
-            r.iter().any(|r| r.path == path)
-        })
-        .await
+        self.wait_until(timeout, &format!("a request to {path}"), |r| r.iter().any(|r| r.path == path)).await
     }
 
     /// Waits until `done` holds for the requests received so far (checked on every arrival).
-    pub async fn wait_until(
-        &self,
-        timeout: Duration,
-        what: &str,
-        done: impl Fn(&[Recorded]) -> bool,
-    ) -> Vec<Recorded> {
+    pub async fn wait_until(&self, timeout: Duration, what: &str, done: impl Fn(&[Recorded]) -> bool) -> Vec<Recorded> {
         match self.try_wait_until(timeout, done).await {
             Ok(recorded) => recorded,
             Err(recorded) => {
-                let got: Vec<String> = recorded
-                    .iter()
-                    .map(|r| format!("{} {}", r.method, r.path))
-                    .collect();
-                panic!(
-                    "sink {}: waited {timeout:?} for {what}; received {} request(s): {got:?}",
-                    self.addr,
-                    got.len()
-                )
+                let got: Vec<String> = recorded.iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+                panic!("sink {}: waited {timeout:?} for {what}; received {} request(s): {got:?}", self.addr, got.len())
             }
         }
     }
@@ -776,9 +671,7 @@ impl Sink {
                         return inner.recorded.clone();
                     }
                 }
-                rx.changed()
-                    .await
-                    .expect("sink state lives as long as the sink");
+                rx.changed().await.expect("sink state lives as long as the sink");
             }
         })
         .await;
@@ -807,14 +700,8 @@ async fn handle(state: &SinkState, req: Request<Incoming>) -> Response<Full<Byte
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            state.fail(format!(
-                "reading the body of {} {}: {e}",
-                parts.method, parts.uri
-            ));
-            return Response::builder()
-                .status(500)
-                .body(Full::new(Bytes::new()))
-                .unwrap();
+            state.fail(format!("reading the body of {} {}: {e}", parts.method, parts.uri));
+            return Response::builder().status(500).body(Full::new(Bytes::new())).unwrap();
         }
     };
     let reply = state.record(Recorded {
@@ -832,18 +719,14 @@ async fn handle(state: &SinkState, req: Request<Incoming>) -> Response<Full<Byte
     for (k, v) in &reply.headers {
         resp = resp.header(k, v);
     }
-    resp.body(Full::new(Bytes::new()))
-        .expect("valid scripted reply")
+    resp.body(Full::new(Bytes::new())).expect("valid scripted reply")
 }
 
 // ---------------------------------------------------------------------------------------------
 // Signatures, computed here from the providers' documentation
 
 pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs()
 }
 
 pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -868,20 +751,14 @@ pub fn b64(bytes: &[u8]) -> String {
 
 /// GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`.
 pub fn github_signature(secret: &str, body: &[u8]) -> String {
-    format!(
-        "sha256={}",
-        hex::encode(hmac_sha256(secret.as_bytes(), &[body]))
-    )
+    format!("sha256={}", hex::encode(hmac_sha256(secret.as_bytes(), &[body])))
 }
 
 /// Stripe: `Stripe-Signature: t=<t>,v1=<hex HMAC-SHA256(secret, "{t}.{body}")>` (the `whsec_`
 /// secret is the key as is).
 pub fn stripe_signature(secret: &str, t: u64, body: &[u8]) -> String {
     let t = t.to_string();
-    format!(
-        "t={t},v1={}",
-        hex::encode(hmac_sha256(secret.as_bytes(), &[t.as_bytes(), b".", body]))
-    )
+    format!("t={t},v1={}", hex::encode(hmac_sha256(secret.as_bytes(), &[t.as_bytes(), b".", body])))
 }
 
 /// Shopify: `X-Shopify-Hmac-Sha256: <base64 HMAC-SHA256(secret, body)>`.
@@ -892,13 +769,7 @@ pub fn shopify_signature(secret: &str, body: &[u8]) -> String {
 /// Slack: `X-Slack-Signature: v0=<hex HMAC-SHA256(secret, "v0:{t}:{body}")>`.
 pub fn slack_signature(secret: &str, t: u64, body: &[u8]) -> String {
     let t = t.to_string();
-    format!(
-        "v0={}",
-        hex::encode(hmac_sha256(
-            secret.as_bytes(),
-            &[b"v0:", t.as_bytes(), b":", body]
-        ))
-    )
+    format!("v0={}", hex::encode(hmac_sha256(secret.as_bytes(), &[b"v0:", t.as_bytes(), b":", body])))
 }
 
 /// The key of a `whsec_<base64>` secret.
@@ -909,10 +780,7 @@ pub fn whsec_key(secret: &str) -> Vec<u8> {
 
 /// Standard Webhooks: `v1,<base64 HMAC-SHA256(key, "{id}.{t}.{body}")>`.
 pub fn standard_webhooks_signature(secret: &str, id: &str, t: &str, body: &[u8]) -> String {
-    let mac = hmac_sha256(
-        &whsec_key(secret),
-        &[id.as_bytes(), b".", t.as_bytes(), b".", body],
-    );
+    let mac = hmac_sha256(&whsec_key(secret), &[id.as_bytes(), b".", t.as_bytes(), b".", body]);
     format!("v1,{}", b64(&mac))
 }
 
@@ -926,26 +794,11 @@ pub fn basic_auth(user_password: &str) -> String {
 pub fn assert_standard_webhooks(r: &Recorded, secret: &str) -> String {
     let id = r.must("webhook-id");
     let t = r.must("webhook-timestamp");
-    assert!(
-        is_message_id(id),
-        "webhook-id {id:?} is not msg_ + 24 hex digits"
-    );
-    let ts: u64 = t
-        .parse()
-        .unwrap_or_else(|_| panic!("webhook-timestamp {t:?} is not Unix seconds"));
-    assert!(
-        ts.abs_diff(now_unix()) <= 60,
-        "webhook-timestamp {ts} is not now ({})",
-        now_unix()
-    );
+    assert!(is_message_id(id), "webhook-id {id:?} is not msg_ + 24 hex digits");
+    let ts: u64 = t.parse().unwrap_or_else(|_| panic!("webhook-timestamp {t:?} is not Unix seconds"));
+    assert!(ts.abs_diff(now_unix()) <= 60, "webhook-timestamp {ts} is not now ({})", now_unix());
     let want = standard_webhooks_signature(secret, id, t, &r.body);
-    assert_eq!(
-        r.must("webhook-signature"),
-        want,
-        "webhook-signature of {} {}",
-        r.method,
-        r.path
-    );
+    assert_eq!(r.must("webhook-signature"), want, "webhook-signature of {} {}", r.method, r.path);
     id.to_string()
 }
 
@@ -953,12 +806,7 @@ pub fn assert_standard_webhooks(r: &Recorded, secret: &str) -> String {
 pub fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = headers
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     v.sort();
     v
@@ -968,10 +816,7 @@ pub fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
 pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in pairs {
-        h.append(
-            HeaderName::try_from(*k).expect("header name"),
-            HeaderValue::from_str(v).expect("header value"),
-        );
+        h.append(HeaderName::try_from(*k).expect("header name"), HeaderValue::from_str(v).expect("header value"));
     }
     h
 }

@@ -21,20 +21,25 @@
 //! survive from one event to the next. It has no WASI: no files, clock, environment or
 //! randomness, only [`log`] and [`config`].
 
-wit_bindgen::generate!({
-    world: "transform",
-    path: "../wit",
-    pub_export_macro: true,
-    default_bindings_module: "hookyard_plugin_sdk",
-});
+/// The bindings wit-bindgen generates for the `transform` world.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "transform",
+        path: "../wit",
+        pub_export_macro: true,
+        default_bindings_module: "hookyard_plugin_sdk::bindings",
+    });
+}
 
 pub mod path;
 
 use std::sync::OnceLock;
 
-pub use hookyard::plugin::types::{Event, Outcome, Output, PluginError};
+use bindings::hookyard;
+pub use bindings::hookyard::plugin::types::{Event, Outcome, Output, PluginError};
 /// The trait a plugin implements: `fn transform(event: Event) -> Result<Outcome>`.
-pub use Guest as Plugin;
+pub use bindings::Guest as Plugin;
 pub use serde_json::{self, Value, json};
 
 /// A plugin's result: an outcome, or its own error.

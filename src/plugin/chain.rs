@@ -1,0 +1,87 @@
+//! Several plugins on one route, run in order (semantics documented in plugins/README.md).
+
+use bytes::Bytes;
+
+use super::{Outcome, Output, Plugin, PluginError, PluginEvent};
+
+/// A chain failed at plugin `index` (0-based, in route order).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("transform {index} ({plugin}): {error}")]
+pub struct ChainError {
+    pub index: usize,
+    pub plugin: String,
+    pub error: PluginError,
+}
+
+/// Runs `plugins` in order on `event`.
+///
+/// - The first plugin gets the event; each output of plugin *i* becomes the event of plugin
+///   *i+1*: its body, and the original headers with the output's headers set on top. A plugin
+///   that emits several outputs fans out: the rest of the chain runs once per output (branch).
+/// - Headers set along a branch accumulate (later plugins override earlier ones); the final
+///   outputs carry all of them.
+/// - Destinations only narrow: once a plugin picks a subset, later plugins on that branch may
+///   pick only within it, and an output that names none keeps the branch's subset.
+/// - A drop ends its branch only. If every branch is dropped the result is a drop, with the
+///   first reason seen.
+/// - Any error fails the whole chain (the event's transform), naming the plugin.
+/// - A step's outputs, summed over branches, may not exceed that plugin's `max_outputs`.
+///
+/// Branches run one after another; each call has its own deadline.
+/// An empty chain emits the event's body unchanged.
+pub async fn run_chain(plugins: &[Plugin], event: &PluginEvent) -> Result<Outcome, ChainError> {
+    let mut branches = vec![Output { destinations: None, headers: Vec::new(), body: event.body.clone() }];
+    let mut first_drop: Option<String> = None;
+    for (index, plugin) in plugins.iter().enumerate() {
+        let fail = |error| ChainError { index, plugin: plugin.name().to_string(), error };
+        let mut next = Vec::new();
+        for branch in branches {
+            let step_event = PluginEvent {
+                headers: overlay(&event.headers, &branch.headers),
+                body: branch.body,
+                ..event.clone_without_body()
+            };
+            let allowed = branch.destinations.as_deref().unwrap_or(&plugin.inner.allowed_destinations);
+            match plugin.inner.run(&step_event, allowed, None).await.map_err(fail)? {
+                Outcome::Drop(reason) => {
+                    first_drop.get_or_insert(reason);
+                }
+                Outcome::Emit(outputs) => next.extend(outputs.into_iter().map(|out| Output {
+                    destinations: out.destinations.or_else(|| branch.destinations.clone()),
+                    headers: overlay(&branch.headers, &out.headers),
+                    body: out.body,
+                })),
+            }
+            if next.len() > plugin.limits().max_outputs {
+                return Err(fail(PluginError::TooManyOutputs { count: next.len(), limit: plugin.limits().max_outputs }));
+            }
+        }
+        if next.is_empty() {
+            return Ok(Outcome::Drop(first_drop.unwrap_or_else(|| "no outputs".to_string())));
+        }
+        branches = next;
+    }
+    Ok(Outcome::Emit(branches))
+}
+
+impl PluginEvent {
+    fn clone_without_body(&self) -> PluginEvent {
+        PluginEvent {
+            id: self.id.clone(),
+            source: self.source.clone(),
+            received_at_ms: self.received_at_ms,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+}
+
+/// `base` with each header of `top` replacing those of the same name (case-insensitive).
+fn overlay(base: &[(String, String)], top: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> =
+        base.iter().filter(|(k, _)| !top.iter().any(|(t, _)| t.eq_ignore_ascii_case(k))).cloned().collect();
+    out.extend(top.iter().cloned());
+    out
+}

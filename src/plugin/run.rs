@@ -1,0 +1,304 @@
+//! One plugin call: a fresh store and instance, the `host` imports, the deadline and memory
+//! limit, and the checks on what the plugin returned.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+
+use super::engine::{Engine, one_line};
+use super::{Limits, Outcome, Output, PluginError, PluginEvent};
+
+pub(super) mod bindings {
+    wasmtime::component::bindgen!({
+        world: "transform",
+        path: "plugins/wit",
+        exports: { default: async },
+    });
+}
+
+use bindings::hookyard::plugin::{host, types};
+
+/// Most log lines one event may write; the rest are dropped (a looping `log` call must not
+/// flood the gateway's log).
+pub const MAX_LOG_LINES: u32 = 100;
+/// Longest log line kept, in bytes; longer ones are cut.
+pub const MAX_LOG_LINE_BYTES: usize = 4096;
+/// Longest drop reason kept, in bytes: it becomes a metric label.
+pub const MAX_DROP_REASON_BYTES: usize = 128;
+/// Longest plugin error message kept, in bytes.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+/// Most table elements an instance may grow to (a Rust plugin needs a few hundred).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// The `tracing` target of plugin log lines.
+const GUEST_LOG_TARGET: &str = "hookyard::plugin::guest";
+
+/// Headers that frame the request: the gateway sets them, a plugin may not.
+const MANAGED_HEADERS: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+pub(super) struct PluginInner {
+    pub(super) name: String,
+    pub(super) pre: bindings::TransformPre<State>,
+    pub(super) limits: Limits,
+    pub(super) config: Vec<(String, String)>,
+    pub(super) allowed_destinations: Vec<String>,
+    pub(super) engine: Arc<Engine>,
+}
+
+/// A plugin's log line, as captured by [`Plugin::run_report`](super::Plugin::run_report).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestLog {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        })
+    }
+}
+
+/// The result of one call with what the plugin logged and how long it took, instance
+/// creation included.
+#[derive(Debug)]
+pub struct RunReport {
+    pub result: Result<super::Outcome, PluginError>,
+    pub logs: Vec<GuestLog>,
+    pub elapsed: Duration,
+}
+
+/// The data of one store, i.e. of one call.
+pub(super) struct State {
+    plugin: Arc<PluginInner>,
+    limiter: Limiter,
+    deadline: Instant,
+    logs_left: u32,
+    capture: Option<Vec<GuestLog>>,
+}
+
+/// The epoch callback's error when the deadline has passed.
+#[derive(Debug)]
+struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// Refuses memory growth past the plugin's limit and remembers that it did: the guest sees a
+/// failed `memory.grow` (as wasm specifies) and usually traps soon after, which is then
+/// reported as [`PluginError::MemoryLimit`] rather than as a bare trap.
+struct Limiter {
+    memory_bytes: usize,
+    memory_exceeded: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let ok = desired <= self.memory_bytes;
+        self.memory_exceeded |= !ok;
+        Ok(ok)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+impl host::Host for State {
+    fn log(&mut self, level: host::Level, mut message: String) {
+        if self.logs_left == 0 {
+            return;
+        }
+        self.logs_left -= 1;
+        truncate(&mut message, MAX_LOG_LINE_BYTES);
+        if self.logs_left == 0 {
+            message.push_str(" [log limit reached: further lines from this event are dropped]");
+        }
+        let plugin = self.plugin.name.as_str();
+        let level = match level {
+            host::Level::Debug => {
+                tracing::debug!(target: GUEST_LOG_TARGET, plugin, "{message}");
+                LogLevel::Debug
+            }
+            host::Level::Info => {
+                tracing::info!(target: GUEST_LOG_TARGET, plugin, "{message}");
+                LogLevel::Info
+            }
+            host::Level::Warn => {
+                tracing::warn!(target: GUEST_LOG_TARGET, plugin, "{message}");
+                LogLevel::Warn
+            }
+            host::Level::Error => {
+                tracing::error!(target: GUEST_LOG_TARGET, plugin, "{message}");
+                LogLevel::Error
+            }
+        };
+        if let Some(capture) = &mut self.capture {
+            capture.push(GuestLog { level, message });
+        }
+    }
+
+    fn config(&mut self) -> Vec<(String, String)> {
+        self.plugin.config.clone()
+    }
+}
+
+impl PluginInner {
+    /// Runs one call; `allowed` is the set an output's destinations must be within (the
+    /// route's, or a chain branch's narrower set).
+    pub(super) async fn run(
+        self: &Arc<Self>,
+        event: &PluginEvent,
+        allowed: &[String],
+        capture: Option<&mut Vec<GuestLog>>,
+    ) -> Result<Outcome, PluginError> {
+        let _permit = self.engine.permits.acquire().await.expect("the instance semaphore is never closed");
+        let limits = &self.limits;
+        let state = State {
+            plugin: Arc::clone(self),
+            limiter: Limiter { memory_bytes: (limits.memory_mb as usize) << 20, memory_exceeded: false },
+            deadline: Instant::now() + Duration::from_millis(limits.timeout_ms),
+            logs_left: MAX_LOG_LINES,
+            capture: capture.is_some().then(Vec::new),
+        };
+        let mut store = Store::new(&self.engine.wasmtime, state);
+        store.limiter(|s| &mut s.limiter);
+        // Check the deadline at every epoch tick, yielding the worker thread in between.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let wit_event = types::Event {
+            id: event.id.clone(),
+            source: event.source.clone(),
+            received_at_ms: event.received_at_ms,
+            method: event.method.clone(),
+            path: event.path.clone(),
+            headers: event.headers.clone(),
+            body: event.body.to_vec(),
+        };
+        let called = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance.call_transform(&mut store, &wit_event).await
+        }
+        .await;
+
+        if let (Some(out), Some(logs)) = (capture, store.data_mut().capture.take()) {
+            *out = logs;
+        }
+        match called {
+            Ok(Ok(outcome)) => check_outcome(outcome, limits, allowed),
+            Ok(Err(types::PluginError { retryable, mut message })) => {
+                truncate(&mut message, MAX_ERROR_MESSAGE_BYTES);
+                Err(PluginError::Failed { retryable, message })
+            }
+            Err(error) => Err(classify(&error, store.data(), limits)),
+        }
+    }
+}
+
+/// Names a failed call: the deadline, the memory limit, a trap, or else output the canonical
+/// ABI could not lift (bad UTF-8, out-of-bounds lists, bad discriminants).
+fn classify(error: &wasmtime::Error, state: &State, limits: &Limits) -> PluginError {
+    if error.is::<DeadlineExceeded>() {
+        PluginError::Timeout { ms: limits.timeout_ms }
+    } else if state.limiter.memory_exceeded {
+        PluginError::MemoryLimit { mb: limits.memory_mb }
+    } else if let Some(trap) = error.downcast_ref::<Trap>() {
+        PluginError::Trap(trap.to_string())
+    } else {
+        PluginError::Malformed(one_line(error))
+    }
+}
+
+fn check_outcome(outcome: types::Outcome, limits: &Limits, allowed: &[String]) -> Result<Outcome, PluginError> {
+    let outputs = match outcome {
+        types::Outcome::Drop(mut reason) => {
+            truncate(&mut reason, MAX_DROP_REASON_BYTES);
+            return Ok(Outcome::Drop(reason));
+        }
+        types::Outcome::Emit(outputs) if outputs.is_empty() => {
+            return Ok(Outcome::Drop("no outputs".to_string()));
+        }
+        types::Outcome::Emit(outputs) => outputs,
+    };
+    if outputs.len() > limits.max_outputs {
+        return Err(PluginError::TooManyOutputs { count: outputs.len(), limit: limits.max_outputs });
+    }
+    outputs.into_iter().enumerate().map(|(index, output)| check_output(index, output, limits, allowed)).collect::<Result<_, _>>().map(Outcome::Emit)
+}
+
+fn check_output(index: usize, output: types::Output, limits: &Limits, allowed: &[String]) -> Result<Output, PluginError> {
+    let size = output.body.len() + output.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    if size > limits.max_output_bytes {
+        return Err(PluginError::OutputTooLarge { index, size, limit: limits.max_output_bytes });
+    }
+    if let Some(destinations) = &output.destinations {
+        if destinations.is_empty() {
+            return Err(PluginError::Malformed(format!(
+                "output {index} has an empty destination list (drop the event to deliver nothing)"
+            )));
+        }
+        if let Some(name) = destinations.iter().find(|d| !allowed.contains(d)) {
+            return Err(PluginError::BadDestination { name: name.clone(), allowed: allowed.to_vec() });
+        }
+    }
+    for (name, value) in &output.headers {
+        let header = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| PluginError::Malformed(format!("output {index}: `{name}` is not a valid header name")))?;
+        if MANAGED_HEADERS.contains(&header.as_str()) {
+            return Err(PluginError::Malformed(format!(
+                "output {index}: header `{name}` is set by the gateway, not by plugins"
+            )));
+        }
+        if http::HeaderValue::from_str(value).is_err() {
+            return Err(PluginError::Malformed(format!(
+                "output {index}: the value of header `{name}` has characters not allowed in a header"
+            )));
+        }
+    }
+    Ok(Output { destinations: output.destinations, headers: output.headers, body: output.body.into() })
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary.
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
