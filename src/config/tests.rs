@@ -42,7 +42,7 @@ fn parses_a_good_config() {
     assert_eq!(d.sign.scheme, SignSchemeName::StandardWebhooks);
     assert_eq!(
         d.retry.schedule,
-        vec![Dur(std::time::Duration::from_millis(200)), Dur(std::time::Duration::from_secs(1))]
+        Some(vec![Dur(std::time::Duration::from_millis(200)), Dur(std::time::Duration::from_secs(1))])
     );
     assert_eq!(cfg.routes[0].1.name, "pushes");
 }

@@ -27,7 +27,21 @@ use super::breaker::{Breaker, BreakerState};
 use super::client::AttemptReport;
 use super::retry::AttemptOutcome;
 use super::{Destination, build_request};
-use crate::store::{AttemptRecord, DueDelivery, Settle, Store, now_ms};
+use crate::store::{AttemptRecord, DueDelivery, Settle, Store};
+
+/// Unix ms now. In unit tests it follows tokio's (pausable) clock, so due times in the store move
+/// with virtual time.
+fn now_ms() -> i64 {
+    #[cfg(test)]
+    {
+        use std::sync::OnceLock;
+        static BASE: OnceLock<(i64, std::time::Instant)> = OnceLock::new();
+        let (wall, mono) = *BASE.get_or_init(|| (crate::store::now_ms(), std::time::Instant::now()));
+        wall + Instant::now().into_std().saturating_duration_since(mono).as_millis() as i64
+    }
+    #[cfg(not(test))]
+    crate::store::now_ms()
+}
 
 /// How often the poller looks for due work it was not told about (replays from another process,
 /// resumed destinations). Newly accepted events do not wait for it.
@@ -260,14 +274,9 @@ impl<T: Transport> Dispatcher<T> {
 
 /// Owns one claimed delivery until it is finished or must wait in the store.
 async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery) {
-    loop {
-        match attempt_once(&inner, &d).await {
-            Next::RetryIn(delay) => {
-                d.attempts += 1;
-                tokio::time::sleep(delay).await;
-            }
-            Next::Done | Next::Release => break,
-        }
+    while let Next::RetryIn(delay) = attempt_once(&inner, &d).await {
+        d.attempts += 1;
+        tokio::time::sleep(delay).await;
     }
     inner.claimed.lock().unwrap_or_else(|p| p.into_inner()).remove(&d.id);
 }

@@ -155,20 +155,50 @@ mod tests {
     #[test]
     fn schedule_with_jitter_bounds() {
         let p = policy();
-        assert_eq!(p.delay(0, None, 0.5), Some(Duration::from_secs(5)));
-        assert_eq!(p.delay(0, None, 0.0), Some(Duration::from_secs(4)));
-        assert_eq!(p.delay(1, None, 0.0), Some(Duration::from_secs(240)));
-        let hi = p.delay(1, None, 0.999_999).unwrap();
+        assert_eq!(p.delay(1, None, false, 0.5), Some(Duration::from_secs(5)));
+        assert_eq!(p.delay(1, None, false, 0.0), Some(Duration::from_secs(4)));
+        assert_eq!(p.delay(2, None, false, 0.0), Some(Duration::from_secs(240)));
+        let hi = p.delay(2, None, false, 0.999_999).unwrap();
         assert!(hi > Duration::from_secs(359) && hi <= Duration::from_secs(360), "{hi:?}");
-        assert_eq!(p.delay(2, None, 0.5), None, "exhausted after the schedule");
+        assert_eq!(p.delay(3, None, false, 0.5), None, "exhausted after the schedule");
     }
 
     #[test]
     fn retry_after_is_honoured_and_clamped() {
         let p = policy();
-        assert_eq!(p.delay(0, Some(Duration::from_secs(42)), 0.0), Some(Duration::from_secs(42)));
-        assert_eq!(p.delay(0, Some(Duration::from_secs(86_400)), 0.0), Some(Duration::from_secs(3600)));
-        assert_eq!(p.delay(2, Some(Duration::from_secs(1)), 0.0), None, "Retry-After does not extend the schedule");
+        assert_eq!(p.delay(1, Some(Duration::from_secs(42)), false, 0.0), Some(Duration::from_secs(42)));
+        assert_eq!(p.delay(1, Some(Duration::from_secs(86_400)), false, 0.0), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            p.delay(3, Some(Duration::from_secs(1)), false, 0.0),
+            None,
+            "Retry-After does not extend the schedule"
+        );
+    }
+
+    #[test]
+    fn throttle_floor_after_429_and_timeouts() {
+        let p = policy();
+        assert_eq!(p.delay(1, None, true, 0.5), Some(Duration::from_secs(60)), "5s schedule raised to the floor");
+        assert_eq!(p.delay(1, Some(Duration::from_secs(2)), true, 0.5), Some(Duration::from_secs(60)));
+        assert_eq!(p.delay(2, None, true, 0.5), Some(Duration::from_secs(300)), "longer delays are kept");
+    }
+
+    #[test]
+    fn exponential_backoff() {
+        let p = RetryPolicy {
+            backoff: Backoff::Exponential {
+                base: Duration::from_secs(1),
+                factor: 2.0,
+                cap: Duration::from_secs(10),
+                max_attempts: 6,
+            },
+            jitter: 0.0,
+            max_retry_after: Duration::from_secs(3600),
+            throttle_floor: Duration::ZERO,
+        };
+        let delays: Vec<_> = (1..=6).map(|n| p.delay(n, None, false, 0.5)).collect();
+        let s = |x| Some(Duration::from_secs(x));
+        assert_eq!(delays, [s(1), s(2), s(4), s(8), s(10), None], "capped at 10 s; 6 attempts in all");
     }
 
     #[test]

@@ -304,7 +304,7 @@ impl Store {
     ) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.writer.send(Op::Settle { delivery_id, attempt, settle, error, reply: tx })?;
-        rx.await.map_err(|_| StoreError::WriterGone)?
+        wait_blocking(rx).await
     }
 
     /// Runs `f` in the writer's transaction (grouped with others). For rare administrative writes.
@@ -325,7 +325,7 @@ impl Store {
             (ok, reply)
         });
         self.writer.send(Op::Exec(job))?;
-        rx.await.map_err(|_| StoreError::WriterGone)?
+        wait_blocking(rx).await
     }
 
     /// Runs a read on the blocking pool with the reader connection.
@@ -596,6 +596,17 @@ impl Store {
         })
         .await
     }
+}
+
+/// Waits for the writer's reply on the blocking pool. The delivery path and administrative writes
+/// wait this way so that a test's paused clock does not jump ahead while a commit is in progress
+/// (tokio does not auto-advance paused time while blocking tasks run); ingress waits on the plain
+/// channel, which is cheaper.
+async fn wait_blocking<T: Send + 'static>(rx: tokio::sync::oneshot::Receiver<Result<T>>) -> Result<T> {
+    tokio::task::spawn_blocking(move || rx.blocking_recv())
+        .await
+        .map_err(|_| StoreError::WriterGone)?
+        .map_err(|_| StoreError::WriterGone)?
 }
 
 fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {

@@ -1,1 +1,306 @@
+//! Every retry rule under `tokio::time::pause()`, with a real store (SQLite in a temp dir) and a
+//! scripted transport: paused time cannot drive real sockets (the clock would jump past every
+//! timeout). Real-socket retries are covered by `tests/delivery.rs`.
 
+use std::collections::VecDeque;
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+use super::*;
+use crate::delivery::egress::EgressPolicy;
+use crate::delivery::{Backoff, BreakerSettings, HttpClient, RateLimiter, RetryPolicy, TlsRoots};
+use crate::sign::{SignScheme, Signer};
+use crate::store::{Accepted, NewDelivery, NewEvent, SyncMode};
+
+/// Answers attempts from a script (then 200 forever) and records when each attempt happened.
+#[derive(Default)]
+struct Script {
+    replies: Mutex<VecDeque<AttemptOutcome>>,
+    times: Mutex<Vec<Instant>>,
+}
+
+impl Transport for Arc<Script> {
+    async fn attempt(&self, _: &Destination, _: &DueDelivery) -> AttemptReport {
+        self.times.lock().unwrap().push(Instant::now());
+        let outcome =
+            self.replies.lock().unwrap().pop_front().unwrap_or(AttemptOutcome::Delivered { status: StatusCode::OK });
+        AttemptReport { outcome, latency: Duration::from_millis(1), response_body: Bytes::from_static(b"ok") }
+    }
+}
+
+struct Setup {
+    backoff: Backoff,
+    breaker: bool,
+    rate: Option<f64>,
+}
+
+fn destination(name: &str, s: &Setup) -> Arc<Destination> {
+    Arc::new(Destination {
+        name: name.into(),
+        url: "http://example.com/".parse().unwrap(),
+        headers: HeaderMap::new(),
+        signer: Signer::new(SignScheme::None, None).unwrap(),
+        timeout: Duration::from_secs(10),
+        retry: RetryPolicy {
+            backoff: s.backoff.clone(),
+            jitter: 0.0,
+            max_retry_after: Duration::from_secs(3600),
+            throttle_floor: Duration::from_secs(60),
+        },
+        limit: Semaphore::new(4),
+        client: HttpClient::new(Arc::new(EgressPolicy::default()), &TlsRoots::webpki(), 4, Duration::from_secs(1))
+            .unwrap(),
+        breaker: BreakerSettings {
+            enabled: s.breaker,
+            failure_rate: 0.5,
+            min_requests: 3,
+            window: Duration::from_secs(600),
+            cooldown: Duration::from_secs(30),
+        },
+        rate: s.rate.map(RateLimiter::new),
+    })
+}
+
+fn schedule(secs: &[u64]) -> Setup {
+    Setup {
+        backoff: Backoff::Schedule(secs.iter().map(|s| Duration::from_secs(*s)).collect()),
+        breaker: false,
+        rate: None,
+    }
+}
+
+async fn accept(store: &Store, id: &str, dest: &str) -> Vec<DueDelivery> {
+    let ev = NewEvent {
+        id: id.into(),
+        source: "s".into(),
+        received_at_ms: now_ms(),
+        headers: vec![],
+        body: Bytes::from_static(b"{}"),
+        dedupe_key: None,
+    };
+    let d = NewDelivery {
+        route: "r".into(),
+        destination: dest.into(),
+        msg_id: format!("msg_{id}"),
+        body: None,
+        headers: None,
+    };
+    match store.accept(ev, vec![d], None).await.unwrap() {
+        Accepted::Stored(due) => due,
+        Accepted::Duplicate { .. } => unreachable!(),
+    }
+}
+
+fn retryable(retry_after: Option<u64>, throttled: bool) -> AttemptOutcome {
+    AttemptOutcome::Retryable {
+        status: Some(if throttled { StatusCode::TOO_MANY_REQUESTS } else { StatusCode::SERVICE_UNAVAILABLE }),
+        retry_after: retry_after.map(Duration::from_secs),
+        throttled,
+        reason: "scripted".into(),
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    store: Store,
+    script: Arc<Script>,
+    dispatcher: Dispatcher<Arc<Script>>,
+    start: Instant,
+}
+
+impl Harness {
+    async fn new(replies: Vec<AttemptOutcome>, setup: Setup) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), SyncMode::Normal).unwrap();
+        let script = Arc::new(Script { replies: Mutex::new(replies.into()), times: Mutex::default() });
+        let dispatcher =
+            Dispatcher::new(store.clone(), script.clone(), &[destination("dest", &setup)], 8, 1000).await.unwrap();
+        Harness { _dir: dir, store, script, dispatcher, start: Instant::now() }
+    }
+
+    /// Offsets (whole seconds) of the attempts from the start.
+    fn times(&self) -> Vec<u64> {
+        self.script.times.lock().unwrap().iter().map(|t| (*t - self.start).as_secs()).collect()
+    }
+
+    async fn status(&self, id: &str) -> (String, u32) {
+        let ev = self.store.event(id.into()).await.unwrap().unwrap();
+        (ev.deliveries[0].delivery.status.clone(), ev.deliveries[0].delivery.attempts)
+    }
+
+    /// Advances virtual time in steps, letting tasks run, until `done` or `limit`.
+    async fn run_until(&self, limit: Duration, mut done: impl FnMut(&Self) -> bool) {
+        let end = Instant::now() + limit;
+        while Instant::now() < end && !done(self) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fails_twice_then_succeeds_on_schedule() {
+    let h = Harness::new(vec![retryable(None, false), retryable(None, false)], schedule(&[5, 300, 1800])).await;
+    h.dispatcher.submit(accept(&h.store, "evt_1", "dest").await);
+    h.run_until(Duration::from_secs(400), |h| h.dispatcher.stats().delivered == 1).await;
+    assert_eq!(h.times(), [0, 5, 305]);
+    assert_eq!(h.status("evt_1").await, ("delivered".into(), 3));
+    let s = h.dispatcher.stats();
+    assert_eq!((s.attempts, s.retries, s.pending), (3, 2, 0));
+    let ev = h.store.event("evt_1".into()).await.unwrap().unwrap();
+    let log = &ev.deliveries[0].attempts_log;
+    assert_eq!(log.iter().map(|a| a.status_code).collect::<Vec<_>>(), [Some(503), Some(503), Some(200)]);
+    assert_eq!(log[0].error.as_deref(), Some("scripted"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_schedule_is_a_dead_letter() {
+    let h = Harness::new(vec![retryable(None, false); 10], schedule(&[5, 300])).await;
+    h.dispatcher.submit(accept(&h.store, "evt_1", "dest").await);
+    h.run_until(Duration::from_secs(400), |h| h.dispatcher.stats().dead == 1).await;
+    assert_eq!(h.times(), [0, 5, 305]);
+    assert_eq!(h.status("evt_1").await, ("dead".into(), 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn exponential_backoff_with_max_attempts() {
+    let setup = Setup {
+        backoff: Backoff::Exponential {
+            base: Duration::from_secs(2),
+            factor: 3.0,
+            cap: Duration::from_secs(60),
+            max_attempts: 5,
+        },
+        breaker: false,
+        rate: None,
+    };
+    let h = Harness::new(vec![retryable(None, false); 10], setup).await;
+    h.dispatcher.submit(accept(&h.store, "evt_1", "dest").await);
+    h.run_until(Duration::from_secs(400), |h| h.dispatcher.stats().dead == 1).await;
+    // delays 2, 6, 18, 54 (cap 60); 5 attempts in all
+    assert_eq!(h.times(), [0, 2, 8, 26, 80]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_clamped_and_floored_after_429() {
+    // 503 + Retry-After 42 → 42 s; 429 + Retry-After 2 → the 60 s floor; 503 + Retry-After 1 day → 1 h
+    let replies = vec![retryable(Some(42), false), retryable(Some(2), true), retryable(Some(86_400), false)];
+    let h = Harness::new(replies, schedule(&[5, 5, 5, 5])).await;
+    h.dispatcher.submit(accept(&h.store, "evt_1", "dest").await);
+    h.run_until(Duration::from_secs(5000), |h| h.dispatcher.stats().delivered == 1).await;
+    assert_eq!(h.times(), [0, 42, 102, 3702]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_retryable_fails_at_once_and_is_kept() {
+    let failed =
+        AttemptOutcome::Failed { status: Some(StatusCode::BAD_REQUEST), reason: "HTTP 400 is not retried".into() };
+    let h = Harness::new(vec![failed], schedule(&[5])).await;
+    h.dispatcher.submit(accept(&h.store, "evt_1", "dest").await);
+    h.run_until(Duration::from_secs(60), |h| h.dispatcher.stats().failed == 1).await;
+    assert_eq!(h.times(), [0]);
+    assert_eq!(h.status("evt_1").await, ("failed".into(), 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_opens_holds_deliveries_then_half_opens_and_closes() {
+    let setup = Setup { breaker: true, ..schedule(&[1, 1, 1, 1, 1, 1, 1, 1]) };
+    let h = Harness::new(vec![retryable(None, false); 3], setup).await;
+    for i in 0..3 {
+        h.dispatcher.submit(accept(&h.store, &format!("evt_{i}"), "dest").await);
+    }
+    // three failures (100% of 3) open the breaker: the retries after 1 s find it open and wait
+    h.run_until(Duration::from_secs(10), |h| h.dispatcher.breaker_states() == [("dest".into(), "open")]).await;
+    assert_eq!(h.dispatcher.breaker_states(), [("dest".into(), "open")]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.times(), [0, 0, 0], "no attempts while open");
+    assert_eq!(h.store.pending_count().await.unwrap(), 3, "deliveries wait in the store, not failed");
+    // after the 30 s cool-down the poller lets one probe through; it succeeds and closes the breaker
+    let poll = {
+        let d = h.dispatcher.clone();
+        tokio::spawn(async move { d.run(std::future::pending()).await })
+    };
+    h.run_until(Duration::from_secs(60), |h| h.dispatcher.stats().delivered == 3).await;
+    poll.abort();
+    assert_eq!(h.dispatcher.stats().delivered, 3);
+    assert_eq!(h.dispatcher.breaker_states(), [("dest".into(), "closed")]);
+    let times = h.times();
+    assert_eq!(times.len(), 6);
+    assert!(times[3] >= 30, "the probe came after the cool-down: {times:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn gone_pauses_the_destination_and_keeps_the_delivery() {
+    let h = Harness::new(vec![AttemptOutcome::Gone], schedule(&[5])).await;
+    h.dispatcher.submit(accept(&h.store, "evt_1", "dest").await);
+    h.run_until(Duration::from_secs(10), |h| h.dispatcher.stats().attempts == 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        h.store.paused().await.unwrap(),
+        [("dest".to_string(), Some("the destination answered 410 Gone".to_string()))]
+    );
+    assert_eq!(h.status("evt_1").await, ("pending".into(), 1));
+    assert_eq!(h.dispatcher.poll_once().await.unwrap(), 0, "paused: nothing is due");
+    h.store.set_paused("dest", false, None).await.unwrap();
+    assert_eq!(h.dispatcher.poll_once().await.unwrap(), 1, "resumed: due again");
+    h.run_until(Duration::from_secs(10), |h| h.dispatcher.stats().delivered == 1).await;
+    assert_eq!(h.status("evt_1").await, ("delivered".into(), 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn removed_destination_fails_the_delivery_with_a_reason() {
+    let h = Harness::new(vec![], schedule(&[5])).await;
+    h.dispatcher.submit(accept(&h.store, "evt_1", "gone-from-config").await);
+    h.run_until(Duration::from_secs(10), |h| h.dispatcher.stats().pending == 0).await;
+    let ev = h.store.event("evt_1".into()).await.unwrap().unwrap();
+    assert_eq!(ev.deliveries[0].delivery.status, "failed");
+    assert_eq!(
+        ev.deliveries[0].delivery.last_error.as_deref(),
+        Some("destination \"gone-from-config\" is not in the current config")
+    );
+    assert!(h.times().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_dispatcher_recovers_pending_work() {
+    let h = Harness::new(vec![], schedule(&[5])).await;
+    // accepted but never submitted: as if the process died right after the commit
+    accept(&h.store, "evt_1", "dest").await;
+    accept(&h.store, "evt_2", "dest").await;
+    let again = Dispatcher::new(h.store.clone(), h.script.clone(), &[destination("dest", &schedule(&[5]))], 8, 1000)
+        .await
+        .unwrap();
+    assert_eq!(again.stats().pending, 2);
+    tokio::time::sleep(Duration::from_secs(1)).await; // the rows' due time is the wall clock at insert
+    assert_eq!(again.poll_once().await.unwrap(), 2);
+    h.run_until(Duration::from_secs(10), |_| again.stats().delivered == 2).await;
+    assert_eq!(again.stats().delivered, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_delays_instead_of_dropping() {
+    let setup = Setup { rate: Some(2.0), ..schedule(&[5]) };
+    let h = Harness::new(vec![], setup).await;
+    for i in 0..5 {
+        h.dispatcher.submit(accept(&h.store, &format!("evt_{i}"), "dest").await);
+    }
+    h.run_until(Duration::from_secs(10), |h| h.dispatcher.stats().delivered == 5).await;
+    let mut times: Vec<u128> = h.script.times.lock().unwrap().iter().map(|t| (*t - h.start).as_millis()).collect();
+    times.sort();
+    let gaps: Vec<u128> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(gaps, [500, 500, 500, 500], "2 per second: {times:?}");
+}
+
+#[tokio::test]
+async fn queue_capacity_is_checked_before_accepting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db"), SyncMode::Normal).unwrap();
+    let d = Dispatcher::new(store.clone(), Arc::new(Script::default()), &[], 8, 2).await.unwrap();
+    accept(&store, "evt_1", "x").await;
+    accept(&store, "evt_2", "x").await;
+    d.poll_once().await.unwrap();
+    assert_eq!(d.check_capacity(1), Err(QueueFull { pending: 2, limit: 2 }));
+    assert_eq!(d.check_capacity(0), Ok(()), "unrouted events need no room");
+    let _ = Path::new("");
+}
