@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod delivery;
+pub mod ops;
 pub mod rules;
 pub mod runtime;
 pub mod server;

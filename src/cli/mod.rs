@@ -2,6 +2,7 @@
 //! here and nowhere in the library.
 
 mod dry_run;
+mod ops;
 mod receive;
 mod run;
 mod send;
@@ -47,6 +48,16 @@ enum Command {
     /// A local receiver that prints each incoming webhook and whether its Standard Webhooks
     /// signature verifies.
     Receive(receive::Args),
+    /// List deliveries from the store, newest first.
+    Events(ops::EventsArgs),
+    /// Show one event: its deliveries and every attempt.
+    Event(ops::EventArgs),
+    /// Re-send deliveries as planned, all dead letters, or route events again (--reroute).
+    Replay(ops::ReplayArgs),
+    /// Hold a destination's deliveries in the store.
+    Pause(ops::PauseArgs),
+    /// Let a paused destination's deliveries go again.
+    Resume(ops::PauseArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -58,6 +69,11 @@ pub fn main() -> ExitCode {
         Command::DryRun(args) => dry_run::run(args),
         Command::Send(args) => with_runtime(send::run(args)),
         Command::Receive(args) => with_runtime(receive::run(args)),
+        Command::Events(args) => with_runtime(ops::events(args)),
+        Command::Event(args) => with_runtime(ops::event(args)),
+        Command::Replay(args) => with_runtime(ops::replay(args)),
+        Command::Pause(args) => with_runtime(ops::pause(args, true)),
+        Command::Resume(args) => with_runtime(ops::pause(args, false)),
     };
     match result {
         Ok(code) => code,

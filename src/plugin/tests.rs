@@ -332,7 +332,7 @@ async fn github_chat_formats_pushes() {
         body_json(&out[0]),
         json!({
             "channel": "#deploys",
-            "text": "Mona Lisa pushed 1 commit to acme/hookyard (main)\n\
+            "text": "monalisa pushed 1 commit to acme/hookyard (main)\n\
                      • 59b20b8 delivery: honour Retry-After on 429 (Mona Lisa)\n\
                      https://github.com/acme/hookyard/compare/6113728f27ae...59b20b8d5c6f"
         })
@@ -488,7 +488,7 @@ async fn chains_pass_outputs_along_and_fan_out() {
 #[tokio::test]
 async fn chain_errors_name_the_failing_plugin_and_bound_fan_out() {
     let split = host()
-        .load(&dist("split"), strings(&[("path", "[*]")]), Limits { max_outputs: 4, ..Limits::default() }, names(&["a"]))
+        .load(&dist("split"), strings(&[("path", "$")]), Limits { max_outputs: 4, ..Limits::default() }, names(&["a"]))
         .unwrap();
     let chain = [split.clone(), split];
     // 2 × 2 = 4 outputs fit; 3 × 3 = 9 do not.

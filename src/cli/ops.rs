@@ -1,0 +1,169 @@
+//! `hookyard events | event | replay | pause | resume`: the operations of `hookyard::ops` on the
+//! store named by the config. They work while the gateway runs (SQLite WAL allows a second
+//! process); the running gateway sees replays and pauses within a second.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use hookyard::ops;
+use hookyard::runtime::Snapshot;
+use hookyard::store::{DeliveryFilter, Store};
+
+#[derive(clap::Args)]
+pub struct EventsArgs {
+    #[arg(long, short, default_value = "routes.yaml")]
+    config: PathBuf,
+    /// pending, delivered, failed or dead.
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long)]
+    destination: Option<String>,
+    #[arg(long)]
+    source: Option<String>,
+    /// Only deliveries created since: a duration back from now (`30m`, `2h`, `7d`) or unix ms.
+    #[arg(long)]
+    since: Option<String>,
+    /// Rows per page (at most 1000).
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Page cursor: only deliveries with a smaller id (the last id of the previous page).
+    #[arg(long)]
+    before: Option<i64>,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct EventArgs {
+    #[arg(long, short, default_value = "routes.yaml")]
+    config: PathBuf,
+    /// Event id (`evt_…`).
+    id: String,
+}
+
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    #[arg(long, short, default_value = "routes.yaml")]
+    config: PathBuf,
+    /// Re-send every dead letter (narrow with --destination and --since).
+    #[arg(long, conflicts_with = "reroute")]
+    dead: bool,
+    /// Route (and transform) the events again with the current config instead of re-sending the
+    /// deliveries as planned.
+    #[arg(long)]
+    reroute: bool,
+    #[arg(long, requires = "dead")]
+    destination: Option<String>,
+    #[arg(long, requires = "dead")]
+    since: Option<String>,
+    /// Event ids (`evt_…`: all their deliveries) or delivery ids.
+    ids: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct PauseArgs {
+    #[arg(long, short, default_value = "routes.yaml")]
+    config: PathBuf,
+    destination: String,
+    /// Why (shown by `hookyard events` and the admin API).
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+fn open(config: &Path) -> anyhow::Result<(Snapshot, Store)> {
+    let snap = hookyard::runtime::build(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = Store::open(&snap.storage.path, snap.storage.sync)?;
+    Ok((snap, store))
+}
+
+fn check_destination(snap: &Snapshot, name: &str) -> anyhow::Result<()> {
+    if snap.destination(name).is_none() {
+        let names: Vec<&str> = snap.destinations.iter().map(|d| &*d.name).collect();
+        anyhow::bail!("unknown destination {name:?}; destinations are: {}", names.join(", "));
+    }
+    Ok(())
+}
+
+pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
+    let (_, store) = open(&a.config)?;
+    let since_ms = a.since.as_deref().map(|s| ops::parse_since(s, SystemTime::now())).transpose()?;
+    let filter = DeliveryFilter {
+        status: a.status,
+        destination: a.destination,
+        source: a.source,
+        since_ms,
+        until_ms: None,
+        before_id: a.before,
+        limit: a.limit,
+    };
+    let rows = ops::list(&store, filter).await?;
+    if a.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        println!(
+            "{:>8}  {:<36}  {:<10}  {:<20}  {:<14}  {:<9}  {:>3}  LAST ERROR",
+            "DELIVERY", "EVENT", "SOURCE", "ROUTE", "DESTINATION", "STATUS", "TRY"
+        );
+        for r in &rows {
+            println!(
+                "{:>8}  {:<36}  {:<10}  {:<20}  {:<14}  {:<9}  {:>3}  {}",
+                r.id,
+                r.event_id,
+                r.source,
+                r.route,
+                r.destination,
+                r.status,
+                r.attempts,
+                r.last_error.as_deref().unwrap_or("")
+            );
+        }
+        if let Some(last) = rows.last().filter(|_| rows.len() == a.limit.clamp(1, 1000)) {
+            println!("(more: --before {})", last.id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn event(a: EventArgs) -> anyhow::Result<ExitCode> {
+    let (_, store) = open(&a.config)?;
+    let detail = ops::event(&store, &a.id).await?;
+    println!("{}", serde_json::to_string_pretty(&detail)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let (snap, store) = open(&a.config)?;
+    let n = if a.dead {
+        if !a.ids.is_empty() {
+            anyhow::bail!("--dead replays by filter; give no ids with it");
+        }
+        if let Some(d) = &a.destination {
+            check_destination(&snap, d)?;
+        }
+        let since = a.since.as_deref().map(|s| ops::parse_since(s, SystemTime::now())).transpose()?;
+        ops::replay_dead(&store, a.destination, since).await?
+    } else if a.reroute {
+        ops::reroute(&store, &snap, a.ids).await?
+    } else {
+        ops::replay(&store, a.ids).await?
+    };
+    println!("{n} deliver{} queued", if n == 1 { "y" } else { "ies" });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn pause(a: PauseArgs, paused: bool) -> anyhow::Result<ExitCode> {
+    let (snap, store) = open(&a.config)?;
+    check_destination(&snap, &a.destination)?;
+    if paused {
+        ops::pause(&store, &a.destination, a.reason).await?;
+        println!("{} paused: its deliveries wait in the store", a.destination);
+    } else {
+        ops::resume(&store, &a.destination).await?;
+        println!("{} resumed", a.destination);
+    }
+    Ok(ExitCode::SUCCESS)
+}
