@@ -1,8 +1,11 @@
 //! Hookyard: a webhook gateway. See `ARCHITECTURE.md` for the map.
 
+pub mod admin;
 pub mod config;
 pub mod delivery;
+pub mod metrics;
 pub mod ops;
+pub mod reload;
 pub mod rules;
 pub mod runtime;
 pub mod server;

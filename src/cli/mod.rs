@@ -4,6 +4,7 @@
 mod dry_run;
 mod ops;
 mod receive;
+mod remote;
 mod run;
 mod send;
 
@@ -58,6 +59,10 @@ enum Command {
     Pause(ops::PauseArgs),
     /// Let a paused destination's deliveries go again.
     Resume(ops::PauseArgs),
+    /// Ask the running instance to reload its config now (prints the result).
+    Reload(remote::Args),
+    /// Show the running instance's config version, load time and last reload error.
+    Status(remote::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -74,6 +79,8 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => with_runtime(ops::replay(args)),
         Command::Pause(args) => with_runtime(ops::pause(args, true)),
         Command::Resume(args) => with_runtime(ops::pause(args, false)),
+        Command::Reload(args) => with_runtime(remote::call(args, http::Method::POST, "/api/v1/reload")),
+        Command::Status(args) => with_runtime(remote::call(args, http::Method::GET, "/api/v1/status")),
     };
     match result {
         Ok(code) => code,

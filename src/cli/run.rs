@@ -6,12 +6,23 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hookyard::admin::Admin;
 use hookyard::delivery::{Dispatcher, HttpTransport};
+use hookyard::reload::Reloader;
 use hookyard::server::{self, Gateway};
 use hookyard::store::{Store, now_ms};
 use tracing::{error, info, warn};
 
 pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
+    let metrics = match hookyard::metrics::install() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("warning: metrics disabled: {e}");
+            None
+        }
+    };
     let snapshot = match hookyard::runtime::build(config) {
         Ok(s) => s,
         Err(errors) => {
@@ -36,9 +47,21 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
         .await?;
         let listener = server::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
+        let admin_cfg = snapshot.admin.clone();
+        let admin_listener = if admin_cfg.enabled {
+            let l = server::bind(admin_cfg.listen).await.with_context(|| format!("cannot listen on {} (admin.listen)", admin_cfg.listen))?;
+            if admin_cfg.token.is_none() {
+                warn!(addr = %admin_cfg.listen, "the admin API has no token; it is open to every local process (set admin.token)");
+            }
+            Some(l)
+        } else {
+            None
+        };
         let pending = dispatcher.stats().pending;
         info!(%addr, config = %config.display(), version = %snapshot.version, store = %storage.path.display(), pending, "hookyard listening");
         let gateway = Arc::new(Gateway { snapshot: ArcSwap::from_pointee(snapshot), dispatcher: dispatcher.clone() });
+        let reloader = Reloader::new(config, gateway.clone());
+        let shutting_down = Arc::new(AtomicBool::new(false));
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -50,9 +73,22 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
             tokio::spawn(async move { d.run(stop).await })
         };
         let purger = tokio::spawn(purge_loop(store.clone(), storage.retention.0, storage.purge_interval.0, stopped(stop_rx.clone())));
+        tokio::spawn(reloader.clone().on_sighup(stopped(stop_rx.clone())));
+        tokio::spawn(reloader.clone().watch(Vec::new(), stopped(stop_rx.clone())));
 
         super::announce(addr);
-        server::serve(listener, gateway, shutdown_signal(), grace).await;
+        if let Some(l) = admin_listener {
+            let admin_addr = l.local_addr()?;
+            let admin = Arc::new(Admin { gateway: gateway.clone(), reloader: reloader.clone(), metrics, shutting_down: shutting_down.clone() });
+            tokio::spawn(hookyard::admin::serve(l, admin, stopped(stop_rx.clone())));
+            println!("admin listening on {admin_addr}");
+        }
+        let flag = shutting_down.clone();
+        let signal = async move {
+            shutdown_signal().await;
+            flag.store(true, Ordering::Release);
+        };
+        server::serve(listener, gateway, signal, grace).await;
         info!("stopped accepting; finishing delivery attempts in flight");
         let _ = stop_tx.send(true);
         let _ = poller.await;

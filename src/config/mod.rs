@@ -69,6 +69,7 @@ pub struct Config {
     pub egress: EgressConfig,
     pub delivery: DeliveryConfig,
     pub storage: StorageConfig,
+    pub admin: AdminConfig,
     pub sources: Vec<(String, SourceConfig)>,
     pub destinations: Vec<(String, DestinationConfig)>,
     pub routes: Vec<RouteEntry>,
@@ -109,6 +110,7 @@ impl Config {
             egress: EgressConfig::default(),
             delivery: DeliveryConfig::default(),
             storage: StorageConfig::default(),
+            admin: AdminConfig::default(),
             sources: Vec::new(),
             destinations: Vec::new(),
             routes: Vec::new(),
@@ -167,6 +169,11 @@ impl Config {
             && let Some(s) = cfg.item("storage", v, &mut errors)
         {
             cfg.storage = s;
+        }
+        if let Some(v) = root.remove("admin")
+            && let Some(s) = cfg.item("admin", v, &mut errors)
+        {
+            cfg.admin = s;
         }
         if let Some(v) = root.remove("sources") {
             cfg.sources = cfg.named_items("sources", v, &mut errors);
@@ -321,6 +328,18 @@ impl Config {
         }
         if self.delivery.max_pending == 0 {
             errors.push(self.error("delivery.max_pending", "must be greater than 0"));
+        }
+        if self.admin.enabled && !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
+            errors.push(self.error(
+                "admin.token",
+                format!(
+                    "the admin listener {} is not on loopback: set admin.token (e.g. \"${{HOOKYARD_ADMIN_TOKEN}}\")",
+                    self.admin.listen
+                ),
+            ));
+        }
+        if self.admin.token.as_ref().is_some_and(|t| t.0.len() < 16) {
+            errors.push(self.error("admin.token", "must be at least 16 characters"));
         }
         if self.server.max_connections == 0 {
             errors.push(self.error("server.max_connections", "must be greater than 0"));

@@ -27,9 +27,12 @@ pub struct ServerConfig {
     /// Time allowed to receive a whole request (headers and body). Default `30s`; a slower sender
     /// gets `408`, so a slow client cannot hold a connection slot forever.
     pub request_timeout: Dur,
-    /// On SIGINT/SIGTERM, how long to wait for in-flight requests and queued deliveries before exiting.
-    /// Default `10s`.
+    /// On SIGINT/SIGTERM, how long to wait for in-flight requests and delivery attempts before
+    /// exiting (what is not done stays due in the store). Default `10s`.
     pub shutdown_grace: Dur,
+    /// JSONPaths (names, indexes and `[*]` only) whose values are masked as `"[redacted]"` when a
+    /// body is logged (bodies are logged at `debug` level only), e.g. `[$.customer.email]`.
+    pub log_redact: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -40,7 +43,28 @@ impl Default for ServerConfig {
             max_connections: 1024,
             request_timeout: Dur(Duration::from_secs(30)),
             shutdown_grace: Dur(Duration::from_secs(10)),
+            log_redact: Vec::new(),
         }
+    }
+}
+
+/// `admin:` — the admin API, metrics and health listener, separate from ingress.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener. Default `127.0.0.1:9090`. Hookyard refuses to start when this
+    /// is not a loopback address and no `token` is set.
+    pub listen: SocketAddr,
+    /// Bearer token every admin route except `/healthz` requires (`Authorization: Bearer …`),
+    /// compared in constant time. Use `${ENV_VAR}`. Optional on loopback.
+    pub token: Option<Secret>,
+    /// Set to `false` to run without the admin listener.
+    pub enabled: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), token: None, enabled: true }
     }
 }
 

@@ -51,6 +51,10 @@ impl Breaker {
         Breaker { settings, recent: VecDeque::new(), state: BreakerState::Closed }
     }
 
+    pub fn settings(&self) -> &BreakerSettings {
+        &self.settings
+    }
+
     pub fn state(&self) -> BreakerState {
         self.state
     }

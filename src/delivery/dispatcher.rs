@@ -159,7 +159,10 @@ impl<T: Transport> Dispatcher<T> {
         self.inner.destinations.store(Arc::new(map));
         let mut breakers = self.inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
         for d in destinations {
-            breakers.entry(d.name.clone()).or_insert_with(|| Breaker::new(d.breaker.clone()));
+            // keep a breaker's state across reloads unless its settings changed
+            if breakers.get(&d.name).is_none_or(|b| *b.settings() != d.breaker) {
+                breakers.insert(d.name.clone(), Breaker::new(d.breaker.clone()));
+            }
         }
     }
 
@@ -186,7 +189,9 @@ impl<T: Transport> Dispatcher<T> {
         if !self.inner.claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(d.id) {
             return false;
         }
-        tokio::spawn(run(self.inner.clone(), d));
+        let span =
+            tracing::info_span!("delivery", event_id = %d.event_id, route = %d.route, destination = %d.destination);
+        tokio::spawn(tracing::Instrument::instrument(run(self.inner.clone(), d), span));
         true
     }
 
@@ -323,6 +328,11 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery) -> Next {
         inner.transport.attempt(&dest, d).await
     };
     inner.attempts.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::attempt(&dest.name, report.latency.as_secs_f64());
+    crate::metrics::delivery(
+        &dest.name,
+        outcome_label(&report.outcome, dest.retry.delay(d.attempts + 1, None, false, 0.5).is_some()),
+    );
     let attempt = d.attempts + 1;
     let latency_ms = report.latency.as_millis() as u64;
     let (status_code, error_text) = match &report.outcome {
@@ -403,6 +413,17 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery) -> Next {
         inner.idle.notify_waiters();
     }
     next
+}
+
+/// The `outcome` label of the deliveries metric.
+fn outcome_label(o: &AttemptOutcome, can_retry: bool) -> &'static str {
+    match o {
+        AttemptOutcome::Delivered { .. } => "delivered",
+        AttemptOutcome::Failed { .. } => "failed",
+        AttemptOutcome::Gone => "gone",
+        AttemptOutcome::Retryable { .. } if can_retry => "retry",
+        AttemptOutcome::Retryable { .. } => "dead",
+    }
 }
 
 /// Records a final state.

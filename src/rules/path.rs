@@ -78,6 +78,48 @@ fn walk<'v, F: FnMut(&'v Value) -> bool>(steps: &[Step], value: &'v Value, visit
     }
 }
 
+impl BodyPath {
+    /// Replaces every value the path selects with `with`. Only plain navigation paths can do this;
+    /// returns `false` for other paths (the caller rejects them at config time).
+    pub(super) fn replace_all(&self, body: &mut Value, with: &Value) -> bool {
+        match self {
+            BodyPath::Direct(steps) => {
+                walk_mut(steps, body, with);
+                true
+            }
+            BodyPath::General(_) => false,
+        }
+    }
+
+    pub(super) fn is_direct(&self) -> bool {
+        matches!(self, BodyPath::Direct(_))
+    }
+}
+
+fn walk_mut(steps: &[Step], value: &mut Value, with: &Value) {
+    let Some((step, rest)) = steps.split_first() else {
+        *value = with.clone();
+        return;
+    };
+    match (step, value) {
+        (Step::Name(name), Value::Object(members)) => {
+            if let Some(v) = members.get_mut(&**name) {
+                walk_mut(rest, v, with);
+            }
+        }
+        (Step::Index(index), Value::Array(elements)) => {
+            let len = elements.len() as i64;
+            let i = if *index < 0 { len + index } else { *index };
+            if (0..len).contains(&i) {
+                walk_mut(rest, &mut elements[i as usize], with);
+            }
+        }
+        (Step::Wildcard, Value::Array(elements)) => elements.iter_mut().for_each(|v| walk_mut(rest, v, with)),
+        (Step::Wildcard, Value::Object(members)) => members.values_mut().for_each(|v| walk_mut(rest, v, with)),
+        _ => {}
+    }
+}
+
 fn element(elements: &[Value], index: i64) -> Option<&Value> {
     let position = if index < 0 {
         elements.len().checked_sub(usize::try_from(index.unsigned_abs()).ok()?)?

@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 pub use event::{Event, EventId};
 
 use crate::config::{
-    AlgorithmName, Config, ConfigError, ConfigErrors, DeliveryConfig, DestinationConfig, EncodingName, ServerConfig,
-    SignSchemeName, SourceConfig, StorageConfig, VerifySchemeName, default_schedule, parse_net,
+    AdminConfig, AlgorithmName, Config, ConfigError, ConfigErrors, DeliveryConfig, DestinationConfig, EncodingName,
+    ServerConfig, SignSchemeName, SourceConfig, StorageConfig, VerifySchemeName, default_schedule, parse_net,
 };
 use crate::delivery::egress::EgressPolicy;
 use crate::delivery::{
@@ -45,6 +45,9 @@ pub struct Snapshot {
     pub sources: Vec<Source>,
     pub routes: Vec<Route>,
     pub destinations: Vec<Arc<Destination>>,
+    pub admin: AdminConfig,
+    /// `server.log_redact`, compiled.
+    pub log_redact: Vec<JsonPath>,
 }
 
 pub struct Source {
@@ -177,6 +180,14 @@ pub fn build_from_text(
         }
     }
 
+    let mut log_redact = Vec::new();
+    for (i, p) in cfg.server.log_redact.iter().enumerate() {
+        match JsonPath::parse_writable(p) {
+            Ok(p) => log_redact.push(p),
+            Err(m) => errors.push(cfg.error(&format!("server.log_redact[{i}]"), m)),
+        }
+    }
+
     let errors = cfg.finish_errors(errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
@@ -198,6 +209,8 @@ pub fn build_from_text(
         sources,
         routes,
         destinations,
+        admin: cfg.admin.clone(),
+        log_redact,
     })
 }
 
@@ -358,6 +371,19 @@ impl Snapshot {
 
     pub fn source_by_name(&self, name: &str) -> Option<&Source> {
         self.sources.iter().find(|s| &*s.name == name)
+    }
+
+    /// A body for a debug log line: JSON with the `server.log_redact` paths masked, else a note.
+    pub fn loggable_body(&self, body: &[u8], parsed: Option<&serde_json::Value>) -> String {
+        let mut v = match parsed.cloned().or_else(|| serde_json::from_slice(body).ok()) {
+            Some(v) => v,
+            None => return format!("<{} bytes, not JSON>", body.len()),
+        };
+        let mask = serde_json::Value::String("[redacted]".into());
+        for p in &self.log_redact {
+            p.replace_all(&mut v, &mask);
+        }
+        v.to_string()
     }
 
     /// The JSON body, parsed only when a route or the dedupe key of `source` needs it. A body that

@@ -24,8 +24,10 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::delivery::Dispatcher;
-use crate::runtime::{Event, EventId, Snapshot};
+use crate::metrics;
+use crate::runtime::{Event, EventId, Snapshot, Source};
 use crate::store::{Accepted, NewEvent, to_ms};
+use tracing::Instrument;
 
 /// What the ingress needs: the live config snapshot and the dispatcher (which owns the store).
 pub struct Gateway {
@@ -49,11 +51,19 @@ fn error(status: StatusCode, message: &str) -> Resp {
 impl Gateway {
     /// Handles one request against one snapshot, read once at the start.
     pub async fn handle(&self, req: Request<Incoming>) -> Resp {
+        let started = std::time::Instant::now();
         let snap = self.snapshot.load_full();
         let Some(source) = snap.source_by_path(req.uri().path()) else {
             debug!(path = req.uri().path(), "no source at this path");
             return error(StatusCode::NOT_FOUND, "not found");
         };
+        let span = tracing::info_span!("event", source = %source.name, event_id = tracing::field::Empty);
+        let resp = self.handle_source(&snap, source, req).instrument(span).await;
+        metrics::event_received(&source.name, resp.status().as_u16(), started.elapsed().as_secs_f64());
+        resp
+    }
+
+    async fn handle_source(&self, snap: &Snapshot, source: &Source, req: Request<Incoming>) -> Resp {
         if req.method() != Method::POST {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
             r.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
@@ -85,6 +95,7 @@ impl Gateway {
         };
         if let Err(e) = source.verifier.verify(&parts.headers, &body, SystemTime::now()) {
             warn!(source = %source.name, reason = e.reason(), error = %e, "verification failed");
+            metrics::verify_failed(&source.name, e.reason());
             return error(StatusCode::UNAUTHORIZED, "unauthorized");
         }
         let event = Event {
@@ -94,7 +105,11 @@ impl Gateway {
             headers: parts.headers,
             body,
         };
+        tracing::Span::current().record("event_id", tracing::field::display(&event.id));
         let body_json = snap.parse_body(source, &event);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            debug!(body = %snap.loggable_body(&event.body, body_json.as_ref()), "event body");
+        }
         let routes = snap.matching_routes(source, &event, body_json.as_ref());
         let deliveries = snap.plan(&routes, &event.id.0);
         let count = deliveries.len();
@@ -117,6 +132,7 @@ impl Gateway {
         match self.dispatcher.store().accept(record, deliveries, window).await {
             Ok(Accepted::Stored(due)) => {
                 let names: Vec<&str> = routes.iter().map(|r| &*snap.routes[*r].name).collect();
+                names.iter().for_each(|n| metrics::route_matched(n));
                 if count == 0 {
                     info!(event_id = %event.id, source = %source.name, bytes = event.body.len(), "event accepted; no route matched (unrouted)");
                 } else {

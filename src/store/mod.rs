@@ -215,6 +215,15 @@ pub struct DeliveryDetail {
     pub attempts_log: Vec<AttemptRow>,
 }
 
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DestinationStats {
+    pub destination: String,
+    pub pending: u64,
+    pub oldest_due_ms: u64,
+    pub dead: u64,
+    pub failed: u64,
+}
+
 /// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -584,6 +593,38 @@ impl Store {
             .optional()
         })
         .await
+    }
+
+    /// Per destination: pending deliveries, the age of the oldest one that is due (ms, 0 if none
+    /// is due), dead letters and failed deliveries. For metrics and the admin API.
+    pub async fn destination_stats(&self, now_ms: i64) -> Result<Vec<DestinationStats>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT destination,
+                        SUM(status = 'pending'),
+                        MIN(CASE WHEN status = 'pending' AND next_at <= ?1 THEN next_at END),
+                        SUM(status = 'dead'),
+                        SUM(status = 'failed')
+                 FROM deliveries GROUP BY destination ORDER BY destination",
+            )?;
+            let rows = st.query_map([now_ms], |r| {
+                let oldest: Option<i64> = r.get(2)?;
+                Ok(DestinationStats {
+                    destination: r.get(0)?,
+                    pending: r.get::<_, i64>(1)? as u64,
+                    oldest_due_ms: oldest.map_or(0, |t| (now_ms - t).max(0) as u64),
+                    dead: r.get::<_, i64>(3)? as u64,
+                    failed: r.get::<_, i64>(4)? as u64,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Whether a write can be committed now (for readiness).
+    pub async fn writable(&self) -> bool {
+        self.write(|c| c.execute_batch("SELECT 1")).await.is_ok()
     }
 
     /// Counts of deliveries by status.

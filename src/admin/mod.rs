@@ -1,0 +1,381 @@
+//! The admin listener: health, readiness, Prometheus metrics and the JSON admin API, on its own
+//! address (loopback by default). Every route except `/healthz` requires the bearer token when
+//! `admin.token` is set; it must be set when the listener is not on loopback.
+//!
+//! The API calls the same `ops` functions as the CLI.
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | GET | `/healthz` | process up (no token) |
+//! | GET | `/readyz` | config loaded, store writable, not shutting down (503 otherwise) |
+//! | GET | `/metrics` | Prometheus text format |
+//! | GET | `/api/v1/status` | active config version, load time, last reload error, needs-restart settings |
+//! | POST | `/api/v1/reload` | reload the config now |
+//! | GET | `/api/v1/deliveries?status=&destination=&source=&since=&until=&before=&limit=` | newest first; `next` is the cursor for `before` |
+//! | GET | `/api/v1/events/{id}` | one event, its deliveries and every attempt |
+//! | POST | `/api/v1/replay` | body `{"ids": [...]}` (as planned), `{"dead": true, "destination": "d", "since": "1d"}`, or `{"reroute": [...]}` |
+//! | GET | `/api/v1/destinations` | each destination: paused, breaker state, queue depth, oldest due, dead letters |
+//! | POST | `/api/v1/destinations/{name}/pause` | body `{"reason": "..."}` optional |
+//! | POST | `/api/v1/destinations/{name}/resume` | |
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::ops::{self, OpsError};
+use crate::reload::Reloader;
+use crate::server::Gateway;
+use crate::store::DeliveryFilter;
+
+/// Largest admin request body (JSON commands are small).
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+pub struct Admin {
+    pub gateway: Arc<Gateway>,
+    pub reloader: Arc<Reloader>,
+    pub metrics: Option<PrometheusHandle>,
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, body: Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+    reply(status, json!({"error": message.into()}))
+}
+
+fn ops_error(e: OpsError) -> Resp {
+    match e {
+        OpsError::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
+        OpsError::NoEvent(id) => error(StatusCode::NOT_FOUND, format!("no event {id}")),
+        OpsError::Store(crate::store::StoreError::NotFound(m)) => error(StatusCode::NOT_FOUND, m),
+        OpsError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+impl Admin {
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let snap = self.gateway.snapshot.load();
+        let Some(token) = &snap.admin.token else { return true };
+        let given = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            // compare digests so the comparison time does not depend on the token's length either
+            Some(g) => {
+                use sha2::{Digest, Sha256};
+                bool::from(Sha256::digest(g.as_bytes()).ct_eq(&Sha256::digest(token.0.as_bytes())))
+            }
+            None => false,
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Resp {
+        let path = req.uri().path().to_string();
+        if path == "/healthz" {
+            return reply(StatusCode::OK, json!({"status": "ok"}));
+        }
+        if !self.authorized(&req) {
+            warn!(path = %path, "admin request without a valid bearer token");
+            let mut r = error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+            r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        let method = req.method().clone();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let body = if method == Method::POST {
+            match Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "admin request body too large"),
+            }
+        } else {
+            Bytes::new()
+        };
+        let store = self.gateway.dispatcher.store();
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["readyz"]) => self.ready().await,
+            (&Method::GET, ["metrics"]) => self.metrics().await,
+            (&Method::GET, ["api", "v1", "status"]) => reply(StatusCode::OK, json!(self.reloader.status())),
+            (&Method::POST, ["api", "v1", "reload"]) => {
+                let outcome = self.reloader.reload("admin api").await;
+                let status = if matches!(outcome, crate::reload::ReloadOutcome::Failed { .. }) {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                } else {
+                    StatusCode::OK
+                };
+                reply(status, json!(outcome))
+            }
+            (&Method::GET, ["api", "v1", "deliveries"]) => match parse_filter(&query) {
+                Ok(filter) => {
+                    let limit = filter.limit;
+                    match ops::list(store, filter).await {
+                        Ok(items) => {
+                            let next =
+                                if items.len() == limit.clamp(1, 1000) { items.last().map(|r| r.id) } else { None };
+                            reply(StatusCode::OK, json!({"items": items, "next": next}))
+                        }
+                        Err(e) => ops_error(e),
+                    }
+                }
+                Err(e) => ops_error(e),
+            },
+            (&Method::GET, ["api", "v1", "events", id]) => match ops::event(store, id).await {
+                Ok(ev) => reply(StatusCode::OK, json!(ev)),
+                Err(e) => ops_error(e),
+            },
+            (&Method::POST, ["api", "v1", "replay"]) => self.replay(&body).await,
+            (&Method::GET, ["api", "v1", "destinations"]) => self.destinations().await,
+            (&Method::POST, ["api", "v1", "destinations", name, action @ ("pause" | "resume")]) => {
+                if self.gateway.snapshot.load().destination(name).is_none() {
+                    return error(StatusCode::NOT_FOUND, format!("no destination {name}"));
+                }
+                let reason = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("reason")?.as_str().map(str::to_string));
+                let r = if *action == "pause" {
+                    ops::pause(store, name, reason).await
+                } else {
+                    ops::resume(store, name).await
+                };
+                match r {
+                    Ok(()) => {
+                        self.gateway.dispatcher.wake();
+                        reply(StatusCode::OK, json!({"destination": name, "paused": *action == "pause"}))
+                    }
+                    Err(e) => ops_error(e),
+                }
+            }
+            (_, ["readyz" | "metrics"] | ["api", "v1", ..]) => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    async fn ready(&self) -> Resp {
+        let shutting_down = self.shutting_down.load(Ordering::Acquire);
+        let store_writable = self.gateway.dispatcher.store().writable().await;
+        let ready = !shutting_down && store_writable;
+        let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        reply(
+            status,
+            json!({"ready": ready, "config_loaded": true, "config_version": self.gateway.snapshot.load().version, "store_writable": store_writable, "shutting_down": shutting_down}),
+        )
+    }
+
+    async fn metrics(&self) -> Resp {
+        let Some(handle) = &self.metrics else {
+            return error(StatusCode::NOT_FOUND, "metrics are not enabled in this process");
+        };
+        self.refresh_gauges().await;
+        let mut r = Response::new(Full::new(Bytes::from(handle.render())));
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+        r
+    }
+
+    /// Per-destination gauges are computed from the store at scrape time.
+    async fn refresh_gauges(&self) {
+        let Ok(rows) = self.destination_rows().await else { return };
+        for r in rows {
+            crate::metrics::destination_gauges(&r.name, r.pending, r.oldest_due_ms, r.dead, r.breaker, r.paused);
+        }
+    }
+
+    async fn destination_rows(&self) -> Result<Vec<DestinationRow>, crate::store::StoreError> {
+        let store = self.gateway.dispatcher.store();
+        let stats = store.destination_stats(crate::store::now_ms()).await?;
+        let paused = store.paused().await?;
+        let breakers = self.gateway.dispatcher.breaker_states();
+        let snap = self.gateway.snapshot.load();
+        Ok(snap
+            .destinations
+            .iter()
+            .map(|d| {
+                let s = stats.iter().find(|s| s.destination == *d.name);
+                let p = paused.iter().find(|(n, _)| *n == *d.name);
+                DestinationRow {
+                    name: d.name.to_string(),
+                    paused: p.is_some(),
+                    pause_reason: p.and_then(|(_, r)| r.clone()),
+                    breaker: breakers.iter().find(|(n, _)| *n == d.name).map_or("closed", |(_, b)| b),
+                    pending: s.map_or(0, |s| s.pending),
+                    oldest_due_ms: s.map_or(0, |s| s.oldest_due_ms),
+                    dead: s.map_or(0, |s| s.dead),
+                    failed: s.map_or(0, |s| s.failed),
+                }
+            })
+            .collect())
+    }
+
+    async fn destinations(&self) -> Resp {
+        match self.destination_rows().await {
+            Ok(rows) => reply(StatusCode::OK, json!({"items": rows})),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    async fn replay(&self, body: &[u8]) -> Resp {
+        let Ok(cmd) = serde_json::from_slice::<ReplayCommand>(body) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "expected {\"ids\": [..]}, {\"dead\": true, \"destination\": .., \"since\": ..} or {\"reroute\": [..]}",
+            );
+        };
+        let store = self.gateway.dispatcher.store();
+        let result = match cmd {
+            ReplayCommand { ids: Some(ids), dead: None | Some(false), reroute: None, .. } => {
+                ops::replay(store, ids).await
+            }
+            ReplayCommand { ids: None, dead: Some(true), reroute: None, destination, since } => {
+                let since = match since.map(|s| ops::parse_since(&s, SystemTime::now())).transpose() {
+                    Ok(s) => s,
+                    Err(e) => return ops_error(e),
+                };
+                ops::replay_dead(store, destination, since).await
+            }
+            ReplayCommand { ids: None, dead: None | Some(false), reroute: Some(ids), .. } => {
+                let snap = self.gateway.snapshot.load_full();
+                ops::reroute(store, &snap, ids).await
+            }
+            _ => return error(StatusCode::BAD_REQUEST, "give exactly one of ids, dead or reroute"),
+        };
+        match result {
+            Ok(n) => {
+                self.gateway.dispatcher.wake();
+                reply(StatusCode::OK, json!({"queued": n}))
+            }
+            Err(e) => ops_error(e),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayCommand {
+    ids: Option<Vec<String>>,
+    dead: Option<bool>,
+    reroute: Option<Vec<String>>,
+    destination: Option<String>,
+    since: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct DestinationRow {
+    name: String,
+    paused: bool,
+    pause_reason: Option<String>,
+    breaker: &'static str,
+    pending: u64,
+    oldest_due_ms: u64,
+    dead: u64,
+    failed: u64,
+}
+
+fn parse_filter(query: &str) -> Result<DeliveryFilter, OpsError> {
+    let mut f = DeliveryFilter { limit: 50, ..Default::default() };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        let int = |v: &str| v.parse::<i64>().map_err(|_| OpsError::Invalid(format!("{k} must be a number")));
+        match k {
+            "status" => f.status = Some(v),
+            "destination" => f.destination = Some(v),
+            "source" => f.source = Some(v),
+            "since" => f.since_ms = Some(ops::parse_since(&v, SystemTime::now())?),
+            "until" => f.until_ms = Some(ops::parse_since(&v, SystemTime::now())?),
+            "before" => f.before_id = Some(int(&v)?),
+            "limit" => f.limit = int(&v)? as usize,
+            other => return Err(OpsError::Invalid(format!("unknown query parameter \"{other}\""))),
+        }
+    }
+    Ok(f)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len()
+                && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) =>
+            {
+                out.push(h * 16 + l);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Serves the admin API until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+            });
+            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+                debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_from_query_strings() {
+        let f = parse_filter("status=dead&destination=chat%20ops&limit=5&before=99").unwrap();
+        assert_eq!(f.status.as_deref(), Some("dead"));
+        assert_eq!(f.destination.as_deref(), Some("chat ops"));
+        assert_eq!((f.limit, f.before_id), (5, Some(99)));
+        assert_eq!(parse_filter("colour=red").unwrap_err().to_string(), "unknown query parameter \"colour\"");
+        assert_eq!(parse_filter("limit=x").unwrap_err().to_string(), "limit must be a number");
+        assert_eq!(percent_decode("a%2Fb+c%zz"), "a/b c%zz");
+    }
+}

@@ -1,0 +1,113 @@
+//! Metric names and helpers. Metrics go through the `metrics` facade; `hookyard run` installs a
+//! Prometheus recorder and the admin listener renders it at `/metrics`. Labels are bounded: source,
+//! route, destination and plugin names come from the config; statuses and reasons are fixed sets.
+//! Never an event id or a URL.
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS_RECEIVED: &str = "hookyard_events_received_total";
+pub const VERIFY_FAILURES: &str = "hookyard_verification_failures_total";
+pub const ROUTE_MATCHES: &str = "hookyard_route_matches_total";
+pub const INGRESS_SECONDS: &str = "hookyard_ingress_duration_seconds";
+pub const DELIVERIES: &str = "hookyard_deliveries_total";
+pub const ATTEMPTS: &str = "hookyard_delivery_attempts_total";
+pub const DELIVERY_SECONDS: &str = "hookyard_delivery_latency_seconds";
+pub const QUEUE_DEPTH: &str = "hookyard_queue_depth";
+pub const OLDEST_DUE: &str = "hookyard_oldest_due_age_seconds";
+pub const DEAD_LETTERS: &str = "hookyard_dead_letters";
+pub const BREAKER_STATE: &str = "hookyard_circuit_breaker_state";
+pub const PAUSED: &str = "hookyard_destination_paused";
+pub const RELOADS: &str = "hookyard_config_reloads_total";
+pub const CONFIG_INFO: &str = "hookyard_config_info";
+pub const PLUGIN_CALLS: &str = "hookyard_plugin_calls_total";
+pub const PLUGIN_SECONDS: &str = "hookyard_plugin_duration_seconds";
+
+/// Installs the global Prometheus recorder (once per process; `hookyard run` only).
+pub fn install() -> Result<PrometheusHandle, String> {
+    let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+        .map_err(|e| e.to_string())?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(EVENTS_RECEIVED, "Ingress requests at a source path, by source and response status");
+    describe_counter!(VERIFY_FAILURES, "Requests refused with 401, by source and reason");
+    describe_counter!(ROUTE_MATCHES, "Events matched, by route");
+    describe_histogram!(INGRESS_SECONDS, "Time from request to response at a source path, by source");
+    describe_counter!(
+        DELIVERIES,
+        "Deliveries finished or retried, by destination and outcome (delivered, retry, failed, dead, gone)"
+    );
+    describe_counter!(ATTEMPTS, "Delivery attempts, by destination");
+    describe_histogram!(DELIVERY_SECONDS, "Latency of delivery attempts, by destination");
+    describe_gauge!(QUEUE_DEPTH, "Pending deliveries, by destination");
+    describe_gauge!(OLDEST_DUE, "Age of the oldest due delivery, by destination (0 when none is due)");
+    describe_gauge!(DEAD_LETTERS, "Dead letters in the store, by destination");
+    describe_gauge!(BREAKER_STATE, "Circuit breaker state by destination: 0 closed, 1 half-open, 2 open");
+    describe_gauge!(PAUSED, "1 when the destination is paused");
+    describe_counter!(RELOADS, "Config reloads, by result (ok, error)");
+    describe_gauge!(CONFIG_INFO, "1, labelled with the active config version");
+    describe_counter!(PLUGIN_CALLS, "Plugin calls, by plugin and outcome");
+    describe_histogram!(PLUGIN_SECONDS, "Plugin call duration, by plugin");
+}
+
+pub fn event_received(source: &str, status: u16, seconds: f64) {
+    counter!(EVENTS_RECEIVED, "source" => source.to_string(), "status" => status.to_string()).increment(1);
+    histogram!(INGRESS_SECONDS, "source" => source.to_string()).record(seconds);
+}
+
+pub fn verify_failed(source: &str, reason: &'static str) {
+    counter!(VERIFY_FAILURES, "source" => source.to_string(), "reason" => reason).increment(1);
+}
+
+pub fn route_matched(route: &str) {
+    counter!(ROUTE_MATCHES, "route" => route.to_string()).increment(1);
+}
+
+pub fn attempt(destination: &str, seconds: f64) {
+    counter!(ATTEMPTS, "destination" => destination.to_string()).increment(1);
+    histogram!(DELIVERY_SECONDS, "destination" => destination.to_string()).record(seconds);
+}
+
+pub fn delivery(destination: &str, outcome: &'static str) {
+    counter!(DELIVERIES, "destination" => destination.to_string(), "outcome" => outcome).increment(1);
+}
+
+pub fn reload(ok: bool) {
+    counter!(RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+pub fn config_version(old: Option<&str>, new: &str) {
+    if let Some(old) = old {
+        gauge!(CONFIG_INFO, "version" => old.to_string()).set(0.0);
+    }
+    gauge!(CONFIG_INFO, "version" => new.to_string()).set(1.0);
+}
+
+pub fn plugin_call(plugin: &str, outcome: &'static str, seconds: f64) {
+    counter!(PLUGIN_CALLS, "plugin" => plugin.to_string(), "outcome" => outcome).increment(1);
+    histogram!(PLUGIN_SECONDS, "plugin" => plugin.to_string()).record(seconds);
+}
+
+/// Gauges computed at scrape time from the store and the dispatcher.
+pub fn destination_gauges(destination: &str, pending: u64, oldest_due_ms: u64, dead: u64, breaker: &str, paused: bool) {
+    let d = destination.to_string();
+    gauge!(QUEUE_DEPTH, "destination" => d.clone()).set(pending as f64);
+    gauge!(OLDEST_DUE, "destination" => d.clone()).set(oldest_due_ms as f64 / 1000.0);
+    gauge!(DEAD_LETTERS, "destination" => d.clone()).set(dead as f64);
+    let state = match breaker {
+        "open" => 2.0,
+        "half_open" => 1.0,
+        _ => 0.0,
+    };
+    gauge!(BREAKER_STATE, "destination" => d.clone()).set(state);
+    gauge!(PAUSED, "destination" => d).set(if paused { 1.0 } else { 0.0 });
+}

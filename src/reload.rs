@@ -1,0 +1,257 @@
+//! Hot reload: a new snapshot is built off the request path by the same `runtime::build` as at
+//! start, then swapped in atomically. Requests in flight finish on the snapshot they loaded; new
+//! requests see the new one. A reload that fails changes nothing and is reported (log, metric,
+//! status). Triggers: file changes (notify, debounced), SIGHUP, and the admin API.
+//!
+//! Settings that cannot change live (`server.listen`, `server.max_connections`, `admin`,
+//! `storage`) keep their running values and are reported as "needs restart".
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use crate::runtime::Snapshot;
+use crate::server::Gateway;
+
+/// Quiet time after the last file event before a reload starts (editors write in bursts).
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ReloadStatus {
+    pub file: String,
+    /// Content hash of the active config.
+    pub version: String,
+    /// When the active config was loaded (unix ms).
+    pub loaded_at_ms: i64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// The last failed reload: when, and every problem (`file:line:col: key: message`).
+    pub last_error: Option<ReloadError>,
+    /// Settings changed in the file that only take effect after a restart.
+    pub needs_restart: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadError {
+    pub at_ms: i64,
+    pub trigger: String,
+    pub errors: Vec<String>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    Reloaded { version: String, needs_restart: Vec<String> },
+    Unchanged { version: String },
+    Failed { errors: Vec<String> },
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    gateway: Arc<Gateway>,
+    status: Mutex<ReloadStatus>,
+    /// One reload at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(path: &Path, gateway: Arc<Gateway>) -> Arc<Reloader> {
+        let snap = gateway.snapshot.load();
+        let status = ReloadStatus {
+            file: snap.file.clone(),
+            version: snap.version.clone(),
+            loaded_at_ms: crate::store::to_ms(snap.loaded_at),
+            ..Default::default()
+        };
+        crate::metrics::config_version(None, &snap.version);
+        Arc::new(Reloader {
+            path: path.to_path_buf(),
+            gateway,
+            status: Mutex::new(status),
+            running: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Builds a new snapshot from the file and swaps it in, or reports why not.
+    pub async fn reload(&self, trigger: &str) -> ReloadOutcome {
+        let _one = self.running.lock().await;
+        let path = self.path.clone();
+        // compiling (regexes, JSONPaths, TLS roots, plugins) is CPU work: off the async workers
+        let built = tokio::task::spawn_blocking(move || crate::runtime::build(&path)).await;
+        let old = self.gateway.snapshot.load_full();
+        match built {
+            Ok(Ok(mut new)) => {
+                if new.version == old.version {
+                    return ReloadOutcome::Unchanged { version: new.version };
+                }
+                let needs_restart = keep_restart_only_settings(&old, &mut new);
+                for setting in &needs_restart {
+                    warn!(setting = %setting, "changed in the config file but needs a restart; the running value stays");
+                }
+                let version = new.version.clone();
+                self.gateway.dispatcher.set_destinations(&new.destinations);
+                self.gateway.snapshot.store(Arc::new(new));
+                crate::metrics::reload(true);
+                crate::metrics::config_version(Some(&old.version), &version);
+                let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                st.version = version.clone();
+                st.loaded_at_ms = crate::store::now_ms();
+                st.reloads_ok += 1;
+                st.needs_restart = needs_restart.clone();
+                info!(trigger, old = %old.version, new = %version, "config reloaded");
+                ReloadOutcome::Reloaded { version, needs_restart }
+            }
+            Ok(Err(errors)) => {
+                let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                for e in &errors {
+                    error!(trigger, problem = %e, "config reload failed; the running config stays");
+                }
+                self.failed(trigger, errors)
+            }
+            Err(join) => self.failed(trigger, vec![format!("reload task failed: {join}")]),
+        }
+    }
+
+    fn failed(&self, trigger: &str, errors: Vec<String>) -> ReloadOutcome {
+        crate::metrics::reload(false);
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        st.reloads_failed += 1;
+        st.last_error =
+            Some(ReloadError { at_ms: crate::store::now_ms(), trigger: trigger.to_string(), errors: errors.clone() });
+        ReloadOutcome::Failed { errors }
+    }
+
+    /// Reloads on SIGHUP until `stop` resolves.
+    pub async fn on_sighup(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            error!("cannot install the SIGHUP handler");
+            return;
+        };
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                got = hup.recv() => {
+                    if got.is_none() { return; }
+                    info!("SIGHUP received; reloading");
+                    self.reload("sighup").await;
+                }
+            }
+        }
+    }
+
+    /// Watches the config file's directory (and the directories of `extra` files, e.g. plugins)
+    /// and reloads after a quiet period. Watching directories rather than files handles editors
+    /// that save by writing a new file and renaming it over the old one, and Kubernetes ConfigMaps
+    /// that swap a symlink; a reload that finds the same content is a no-op.
+    pub async fn watch(self: Arc<Self>, extra: Vec<PathBuf>, stop: impl std::future::Future<Output = ()>) {
+        use notify::{RecursiveMode, Watcher};
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let files: Vec<PathBuf> = std::iter::once(self.path.clone()).chain(extra.iter().cloned()).collect();
+        let names: Vec<std::ffi::OsString> =
+            files.iter().filter_map(|f| f.file_name().map(|n| n.to_os_string())).collect();
+        let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let Ok(event) = res else { return };
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            // only our files, or a Kubernetes ConfigMap's `..data` symlink swap
+            let ours = event
+                .paths
+                .iter()
+                .filter_map(|p| p.file_name())
+                .any(|n| names.iter().any(|m| m == n) || n.to_string_lossy().starts_with("..data"));
+            if ours {
+                let _ = tx.send(());
+            }
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                error!(error = %e, "cannot watch the config file; reload with SIGHUP or the admin API");
+                return;
+            }
+        };
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .map(|p| {
+                p.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for d in &dirs {
+            if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+                warn!(dir = %d.display(), error = %e, "cannot watch directory");
+            }
+        }
+        tokio::pin!(stop);
+        let mut last_seen = content_hash(&files);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                got = rx.recv() => {
+                    if got.is_none() { return; }
+                    // debounce: wait until the files have been quiet for DEBOUNCE
+                    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                    // touch, chmod or a save without changes: nothing to do (and a broken file is
+                    // reported once, not at every event)
+                    let now = content_hash(&files);
+                    if now == last_seen {
+                        continue;
+                    }
+                    last_seen = now;
+                    self.reload("file change").await;
+                }
+            }
+        }
+    }
+}
+
+/// A hash of the files' contents (a missing file hashes as empty).
+fn content_hash(files: &[PathBuf]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(std::fs::read(f).unwrap_or_default());
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
+/// Copies settings that need a restart from the running snapshot into the new one; returns the
+/// names of those that differed.
+fn keep_restart_only_settings(old: &Snapshot, new: &mut Snapshot) -> Vec<String> {
+    let mut changed = Vec::new();
+    if old.server.listen != new.server.listen {
+        changed.push(format!("server.listen ({} → {})", old.server.listen, new.server.listen));
+        new.server.listen = old.server.listen;
+    }
+    if old.server.max_connections != new.server.max_connections {
+        changed.push("server.max_connections".to_string());
+        new.server.max_connections = old.server.max_connections;
+    }
+    if old.admin.listen != new.admin.listen || old.admin.enabled != new.admin.enabled {
+        changed.push("admin.listen / admin.enabled".to_string());
+        new.admin.listen = old.admin.listen;
+        new.admin.enabled = old.admin.enabled;
+    }
+    if old.storage.path != new.storage.path || old.storage.sync != new.storage.sync {
+        changed.push("storage.path / storage.sync".to_string());
+        new.storage = old.storage.clone();
+    }
+    if old.delivery.max_in_flight != new.delivery.max_in_flight || old.delivery.max_pending != new.delivery.max_pending
+    {
+        changed.push("delivery.max_in_flight / delivery.max_pending".to_string());
+        new.delivery = old.delivery.clone();
+    }
+    changed
+}
