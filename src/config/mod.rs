@@ -78,7 +78,7 @@ pub struct Config {
     poisoned: Vec<String>,
 }
 
-const TOP_LEVEL: [&str; 6] = ["server", "egress", "delivery", "sources", "destinations", "routes"];
+const TOP_LEVEL: [&str; 8] = ["server", "admin", "egress", "delivery", "storage", "sources", "destinations", "routes"];
 
 impl Config {
     /// Reads `path` and parses it with the process environment.

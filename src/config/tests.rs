@@ -132,7 +132,7 @@ fn syntax_errors_and_wrong_shapes() {
         errors,
         [
             "routes.yaml:1:1: routes: must be a list of routes",
-            "routes.yaml:2:1: sourcs: unknown key (did you mean \"sources\"?); expected one of server, egress, delivery, sources, destinations, routes"
+            "routes.yaml:2:1: sourcs: unknown key (did you mean \"sources\"?); expected one of server, admin, egress, delivery, storage, sources, destinations, routes"
         ]
     );
     let (_, errors) = parse("server: { request_timeout: 30 }\n");
