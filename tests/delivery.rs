@@ -201,16 +201,15 @@ routes:
     .await;
     let sig = format!("sha256={}", hex::encode(hmac_sha256(b"hmac-secret", &[b"{}"])));
     let basic = basic_auth("alice:wonderland");
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
-        ("/hooks/hmac", &[("X-Acme-Signature", &sig)], "x-acme-signature"),
-        ("/hooks/token", &[("X-Acme-Token", "tok-456")], "x-acme-token"),
-        ("/hooks/basic", &[("Authorization", &basic)], "authorization"),
+    // (path, the source's credential header, its value)
+    let cases = [
+        ("/hooks/hmac", "x-acme-signature", sig.as_str()),
+        ("/hooks/token", "x-acme-token", "tok-456"),
+        ("/hooks/basic", "authorization", basic.as_str()),
     ];
-    for (i, (path, headers, secret_header)) in cases.iter().enumerate() {
-        let mut h = headers.to_vec();
+    for (i, (path, secret_header, value)) in cases.into_iter().enumerate() {
         let marker = format!("case-{i}");
-        h.push(("X-Case", &marker));
-        gw.post(path, &h, "{}").await.accepted_id();
+        gw.post(path, &[(secret_header, value), ("X-Case", &marker)], "{}").await.accepted_id();
         let got = sink.wait_for(i + 1, WAIT).await;
         let r = got.iter().find(|r| r.header("x-case") == Some(marker.as_str())).expect("delivered");
         assert_eq!(
@@ -264,13 +263,14 @@ async fn delivery_gives_up_when_the_schedule_is_exhausted() {
     )
     .await;
     send_to(&gw, &["down"], "give-up").await;
-    gw.wait_for_log_lines(&["retry schedule exhausted", "destination=down"], 1, WAIT).await;
+    gw.wait_for_log_lines(&["exhausted", "destination=down"], 1, WAIT).await;
     assert_eq!(sink.requests().len(), 3, "one attempt and two retries");
 }
 
 #[tokio::test]
 async fn retry_after_is_honoured_and_clamped() {
     // Retry-After: 1 replaces the 100ms schedule; Retry-After: 30 is clamped to max_retry_after 1s.
+    // (The throttle floor after a 429 is set below 1s so that it is the Retry-After that counts.)
     let honoured = Sink::with_script(vec![Reply::status(429).retry_after(1)]).await;
     let clamped = Sink::with_script(vec![Reply::status(503).retry_after(30)]).await;
     let gw = gateway(
@@ -279,7 +279,7 @@ async fn retry_after_is_honoured_and_clamped() {
             (
                 "honoured",
                 honoured.url("/honoured"),
-                "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0, max_retry_after: 5s }",
+                "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0, max_retry_after: 5s, throttle_floor: 200ms }",
             ),
             (
                 "clamped",
@@ -300,14 +300,36 @@ async fn retry_after_is_honoured_and_clamped() {
 }
 
 #[tokio::test]
+async fn a_429_without_retry_after_waits_at_least_the_throttle_floor() {
+    let sink = Sink::with_script(vec![Reply::status(429)]).await;
+    let gw = gateway(
+        true,
+        &[(
+            "busy",
+            sink.url("/busy"),
+            "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0, throttle_floor: 700ms }",
+        )],
+    )
+    .await;
+    send_to(&gw, &["busy"], "throttled").await;
+    let got = sink.wait_for(2, WAIT).await;
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(695) && gap < Duration::from_secs(3),
+        "the 100ms schedule is raised to the 700ms floor: {gap:?}"
+    );
+}
+
+#[tokio::test]
 async fn timeouts_are_retried() {
+    // A timeout counts as throttling too: the 100ms schedule is raised to the 300ms floor.
     let sink = Sink::with_script(vec![Reply::ok().delayed(Duration::from_secs(3))]).await;
     let gw = gateway(
         true,
         &[(
             "slow",
             sink.url("/slow"),
-            "sign: { scheme: none }\ntimeout_ms: 200\nretry: { schedule: [100ms], jitter: 0 }",
+            "sign: { scheme: none }\ntimeout_ms: 200\nretry: { schedule: [100ms], jitter: 0, throttle_floor: 300ms }",
         )],
     )
     .await;
@@ -315,8 +337,8 @@ async fn timeouts_are_retried() {
     let got = sink.wait_for(2, WAIT).await;
     let gap = got[1].at - got[0].at;
     assert!(
-        gap >= Duration::from_millis(295) && gap < Duration::from_secs(2),
-        "timed out after 200ms, retried 100ms later: {gap:?}"
+        gap >= Duration::from_millis(495) && gap < Duration::from_secs(3),
+        "timed out after 200ms, retried 300ms later: {gap:?}"
     );
     gw.wait_for_log_lines(&["delivered", "destination=slow", "attempt=2"], 1, WAIT).await;
 }
@@ -337,7 +359,7 @@ async fn connection_errors_are_retried() {
     send_to(&gw, &["gone"], "refused").await;
     let retries = gw.wait_for_log_lines(&["will retry", "destination=gone"], 2, WAIT).await;
     assert_eq!(retries.len(), 2, "{retries:?}");
-    gw.wait_for_log_lines(&["retry schedule exhausted", "destination=gone", "attempt=3"], 1, WAIT).await;
+    gw.wait_for_log_lines(&["exhausted", "destination=gone", "attempt=3"], 1, WAIT).await;
 }
 
 #[tokio::test]
@@ -349,7 +371,6 @@ async fn only_timeouts_429_and_5xx_are_retried() {
         (403, false),
         (404, false),
         (409, false),
-        (410, false),
         (422, false),
         (301, false),
         (408, true),
@@ -376,7 +397,7 @@ async fn only_timeouts_429_and_5xx_are_retried() {
             let retry = if n == "control" {
                 "sign: { scheme: none }\nretry: { schedule: [300ms], jitter: 0 }"
             } else {
-                "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0 }"
+                "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0, throttle_floor: 0ms }"
             };
             (n.as_str(), u.clone(), retry)
         })
@@ -402,6 +423,51 @@ async fn only_timeouts_429_and_5xx_are_retried() {
         "one 'not retryable' line per non-retried status: {failed:#?}"
     );
     assert!(failed.iter().all(|l| l.contains("ERROR")), "logged at error level: {failed:#?}");
+}
+
+#[tokio::test]
+async fn a_410_pauses_the_destination() {
+    let gone = Sink::with_script(vec![Reply::status(410)]).await;
+    let control = Sink::with_script(vec![Reply::status(503)]).await;
+    let gw = gateway(
+        true,
+        &[
+            ("gone", gone.url("/gone"), "sign: { scheme: none }\nretry: { schedule: [100ms], jitter: 0 }"),
+            ("control", control.url("/control"), "sign: { scheme: none }\nretry: { schedule: [300ms], jitter: 0 }"),
+        ],
+    )
+    .await;
+    send_to(&gw, &["gone"], "first").await;
+    gone.wait_for(1, WAIT).await;
+    gw.wait_for_log_lines(&["410", "destination=gone"], 1, WAIT).await;
+    // Later events for a paused destination wait in the store instead of being sent.
+    send_to(&gw, &["gone"], "second").await;
+    send_to(&gw, &["control"], "control").await;
+    control.wait_for(2, WAIT).await;
+    let got = gone.requests();
+    assert_eq!(got.len(), 1, "neither a retry nor the next event reaches a paused destination: {got:?}");
+    assert!(gw.log_lines_with(&["not retryable"]).is_empty(), "a 410 pauses rather than fails: {}", gw.logs());
+}
+
+#[tokio::test]
+async fn pending_deliveries_survive_a_restart() {
+    // The first attempt fails; SIGTERM arrives before the retry is due; the retry is made by the
+    // next process on the same store, as the same message.
+    let sink = Sink::with_script(vec![Reply::status(503)]).await;
+    let mut gw =
+        gateway(true, &[("out", sink.url("/out"), "sign: { scheme: none }\nretry: { schedule: [500ms], jitter: 0 }")])
+            .await;
+    send_to(&gw, &["out"], "durable").await;
+    sink.wait_for(1, WAIT).await;
+    let status = gw.terminate(WAIT).await;
+    assert!(status.success(), "exit status {status}; logs:\n{}", gw.logs());
+    assert_eq!(sink.requests().len(), 1, "stopped before the retry was due");
+
+    gw.restart().await;
+    let got = sink.wait_for(2, WAIT).await;
+    assert_eq!(got[0].must("webhook-id"), got[1].must("webhook-id"), "the same message, not a new one");
+    assert_eq!(got[0].body, got[1].body);
+    gw.wait_for_log_lines(&["delivered", "destination=out", "attempt=2"], 1, WAIT).await;
 }
 
 #[tokio::test]
@@ -451,4 +517,109 @@ async fn loopback_destinations_are_refused_without_egress_allow() {
         assert!(line.contains("not retryable"), "a refusal is final: {line}");
     }
     assert!(sink.requests().is_empty(), "nothing may reach a refused destination: {:?}", sink.requests());
+}
+
+// --- Sender headers, byte for byte ------------------------------------------------------------
+
+/// A gateway forwarding everything from an unsigned source to one sink, and a raw POST to it with
+/// `extra` header lines (so the exact bytes and repetitions of headers are under the test's control).
+async fn forward_raw(extra: &str) -> Recorded {
+    let sink = Sink::start().await;
+    let gw = Gateway::start(&format!(
+        r#"
+server: {{ listen: "127.0.0.1:0" }}
+egress: {{ allow: [127.0.0.0/8] }}
+sources:
+  app:
+    path: /hooks/app
+    verify: {{ scheme: none }}
+destinations:
+  out:
+    url: {url}
+    sign: {{ scheme: none }}
+routes:
+  - {{ name: all, source: app, to: [out] }}
+"#,
+        url = sink.url("/out")
+    ))
+    .await;
+    let body = "{}";
+    let head = format!(
+        "POST /hooks/app HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let r = gw.raw(&head, body.as_bytes()).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    sink.wait_for(1, WAIT).await.remove(0)
+}
+
+#[tokio::test]
+async fn a_header_sent_several_times_is_forwarded_with_every_value() {
+    let r = forward_raw("X-Tag: first\r\nX-Tag: second\r\nX-Tag: third\r\n").await;
+    let values: Vec<&str> = r.headers.get_all("x-tag").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(values, ["first", "second", "third"], "headers: {:?}", header_list(&r.headers));
+}
+
+#[tokio::test]
+async fn headers_named_in_connection_are_hop_by_hop_and_not_forwarded() {
+    // RFC 9110 §7.6.1: an intermediary removes the fields the Connection header names.
+    let r =
+        forward_raw("Connection: keep-alive, X-Hop-Secret\r\nX-Hop-Secret: for-the-next-hop-only\r\nX-End: kept\r\n")
+            .await;
+    assert_eq!(r.header("x-end"), Some("kept"));
+    assert_eq!(r.header("x-hop-secret"), None, "headers: {:?}", header_list(&r.headers));
+}
+
+#[tokio::test]
+async fn header_values_that_are_not_ascii_are_forwarded_unchanged() {
+    // obs-text (bytes 0x80-0xFF) is legal in a field value; a gateway passes it through as is.
+    let r = forward_raw("X-Title: caf\u{e9} cr\u{e8}me\r\n").await;
+    let value = r.headers.get("x-title").map(|v| v.as_bytes().to_vec());
+    assert_eq!(value.as_deref(), Some("caf\u{e9} cr\u{e8}me".as_bytes()), "headers: {:?}", header_list(&r.headers));
+}
+
+// --- Exactly once in the absence of failures --------------------------------------------------
+
+/// At-least-once allows a duplicate after a crash, not in normal operation: a delivery the
+/// destination acknowledged with a 2xx is never sent again. Each event fans out to many
+/// destinations at once, so many deliveries are in flight together.
+#[tokio::test]
+async fn an_acknowledged_delivery_is_not_sent_again() {
+    const DESTINATIONS: usize = 20;
+    const EVENTS: usize = 5;
+    let sink = Sink::start().await;
+    // The control's retry comes 1.5s after its first attempt: more than a poll interval (1s) after
+    // every event below was acknowledged, so a late re-send of any of them would be in by then.
+    let control = Sink::with_script(vec![Reply::status(503)]).await;
+    let names: Vec<String> = (0..DESTINATIONS).map(|i| format!("d{i}")).collect();
+    let mut specs: Vec<(&str, String, &str)> =
+        names.iter().map(|n| (n.as_str(), sink.url(&format!("/{n}")), "sign: { scheme: none }")).collect();
+    specs.push((
+        "control",
+        control.url("/control"),
+        "sign: { scheme: none }\nretry: { schedule: [1500ms], jitter: 0 }",
+    ));
+    let gw = gateway(true, &specs).await;
+
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    for i in 0..EVENTS {
+        send_to(&gw, &all, &format!("event-{i}")).await;
+    }
+    sink.wait_for(DESTINATIONS * EVENTS, WAIT).await;
+    send_to(&gw, &["control"], "control").await;
+    control.wait_for(2, WAIT).await;
+
+    let got = sink.requests();
+    let mut per_id: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for r in &got {
+        per_id.entry(r.must("webhook-id").to_string()).or_default().push(format!("{} {}", r.path, r.must("x-case")));
+    }
+    let repeated: Vec<_> = per_id.values().filter(|v| v.len() > 1).collect();
+    assert_eq!(per_id.len(), DESTINATIONS * EVENTS);
+    assert!(
+        repeated.is_empty(),
+        "{} of {} deliveries were sent more than once: {repeated:?}",
+        repeated.len(),
+        DESTINATIONS * EVENTS
+    );
 }

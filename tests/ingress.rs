@@ -653,3 +653,61 @@ sources:
         started.elapsed()
     );
 }
+
+// --- Idempotency ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_repeated_sender_event_id_is_acknowledged_once_and_delivered_once() {
+    let sink = Sink::start().await;
+    let gw = Gateway::start(&format!(
+        r#"
+server: {{ listen: "127.0.0.1:0" }}
+egress: {{ allow: [127.0.0.0/8] }}
+sources:
+  github:
+    path: /hooks/github
+    verify: {{ scheme: none }}
+    dedupe: {{ header: X-GitHub-Delivery }}
+  stripe:
+    path: /hooks/stripe
+    verify: {{ scheme: none }}
+    dedupe: {{ path: $.id }}
+destinations:
+  out:
+    url: {url}
+    sign: {{ scheme: none }}
+routes:
+  - {{ name: github, source: github, to: [out] }}
+  - {{ name: stripe, source: stripe, to: [out] }}
+"#,
+        url = sink.url("/out")
+    ))
+    .await;
+    let first = gw.post("/hooks/github", &[("x-github-delivery", "d-1"), ("x-case", "d-1")], BODY).await.accepted_id();
+    let again = gw.post("/hooks/github", &[("x-github-delivery", "d-1"), ("x-case", "d-1 again")], BODY).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.json(), json!({"id": first, "duplicate": true}), "a repeat is acknowledged with the original id");
+    let other = gw.post("/hooks/github", &[("x-github-delivery", "d-2"), ("x-case", "d-2")], BODY).await.accepted_id();
+    assert_ne!(other, first);
+    // No id, no deduplication.
+    let a = gw.post("/hooks/github", &[("x-case", "no id 1")], BODY).await.accepted_id();
+    let b = gw.post("/hooks/github", &[("x-case", "no id 2")], BODY).await.accepted_id();
+    assert_ne!(a, b);
+    // By body path: same $.id, different bodies otherwise.
+    let s1 = gw.post("/hooks/stripe", &[("x-case", "evt_1")], r#"{"id":"evt_1","n":1}"#).await.accepted_id();
+    let s2 = gw.post("/hooks/stripe", &[("x-case", "evt_1 again")], r#"{"id":"evt_1","n":2}"#).await;
+    assert_eq!(s2.json(), json!({"id": s1, "duplicate": true}));
+    // The same id at another source is another event.
+    let g = gw
+        .post("/hooks/github", &[("x-github-delivery", "evt_1"), ("x-case", "evt_1 at github")], BODY)
+        .await
+        .accepted_id();
+    assert_ne!(g, s1);
+    gw.post("/hooks/github", &[("x-case", "control")], BODY).await.accepted_id();
+
+    let got =
+        sink.wait_until(WAIT, "the control event", |r| r.iter().any(|r| r.header("x-case") == Some("control"))).await;
+    let mut cases: Vec<&str> = got.iter().map(|r| r.must("x-case")).collect();
+    cases.sort();
+    assert_eq!(cases, ["control", "d-1", "d-2", "evt_1", "evt_1 at github", "no id 1", "no id 2"]);
+}

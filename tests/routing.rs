@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use common::*;
 
+/// Request headers as `(name, value)` pairs.
+type Headers = &'static [(&'static str, &'static str)];
+
 /// The events posted, by name (sent as `X-Case`, which is forwarded to destinations).
 /// `(name, headers, content type, body)`.
-const EVENTS: &[(&str, &[(&str, &str)], &str, &str)] = &[
+const EVENTS: &[(&str, Headers, &str, &str)] = &[
     (
         "opened",
         &[("X-Kind", "push"), ("X-Priority", "7")],

@@ -76,6 +76,9 @@ pub struct Config {
     positions: Positions,
     /// Keys whose value could not be read (e.g. a missing `${VAR}`).
     poisoned: Vec<String>,
+    /// Every name written under `sources` / `destinations`, including items with errors.
+    declared_sources: Vec<String>,
+    declared_destinations: Vec<String>,
 }
 
 const TOP_LEVEL: [&str; 8] = ["server", "admin", "egress", "delivery", "storage", "sources", "destinations", "routes"];
@@ -116,6 +119,8 @@ impl Config {
             routes: Vec::new(),
             positions: Positions::default(),
             poisoned: Vec::new(),
+            declared_sources: Vec::new(),
+            declared_destinations: Vec::new(),
         };
         let doc = match yaml::parse(text, env) {
             Ok(doc) => doc,
@@ -176,9 +181,11 @@ impl Config {
             cfg.admin = s;
         }
         if let Some(v) = root.remove("sources") {
+            cfg.declared_sources = declared_names(&v);
             cfg.sources = cfg.named_items("sources", v, &mut errors);
         }
         if let Some(v) = root.remove("destinations") {
+            cfg.declared_destinations = declared_names(&v);
             cfg.destinations = cfg.named_items("destinations", v, &mut errors);
         }
         match root.remove("routes") {
@@ -353,8 +360,9 @@ impl Config {
                 errors.push(self.error(&format!("{key}.name"), format!("duplicate route name \"{}\"", r.name)));
             }
             names.push(&r.name);
-            if !self.sources.iter().any(|(n, _)| *n == r.source) {
-                let hint = did_you_mean(&r.source, self.sources.iter().map(|(n, _)| n.as_str()));
+            // a source that is written but has its own errors is not "unknown": those errors say enough
+            if !self.declared_sources.contains(&r.source) {
+                let hint = did_you_mean(&r.source, self.declared_sources.iter().map(String::as_str));
                 errors.push(self.error(&format!("{key}.source"), format!("unknown source \"{}\"{hint}", r.source)));
             }
             if r.to.is_empty() {
@@ -362,8 +370,8 @@ impl Config {
             }
             for (j, dest) in r.to.iter().enumerate() {
                 let k = format!("{key}.to[{j}]");
-                if !self.destinations.iter().any(|(n, _)| n == dest) {
-                    let hint = did_you_mean(dest, self.destinations.iter().map(|(n, _)| n.as_str()));
+                if !self.declared_destinations.contains(dest) {
+                    let hint = did_you_mean(dest, self.declared_destinations.iter().map(String::as_str));
                     errors.push(self.error(&k, format!("unknown destination \"{dest}\"{hint}")));
                 } else if r.to[..j].contains(dest) {
                     errors.push(self.error(&k, format!("destination \"{dest}\" is listed twice")));
@@ -371,6 +379,10 @@ impl Config {
             }
         }
     }
+}
+
+fn declared_names(v: &Value) -> Vec<String> {
+    v.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
 }
 
 /// A route with its index in the file's `routes` list.

@@ -418,8 +418,59 @@ pub struct RouteConfig {
     pub when: Vec<ConditionConfig>,
     /// Destinations that receive each matching event (at least one).
     pub to: Vec<String>,
+    /// WebAssembly plugins run in order on each matching event before delivery (see
+    /// `plugins/README.md`): each gets the previous one's output; one that emits several outputs
+    /// fans out; a drop ends its branch.
+    #[serde(default)]
+    pub transform: Vec<TransformConfig>,
+    /// What happens to an event whose transform fails (trap, timeout, memory, bad output):
+    /// `fail` (default: kept as failed deliveries; `hookyard replay --reroute` runs the transform
+    /// again), `deliver_original` (deliver the untransformed event) or `drop`.
+    #[serde(default)]
+    pub on_error: OnError,
     /// Free text for humans.
     pub description: Option<String>,
+}
+
+/// `routes[].on_error`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    Drop,
+    DeliverOriginal,
+    #[default]
+    Fail,
+}
+
+/// `routes[].transform[]`: one plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// The plugin, a WebAssembly component (`.wasm`) for `hookyard:plugin/transform@0.1.0`.
+    /// Relative to the config file's directory.
+    pub plugin: PathBuf,
+    /// Settings the plugin reads with `config()`. Values are handed over as text (numbers and
+    /// booleans as written).
+    #[serde(default)]
+    pub config: BTreeMap<String, serde_json::Value>,
+    /// Per-plugin limits.
+    #[serde(default)]
+    pub limits: PluginLimitsConfig,
+}
+
+/// `routes[].transform[].limits`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimitsConfig {
+    /// Wall-clock deadline of one call, in milliseconds. Default 50: a transform is on the path
+    /// of the sender's request.
+    pub timeout_ms: Option<u64>,
+    /// Linear memory the plugin may grow to, in MiB. Default 16.
+    pub memory_mb: Option<u64>,
+    /// Largest total output (bodies and headers) of one call, in bytes. Default 1 MiB.
+    pub max_output_bytes: Option<usize>,
+    /// Most outputs one call may emit (a split). Default 100.
+    pub max_outputs: Option<usize>,
 }
 
 /// A secret string. Its `Debug` never shows the value, so secrets cannot leak through logs.

@@ -43,6 +43,9 @@ fn now_ms() -> i64 {
     crate::store::now_ms()
 }
 
+/// Shortest pause between two polls.
+const MIN_POLL_GAP: Duration = Duration::from_millis(50);
+
 /// How often the poller looks for due work it was not told about (replays from another process,
 /// resumed destinations). Newly accepted events do not wait for it.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -101,6 +104,8 @@ struct Inner<T> {
     max_pending: AtomicUsize,
     pending: AtomicUsize,
     claimed: Mutex<HashSet<i64>>,
+    /// When recently finished tasks gave up their claim (see `poll_once`).
+    released: Mutex<HashMap<i64, Instant>>,
     paused: Mutex<HashSet<String>>,
     breakers: Mutex<HashMap<Arc<str>, Breaker>>,
     wake: Notify,
@@ -135,6 +140,7 @@ impl<T: Transport> Dispatcher<T> {
                 max_pending: AtomicUsize::new(max_pending),
                 pending: AtomicUsize::new(pending),
                 claimed: Mutex::new(HashSet::new()),
+                released: Mutex::new(HashMap::new()),
                 paused: Mutex::new(paused),
                 breakers: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
@@ -227,13 +233,18 @@ impl<T: Transport> Dispatcher<T> {
             if let Err(e) = self.poll_once().await {
                 error!(error = %e, "polling the store for due deliveries failed");
             }
+            // Deliveries owned by a task retry on their own timers; the poller only needs to be
+            // prompt for rows due in the future that no task owns (retries recovered after a
+            // restart). Rows due now are mostly owned, so they do not make it spin.
             let next = self.inner.store.next_due_ms().await.ok().flatten();
-            let wait = next
-                .map_or(POLL_INTERVAL, |at| Duration::from_millis((at - now_ms()).max(0) as u64).min(POLL_INTERVAL));
+            let wait = match next {
+                Some(at) if at > now_ms() => Duration::from_millis((at - now_ms()) as u64).min(POLL_INTERVAL),
+                _ => POLL_INTERVAL,
+            };
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = self.inner.wake.notified() => {}
-                _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+                _ = tokio::time::sleep(wait.max(MIN_POLL_GAP)) => {}
             }
         }
     }
@@ -245,15 +256,33 @@ impl<T: Transport> Dispatcher<T> {
         *inner.paused.lock().unwrap_or_else(|p| p.into_inner()) = paused;
         inner.pending.store(inner.store.pending_count().await?, Ordering::Release);
         let claimed = inner.claimed.lock().unwrap_or_else(|p| p.into_inner()).len();
-        let due = inner.store.due(now_ms(), claimed + 512).await?;
+        // A task releases its claim right after its result committed. A row read before that
+        // commit still looks pending, so ids released after this poll began are skipped.
+        let poll_started = Instant::now();
+        let due = inner.store.due_ids(now_ms(), claimed + 512).await?;
         let now = Instant::now();
+        let wanted: Vec<i64> = {
+            let claimed = inner.claimed.lock().unwrap_or_else(|p| p.into_inner());
+            let mut released = inner.released.lock().unwrap_or_else(|p| p.into_inner());
+            released.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+            let breakers = inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
+            due.into_iter()
+                .filter(|(id, dest)| {
+                    !claimed.contains(id)
+                        && released.get(id).is_none_or(|at| *at < poll_started)
+                        && breakers.get(dest.as_str()).is_none_or(|b| b.would_allow(now))
+                })
+                .map(|(id, _)| id)
+                .collect()
+        };
+        if wanted.is_empty() {
+            return Ok(0);
+        }
         let mut started = 0;
-        for d in due {
-            let allowed = {
-                let breakers = inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
-                breakers.get(&d.destination).is_none_or(|b| b.would_allow(now))
-            };
-            if allowed && self.claim_and_spawn(d) {
+        for d in inner.store.load_pending(wanted).await? {
+            let fresh =
+                inner.released.lock().unwrap_or_else(|p| p.into_inner()).get(&d.id).is_none_or(|at| *at < poll_started);
+            if fresh && self.claim_and_spawn(d) {
                 started += 1;
             }
         }
@@ -283,6 +312,9 @@ async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery) {
         d.attempts += 1;
         tokio::time::sleep(delay).await;
     }
+    // record the release before dropping the claim, so a poll that read this row as pending
+    // before our result committed cannot take it again
+    inner.released.lock().unwrap_or_else(|p| p.into_inner()).insert(d.id, Instant::now());
     inner.claimed.lock().unwrap_or_else(|p| p.into_inner()).remove(&d.id);
 }
 

@@ -66,8 +66,14 @@ pub fn message_id(event_id: &str, route: &str, destination: &str) -> String {
 pub fn build_request(dest: &Destination, d: &DueDelivery, now: SystemTime) -> Request<Full<Bytes>> {
     let mut headers = HeaderMap::with_capacity(d.headers.len() + dest.headers.len() + 4);
     let extra = d.extra_headers.as_deref().map(Vec::as_slice).unwrap_or_default();
-    for (k, v) in d.headers.iter().chain(extra) {
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+    // the sender's headers keep every value of a repeated header; a transform's headers replace
+    for (k, v) in d.headers.iter() {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_bytes(v.as_bytes())) {
+            headers.append(k, v);
+        }
+    }
+    for (k, v) in extra {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_bytes(v.as_bytes())) {
             headers.insert(k, v);
         }
     }
@@ -125,13 +131,23 @@ pub const NEVER_FORWARDED: &[&str] = &[
     "x-api-key",
 ];
 
-/// The headers of `incoming` that may be forwarded (and are stored with the event), skipping
-/// `never` and values that are not visible ASCII.
+/// The headers of `incoming` that may be forwarded (and are stored with the event), in order,
+/// repeated headers included: skips `never` and the headers the sender's `Connection` header names
+/// (hop-by-hop by declaration, RFC 9110 §7.6.1). Values are kept as UTF-8 (`café` passes as is);
+/// the rare value that is not UTF-8 is converted lossily.
 pub fn forwardable(incoming: &HeaderMap, never: &[HeaderName]) -> Vec<(String, String)> {
+    let declared: Vec<String> = incoming
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
     incoming
         .iter()
-        .filter(|(k, _)| !never.contains(k))
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .filter(|(k, _)| !never.contains(k) && !declared.iter().any(|d| d == k.as_str()))
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect()
 }
 

@@ -47,9 +47,9 @@ impl Engine {
             .max_memory_size((config.max_memory_mb as usize) << 20)
             // Reset a used slot's memory and stack with memset rather than madvise up to this
             // much: the next instance then starts without page faults on its hot pages.
-            .linear_memory_keep_resident(1 << 20)
-            .async_stack_keep_resident(64 << 10)
-            .table_keep_resident(16 << 10);
+            .linear_memory_keep_resident(envn("HY_MEM_KR", 1 << 20))
+            .async_stack_keep_resident(envn("HY_STACK_KR", 64 << 10))
+            .table_keep_resident(envn("HY_TABLE_KR", 16 << 10));
 
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
@@ -213,3 +213,5 @@ impl Hasher for ShaHasher {
         unreachable!("only the digest is used")
     }
 }
+
+fn envn(k: &str, d: usize) -> usize { std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d) }

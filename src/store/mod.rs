@@ -352,7 +352,43 @@ impl Store {
         .map_err(StoreError::from)
     }
 
-    /// Pending deliveries due at `now_ms`, oldest due first, skipping `skip` ids and paused destinations.
+    /// Ids and destinations of pending deliveries due at `now_ms` (oldest due first) of unpaused
+    /// destinations: an index-only scan, so the poller can skip what it already owns before
+    /// loading bodies.
+    pub async fn due_ids(&self, now_ms: i64, limit: usize) -> Result<Vec<(i64, String)>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, destination FROM deliveries
+                 WHERE status = 'pending' AND next_at <= ?1
+                   AND destination NOT IN (SELECT name FROM destination_state WHERE paused = 1)
+                 ORDER BY next_at LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![now_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Loads the given deliveries if they are still pending.
+    pub async fn load_pending(&self, ids: Vec<i64>) -> Result<Vec<DueDelivery>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, d.headers, COALESCE(d.body, e.body)
+                 FROM deliveries d JOIN events e ON e.id = d.event_id
+                 WHERE d.id = ?1 AND d.status = 'pending'",
+            )?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(d) = st.query_row([id], due_row).optional()? {
+                    out.push(d);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Pending deliveries due at `now_ms`, oldest due first, of unpaused destinations.
     pub async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
@@ -362,21 +398,7 @@ impl Store {
                    AND d.destination NOT IN (SELECT name FROM destination_state WHERE paused = 1)
                  ORDER BY d.next_at LIMIT ?2",
             )?;
-            let rows = st.query_map(params![now_ms, limit as i64], |r| {
-                let headers: String = r.get(6)?;
-                let extra: Option<String> = r.get(7)?;
-                Ok(DueDelivery {
-                    id: r.get(0)?,
-                    event_id: r.get::<_, String>(1)?.into(),
-                    route: r.get::<_, String>(2)?.into(),
-                    destination: r.get::<_, String>(3)?.into(),
-                    msg_id: r.get::<_, String>(4)?.into(),
-                    attempts: r.get(5)?,
-                    headers: Arc::new(serde_json::from_str(&headers).unwrap_or_default()),
-                    extra_headers: extra.map(|e| Arc::new(serde_json::from_str(&e).unwrap_or_default())),
-                    body: Bytes::from(r.get::<_, Vec<u8>>(8)?),
-                })
-            })?;
+            let rows = st.query_map(params![now_ms, limit as i64], due_row)?;
             rows.collect()
         })
         .await
@@ -648,6 +670,22 @@ async fn wait_blocking<T: Send + 'static>(rx: tokio::sync::oneshot::Receiver<Res
         .await
         .map_err(|_| StoreError::WriterGone)?
         .map_err(|_| StoreError::WriterGone)?
+}
+
+fn due_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DueDelivery> {
+    let headers: String = r.get(6)?;
+    let extra: Option<String> = r.get(7)?;
+    Ok(DueDelivery {
+        id: r.get(0)?,
+        event_id: r.get::<_, String>(1)?.into(),
+        route: r.get::<_, String>(2)?.into(),
+        destination: r.get::<_, String>(3)?.into(),
+        msg_id: r.get::<_, String>(4)?.into(),
+        attempts: r.get(5)?,
+        headers: Arc::new(serde_json::from_str(&headers).unwrap_or_default()),
+        extra_headers: extra.map(|e| Arc::new(serde_json::from_str(&e).unwrap_or_default())),
+        body: Bytes::from(r.get::<_, Vec<u8>>(8)?),
+    })
 }
 
 fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {

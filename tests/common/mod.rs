@@ -26,7 +26,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -182,7 +182,7 @@ impl Process {
                 s.push('\n');
             }
         });
-        Process { addr, child, stderr_path, stdout, _stdout_task: stdout_task, what }
+        Process { addr, child, stderr_path, stdout, _stdout_task: stdout_task, what, stopped: false }
     }
 
     /// Everything written to stderr so far (colour codes removed).
@@ -280,6 +280,7 @@ pub struct Gateway {
     pub process: Process,
     pub config_path: PathBuf,
     client: Client<HttpConnector, Full<Bytes>>,
+    restarts: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -298,15 +299,34 @@ impl std::ops::DerefMut for Gateway {
 
 impl Gateway {
     /// Writes `yaml` to a temp dir and runs `hookyard run --config` on it. The config should
-    /// listen on `127.0.0.1:0`.
+    /// listen on `127.0.0.1:0`. Unless it has an `admin:` section, the admin listener is put on
+    /// `127.0.0.1:0` too (its default, a fixed port, would make parallel gateways collide); the
+    /// store is the default one, in the temp dir.
     pub async fn start(yaml: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("routes.yaml");
+        let mut yaml = yaml.to_string();
+        if !yaml.lines().any(|l| l.starts_with("admin:")) {
+            yaml.push_str("\nadmin: { listen: \"127.0.0.1:0\" }\n");
+        }
         std::fs::write(&config_path, yaml).expect("write config");
         let mut cmd = hookyard();
         cmd.arg("run").arg("--config").arg(&config_path);
         let process = Process::spawn(cmd, dir.path().join("stderr.log")).await;
-        Gateway { process, config_path, client: http_client(), _dir: dir }
+        Gateway { process, config_path, client: http_client(), restarts: 0, _dir: dir }
+    }
+
+    /// Starts the gateway again on the same config (and so the same store), stopping the running
+    /// process first if the test has not. The new process has a new port and a new log.
+    pub async fn restart(&mut self) {
+        if !self.process.stopped {
+            self.process.terminate(WAIT).await;
+        }
+        self.restarts += 1;
+        let mut cmd = hookyard();
+        cmd.arg("run").arg("--config").arg(&self.config_path);
+        let log = self._dir.path().join(format!("stderr-{}.log", self.restarts));
+        self.process = Process::spawn(cmd, log).await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -639,11 +659,6 @@ impl Sink {
         self.wait_until(timeout, &format!("{n} request(s)"), |r| r.len() >= n).await
     }
 
-    /// Waits until at least one request has arrived at `path`; returns everything received.
-    pub async fn wait_for_path(&self, path: &str, timeout: Duration) -> Vec<Recorded> {
-        self.wait_until(timeout, &format!("a request to {path}"), |r| r.iter().any(|r| r.path == path)).await
-    }
-
     /// Waits until `done` holds for the requests received so far (checked on every arrival).
     pub async fn wait_until(&self, timeout: Duration, what: &str, done: impl Fn(&[Recorded]) -> bool) -> Vec<Recorded> {
         match self.try_wait_until(timeout, done).await {
@@ -810,13 +825,4 @@ pub fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect();
     v.sort();
     v
-}
-
-/// Parses `name: value` pairs into a `HeaderMap` (for building requests from tables).
-pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in pairs {
-        h.append(HeaderName::try_from(*k).expect("header name"), HeaderValue::from_str(v).expect("header value"));
-    }
-    h
 }
