@@ -31,6 +31,7 @@ LOAD_CPU=${LOAD_CPU:-0}
 SUT_CPU=${SUT_CPU:-1}
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
+STORAGE_SYNC=${STORAGE_SYNC:-}        # hookyard storage.sync (full|normal); empty = hookyard's default
 
 GITHUB_SECRET="bench-secret"
 DEST_SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -38,6 +39,7 @@ BODY_FILE="$BENCH_DIR/github_push.json"
 
 HY_PORT=$PORT_BASE
 NGINX_PORT=$((PORT_BASE + 1))
+ADMIN_PORT=$((PORT_BASE + 2)) # hookyard's admin listener (default 9090 would collide with other runs)
 SINK_PORT=$((PORT_BASE + 11))
 
 log() { printf '[e2e %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -46,8 +48,9 @@ die() { log "ERROR: $*"; exit 1; }
 case "$HOOKYARD" in /*) ;; *) HOOKYARD="$ROOT/$HOOKYARD" ;; esac
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
 [[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
-[[ "$PORT_BASE" =~ ^[0-9]+$ ]] && ((PORT_BASE >= 1024 && PORT_BASE <= 65000)) \
-  || die "PORT_BASE must be in 1024..65000"
+if ! [[ "$PORT_BASE" =~ ^[0-9]+$ ]] || ((PORT_BASE < 1024 || PORT_BASE > 65000)); then
+  die "PORT_BASE must be in 1024..65000"
+fi
 for s in $SCENARIOS; do
   case "$s" in direct | nginx | hookyard-1 | hookyard-3) ;; *) die "unknown scenario '$s'" ;; esac
 done
@@ -237,6 +240,20 @@ cpu_ticks() {
   echo "$total"
 }
 
+# cpu_busy CPU: prints "busy total" jiffies of one CPU from /proc/stat.
+cpu_busy() {
+  local name v
+  while read -r name v; do
+    if [[ "$name" == "cpu$1" ]]; then
+      local f
+      read -ra f <<<"$v" # user nice system idle iowait irq softirq steal ...
+      echo "$((f[0] + f[1] + f[2] + f[5] + f[6] + f[7])) $((f[0] + f[1] + f[2] + f[3] + f[4] + f[5] + f[6] + f[7]))"
+      return 0
+    fi
+  done </proc/stat
+  echo "0 0"
+}
+
 # hwm_kb PID...: peak resident set (VmHWM) summed over the processes, in KiB.
 hwm_kb() {
   local total=0 pid v
@@ -341,6 +358,10 @@ write_hookyard_conf() {
   {
     echo "server: { listen: \"127.0.0.1:$HY_PORT\" }"
     echo 'egress: { allow: ["127.0.0.0/8"] }'
+    if [[ $ADMIN_KEY == 1 ]]; then
+      echo "admin: { listen: \"127.0.0.1:$ADMIN_PORT\", token: \"bench-admin-token\" }"
+    fi
+    [[ -z "$STORAGE_SYNC" ]] || echo "storage: { sync: $STORAGE_SYNC }"
     echo 'sources:'
     echo '  github:'
     echo '    path: /hooks/github'
@@ -358,11 +379,32 @@ write_hookyard_conf() {
   } >"$file"
 }
 
-# start_sut SCENARIO: sets SUT_PIDS (processes whose CPU is charged), URL,
-# FANOUT, SUT_MAIN (pid to stop; empty for direct), SUT_LOG.
+# check_hookyard_configs: `hookyard check` the configs before any run. Builds
+# without the `admin:` key get a config without it (admin then stays on its
+# default port, 9090).
+ADMIN_KEY=1
+check_hookyard_configs() {
+  local conf=$WORK/check.yaml fan out
+  for fan in 1 3; do
+    write_hookyard_conf "$fan" "$conf"
+    if ! out=$("$HOOKYARD" check --config "$conf" 2>&1); then
+      if [[ $ADMIN_KEY == 1 && "$out" == *"admin: unknown key"* ]]; then
+        log "note: this hookyard build has no admin: config key; its admin listener stays on 9090"
+        ADMIN_KEY=0
+        write_hookyard_conf "$fan" "$conf"
+        out=$("$HOOKYARD" check --config "$conf" 2>&1) && continue
+      fi
+      printf '%s\n' "$out" >&2
+      die "hookyard check rejected the generated config (fan-out $fan): $conf"
+    fi
+  done
+}
+
+# start_sut SCENARIO ROUND: sets SUT_PIDS (processes whose CPU is charged), URL,
+# FANOUT, SUT_MAIN (pid to stop; empty for direct), SUT_LOG, SUT_DIR.
 start_sut() {
-  local sc=$1
-  SUT_MAIN="" SUT_LOG=""
+  local sc=$1 round=$2
+  SUT_MAIN="" SUT_LOG="" SUT_DIR=""
   case "$sc" in
     direct)
       FANOUT=1
@@ -391,22 +433,26 @@ start_sut() {
     hookyard-*)
       FANOUT=${sc#hookyard-}
       URL="http://127.0.0.1:$HY_PORT/hooks/github"
-      local conf="$WORK/$sc.yaml"
-      write_hookyard_conf "$FANOUT" "$conf"
+      # A fresh directory per run: the store (storage.path, default
+      # data/hookyard.db next to the config) must not carry pending work over.
+      SUT_DIR="$WORK/$sc-r$round"
+      mkdir -p "$SUT_DIR"
+      write_hookyard_conf "$FANOUT" "$SUT_DIR/hookyard.yaml"
       ensure_port_free "$HY_PORT"
-      HOOKYARD_WORKER_THREADS=1 RUST_LOG=warn taskset -c "$SUT_CPU" \
-        "$HOOKYARD" run --config "$conf" >"$WORK/$sc.out" 2>"$WORK/$sc.err" &
+      if [[ $ADMIN_KEY == 1 ]]; then ensure_port_free "$ADMIN_PORT"; fi
+      (cd "$SUT_DIR" && HOOKYARD_WORKER_THREADS=1 RUST_LOG=warn exec taskset -c "$SUT_CPU" \
+        "$HOOKYARD" run --config "$SUT_DIR/hookyard.yaml" >"$SUT_DIR/hookyard.out" 2>"$SUT_DIR/hookyard.err") &
       SUT_MAIN=$!
       track "$SUT_MAIN"
-      wait_listening "$WORK/$sc.out" "$SUT_MAIN" "hookyard run ($sc)"
+      wait_listening "$SUT_DIR/hookyard.out" "$SUT_MAIN" "hookyard run ($sc)"
       SUT_PIDS=("$SUT_MAIN")
-      SUT_LOG="$WORK/$sc.err"
+      SUT_LOG="$SUT_DIR/hookyard.err"
       ;;
   esac
 }
 
 stop_sut() {
-  [[ -n "$SUT_MAIN" ]] && stop_pid "$SUT_MAIN" "$1"
+  if [[ -n "$SUT_MAIN" ]]; then stop_pid "$SUT_MAIN" "$1"; fi
   SUT_MAIN=""
 }
 
@@ -435,7 +481,7 @@ warn_lines() {
 # measure ROUND SCENARIO: one warm-up + one measured wrk run; appends a row.
 measure() {
   local round=$1 sc=$2
-  start_sut "$sc"
+  start_sut "$sc" "$round"
   sanity "$sc"
   if ((WARMUP_S > 0)); then
     now_us
@@ -444,10 +490,14 @@ measure() {
   fi
   kill -0 "$SINK_PID" 2>/dev/null || die "sink died"
 
-  local out="$WORK/wrk-$sc-r$round.txt" c0 cpu0 scpu0 t0 t_wrk cpu1 scpu1 rss
+  local out="$WORK/wrk-$sc-r$round.txt" c0 cpu0 scpu0 t0 t_wrk cpu1 scpu1 rss warns0 warns
+  warns0=$(warn_lines "$SUT_LOG") # the sanity check's bad signature logs a warning
   c0=$(sink_count)
   cpu0=$(cpu_ticks "${SUT_PIDS[@]}")
   scpu0=$(cpu_ticks "$SINK_PID")
+  local lb0 lt0 sb0 st0 lb1 lt1 sb1 st1
+  read -r lb0 lt0 < <(cpu_busy "$LOAD_CPU")
+  read -r sb0 st0 < <(cpu_busy "$SUT_CPU")
   now_us
   t0=$NOW_US
   run_wrk "$URL" "$DURATION_S" "$out"
@@ -456,17 +506,23 @@ measure() {
   drain "$t_wrk"
   cpu1=$(cpu_ticks "${SUT_PIDS[@]}")
   scpu1=$(cpu_ticks "$SINK_PID")
+  read -r lb1 lt1 < <(cpu_busy "$LOAD_CPU")
+  read -r sb1 st1 < <(cpu_busy "$SUT_CPU")
   rss=$(hwm_kb "${SUT_PIDS[@]}")
-  local warns
-  warns=$(warn_lines "$SUT_LOG")
+  warns=$(($(warn_lines "$SUT_LOG") - warns0))
   stop_sut "$sc"
+  # the event store can reach hundreds of MB per run; keep only the logs
+  if [[ -n "$SUT_DIR" ]]; then rm -rf "$SUT_DIR/data"; fi
 
   local kv
   kv=$(sed -n 's/^E2E_RESULT //p' "$out")
-  # round scenario fanout delivered wall_us drain_us drain_timeout sut_ticks sink_ticks sut_hwm_kb log_warn + wrk k=v
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$sc" "$FANOUT" \
+  # round scenario fanout delivered wall_us drain_us drain_timeout sut_ticks sink_ticks
+  # sut_hwm_kb log_warn load_cpu_busy load_cpu_total sut_cpu_busy sut_cpu_total "wrk k=v ..."
+  printf '%s\t' "$round" "$sc" "$FANOUT" \
     $((DRAIN_COUNT - c0)) $((DRAIN_AT_US - t0)) $((DRAIN_AT_US - t_wrk)) "$DRAIN_TIMEOUT" \
-    $((cpu1 - cpu0)) $((scpu1 - scpu0)) "$rss" "$warns" "$kv" >>"$ROWS"
+    $((cpu1 - cpu0)) $((scpu1 - scpu0)) "$rss" "$warns" \
+    $((lb1 - lb0)) $((lt1 - lt0)) $((sb1 - sb0)) $((st1 - st0)) >>"$ROWS"
+  printf '%s\n' "$kv" >>"$ROWS"
   python3 "$BENCH_DIR/e2e_report.py" row "$CLK_TCK" "$(tail -n 1 "$ROWS")" >&2
 }
 
@@ -474,6 +530,7 @@ measure() {
 log "rounds=$ROUNDS duration=${DURATION_S}s warmup=${WARMUP_S}s connections=$CONNECTIONS" \
   "cpus: load=$LOAD_CPU sut=$SUT_CPU hookyard=$HOOKYARD"
 start_sink
+case " $SCENARIOS " in *" hookyard-"*) check_hookyard_configs ;; esac
 
 for ((r = 1; r <= ROUNDS; r++)); do
   for sc in $SCENARIOS; do
@@ -493,11 +550,14 @@ META=(
   "load_cpu=$LOAD_CPU" "sut_cpu=$SUT_CPU" "clk_tck=$CLK_TCK" "body_bytes=$BODY_BYTES"
   "drain_max_s=$DRAIN_MAX" "drain_stable_ms=$DRAIN_STABLE_MS" "sink_log_warn=$sink_warns"
   "hookyard=$HOOKYARD"
+  "storage_sync=${STORAGE_SYNC:-default}"
   "hookyard_version=$(timeout 5 "$HOOKYARD" --version 2>/dev/null | head -n 1 || true)"
+  "hookyard_built=$(date -u -r "$HOOKYARD" +%Y-%m-%dT%H:%M:%SZ)"
   "git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || true)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo '-dirty')"
   "nginx_version=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
   "wrk_version=$(wrk -v 2>&1 | head -n 1 | cut -d' ' -f2)"
   "kernel=$(uname -r)"
+  "store_fs=$(df -PT "$WORK" | awk 'NR == 2 { print $2 }')"
   "cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
   "nproc=$NCPU"
 )

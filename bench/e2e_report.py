@@ -6,7 +6,8 @@
 
 A raw row is tab-separated:
   round scenario fanout delivered wall_us drain_us drain_timeout
-  sut_ticks sink_ticks sut_hwm_kb log_warn "k=v k=v ..." (wrk's E2E_RESULT line)
+  sut_ticks sink_ticks sut_hwm_kb log_warn load_cpu_busy load_cpu_total
+  sut_cpu_busy sut_cpu_total "k=v k=v ..." (wrk's E2E_RESULT line)
 """
 import json
 import statistics
@@ -29,8 +30,12 @@ def parse_row(line, clk_tck):
         "sink_ticks": int(f[8]),
         "sut_hwm_kb": int(f[9]),
         "log_warn_lines": int(f[10]),
+        "load_cpu_busy_ticks": int(f[11]),
+        "load_cpu_total_ticks": int(f[12]),
+        "sut_cpu_busy_ticks": int(f[13]),
+        "sut_cpu_total_ticks": int(f[14]),
     }
-    wrk = {k: int(v) for k, v in (kv.split("=", 1) for kv in f[11].split())}
+    wrk = {k: int(v) for k, v in (kv.split("=", 1) for kv in f[15].split())}
     r["wrk"] = wrk
     tick_us = 1e6 / clk_tck
     wall_s = r["wall_us"] / 1e6
@@ -45,6 +50,9 @@ def parse_row(line, clk_tck):
         "sut_cpu_us_per_event": r["sut_ticks"] * tick_us / events if events else None,
         "sink_cpu_us_per_delivery": r["sink_ticks"] * tick_us / r["delivered"] if r["delivered"] else None,
         "sut_cpu_cores": r["sut_ticks"] / clk_tck / wall_s,
+        # whole-CPU utilisation (all processes, irq) of the load and the SUT CPU
+        "load_cpu_busy": r["load_cpu_busy_ticks"] / r["load_cpu_total_ticks"] if r["load_cpu_total_ticks"] else None,
+        "sut_cpu_busy": r["sut_cpu_busy_ticks"] / r["sut_cpu_total_ticks"] if r["sut_cpu_total_ticks"] else None,
         "drain_s": r["drain_us"] / 1e6,
         "wrk_errors": errors,
         "non_2xx": wrk["err_status"],
@@ -81,6 +89,7 @@ def row_summary(r):
         f"p50 {d['p50_ms']:.2f} ms, p99 {d['p99_ms']:.2f} ms, "
         f"{fmt(d['events_per_s'], 0)} events/s delivered ({fmt(d['deliveries_per_s'], 0)} deliveries/s), "
         f"SUT {fmt(d['sut_cpu_us_per_event'])} CPU us/event at {d['sut_cpu_cores']:.2f} cores, "
+        f"CPU busy load/SUT {fmt(d['load_cpu_busy'], 2)}/{fmt(d['sut_cpu_busy'], 2)}, "
         f"drain {d['drain_s']:.2f} s" + ("; " + "; ".join(flags) if flags else "")
     )
 
@@ -104,6 +113,8 @@ COLUMNS = [
     ("sut_cpu_us_per_event", "SUT us/ev", 1),
     ("sut_cpu_cores", "SUT cores", 2),
     ("sink_cpu_us_per_delivery", "sink us/dl", 1),
+    ("load_cpu_busy", "load busy", 2),
+    ("sut_cpu_busy", "SUT busy", 2),
     ("drain_s", "drain s", 2),
     ("wrk_errors", "errors", 0),
     ("undelivered", "undeliv", 0),
@@ -181,6 +192,8 @@ def summary(rows_path, out_path, meta_args):
             "sut_cpu_us_per_event": "utime+stime of the server under test per delivered event (direct: the sink)",
             "sink_cpu_us_per_delivery": "utime+stime of the sink per received POST",
             "sut_cpu_cores": "average cores used by the server under test over the run",
+            "load_cpu_busy": "fraction of the load CPU (wrk + sink) busy over the run, all processes",
+            "sut_cpu_busy": "fraction of the server-under-test CPU busy over the run, all processes",
         },
         "medians": medians,
         "ratios": ratios,

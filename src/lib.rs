@@ -5,6 +5,7 @@ pub mod config;
 pub mod delivery;
 pub mod metrics;
 pub mod ops;
+pub mod plugin;
 pub mod reload;
 pub mod rules;
 pub mod runtime;

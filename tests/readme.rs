@@ -54,7 +54,10 @@ fn every_documented_command_exists_with_its_flags() {
         let help = String::from_utf8_lossy(&help.stdout);
         for flag in words.iter().filter_map(|w| w.trim_start_matches(['[', '(']).strip_prefix("--")) {
             let flag = flag.split(['=', ']', ' ']).next().unwrap();
-            assert!(help.contains(&format!("--{flag}")), "`hookyard {command}` has no --{flag}, yet the README documents it");
+            assert!(
+                help.contains(&format!("--{flag}")),
+                "`hookyard {command}` has no --{flag}, yet the README documents it"
+            );
         }
         checked += 1;
     }

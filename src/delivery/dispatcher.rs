@@ -468,7 +468,8 @@ async fn finish<T>(
 ) -> Next {
     match inner.store.settle(d.id, record, settle, error).await {
         Ok(()) => {
-            inner.pending.fetch_sub(1, Ordering::AcqRel);
+            // the poller also resets the count from the store, so never wrap below zero
+            let _ = inner.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
             Next::Done
         }
         Err(e) => {

@@ -53,7 +53,10 @@ pub async fn run_chain(plugins: &[Plugin], event: &PluginEvent) -> Result<Outcom
                 })),
             }
             if next.len() > plugin.limits().max_outputs {
-                return Err(fail(PluginError::TooManyOutputs { count: next.len(), limit: plugin.limits().max_outputs }));
+                return Err(fail(PluginError::TooManyOutputs {
+                    count: next.len(),
+                    limit: plugin.limits().max_outputs,
+                }));
             }
         }
         if next.is_empty() {

@@ -257,10 +257,20 @@ fn check_outcome(outcome: types::Outcome, limits: &Limits, allowed: &[String]) -
     if outputs.len() > limits.max_outputs {
         return Err(PluginError::TooManyOutputs { count: outputs.len(), limit: limits.max_outputs });
     }
-    outputs.into_iter().enumerate().map(|(index, output)| check_output(index, output, limits, allowed)).collect::<Result<_, _>>().map(Outcome::Emit)
+    outputs
+        .into_iter()
+        .enumerate()
+        .map(|(index, output)| check_output(index, output, limits, allowed))
+        .collect::<Result<_, _>>()
+        .map(Outcome::Emit)
 }
 
-fn check_output(index: usize, output: types::Output, limits: &Limits, allowed: &[String]) -> Result<Output, PluginError> {
+fn check_output(
+    index: usize,
+    output: types::Output,
+    limits: &Limits,
+    allowed: &[String],
+) -> Result<Output, PluginError> {
     let size = output.body.len() + output.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
     if size > limits.max_output_bytes {
         return Err(PluginError::OutputTooLarge { index, size, limit: limits.max_output_bytes });

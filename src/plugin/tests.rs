@@ -182,14 +182,35 @@ async fn a_loop_is_stopped_close_to_its_deadline() {
 /// tasks still run while it loops.
 #[tokio::test(flavor = "current_thread")]
 async fn a_looping_plugin_does_not_hold_the_worker_thread() {
-    let plugin = hostile("infinite_loop", Limits { timeout_ms: 200, ..Limits::default() });
+    let plugin = hostile("infinite_loop", Limits { timeout_ms: 1000, ..Limits::default() });
+    let noop = example("noop", &[], &["chat"]);
     let looping = tokio::spawn(async move { plugin.run(&event("", &[])).await });
     tokio::task::yield_now().await;
-    let noop = example("noop", &[], &["chat"]);
-    let start = Instant::now();
     noop.run(&event("x", &[])).await.expect("noop runs while the loop runs");
-    assert!(start.elapsed() < Duration::from_millis(150), "waited {:?} for the loop", start.elapsed());
-    assert_eq!(looping.await.unwrap(), Err(PluginError::Timeout { ms: 200 }));
+    assert!(!looping.is_finished(), "the noop call finished only after the loop's deadline");
+    assert_eq!(looping.await.unwrap(), Err(PluginError::Timeout { ms: 1000 }));
+}
+
+/// A caller that gives up (drops the future) mid-call frees the instance and its slot.
+#[tokio::test]
+async fn a_cancelled_call_frees_its_instance() {
+    let host = PluginHost::with_config(HostConfig { max_instances: 1, ..HostConfig::default() }).unwrap();
+    let looping = host
+        .load_bytes(
+            "infinite_loop",
+            &fixture("infinite_loop"),
+            vec![],
+            Limits { timeout_ms: 10_000, ..Limits::default() },
+            vec![],
+        )
+        .unwrap();
+    let noop = host.load(&dist("noop"), vec![], Limits::default(), vec![]).unwrap();
+    for _ in 0..3 {
+        let cut = tokio::time::timeout(Duration::from_millis(5), looping.run(&event("", &[]))).await;
+        assert!(cut.is_err(), "the loop was cut short by the caller");
+        // The only slot is free again.
+        assert!(noop.run(&event("x", &[])).await.is_ok());
+    }
 }
 
 #[tokio::test]
@@ -203,7 +224,12 @@ async fn limits_are_per_plugin() {
     assert_eq!(out[0].body.len(), 2 << 20);
     // Fewer outputs allowed than a split produces.
     let split = host()
-        .load(&dist("split"), strings(&[("path", "items")]), Limits { max_outputs: 3, ..Limits::default() }, names(&["a"]))
+        .load(
+            &dist("split"),
+            strings(&[("path", "items")]),
+            Limits { max_outputs: 3, ..Limits::default() },
+            names(&["a"]),
+        )
         .unwrap();
     let batch = json_event(json!({"items": [1, 2, 3, 4, 5]}));
     assert_eq!(split.run(&batch).await, Err(PluginError::TooManyOutputs { count: 5, limit: 3 }));
@@ -218,7 +244,8 @@ async fn limits_are_per_plugin() {
 
 #[tokio::test]
 async fn log_lines_are_captured_and_bounded() {
-    let flood = host().load_bytes("log_flood", &fixture("log_flood"), vec![], Limits::default(), names(&["a"])).unwrap();
+    let flood =
+        host().load_bytes("log_flood", &fixture("log_flood"), vec![], Limits::default(), names(&["a"])).unwrap();
     let report = flood.run_report(&event("", &[])).await;
     assert_eq!(report.result, Ok(Outcome::Drop("spam".into())));
     assert_eq!(report.logs.len(), run::MAX_LOG_LINES as usize);
@@ -228,7 +255,10 @@ async fn log_lines_are_captured_and_bounded() {
     let chat = example("github_chat", &[("channel", "#deploys")], &["chat"]);
     let report = chat.run_report(&github_push()).await;
     assert!(report.result.is_ok());
-    assert_eq!(report.logs, vec![GuestLog { level: LogLevel::Debug, message: "formatted 1 commits for acme/hookyard".into() }]);
+    assert_eq!(
+        report.logs,
+        vec![GuestLog { level: LogLevel::Debug, message: "formatted 1 commits for acme/hookyard".into() }]
+    );
     assert!(report.elapsed > Duration::ZERO);
 }
 
@@ -250,7 +280,9 @@ fn load_errors_are_precise() {
         ),
         (
             fixtures.join("trap.wat"),
-            LoadError::NotWasm("this is WebAssembly text (.wat): build a binary component (see plugins/README.md)".into()),
+            LoadError::NotWasm(
+                "this is WebAssembly text (.wat): build a binary component (see plugins/README.md)".into(),
+            ),
             "not a WebAssembly file: this is WebAssembly text (.wat): build a binary component (see plugins/README.md)",
         ),
         (
@@ -261,18 +293,40 @@ fn load_errors_are_precise() {
         (
             write("wrong.wasm", &fixture("wrong_world")),
             LoadError::WrongWorld {
-                found: "imports `wasi:random/random@0.2.0`, which plugins do not get (only `hookyard:plugin/host@0.1.0`); \
+                found:
+                    "imports `wasi:random/random@0.2.0`, which plugins do not get (only `hookyard:plugin/host@0.1.0`); \
                         exports no `transform` function (it exports `run`)"
-                    .into(),
+                        .into(),
             },
             "the component does not target hookyard:plugin/transform@0.1.0: imports `wasi:random/random@0.2.0`",
         ),
-        (write("truncated.wasm", b"\0asm\x0d\0\x01\0\x01"), LoadError::Compile(String::new()), "the component does not compile: "),
+        (
+            write("truncated.wasm", b"\0asm\x0d\0\x01\0\x01"),
+            LoadError::Compile(String::new()),
+            "the component does not compile: ",
+        ),
+        (
+            // Exports `transform`, but with the wrong signature.
+            write(
+                "signature.wasm",
+                &wat::parse_str(
+                    r#"(component
+                         (core module $m (func (export "t") (result i32) (i32.const 0)))
+                         (core instance $i (instantiate $m))
+                         (func $t (result u32) (canon lift (core func $i "t")))
+                         (export "transform" (func $t)))"#,
+                )
+                .unwrap(),
+            ),
+            LoadError::WrongWorld { found: String::new() },
+            "the component does not target hookyard:plugin/transform@0.1.0: ",
+        ),
     ];
     for (path, want, message) in cases {
         let got = host().load(&path, vec![], Limits::default(), names(&["a"])).unwrap_err();
         match (&got, &want) {
             (LoadError::Compile(_), LoadError::Compile(_)) => {}
+            (LoadError::WrongWorld { .. }, LoadError::WrongWorld { found }) if found.is_empty() => {}
             _ => assert_eq!(got, want, "{}", path.display()),
         }
         assert!(got.to_string().starts_with(message), "{}: {got}", path.display());
@@ -353,11 +407,8 @@ async fn github_chat_formats_pushes() {
 
 #[tokio::test]
 async fn redact_masks_paths_and_scrubs() {
-    let redact = example(
-        "redact",
-        &[("paths", "customer.email, items[*].card"), ("scrub", "true"), ("mask", "***")],
-        &["a"],
-    );
+    let redact =
+        example("redact", &[("paths", "customer.email, items[*].card"), ("scrub", "true"), ("mask", "***")], &["a"]);
     let input = json!({
         "customer": {"email": "a@b.co", "name": "Ann"},
         "items": [{"card": "x", "sku": 1}, {"card": "y", "sku": 2}],
@@ -378,6 +429,23 @@ async fn redact_masks_paths_and_scrubs() {
             "order": "1234567890123"
         })
     );
+}
+
+/// A body near the ingress limit: the SDK's arena fills up and allocation moves on to the
+/// standard allocator (memory.grow) mid-call.
+#[tokio::test]
+async fn large_bodies_outgrow_the_sdk_arena() {
+    let limits = Limits { timeout_ms: 5_000, ..Limits::default() };
+    let redact = host().load(&dist("redact"), strings(&[("paths", "[*].email")]), limits, names(&["a"])).unwrap();
+    let items: Vec<Value> = (0..12_000).map(|i| json!({"id": i, "email": format!("user{i}@example.com")})).collect();
+    let input = json_event(Value::Array(items));
+    assert!(input.body.len() > 500_000, "{}", input.body.len());
+    let report = redact.run_report(&input).await;
+    eprintln!("redact on {} bytes took {:?}", input.body.len(), report.elapsed);
+    let out = emitted(report.result.unwrap());
+    let body = body_json(&out[0]);
+    assert_eq!(body.as_array().unwrap().len(), 12_000);
+    assert_eq!(body[11_999], json!({"id": 11_999, "email": "[REDACTED]"}));
 }
 
 #[tokio::test]
@@ -410,7 +478,8 @@ async fn enrich_renames_sets_converts_and_adds_headers() {
 #[tokio::test]
 async fn split_fans_out_one_output_per_element() {
     let split = example("split", &[("path", "data.events")], &["a"]);
-    let out = emitted(split.run(&json_event(json!({"data": {"events": [{"n": 1}, {"n": 2}, {"n": 3}]}}))).await.unwrap());
+    let out =
+        emitted(split.run(&json_event(json!({"data": {"events": [{"n": 1}, {"n": 2}, {"n": 3}]}}))).await.unwrap());
     assert_eq!(out.iter().map(body_json).collect::<Vec<_>>(), vec![json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
     assert_eq!(header(&out[2], "X-Hookyard-Split-Index"), Some("2"));
     assert_eq!(header(&out[2], "X-Hookyard-Split-Count"), Some("3"));
@@ -420,7 +489,12 @@ async fn split_fans_out_one_output_per_element() {
 
 #[tokio::test]
 async fn route_by_picks_destinations() {
-    let config = [("field", "type"), ("map.invoice.paid", "billing"), ("map.order.created", "orders, billing"), ("map.x", "nowhere")];
+    let config = [
+        ("field", "type"),
+        ("map.invoice.paid", "billing"),
+        ("map.order.created", "orders, billing"),
+        ("map.x", "nowhere"),
+    ];
     let router = example("route_by", &config, &["billing", "orders"]);
     let run = |ty: &str| {
         let router = router.clone();

@@ -661,15 +661,18 @@ impl Store {
     }
 }
 
-/// Waits for the writer's reply on the blocking pool. The delivery path and administrative writes
-/// wait this way so that a test's paused clock does not jump ahead while a commit is in progress
-/// (tokio does not auto-advance paused time while blocking tasks run); ingress waits on the plain
-/// channel, which is cheaper.
+/// Waits for the writer's reply. In unit tests it waits on the blocking pool, so that a test's
+/// paused clock does not jump ahead while a commit is in progress (tokio does not auto-advance
+/// paused time while blocking tasks run); in the product it is a plain channel wait.
 async fn wait_blocking<T: Send + 'static>(rx: tokio::sync::oneshot::Receiver<Result<T>>) -> Result<T> {
-    tokio::task::spawn_blocking(move || rx.blocking_recv())
-        .await
-        .map_err(|_| StoreError::WriterGone)?
-        .map_err(|_| StoreError::WriterGone)?
+    if cfg!(test) {
+        tokio::task::spawn_blocking(move || rx.blocking_recv())
+            .await
+            .map_err(|_| StoreError::WriterGone)?
+            .map_err(|_| StoreError::WriterGone)?
+    } else {
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
 }
 
 fn due_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DueDelivery> {
