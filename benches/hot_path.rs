@@ -87,10 +87,14 @@ fn route_and_plan(c: &mut Criterion) {
     c.bench_function("route_and_plan_github_push", |b| {
         b.iter(|| {
             let event = hookyard::runtime::new_event("github", headers(), body.clone());
-            let routes = snap.matching_routes(source, &event);
-            let plan = snap.plan(source, &event, &routes);
-            assert_eq!(plan.len(), 2);
-            plan.iter().map(|d| black_box(d.request(SystemTime::now()))).for_each(drop)
+            let json = snap.parse_body(source, &event);
+            let routes = snap.matching_routes(source, &event, json.as_ref());
+            let plan = rt.block_on(snap.plan_event(source, &event, &routes, &event.id.0));
+            assert_eq!(plan.deliveries.len(), 2);
+            for d in &plan.deliveries {
+                let dest = snap.destination(&d.destination).unwrap();
+                black_box(hookyard::delivery::build_request(dest, &snap.preview(source, &event, d), SystemTime::now()));
+            }
         })
     });
 }

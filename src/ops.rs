@@ -82,8 +82,11 @@ pub async fn reroute(store: &Store, snap: &Snapshot, ids: Vec<String>) -> Result
         let routes = snap.matching_routes(source, &event, json.as_ref());
         // a new id per re-route, so receivers do not drop them as duplicates of the first routing
         let reroute_id = format!("{id}.{}", uuid::Uuid::now_v7().simple());
-        let deliveries = snap.plan(&routes, &reroute_id);
-        planned += store.add_deliveries(id, deliveries).await?;
+        let plan = snap.plan_event(source, &event, &routes, &reroute_id).await;
+        for n in &plan.notes {
+            tracing::warn!(event_id = %id, route = %n.route, note = %n.note, "re-route");
+        }
+        planned += store.add_deliveries(id, plan.deliveries).await?;
     }
     Ok(planned)
 }

@@ -156,7 +156,11 @@ impl Reloader {
     pub async fn watch(self: Arc<Self>, extra: Vec<PathBuf>, stop: impl std::future::Future<Output = ()>) {
         use notify::{RecursiveMode, Watcher};
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let files: Vec<PathBuf> = std::iter::once(self.path.clone()).chain(extra.iter().cloned()).collect();
+        // a symlinked file is watched where the link is and where it points
+        let mut files: Vec<PathBuf> = std::iter::once(self.path.clone()).chain(extra.iter().cloned()).collect();
+        let targets: Vec<PathBuf> =
+            files.iter().filter_map(|f| std::fs::canonicalize(f).ok()).filter(|t| !files.contains(t)).collect();
+        files.extend(targets);
         let names: Vec<std::ffi::OsString> =
             files.iter().filter_map(|f| f.file_name().map(|n| n.to_os_string())).collect();
         let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {

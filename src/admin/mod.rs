@@ -163,6 +163,7 @@ impl Admin {
                 };
                 match r {
                     Ok(()) => {
+                        self.gateway.dispatcher.set_paused(name, *action == "pause");
                         self.gateway.dispatcher.wake();
                         reply(StatusCode::OK, json!({"destination": name, "paused": *action == "pause"}))
                     }

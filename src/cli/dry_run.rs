@@ -63,8 +63,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let matched = snap.matching_routes(source, &event, json.as_ref());
     let routes: Vec<Value> =
         source.routes.iter().map(|r| json!({"name": &*snap.routes[*r].name, "matched": matched.contains(r)})).collect();
+    let plan = super::runtime()?.block_on(snap.plan_event(source, &event, &matched, &event.id.0));
     let mut deliveries = Vec::new();
-    for planned in snap.plan(&matched, &event.id.0) {
+    for planned in plan.deliveries {
         let dest = snap.destination(&planned.destination).expect("planned destinations exist");
         let due = snap.preview(source, &event, &planned);
         let req = hookyard::delivery::build_request(dest, &due, now);
@@ -79,12 +80,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 request["body_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(&due.body))
             }
         }
-        deliveries.push(json!({"route": planned.route, "destination": planned.destination, "request": request}));
+        let mut delivery = json!({"route": planned.route, "destination": planned.destination, "request": request});
+        if let Some(reason) = &planned.failed {
+            // kept as failed (on_error: fail): stored, never sent as is
+            delivery["failed"] = Value::String(reason.clone());
+        }
+        deliveries.push(delivery);
     }
     let body_is_json = serde_json::from_slice::<Value>(&event.body).is_ok();
     let out = json!({
         "event": {"id": event.id.to_string(), "source": &*source.name, "body_is_json": body_is_json},
         "routes": routes,
+        "transforms": plan.notes,
         "deliveries": deliveries,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -3,6 +3,7 @@
 
 mod dry_run;
 mod ops;
+mod plugin;
 mod receive;
 mod remote;
 mod run;
@@ -59,6 +60,9 @@ enum Command {
     Pause(ops::PauseArgs),
     /// Let a paused destination's deliveries go again.
     Resume(ops::PauseArgs),
+    /// WebAssembly transform plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Ask the running instance to reload its config now (prints the result).
     Reload(remote::Args),
     /// Show the running instance's config version, load time and last reload error.
@@ -79,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => with_runtime(ops::replay(args)),
         Command::Pause(args) => with_runtime(ops::pause(args, true)),
         Command::Resume(args) => with_runtime(ops::pause(args, false)),
+        Command::Plugin(cmd) => with_runtime(plugin::run(cmd)),
         Command::Reload(args) => with_runtime(remote::call(args, http::Method::POST, "/api/v1/reload")),
         Command::Status(args) => with_runtime(remote::call(args, http::Method::GET, "/api/v1/status")),
     };

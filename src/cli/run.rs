@@ -74,7 +74,8 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
         };
         let purger = tokio::spawn(purge_loop(store.clone(), storage.retention.0, storage.purge_interval.0, stopped(stop_rx.clone())));
         tokio::spawn(reloader.clone().on_sighup(stopped(stop_rx.clone())));
-        tokio::spawn(reloader.clone().watch(Vec::new(), stopped(stop_rx.clone())));
+        let plugin_files = gateway.snapshot.load().plugin_files.clone();
+        tokio::spawn(reloader.clone().watch(plugin_files, stopped(stop_rx.clone())));
 
         super::announce(addr);
         if let Some(l) = admin_listener {

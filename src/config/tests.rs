@@ -85,7 +85,7 @@ egress: { allow: [not-a-net] }
         "routes.yaml:13:5: destinations.chat.url: \"ftp://example.com/x\" must be an absolute http:// or https:// URL",
         "routes.yaml:17:5: routes[0].source: unknown source \"githb\" (did you mean \"github\"?)",
         "routes.yaml:18:10: routes[0].to[0]: unknown destination \"chta\" (did you mean \"chat\"?)",
-        "routes.yaml:22:5: routes[1].bogus: unknown field `bogus`, expected one of `name`, `source`, `when`, `to`, `description`",
+        "routes.yaml:22:5: routes[1].bogus: unknown field `bogus`, expected one of `name`, `source`, `when`, `to`, `transform`, `on_error`, `description`",
         "routes.yaml:26:19: egress.allow[0]: \"not-a-net\" is not a CIDR network or IP address",
     ];
     assert_eq!(errors, want);

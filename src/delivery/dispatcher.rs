@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -103,9 +103,9 @@ struct Inner<T> {
     in_flight: Semaphore,
     max_pending: AtomicUsize,
     pending: AtomicUsize,
-    claimed: Mutex<HashSet<i64>>,
-    /// When recently finished tasks gave up their claim (see `poll_once`).
-    released: Mutex<HashMap<i64, Instant>>,
+    claims: Mutex<Claims>,
+    /// Set at shutdown: no new attempt starts.
+    stopping: AtomicBool,
     paused: Mutex<HashSet<String>>,
     breakers: Mutex<HashMap<Arc<str>, Breaker>>,
     wake: Notify,
@@ -139,8 +139,8 @@ impl<T: Transport> Dispatcher<T> {
                 in_flight: Semaphore::new(max_in_flight),
                 max_pending: AtomicUsize::new(max_pending),
                 pending: AtomicUsize::new(pending),
-                claimed: Mutex::new(HashSet::new()),
-                released: Mutex::new(HashMap::new()),
+                claims: Mutex::new(Claims::default()),
+                stopping: AtomicBool::new(false),
                 paused: Mutex::new(paused),
                 breakers: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
@@ -180,20 +180,27 @@ impl<T: Transport> Dispatcher<T> {
     pub fn check_capacity(&self, n: usize) -> Result<(), QueueFull> {
         let pending = self.inner.pending.load(Ordering::Acquire);
         let limit = self.inner.max_pending.load(Ordering::Relaxed);
-        if n > 0 && pending + n > limit { Err(QueueFull { pending, limit }) } else { Ok(()) }
+        if n > 0 && pending.saturating_add(n) > limit { Err(QueueFull { pending, limit }) } else { Ok(()) }
     }
 
     /// Starts committed, due deliveries now (the fast path after an accept).
     pub fn submit(&self, due: Vec<DueDelivery>) {
         self.inner.pending.fetch_add(due.len(), Ordering::AcqRel);
         for d in due {
-            self.claim_and_spawn(d);
+            self.claim_and_spawn(d, None);
         }
     }
 
-    fn claim_and_spawn(&self, d: DueDelivery) -> bool {
-        if !self.inner.claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(d.id) {
-            return false;
+    /// Claims `d` and starts its task, unless a task owns it or released it after `read_at` (a
+    /// row read before that task's result committed still looks pending). One lock covers the
+    /// check and the claim, and the task's release, so the two cannot interleave.
+    fn claim_and_spawn(&self, d: DueDelivery, read_at: Option<Instant>) -> bool {
+        {
+            let mut claims = self.inner.claims.lock().unwrap_or_else(|p| p.into_inner());
+            let stale = read_at.is_some_and(|t| claims.released.get(&d.id).is_some_and(|at| *at >= t));
+            if stale || !claims.claimed.insert(d.id) {
+                return false;
+            }
         }
         let span =
             tracing::info_span!("delivery", event_id = %d.event_id, route = %d.route, destination = %d.destination);
@@ -255,16 +262,16 @@ impl<T: Transport> Dispatcher<T> {
         let paused: HashSet<String> = inner.store.paused().await?.into_iter().map(|(n, _)| n).collect();
         *inner.paused.lock().unwrap_or_else(|p| p.into_inner()) = paused;
         inner.pending.store(inner.store.pending_count().await?, Ordering::Release);
-        let claimed = inner.claimed.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let claimed = inner.claims.lock().unwrap_or_else(|p| p.into_inner()).claimed.len();
         // A task releases its claim right after its result committed. A row read before that
         // commit still looks pending, so ids released after this poll began are skipped.
         let poll_started = Instant::now();
         let due = inner.store.due_ids(now_ms(), claimed + 512).await?;
         let now = Instant::now();
         let wanted: Vec<i64> = {
-            let claimed = inner.claimed.lock().unwrap_or_else(|p| p.into_inner());
-            let mut released = inner.released.lock().unwrap_or_else(|p| p.into_inner());
-            released.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+            let mut claims = inner.claims.lock().unwrap_or_else(|p| p.into_inner());
+            claims.released.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+            let Claims { claimed, released } = &*claims;
             let breakers = inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
             due.into_iter()
                 .filter(|(id, dest)| {
@@ -280,18 +287,28 @@ impl<T: Transport> Dispatcher<T> {
         }
         let mut started = 0;
         for d in inner.store.load_pending(wanted).await? {
-            let fresh =
-                inner.released.lock().unwrap_or_else(|p| p.into_inner()).get(&d.id).is_none_or(|at| *at < poll_started);
-            if fresh && self.claim_and_spawn(d) {
+            if self.claim_and_spawn(d, Some(poll_started)) {
                 started += 1;
             }
         }
         Ok(started)
     }
 
-    /// Waits until no attempt is running or `grace` has passed; returns how many still run.
-    /// Deliveries waiting for a retry stay due in the store.
+    /// Marks a destination paused or not in this process at once (the store is the source of
+    /// truth; the poller refreshes from it every second).
+    pub fn set_paused(&self, destination: &str, paused: bool) {
+        let mut set = self.inner.paused.lock().unwrap_or_else(|p| p.into_inner());
+        if paused {
+            set.insert(destination.to_string());
+        } else {
+            set.remove(destination);
+        }
+    }
+
+    /// Stops starting attempts, then waits until none is running or `grace` has passed; returns
+    /// how many still run. Everything not finished stays due in the store.
     pub async fn drain(&self, grace: Duration) -> usize {
+        self.inner.stopping.store(true, Ordering::Release);
         let wait = async {
             loop {
                 let notified = self.inner.idle.notified();
@@ -306,6 +323,13 @@ impl<T: Transport> Dispatcher<T> {
     }
 }
 
+/// Which deliveries tasks own, and when recently finished tasks gave theirs up.
+#[derive(Default)]
+struct Claims {
+    claimed: HashSet<i64>,
+    released: HashMap<i64, Instant>,
+}
+
 /// Owns one claimed delivery until it is finished or must wait in the store.
 async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery) {
     while let Next::RetryIn(delay) = attempt_once(&inner, &d).await {
@@ -314,8 +338,9 @@ async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery) {
     }
     // record the release before dropping the claim, so a poll that read this row as pending
     // before our result committed cannot take it again
-    inner.released.lock().unwrap_or_else(|p| p.into_inner()).insert(d.id, Instant::now());
-    inner.claimed.lock().unwrap_or_else(|p| p.into_inner()).remove(&d.id);
+    let mut claims = inner.claims.lock().unwrap_or_else(|p| p.into_inner());
+    claims.released.insert(d.id, Instant::now());
+    claims.claimed.remove(&d.id);
 }
 
 enum Next {
@@ -356,7 +381,16 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery) -> Next {
     let report = {
         let _dest_permit = dest.limit.acquire().await.expect("never closed");
         let _permit = inner.in_flight.acquire().await.expect("never closed");
+        // while this task waited for its turn, a shutdown or a pause may have come
         inner.attempting.fetch_add(1, Ordering::AcqRel);
+        if inner.stopping.load(Ordering::Acquire)
+            || inner.paused.lock().unwrap_or_else(|p| p.into_inner()).contains(&*d.destination)
+        {
+            if inner.attempting.fetch_sub(1, Ordering::AcqRel) == 1 {
+                inner.idle.notify_waiters();
+            }
+            return Next::Release;
+        }
         inner.transport.attempt(&dest, d).await
     };
     inner.attempts.fetch_add(1, Ordering::Relaxed);

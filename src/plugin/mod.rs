@@ -137,13 +137,13 @@ impl PluginHost {
 /// Per-plugin limits (routes.yaml: `limits:` under a transform). Every one is enforced per event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
-    /// Wall-clock deadline for one call, instantiation included. Default 50 ms: a transform is a
-    /// reshape of one payload, which takes microseconds; 50 ms leaves three orders of magnitude
-    /// for a slow machine while bounding what a looping plugin costs. Range 1..=60000.
+    /// Wall-clock deadline for one call, instantiation included. Default 50 ms: reshaping a 1 KiB
+    /// event takes tens of microseconds, so 50 ms leaves room for slow machines and bodies of
+    /// several hundred KiB while bounding what a looping plugin costs. Range 1..=60000.
     pub timeout_ms: u64,
     /// Linear memory a plugin may grow to. Default 16 MiB: a Rust plugin needs ~1 MiB of stack
     /// plus a few copies of a body that the ingress caps at 1 MiB. Range 1..=the host's
-    /// `max_memory_mb`.
+    /// `max_memory_mb`; plugins built by `plugins/build.sh` start with 2 MiB.
     pub memory_mb: u64,
     /// Largest single output: body plus header names and values. Default 1 MiB, the ingress
     /// body limit, so a transform cannot amplify what a sender may send.

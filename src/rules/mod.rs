@@ -84,29 +84,6 @@ pub use eval::{EventView, Rule};
 #[derive(Debug, Clone)]
 pub struct JsonPath(path::BodyPath);
 
-#[cfg(test)]
-mod json_path_tests {
-    use super::JsonPath;
-    use serde_json::json;
-
-    #[test]
-    fn redacts_selected_values() {
-        let mut body =
-            json!({"customer": {"email": "a@b.c", "name": "A"}, "items": [{"card": "4111"}, {"card": "5500"}]});
-        for p in ["$.customer.email", "$.items[*].card", "$.missing.field"] {
-            JsonPath::parse_writable(p).unwrap().replace_all(&mut body, &json!("[redacted]"));
-        }
-        assert_eq!(
-            body,
-            json!({"customer": {"email": "[redacted]", "name": "A"}, "items": [{"card": "[redacted]"}, {"card": "[redacted]"}]})
-        );
-        assert_eq!(
-            JsonPath::parse_writable("$..email").unwrap_err(),
-            "`$..email`: only names, indexes and [*] can be redacted (no filters, slices or ..)"
-        );
-    }
-}
-
 impl JsonPath {
     pub fn parse(text: &str) -> Result<JsonPath, String> {
         path::BodyPath::parse(text).map(JsonPath)
@@ -134,5 +111,28 @@ impl JsonPath {
             true
         });
         found
+    }
+}
+
+#[cfg(test)]
+mod json_path_tests {
+    use super::JsonPath;
+    use serde_json::json;
+
+    #[test]
+    fn redacts_selected_values() {
+        let mut body =
+            json!({"customer": {"email": "a@b.c", "name": "A"}, "items": [{"card": "4111"}, {"card": "5500"}]});
+        for p in ["$.customer.email", "$.items[*].card", "$.missing.field"] {
+            JsonPath::parse_writable(p).unwrap().replace_all(&mut body, &json!("[redacted]"));
+        }
+        assert_eq!(
+            body,
+            json!({"customer": {"email": "[redacted]", "name": "A"}, "items": [{"card": "[redacted]"}, {"card": "[redacted]"}]})
+        );
+        assert_eq!(
+            JsonPath::parse_writable("$..email").unwrap_err(),
+            "`$..email`: only names, indexes and [*] can be redacted (no filters, slices or ..)"
+        );
     }
 }

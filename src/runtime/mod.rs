@@ -6,8 +6,8 @@
 
 mod event;
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 pub use event::{Event, EventId};
 
+use crate::config::OnError;
 use crate::config::{
     AdminConfig, AlgorithmName, Config, ConfigError, ConfigErrors, DeliveryConfig, DestinationConfig, EncodingName,
     ServerConfig, SignSchemeName, SourceConfig, StorageConfig, VerifySchemeName, default_schedule, parse_net,
@@ -25,6 +26,7 @@ use crate::delivery::{
     Backoff, BreakerSettings, Destination, HttpClient, NEVER_FORWARDED, RateLimiter, RetryPolicy, TlsRoots,
     forwardable, message_id,
 };
+use crate::plugin::{Limits, Outcome, Plugin, PluginEvent, PluginHost, run_chain};
 use crate::rules::{EventView, JsonPath, Rule};
 use crate::sign::{SignScheme, Signer};
 use crate::store::{DueDelivery, NewDelivery};
@@ -48,6 +50,8 @@ pub struct Snapshot {
     pub admin: AdminConfig,
     /// `server.log_redact`, compiled.
     pub log_redact: Vec<JsonPath>,
+    /// Every plugin file the routes name (watched for hot reload).
+    pub plugin_files: Vec<PathBuf>,
 }
 
 pub struct Source {
@@ -79,6 +83,20 @@ pub struct Route {
     pub rule: Rule,
     /// Indexes into `Snapshot::destinations`.
     pub destinations: Vec<usize>,
+    /// The `transform:` chain, compiled; empty for none.
+    pub plugins: Vec<Plugin>,
+    /// Label of the chain in metrics and logs (`a+b` for two plugins).
+    pub chain_label: String,
+    pub on_error: OnError,
+}
+
+/// The process's plugin host: one wasmtime engine, created on first use, so a config without
+/// transforms never starts wasmtime. Compiled plugins are cached on disk next to the store
+/// (`<storage dir>/plugin-cache`) by content hash, so restarts and reloads do not recompile
+/// unchanged plugins.
+fn plugin_host(cache_dir: Option<PathBuf>) -> Result<&'static PluginHost, String> {
+    static HOST: OnceLock<Result<PluginHost, String>> = OnceLock::new();
+    HOST.get_or_init(|| PluginHost::new(cache_dir)).as_ref().map_err(Clone::clone)
 }
 
 /// Reads and compiles a config file.
@@ -103,7 +121,9 @@ pub fn build_from_text(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Snapshot, ConfigErrors> {
     let (cfg, mut errors) = Config::parse(file, base_dir, text, env);
-    let version = hex::encode(&Sha256::digest(text.as_bytes())[..6]);
+    // the version covers the config text and every plugin file it names
+    let mut version_hash = Sha256::new();
+    version_hash.update(text.as_bytes());
 
     let policy = Arc::new(EgressPolicy::new(cfg.egress.allow.iter().filter_map(|s| parse_net(s)).collect()));
     let roots = TlsRoots::webpki();
@@ -116,6 +136,7 @@ pub fn build_from_text(
     }
 
     let mut routes: Vec<Route> = Vec::new();
+    let mut plugin_files = Vec::new();
     let mut route_sources: Vec<&str> = Vec::new();
     for (index, r) in &cfg.routes {
         let key = format!("routes[{index}]");
@@ -127,7 +148,46 @@ pub fn build_from_text(
             }
         };
         let dests = r.to.iter().filter_map(|t| destinations.iter().position(|d| &*d.name == t)).collect();
-        routes.push(Route { name: r.name.as_str().into(), rule, destinations: dests });
+        let mut plugins = Vec::new();
+        for (j, t) in r.transform.iter().enumerate() {
+            let k = format!("{key}.transform[{j}].plugin");
+            let path = cfg.base_dir.join(&t.plugin);
+            plugin_files.push(path.clone());
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            version_hash.update(&bytes);
+            let d = Limits::default();
+            let limits = Limits {
+                timeout_ms: t.limits.timeout_ms.unwrap_or(d.timeout_ms),
+                memory_mb: t.limits.memory_mb.unwrap_or(d.memory_mb),
+                max_output_bytes: t.limits.max_output_bytes.unwrap_or(d.max_output_bytes),
+                max_outputs: t.limits.max_outputs.unwrap_or(d.max_outputs),
+            };
+            let config: Vec<(String, String)> = t
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                .collect();
+            let cache = storage_dir(&cfg).map(|d| d.join("plugin-cache"));
+            let loaded = plugin_host(cache).and_then(|h| {
+                h.load(&path, config, limits, r.to.clone()).map_err(|e| format!("{}: {e}", path.display()))
+            });
+            match loaded {
+                Ok(p) => plugins.push(p),
+                Err(m) => errors.push(cfg.error(&k, m)),
+            }
+        }
+        if plugins.len() != r.transform.len() {
+            continue;
+        }
+        let chain_label = plugins.iter().map(|p| p.name()).collect::<Vec<_>>().join("+");
+        routes.push(Route {
+            name: r.name.as_str().into(),
+            rule,
+            destinations: dests,
+            plugins,
+            chain_label,
+            on_error: r.on_error,
+        });
         route_sources.push(&r.source);
     }
 
@@ -192,6 +252,7 @@ pub fn build_from_text(
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
+    let version = hex::encode(&version_hash.finalize()[..6]);
     Ok(Snapshot {
         version,
         loaded_at: SystemTime::now(),
@@ -211,6 +272,7 @@ pub fn build_from_text(
         destinations,
         admin: cfg.admin.clone(),
         log_redact,
+        plugin_files,
     })
 }
 
@@ -238,6 +300,13 @@ fn header_name(h: Option<&str>, default: Option<&'static str>) -> Result<HeaderN
             Err((".header".into(), "this scheme needs `header:`, the header carrying the signature".into()))
         }
     }
+}
+
+/// The directory of the store (where the plugin cache lives), `None` for `:memory:`.
+fn storage_dir(cfg: &Config) -> Option<PathBuf> {
+    (cfg.storage.path.as_os_str() != ":memory:")
+        .then(|| cfg.base_dir.join(&cfg.storage.path).parent().map(Path::to_path_buf))
+        .flatten()
 }
 
 /// Builds a source's verifier; on error, the key suffix under `verify` and the message.
@@ -411,23 +480,99 @@ impl Snapshot {
         }
     }
 
-    /// One delivery per (matching route, destination of that route).
-    pub fn plan(&self, routes: &[usize], event_id: &str) -> Vec<NewDelivery> {
-        let mut out = Vec::new();
+    /// The deliveries of `routes` without transforms: one per (route, destination).
+    fn plan_plain(&self, route: &Route, id_key: &str, out: &mut Vec<NewDelivery>) {
+        for &d in &route.destinations {
+            let destination = &self.destinations[d].name;
+            out.push(NewDelivery {
+                route: route.name.to_string(),
+                destination: destination.to_string(),
+                msg_id: message_id(id_key, &route.name, destination),
+                body: None,
+                headers: None,
+                failed: None,
+            });
+        }
+    }
+
+    /// Plans the deliveries of `event` for the matching `routes`: one per (route, destination),
+    /// after running each route's transform chain. A transform output goes to the destinations it
+    /// names (a subset of the route's) or to all of the route's; a drop plans nothing; a failure
+    /// follows the route's `on_error`. `id_key` seeds the `webhook-id`s (the event id, or a fresh
+    /// key when re-routing). Notes say what transforms did, for logs and `dry-run`.
+    pub async fn plan_event(&self, source: &Source, event: &Event, routes: &[usize], id_key: &str) -> Plan {
+        let mut plan = Plan::default();
         for &r in routes {
             let route = &self.routes[r];
-            for &d in &route.destinations {
-                let destination = &self.destinations[d].name;
-                out.push(NewDelivery {
-                    route: route.name.to_string(),
-                    destination: destination.to_string(),
-                    msg_id: message_id(event_id, &route.name, destination),
-                    body: None,
-                    headers: None,
-                });
+            if route.plugins.is_empty() {
+                self.plan_plain(route, id_key, &mut plan.deliveries);
+                continue;
+            }
+            let input = PluginEvent {
+                id: event.id.to_string(),
+                source: source.name.to_string(),
+                received_at_ms: crate::store::to_ms(event.received_at) as u64,
+                method: "POST".into(),
+                path: source.path.clone(),
+                headers: self.stored_headers(source, &event.headers),
+                body: event.body.clone(),
+            };
+            let started = std::time::Instant::now();
+            let result = run_chain(&route.plugins, &input).await;
+            let seconds = started.elapsed().as_secs_f64();
+            match result {
+                Ok(Outcome::Emit(outputs)) => {
+                    crate::metrics::plugin_call(&route.chain_label, "emit", seconds);
+                    for (i, output) in outputs.into_iter().enumerate() {
+                        // the first output keeps the untransformed id scheme; a split's others get their own
+                        let route_key = if i == 0 { route.name.to_string() } else { format!("{}#{i}", route.name) };
+                        for &d in &route.destinations {
+                            let destination = &self.destinations[d].name;
+                            if output
+                                .destinations
+                                .as_ref()
+                                .is_some_and(|names| !names.iter().any(|n| n == &**destination))
+                            {
+                                continue;
+                            }
+                            plan.deliveries.push(NewDelivery {
+                                route: route.name.to_string(),
+                                destination: destination.to_string(),
+                                msg_id: message_id(id_key, &route_key, destination),
+                                body: Some(output.body.clone()),
+                                headers: Some(output.headers.clone()),
+                                failed: None,
+                            });
+                        }
+                    }
+                }
+                Ok(Outcome::Drop(reason)) => {
+                    crate::metrics::plugin_call(&route.chain_label, "drop", seconds);
+                    plan.notes.push(RouteNote {
+                        route: route.name.to_string(),
+                        note: format!("dropped by transform: {reason}"),
+                    });
+                }
+                Err(e) => {
+                    crate::metrics::plugin_call(&route.chain_label, e.error.label(), seconds);
+                    let reason = format!("transform failed: {e}");
+                    plan.notes.push(RouteNote {
+                        route: route.name.to_string(),
+                        note: format!("{reason} (on_error: {:?})", route.on_error),
+                    });
+                    match route.on_error {
+                        OnError::Drop => {}
+                        OnError::DeliverOriginal => self.plan_plain(route, id_key, &mut plan.deliveries),
+                        OnError::Fail => {
+                            let start = plan.deliveries.len();
+                            self.plan_plain(route, id_key, &mut plan.deliveries);
+                            plan.deliveries[start..].iter_mut().for_each(|d| d.failed = Some(reason.clone()));
+                        }
+                    }
+                }
             }
         }
-        out
+        plan
     }
 
     pub fn destination(&self, name: &str) -> Option<&Arc<Destination>> {
@@ -465,6 +610,20 @@ impl Snapshot {
             self.version
         )
     }
+}
+
+/// What [`Snapshot::plan_event`] decided.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub deliveries: Vec<NewDelivery>,
+    /// What transforms did (dropped, failed), per route.
+    pub notes: Vec<RouteNote>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteNote {
+    pub route: String,
+    pub note: String,
 }
 
 /// Convenience for callers that hold a raw body.

@@ -111,7 +111,11 @@ impl Gateway {
             debug!(body = %snap.loggable_body(&event.body, body_json.as_ref()), "event body");
         }
         let routes = snap.matching_routes(source, &event, body_json.as_ref());
-        let deliveries = snap.plan(&routes, &event.id.0);
+        let plan = snap.plan_event(source, &event, &routes, &event.id.0).await;
+        for n in &plan.notes {
+            warn!(route = %n.route, note = %n.note, "transform");
+        }
+        let deliveries = plan.deliveries;
         let count = deliveries.len();
         if let Err(full) = self.dispatcher.check_capacity(count) {
             warn!(source = %source.name, error = %full, "refusing event: delivery queue full");

@@ -87,6 +87,9 @@ pub struct NewDelivery {
     pub body: Option<Bytes>,
     /// Headers a transform set; `None` for none.
     pub headers: Option<Headers>,
+    /// Stored as `failed` with this error instead of pending (a transform failed and the route's
+    /// `on_error` is `fail`): kept for `replay --reroute`, never sent as is.
+    pub failed: Option<String>,
 }
 
 /// A pending delivery with everything needed to send it.

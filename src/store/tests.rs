@@ -18,6 +18,7 @@ fn delivery(dest: &str) -> NewDelivery {
         msg_id: format!("msg_{dest}"),
         body: None,
         headers: None,
+        failed: None,
     }
 }
 

@@ -180,6 +180,9 @@ fn accept(
     let mut due = Vec::with_capacity(deliveries.len());
     for d in deliveries {
         let id = insert_delivery(t, &event_id, &d, now)?;
+        if d.failed.is_some() {
+            continue;
+        }
         due.push(DueDelivery {
             id,
             event_id: event_id.clone(),
@@ -198,10 +201,20 @@ fn accept(
 pub fn insert_delivery(t: &Connection, event_id: &str, d: &NewDelivery, now: i64) -> rusqlite::Result<i64> {
     let extra = d.headers.as_ref().map(|h| serde_json::to_string(h).expect("headers serialize"));
     t.prepare_cached(
-        "INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at, body, headers)
-         VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?5, ?6, ?7)",
+        "INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at, body, headers, last_error)
+         VALUES (?1, ?2, ?3, ?4, ?8, 0, ?5, ?5, ?5, ?6, ?7, ?9)",
     )?
-    .execute(params![event_id, d.route, d.destination, d.msg_id, now, d.body.as_deref(), extra])?;
+    .execute(params![
+        event_id,
+        d.route,
+        d.destination,
+        d.msg_id,
+        now,
+        d.body.as_deref(),
+        extra,
+        if d.failed.is_some() { "failed" } else { "pending" },
+        d.failed
+    ])?;
     Ok(t.last_insert_rowid())
 }
 

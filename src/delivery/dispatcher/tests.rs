@@ -86,6 +86,7 @@ async fn accept(store: &Store, id: &str, dest: &str) -> Vec<DueDelivery> {
         msg_id: format!("msg_{id}"),
         body: None,
         headers: None,
+        failed: None,
     };
     match store.accept(ev, vec![d], None).await.unwrap() {
         Accepted::Stored(due) => due,

@@ -1,0 +1,703 @@
+//! Hot reload against the real binary: the file changed in place, renamed over, swapped by a
+//! symlink (plain and Kubernetes `..data`), SIGHUP, the admin API and the `reload`/`status`
+//! commands; a broken file keeps the old config and says where it is broken; settings that need a
+//! restart are reported; queued deliveries follow the current config; a bounded load test and a
+//! memory check over many reloads.
+//!
+//! "Which config is active" is observed two ways: the version in `/api/v1/status` (the one
+//! `hookyard check` prints for the file), and behaviour: config A routes every event to
+//! destination `a` (path `/a` of the sink), config B to `b` (`/b`).
+
+mod admin_support;
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use admin_support::*;
+use common::*;
+use serde_json::{Value, json};
+
+/// A config whose only route sends every event of source `app` to `to`. Both destinations exist
+/// in every config, so deliveries planned under one config can be made under the other.
+/// `server_extra` goes inside `server: { … }`; `retry` is the destinations' retry policy.
+fn routes(sink: &Sink, to: &str, server_extra: &str) -> String {
+    routes_with(sink, to, server_extra, "{ schedule: [100ms, 100ms], jitter: 0, throttle_floor: 0s }")
+}
+
+fn routes_with(sink: &Sink, to: &str, server_extra: &str, retry: &str) -> String {
+    format!(
+        r#"# routes to {to}
+server: {{ listen: "127.0.0.1:0"{server_extra} }}
+admin: {{ listen: "127.0.0.1:0", token: "{TOKEN}" }}
+storage: {{ path: hookyard.db, sync: normal }}
+egress: {{ allow: [127.0.0.0/8] }}
+sources:
+  app:
+    path: /hooks/app
+    verify: {{ scheme: none }}
+destinations:
+  a:
+    url: {a}
+    sign: {{ scheme: none }}
+    retry: {retry}
+  b:
+    url: {b}
+    sign: {{ scheme: none }}
+    retry: {retry}
+routes:
+  - name: main
+    source: app
+    to: [{to}]
+"#,
+        a = sink.url("/a"),
+        b = sink.url("/b"),
+    )
+}
+
+/// `file:line:col` of the first `needle` in `text` (1-based, as `check` reports).
+fn location(file: &Path, text: &str, needle: &str) -> String {
+    let at = text.find(needle).unwrap_or_else(|| panic!("{needle:?} not in the config"));
+    let line = text[..at].matches('\n').count() + 1;
+    let col = at - text[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+    format!("{}:{line}:{col}", file.display())
+}
+
+/// A gateway on a config file the test lays out itself (for symlinks), with its admin API.
+struct Node {
+    process: Process,
+    admin: AdminApi,
+    config: PathBuf,
+    dir: ConfigDir,
+}
+
+impl Node {
+    /// Runs `hookyard run --config CONFIG`; `config` must already exist in `dir`.
+    async fn start(dir: ConfigDir, config: PathBuf) -> Node {
+        let mut cmd = hookyard();
+        cmd.arg("run").arg("--config").arg(&config);
+        let process = Process::spawn(cmd, dir.path("stderr.log")).await;
+        let admin = AdminApi::of(&process).await;
+        Node { process, admin, config, dir }
+    }
+
+    /// Writes `yaml` as `routes.yaml` in a new temp dir and runs the gateway on it.
+    async fn with(yaml: &str) -> Node {
+        let dir = ConfigDir::new();
+        let config = dir.path("routes.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        Node::start(dir, config).await
+    }
+
+    /// Posts an event (`X-Case: case`) and returns its id.
+    async fn send(&self, case: &str) -> String {
+        post_to(self.process.addr, "/hooks/app", &[("X-Case", case)], &format!(r#"{{"case":"{case}"}}"#))
+            .await
+            .accepted_id()
+    }
+
+    /// Waits until `/api/v1/status` shows `version`; returns the status and how long it took.
+    async fn wait_version(&self, version: &str, since: Instant) -> (Value, Duration) {
+        let st = self.admin.wait_status(&format!("version {version}"), |s| s["version"] == version).await;
+        (st, since.elapsed())
+    }
+
+    fn pid(&self) -> u32 {
+        pid_of(&self.config)
+    }
+}
+
+/// Sends an event and returns the sink path it was delivered to (`/a` or `/b`).
+async fn route_of(node: &Node, sink: &Sink, case: &str) -> String {
+    node.send(case).await;
+    let got = sink.wait_until(WAIT, case, |r| r.iter().any(|r| r.must("x-case") == case)).await;
+    let paths: Vec<&str> = got.iter().filter(|r| r.must("x-case") == case).map(|r| r.path.as_str()).collect();
+    assert_eq!(paths.len(), 1, "{case} delivered once, got {paths:?}");
+    paths[0].to_string()
+}
+
+// --- file changes -----------------------------------------------------------------------------
+
+/// Starts on A, changes the file to B with `change`, and checks B is active within the bound.
+async fn check_file_change(what: &str, change: impl FnOnce(&Node, &str)) {
+    let sink = Sink::start().await;
+    let (a, b) = (routes(&sink, "a", ""), routes(&sink, "b", ""));
+    let node = Node::with(&a).await;
+    let v_a = node.admin.status().await["version"].as_str().unwrap().to_string();
+    assert_eq!(route_of(&node, &sink, "before").await, "/a");
+
+    let b_file = node.dir.path("b.yaml.check");
+    std::fs::write(&b_file, &b).unwrap();
+    let v_b = checked_version(&b_file).await;
+    assert_ne!(v_a, v_b);
+    let t = Instant::now();
+    change(&node, &b);
+    let (st, took) = node.wait_version(&v_b, t).await;
+    eprintln!("{what}: new version active after {took:?}");
+    assert_eq!(st["reloads_ok"], 1, "one reload for one change: {st}");
+    assert_eq!(st["last_error"], Value::Null, "{st}");
+    assert_eq!(route_of(&node, &sink, "after").await, "/b", "{what}: new events follow the new routes");
+    let m = node.admin.metrics().await;
+    assert_eq!(m.get("hookyard_config_info", &[("version", &v_b)]), 1.0, "{m:#?}");
+    assert_eq!(m.get("hookyard_config_info", &[("version", &v_a)]), 0.0, "{m:#?}");
+    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "ok")]), 1.0);
+}
+
+#[tokio::test]
+async fn an_edit_in_place_is_picked_up() {
+    check_file_change("in place", |node, b| write_in_place(&node.config, b)).await;
+}
+
+#[tokio::test]
+async fn a_file_renamed_over_the_config_is_picked_up() {
+    check_file_change("rename over", |node, b| write_rename(&node.config, b)).await;
+}
+
+#[tokio::test]
+async fn a_burst_of_writes_is_one_reload() {
+    // An editor that truncates, writes in pieces and touches the file: one reload, of the end state.
+    check_file_change("burst", |node, b| {
+        write_in_place(&node.config, "");
+        let half = b.len() / 2;
+        write_in_place(&node.config, &b[..half]);
+        write_in_place(&node.config, b);
+        let f = std::fs::File::options().append(true).open(&node.config).unwrap();
+        f.set_modified(std::time::SystemTime::now()).unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_symlink_swapped_to_another_directory_is_picked_up() {
+    let sink = Sink::start().await;
+    let dir = ConfigDir::new();
+    for (sub, to) in [("v1", "a"), ("v2", "b")] {
+        std::fs::create_dir(dir.path(sub)).unwrap();
+        std::fs::write(dir.path(sub).join("routes.yaml"), routes(&sink, to, "")).unwrap();
+    }
+    let link = dir.path("routes.yaml");
+    std::os::unix::fs::symlink(dir.path("v1/routes.yaml"), &link).unwrap();
+    let v2 = checked_version(&dir.path("v2/routes.yaml")).await;
+    let node = Node::start(dir, link.clone()).await;
+    assert_eq!(route_of(&node, &sink, "v1").await, "/a");
+
+    let t = Instant::now();
+    swap_symlink(&link, &node.dir.path("v2/routes.yaml"));
+    let (st, took) = node.wait_version(&v2, t).await;
+    eprintln!("symlink swap: new version active after {took:?}");
+    assert_eq!(st["needs_restart"], json!([]), "the store stays where it was (relative to the link): {st}");
+    assert_eq!(route_of(&node, &sink, "v2").await, "/b");
+    assert!(node.dir.path("hookyard.db").exists(), "storage.path is relative to the config path given");
+}
+
+#[tokio::test]
+async fn a_kubernetes_configmap_swap_is_picked_up() {
+    // The kubelet's layout: routes.yaml -> ..data/routes.yaml, ..data -> ..<timestamp>/; an update
+    // writes a new timestamped dir and renames a new ..data link over the old one.
+    let sink = Sink::start().await;
+    let dir = ConfigDir::new();
+    for (sub, to) in [("..2026_01_01_00_00_00.1", "a"), ("..2026_01_01_00_05_00.2", "b")] {
+        std::fs::create_dir(dir.path(sub)).unwrap();
+        std::fs::write(dir.path(sub).join("routes.yaml"), routes(&sink, to, "")).unwrap();
+    }
+    std::os::unix::fs::symlink("..2026_01_01_00_00_00.1", dir.path("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/routes.yaml", dir.path("routes.yaml")).unwrap();
+    let v2 = checked_version(&dir.path("..2026_01_01_00_05_00.2/routes.yaml")).await;
+    let config = dir.path("routes.yaml");
+    let node = Node::start(dir, config).await;
+    assert_eq!(route_of(&node, &sink, "first").await, "/a");
+
+    let t = Instant::now();
+    let tmp = node.dir.path("..data_tmp");
+    std::os::unix::fs::symlink("..2026_01_01_00_05_00.2", &tmp).unwrap();
+    std::fs::rename(&tmp, node.dir.path("..data")).unwrap();
+    let (_, took) = node.wait_version(&v2, t).await;
+    eprintln!("..data swap: new version active after {took:?}");
+    assert_eq!(route_of(&node, &sink, "second").await, "/b");
+}
+
+// --- broken edits -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_broken_edit_keeps_the_running_config_and_says_where() {
+    let sink = Sink::start().await;
+    let a = routes(&sink, "a", "");
+    let node = Node::with(&a).await;
+    let v_a = node.admin.status().await["version"].as_str().unwrap().to_string();
+
+    // 1. a route to a destination that does not exist
+    let broken = routes(&sink, "nope", "");
+    let where_ = location(&node.config, &broken, "nope]");
+    write_in_place(&node.config, &broken);
+    let st = node.admin.wait_status("a failed reload", |s| s["reloads_failed"] == 1).await;
+    assert_eq!(st["version"], v_a.as_str(), "the running config stays: {st}");
+    assert_eq!(st["reloads_ok"], 0);
+    let err = &st["last_error"];
+    assert_eq!(err["trigger"], "file change", "{st}");
+    assert_eq!(err["errors"], json!([format!("{where_}: routes[0].to[0]: unknown destination \"nope\"")]), "{st:#}");
+    assert_eq!(route_of(&node, &sink, "still-a").await, "/a", "the old routes keep serving");
+    let m = node.admin.metrics().await;
+    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "error")]), 1.0, "{m:#?}");
+    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "ok")]), 0.0);
+    assert_eq!(m.get("hookyard_config_info", &[("version", &v_a)]), 1.0);
+    let ready = node.admin.get_json("/readyz").await;
+    assert_eq!(
+        (ready["ready"].as_bool(), ready["config_version"].as_str()),
+        (Some(true), Some(v_a.as_str())),
+        "{ready}"
+    );
+
+    // 2. not YAML at all, and several problems at once: every one is reported
+    let garbage = format!("{}\nsources: [\n", a.trim_end());
+    write_in_place(&node.config, &garbage);
+    let st = node.admin.wait_status("a second failed reload", |s| s["reloads_failed"] == 2).await;
+    let errors: Vec<String> =
+        st["last_error"]["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_string()).collect();
+    assert!(
+        errors.len() == 1
+            && errors[0].starts_with(&format!("{}:", node.config.display()))
+            && errors[0].contains("YAML"),
+        "{errors:?}"
+    );
+    let a_url = format!("url: {}\n", sink.url("/a"));
+    let many = routes(&sink, "nope", "").replace(&a_url, &format!("{a_url}    colour: blue\n"));
+    write_in_place(&node.config, &many);
+    let st = node.admin.wait_status("a third failed reload", |s| s["reloads_failed"] == 3).await;
+    let errors = st["last_error"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "every problem, not just the first: {errors:?}");
+    assert!(
+        errors.iter().any(|e| e
+            .as_str()
+            .unwrap()
+            .contains(&format!("{}: destinations.a.colour", location(&node.config, &many, "colour")))),
+        "{errors:?}"
+    );
+    assert_eq!(route_of(&node, &sink, "still-a-2").await, "/a");
+
+    // 3. the fix is picked up; the last error stays on record
+    let b = routes(&sink, "b", "");
+    write_rename(&node.config, &b);
+    let st = node.admin.wait_status("the fixed file", |s| s["reloads_ok"] == 1).await;
+    assert_ne!(st["version"], v_a.as_str());
+    assert_eq!(st["reloads_failed"], 3, "{st}");
+    assert_eq!(route_of(&node, &sink, "now-b").await, "/b");
+    let m = node.admin.metrics().await;
+    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "error")]), 3.0, "{m:#?}");
+    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "ok")]), 1.0);
+}
+
+#[tokio::test]
+async fn a_missing_environment_variable_fails_the_reload() {
+    let sink = Sink::start().await;
+    let node = Node::with(&routes(&sink, "a", "")).await;
+    let v_a = node.admin.status().await["version"].as_str().unwrap().to_string();
+    let text = routes(&sink, "b", "").replace("sign: { scheme: none }\n    retry: { schedule: [100ms, 100ms], jitter: 0, throttle_floor: 0s }\nroutes", "sign: { secret: \"${HOOKYARD_TEST_UNSET_SECRET}\" }\n    retry: { schedule: [100ms, 100ms], jitter: 0, throttle_floor: 0s }\nroutes");
+    assert!(text.contains("HOOKYARD_TEST_UNSET_SECRET"));
+    let r = {
+        write_rename(&node.config, &text);
+        node.admin.wait_status("a failed reload", |s| s["reloads_failed"] == 1).await
+    };
+    assert_eq!(r["version"], v_a.as_str());
+    let errors = r["last_error"]["errors"].to_string();
+    assert!(errors.contains("HOOKYARD_TEST_UNSET_SECRET") && errors.contains("destinations.b.sign"), "{r:#}");
+    assert_eq!(route_of(&node, &sink, "still-a").await, "/a");
+}
+
+// --- other triggers ---------------------------------------------------------------------------
+
+/// A gateway whose `routes.yaml` is a symlink into `live/`, a directory the watcher does not
+/// watch: an in-place edit of `live/routes.yaml` is seen by nothing but an explicit trigger.
+async fn unwatched(sink: &Sink) -> (Node, PathBuf) {
+    let dir = ConfigDir::new();
+    std::fs::create_dir(dir.path("live")).unwrap();
+    let target = dir.path("live/routes.yaml");
+    std::fs::write(&target, routes(sink, "a", "")).unwrap();
+    let link = dir.path("routes.yaml");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    (Node::start(dir, link).await, target)
+}
+
+#[tokio::test]
+async fn sighup_reloads() {
+    let sink = Sink::start().await;
+    let (node, target) = unwatched(&sink).await;
+    write_in_place(&target, &routes(&sink, "b", ""));
+    let v_b = checked_version(&target).await;
+    let t = Instant::now();
+    signal(node.pid(), "-HUP").await;
+    let (st, took) = node.wait_version(&v_b, t).await;
+    eprintln!("SIGHUP: new version active after {took:?}");
+    assert_eq!(st["reloads_ok"], 1);
+    assert_eq!(route_of(&node, &sink, "after-hup").await, "/b");
+    node.process.wait_for_log("SIGHUP received", WAIT).await;
+    assert_eq!(node.process.log_lines_with(&["config reloaded", "sighup"]).len(), 1, "{}", node.process.logs());
+
+    // A broken file on SIGHUP: reported with its trigger, nothing changes.
+    write_in_place(&target, &routes(&sink, "nope", ""));
+    signal(node.pid(), "-HUP").await;
+    let st = node.admin.wait_status("a failed reload", |s| s["reloads_failed"] == 1).await;
+    assert_eq!(st["last_error"]["trigger"], "sighup", "{st}");
+    assert_eq!(st["version"], v_b.as_str());
+    assert_eq!(route_of(&node, &sink, "still-b").await, "/b");
+}
+
+#[tokio::test]
+async fn the_admin_api_and_the_reload_command_reload() {
+    let sink = Sink::start().await;
+    let (node, target) = unwatched(&sink).await;
+    let admin_url = format!("http://{}", node.admin.addr);
+    let v_a = node.admin.status().await["version"].as_str().unwrap().to_string();
+
+    // POST /api/v1/reload
+    write_in_place(&target, &routes(&sink, "b", ""));
+    let v_b = checked_version(&target).await;
+    let r = node.admin.post_json("/api/v1/reload", "").await;
+    assert_eq!(r, json!({"result": "reloaded", "version": v_b, "needs_restart": []}));
+    assert_eq!(route_of(&node, &sink, "api").await, "/b");
+
+    // `hookyard reload` (token from the config file)
+    write_in_place(&target, &routes(&sink, "a", ""));
+    let mut cmd = hookyard();
+    cmd.arg("reload").arg("--config").arg(&node.config).arg("--admin").arg(&admin_url);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let printed: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    assert_eq!(printed, json!({"result": "reloaded", "version": v_a, "needs_restart": []}));
+    assert_eq!(route_of(&node, &sink, "cli").await, "/a");
+    let mut cmd = hookyard();
+    cmd.arg("reload").arg("--config").arg(&node.config).arg("--admin").arg(&admin_url);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap()["result"], "unchanged");
+
+    // `hookyard status`, with the token from HOOKYARD_ADMIN_TOKEN too
+    let mut cmd = hookyard();
+    cmd.arg("status")
+        .arg("--config")
+        .arg(&node.config)
+        .arg("--admin")
+        .arg(&admin_url)
+        .env("HOOKYARD_ADMIN_TOKEN", TOKEN);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let st: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!((st["version"].as_str(), st["reloads_ok"].as_u64()), (Some(v_a.as_str()), Some(2)), "{st}");
+    let mut cmd = hookyard();
+    cmd.arg("status")
+        .arg("--config")
+        .arg(&node.config)
+        .arg("--admin")
+        .arg(&admin_url)
+        .env("HOOKYARD_ADMIN_TOKEN", "not-the-token-at-all");
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "a wrong token fails: {}", out.stdout);
+    assert!(out.stdout.contains("missing or invalid bearer token"), "{}", out.stdout);
+
+    // A broken file: `hookyard reload` exits 1 and prints every problem; nothing changes.
+    let broken = routes(&sink, "nope", "");
+    write_in_place(&target, &broken);
+    let mut cmd = hookyard();
+    cmd.arg("reload").arg("--config").arg(&node.config).arg("--admin").arg(&admin_url);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    let printed: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(printed["result"], "failed");
+    assert_eq!(
+        printed["errors"],
+        json!([format!("{}: routes[0].to[0]: unknown destination \"nope\"", location(&node.config, &broken, "nope]"))])
+    );
+    let a = node.admin.post("/api/v1/reload", "").await;
+    assert_eq!(a.status, 422, "{}", a.text());
+    assert_eq!(a.json()["result"], "failed");
+    assert_eq!(route_of(&node, &sink, "still-a").await, "/a");
+}
+
+#[tokio::test]
+async fn settings_that_need_a_restart_are_reported_not_applied() {
+    let sink = Sink::start().await;
+    let node = Node::with(&routes(&sink, "a", "")).await;
+    let changed = routes(&sink, "b", "")
+        .replace("listen: \"127.0.0.1:0\" }", "listen: \"127.0.0.1:1\" }")
+        .replace("path: hookyard.db", "path: elsewhere.db")
+        .replace("admin: { listen: \"127.0.0.1:0\"", "admin: { listen: \"127.0.0.1:2\"");
+    assert_eq!(changed.matches(":1\"").count() + changed.matches(":2\"").count(), 2, "{changed}");
+    write_rename(&node.config, &changed);
+    let st = node.admin.wait_status("a reload", |s| s["reloads_ok"] == 1).await;
+    let needs: Vec<&str> = st["needs_restart"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for setting in ["server.listen", "admin.listen", "storage.path"] {
+        assert!(needs.iter().any(|n| n.starts_with(setting)), "{setting} in needs_restart: {needs:?}");
+    }
+    // The rest of the file is applied; the listeners and the store stay.
+    assert_eq!(route_of(&node, &sink, "same-port").await, "/b", "ingress still on its port, new routes");
+    assert!(!node.dir.path("elsewhere.db").exists(), "no second store");
+    let st = node.admin.status().await;
+    assert_eq!(st["needs_restart"].as_array().unwrap().len(), needs.len());
+}
+
+// --- deliveries across reloads ----------------------------------------------------------------
+
+#[tokio::test]
+async fn queued_deliveries_follow_the_current_config() {
+    // Both first attempts fail; before their retries (3 s later) the config moves `a` to another
+    // URL and removes `b`. The retry of a goes to the new URL as the same message; b's delivery
+    // is kept as failed, visibly, for replay.
+    let old = Sink::with_script(vec![Reply::status(503); 2]).await;
+    let new = Sink::start().await;
+    let retry = "{ schedule: [3s], jitter: 0, throttle_floor: 0s }";
+    let first = routes_with(&old, "a, b", "", retry);
+    let node = Node::with(&first).await;
+    let id = node.send("queued").await;
+    old.wait_for(2, WAIT).await;
+
+    let second = routes_with(&new, "a", "", retry)
+        .replace(&format!("  b:\n    url: {}\n    sign: {{ scheme: none }}\n    retry: {retry}\n", new.url("/b")), "");
+    assert!(!second.contains("  b:"), "{second}");
+    write_rename(&node.config, &second);
+    node.admin.wait_status("the reload", |s| s["reloads_ok"] == 1).await;
+
+    let got = new.wait_for(1, WAIT).await;
+    assert_eq!(got[0].path, "/a");
+    let first_try = old.requests().into_iter().find(|r| r.path == "/a").unwrap();
+    assert_eq!(got[0].must("webhook-id"), first_try.must("webhook-id"), "the same message, at the new URL");
+    let ev = node
+        .admin
+        .wait_json(&format!("/api/v1/events/{id}"), "a delivered and b failed", WAIT, |ev| {
+            let st: BTreeMap<&str, &str> = ev["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| (d["destination"].as_str().unwrap(), d["status"].as_str().unwrap()))
+                .collect();
+            st.get("a") == Some(&"delivered") && st.get("b") == Some(&"failed")
+        })
+        .await;
+    let b = ev["deliveries"].as_array().unwrap().iter().find(|d| d["destination"] == "b").unwrap();
+    assert_eq!(b["last_error"], "destination \"b\" is not in the current config", "{ev:#}");
+    assert_eq!(old.requests().len(), 2, "nothing more to the old URL");
+}
+
+// --- load -------------------------------------------------------------------------------------
+
+struct Sent {
+    seq: u64,
+    id: String,
+    start: Instant,
+    end: Instant,
+    reloading: bool,
+}
+
+/// A config change the load test made: when the write started, when the reload call returned,
+/// and the active config (`'A'`/`'B'`) before and after.
+struct Swap {
+    start: Instant,
+    end: Instant,
+    from: char,
+    to: char,
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_stream_survives_100_reloads_and_each_event_follows_its_config() {
+    const SENDERS: usize = 8;
+    const BASELINE: Duration = Duration::from_secs(3);
+    const RELOADS: usize = 100;
+    const PACE: Duration = Duration::from_millis(90);
+    let sink = Sink::start().await;
+    let configs = [('A', routes(&sink, "a", "")), ('B', routes(&sink, "b", "")), ('!', routes(&sink, "nope", ""))];
+    let node = Node::with(&configs[0].1).await;
+    let url = format!("http://{}/hooks/app", node.process.addr);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reloading = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..SENDERS {
+        let (stop, reloading, next, url) = (stop.clone(), reloading.clone(), next.clone(), url.clone());
+        senders.spawn(async move {
+            let client = http_client();
+            let (mut sent, mut failures) = (Vec::new(), Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                let during = reloading.load(Ordering::Relaxed);
+                let start = Instant::now();
+                let seq_text = seq.to_string();
+                let r = try_post(&client, &url, &[("X-Seq", &seq_text)], format!(r#"{{"seq":{seq}}}"#)).await;
+                let end = Instant::now();
+                match r {
+                    Ok(a) if a.status == 202 => {
+                        let id = a.json()["id"].as_str().unwrap_or_default().to_string();
+                        sent.push(Sent { seq, id, start, end, reloading: during })
+                    }
+                    Ok(a) => failures.push(format!("#{seq}: {} {}", a.status, a.text())),
+                    Err(e) => failures.push(format!("#{seq}: {e}")),
+                }
+            }
+            (sent, failures)
+        });
+    }
+
+    tokio::time::sleep(BASELINE).await;
+    reloading.store(true, Ordering::Relaxed);
+    let mut swaps = Vec::new();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut active = 'A';
+    for i in 0..RELOADS {
+        // B, broken, A, B, broken, A, …
+        let (name, text) = &configs[[1, 2, 0][i % 3]];
+        let start = Instant::now();
+        write_rename(&node.config, text);
+        let r = node.admin.post("/api/v1/reload", "").await;
+        let end = Instant::now();
+        let result = r.json()["result"].as_str().unwrap_or("?").to_string();
+        match (result.as_str(), *name) {
+            ("reloaded" | "unchanged", 'A' | 'B') => {
+                swaps.push(Swap { start, end, from: active, to: *name });
+                active = *name;
+            }
+            ("failed", '!') => assert_eq!(r.status, 422),
+            _ => panic!("reload {i} of {name}: {} {}", r.status, r.text()),
+        }
+        *outcomes.entry(result).or_default() += 1;
+        tokio::time::sleep(PACE).await;
+    }
+    reloading.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let (mut sent, mut failures) = (Vec::new(), Vec::new());
+    while let Some(r) = senders.join_next().await {
+        let (s, f) = r.expect("sender task");
+        sent.extend(s);
+        failures.extend(f);
+    }
+
+    // Every accepted event arrives, once, at the sink of a config that was active while it was
+    // being accepted.
+    let total = sent.len();
+    let seq_of = |r: &Recorded| -> u64 { r.must("x-seq").parse().unwrap() };
+    let accepted: std::collections::BTreeSet<u64> = sent.iter().map(|s| s.seq).collect();
+    let got = sink
+        .try_wait_until(Duration::from_secs(15), |r| {
+            let seen: std::collections::BTreeSet<u64> = r.iter().map(seq_of).collect();
+            accepted.is_subset(&seen)
+        })
+        .await
+        .unwrap_or_else(|r| r);
+    let mut arrived: BTreeMap<u64, Vec<char>> = BTreeMap::new();
+    let mut ids: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for r in &got {
+        arrived.entry(seq_of(r)).or_default().push(if r.path == "/a" { 'A' } else { 'B' });
+        ids.entry(seq_of(r)).or_default().push(r.must("webhook-id").to_string());
+    }
+    let (mut wrong, mut missing, mut twice, mut ambiguous) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let mut per_sink: BTreeMap<char, usize> = BTreeMap::new();
+    for s in &sent {
+        // the config active when the request started, and any it was swapped to meanwhile
+        let mut possible = vec![swaps.iter().rev().find(|w| w.end <= s.start).map_or('A', |w| w.to)];
+        for w in swaps.iter().filter(|w| w.start < s.end && w.end > s.start && w.from != w.to) {
+            possible.extend([w.from, w.to]);
+        }
+        possible.sort();
+        possible.dedup();
+        if possible.len() > 1 {
+            ambiguous += 1;
+        }
+        match arrived.get(&s.seq).map(Vec::as_slice) {
+            None => missing.push(s.seq),
+            Some([one]) => {
+                *per_sink.entry(*one).or_default() += 1;
+                if !possible.contains(one) {
+                    wrong.push(format!("#{} at {one}, accepted under {possible:?}", s.seq));
+                }
+            }
+            Some(many) => {
+                let ids = &ids[&s.seq];
+                let same = if ids.iter().all(|i| *i == ids[0]) { "same webhook-id" } else { "different webhook-ids" };
+                // what the store says about it, for the first few
+                let attempts = if twice.len() < 3 {
+                    let ev = node.admin.get_json(&format!("/api/v1/events/{}", s.id)).await;
+                    ev["deliveries"][0]["attempts_log"].to_string()
+                } else {
+                    String::new()
+                };
+                twice.push(format!("#{} ({}): {many:?}, {same}; attempts recorded: {attempts}", s.seq, s.id));
+            }
+        }
+    }
+    let lat = |during: bool| {
+        percentile(sent.iter().filter(|s| s.reloading == during).map(|s| s.end - s.start).collect(), 0.99)
+    };
+    let count = |during: bool| sent.iter().filter(|s| s.reloading == during).count();
+    eprintln!(
+        "load: {} requests accepted ({} without reloads, {} during), {} failed; {RELOADS} reloads {outcomes:?}; \
+         p99 latency without reloads {:?}, during reloads {:?}; delivered to A {}, to B {}; {ambiguous} accepted across a swap",
+        total,
+        count(false),
+        count(true),
+        failures.len(),
+        lat(false),
+        lat(true),
+        per_sink.get(&'A').unwrap_or(&0),
+        per_sink.get(&'B').unwrap_or(&0),
+    );
+    // Every check, so one run shows every kind of problem.
+    let mut problems = Vec::new();
+    for (what, list) in [
+        ("failed requests", &failures),
+        ("delivered more than once", &twice),
+        ("delivered under a config that was not active", &wrong),
+        ("accepted but never delivered", &missing.iter().map(|s| format!("#{s}")).collect()),
+    ] {
+        if !list.is_empty() {
+            problems.push(format!("{} {what} (first 10): {:?}", list.len(), &list[..list.len().min(10)]));
+        }
+    }
+    if outcomes.get("failed") != Some(&(RELOADS / 3)) {
+        problems.push(format!("every broken file must be refused: {outcomes:?}"));
+    }
+    for c in ['A', 'B'] {
+        let n = *per_sink.get(&c).unwrap_or(&0);
+        if n * 5 < total {
+            problems.push(format!("{c} did not get a fair share: {n} of {total}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(count(true) >= 200, "a steady stream during the reloads: {}", count(true));
+}
+
+#[tokio::test]
+async fn memory_stays_flat_over_200_reloads() {
+    let sink = Sink::start().await;
+    let configs = [routes(&sink, "a", ""), routes(&sink, "b", "")];
+    let node = Node::with(&configs[0]).await;
+    let pid = node.pid();
+    let reload = async |i: usize| {
+        write_rename(&node.config, &configs[(i + 1) % 2]);
+        let r = node.admin.post_json("/api/v1/reload", "").await;
+        assert!(matches!(r["result"].as_str(), Some("reloaded" | "unchanged")), "{r}");
+        if i.is_multiple_of(20) {
+            node.send(&format!("m{i}")).await;
+        }
+    };
+    for i in 0..20 {
+        reload(i).await;
+    }
+    let before = rss_kib(pid);
+    for i in 20..220 {
+        reload(i).await;
+    }
+    let after = rss_kib(pid);
+    let growth = after as i64 - before as i64;
+    eprintln!("memory: VmRSS {before} KiB before 200 reloads, {after} KiB after ({growth:+} KiB)");
+    assert!(growth < 30 * 1024, "RSS grew by {growth} KiB over 200 reloads");
+    let st = node.admin.status().await;
+    assert!(st["reloads_ok"].as_u64().unwrap() >= 200, "{st}");
+}
