@@ -92,8 +92,8 @@ pub struct Route {
 
 /// The process's plugin host: one wasmtime engine, created on first use, so a config without
 /// transforms never starts wasmtime. Compiled plugins are cached on disk next to the store
-/// (`<storage dir>/plugin-cache`) by content hash, so restarts and reloads do not recompile
-/// unchanged plugins.
+/// (`<storage dir>/plugin-cache`, or `HOOKYARD_PLUGIN_CACHE`) by content hash, so restarts and
+/// reloads do not recompile unchanged plugins.
 fn plugin_host(cache_dir: Option<PathBuf>) -> Result<&'static PluginHost, String> {
     static HOST: OnceLock<Result<PluginHost, String>> = OnceLock::new();
     HOST.get_or_init(|| PluginHost::new(cache_dir)).as_ref().map_err(Clone::clone)
@@ -167,7 +167,9 @@ pub fn build_from_text(
                 .iter()
                 .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
                 .collect();
-            let cache = storage_dir(&cfg).map(|d| d.join("plugin-cache"));
+            let cache = std::env::var_os("HOOKYARD_PLUGIN_CACHE")
+                .map(PathBuf::from)
+                .or_else(|| storage_dir(&cfg).map(|d| d.join("plugin-cache")));
             let loaded = plugin_host(cache).and_then(|h| {
                 h.load(&path, config, limits, r.to.clone()).map_err(|e| format!("{}: {e}", path.display()))
             });
@@ -555,7 +557,7 @@ impl Snapshot {
                 }
                 Err(e) => {
                     crate::metrics::plugin_call(&route.chain_label, e.error.label(), seconds);
-                    let reason = format!("transform failed: {e}");
+                    let reason = format!("transform failed ({}): {e}", e.error.label());
                     plan.notes.push(RouteNote {
                         route: route.name.to_string(),
                         note: format!("{reason} (on_error: {:?})", route.on_error),

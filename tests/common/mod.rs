@@ -42,7 +42,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Longest time a process gets to print its `listening on` line.
-pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default bound of every wait for something the gateway does (a delivery, a log line).
 pub const WAIT: Duration = Duration::from_secs(10);
 /// Bound of one HTTP exchange with the gateway.
@@ -64,6 +64,8 @@ pub fn manifest_dir() -> &'static Path {
 pub fn hookyard() -> Command {
     let mut cmd = Command::new(bin());
     cmd.env("RUST_LOG", "info")
+        // one plugin cache for every test gateway: compiling a plugin takes seconds in a debug build
+        .env("HOOKYARD_PLUGIN_CACHE", manifest_dir().join("target/plugin-cache-tests"))
         .env("NO_COLOR", "1")
         .env("HOOKYARD_WORKER_THREADS", "1")
         .stdin(Stdio::null())
