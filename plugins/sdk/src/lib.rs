@@ -32,14 +32,18 @@ pub mod bindings {
     });
 }
 
+#[cfg(all(target_arch = "wasm32", feature = "arena"))]
+mod arena;
 pub mod path;
 
 use std::sync::OnceLock;
 
-use bindings::hookyard;
-pub use bindings::hookyard::plugin::types::{Event, Outcome, Output, PluginError};
 /// The trait a plugin implements: `fn transform(event: Event) -> Result<Outcome>`.
 pub use bindings::Guest as Plugin;
+/// `export!(MyPlugin);` makes `MyPlugin`'s [`Plugin`] impl the component's `transform` export.
+pub use bindings::export;
+use bindings::hookyard;
+pub use bindings::hookyard::plugin::types::{Event, Outcome, Output, PluginError};
 pub use serde_json::{self, Value, json};
 
 /// A plugin's result: an outcome, or its own error.
@@ -59,8 +63,7 @@ impl Event {
 
     /// The body parsed as JSON; a body that is not JSON is a permanent (non-retryable) error.
     pub fn json(&self) -> Result<Value> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| PluginError::fatal(format!("body is not JSON: {e}")))
+        serde_json::from_slice(&self.body).map_err(|e| PluginError::fatal(format!("body is not JSON: {e}")))
     }
 }
 
@@ -141,9 +144,7 @@ pub mod config {
 
     /// A comma-separated list (`a, b,c` gives `["a", "b", "c"]`); empty when unset.
     pub fn list(key: &str) -> Vec<&'static str> {
-        get(key)
-            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
-            .unwrap_or_default()
+        get(key).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()).unwrap_or_default()
     }
 
     /// A boolean (`true`/`yes`/`1` or `false`/`no`/`0`), or `default` when unset.

@@ -1,6 +1,7 @@
 //! Dotted JSON paths, the small JSONPath subset plugins take in their config:
 //! `a.b`, `items[0].id`, `c[*].email`, `[*].name` (every element of a top-level array),
-//! `a.*` (every value of an object). A leading `$.` or `$` is accepted and ignored.
+//! `a.*` (every value of an object). A leading `$.` is accepted and ignored; `$` alone is the
+//! whole value.
 
 use serde_json::{Map, Value};
 
@@ -40,6 +41,7 @@ impl JsonPath {
                 match &rest[..end] {
                     "" => return Err(bad("empty field name")),
                     "*" => steps.push(Step::Each),
+                    key if key.contains(']') => return Err(bad("unexpected `]`")),
                     key => steps.push(Step::Key(key.to_string())),
                 }
                 rest = &rest[end..];
@@ -53,8 +55,8 @@ impl JsonPath {
                 return Err(bad("expected `.` or `[`"));
             }
         }
-        if steps.is_empty() {
-            return Err(bad("empty"));
+        if steps.is_empty() && text.trim() != "$" {
+            return Err(bad("empty (write `$` for the whole value)"));
         }
         Ok(JsonPath { steps, text: text.to_string() })
     }
@@ -94,7 +96,7 @@ impl JsonPath {
 
     /// Removes every value the path selects (object fields and array elements); returns them.
     pub fn remove(&self, value: &mut Value) -> Vec<Value> {
-        let (last, parent) = self.steps.split_last().expect("a path has at least one step");
+        let Some((last, parent)) = self.steps.split_last() else { return Vec::new() };
         let mut removed = Vec::new();
         select_mut(value, parent, &mut |v| match (v, last) {
             (Value::Object(map), Step::Key(k)) => removed.extend(map.remove(k)),
@@ -110,7 +112,10 @@ impl JsonPath {
     /// fails if the path has `[..]` or `*` steps or crosses a non-object value.
     pub fn set(&self, root: &mut Value, new: Value) -> Result<(), String> {
         let mut cur = root;
-        let (last, parent) = self.steps.split_last().expect("a path has at least one step");
+        let Some((last, parent)) = self.steps.split_last() else {
+            *cur = new;
+            return Ok(());
+        };
         for step in parent {
             let Step::Key(k) = step else { return Err(format!("cannot set `{}`: only field names", self.text)) };
             let Value::Object(map) = cur else { return Err(format!("cannot set `{}`: not an object", self.text)) };
@@ -164,6 +169,7 @@ mod tests {
             ("n[0][1]", json!([2])),
             ("a.*", json!([1])),
             ("missing.x", json!([])),
+            ("$", json!([v.clone()])),
         ];
         for (path, want) in cases {
             let got: Vec<Value> = JsonPath::parse(path).unwrap().select(&v).into_iter().cloned().collect();
