@@ -5,5 +5,7 @@ cd "$(dirname "$0")/.."
 # Plugins are built from source before the tests, so tests never depend on stale binaries.
 if [ -x plugins/build.sh ]; then bash plugins/build.sh; fi
 cargo test --all-targets
+# the plugin SDK's own unit tests run natively
+cargo test --manifest-path plugins/Cargo.toml -p hookyard-plugin-sdk
 # doc tests are not part of --all-targets
 cargo test --doc
