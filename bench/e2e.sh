@@ -4,11 +4,14 @@
 #
 #   ROUNDS=3 DURATION=10s CONNECTIONS=32 bench/e2e.sh
 #
-# Scenarios (rounds interleaved: direct, nginx, hookyard-1, hookyard-3, direct, ...):
-#   direct      wrk -> sink
-#   nginx       wrk -> nginx (proxy_pass, keepalive upstream, 1 worker) -> sink
-#   hookyard-1  wrk -> hookyard (1 route, 1 destination) -> sink
-#   hookyard-3  wrk -> hookyard (1 route, 3 destinations: same sink, 3 paths) -> sink
+# Scenarios (rounds interleaved: direct, nginx, hookyard-1, hookyard-1-transform,
+# hookyard-3, direct, ...):
+#   direct                wrk -> sink
+#   nginx                 wrk -> nginx (proxy_pass, keepalive upstream, 1 worker) -> sink
+#   hookyard-1            wrk -> hookyard (1 route, 1 destination) -> sink
+#   hookyard-1-transform  as hookyard-1 with the github_chat.wasm plugin on the route
+#                         (push -> {"text", "channel"}) -> sink
+#   hookyard-3            wrk -> hookyard (1 route, 3 destinations: same sink, 3 paths) -> sink
 # The sink is `hookyard receive --quiet` in every scenario. wrk and the sink run
 # on LOAD_CPU (0); the server under test (nginx or hookyard) runs on SUT_CPU (1).
 set -euo pipefail
@@ -26,12 +29,14 @@ PORT_BASE=${PORT_BASE:-18080}
 WARMUP=${WARMUP:-1s}                  # wrk run before each measured run; 0 = none
 DRAIN_MAX=${DRAIN_MAX:-10}            # s: longest wait for queued deliveries after wrk stops
 DRAIN_STABLE_MS=${DRAIN_STABLE_MS:-500} # ms without sink growth that counts as drained
-SCENARIOS=${SCENARIOS:-"direct nginx hookyard-1 hookyard-3"}
+SCENARIOS=${SCENARIOS:-"direct nginx hookyard-1 hookyard-1-transform hookyard-3"}
 LOAD_CPU=${LOAD_CPU:-0}
 SUT_CPU=${SUT_CPU:-1}
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 STORAGE_SYNC=${STORAGE_SYNC:-}        # hookyard storage.sync (full|normal); empty = hookyard's default
+PLUGIN=${PLUGIN:-plugins/dist/github_chat.wasm} # transform of hookyard-1-transform
+PLUGIN_CHANNEL="#deploys"
 
 GITHUB_SECRET="bench-secret"
 DEST_SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -46,13 +51,16 @@ log() { printf '[e2e %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 case "$HOOKYARD" in /*) ;; *) HOOKYARD="$ROOT/$HOOKYARD" ;; esac
+case "$PLUGIN" in /*) ;; *) PLUGIN="$ROOT/$PLUGIN" ;; esac
+[[ -z "$STORAGE_SYNC" || "$STORAGE_SYNC" == full || "$STORAGE_SYNC" == normal ]] \
+  || die "STORAGE_SYNC must be full or normal (got '$STORAGE_SYNC')"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
 [[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
 if ! [[ "$PORT_BASE" =~ ^[0-9]+$ ]] || ((PORT_BASE < 1024 || PORT_BASE > 65000)); then
   die "PORT_BASE must be in 1024..65000"
 fi
 for s in $SCENARIOS; do
-  case "$s" in direct | nginx | hookyard-1 | hookyard-3) ;; *) die "unknown scenario '$s'" ;; esac
+  case "$s" in direct | nginx | hookyard-1 | hookyard-1-transform | hookyard-3) ;; *) die "unknown scenario '$s'" ;; esac
 done
 
 # "10s" / "1m" / "500ms" / "2" -> whole seconds (rounded up), for timeouts.
@@ -161,6 +169,10 @@ if [[ ! -x "$HOOKYARD" ]]; then
   [[ -x "$HOOKYARD" ]] || die "hookyard binary not found at $HOOKYARD"
 fi
 [[ -f "$BODY_FILE" ]] || die "payload $BODY_FILE missing"
+case " $SCENARIOS " in
+  *" hookyard-1-transform "*)
+    [[ -f "$PLUGIN" ]] || die "plugin $PLUGIN missing (build it with plugins/build.sh)" ;;
+esac
 
 NCPU=$(nproc)
 if ((NCPU < 2)); then
@@ -353,8 +365,9 @@ render_nginx_conf() {
     "$BENCH_DIR/nginx.conf.template" >"$prefix/nginx.conf"
 }
 
+# write_hookyard_conf FANOUT FILE [TRANSFORM]: TRANSFORM=1 puts $PLUGIN on the route.
 write_hookyard_conf() {
-  local fanout=$1 file=$2 i to=""
+  local fanout=$1 file=$2 transform=${3:-0} i to=""
   {
     echo "server: { listen: \"127.0.0.1:$HY_PORT\" }"
     echo 'egress: { allow: ["127.0.0.0/8"] }'
@@ -375,6 +388,11 @@ write_hookyard_conf() {
     echo '  - name: all-pushes'
     echo '    source: github'
     echo '    when: [ { header: X-GitHub-Event, equals: push } ]'
+    if [[ $transform == 1 ]]; then
+      echo '    transform:'
+      echo "      - plugin: \"$PLUGIN\""
+      echo "        config: { channel: \"$PLUGIN_CHANNEL\" }"
+    fi
     echo "    to: [$to]"
   } >"$file"
 }
@@ -384,20 +402,36 @@ write_hookyard_conf() {
 # default port, 9090).
 ADMIN_KEY=1
 check_hookyard_configs() {
-  local conf=$WORK/check.yaml fan out
-  for fan in 1 3; do
-    write_hookyard_conf "$fan" "$conf"
+  local conf=$WORK/check.yaml v fan tf out
+  for v in 1 3 1t; do
+    fan=${v%t} tf=0
+    [[ $v == *t ]] && tf=1
+    if [[ $tf == 1 ]]; then
+      case " $SCENARIOS " in *" hookyard-1-transform "*) ;; *) continue ;; esac
+    fi
+    write_hookyard_conf "$fan" "$conf" "$tf"
     if ! out=$("$HOOKYARD" check --config "$conf" 2>&1); then
       if [[ $ADMIN_KEY == 1 && "$out" == *"admin: unknown key"* ]]; then
         log "note: this hookyard build has no admin: config key; its admin listener stays on 9090"
         ADMIN_KEY=0
-        write_hookyard_conf "$fan" "$conf"
+        write_hookyard_conf "$fan" "$conf" "$tf"
         out=$("$HOOKYARD" check --config "$conf" 2>&1) && continue
       fi
       printf '%s\n' "$out" >&2
-      die "hookyard check rejected the generated config (fan-out $fan): $conf"
+      die "hookyard check rejected the generated config (fan-out $fan, transform $tf): $conf"
     fi
   done
+}
+
+# check_plugin: the transform must turn the bench payload into a chat message
+# (no output means it dropped the event and hookyard-1-transform would measure
+# something else).
+check_plugin() {
+  local out
+  out=$("$HOOKYARD" plugin test "$PLUGIN" --body "$BODY_FILE" --header 'X-GitHub-Event: push' \
+    --config "channel=$PLUGIN_CHANNEL" 2>&1) || { printf '%s\n' "$out" >&2; die "hookyard plugin test failed on $PLUGIN"; }
+  [[ "$out" == *'"text"'* ]] || { printf '%s\n' "$out" >&2; die "$PLUGIN emitted no chat message for $BODY_FILE"; }
+  log "plugin: $(basename "$PLUGIN") emits a chat message for the payload"
 }
 
 # start_sut SCENARIO ROUND: sets SUT_PIDS (processes whose CPU is charged), URL,
@@ -431,13 +465,15 @@ start_sut() {
       SUT_LOG="$prefix/error.log"
       ;;
     hookyard-*)
+      local tf=0
       FANOUT=${sc#hookyard-}
+      if [[ $FANOUT == *-transform ]]; then FANOUT=${FANOUT%-transform} tf=1; fi
       URL="http://127.0.0.1:$HY_PORT/hooks/github"
       # A fresh directory per run: the store (storage.path, default
       # data/hookyard.db next to the config) must not carry pending work over.
       SUT_DIR="$WORK/$sc-r$round"
       mkdir -p "$SUT_DIR"
-      write_hookyard_conf "$FANOUT" "$SUT_DIR/hookyard.yaml"
+      write_hookyard_conf "$FANOUT" "$SUT_DIR/hookyard.yaml" "$tf"
       ensure_port_free "$HY_PORT"
       if [[ $ADMIN_KEY == 1 ]]; then ensure_port_free "$ADMIN_PORT"; fi
       (cd "$SUT_DIR" && HOOKYARD_WORKER_THREADS=1 RUST_LOG=warn exec taskset -c "$SUT_CPU" \
@@ -531,6 +567,7 @@ log "rounds=$ROUNDS duration=${DURATION_S}s warmup=${WARMUP_S}s connections=$CON
   "cpus: load=$LOAD_CPU sut=$SUT_CPU hookyard=$HOOKYARD"
 start_sink
 case " $SCENARIOS " in *" hookyard-"*) check_hookyard_configs ;; esac
+case " $SCENARIOS " in *" hookyard-1-transform "*) check_plugin ;; esac
 
 for ((r = 1; r <= ROUNDS; r++)); do
   for sc in $SCENARIOS; do
@@ -551,6 +588,7 @@ META=(
   "drain_max_s=$DRAIN_MAX" "drain_stable_ms=$DRAIN_STABLE_MS" "sink_log_warn=$sink_warns"
   "hookyard=$HOOKYARD"
   "storage_sync=${STORAGE_SYNC:-default}"
+  "transform_plugin=${PLUGIN#"$ROOT"/}"
   "hookyard_version=$(timeout 5 "$HOOKYARD" --version 2>/dev/null | head -n 1 || true)"
   "hookyard_built=$(date -u -r "$HOOKYARD" +%Y-%m-%dT%H:%M:%SZ)"
   "git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || true)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo '-dirty')"
