@@ -26,6 +26,13 @@ fn the_reference_config_is_valid() {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     std::fs::write(dir.path().join("internal-ca.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
+    // ... and a plugin (built by plugins/build.sh)
+    std::fs::create_dir_all(dir.path().join("plugins/dist")).unwrap();
+    std::fs::copy(
+        common::manifest_dir().join("plugins/dist/github_chat.wasm"),
+        dir.path().join("plugins/dist/github_chat.wasm"),
+    )
+    .expect("plugins/dist/github_chat.wasm: run plugins/build.sh first");
     let out = Command::new(common::bin())
         .args(["check", "--config"])
         .arg(&config)
@@ -48,8 +55,11 @@ fn every_documented_command_exists_with_its_flags() {
     for line in table.lines().filter(|l| l.starts_with("| `hookyard ")) {
         let usage = line.split('`').nth(1).unwrap();
         let words: Vec<&str> = usage.split_whitespace().collect();
-        let command = words[1];
-        let help = Command::new(common::bin()).args([command, "--help"]).output().unwrap();
+        // `hookyard plugin test …`: a lower-case word after the command is a subcommand
+        let sub = words.get(2).filter(|w| w.bytes().all(|b| b.is_ascii_lowercase()));
+        let command: Vec<&str> = std::iter::once(words[1]).chain(sub.copied()).collect();
+        let command = command.join(" ");
+        let help = Command::new(common::bin()).args(command.split(' ')).arg("--help").output().unwrap();
         assert!(help.status.success(), "`hookyard {command} --help` failed");
         let help = String::from_utf8_lossy(&help.stdout);
         for flag in words.iter().filter_map(|w| w.trim_start_matches(['[', '(']).strip_prefix("--")) {
