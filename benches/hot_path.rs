@@ -89,7 +89,8 @@ fn route_and_plan(c: &mut Criterion) {
             let event = hookyard::runtime::new_event("github", headers(), body.clone());
             let json = snap.parse_body(source, &event);
             let routes = snap.matching_routes(source, &event, json.as_ref());
-            let plan = rt.block_on(snap.plan_event(source, &event, &routes, &event.id.0));
+            let stored = snap.stored_headers(source, &event.headers);
+            let plan = rt.block_on(snap.plan_event(source, &event, &stored, &routes, &event.id.0));
             assert_eq!(plan.deliveries.len(), 2);
             for d in &plan.deliveries {
                 let dest = snap.destination(&d.destination).unwrap();

@@ -82,7 +82,9 @@ pub async fn reroute(store: &Store, snap: &Snapshot, ids: Vec<String>) -> Result
         let routes = snap.matching_routes(source, &event, json.as_ref());
         // a new id per re-route, so receivers do not drop them as duplicates of the first routing
         let reroute_id = format!("{id}.{}", uuid::Uuid::now_v7().simple());
-        let plan = snap.plan_event(source, &event, &routes, &reroute_id).await;
+        // stored headers are already filtered; filter again in case the source's list grew
+        let stored = snap.stored_headers(source, &event.headers);
+        let plan = snap.plan_event(source, &event, &stored, &routes, &reroute_id).await;
         for n in &plan.notes {
             tracing::warn!(event_id = %id, route = %n.route, note = %n.note, "re-route");
         }

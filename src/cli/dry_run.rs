@@ -63,7 +63,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let matched = snap.matching_routes(source, &event, json.as_ref());
     let routes: Vec<Value> =
         source.routes.iter().map(|r| json!({"name": &*snap.routes[*r].name, "matched": matched.contains(r)})).collect();
-    let plan = super::runtime()?.block_on(snap.plan_event(source, &event, &matched, &event.id.0));
+    let stored = snap.stored_headers(source, &event.headers);
+    let plan = super::runtime()?.block_on(snap.plan_event(source, &event, &stored, &matched, &event.id.0));
     let mut deliveries = Vec::new();
     for planned in plan.deliveries {
         let dest = snap.destination(&planned.destination).expect("planned destinations exist");

@@ -501,8 +501,17 @@ impl Snapshot {
     /// after running each route's transform chain. A transform output goes to the destinations it
     /// names (a subset of the route's) or to all of the route's; a drop plans nothing; a failure
     /// follows the route's `on_error`. `id_key` seeds the `webhook-id`s (the event id, or a fresh
-    /// key when re-routing). Notes say what transforms did, for logs and `dry-run`.
-    pub async fn plan_event(&self, source: &Source, event: &Event, routes: &[usize], id_key: &str) -> Plan {
+    /// key when re-routing). `stored_headers` are the event's headers as stored (see
+    /// [`Snapshot::stored_headers`]): plugins see those, never credentials or signatures. Notes
+    /// say what transforms did, for logs and `dry-run`.
+    pub async fn plan_event(
+        &self,
+        source: &Source,
+        event: &Event,
+        stored_headers: &[(String, String)],
+        routes: &[usize],
+        id_key: &str,
+    ) -> Plan {
         let mut plan = Plan::default();
         for &r in routes {
             let route = &self.routes[r];
@@ -516,7 +525,7 @@ impl Snapshot {
                 received_at_ms: crate::store::to_ms(event.received_at) as u64,
                 method: "POST".into(),
                 path: source.path.clone(),
-                headers: self.stored_headers(source, &event.headers),
+                headers: stored_headers.to_vec(),
                 body: event.body.clone(),
             };
             let started = std::time::Instant::now();

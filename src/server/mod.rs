@@ -111,7 +111,9 @@ impl Gateway {
             debug!(body = %snap.loggable_body(&event.body, body_json.as_ref()), "event body");
         }
         let routes = snap.matching_routes(source, &event, body_json.as_ref());
-        let plan = snap.plan_event(source, &event, &routes, &event.id.0).await;
+        // computed once: stored with the event and handed to plugins
+        let stored_headers = snap.stored_headers(source, &event.headers);
+        let plan = snap.plan_event(source, &event, &stored_headers, &routes, &event.id.0).await;
         for n in &plan.notes {
             warn!(route = %n.route, note = %n.note, "transform");
         }
@@ -127,7 +129,7 @@ impl Gateway {
             id: event.id.0.to_string(),
             source: source.name.to_string(),
             received_at_ms: to_ms(event.received_at),
-            headers: snap.stored_headers(source, &event.headers),
+            headers: stored_headers,
             body: event.body.clone(),
             dedupe_key: snap.dedupe_key(source, &event, body_json.as_ref()),
         };

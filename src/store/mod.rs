@@ -232,7 +232,6 @@ pub struct DestinationStats {
 pub struct Store {
     writer: Writer,
     reader: Arc<Mutex<Connection>>,
-    path: Arc<PathBuf>,
     _temp: Option<Arc<TempDir>>,
 }
 
@@ -283,13 +282,8 @@ impl Store {
         Ok(Store {
             writer: Writer::start(write_conn),
             reader: Arc::new(Mutex::new(read_conn)),
-            path: Arc::new(path.to_path_buf()),
             _temp: temp.map(Arc::new),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Records an event and its planned deliveries in one committed (and, with `sync: full`,
@@ -391,20 +385,12 @@ impl Store {
         .await
     }
 
-    /// Pending deliveries due at `now_ms`, oldest due first, of unpaused destinations.
+    /// Pending deliveries due at `now_ms`, oldest due first, of unpaused destinations (the two
+    /// steps the dispatcher's poll takes, in one call, for tests).
+    #[cfg(test)]
     pub async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>> {
-        self.read(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, d.headers, COALESCE(d.body, e.body)
-                 FROM deliveries d JOIN events e ON e.id = d.event_id
-                 WHERE d.status = 'pending' AND d.next_at <= ?1
-                   AND d.destination NOT IN (SELECT name FROM destination_state WHERE paused = 1)
-                 ORDER BY d.next_at LIMIT ?2",
-            )?;
-            let rows = st.query_map(params![now_ms, limit as i64], due_row)?;
-            rows.collect()
-        })
-        .await
+        let ids = self.due_ids(now_ms, limit).await?;
+        self.load_pending(ids.into_iter().map(|(id, _)| id).collect()).await
     }
 
     /// The earliest `next_at` of any pending delivery of an unpaused destination.
@@ -650,17 +636,6 @@ impl Store {
     /// Whether a write can be committed now (for readiness).
     pub async fn writable(&self) -> bool {
         self.write(|c| c.execute_batch("SELECT 1")).await.is_ok()
-    }
-
-    /// Counts of deliveries by status.
-    pub async fn counts(&self) -> Result<Vec<(String, String, u64)>> {
-        self.read(|c| {
-            let mut st =
-                c.prepare_cached("SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
-            rows.collect()
-        })
-        .await
     }
 }
 
