@@ -197,7 +197,13 @@ impl<T: Transport> Dispatcher<T> {
     fn claim_and_spawn(&self, d: DueDelivery, read_at: Option<Instant>) -> bool {
         {
             let mut claims = self.inner.claims.lock().unwrap_or_else(|p| p.into_inner());
-            let stale = read_at.is_some_and(|t| claims.released.get(&d.id).is_some_and(|at| *at >= t));
+            // `None` (the fast path after an accept): any release means the poller saw the
+            // committed row first and a task already handled it
+            let stale = match (read_at, claims.released.get(&d.id)) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(t), Some(at)) => *at >= t,
+            };
             if stale || !claims.claimed.insert(d.id) {
                 return false;
             }

@@ -305,3 +305,17 @@ async fn queue_capacity_is_checked_before_accepting() {
     assert_eq!(d.check_capacity(0), Ok(()), "unrouted events need no room");
     let _ = Path::new("");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_late_fast_path_does_not_resend_what_the_poller_delivered() {
+    // the poller can see a committed row before the accepting request hands it over
+    let h = Harness::new(vec![], schedule(&[5])).await;
+    let due = accept(&h.store, "evt_1", "dest").await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // the row's due time is the wall clock at insert
+    assert_eq!(h.dispatcher.poll_once().await.unwrap(), 1);
+    h.run_until(Duration::from_secs(10), |h| h.dispatcher.stats().delivered == 1).await;
+    h.dispatcher.submit(due);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.times().len(), 1, "sent twice");
+    assert_eq!(h.status("evt_1").await, ("delivered".into(), 1));
+}
