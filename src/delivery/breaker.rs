@@ -42,13 +42,16 @@ impl BreakerState {
 #[derive(Debug)]
 pub struct Breaker {
     settings: BreakerSettings,
+    /// Attempt results inside the window, oldest first.
     recent: VecDeque<(Instant, bool)>,
+    /// How many of `recent` failed (kept in step so recording is O(1), not a scan of the window).
+    failures: usize,
     state: BreakerState,
 }
 
 impl Breaker {
     pub fn new(settings: BreakerSettings) -> Self {
-        Breaker { settings, recent: VecDeque::new(), state: BreakerState::Closed }
+        Breaker { settings, recent: VecDeque::new(), failures: 0, state: BreakerState::Closed }
     }
 
     pub fn settings(&self) -> &BreakerSettings {
@@ -96,7 +99,7 @@ impl Breaker {
         let before = self.state;
         match self.state {
             BreakerState::HalfOpen { .. } => {
-                self.recent.clear();
+                self.clear();
                 self.state = if success {
                     BreakerState::Closed
                 } else {
@@ -106,18 +109,29 @@ impl Breaker {
             BreakerState::Open { .. } => {} // a straggler from before the breaker opened
             BreakerState::Closed => {
                 self.recent.push_back((now, success));
-                while self.recent.front().is_some_and(|(t, _)| now.duration_since(*t) > self.settings.window) {
+                self.failures += usize::from(!success);
+                while let Some(&(t, ok)) = self.recent.front() {
+                    if now.duration_since(t) <= self.settings.window {
+                        break;
+                    }
                     self.recent.pop_front();
+                    self.failures -= usize::from(!ok);
                 }
-                let failures = self.recent.iter().filter(|(_, ok)| !ok).count();
                 let total = self.recent.len();
-                if total >= self.settings.min_requests && failures as f64 >= self.settings.failure_rate * total as f64 {
-                    self.recent.clear();
+                if total >= self.settings.min_requests
+                    && self.failures as f64 >= self.settings.failure_rate * total as f64
+                {
+                    self.clear();
                     self.state = BreakerState::Open { until: now + self.settings.cooldown };
                 }
             }
         }
         (self.state != before).then_some(self.state)
+    }
+
+    fn clear(&mut self) {
+        self.recent.clear();
+        self.failures = 0;
     }
 }
 
