@@ -161,15 +161,55 @@ async fn concurrent_accepts_are_grouped_and_all_committed() {
     assert_eq!(page1.len() + page2.len(), 500, "cursor pages cover every row once");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_operation_does_not_undo_its_group() {
-    let store = Store::open(Path::new(":memory:"), SyncMode::Full).unwrap();
-    stored(store.accept(event("evt_1", None, now_ms()), vec![], None).await.unwrap());
-    let (dup, ok) = tokio::join!(
-        store.accept(event("evt_1", None, now_ms()), vec![], None),
-        store.accept(event("evt_2", None, now_ms()), vec![], None)
-    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db"), SyncMode::Full).unwrap();
+    let first = stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a")], None).await.unwrap());
+
+    // Hold the writer in a job until every operation below is queued, so they share one group.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let blocker = {
+        let s = store.clone();
+        tokio::spawn(async move { s.write(move |_| Ok(held.recv().is_ok())).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let s = &store;
+    let ops = async {
+        tokio::join!(
+            s.accept(event("evt_1", None, now_ms()), vec![delivery("b")], None), // duplicate id: fails
+            s.accept(event("evt_2", None, now_ms()), vec![delivery("a"), delivery("b")], None),
+            s.settle(999_999, attempt(Some(200)), Settle::Delivered, None), // no such delivery: fails
+            s.settle(first[0].id, attempt(Some(200)), Settle::Delivered, None),
+            s.write(|t| {
+                // writes, then fails: its own write must be undone too
+                t.execute("INSERT INTO destination_state VALUES ('d', 1, 'undone', 0)", [])?;
+                t.execute("INSERT INTO no_such_table VALUES (1)", [])
+            }),
+            s.write(|t| t.execute("INSERT INTO destination_state VALUES ('c', 1, 'test', 0)", [])),
+        )
+    };
+    let release_soon = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        release.send(()).unwrap();
+    };
+    let ((dup, ok, bad_settle, good_settle, bad_job, good_job), ()) = tokio::join!(ops, release_soon);
+    assert!(blocker.await.unwrap().unwrap());
+
     assert!(dup.is_err(), "the same event id twice is an error");
-    stored(ok.unwrap());
-    assert!(store.event("evt_2".into()).await.unwrap().is_some());
+    assert!(bad_settle.is_err(), "settling an unknown delivery is an error");
+    assert!(bad_job.is_err());
+    let due = stored(ok.unwrap());
+    assert_eq!(due.iter().map(|d| &*d.destination).collect::<Vec<_>>(), ["a", "b"]);
+    good_settle.unwrap();
+    assert_eq!(good_job.unwrap(), 1);
+
+    let ev2 = store.event("evt_2".into()).await.unwrap().expect("evt_2 committed");
+    assert_eq!(ev2.deliveries.len(), 2);
+    let ev1 = store.event("evt_1".into()).await.unwrap().unwrap();
+    assert_eq!(ev1.deliveries.len(), 1, "the failed duplicate left no delivery behind");
+    assert_eq!(ev1.deliveries[0].delivery.status, "delivered");
+    assert_eq!(ev1.deliveries[0].attempts_log.len(), 1);
+    assert_eq!(store.pending_count().await.unwrap(), 2);
+    assert_eq!(store.paused().await.unwrap(), [("c".to_string(), Some("test".to_string()))]);
 }

@@ -60,103 +60,162 @@ impl Writer {
     }
 }
 
-/// What to tell each caller once the group's transaction is settled.
-enum Reply {
-    Accept(oneshot::Sender<Result<Accepted>>, Result<Accepted>),
-    Settle(oneshot::Sender<Result<()>>, Result<()>),
-    Deferred(Deferred),
+/// What one accept or settle wrote, before its caller is told.
+enum Written {
+    Accept(rusqlite::Result<AcceptRows>),
+    Settle(rusqlite::Result<()>),
+}
+
+enum AcceptRows {
+    Duplicate {
+        original: String,
+    },
+    /// The row id of each planned delivery, in order.
+    Stored(Vec<i64>),
 }
 
 fn run(mut conn: Connection, rx: Receiver<Op>) {
     // blocks for the first operation, then takes whatever else is already waiting
     while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        let mut ops = Vec::new();
+        let mut jobs = Vec::new();
+        let mut take = |op: Op| match op {
+            Op::Exec(job) => jobs.push(job),
+            op => ops.push(op),
+        };
+        take(first);
+        let mut n = 1;
+        while n < MAX_GROUP {
             match rx.try_recv() {
-                Ok(op) => group.push(op),
+                Ok(op) => take(op),
                 Err(_) => break,
             }
+            n += 1;
         }
-        let mut replies = Vec::with_capacity(group.len());
-        let committed = (|| -> rusqlite::Result<()> {
-            let mut tx = conn.transaction()?;
-            for op in group {
-                replies.push(apply(&mut tx, op));
-            }
-            tx.commit()
-        })();
+        let mut written = Vec::with_capacity(ops.len());
+        let mut deferred = Vec::with_capacity(jobs.len());
+        let committed = write_group(&mut conn, &ops, jobs, &mut written, &mut deferred);
         if let Err(e) = &committed {
             error!(error = %e, "store commit failed; the group's callers get an error");
-            let msg = e.to_string();
-            for r in &mut replies {
-                match r {
-                    Reply::Accept(_, res) => *res = Err(StoreError::Commit(msg.clone())),
-                    Reply::Settle(_, res) => *res = Err(StoreError::Commit(msg.clone())),
-                    Reply::Deferred(_) => {}
-                }
-            }
         }
         let commit_error = committed.err().map(|e| e.to_string());
-        for r in replies {
-            match r {
-                Reply::Accept(tx, res) => {
-                    let _ = tx.send(res);
-                }
-                Reply::Settle(tx, res) => {
-                    let _ = tx.send(res);
-                }
-                Reply::Deferred(f) => f(commit_error.clone()),
-            }
+        reply(ops, written, commit_error.as_deref());
+        for f in deferred {
+            f(commit_error.clone());
         }
     }
 }
 
-/// Runs one operation in its own savepoint.
-fn apply(tx: &mut Transaction<'_>, op: Op) -> Reply {
-    let mut sp = match tx.savepoint() {
-        Ok(sp) => sp,
-        Err(e) => {
-            return match op {
-                Op::Accept { reply, .. } => Reply::Accept(reply, Err(e.into())),
-                Op::Settle { reply, .. } => Reply::Settle(reply, Err(e.into())),
-                Op::Exec(job) => {
-                    // let the job report the error to its caller without running its writes
-                    let msg = e.to_string();
-                    drop(job);
-                    return Reply::Deferred(Box::new(move |_| error!(error = %msg, "savepoint failed")));
-                }
-            };
+/// Writes one group in one transaction. Accepts and settles first run without savepoints (a
+/// savepoint per operation journals every page it touches a second time); should one fail, the
+/// transaction is rolled back and they run again, each in its own savepoint, so a failing
+/// operation does not undo the others. Administrative jobs (rare, and not repeatable) always get
+/// their own savepoint, after the accepts and settles of their group (which arrived concurrently,
+/// so no caller can tell the order).
+fn write_group(
+    conn: &mut Connection,
+    ops: &[Op],
+    jobs: Vec<Job>,
+    written: &mut Vec<Written>,
+    deferred: &mut Vec<Deferred>,
+) -> rusqlite::Result<()> {
+    let mut tx = conn.transaction()?;
+    let mut clean = true;
+    for op in ops {
+        let w = write_one(&tx, op);
+        if !w.is_ok() {
+            clean = false;
+            break;
         }
-    };
-    let (reply, ok) = match op {
-        Op::Accept { event, deliveries, dedupe_window, reply } => {
-            let res = accept(&sp, event, deliveries, dedupe_window);
-            let ok = res.is_ok();
-            (Reply::Accept(reply, res.map_err(Into::into)), ok)
-        }
-        Op::Settle { delivery_id, attempt, settle, error, reply } => {
-            let res = settle_delivery(&sp, delivery_id, &attempt, &settle, error.as_deref());
-            let ok = res.is_ok();
-            (Reply::Settle(reply, res.map_err(Into::into)), ok)
-        }
-        Op::Exec(job) => {
-            let (ok, deferred) = job(&sp);
-            (Reply::Deferred(deferred), ok)
-        }
-    };
-    let done = if ok { sp.commit() } else { sp.rollback().and_then(|_| sp.finish()) };
-    if let Err(e) = done {
-        error!(error = %e, "savepoint failed");
+        written.push(w);
     }
-    reply
+    if !clean {
+        drop(tx); // rolls back
+        written.clear();
+        tx = conn.transaction()?;
+        for op in ops {
+            written.push(in_savepoint(&mut tx, |sp| {
+                let w = write_one(sp, op);
+                let ok = w.is_ok();
+                (w, ok)
+            })?);
+        }
+    }
+    for job in jobs {
+        deferred.push(in_savepoint(&mut tx, |t| {
+            let (ok, reply) = job(t);
+            (reply, ok)
+        })?);
+    }
+    tx.commit()
+}
+
+/// Runs `f` in a savepoint, released when `f` reports success and rolled back otherwise.
+fn in_savepoint<T>(tx: &mut Transaction<'_>, f: impl FnOnce(&Connection) -> (T, bool)) -> rusqlite::Result<T> {
+    let mut sp = tx.savepoint()?;
+    let (out, ok) = f(&sp);
+    if ok {
+        sp.commit()?;
+    } else {
+        sp.rollback()?;
+        sp.finish()?;
+    }
+    Ok(out)
+}
+
+fn write_one(t: &Connection, op: &Op) -> Written {
+    match op {
+        Op::Accept { event, deliveries, dedupe_window, .. } => {
+            Written::Accept(accept(t, event, deliveries, *dedupe_window))
+        }
+        Op::Settle { delivery_id, attempt, settle, error, .. } => {
+            Written::Settle(settle_delivery(t, *delivery_id, attempt, settle, error.as_deref()))
+        }
+        Op::Exec(_) => unreachable!("administrative jobs are written by write_group"),
+    }
+}
+
+impl Written {
+    fn is_ok(&self) -> bool {
+        match self {
+            Written::Accept(r) => r.is_ok(),
+            Written::Settle(r) => r.is_ok(),
+        }
+    }
+}
+
+/// Tells each accept and settle caller its outcome (an error for all if the commit failed).
+fn reply(ops: Vec<Op>, written: Vec<Written>, commit_error: Option<&str>) {
+    let commit_failed = || StoreError::Commit(commit_error.unwrap_or_default().to_string());
+    for (op, w) in ops.into_iter().zip(written) {
+        match (op, w) {
+            (Op::Accept { event, deliveries, reply, .. }, Written::Accept(res)) => {
+                let res = match (commit_error, res) {
+                    (Some(_), _) => Err(commit_failed()),
+                    (None, Err(e)) => Err(e.into()),
+                    (None, Ok(AcceptRows::Duplicate { original })) => Ok(Accepted::Duplicate { original }),
+                    (None, Ok(AcceptRows::Stored(ids))) => Ok(Accepted::Stored(due(event, deliveries, ids))),
+                };
+                let _ = reply.send(res);
+            }
+            (Op::Settle { reply, .. }, Written::Settle(res)) => {
+                let res = match commit_error {
+                    Some(_) => Err(commit_failed()),
+                    None => res.map_err(Into::into),
+                };
+                let _ = reply.send(res);
+            }
+            _ => unreachable!("written in the order of the operations"),
+        }
+    }
 }
 
 fn accept(
     t: &Connection,
-    ev: NewEvent,
-    deliveries: Vec<NewDelivery>,
+    ev: &NewEvent,
+    deliveries: &[NewDelivery],
     dedupe_window: Option<Duration>,
-) -> rusqlite::Result<Accepted> {
+) -> rusqlite::Result<AcceptRows> {
     if let (Some(key), Some(window)) = (&ev.dedupe_key, dedupe_window) {
         let since = ev.received_at_ms - window.as_millis() as i64;
         let original: Option<String> = t
@@ -166,7 +225,7 @@ fn accept(
             .query_row(params![ev.source, key, since], |r| r.get(0))
             .optional()?;
         if let Some(original) = original {
-            return Ok(Accepted::Duplicate { original });
+            return Ok(AcceptRows::Duplicate { original });
         }
     }
     let headers = serde_json::to_string(&ev.headers).expect("headers serialize");
@@ -175,15 +234,19 @@ fn accept(
     )?
     .execute(params![ev.id, ev.source, ev.received_at_ms, headers, &ev.body[..], ev.dedupe_key, !deliveries.is_empty()])?;
     let now = now_ms();
+    let ids = deliveries.iter().map(|d| insert_delivery(t, &ev.id, d, now)).collect::<rusqlite::Result<_>>()?;
+    Ok(AcceptRows::Stored(ids))
+}
+
+/// The deliveries of a committed event that are due now (failed ones are kept, not sent).
+fn due(ev: NewEvent, deliveries: Vec<NewDelivery>, ids: Vec<i64>) -> Vec<DueDelivery> {
     let event_id: Arc<str> = ev.id.into();
     let shared_headers = Arc::new(ev.headers);
-    let mut due = Vec::with_capacity(deliveries.len());
-    for d in deliveries {
-        let id = insert_delivery(t, &event_id, &d, now)?;
-        if d.failed.is_some() {
-            continue;
-        }
-        due.push(DueDelivery {
+    deliveries
+        .into_iter()
+        .zip(ids)
+        .filter(|(d, _)| d.failed.is_none())
+        .map(|(d, id)| DueDelivery {
             id,
             event_id: event_id.clone(),
             route: d.route.into(),
@@ -193,9 +256,8 @@ fn accept(
             headers: shared_headers.clone(),
             extra_headers: d.headers.map(Arc::new),
             body: d.body.unwrap_or_else(|| ev.body.clone()),
-        });
-    }
-    Ok(Accepted::Stored(due))
+        })
+        .collect()
 }
 
 pub fn insert_delivery(t: &Connection, event_id: &str, d: &NewDelivery, now: i64) -> rusqlite::Result<i64> {
@@ -225,21 +287,20 @@ fn settle_delivery(
     s: &Settle,
     error: Option<&str>,
 ) -> rusqlite::Result<()> {
+    let next_at = match s {
+        Settle::Retry { next_at_ms } => *next_at_ms,
+        _ => 0,
+    };
     let n: i64 = t
-        .prepare_cached("UPDATE deliveries SET attempts = attempts + 1 WHERE id = ?1 RETURNING attempts")?
-        .query_row([id], |r| r.get(0))?;
+        .prepare_cached(
+            "UPDATE deliveries SET attempts = attempts + 1, status = ?2, next_at = ?3, updated_at = ?4, last_status = ?5, last_error = ?6
+             WHERE id = ?1 RETURNING attempts",
+        )?
+        .query_row(params![id, s.status(), next_at, now_ms(), a.status_code, error], |r| r.get(0))?;
     let response = &a.response[..a.response.len().min(MAX_RESPONSE_KEPT)];
     t.prepare_cached(
         "INSERT OR REPLACE INTO attempts (delivery_id, n, at, status_code, latency_ms, response, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![id, n, a.at_ms, a.status_code, a.latency_ms as i64, response, a.error])?;
-    let next_at = match s {
-        Settle::Retry { next_at_ms } => *next_at_ms,
-        _ => 0,
-    };
-    t.prepare_cached(
-        "UPDATE deliveries SET status = ?2, next_at = ?3, updated_at = ?4, last_status = ?5, last_error = ?6 WHERE id = ?1",
-    )?
-    .execute(params![id, s.status(), next_at, now_ms(), a.status_code, error])?;
     Ok(())
 }
