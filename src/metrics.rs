@@ -3,7 +3,12 @@
 //! route, destination and plugin names come from the config; statuses and reasons are fixed sets.
 //! Never an event id or a URL.
 
-use metrics::{counter, gauge, histogram};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, PoisonError, RwLock};
+use std::time::Duration;
+
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const EVENTS_RECEIVED: &str = "hookyard_events_received_total";
@@ -32,9 +37,69 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    INSTALLED.store(true, Ordering::Release);
     describe();
     Ok(handle)
 }
+
+/// How often [`upkeep`] drains the recorder.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every [`UPKEEP_INTERVAL`]. The recorder
+/// queues every sample until someone does, and a render only does it at a scrape: without this, a
+/// gateway nobody scrapes would grow by two samples per event, forever.
+pub async fn upkeep(handle: PrometheusHandle, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(UPKEEP_INTERVAL) => handle.run_upkeep(),
+        }
+    }
+}
+
+/// Set once the global recorder is installed: handles made before that are no-ops and must not
+/// be kept.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Metric handles by label values. Registering a metric builds its key (label strings, a hash,
+/// the registry's lock) at every call; the hot path looks the handle up here instead. Label
+/// values come from the config, so these maps stay small (a removed destination's handles stay
+/// until restart, as its series do in the exposition).
+struct Handles<K, V>(LazyLock<RwLock<ByName<K, V>>>);
+
+/// A metric's handles by its first label's value, then by its second label's value.
+type ByName<K, V> = HashMap<Box<str>, Vec<(K, V)>>;
+
+impl<K: Copy + Eq, V: Clone> Handles<K, V> {
+    const fn new() -> Self {
+        Handles(LazyLock::new(Default::default))
+    }
+
+    fn get(&self, name: &str, key: K, make: impl FnOnce() -> V) -> V {
+        let found = |list: &Vec<(K, V)>| list.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+        if let Some(v) = self.0.read().unwrap_or_else(PoisonError::into_inner).get(name).and_then(found) {
+            return v;
+        }
+        let v = make();
+        if INSTALLED.load(Ordering::Acquire) {
+            let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+            let list = map.entry(name.into()).or_default();
+            if found(list).is_none() {
+                list.push((key, v.clone()));
+            }
+        }
+        v
+    }
+}
+
+static EVENTS_BY_STATUS: Handles<u16, Counter> = Handles::new();
+static INGRESS_BY_SOURCE: Handles<(), Histogram> = Handles::new();
+static MATCHES_BY_ROUTE: Handles<(), Counter> = Handles::new();
+static ATTEMPTS_BY_DESTINATION: Handles<(), (Counter, Histogram)> = Handles::new();
+static DELIVERIES_BY_OUTCOME: Handles<&'static str, Counter> = Handles::new();
+static PLUGIN_CALLS_BY_OUTCOME: Handles<&'static str, Counter> = Handles::new();
+static PLUGIN_SECONDS_BY_PLUGIN: Handles<(), Histogram> = Handles::new();
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
@@ -60,8 +125,14 @@ fn describe() {
 }
 
 pub fn event_received(source: &str, status: u16, seconds: f64) {
-    counter!(EVENTS_RECEIVED, "source" => source.to_string(), "status" => status.to_string()).increment(1);
-    histogram!(INGRESS_SECONDS, "source" => source.to_string()).record(seconds);
+    EVENTS_BY_STATUS
+        .get(
+            source,
+            status,
+            || counter!(EVENTS_RECEIVED, "source" => source.to_string(), "status" => status.to_string()),
+        )
+        .increment(1);
+    INGRESS_BY_SOURCE.get(source, (), || histogram!(INGRESS_SECONDS, "source" => source.to_string())).record(seconds);
 }
 
 pub fn verify_failed(source: &str, reason: &'static str) {
@@ -69,16 +140,28 @@ pub fn verify_failed(source: &str, reason: &'static str) {
 }
 
 pub fn route_matched(route: &str) {
-    counter!(ROUTE_MATCHES, "route" => route.to_string()).increment(1);
+    MATCHES_BY_ROUTE.get(route, (), || counter!(ROUTE_MATCHES, "route" => route.to_string())).increment(1);
 }
 
 pub fn attempt(destination: &str, seconds: f64) {
-    counter!(ATTEMPTS, "destination" => destination.to_string()).increment(1);
-    histogram!(DELIVERY_SECONDS, "destination" => destination.to_string()).record(seconds);
+    let (attempts, latency) = ATTEMPTS_BY_DESTINATION.get(destination, (), || {
+        (
+            counter!(ATTEMPTS, "destination" => destination.to_string()),
+            histogram!(DELIVERY_SECONDS, "destination" => destination.to_string()),
+        )
+    });
+    attempts.increment(1);
+    latency.record(seconds);
 }
 
 pub fn delivery(destination: &str, outcome: &'static str) {
-    counter!(DELIVERIES, "destination" => destination.to_string(), "outcome" => outcome).increment(1);
+    DELIVERIES_BY_OUTCOME
+        .get(
+            destination,
+            outcome,
+            || counter!(DELIVERIES, "destination" => destination.to_string(), "outcome" => outcome),
+        )
+        .increment(1);
 }
 
 pub fn reload(ok: bool) {
@@ -93,8 +176,12 @@ pub fn config_version(old: Option<&str>, new: &str) {
 }
 
 pub fn plugin_call(plugin: &str, outcome: &'static str, seconds: f64) {
-    counter!(PLUGIN_CALLS, "plugin" => plugin.to_string(), "outcome" => outcome).increment(1);
-    histogram!(PLUGIN_SECONDS, "plugin" => plugin.to_string()).record(seconds);
+    PLUGIN_CALLS_BY_OUTCOME
+        .get(plugin, outcome, || counter!(PLUGIN_CALLS, "plugin" => plugin.to_string(), "outcome" => outcome))
+        .increment(1);
+    PLUGIN_SECONDS_BY_PLUGIN
+        .get(plugin, (), || histogram!(PLUGIN_SECONDS, "plugin" => plugin.to_string()))
+        .record(seconds);
 }
 
 /// Gauges computed at scrape time from the store and the dispatcher.

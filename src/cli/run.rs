@@ -72,6 +72,9 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
             let stop = stopped(stop_rx.clone());
             tokio::spawn(async move { d.run(stop).await })
         };
+        if let Some(handle) = metrics.clone() {
+            tokio::spawn(hookyard::metrics::upkeep(handle, stopped(stop_rx.clone())));
+        }
         let purger = tokio::spawn(purge_loop(store.clone(), storage.retention.0, storage.purge_interval.0, stopped(stop_rx.clone())));
         tokio::spawn(reloader.clone().on_sighup(stopped(stop_rx.clone())));
         let plugin_files = gateway.snapshot.load().plugin_files.clone();
