@@ -609,26 +609,37 @@ impl Store {
     /// Per destination: pending deliveries, the age of the oldest one that is due (ms, 0 if none
     /// is due), dead letters and failed deliveries. For metrics and the admin API.
     pub async fn destination_stats(&self, now_ms: i64) -> Result<Vec<DestinationStats>> {
+        // Three walks of partial indexes (pending, dead, failed rows only), never of the delivered
+        // history: a scrape costs what is queued or kept for replay, not what was retained.
         self.read(move |c| {
+            let mut by_name = std::collections::BTreeMap::<String, DestinationStats>::new();
             let mut st = c.prepare_cached(
-                "SELECT destination,
-                        SUM(status = 'pending'),
-                        MIN(CASE WHEN status = 'pending' AND next_at <= ?1 THEN next_at END),
-                        SUM(status = 'dead'),
-                        SUM(status = 'failed')
-                 FROM deliveries GROUP BY destination ORDER BY destination",
+                "SELECT destination, COUNT(*), MIN(CASE WHEN next_at <= ?1 THEN next_at END)
+                 FROM deliveries WHERE status = 'pending' GROUP BY destination",
             )?;
-            let rows = st.query_map([now_ms], |r| {
+            let mut rows = st.query([now_ms])?;
+            while let Some(r) = rows.next()? {
                 let oldest: Option<i64> = r.get(2)?;
-                Ok(DestinationStats {
-                    destination: r.get(0)?,
-                    pending: r.get::<_, i64>(1)? as u64,
-                    oldest_due_ms: oldest.map_or(0, |t| (now_ms - t).max(0) as u64),
-                    dead: r.get::<_, i64>(3)? as u64,
-                    failed: r.get::<_, i64>(4)? as u64,
-                })
-            })?;
-            rows.collect()
+                let s = stats_entry(&mut by_name, r.get(0)?);
+                s.pending = r.get::<_, i64>(1)? as u64;
+                s.oldest_due_ms = oldest.map_or(0, |t| (now_ms - t).max(0) as u64);
+            }
+            for status in ["dead", "failed"] {
+                let mut st = c.prepare_cached(&format!(
+                    "SELECT destination, COUNT(*) FROM deliveries WHERE status = '{status}' GROUP BY destination"
+                ))?;
+                let mut rows = st.query([])?;
+                while let Some(r) = rows.next()? {
+                    let s = stats_entry(&mut by_name, r.get(0)?);
+                    let n = r.get::<_, i64>(1)? as u64;
+                    if status == "dead" {
+                        s.dead = n;
+                    } else {
+                        s.failed = n;
+                    }
+                }
+            }
+            Ok(by_name.into_values().collect())
         })
         .await
     }
@@ -697,3 +708,16 @@ fn body_text(body: &[u8]) -> (Option<String>, Option<String>) {
 
 #[cfg(test)]
 mod tests;
+
+fn stats_entry(
+    by_name: &mut std::collections::BTreeMap<String, DestinationStats>,
+    name: String,
+) -> &mut DestinationStats {
+    by_name.entry(name.clone()).or_insert(DestinationStats {
+        destination: name,
+        pending: 0,
+        oldest_due_ms: 0,
+        dead: 0,
+        failed: 0,
+    })
+}

@@ -3,7 +3,7 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: the event log, the delivery queue and the attempt log
     r#"
     CREATE TABLE events (
@@ -57,13 +57,18 @@ const MIGRATIONS: &[&str] = &[
         updated_at   INTEGER NOT NULL
     );
     "#,
-    // 2: cheaper writes. Every settle rewrote the two status indexes, though no query needs them
-    // but the dead-letter replay: listings walk the rowid newest first, the per-destination figures
-    // scan the table. Only dead letters are indexed now.
+    // 2: cheaper writes, cheaper scrapes. Every settle rewrote two indexes over the whole history
+    // (destination/status/updated_at, status/updated_at) that only the dead-letter replay and the
+    // per-destination figures used, and the figures scanned the table anyway. Now only the rows
+    // still of interest are indexed: pending (the queue), dead and failed, each with its
+    // destination, so a metrics scrape walks what is queued or kept, not what was delivered.
     r#"
     DROP INDEX deliveries_destination;
     DROP INDEX deliveries_status;
-    CREATE INDEX deliveries_dead ON deliveries(updated_at) WHERE status = 'dead';
+    DROP INDEX deliveries_due;
+    CREATE INDEX deliveries_due ON deliveries(next_at, destination) WHERE status = 'pending';
+    CREATE INDEX deliveries_dead ON deliveries(destination, updated_at) WHERE status = 'dead';
+    CREATE INDEX deliveries_failed ON deliveries(destination) WHERE status = 'failed';
     "#,
 ];
 

@@ -213,3 +213,71 @@ async fn a_failing_operation_does_not_undo_its_group() {
     assert_eq!(store.pending_count().await.unwrap(), 2);
     assert_eq!(store.paused().await.unwrap(), [("c".to_string(), Some("test".to_string()))]);
 }
+
+#[tokio::test]
+async fn destination_stats_count_pending_dead_and_failed_per_destination() {
+    let store = Store::open(Path::new(":memory:"), SyncMode::Full).unwrap();
+    let now = now_ms();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let due = store.accept(event(&format!("evt_{i}"), None, now), vec![delivery("a"), delivery("b")], None);
+        ids.extend(stored(due.await.unwrap()).into_iter().map(|d| (d.destination, d.id)));
+    }
+    let settle = |id, s| store.settle(id, attempt(Some(500)), s, None);
+    let of = |dest: &str| ids.iter().filter(|(d, _)| &**d == dest).map(|(_, id)| *id).collect::<Vec<_>>();
+    let (a, b) = (of("a"), of("b"));
+    settle(a[0], Settle::Delivered).await.unwrap();
+    settle(a[1], Settle::Dead).await.unwrap();
+    settle(a[2], Settle::Dead).await.unwrap();
+    settle(a[3], Settle::Failed).await.unwrap();
+    settle(a[4], Settle::Retry { next_at_ms: now + 60_000 }).await.unwrap(); // pending, not yet due
+    for id in &b {
+        settle(*id, Settle::Delivered).await.unwrap();
+    }
+    let stats = store.destination_stats(now + 1_000).await.unwrap();
+    // a: a[5] due since it was accepted (just after `now`), a[4] pending later; b has nothing
+    // pending, dead or failed
+    let oldest = stats[0].oldest_due_ms;
+    assert!((500..=1_000).contains(&oldest), "oldest due {oldest} ms");
+    assert_eq!(
+        stats,
+        [DestinationStats { destination: "a".into(), pending: 2, oldest_due_ms: oldest, dead: 2, failed: 1 }]
+    );
+    store.replay_dead(Some("a".into()), None).await.unwrap();
+    let stats = store.destination_stats(now + 1_000).await.unwrap();
+    assert_eq!((stats[0].pending, stats[0].dead, stats[0].failed), (4, 0, 1));
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_with_its_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        c.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO events VALUES ('evt_1', 'github', 0, '[]', x'7b7d', NULL, 1);
+             INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at)
+             VALUES ('evt_1', 'r', 'a', 'msg_1', 'pending', 0, 0, 0, 0), ('evt_1', 'r', 'b', 'msg_2', 'dead', 5, 0, 0, 0);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path, SyncMode::Full).unwrap();
+    assert_eq!(store.due(now_ms(), 10).await.unwrap().len(), 1, "the queue survives the migration");
+    let stats = store.destination_stats(now_ms()).await.unwrap();
+    assert_eq!(
+        stats.iter().map(|s| (&*s.destination, s.pending, s.dead)).collect::<Vec<_>>(),
+        [("a", 1, 0), ("b", 0, 1)]
+    );
+    let indexes: Vec<String> = store
+        .read(|c| {
+            let mut st = c.prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries' ORDER BY name",
+            )?;
+            st.query_map([], |r| r.get(0))?.collect()
+        })
+        .await
+        .unwrap();
+    assert_eq!(indexes, ["deliveries_dead", "deliveries_due", "deliveries_event", "deliveries_failed"]);
+}
