@@ -37,6 +37,9 @@ KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 STORAGE_SYNC=${STORAGE_SYNC:-}        # hookyard storage.sync (full|normal); empty = hookyard's default
 PLUGIN=${PLUGIN:-plugins/dist/github_chat.wasm} # transform of hookyard-1-transform
 PLUGIN_CHANNEL="#deploys"
+# check_plugin requires this text in the plugin's output for the payload (empty: any output that
+# is not a drop, e.g. PLUGIN=plugins/dist/noop.wasm PLUGIN_EXPECT= to measure the host overhead)
+PLUGIN_EXPECT=${PLUGIN_EXPECT-'"text"'}
 
 GITHUB_SECRET="bench-secret"
 DEST_SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -430,8 +433,11 @@ check_plugin() {
   local out
   out=$("$HOOKYARD" plugin test "$PLUGIN" --body "$BODY_FILE" --header 'X-GitHub-Event: push' \
     --config "channel=$PLUGIN_CHANNEL" 2>&1) || { printf '%s\n' "$out" >&2; die "hookyard plugin test failed on $PLUGIN"; }
-  [[ "$out" == *'"text"'* ]] || { printf '%s\n' "$out" >&2; die "$PLUGIN emitted no chat message for $BODY_FILE"; }
-  log "plugin: $(basename "$PLUGIN") emits a chat message for the payload"
+  [[ "$out" == *'"emit"'* ]] || { printf '%s\n' "$out" >&2; die "$PLUGIN emitted nothing for $BODY_FILE"; }
+  if [[ -n "$PLUGIN_EXPECT" ]]; then
+    [[ "$out" == *"$PLUGIN_EXPECT"* ]] || { printf '%s\n' "$out" >&2; die "$PLUGIN's output for $BODY_FILE lacks $PLUGIN_EXPECT"; }
+  fi
+  log "plugin: $(basename "$PLUGIN") output for the payload checked${PLUGIN_EXPECT:+ (contains $PLUGIN_EXPECT)}"
 }
 
 # start_sut SCENARIO ROUND: sets SUT_PIDS (processes whose CPU is charged), URL,
