@@ -4,10 +4,12 @@
 #
 #   ROUNDS=3 DURATION=10s CONNECTIONS=32 bench/e2e.sh
 #
-# Scenarios (rounds interleaved: direct, nginx, hookyard-1, hookyard-1-transform,
-# hookyard-3, direct, ...):
+# Scenarios (rounds interleaved: direct, nginx, hyper-proxy, hookyard-1,
+# hookyard-1-transform, hookyard-3, direct, ...):
 #   direct                wrk -> sink
 #   nginx                 wrk -> nginx (proxy_pass, keepalive upstream, 1 worker) -> sink
+#   hyper-proxy           wrk -> bench/baseline/hyper_proxy.rs (a bare hyper reverse proxy on
+#                         hookyard's HTTP stack, 1 worker) -> sink: the floor of that stack
 #   hookyard-1            wrk -> hookyard (1 route, 1 destination) -> sink
 #   hookyard-1-transform  as hookyard-1 with the github_chat.wasm plugin on the route
 #                         (push -> {"text", "channel"}) -> sink
@@ -25,11 +27,12 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 HOOKYARD=${HOOKYARD:-target/release/hookyard}
+HYPER_PROXY=${HYPER_PROXY:-target/release/examples/hyper_proxy}
 PORT_BASE=${PORT_BASE:-18080}
 WARMUP=${WARMUP:-1s}                  # wrk run before each measured run; 0 = none
 DRAIN_MAX=${DRAIN_MAX:-10}            # s: longest wait for queued deliveries after wrk stops
 DRAIN_STABLE_MS=${DRAIN_STABLE_MS:-500} # ms without sink growth that counts as drained
-SCENARIOS=${SCENARIOS:-"direct nginx hookyard-1 hookyard-1-transform hookyard-3"}
+SCENARIOS=${SCENARIOS:-"direct nginx hyper-proxy hookyard-1 hookyard-1-transform hookyard-3"}
 LOAD_CPU=${LOAD_CPU:-0}
 SUT_CPU=${SUT_CPU:-1}
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
@@ -48,6 +51,7 @@ BODY_FILE="$BENCH_DIR/github_push.json"
 HY_PORT=$PORT_BASE
 NGINX_PORT=$((PORT_BASE + 1))
 ADMIN_PORT=$((PORT_BASE + 2)) # hookyard's admin listener (default 9090 would collide with other runs)
+PROXY_PORT=$((PORT_BASE + 3))
 SINK_PORT=$((PORT_BASE + 11))
 
 log() { printf '[e2e %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -55,6 +59,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 case "$HOOKYARD" in /*) ;; *) HOOKYARD="$ROOT/$HOOKYARD" ;; esac
 case "$PLUGIN" in /*) ;; *) PLUGIN="$ROOT/$PLUGIN" ;; esac
+case "$HYPER_PROXY" in /*) ;; *) HYPER_PROXY="$ROOT/$HYPER_PROXY" ;; esac
 [[ -z "$STORAGE_SYNC" || "$STORAGE_SYNC" == full || "$STORAGE_SYNC" == normal ]] \
   || die "STORAGE_SYNC must be full or normal (got '$STORAGE_SYNC')"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
@@ -63,7 +68,7 @@ if ! [[ "$PORT_BASE" =~ ^[0-9]+$ ]] || ((PORT_BASE < 1024 || PORT_BASE > 65000))
   die "PORT_BASE must be in 1024..65000"
 fi
 for s in $SCENARIOS; do
-  case "$s" in direct | nginx | hookyard-1 | hookyard-1-transform | hookyard-3) ;; *) die "unknown scenario '$s'" ;; esac
+  case "$s" in direct | nginx | hyper-proxy | hookyard-1 | hookyard-1-transform | hookyard-3) ;; *) die "unknown scenario '$s'" ;; esac
 done
 
 # "10s" / "1m" / "500ms" / "2" -> whole seconds (rounded up), for timeouts.
@@ -171,6 +176,14 @@ if [[ ! -x "$HOOKYARD" ]]; then
   fi
   [[ -x "$HOOKYARD" ]] || die "hookyard binary not found at $HOOKYARD"
 fi
+case " $SCENARIOS " in
+  *" hyper-proxy "*)
+    if [[ ! -x "$HYPER_PROXY" && "$HYPER_PROXY" == "$ROOT/target/release/examples/hyper_proxy" ]]; then
+      log "building the hyper-proxy baseline (cargo build --release --example hyper_proxy)"
+      (cd "$ROOT" && cargo build --release --example hyper_proxy) || die "building hyper_proxy failed"
+    fi
+    [[ -x "$HYPER_PROXY" ]] || die "hyper_proxy binary not found at $HYPER_PROXY" ;;
+esac
 [[ -f "$BODY_FILE" ]] || die "payload $BODY_FILE missing"
 case " $SCENARIOS " in
   *" hookyard-1-transform "*)
@@ -469,6 +482,20 @@ start_sut() {
       # shellcheck disable=SC2206
       SUT_PIDS=("$SUT_MAIN" $kids)
       SUT_LOG="$prefix/error.log"
+      ;;
+    hyper-proxy)
+      FANOUT=1
+      URL="http://127.0.0.1:$PROXY_PORT/sink1"
+      SUT_DIR="$WORK/$sc-r$round"
+      mkdir -p "$SUT_DIR"
+      ensure_port_free "$PROXY_PORT"
+      taskset -c "$SUT_CPU" "$HYPER_PROXY" "127.0.0.1:$PROXY_PORT" "http://127.0.0.1:$SINK_PORT" \
+        >"$SUT_DIR/proxy.out" 2>"$SUT_DIR/proxy.err" &
+      SUT_MAIN=$!
+      track "$SUT_MAIN"
+      wait_listening "$SUT_DIR/proxy.out" "$SUT_MAIN" "hyper_proxy"
+      SUT_PIDS=("$SUT_MAIN")
+      SUT_LOG="$SUT_DIR/proxy.err"
       ;;
     hookyard-*)
       local tf=0

@@ -13,7 +13,7 @@ import json
 import statistics
 import sys
 
-SCENARIO_ORDER = ["direct", "nginx", "hookyard-1", "hookyard-1-transform", "hookyard-3"]
+SCENARIO_ORDER = ["direct", "nginx", "hyper-proxy", "hookyard-1", "hookyard-1-transform", "hookyard-3"]
 # hookyard-1-transform / hookyard-1 events/s: what the formatter plugin may cost at most.
 TRANSFORM_TARGET = 0.75
 
@@ -145,7 +145,8 @@ def summary(rows_path, out_path, meta_args):
         medians[s] = m
 
     ratios = {}
-    for num, den in (("hookyard-1", "nginx"), ("hookyard-1", "direct"),
+    for num, den in (("hookyard-1", "nginx"), ("hyper-proxy", "nginx"), ("hookyard-1", "hyper-proxy"),
+                     ("hookyard-1", "direct"),
                      ("hookyard-1-transform", "hookyard-1"), ("hookyard-3", "hookyard-1")):
         if num in medians and den in medians:
             ratios[f"{num}/{den}"] = {
