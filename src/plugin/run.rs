@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 
 use super::engine::{Engine, one_line};
-use super::{Limits, Outcome, Output, PluginError, PluginEvent};
+use super::{EventRef, Limits, Outcome, Output, PluginError};
 
 pub(super) mod bindings {
     wasmtime::component::bindgen!({
         world: "transform",
         path: "plugins/wit",
         exports: { default: async },
+        // The event is lowered straight from borrowed data: no copy of the body or headers.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
@@ -171,11 +173,13 @@ impl host::Host for State {
 }
 
 impl PluginInner {
-    /// Runs one call; `allowed` is the set an output's destinations must be within (the
-    /// route's, or a chain branch's narrower set).
+    /// Runs one call on `event` with the headers of `overlay` set on top of its own (a chain
+    /// branch's); `allowed` is the set an output's destinations must be within (the route's, or
+    /// a chain branch's narrower set).
     pub(super) async fn run(
         self: &Arc<Self>,
-        event: &PluginEvent,
+        event: EventRef<'_>,
+        overlay: &[(String, String)],
         allowed: &[String],
         capture: Option<&mut Vec<GuestLog>>,
     ) -> Result<Outcome, PluginError> {
@@ -200,18 +204,19 @@ impl PluginInner {
             }
         });
 
+        let headers = overlay_headers(event.headers, overlay);
         let wit_event = types::Event {
-            id: event.id.clone(),
-            source: event.source.clone(),
+            id: event.id,
+            source: event.source,
             received_at_ms: event.received_at_ms,
-            method: event.method.clone(),
-            path: event.path.clone(),
-            headers: event.headers.clone(),
-            body: event.body.to_vec(),
+            method: event.method,
+            path: event.path,
+            headers: &headers,
+            body: event.body,
         };
         let called = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
-            instance.call_transform(&mut store, &wit_event).await
+            instance.call_transform(&mut store, wit_event).await
         }
         .await;
 
@@ -227,6 +232,16 @@ impl PluginInner {
             Err(error) => Err(classify(&error, store.data(), limits)),
         }
     }
+}
+
+/// `base` with each header of `top` replacing those of the same name (case-insensitive), as
+/// borrowed pairs for lowering.
+fn overlay_headers<'a>(base: &'a [(String, String)], top: &'a [(String, String)]) -> Vec<(&'a str, &'a str)> {
+    base.iter()
+        .filter(|(k, _)| !top.iter().any(|(t, _)| t.eq_ignore_ascii_case(k)))
+        .chain(top)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 /// Names a failed call: the deadline, the memory limit, a trap, or else output the canonical
