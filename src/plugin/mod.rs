@@ -100,6 +100,8 @@ impl PluginHost {
         Ok(Plugin {
             inner: Arc::new(run::PluginInner {
                 name,
+                transform: run::transform_index(&pre)?,
+                typechecked: false.into(),
                 pre,
                 limits,
                 config,
@@ -124,6 +126,8 @@ impl PluginHost {
         Ok(Plugin {
             inner: Arc::new(run::PluginInner {
                 name: name.to_string(),
+                transform: run::transform_index(&pre)?,
+                typechecked: false.into(),
                 pre,
                 limits,
                 config,
