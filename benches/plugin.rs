@@ -6,6 +6,9 @@
 //!   GitHub push, in wasm and in plain Rust; the ratio is printed at the end.
 //! - `reference/spawn_blocking`: what handing each call to a blocking thread would add on top,
 //!   the alternative to wasmtime's async mode that the host does not use.
+//! - At the end, the same calls timed one by one with the CPU caches flushed before each: in the
+//!   gateway other work runs between two plugin calls, so this is the figure the end-to-end
+//!   benchmark sees (a cold call costs three to four times a hot one).
 //!
 //! Needs plugins/dist (run plugins/build.sh). Run: `cargo bench --bench plugin`.
 
@@ -139,6 +142,22 @@ fn ratio() {
     let (noop, noop_cpu) = time(&mut || drop(s.rt.block_on(s.noop.run(&s.small)).unwrap()));
     let (wasm, wasm_cpu) = time(&mut || drop(s.rt.block_on(s.chat.run(&s.push)).unwrap()));
     let (native, native_cpu) = time(&mut || drop(github_chat_native(&s.push.body, "#deploys")));
+    let mut junk = vec![0u8; 8 << 20];
+    let mut cold = |f: &mut dyn FnMut()| {
+        let mut times: Vec<Duration> = (0..1_000u32)
+            .map(|i| {
+                junk.iter_mut().step_by(64).for_each(|b| *b = b.wrapping_add(i as u8));
+                let start = Instant::now();
+                f();
+                start.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[times.len() / 2]
+    };
+    let cold_noop = cold(&mut || drop(s.rt.block_on(s.noop.run(&s.small)).unwrap()));
+    let cold_wasm = cold(&mut || drop(s.rt.block_on(s.chat.run(&s.push)).unwrap()));
+    let cold_native = cold(&mut || drop(github_chat_native(&s.push.body, "#deploys")));
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!(
         "\nper event, wall clock: noop plugin {:.1} µs; github_chat on {} B: wasm {:.1} µs, native {:.1} µs, ratio {:.1}x",
@@ -147,6 +166,13 @@ fn ratio() {
         us(wasm),
         us(native),
         ratio(wasm, native)
+    );
+    println!(
+        "per event, cold caches (median): noop plugin {:.1} µs; github_chat: wasm {:.1} µs, native {:.1} µs, ratio {:.1}x",
+        us(cold_noop),
+        us(cold_wasm),
+        us(cold_native),
+        ratio(cold_wasm, cold_native)
     );
     if let (Some(noop), Some(wasm), Some(native)) = (noop_cpu, wasm_cpu, native_cpu) {
         println!(

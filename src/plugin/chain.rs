@@ -1,8 +1,6 @@
 //! Several plugins on one route, run in order (semantics documented in plugins/README.md).
 
-use bytes::Bytes;
-
-use super::{Outcome, Output, Plugin, PluginError, PluginEvent};
+use super::{EventRef, Outcome, Output, Plugin, PluginError};
 
 /// A chain failed at plugin `index` (0-based, in route order).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -29,26 +27,26 @@ pub struct ChainError {
 ///
 /// Branches run one after another; each call has its own deadline.
 /// An empty chain emits the event's body unchanged.
-pub async fn run_chain(plugins: &[Plugin], event: &PluginEvent) -> Result<Outcome, ChainError> {
+///
+/// Takes a [`PluginEvent`](super::PluginEvent) or an [`EventRef`] of borrowed parts: nothing of the event is copied
+/// on the way into a plugin.
+pub async fn run_chain<'a>(plugins: &[Plugin], event: impl Into<EventRef<'a>>) -> Result<Outcome, ChainError> {
+    let event = event.into();
     let mut branches = vec![Output { destinations: None, headers: Vec::new(), body: event.body.clone() }];
     let mut first_drop: Option<String> = None;
     for (index, plugin) in plugins.iter().enumerate() {
         let fail = |error| ChainError { index, plugin: plugin.name().to_string(), error };
         let mut next = Vec::new();
         for branch in branches {
-            let step_event = PluginEvent {
-                headers: overlay(&event.headers, &branch.headers),
-                body: branch.body,
-                ..event.clone_without_body()
-            };
+            let step_event = EventRef { body: &branch.body, ..event };
             let allowed = branch.destinations.as_deref().unwrap_or(&plugin.inner.allowed_destinations);
-            match plugin.inner.run(&step_event, allowed, None).await.map_err(fail)? {
+            match plugin.inner.run(step_event, &branch.headers, allowed, None).await.map_err(fail)? {
                 Outcome::Drop(reason) => {
                     first_drop.get_or_insert(reason);
                 }
                 Outcome::Emit(outputs) => next.extend(outputs.into_iter().map(|out| Output {
                     destinations: out.destinations.or_else(|| branch.destinations.clone()),
-                    headers: overlay(&branch.headers, &out.headers),
+                    headers: overlay(&branch.headers, out.headers),
                     body: out.body,
                 })),
             }
@@ -67,24 +65,13 @@ pub async fn run_chain(plugins: &[Plugin], event: &PluginEvent) -> Result<Outcom
     Ok(Outcome::Emit(branches))
 }
 
-impl PluginEvent {
-    fn clone_without_body(&self) -> PluginEvent {
-        PluginEvent {
-            id: self.id.clone(),
-            source: self.source.clone(),
-            received_at_ms: self.received_at_ms,
-            method: self.method.clone(),
-            path: self.path.clone(),
-            headers: Vec::new(),
-            body: Bytes::new(),
-        }
-    }
-}
-
 /// `base` with each header of `top` replacing those of the same name (case-insensitive).
-fn overlay(base: &[(String, String)], top: &[(String, String)]) -> Vec<(String, String)> {
+fn overlay(base: &[(String, String)], top: Vec<(String, String)>) -> Vec<(String, String)> {
+    if base.is_empty() {
+        return top;
+    }
     let mut out: Vec<(String, String)> =
         base.iter().filter(|(k, _)| !top.iter().any(|(t, _)| t.eq_ignore_ascii_case(k))).cloned().collect();
-    out.extend(top.iter().cloned());
+    out.extend(top);
     out
 }

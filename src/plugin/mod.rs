@@ -100,6 +100,8 @@ impl PluginHost {
         Ok(Plugin {
             inner: Arc::new(run::PluginInner {
                 name,
+                transform: run::transform_index(&pre)?,
+                typechecked: false.into(),
                 pre,
                 limits,
                 config,
@@ -124,6 +126,8 @@ impl PluginHost {
         Ok(Plugin {
             inner: Arc::new(run::PluginInner {
                 name: name.to_string(),
+                transform: run::transform_index(&pre)?,
+                typechecked: false.into(),
                 pre,
                 limits,
                 config,
@@ -206,7 +210,7 @@ impl Plugin {
     /// worker thread at every epoch tick and is stopped at its deadline, so it never holds a
     /// tokio worker longer than one tick at a time. Waits for a free instance slot first.
     pub async fn run(&self, event: &PluginEvent) -> Result<Outcome, PluginError> {
-        self.inner.run(event, &self.inner.allowed_destinations, None).await
+        self.inner.run(event.into(), &[], &self.inner.allowed_destinations, None).await
     }
 
     /// [`run`](Self::run), also returning the plugin's log lines and the time the call took
@@ -214,7 +218,7 @@ impl Plugin {
     pub async fn run_report(&self, event: &PluginEvent) -> RunReport {
         let mut logs = Vec::new();
         let start = std::time::Instant::now();
-        let result = self.inner.run(event, &self.inner.allowed_destinations, Some(&mut logs)).await;
+        let result = self.inner.run(event.into(), &[], &self.inner.allowed_destinations, Some(&mut logs)).await;
         RunReport { result, logs, elapsed: start.elapsed() }
     }
 }
@@ -231,6 +235,33 @@ pub struct PluginEvent {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+}
+
+/// A [`PluginEvent`] made of borrowed parts, for callers that already hold them (the request
+/// path): a call lowers these straight into the plugin's memory, copying nothing on the way.
+#[derive(Clone, Copy, Debug)]
+pub struct EventRef<'a> {
+    pub id: &'a str,
+    pub source: &'a str,
+    pub received_at_ms: u64,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: &'a Bytes,
+}
+
+impl<'a> From<&'a PluginEvent> for EventRef<'a> {
+    fn from(event: &'a PluginEvent) -> Self {
+        EventRef {
+            id: &event.id,
+            source: &event.source,
+            received_at_ms: event.received_at_ms,
+            method: &event.method,
+            path: &event.path,
+            headers: &event.headers,
+            body: &event.body,
+        }
+    }
 }
 
 /// What a plugin decided, after the host checked it.

@@ -2,18 +2,22 @@
 //! limit, and the checks on what the plugin returned.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use wasmtime::component::{ComponentExportIndex, TypedFunc};
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 
 use super::engine::{Engine, one_line};
-use super::{Limits, Outcome, Output, PluginError, PluginEvent};
+use super::{EventRef, Limits, LoadError, Outcome, Output, PluginError};
 
 pub(super) mod bindings {
     wasmtime::component::bindgen!({
         world: "transform",
         path: "plugins/wit",
         exports: { default: async },
+        // The event is lowered straight from borrowed data: no copy of the body or headers.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
@@ -46,9 +50,18 @@ const MANAGED_HEADERS: [&str; 9] = [
     "upgrade",
 ];
 
+/// The `transform` export's type: the WIT event in, `result<outcome, plugin-error>` out.
+type TransformFunc<'a> = TypedFunc<(types::Event<'a>,), (Result<types::Outcome, types::PluginError>,)>;
+
 pub(super) struct PluginInner {
     pub(super) name: String,
     pub(super) pre: bindings::TransformPre<State>,
+    /// Where `transform` is among the component's exports, looked up once at load.
+    pub(super) transform: ComponentExportIndex,
+    /// Whether one instance's `transform` has passed wasmtime's type check. Every instance
+    /// comes from the same component, so later calls skip the check, which walked the WIT
+    /// types of the event and the outcome on every call (a tenth of a cold no-op call).
+    pub(super) typechecked: AtomicBool,
     pub(super) limits: Limits,
     pub(super) config: Vec<(String, String)>,
     pub(super) allowed_destinations: Vec<String>,
@@ -171,11 +184,13 @@ impl host::Host for State {
 }
 
 impl PluginInner {
-    /// Runs one call; `allowed` is the set an output's destinations must be within (the
-    /// route's, or a chain branch's narrower set).
+    /// Runs one call on `event` with the headers of `overlay` set on top of its own (a chain
+    /// branch's); `allowed` is the set an output's destinations must be within (the route's, or
+    /// a chain branch's narrower set).
     pub(super) async fn run(
         self: &Arc<Self>,
-        event: &PluginEvent,
+        event: EventRef<'_>,
+        overlay: &[(String, String)],
         allowed: &[String],
         capture: Option<&mut Vec<GuestLog>>,
     ) -> Result<Outcome, PluginError> {
@@ -200,18 +215,33 @@ impl PluginInner {
             }
         });
 
+        let headers = overlay_headers(event.headers, overlay);
         let wit_event = types::Event {
-            id: event.id.clone(),
-            source: event.source.clone(),
+            id: event.id,
+            source: event.source,
             received_at_ms: event.received_at_ms,
-            method: event.method.clone(),
-            path: event.path.clone(),
-            headers: event.headers.clone(),
-            body: event.body.to_vec(),
+            method: event.method,
+            path: event.path,
+            headers: &headers,
+            body: event.body,
         };
         let called = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instance.call_transform(&mut store, &wit_event).await
+            let instance = self.pre.instance_pre().instantiate_async(&mut store).await?;
+            let func = instance
+                .get_func(&mut store, self.transform)
+                .ok_or_else(|| wasmtime::format_err!("the component has no `transform` function"))?;
+            let transform: TransformFunc = if self.typechecked.load(Ordering::Relaxed) {
+                // SAFETY: `func` is the `transform` export of an instance of the same component
+                // (`self.pre`) as the one whose `transform` passed `Func::typed` with these very
+                // types below: a component's export types are fixed when it is compiled.
+                unsafe { TypedFunc::new_unchecked(func) }
+            } else {
+                let typed = func.typed(&store)?;
+                self.typechecked.store(true, Ordering::Relaxed);
+                typed
+            };
+            let (result,) = transform.call_async(&mut store, (wit_event,)).await?;
+            Ok(result)
         }
         .await;
 
@@ -227,6 +257,25 @@ impl PluginInner {
             Err(error) => Err(classify(&error, store.data(), limits)),
         }
     }
+}
+
+/// Where `transform` is among `pre`'s exports (`TransformPre::new` checked that it is there).
+pub(super) fn transform_index(pre: &bindings::TransformPre<State>) -> Result<ComponentExportIndex, LoadError> {
+    let found = || "exports no `transform` function".to_string();
+    pre.instance_pre()
+        .component()
+        .get_export_index(None, "transform")
+        .ok_or_else(|| LoadError::WrongWorld { found: found() })
+}
+
+/// `base` with each header of `top` replacing those of the same name (case-insensitive), as
+/// borrowed pairs for lowering.
+fn overlay_headers<'a>(base: &'a [(String, String)], top: &'a [(String, String)]) -> Vec<(&'a str, &'a str)> {
+    base.iter()
+        .filter(|(k, _)| !top.iter().any(|(t, _)| t.eq_ignore_ascii_case(k)))
+        .chain(top)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 /// Names a failed call: the deadline, the memory limit, a trap, or else output the canonical

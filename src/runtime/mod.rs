@@ -26,7 +26,7 @@ use crate::delivery::{
     Backoff, BreakerSettings, Destination, HttpClient, NEVER_FORWARDED, RateLimiter, RetryPolicy, TlsRoots,
     forwardable, message_id,
 };
-use crate::plugin::{Limits, Outcome, Plugin, PluginEvent, PluginHost, run_chain};
+use crate::plugin::{EventRef, Limits, Outcome, Plugin, PluginHost, run_chain};
 use crate::rules::{EventView, JsonPath, Rule};
 use crate::sign::{SignScheme, Signer};
 use crate::store::{DueDelivery, NewDelivery};
@@ -519,17 +519,18 @@ impl Snapshot {
                 self.plan_plain(route, id_key, &mut plan.deliveries);
                 continue;
             }
-            let input = PluginEvent {
-                id: event.id.to_string(),
-                source: source.name.to_string(),
+            // Borrowed: the chain lowers these into each plugin's memory without copying them here.
+            let input = EventRef {
+                id: &event.id.0,
+                source: &source.name,
                 received_at_ms: crate::store::to_ms(event.received_at) as u64,
-                method: "POST".into(),
-                path: source.path.clone(),
-                headers: stored_headers.to_vec(),
-                body: event.body.clone(),
+                method: "POST",
+                path: &source.path,
+                headers: stored_headers,
+                body: &event.body,
             };
             let started = std::time::Instant::now();
-            let result = run_chain(&route.plugins, &input).await;
+            let result = run_chain(&route.plugins, input).await;
             let seconds = started.elapsed().as_secs_f64();
             match result {
                 Ok(Outcome::Emit(outputs)) => {

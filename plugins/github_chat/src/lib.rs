@@ -1,8 +1,53 @@
 //! GitHub push → chat message. Turns a `push` webhook into `{"text": "...", "channel": "..."}`
 //! for a chat incoming-webhook. Config: `channel` (required), `max_commits` (default 5).
 //! Other GitHub events (and branch deletions) are dropped.
+//!
+//! Reads the few fields it needs into borrowed structs ([`hookyard_plugin_sdk::loose`]) rather
+//! than building the whole body as a `Value`: the same result, in well under half the guest time.
 
 use hookyard_plugin_sdk::prelude::*;
+use serde::Deserialize;
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Push<'a> {
+    #[serde(rename = "ref", borrow)]
+    git_ref: Str<'a>,
+    deleted: IsTrue,
+    #[serde(borrow)]
+    repository: Obj<Repository<'a>>,
+    #[serde(borrow)]
+    pusher: Obj<Person<'a>>,
+    #[serde(borrow)]
+    commits: List<Obj<Commit<'a>>>,
+    #[serde(borrow)]
+    compare: Str<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Repository<'a> {
+    #[serde(borrow)]
+    full_name: Str<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Person<'a> {
+    #[serde(borrow)]
+    name: Str<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Commit<'a> {
+    #[serde(borrow)]
+    id: Str<'a>,
+    #[serde(borrow)]
+    message: Str<'a>,
+    #[serde(borrow)]
+    author: Obj<Person<'a>>,
+}
 
 struct GithubChat;
 
@@ -13,26 +58,25 @@ impl Plugin for GithubChat {
         }
         let channel = config::require("channel")?;
         let max: usize = config::get("max_commits").and_then(|v| v.parse().ok()).unwrap_or(5);
-        let push = event.json()?;
-        if push["deleted"] == true {
+        let push: Obj<Push> = event.json_as()?;
+        if push.deleted.0 {
             return Ok(Outcome::drop("branch deleted"));
         }
-        let str_at = |v: &Value| v.as_str().unwrap_or("?").to_string();
-        let repo = str_at(&push["repository"]["full_name"]);
-        let branch = push["ref"].as_str().unwrap_or("?").trim_start_matches("refs/heads/").to_string();
-        let who = str_at(&push["pusher"]["name"]);
-        let commits = push["commits"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let repo = push.repository.full_name.as_str().unwrap_or("?");
+        let branch = push.git_ref.as_str().unwrap_or("?").trim_start_matches("refs/heads/");
+        let who = push.pusher.name.as_str().unwrap_or("?");
+        let commits = &push.commits;
         let plural = if commits.len() == 1 { "" } else { "s" };
         let mut text = format!("{who} pushed {} commit{plural} to {repo} ({branch})", commits.len());
         for c in commits.iter().take(max) {
-            let id: String = c["id"].as_str().unwrap_or("").chars().take(7).collect();
-            let title = c["message"].as_str().unwrap_or("").lines().next().unwrap_or("");
-            text.push_str(&format!("\n• {id} {title} ({})", str_at(&c["author"]["name"])));
+            let id: String = c.id.as_str().unwrap_or("").chars().take(7).collect();
+            let title = c.message.as_str().unwrap_or("").lines().next().unwrap_or("");
+            text.push_str(&format!("\n• {id} {title} ({})", c.author.name.as_str().unwrap_or("?")));
         }
         if commits.len() > max {
             text.push_str(&format!("\n… and {} more", commits.len() - max));
         }
-        if let Some(url) = push["compare"].as_str() {
+        if let Some(url) = push.compare.as_str() {
             text.push_str(&format!("\n{url}"));
         }
         log::debug(&format!("formatted {} commits for {repo}", commits.len()));

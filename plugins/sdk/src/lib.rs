@@ -34,6 +34,7 @@ pub mod bindings {
 
 #[cfg(all(target_arch = "wasm32", feature = "arena"))]
 mod arena;
+pub mod loose;
 pub mod path;
 
 use std::sync::OnceLock;
@@ -51,6 +52,7 @@ pub type Result<T, E = PluginError> = core::result::Result<T, E>;
 
 /// Everything a plugin usually needs: `use hookyard_plugin_sdk::prelude::*;`.
 pub mod prelude {
+    pub use crate::loose::{IsTrue, List, Obj, Str};
     pub use crate::path::JsonPath;
     pub use crate::{Event, Outcome, Output, Plugin, PluginError, Result, Value, config, json, log};
 }
@@ -63,7 +65,22 @@ impl Event {
 
     /// The body parsed as JSON; a body that is not JSON is a permanent (non-retryable) error.
     pub fn json(&self) -> Result<Value> {
-        serde_json::from_slice(&self.body).map_err(|e| PluginError::fatal(format!("body is not JSON: {e}")))
+        serde_json::from_slice(&self.body).map_err(body_error)
+    }
+
+    /// The body parsed into `T`, typically a struct of the [`loose`] types that borrow from the
+    /// body: much less work than [`json`](Self::json) for a plugin that reads a few fields, as
+    /// the rest is skipped unstored. A body that is not JSON, or not of `T`'s shape, is a
+    /// permanent error.
+    pub fn json_as<'a, T: serde::Deserialize<'a>>(&'a self) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(body_error)
+    }
+}
+
+fn body_error(e: serde_json::Error) -> PluginError {
+    match e.classify() {
+        serde_json::error::Category::Data => PluginError::fatal(format!("body does not have the expected shape: {e}")),
+        _ => PluginError::fatal(format!("body is not JSON: {e}")),
     }
 }
 
