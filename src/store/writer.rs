@@ -75,8 +75,14 @@ enum AcceptRows {
 }
 
 fn run(mut conn: Connection, rx: Receiver<Op>) {
-    // blocks for the first operation, then takes whatever else is already waiting
+    // Blocks for the first operation, yields the CPU once, then takes whatever is waiting. Where
+    // the writer shares a core with the request handlers, running it the moment an operation
+    // wakes it would commit (and fsync) one or two operations at a time while the handlers are
+    // still busy with the rest; the yield lets them hand over what they are working on first,
+    // so one commit serves more of them (with the plugin on the route, 6.4k -> 9.6k events/s on
+    // one core in A/B runs). With a core to spare, the yield returns at once.
     while let Ok(first) = rx.recv() {
+        std::thread::yield_now();
         let mut ops = Vec::new();
         let mut jobs = Vec::new();
         let mut take = |op: Op| match op {
