@@ -277,3 +277,58 @@ async fn the_plugins_example_config_is_valid() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok — 3 sources, 6 destinations, 4 routes"));
 }
+
+/// A transform's output is stored per delivery only where it differs from the event: a plugin
+/// that passes the body through (noop) stores nothing extra, a formatter stores its message; both
+/// deliver what the plugin emitted.
+#[tokio::test]
+async fn only_changed_bodies_are_stored_per_delivery() {
+    let sink = Sink::start().await;
+    let config = format!(
+        r##"
+server: {{ listen: "127.0.0.1:0" }}
+egress: {{ allow: ["127.0.0.0/8"] }}
+sources:
+  github: {{ path: /github, verify: {{ scheme: none }} }}
+destinations:
+  same: {{ url: "{same}", sign: {{ scheme: none }} }}
+  chat: {{ url: "{chat}", sign: {{ scheme: none }} }}
+routes:
+  - name: passthrough
+    source: github
+    transform: [ {{ plugin: "{noop}" }} ]
+    to: [same]
+  - name: chat
+    source: github
+    transform: [ {{ plugin: "{github_chat}", config: {{ channel: "#deploys" }} }} ]
+    to: [chat]
+"##,
+        same = sink.url("/same"),
+        chat = sink.url("/chat"),
+        noop = dist("noop"),
+        github_chat = dist("github_chat"),
+    );
+    let gw = Gateway::start(&config).await;
+    let push = example("github-push.json");
+    let answer =
+        gw.post("/github", &[("content-type", "application/json"), ("x-github-event", "push")], push.clone()).await;
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    let id = json(answer.text().as_bytes())["id"].as_str().unwrap().to_string();
+    let got = sink.wait_until(WAIT, "both deliveries", |r| r.len() == 2).await;
+    let same = got.iter().find(|r| r.path == "/same").unwrap();
+    assert_eq!(same.body, push, "the pass-through delivers the event's body");
+    let chat = got.iter().find(|r| r.path == "/chat").unwrap();
+    assert_eq!(json(&chat.body)["channel"], "#deploys");
+
+    let mut cmd = common::hookyard();
+    cmd.args(["event", &id, "--config"]).arg(&gw.config_path);
+    let out = common::run_cli(cmd).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let detail = json(out.stdout.as_bytes());
+    let stored = |dest: &str| {
+        detail["deliveries"].as_array().unwrap().iter().find(|d| d["destination"] == dest).unwrap()["transformed_body"]
+            .clone()
+    };
+    assert_eq!(stored("same"), Value::Null, "an unchanged body is not stored again");
+    assert_eq!(json(stored("chat").as_str().unwrap().as_bytes())["channel"], "#deploys");
+}

@@ -551,8 +551,10 @@ impl Snapshot {
                                 route: route.name.to_string(),
                                 destination: destination.to_string(),
                                 msg_id: message_id(id_key, &route_key, destination),
-                                body: Some(output.body.clone()),
-                                headers: Some(output.headers.clone()),
+                                // what the transform left as it was is not stored again: an
+                                // unchanged body is the event's, no headers is none
+                                body: (output.body != event.body).then(|| output.body.clone()),
+                                headers: (!output.headers.is_empty()).then(|| output.headers.clone()),
                                 failed: None,
                             });
                         }
