@@ -370,8 +370,8 @@ impl Store {
     pub async fn load_pending(&self, ids: Vec<i64>) -> Result<Vec<DueDelivery>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, d.headers, COALESCE(d.body, e.body)
-                 FROM deliveries d JOIN events e ON e.id = d.event_id
+                "SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers, COALESCE(b.body, e.body)
+                 FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
                  WHERE d.id = ?1 AND d.status = 'pending'",
             )?;
             let mut out = Vec::with_capacity(ids.len());
@@ -559,8 +559,9 @@ impl Store {
             let Some(mut ev) = ev else { return Ok(None) };
             let mut st = c.prepare_cached(
                 "SELECT d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts, d.next_at,
-                        d.created_at, d.updated_at, d.last_status, d.last_error, d.body
-                 FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.event_id = ?1 ORDER BY d.id",
+                        d.created_at, d.updated_at, d.last_status, d.last_error, b.body
+                 FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
+                 WHERE d.event_id = ?1 ORDER BY d.id",
             )?;
             let rows: Vec<(DeliveryRow, Option<Vec<u8>>)> =
                 st.query_map([&id], |r| Ok((delivery_row(r)?, r.get(13)?)))?.collect::<rusqlite::Result<_>>()?;

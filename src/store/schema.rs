@@ -69,6 +69,18 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_due ON deliveries(next_at, destination) WHERE status = 'pending';
     CREATE INDEX deliveries_dead ON deliveries(destination, updated_at) WHERE status = 'dead';
     CREATE INDEX deliveries_failed ON deliveries(destination) WHERE status = 'failed';
+
+    -- A transform's output moves out of the delivery row: every settle rewrites that row whole,
+    -- and a kilobyte of body in it was rewritten (and journaled) with each attempt.
+    CREATE TABLE delivery_bodies (
+        delivery_id  INTEGER PRIMARY KEY REFERENCES deliveries(id) ON DELETE CASCADE,
+        body         BLOB,                      -- transformed body; NULL: the event's body
+        headers      TEXT                       -- JSON of extra headers set by a transform; NULL: none
+    );
+    INSERT INTO delivery_bodies (delivery_id, body, headers)
+        SELECT id, body, headers FROM deliveries WHERE body IS NOT NULL OR headers IS NOT NULL;
+    ALTER TABLE deliveries DROP COLUMN body;
+    ALTER TABLE deliveries DROP COLUMN headers;
     "#,
 ];
 

@@ -259,16 +259,23 @@ async fn a_version_1_database_is_migrated_with_its_queue() {
             "PRAGMA user_version = 1;
              INSERT INTO events VALUES ('evt_1', 'github', 0, '[]', x'7b7d', NULL, 1);
              INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at)
-             VALUES ('evt_1', 'r', 'a', 'msg_1', 'pending', 0, 0, 0, 0), ('evt_1', 'r', 'b', 'msg_2', 'dead', 5, 0, 0, 0);",
+             VALUES ('evt_1', 'r', 'a', 'msg_1', 'pending', 0, 0, 0, 0), ('evt_1', 'r', 'b', 'msg_2', 'dead', 5, 0, 0, 0);
+             INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at, body, headers)
+             VALUES ('evt_1', 't', 'a', 'msg_3', 'pending', 0, 0, 0, 0, x'6869', '[[\"x-a\",\"1\"]]');",
         )
         .unwrap();
     }
     let store = Store::open(&path, SyncMode::Full).unwrap();
-    assert_eq!(store.due(now_ms(), 10).await.unwrap().len(), 1, "the queue survives the migration");
+    let due = store.due(now_ms(), 10).await.unwrap();
+    assert_eq!(due.len(), 2, "the queue survives the migration");
+    assert_eq!(&due[0].body[..], b"{}");
+    assert!(due[0].extra_headers.is_none());
+    assert_eq!(&due[1].body[..], b"hi", "with the transformed body");
+    assert_eq!(due[1].extra_headers.as_deref().unwrap(), &[("x-a".to_string(), "1".to_string())]);
     let stats = store.destination_stats(now_ms()).await.unwrap();
     assert_eq!(
         stats.iter().map(|s| (&*s.destination, s.pending, s.dead)).collect::<Vec<_>>(),
-        [("a", 1, 0), ("b", 0, 1)]
+        [("a", 2, 0), ("b", 0, 1)]
     );
     let indexes: Vec<String> = store
         .read(|c| {
@@ -280,4 +287,10 @@ async fn a_version_1_database_is_migrated_with_its_queue() {
         .await
         .unwrap();
     assert_eq!(indexes, ["deliveries_dead", "deliveries_due", "deliveries_event", "deliveries_failed"]);
+    // a purge takes the moved bodies with their deliveries
+    store.write(|t| t.execute("UPDATE deliveries SET status = 'delivered'", [])).await.unwrap();
+    assert_eq!(store.purge(now_ms()).await.unwrap(), 1);
+    let left: i64 =
+        store.read(|c| c.query_row("SELECT COUNT(*) FROM delivery_bodies", [], |r| r.get(0))).await.unwrap();
+    assert_eq!(left, 0);
 }

@@ -269,8 +269,8 @@ fn due(ev: NewEvent, deliveries: Vec<NewDelivery>, ids: Vec<i64>) -> Vec<DueDeli
 pub fn insert_delivery(t: &Connection, event_id: &str, d: &NewDelivery, now: i64) -> rusqlite::Result<i64> {
     let extra = d.headers.as_ref().map(|h| serde_json::to_string(h).expect("headers serialize"));
     t.prepare_cached(
-        "INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at, body, headers, last_error)
-         VALUES (?1, ?2, ?3, ?4, ?8, 0, ?5, ?5, ?5, ?6, ?7, ?9)",
+        "INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at, last_error)
+         VALUES (?1, ?2, ?3, ?4, ?6, 0, ?5, ?5, ?5, ?7)",
     )?
     .execute(params![
         event_id,
@@ -278,12 +278,16 @@ pub fn insert_delivery(t: &Connection, event_id: &str, d: &NewDelivery, now: i64
         d.destination,
         d.msg_id,
         now,
-        d.body.as_deref(),
-        extra,
         if d.failed.is_some() { "failed" } else { "pending" },
         d.failed
     ])?;
-    Ok(t.last_insert_rowid())
+    let id = t.last_insert_rowid();
+    // a transform's output lives beside the delivery, which every settle rewrites
+    if d.body.is_some() || extra.is_some() {
+        t.prepare_cached("INSERT INTO delivery_bodies (delivery_id, body, headers) VALUES (?1, ?2, ?3)")?
+            .execute(params![id, d.body.as_deref(), extra])?;
+    }
+    Ok(id)
 }
 
 fn settle_delivery(
