@@ -191,27 +191,37 @@ impl Written {
 }
 
 /// Tells each accept and settle caller its outcome (an error for all if the commit failed).
+/// A failed group may have written only some of its operations (`written` is then short): every
+/// caller gets the commit error.
 fn reply(ops: Vec<Op>, written: Vec<Written>, commit_error: Option<&str>) {
-    let commit_failed = || StoreError::Commit(commit_error.unwrap_or_default().to_string());
-    for (op, w) in ops.into_iter().zip(written) {
-        match (op, w) {
-            (Op::Accept { event, deliveries, reply, .. }, Written::Accept(res)) => {
-                let res = match (commit_error, res) {
-                    (Some(_), _) => Err(commit_failed()),
-                    (None, Err(e)) => Err(e.into()),
-                    (None, Ok(AcceptRows::Duplicate { original })) => Ok(Accepted::Duplicate { original }),
-                    (None, Ok(AcceptRows::Stored(ids))) => Ok(Accepted::Stored(due(event, deliveries, ids))),
+    let commit_failed = || StoreError::Commit(commit_error.unwrap_or("the group was not written").to_string());
+    let mut written = written.into_iter();
+    for op in ops {
+        let w = written.next().filter(|_| commit_error.is_none());
+        match op {
+            Op::Accept { event, deliveries, reply, .. } => {
+                let res = match w {
+                    None => Err(commit_failed()),
+                    Some(Written::Accept(Err(e))) => Err(e.into()),
+                    Some(Written::Accept(Ok(AcceptRows::Duplicate { original }))) => {
+                        Ok(Accepted::Duplicate { original })
+                    }
+                    Some(Written::Accept(Ok(AcceptRows::Stored(ids)))) => {
+                        Ok(Accepted::Stored(due(event, deliveries, ids)))
+                    }
+                    Some(Written::Settle(_)) => unreachable!("written in the order of the operations"),
                 };
                 let _ = reply.send(res);
             }
-            (Op::Settle { reply, .. }, Written::Settle(res)) => {
-                let res = match commit_error {
-                    Some(_) => Err(commit_failed()),
-                    None => res.map_err(Into::into),
+            Op::Settle { reply, .. } => {
+                let res = match w {
+                    None => Err(commit_failed()),
+                    Some(Written::Settle(res)) => res.map_err(Into::into),
+                    Some(Written::Accept(_)) => unreachable!("written in the order of the operations"),
                 };
                 let _ = reply.send(res);
             }
-            _ => unreachable!("written in the order of the operations"),
+            Op::Exec(_) => unreachable!("administrative jobs are answered by their own closures"),
         }
     }
 }
