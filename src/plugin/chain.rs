@@ -70,8 +70,14 @@ fn overlay(base: &[(String, String)], top: Vec<(String, String)>) -> Vec<(String
     if base.is_empty() {
         return top;
     }
-    let mut out: Vec<(String, String)> =
-        base.iter().filter(|(k, _)| !top.iter().any(|(t, _)| t.eq_ignore_ascii_case(k))).cloned().collect();
-    out.extend(top);
-    out
+    overlaid(base, &top).cloned().collect()
+}
+
+/// The headers of `base` that `top` does not replace (names compare case-insensitively), then
+/// those of `top`.
+pub(super) fn overlaid<'a>(
+    base: &'a [(String, String)],
+    top: &'a [(String, String)],
+) -> impl Iterator<Item = &'a (String, String)> {
+    base.iter().filter(|(k, _)| !top.iter().any(|(t, _)| t.eq_ignore_ascii_case(k))).chain(top)
 }

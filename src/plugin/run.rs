@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{ComponentExportIndex, TypedFunc};
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 
+use super::chain::overlaid;
 use super::engine::{Engine, one_line};
 use super::{EventRef, Limits, LoadError, Outcome, Output, PluginError};
 
@@ -268,14 +269,9 @@ pub(super) fn transform_index(pre: &bindings::TransformPre<State>) -> Result<Com
         .ok_or_else(|| LoadError::WrongWorld { found: found() })
 }
 
-/// `base` with each header of `top` replacing those of the same name (case-insensitive), as
-/// borrowed pairs for lowering.
+/// `base` overlaid with `top` (see [`overlaid`]), as borrowed pairs for lowering.
 fn overlay_headers<'a>(base: &'a [(String, String)], top: &'a [(String, String)]) -> Vec<(&'a str, &'a str)> {
-    base.iter()
-        .filter(|(k, _)| !top.iter().any(|(t, _)| t.eq_ignore_ascii_case(k)))
-        .chain(top)
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect()
+    overlaid(base, top).map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 /// Names a failed call: the deadline, the memory limit, a trap, or else output the canonical

@@ -538,6 +538,10 @@ impl Snapshot {
                     for (i, output) in outputs.into_iter().enumerate() {
                         // the first output keeps the untransformed id scheme; a split's others get their own
                         let route_key = if i == 0 { route.name.to_string() } else { format!("{}#{i}", route.name) };
+                        // what the transform left as it was is not stored again: an unchanged
+                        // body is the event's, no headers is none
+                        let body = (output.body != event.body).then_some(&output.body);
+                        let headers = (!output.headers.is_empty()).then_some(&output.headers);
                         for &d in &route.destinations {
                             let destination = &self.destinations[d].name;
                             if output
@@ -551,10 +555,8 @@ impl Snapshot {
                                 route: route.name.to_string(),
                                 destination: destination.to_string(),
                                 msg_id: message_id(id_key, &route_key, destination),
-                                // what the transform left as it was is not stored again: an
-                                // unchanged body is the event's, no headers is none
-                                body: (output.body != event.body).then(|| output.body.clone()),
-                                headers: (!output.headers.is_empty()).then(|| output.headers.clone()),
+                                body: body.cloned(),
+                                headers: headers.cloned(),
                                 failed: None,
                             });
                         }
