@@ -51,7 +51,8 @@ pub struct HostConfig {
     /// The largest `memory_mb` a plugin's limits may ask for. Default 256.
     pub max_memory_mb: u64,
     /// The epoch tick: deadlines are checked this often, so a timeout fires at most about one
-    /// tick late, and a running plugin yields its async worker thread at least this often.
+    /// tick late; a call still running on a worker thread after a tick moves to a fiber that
+    /// yields the thread at every tick.
     /// Default 1 ms.
     pub tick: Duration,
 }
@@ -97,18 +98,8 @@ impl PluginHost {
         limits.check(self.engine.config().max_memory_mb).map_err(LoadError::BadLimits)?;
         let pre = self.engine.load(path)?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Plugin {
-            inner: Arc::new(run::PluginInner {
-                name,
-                transform: run::transform_index(&pre)?,
-                typechecked: false.into(),
-                pre,
-                limits,
-                config,
-                allowed_destinations,
-                engine: self.engine.clone(),
-            }),
-        })
+        let inner = run::PluginInner::new(name, pre, limits, config, allowed_destinations, self.engine.clone())?;
+        Ok(Plugin { inner: Arc::new(inner) })
     }
 
     /// The same as [`load`](Self::load) for a component already in memory; `name` is used in
@@ -123,18 +114,9 @@ impl PluginHost {
     ) -> Result<Plugin, LoadError> {
         limits.check(self.engine.config().max_memory_mb).map_err(LoadError::BadLimits)?;
         let pre = self.engine.load_bytes(bytes)?;
-        Ok(Plugin {
-            inner: Arc::new(run::PluginInner {
-                name: name.to_string(),
-                transform: run::transform_index(&pre)?,
-                typechecked: false.into(),
-                pre,
-                limits,
-                config,
-                allowed_destinations,
-                engine: self.engine.clone(),
-            }),
-        })
+        let inner =
+            run::PluginInner::new(name.to_string(), pre, limits, config, allowed_destinations, self.engine.clone())?;
+        Ok(Plugin { inner: Arc::new(inner) })
     }
 }
 
@@ -206,9 +188,11 @@ impl Plugin {
 
     /// Runs the plugin on one event in a fresh instance, with its deadline and memory limit.
     ///
-    /// The wasm runs on the calling task (wasmtime's async mode: on a fiber): it yields the
-    /// worker thread at every epoch tick and is stopped at its deadline, so it never holds a
-    /// tokio worker longer than one tick at a time. Waits for a free instance slot first.
+    /// The wasm runs on the calling task: directly on its thread while it takes less than an
+    /// epoch tick (the common case, and the cheapest), else on a fiber that yields the worker
+    /// thread at every tick (see `run::Mode`), and it is stopped at its deadline either way: it
+    /// never holds a tokio worker for more than about two ticks. Waits for a free instance slot
+    /// first.
     pub async fn run(&self, event: &PluginEvent) -> Result<Outcome, PluginError> {
         self.inner.run(event.into(), &[], &self.inner.allowed_destinations, None).await
     }

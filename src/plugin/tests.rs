@@ -198,6 +198,42 @@ async fn a_looping_plugin_does_not_hold_the_worker_thread() {
     assert_eq!(looping.await.unwrap(), Err(PluginError::Timeout { ms: 1000 }));
 }
 
+/// A call still running a tick after it started is preempted and run again from the start on a
+/// fiber: it still succeeds, its log line is written once, the worker thread is free while it
+/// runs, and the plugin's next calls start on the fiber.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_call_moves_to_a_fiber_and_still_succeeds() {
+    let slow = hostile("slow", Limits { timeout_ms: 10_000, ..Limits::default() });
+    let spinning = |iterations| PluginEvent { received_at_ms: iterations, ..event("", &[]) };
+    let slow_line = vec![GuestLog { level: LogLevel::Info, message: "slow".into() }];
+
+    let report = slow.run_report(&spinning(10)).await;
+    assert_eq!((report.result, report.logs), (Ok(Outcome::Drop("slow".into())), slow_line.clone()));
+
+    // Hundreds of milliseconds of spinning.
+    let noop = example("noop", &[], &["chat"]);
+    let running = tokio::spawn({
+        let slow = slow.clone();
+        async move { slow.run_report(&spinning(300_000_000)).await }
+    });
+    tokio::task::yield_now().await;
+    noop.run(&event("x", &[])).await.expect("noop runs while the slow call runs");
+    assert!(!running.is_finished(), "the noop call had to wait for the slow one");
+    let report = running.await.unwrap();
+    assert_eq!(report.result, Ok(Outcome::Drop("slow".into())));
+    assert_eq!(report.logs, slow_line, "the preempted attempt's line is not kept");
+    assert!(slow.inner.yields(), "the next calls start on a fiber");
+    assert_eq!(slow.run(&spinning(10)).await, Ok(Outcome::Drop("slow".into())));
+}
+
+/// A deadline shorter than a tick stops a call before it would be preempted.
+#[tokio::test]
+async fn a_deadline_within_the_first_tick_is_a_timeout() {
+    let plugin = hostile("infinite_loop", Limits { timeout_ms: 1, ..Limits::default() });
+    assert_eq!(plugin.run(&event("", &[])).await, Err(PluginError::Timeout { ms: 1 }));
+    assert!(!plugin.inner.yields(), "a timeout is not a preemption");
+}
+
 /// A caller that gives up (drops the future) mid-call frees the instance and its slot.
 #[tokio::test]
 async fn a_cancelled_call_frees_its_instance() {
