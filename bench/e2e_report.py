@@ -155,6 +155,16 @@ def summary(rows_path, out_path, meta_args):
                                               medians[den]["sut_cpu_us_per_event"]),
                 "p99_ms": ratio(medians[num]["p99_ms"], medians[den]["p99_ms"]),
             }
+            # The same ratio taken within each round (the two runs were a few seconds apart),
+            # then the median over rounds: drift of a shared machine between rounds moves both
+            # runs of a pair alike, so this is steadier than the ratio of the two medians.
+            pairs = [ratio(a["derived"]["events_per_s"], b["derived"]["events_per_s"])
+                     for a in rows if a["scenario"] == num
+                     for b in rows if b["scenario"] == den and b["round"] == a["round"]]
+            pairs = [p for p in pairs if p is not None]
+            if pairs:
+                ratios[f"{num}/{den}"]["events_per_s_per_round"] = pairs
+                ratios[f"{num}/{den}"]["events_per_s_paired_median"] = statistics.median(pairs)
 
     # ---- table
     head = ["scenario"] + [h for _, h, _ in COLUMNS]
@@ -182,6 +192,9 @@ def summary(rows_path, out_path, meta_args):
             target = f"   (target events/s >= {TRANSFORM_TARGET}: {'met' if ok else 'MISSED'})"
         print(f"{name:<32} events/s x{fmt(rv['events_per_s'], 3)}   "
               f"CPU us/event x{fmt(rv['sut_cpu_us_per_event'], 3)}   p99 x{fmt(rv['p99_ms'], 3)}{target}")
+        if "events_per_s_paired_median" in rv:
+            rounds = " ".join(fmt(p, 2) for p in rv["events_per_s_per_round"])
+            print(f"{'':<32} events/s within each round: median x{fmt(rv['events_per_s_paired_median'], 3)} ({rounds})")
     warn = [s for s in scenarios if medians[s]["drain_timeouts"] or medians[s]["wrk_errors"]
             or (medians[s]["undelivered"] or 0) > 0 or medians[s]["log_warn_lines"]]
     for s in warn:
