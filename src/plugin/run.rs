@@ -61,8 +61,8 @@ type TransformFunc<'a> = TypedFunc<(types::Event<'a>,), (Result<types::Outcome, 
 /// How a call runs.
 ///
 /// - `Direct`: on the calling thread, like any other function. The common case: a call takes
-///   microseconds, and a fiber (wasmtime's async mode) costs about 6 µs of CPU per event on top,
-///   measured end to end (switching stacks, and the cache misses of a second stack).
+///   microseconds, and a fiber (wasmtime's async mode) cost 6 to 20 µs of CPU per event on
+///   top in end-to-end A/B runs (switching stacks, and the cache misses of a second stack).
 /// - `Yielding`: on a fiber, handing the worker thread back to the runtime at every epoch tick,
 ///   so a slow plugin cannot hold a worker.
 ///
