@@ -166,29 +166,31 @@ pub(super) struct State {
     logs: Vec<GuestLog>,
 }
 
-/// The epoch callback's error when the deadline has passed.
-#[derive(Debug)]
-struct DeadlineExceeded;
+/// Why the epoch callback stopped a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupt {
+    /// The deadline has passed.
+    DeadlineExceeded,
+    /// A direct call has run for a tick (see [`Mode`]).
+    Preempted,
+}
 
-impl std::fmt::Display for DeadlineExceeded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("deadline exceeded")
+impl Interrupt {
+    fn of(error: &wasmtime::Error) -> Option<Interrupt> {
+        error.downcast_ref::<Interrupt>().copied()
     }
 }
 
-impl std::error::Error for DeadlineExceeded {}
-
-/// The epoch callback's error when a direct call has run for a tick (see [`Mode`]).
-#[derive(Debug)]
-struct Preempted;
-
-impl std::fmt::Display for Preempted {
+impl std::fmt::Display for Interrupt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("preempted, to be run again on a fiber")
+        f.write_str(match self {
+            Interrupt::DeadlineExceeded => "deadline exceeded",
+            Interrupt::Preempted => "preempted, to be run again on a fiber",
+        })
     }
 }
 
-impl std::error::Error for Preempted {}
+impl std::error::Error for Interrupt {}
 
 /// Refuses memory growth past the plugin's limit and remembers that it did: the guest sees a
 /// failed `memory.grow` (as wasm specifies) and usually traps soon after, which is then
@@ -299,7 +301,7 @@ impl PluginInner {
                 Mode::Yielding => self.call_yielding(&mut store, wit_event()).await,
             };
             match called {
-                Err(error) if error.is::<Preempted>() => {
+                Err(error) if Interrupt::of(&error) == Some(Interrupt::Preempted) => {
                     self.preempted(started.elapsed());
                     mode = Mode::Yielding;
                 }
@@ -345,11 +347,11 @@ impl PluginInner {
             let state = ctx.data();
             let now = Instant::now();
             if now >= state.deadline {
-                Err(wasmtime::Error::new(DeadlineExceeded))
+                Err(wasmtime::Error::new(Interrupt::DeadlineExceeded))
             } else if state.mode == Mode::Yielding {
                 Ok(UpdateDeadline::Yield(1))
             } else if now - state.started >= state.plugin.engine.config().tick {
-                Err(wasmtime::Error::new(Preempted))
+                Err(wasmtime::Error::new(Interrupt::Preempted))
             } else {
                 Ok(UpdateDeadline::Continue(1))
             }
@@ -426,7 +428,7 @@ fn overlay_headers<'a>(base: &'a [(String, String)], top: &'a [(String, String)]
 /// Names a failed call: the deadline, the memory limit, a trap, or else output the canonical
 /// ABI could not lift (bad UTF-8, out-of-bounds lists, bad discriminants).
 fn classify(error: &wasmtime::Error, state: &State, limits: &Limits) -> PluginError {
-    if error.is::<DeadlineExceeded>() {
+    if Interrupt::of(error) == Some(Interrupt::DeadlineExceeded) {
         PluginError::Timeout { ms: limits.timeout_ms }
     } else if state.limiter.memory_exceeded {
         PluginError::MemoryLimit { mb: limits.memory_mb }
