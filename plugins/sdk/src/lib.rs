@@ -90,10 +90,21 @@ impl Output {
         Output { destinations: None, headers: Vec::new(), body: body.into() }
     }
 
-    /// An output whose body is `value` serialized, with `Content-Type: application/json`.
-    pub fn json(value: &Value) -> Output {
-        Output::new(serde_json::to_vec(value).expect("a Value always serializes"))
-            .header("Content-Type", "application/json")
+    /// An output whose body is `value` serialized as JSON, with `Content-Type: application/json`.
+    /// `value` is a [`Value`] or any `Serialize` type: a `#[derive(Serialize)]` struct of the
+    /// fields to send is cheaper than building a `Value` first.
+    ///
+    /// Panics (the call fails as a trap) if `value`'s `Serialize` fails, which a `Value`, a
+    /// derived struct or a map with string keys never does; use [`Output::try_json`] for types
+    /// whose serialization can fail.
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Output {
+        Output::try_json(value).expect("the value serializes to JSON")
+    }
+
+    /// [`Output::json`], with a failed serialization as a permanent error.
+    pub fn try_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Output> {
+        let body = serde_json::to_vec(value).map_err(|e| PluginError::fatal(format!("output is not JSON: {e}")))?;
+        Ok(Output::new(body).header("Content-Type", "application/json"))
     }
 
     /// Sets a header on the outgoing request (replacing one of the same name).
@@ -196,5 +207,32 @@ pub mod log {
     }
     pub fn error(message: &str) {
         log(Level::Error, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn json_outputs_serialize_values_and_structs() {
+        #[derive(serde::Serialize)]
+        struct Chat<'a> {
+            text: &'a str,
+            channel: &'a str,
+        }
+        let from_struct = Output::json(&Chat { text: "hi \"you\"", channel: "#c" });
+        let from_value = Output::json(&json!({ "text": "hi \"you\"", "channel": "#c" }));
+        assert_eq!(from_struct.body, br##"{"text":"hi \"you\"","channel":"#c"}"##);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&from_value.body).unwrap(),
+            json!({"text": "hi \"you\"", "channel": "#c"})
+        );
+        assert_eq!(from_struct.headers, vec![("Content-Type".to_string(), "application/json".to_string())]);
+
+        let bad: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let error = Output::try_json(&bad).unwrap_err();
+        assert!(!error.retryable && error.message.starts_with("output is not JSON: "), "{}", error.message);
     }
 }
