@@ -40,7 +40,7 @@ const GUEST_LOG_TARGET: &str = "hookyard::plugin::guest";
 /// How many calls of a plugin run on a fiber after one of its calls was preempted (see
 /// [`Mode`]). At most two ticks of work are thrown away per this many calls of a plugin that is
 /// always slow; a plugin that was slow once, on a big event, goes back to direct calls.
-const YIELDING_CALLS_AFTER_PREEMPTION: u32 = 1000;
+pub(super) const YIELDING_CALLS_AFTER_PREEMPTION: u32 = 1000;
 
 /// Headers that frame the request: the gateway sets them, a plugin may not.
 const MANAGED_HEADERS: [&str; 9] = [

@@ -200,7 +200,7 @@ async fn a_looping_plugin_does_not_hold_the_worker_thread() {
 
 /// A call still running a tick after it started is preempted and run again from the start on a
 /// fiber: it still succeeds, its log line is written once, the worker thread is free while it
-/// runs, and the plugin's next calls start on the fiber.
+/// runs, and the plugin's next calls start on the fiber, until they have counted down.
 #[tokio::test(flavor = "current_thread")]
 async fn a_slow_call_moves_to_a_fiber_and_still_succeeds() {
     let slow = hostile("slow", Limits { timeout_ms: 10_000, ..Limits::default() });
@@ -223,7 +223,10 @@ async fn a_slow_call_moves_to_a_fiber_and_still_succeeds() {
     assert_eq!(report.result, Ok(Outcome::Drop("slow".into())));
     assert_eq!(report.logs, slow_line, "the preempted attempt's line is not kept");
     assert!(slow.inner.yields(), "the next calls start on a fiber");
-    assert_eq!(slow.run(&spinning(10)).await, Ok(Outcome::Drop("slow".into())));
+    for _ in 0..run::YIELDING_CALLS_AFTER_PREEMPTION {
+        assert_eq!(slow.run(&spinning(10)).await, Ok(Outcome::Drop("slow".into())));
+    }
+    assert!(!slow.inner.yields(), "after them, calls are direct again");
 }
 
 /// A deadline shorter than a tick stops a call before it would be preempted.
