@@ -51,7 +51,7 @@ pub struct HostConfig {
     /// The largest `memory_mb` a plugin's limits may ask for. Default 256.
     pub max_memory_mb: u64,
     /// The epoch tick: deadlines are checked this often, so a timeout fires at most about one
-    /// tick late; a call still running on a worker thread after a tick moves to a fiber that
+    /// tick late; a call that has computed for a tick on a worker thread moves to a fiber that
     /// yields the thread at every tick.
     /// Default 1 ms.
     pub tick: Duration,
@@ -191,7 +191,7 @@ impl Plugin {
     /// The wasm runs on the calling task: directly on its thread while it takes less than an
     /// epoch tick (the common case, and the cheapest), else on a fiber that yields the worker
     /// thread at every tick (see `run::Mode`), and it is stopped at its deadline either way: it
-    /// never holds a tokio worker for more than about two ticks. Waits for a free instance slot
+    /// never computes on a tokio worker for more than about two ticks. Waits for a free instance slot
     /// first.
     pub async fn run(&self, event: &PluginEvent) -> Result<Outcome, PluginError> {
         self.inner.run(event.into(), &[], &self.inner.allowed_destinations, None).await

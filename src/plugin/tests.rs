@@ -229,6 +229,62 @@ async fn a_slow_call_moves_to_a_fiber_and_still_succeeds() {
     assert!(!slow.inner.yields(), "after them, calls are direct again");
 }
 
+/// A call that the OS takes the CPU from for more than a tick, while it computes for less, is
+/// not preempted: only the plugin's own computing counts (see `run::Mode`). This thread shares
+/// one CPU with three spinning ones, so the OS takes turns between them, a time slice at a
+/// time, and some calls wait for the other three's slices halfway through. A tick of 5 ms keeps
+/// the calls (a few tenths of a millisecond of CPU) far from it.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_descheduled_call_is_not_preempted() {
+    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let tick = Duration::from_millis(5);
+    let host = PluginHost::with_config(HostConfig { max_instances: 2, tick, ..HostConfig::default() }).unwrap();
+    let limits = Limits { timeout_ms: 10_000, ..Limits::default() };
+    let slow = host.load_bytes("slow", &fixture("slow"), Vec::new(), limits, Vec::new()).unwrap();
+
+    let allowed = sched_getaffinity(None).unwrap();
+    let cpu = (0..CpuSet::MAX_CPU).find(|&c| allowed.is_set(c)).unwrap();
+    let mut one = CpuSet::new();
+    one.set(cpu);
+    sched_setaffinity(None, &one).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let hogs: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                sched_setaffinity(None, &one).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+
+    let (mut calls, mut cut, mut preempted) = (0, 0, 0);
+    let since = Instant::now();
+    // Until 10 calls took longer than a tick, for at most 10 s.
+    while cut < 10 && since.elapsed() < Duration::from_secs(10) {
+        let started = Instant::now();
+        let outcome = slow.run(&PluginEvent { received_at_ms: 200_000, ..event("", &[]) }).await;
+        assert_eq!(outcome, Ok(Outcome::Drop("slow".into())));
+        cut += usize::from(started.elapsed() > tick);
+        if slow.inner.yields() {
+            preempted += 1;
+            slow.inner.yielding_calls.store(0, Ordering::Relaxed);
+        }
+        calls += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    hogs.into_iter().for_each(|h| h.join().unwrap());
+    sched_setaffinity(None, &allowed).unwrap();
+
+    assert_eq!(cut, 10, "in {calls} calls, only {cut} took longer than a tick");
+    assert_eq!(preempted, 0, "{preempted} of {calls} calls were preempted ({cut} took longer than a tick)");
+}
+
 /// A deadline shorter than a tick stops a call before it would be preempted.
 #[tokio::test]
 async fn a_deadline_within_the_first_tick_is_a_timeout() {
