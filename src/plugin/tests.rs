@@ -250,8 +250,17 @@ async fn a_descheduled_call_is_not_preempted() {
     let mut one = CpuSet::new();
     one.set(cpu);
     sched_setaffinity(None, &one).unwrap();
+    /// Stops the spinning threads and gives this one back its CPUs, also if an assertion fails.
+    struct Hogs(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>, CpuSet);
+    impl Drop for Hogs {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+            self.1.drain(..).for_each(|h| h.join().unwrap());
+            sched_setaffinity(None, &self.2).unwrap();
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
-    let hogs: Vec<_> = (0..3)
+    let spinning = (0..3)
         .map(|_| {
             let stop = stop.clone();
             std::thread::spawn(move || {
@@ -262,6 +271,7 @@ async fn a_descheduled_call_is_not_preempted() {
             })
         })
         .collect();
+    let hogs = Hogs(stop, spinning, allowed);
 
     let (mut calls, mut cut, mut preempted) = (0, 0, 0);
     let since = Instant::now();
@@ -277,9 +287,7 @@ async fn a_descheduled_call_is_not_preempted() {
         }
         calls += 1;
     }
-    stop.store(true, Ordering::Relaxed);
-    hogs.into_iter().for_each(|h| h.join().unwrap());
-    sched_setaffinity(None, &allowed).unwrap();
+    drop(hogs);
 
     assert_eq!(cut, 10, "in {calls} calls, only {cut} took longer than a tick");
     assert_eq!(preempted, 0, "{preempted} of {calls} calls were preempted ({cut} took longer than a tick)");
