@@ -165,6 +165,16 @@ def summary(rows_path, out_path, meta_args):
             if pairs:
                 ratios[f"{num}/{den}"]["events_per_s_per_round"] = pairs
                 ratios[f"{num}/{den}"]["events_per_s_paired_median"] = statistics.median(pairs)
+            # What the numerator adds in CPU per event, within each round: unlike the ratio,
+            # this does not shrink the budget of a transform when the base gets faster.
+            added = [a["derived"]["sut_cpu_us_per_event"] - b["derived"]["sut_cpu_us_per_event"]
+                     for a in rows if a["scenario"] == num
+                     for b in rows if b["scenario"] == den and b["round"] == a["round"]
+                     if a["derived"]["sut_cpu_us_per_event"] is not None
+                     and b["derived"]["sut_cpu_us_per_event"] is not None]
+            if added:
+                ratios[f"{num}/{den}"]["sut_cpu_us_added_per_round"] = added
+                ratios[f"{num}/{den}"]["sut_cpu_us_added_paired_median"] = statistics.median(added)
 
     # ---- table
     head = ["scenario"] + [h for _, h, _ in COLUMNS]
@@ -195,6 +205,10 @@ def summary(rows_path, out_path, meta_args):
         if "events_per_s_paired_median" in rv:
             rounds = " ".join(fmt(p, 2) for p in rv["events_per_s_per_round"])
             print(f"{'':<32} events/s within each round: median x{fmt(rv['events_per_s_paired_median'], 3)} ({rounds})")
+        if name == "hookyard-1-transform/hookyard-1" and "sut_cpu_us_added_paired_median" in rv:
+            rounds = " ".join(fmt(p, 1) for p in rv["sut_cpu_us_added_per_round"])
+            print(f"{'':<32} CPU us/event added within each round: median "
+                  f"{fmt(rv['sut_cpu_us_added_paired_median'], 1)} ({rounds})")
     warn = [s for s in scenarios if medians[s]["drain_timeouts"] or medians[s]["wrk_errors"]
             or (medians[s]["undelivered"] or 0) > 0 or medians[s]["log_warn_lines"]]
     for s in warn:
