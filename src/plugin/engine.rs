@@ -4,6 +4,9 @@
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread::Thread;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -24,6 +27,7 @@ pub(super) struct Engine {
     /// One permit per instance slot of the pool.
     pub(super) permits: Semaphore,
     config: HostConfig,
+    ticker: Ticker,
     /// Hex sha256 of wasmtime's precompile-compatibility hash: part of every cache key, so a
     /// different wasmtime version or engine setting never loads another's compiled code.
     engine_key: String,
@@ -79,8 +83,23 @@ impl Engine {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create the plugin cache directory {}: {e}", dir.display()))?;
         }
-        spawn_ticker(&wasmtime, config.tick)?;
-        Ok(Engine { wasmtime, linker, permits: Semaphore::new(slots as usize), config, engine_key })
+        let ticker = Ticker::spawn(&wasmtime, config.tick)?;
+        Ok(Engine { wasmtime, linker, permits: Semaphore::new(slots as usize), config, ticker, engine_key })
+    }
+
+    /// Counts a call as in flight until the guard drops (cancelled calls included): the epoch
+    /// ticker runs while any call is, and sleeps otherwise. Take it before the store is made.
+    pub(super) fn call_in_flight(&self) -> InFlight<'_> {
+        if self.ticker.shared.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.ticker.thread.unpark();
+        }
+        InFlight(self)
+    }
+
+    /// Epoch ticks so far (for tests of the ticker).
+    #[cfg(test)]
+    pub(super) fn ticks(&self) -> u64 {
+        self.ticker.shared.ticks.load(Ordering::SeqCst)
     }
 
     pub(super) fn config(&self) -> &HostConfig {
@@ -180,21 +199,68 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     Err(LoadError::NotWasm(why.into()))
 }
 
-/// Advances the engine's epoch every `tick` on a plain OS thread (not a tokio task: a busy
-/// runtime must not delay deadlines). Stops when the engine is gone.
-fn spawn_ticker(engine: &wasmtime::Engine, tick: Duration) -> Result<(), String> {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("hookyard-plugin-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(tick);
-            }
-        })
-        .map(drop)
-        .map_err(|e| format!("cannot start the plugin epoch thread: {e}"))
+/// The thread that advances the engine's epoch every `tick` while calls come: a plain OS
+/// thread, not a tokio task, so that a busy runtime cannot delay deadlines. After
+/// [`IDLE_TICKS`] ticks in a row with no call in flight it parks, so an idle gateway does not
+/// wake a thousand times a second; the next call unparks it, and that call's first tick comes
+/// a tick later, as it would have. Under load it never parks, so calls never pay for waking it
+/// (an unpark of a thread that is not parked is one atomic swap). It stops once the engine is
+/// gone (it looks at least every [`IDLE_RECHECK`]).
+struct Ticker {
+    thread: Thread,
+    shared: Arc<TickerShared>,
+}
+
+#[derive(Default)]
+struct TickerShared {
+    in_flight: AtomicUsize,
+    ticks: AtomicU64,
+}
+
+/// Ticks in a row with no call in flight before the ticker parks (100 ms at the default tick).
+const IDLE_TICKS: u32 = 100;
+
+/// How often a parked ticker checks whether its engine is gone.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+
+impl Ticker {
+    fn spawn(engine: &wasmtime::Engine, tick: Duration) -> Result<Ticker, String> {
+        let weak = engine.weak();
+        let shared = Arc::new(TickerShared::default());
+        let state = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("hookyard-plugin-epoch".into())
+            .spawn(move || {
+                let mut idle_ticks = 0;
+                while weak.upgrade().is_some() {
+                    // SeqCst, with the increment in `call_in_flight`: either this load sees the
+                    // call, or the call's unpark comes after it and `park` returns at once.
+                    if state.in_flight.load(Ordering::SeqCst) > 0 {
+                        idle_ticks = 0;
+                    } else if idle_ticks >= IDLE_TICKS {
+                        std::thread::park_timeout(IDLE_RECHECK);
+                        continue;
+                    } else {
+                        idle_ticks += 1;
+                    }
+                    std::thread::sleep(tick);
+                    let Some(engine) = weak.upgrade() else { break };
+                    engine.increment_epoch();
+                    state.ticks.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .map_err(|e| format!("cannot start the plugin epoch thread: {e}"))?;
+        Ok(Ticker { thread: handle.thread().clone(), shared })
+    }
+}
+
+/// A call in flight, from [`Engine::call_in_flight`].
+pub(super) struct InFlight<'a>(&'a Engine);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.ticker.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// wasmtime's error chain on one line (the cause chain joined by `: `).

@@ -287,6 +287,7 @@ impl PluginInner {
         capture: Option<&mut Vec<GuestLog>>,
     ) -> Result<Outcome, PluginError> {
         let _permit = self.engine.permits.acquire().await.expect("the instance semaphore is never closed");
+        let _ticking = self.engine.call_in_flight();
         let started = Instant::now();
         let deadline = started + Duration::from_millis(self.limits.timeout_ms);
         let headers = overlay_headers(event.headers, overlay);

@@ -293,6 +293,32 @@ async fn a_descheduled_call_is_not_preempted() {
     assert_eq!(preempted, 0, "{preempted} of {calls} calls were preempted ({cut} took longer than a tick)");
 }
 
+/// The epoch ticker stops a while after the last call: an idle host does not wake every tick,
+/// and the first call after a pause still has its deadline enforced.
+#[tokio::test]
+async fn the_ticker_sleeps_while_no_call_is_in_flight() {
+    let host = PluginHost::with_config(HostConfig { max_instances: 2, ..HostConfig::default() }).unwrap();
+    let noop = host.load(&dist("noop"), Vec::new(), Limits::default(), names(&["chat"])).unwrap();
+    noop.run(&event("x", &[])).await.unwrap();
+    // It parks after 100 idle ticks (100 ms, more on a busy machine): within 5 s, 50 ms pass
+    // with at most the one tick it may have been sleeping through.
+    let since = Instant::now();
+    let idle = loop {
+        let before = host.engine.ticks();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let after = host.engine.ticks();
+        if after - before <= 1 {
+            break after;
+        }
+        assert!(since.elapsed() < Duration::from_secs(5), "still ticking 5 s after the last call");
+    };
+
+    let limits = Limits { timeout_ms: 20, ..Limits::default() };
+    let looping = host.load_bytes("infinite_loop", &fixture("infinite_loop"), Vec::new(), limits, names(&["chat"]));
+    assert_eq!(looping.unwrap().run(&event("", &[])).await, Err(PluginError::Timeout { ms: 20 }));
+    assert!(host.engine.ticks() > idle + 1, "the call woke the ticker");
+}
+
 /// A deadline shorter than a tick stops a call before it would be preempted.
 #[tokio::test]
 async fn a_deadline_within_the_first_tick_is_a_timeout() {
