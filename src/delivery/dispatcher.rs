@@ -447,12 +447,15 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery) -> Next {
             finish(inner, d, record, Settle::Failed, error_text).await
         }
         AttemptOutcome::Gone => {
-            error!(event_id = %d.event_id, destination = %dest.name, "destination answered 410 Gone; pausing it (resume with `hookyard resume`)");
             let reason = Some("the destination answered 410 Gone".to_string());
             if let Err(e) = inner.store.set_paused(&dest.name, true, reason).await {
                 error!(error = %e, "could not record the pause");
             }
+            // In memory after the store (a poll in between would read the store and undo it),
+            // and logged after both, so the line is true when it appears: an event accepted
+            // after it waits in the store.
             inner.paused.lock().unwrap_or_else(|p| p.into_inner()).insert(dest.name.to_string());
+            error!(event_id = %d.event_id, destination = %dest.name, "destination answered 410 Gone; paused it (resume with `hookyard resume`)");
             let settled = inner.store.settle(d.id, record, Settle::Retry { next_at_ms: now_ms() }, error_text).await;
             if let Err(e) = settled {
                 error!(error = %e, "could not record the attempt");
