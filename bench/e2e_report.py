@@ -155,23 +155,20 @@ def summary(rows_path, out_path, meta_args):
                                               medians[den]["sut_cpu_us_per_event"]),
                 "p99_ms": ratio(medians[num]["p99_ms"], medians[den]["p99_ms"]),
             }
-            # The same ratio taken within each round (the two runs were a few seconds apart),
-            # then the median over rounds: drift of a shared machine between rounds moves both
-            # runs of a pair alike, so this is steadier than the ratio of the two medians.
-            pairs = [ratio(a["derived"]["events_per_s"], b["derived"]["events_per_s"])
-                     for a in rows if a["scenario"] == num
-                     for b in rows if b["scenario"] == den and b["round"] == a["round"]]
-            pairs = [p for p in pairs if p is not None]
+            # The two runs of each round (a few seconds apart): drift of a shared machine between
+            # rounds moves both runs of a pair alike, so figures taken within each round, then
+            # their median, are steadier than the ratio of the two medians.
+            rounds = [(a["derived"], b["derived"])
+                      for a in rows if a["scenario"] == num
+                      for b in rows if b["scenario"] == den and b["round"] == a["round"]]
+            pairs = [p for p in (ratio(a["events_per_s"], b["events_per_s"]) for a, b in rounds) if p is not None]
             if pairs:
                 ratios[f"{num}/{den}"]["events_per_s_per_round"] = pairs
                 ratios[f"{num}/{den}"]["events_per_s_paired_median"] = statistics.median(pairs)
-            # What the numerator adds in CPU per event, within each round: unlike the ratio,
-            # this does not shrink the budget of a transform when the base gets faster.
-            added = [a["derived"]["sut_cpu_us_per_event"] - b["derived"]["sut_cpu_us_per_event"]
-                     for a in rows if a["scenario"] == num
-                     for b in rows if b["scenario"] == den and b["round"] == a["round"]
-                     if a["derived"]["sut_cpu_us_per_event"] is not None
-                     and b["derived"]["sut_cpu_us_per_event"] is not None]
+            # What the numerator adds in CPU per event: unlike the ratio, this does not shrink
+            # the budget of a transform when the base gets faster.
+            added = [a["sut_cpu_us_per_event"] - b["sut_cpu_us_per_event"] for a, b in rounds
+                     if a["sut_cpu_us_per_event"] is not None and b["sut_cpu_us_per_event"] is not None]
             if added:
                 ratios[f"{num}/{den}"]["sut_cpu_us_added_per_round"] = added
                 ratios[f"{num}/{den}"]["sut_cpu_us_added_paired_median"] = statistics.median(added)

@@ -188,11 +188,11 @@ impl Plugin {
 
     /// Runs the plugin on one event in a fresh instance, with its deadline and memory limit.
     ///
-    /// The wasm runs on the calling task: directly on its thread while it takes less than an
-    /// epoch tick (the common case, and the cheapest), else on a fiber that yields the worker
+    /// The wasm runs on the calling task: directly on its thread while it computes for less than
+    /// an epoch tick (the common case, and the cheapest), else on a fiber that yields the worker
     /// thread at every tick (see `run::Mode`), and it is stopped at its deadline either way: it
-    /// never computes on a tokio worker for more than about two ticks. Waits for a free instance slot
-    /// first.
+    /// never computes on a tokio worker for more than about two ticks. Waits for a free instance
+    /// slot first.
     pub async fn run(&self, event: &PluginEvent) -> Result<Outcome, PluginError> {
         self.inner.run(event.into(), &[], &self.inner.allowed_destinations, None).await
     }
