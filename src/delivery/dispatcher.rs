@@ -1,16 +1,29 @@
 //! The dispatcher: runs due deliveries from the store until each is delivered, failed, dead, or
-//! waiting (paused destination, open breaker).
+//! waiting (paused destination, open breaker, a retry's due time).
+//!
+//! **Memory is bounded by the work in flight, never by the backlog.** A delivery lives in memory
+//! (with its body) only while a task attempts it, and a task exists only once it holds an attempt
+//! slot: one permit of `delivery.max_in_flight` and one of its destination's `max_in_flight`, taken
+//! *before* the task is spawned. Everything else waits in the store: a retry is recorded with its
+//! due time and the task ends; an event accepted while every slot is busy, or while its destination
+//! is paused or its breaker open, is simply left there. The poller then reads a bounded window of
+//! due ids (at most the free slots, skipping destinations that cannot take work now) and loads the
+//! bodies of just those. When a poll could not take everything that is due, finished attempts wake
+//! it, so a backlog drains as fast as the destinations allow.
 //!
 //! Newly accepted deliveries are handed over directly after their commit ([`Dispatcher::submit`]);
-//! a poller picks up everything else that is due: deliveries recovered after a restart (what was
-//! in flight when the process died is simply still pending: at-least-once), replays, and work held
-//! back by a pause or a breaker. A delivery is "claimed" while a task owns it, so it is never sent
-//! twice at once; its retry timer runs in that task, and its `next_at` in the store makes the retry
-//! survive a restart.
+//! the poller picks up everything else: deliveries recovered after a restart (what was in flight
+//! when the process died is simply still pending: at-least-once), retries, replays, and work held
+//! back by a limit, a pause or a breaker. A delivery is "claimed" while a task owns it, so it is
+//! never sent twice at once.
+//!
+//! A delivery whose destination is no longer in the config is failed with the reason
+//! `destination "x" is not in the current config` (kept for replay) whatever state it waited in: a
+//! pause, an open breaker or a rate limit of a destination that is gone holds nothing back.
 //!
 //! Limits: `delivery.max_pending` bounds pending deliveries (ingress answers 503 beyond it rather
-//! than accept what it cannot hold), `delivery.max_in_flight` bounds attempts overall and each
-//! destination's `max_in_flight` bounds attempts per destination.
+//! than accept what it cannot hold), `delivery.max_in_flight` bounds attempts (and so deliveries
+//! in memory) overall and each destination's `max_in_flight` bounds attempts per destination.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -100,15 +113,27 @@ struct Inner<T> {
     store: Store,
     transport: T,
     destinations: ArcSwap<HashMap<Arc<str>, Arc<Destination>>>,
-    in_flight: Semaphore,
+    /// `delivery.max_in_flight`: a task holds one permit from before it is spawned to its end.
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
     max_pending: AtomicUsize,
     pending: AtomicUsize,
+    /// When the poller last read the paused destinations and the pending count from the store.
+    counted_at: Mutex<Option<Instant>>,
     claims: Mutex<Claims>,
     /// Set at shutdown: no new attempt starts.
     stopping: AtomicBool,
     paused: Mutex<HashSet<String>>,
     breakers: Mutex<HashMap<Arc<str>, Breaker>>,
     wake: Notify,
+    /// Due work was left in the store for want of a slot: a finished attempt wakes the poller.
+    backlog: AtomicBool,
+    /// Due ids (no bodies) the last poll could not start for want of a slot, by destination, with
+    /// when they were read: a task that finishes takes the next one of its destination, keeping its
+    /// slot, so a backlog drains without a poll per delivery. At most `claimed + max_in_flight`.
+    ready: Mutex<HashMap<Arc<str>, std::collections::VecDeque<i64>>>,
+    /// When the ids in `ready` were read.
+    ready_read_at: Mutex<Instant>,
     /// Attempts running now (shutdown waits for them).
     attempting: AtomicUsize,
     idle: Notify,
@@ -117,6 +142,124 @@ struct Inner<T> {
     retries: AtomicU64,
     failed: AtomicU64,
     dead: AtomicU64,
+}
+
+/// How long a released claim is remembered: longer than any gap between a commit and the fast
+/// path's hand-over, or between a poll's read and its claims.
+const RELEASE_MEMORY: Duration = Duration::from_secs(10);
+
+/// An attempt slot: a permit of `delivery.max_in_flight` and, for a destination in the config, one
+/// of its own `max_in_flight`. Taken before a task is spawned, given back when it ends.
+struct Slot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    /// The destination whose permit this slot holds (`None`: it is not in the config).
+    dest: Option<Arc<Destination>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(d) = &self.dest {
+            d.limit.add_permits(1);
+        }
+    }
+}
+
+impl<T> Inner<T> {
+    /// An attempt slot for a delivery to `destination`, if one may start now: not stopping, the
+    /// destination not paused and its breaker letting attempts through, a permit free overall
+    /// and for the destination. A destination that is not in the config needs only the overall
+    /// permit (its deliveries are failed, not sent).
+    fn slot_for(&self, destination: &str) -> Option<Slot> {
+        let inner = self;
+        if inner.stopping.load(Ordering::Acquire) {
+            return None;
+        }
+        let dest = inner.destinations.load().get(destination).cloned();
+        if dest.is_some() {
+            if inner.paused.lock().unwrap_or_else(|p| p.into_inner()).contains(destination) {
+                return None;
+            }
+            let breakers = inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
+            if breakers.get(destination).is_some_and(|b| !b.would_allow(Instant::now())) {
+                return None;
+            }
+        }
+        let global = inner.in_flight.clone().try_acquire_owned().ok()?;
+        if let Some(dest) = &dest {
+            dest.limit.try_acquire().ok()?.forget();
+        }
+        Some(Slot { _global: global, dest })
+    }
+
+    /// Claims delivery `id` unless a task owns it or released it after `read_at` (a row read before
+    /// that task's result committed still looks pending). One lock covers the check and the claim,
+    /// and a task's release, so the two cannot interleave.
+    fn claim(&self, id: i64, read_at: Option<Instant>) -> bool {
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        // `None` (the fast path after an accept): any release means the poller saw the committed
+        // row first and a task already handled it
+        let stale = match (read_at, claims.released.get(&id)) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(t), Some(at)) => *at >= t,
+        };
+        !stale && claims.claimed.insert(id)
+    }
+
+    /// Gives up the claim on `id`; `attempted`: a task handled it, so reads from before now are stale.
+    fn release(&self, id: i64, attempted: bool) {
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        if attempted {
+            claims.released.insert(id, Instant::now());
+        }
+        claims.claimed.remove(&id);
+    }
+
+    /// The next due delivery of `slot`'s destination that the last poll left waiting, claimed and
+    /// loaded, if the destination may still take work; else `None` (and the poller is asked to
+    /// look again when the queue ran dry).
+    async fn next_ready(&self, slot: &Slot) -> Option<DueDelivery> {
+        let dest = slot.dest.as_ref()?;
+        loop {
+            if self.stopping.load(Ordering::Acquire)
+                || self.paused.lock().unwrap_or_else(|p| p.into_inner()).contains(&*dest.name)
+                || self
+                    .breakers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&dest.name)
+                    .is_some_and(|b| !b.would_allow(Instant::now()))
+                || !self.destinations.load().get(&dest.name).is_some_and(|d| Arc::ptr_eq(d, dest))
+            {
+                return None;
+            }
+            let read_at = *self.ready_read_at.lock().unwrap_or_else(|p| p.into_inner());
+            let id = {
+                let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+                let next = ready.get_mut(&dest.name).and_then(|q| q.pop_front());
+                if next.is_none() {
+                    ready.remove(&dest.name);
+                }
+                next
+            };
+            let Some(id) = id else {
+                self.backlog.store(true, Ordering::Release);
+                return None;
+            };
+            if read_at.elapsed() >= RELEASE_MEMORY || !self.claim(id, Some(read_at)) {
+                continue;
+            }
+            match self.store.load_pending(vec![id]).await {
+                Ok(mut v) if !v.is_empty() => return v.pop(),
+                Ok(_) => self.release(id, false), // no longer pending: someone finished it
+                Err(e) => {
+                    error!(error = %e, "loading a due delivery failed");
+                    self.release(id, false);
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 impl<T: Transport> Dispatcher<T> {
@@ -136,14 +279,20 @@ impl<T: Transport> Dispatcher<T> {
                 store,
                 transport,
                 destinations: ArcSwap::from_pointee(HashMap::new()),
-                in_flight: Semaphore::new(max_in_flight),
+                in_flight: Arc::new(Semaphore::new(max_in_flight)),
+                max_in_flight,
                 max_pending: AtomicUsize::new(max_pending),
                 pending: AtomicUsize::new(pending),
+                counted_at: Mutex::new(None),
                 claims: Mutex::new(Claims::default()),
                 stopping: AtomicBool::new(false),
                 paused: Mutex::new(paused),
                 breakers: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
+                // whatever a previous run left pending may be due: let the first polls take it
+                backlog: AtomicBool::new(pending > 0),
+                ready: Mutex::new(HashMap::new()),
+                ready_read_at: Mutex::new(Instant::now()),
                 attempting: AtomicUsize::new(0),
                 idle: Notify::new(),
                 attempts: AtomicU64::new(0),
@@ -159,17 +308,23 @@ impl<T: Transport> Dispatcher<T> {
 
     /// Deliveries look their destination up by name at each attempt, so a reload takes effect on
     /// the next attempt; a destination that disappeared fails its deliveries as "destination
-    /// removed" (kept for replay).
+    /// removed" (kept for replay), whether it was paused, its breaker open or its rate limited.
     pub fn set_destinations(&self, destinations: &[Arc<Destination>]) {
         let map = destinations.iter().map(|d| (d.name.clone(), d.clone())).collect();
         self.inner.destinations.store(Arc::new(map));
         let mut breakers = self.inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        // a removed destination's breaker goes with it (a destination re-added later starts closed)
+        breakers.retain(|name, _| destinations.iter().any(|d| d.name == *name));
         for d in destinations {
             // keep a breaker's state across reloads unless its settings changed
             if breakers.get(&d.name).is_none_or(|b| *b.settings() != d.breaker) {
                 breakers.insert(d.name.clone(), Breaker::new(d.breaker.clone()));
             }
         }
+        drop(breakers);
+        // deliveries of a destination that is gone are now failed by the poller
+        self.inner.backlog.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
     }
 
     pub fn store(&self) -> &Store {
@@ -183,34 +338,31 @@ impl<T: Transport> Dispatcher<T> {
         if n > 0 && pending.saturating_add(n) > limit { Err(QueueFull { pending, limit }) } else { Ok(()) }
     }
 
-    /// Starts committed, due deliveries now (the fast path after an accept).
+    /// Starts committed, due deliveries now (the fast path after an accept) where a slot is free;
+    /// the rest stay in the store for the poller.
     pub fn submit(&self, due: Vec<DueDelivery>) {
         self.inner.pending.fetch_add(due.len(), Ordering::AcqRel);
         for d in due {
-            self.claim_and_spawn(d, None);
+            let started = match self.inner.slot_for(&d.destination) {
+                Some(slot) => self.claim_and_spawn(d, slot, None),
+                None => false,
+            };
+            if !started {
+                self.inner.backlog.store(true, Ordering::Release);
+            }
         }
     }
 
-    /// Claims `d` and starts its task, unless a task owns it or released it after `read_at` (a
-    /// row read before that task's result committed still looks pending). One lock covers the
-    /// check and the claim, and the task's release, so the two cannot interleave.
-    fn claim_and_spawn(&self, d: DueDelivery, read_at: Option<Instant>) -> bool {
-        {
-            let mut claims = self.inner.claims.lock().unwrap_or_else(|p| p.into_inner());
-            // `None` (the fast path after an accept): any release means the poller saw the
-            // committed row first and a task already handled it
-            let stale = match (read_at, claims.released.get(&d.id)) {
-                (_, None) => false,
-                (None, Some(_)) => true,
-                (Some(t), Some(at)) => *at >= t,
-            };
-            if stale || !claims.claimed.insert(d.id) {
-                return false;
-            }
+    /// Claims `d` and starts its task with `slot`, unless a task owns it or released it after
+    /// `read_at` (a row read before that task's result committed still looks pending). One lock
+    /// covers the check and the claim, and the task's release, so the two cannot interleave.
+    fn claim_and_spawn(&self, d: DueDelivery, slot: Slot, read_at: Option<Instant>) -> bool {
+        if !self.inner.claim(d.id, read_at) {
+            return false;
         }
         let span =
             tracing::info_span!("delivery", event_id = %d.event_id, route = %d.route, destination = %d.destination);
-        tokio::spawn(tracing::Instrument::instrument(run(self.inner.clone(), d), span));
+        tokio::spawn(tracing::Instrument::instrument(run(self.inner.clone(), d, slot), span));
         true
     }
 
@@ -226,6 +378,11 @@ impl<T: Transport> Dispatcher<T> {
         }
     }
 
+    /// Deliveries held in memory now (claimed by a task): at most `delivery.max_in_flight`.
+    pub fn in_memory(&self) -> usize {
+        self.inner.claims.lock().unwrap_or_else(|p| p.into_inner()).claimed.len()
+    }
+
     /// Breaker state per destination.
     pub fn breaker_states(&self) -> Vec<(Arc<str>, &'static str)> {
         let b = self.inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
@@ -236,6 +393,7 @@ impl<T: Transport> Dispatcher<T> {
 
     /// Wakes the poller now (after a replay or a resume in this process).
     pub fn wake(&self) {
+        self.inner.backlog.store(true, Ordering::Release);
         self.inner.wake.notify_one();
     }
 
@@ -246,10 +404,10 @@ impl<T: Transport> Dispatcher<T> {
             if let Err(e) = self.poll_once().await {
                 error!(error = %e, "polling the store for due deliveries failed");
             }
-            // Deliveries owned by a task retry on their own timers; the poller only needs to be
-            // prompt for rows due in the future that no task owns (retries recovered after a
-            // restart). Rows due now are mostly owned, so they do not make it spin.
-            let next = self.inner.store.next_due_ms().await.ok().flatten();
+            // Sleep until the next due time of a destination that can take work, at most a
+            // poll interval (for resumed destinations, closing breakers and other processes'
+            // replays); finished attempts wake it sooner while a backlog waits for slots.
+            let next = self.inner.store.next_due_ms(self.blocked_destinations()).await.ok().flatten();
             let wait = match next {
                 Some(at) if at > now_ms() => Duration::from_millis((at - now_ms()) as u64).min(POLL_INTERVAL),
                 _ => POLL_INTERVAL,
@@ -262,38 +420,96 @@ impl<T: Transport> Dispatcher<T> {
         }
     }
 
-    /// One poll: refresh paused destinations and the pending count, claim due work.
+    /// Destinations whose due deliveries cannot start now: paused (while in the config: the
+    /// deliveries of a destination that is gone must reach the check that fails them), breaker
+    /// open, or every one of its own slots taken.
+    fn blocked_destinations(&self) -> Vec<String> {
+        let inner = &self.inner;
+        let now = Instant::now();
+        let paused = inner.paused.lock().unwrap_or_else(|p| p.into_inner());
+        let breakers = inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .destinations
+            .load()
+            .values()
+            .filter(|d| {
+                paused.contains(&*d.name)
+                    || breakers.get(&d.name).is_some_and(|b| !b.would_allow(now))
+                    || d.limit.available_permits() == 0
+            })
+            .map(|d| d.name.to_string())
+            .collect()
+    }
+
+    /// One poll: refresh paused destinations and the pending count (once a poll interval), then
+    /// start due work for as many free slots as there are, loading the bodies of just those.
     pub async fn poll_once(&self) -> crate::store::Result<usize> {
         let inner = &self.inner;
-        let paused: HashSet<String> = inner.store.paused().await?.into_iter().map(|(n, _)| n).collect();
-        *inner.paused.lock().unwrap_or_else(|p| p.into_inner()) = paused;
-        inner.pending.store(inner.store.pending_count().await?, Ordering::Release);
+        if inner.stopping.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        // Pauses made by another process (the CLI) and the pending count, once a poll interval:
+        // a backlog that drains polls far more often than that.
+        let refresh =
+            inner.counted_at.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|at| at.elapsed() >= POLL_INTERVAL);
+        if refresh {
+            let paused: HashSet<String> = inner.store.paused().await?.into_iter().map(|(n, _)| n).collect();
+            *inner.paused.lock().unwrap_or_else(|p| p.into_inner()) = paused;
+            inner.pending.store(inner.store.pending_count().await?, Ordering::Release);
+            *inner.counted_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        let free = inner.in_flight.available_permits();
+        if free == 0 {
+            inner.backlog.store(true, Ordering::Release);
+            return Ok(0);
+        }
+        // Clear the flag before reading: an attempt that ends from here on sets off another poll.
+        inner.backlog.store(false, Ordering::Release);
         let claimed = inner.claims.lock().unwrap_or_else(|p| p.into_inner()).claimed.len();
         // A task releases its claim right after its result committed. A row read before that
         // commit still looks pending, so ids released after this poll began are skipped.
         let poll_started = Instant::now();
-        let due = inner.store.due_ids(now_ms(), claimed + 512).await?;
+        // The window: the rows tasks own (still pending in the store), one per free slot, and as
+        // many again to wait (ids only) for the slots of attempts that finish.
+        let window = claimed + free + inner.max_in_flight;
+        let due = inner.store.due_ids(now_ms(), window, self.blocked_destinations()).await?;
+        let full = due.len() >= window;
         let now = Instant::now();
-        let wanted: Vec<i64> = {
+        let candidates: Vec<(i64, String)> = {
             let mut claims = inner.claims.lock().unwrap_or_else(|p| p.into_inner());
-            claims.released.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+            claims.released.retain(|_, at| now.duration_since(*at) < RELEASE_MEMORY);
             let Claims { claimed, released } = &*claims;
-            let breakers = inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
             due.into_iter()
-                .filter(|(id, dest)| {
-                    !claimed.contains(id)
-                        && released.get(id).is_none_or(|at| *at < poll_started)
-                        && breakers.get(dest.as_str()).is_none_or(|b| b.would_allow(now))
-                })
-                .map(|(id, _)| id)
+                .filter(|(id, _)| !claimed.contains(id) && released.get(id).is_none_or(|at| *at < poll_started))
                 .collect()
         };
-        if wanted.is_empty() {
+        let mut slots = HashMap::with_capacity(candidates.len());
+        let mut waiting: HashMap<Arc<str>, std::collections::VecDeque<i64>> = HashMap::new();
+        let mut short = false;
+        for (id, dest) in candidates {
+            match inner.slot_for(&dest) {
+                Some(slot) => {
+                    slots.insert(id, slot);
+                }
+                None => {
+                    short = true;
+                    waiting.entry(Arc::<str>::from(dest)).or_default().push_back(id);
+                }
+            }
+        }
+        if full || short {
+            inner.backlog.store(true, Ordering::Release);
+        }
+        // what could not start waits (as ids) for the slots of finishing attempts
+        *inner.ready.lock().unwrap_or_else(|p| p.into_inner()) = waiting;
+        *inner.ready_read_at.lock().unwrap_or_else(|p| p.into_inner()) = poll_started;
+        if slots.is_empty() {
             return Ok(0);
         }
         let mut started = 0;
-        for d in inner.store.load_pending(wanted).await? {
-            if self.claim_and_spawn(d, Some(poll_started)) {
+        for d in inner.store.load_pending(slots.keys().copied().collect()).await? {
+            let Some(slot) = slots.remove(&d.id) else { continue };
+            if self.claim_and_spawn(d, slot, Some(poll_started)) {
                 started += 1;
             }
         }
@@ -336,44 +552,65 @@ struct Claims {
     released: HashMap<i64, Instant>,
 }
 
-/// Owns one claimed delivery until it is finished or must wait in the store.
-async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery) {
-    while let Next::RetryIn(delay) = attempt_once(&inner, &d).await {
-        d.attempts += 1;
-        tokio::time::sleep(delay).await;
+/// Owns one claimed delivery for one attempt, then, keeping its slot, the next due delivery of
+/// the same destination that a poll left waiting, until there is none. Whatever comes next for a
+/// delivery (a retry, a pause, a breaker) waits in the store, not in this task: memory follows the
+/// attempts running, not the backlog.
+async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery, slot: Slot) {
+    loop {
+        let next = attempt_once(&inner, &d, &slot).await;
+        // released before another claim, so a poll that read this row as pending before our
+        // result committed cannot take it again
+        inner.release(d.id, true);
+        if matches!(next, Next::Retry) {
+            // a retry due soon: let the poller see its due time
+            inner.wake.notify_one();
+        }
+        match inner.next_ready(&slot).await {
+            Some(n) => {
+                d = n;
+                tracing::Span::current().record("event_id", &*d.event_id).record("route", &*d.route);
+            }
+            None => break,
+        }
     }
-    // record the release before dropping the claim, so a poll that read this row as pending
-    // before our result committed cannot take it again
-    let mut claims = inner.claims.lock().unwrap_or_else(|p| p.into_inner());
-    claims.released.insert(d.id, Instant::now());
-    claims.claimed.remove(&d.id);
+    drop(slot);
+    // work may be waiting for this slot
+    if inner.backlog.load(Ordering::Acquire) {
+        inner.wake.notify_one();
+    }
 }
 
 enum Next {
-    /// Attempted and recorded; try again after this delay (the store has the same due time).
-    RetryIn(Duration),
+    /// Attempted and recorded; due again later (in the store).
+    Retry,
     /// Finished: delivered, failed or dead.
     Done,
-    /// Not attempted (paused, breaker open) or not recorded: leave it to the poller.
+    /// Not attempted (paused, breaker open, stopping) or not recorded: leave it to the poller.
     Release,
 }
 
-async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery) -> Next {
-    let Some(dest) = inner.destinations.load().get(&d.destination).cloned() else {
-        let reason = format!("destination \"{}\" is not in the current config", d.destination);
-        let record = AttemptRecord {
-            at_ms: now_ms(),
-            status_code: None,
-            latency_ms: 0,
-            response: Default::default(),
-            error: Some(reason.clone()),
-        };
-        warn!(event_id = %d.event_id, route = %d.route, destination = %d.destination, "destination removed; delivery kept as failed for replay");
-        return finish(inner, d, record, Settle::Failed, Some(reason)).await;
+/// Fails `d` as "not in the current config": its destination was removed by a reload.
+async fn fail_removed<T>(inner: &Inner<T>, d: &DueDelivery) -> Next {
+    let reason = format!("destination \"{}\" is not in the current config", d.destination);
+    let record = AttemptRecord {
+        at_ms: now_ms(),
+        status_code: None,
+        latency_ms: 0,
+        response: Default::default(),
+        error: Some(reason.clone()),
     };
-    if inner.paused.lock().unwrap_or_else(|p| p.into_inner()).contains(&*d.destination) {
-        return Next::Release;
-    }
+    warn!(event_id = %d.event_id, route = %d.route, destination = %d.destination, "destination removed; delivery kept as failed for replay");
+    inner.failed.fetch_add(1, Ordering::Relaxed);
+    finish(inner, d, record, Settle::Failed, Some(reason)).await
+}
+
+async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Slot) -> Next {
+    // the current config's destination: a reload since the slot was taken counts
+    let current = inner.destinations.load().get(&d.destination).cloned();
+    let (Some(dest), Some(_)) = (current, &slot.dest) else {
+        return fail_removed(inner, d).await;
+    };
     let admitted = {
         let mut breakers = inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
         breakers.entry(dest.name.clone()).or_insert_with(|| Breaker::new(dest.breaker.clone())).allow(Instant::now())
@@ -383,12 +620,14 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery) -> Next {
     }
     if let Some(rate) = &dest.rate {
         rate.wait().await;
+        // a reload may have removed the destination while this attempt waited for its turn
+        if !inner.destinations.load().contains_key(&d.destination) {
+            return fail_removed(inner, d).await;
+        }
     }
     let report = {
-        let _dest_permit = dest.limit.acquire().await.expect("never closed");
-        let _permit = inner.in_flight.acquire().await.expect("never closed");
-        // while this task waited for its turn, a shutdown or a pause may have come
         inner.attempting.fetch_add(1, Ordering::AcqRel);
+        // while this task waited for its turn, a shutdown or a pause may have come
         if inner.stopping.load(Ordering::Acquire)
             || inner.paused.lock().unwrap_or_else(|p| p.into_inner()).contains(&*d.destination)
         {
@@ -469,7 +708,7 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery) -> Next {
                     inner.retries.fetch_add(1, Ordering::Relaxed);
                     let next_at_ms = now_ms() + delay.as_millis() as i64;
                     match inner.store.settle(d.id, record, Settle::Retry { next_at_ms }, error_text).await {
-                        Ok(()) => Next::RetryIn(delay),
+                        Ok(()) => Next::Retry,
                         Err(e) => {
                             error!(error = %e, "could not record the attempt; the delivery stays due");
                             Next::Release

@@ -16,7 +16,7 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -231,7 +231,9 @@ pub struct DestinationStats {
 #[derive(Clone)]
 pub struct Store {
     writer: Writer,
-    reader: Arc<Mutex<Connection>>,
+    /// An async lock, taken before the read goes to the blocking pool: readers queue as tasks, not
+    /// as blocked threads (each would be a pool thread with its own allocator heap).
+    reader: Arc<tokio::sync::Mutex<Connection>>,
     _temp: Option<Arc<TempDir>>,
 }
 
@@ -281,7 +283,7 @@ impl Store {
         let read_conn = open_conn(&target, sync).map_err(|e| err(e.to_string()))?;
         Ok(Store {
             writer: Writer::start(write_conn),
-            reader: Arc::new(Mutex::new(read_conn)),
+            reader: Arc::new(tokio::sync::Mutex::new(read_conn)),
             _temp: temp.map(Arc::new),
         })
     }
@@ -339,28 +341,28 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|_| StoreError::WriterGone)?
-        .map_err(StoreError::from)
+        let conn = self.reader.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || f(&conn))
+            .await
+            .map_err(|_| StoreError::WriterGone)?
+            .map_err(StoreError::from)
     }
 
-    /// Ids and destinations of pending deliveries due at `now_ms` (oldest due first) of unpaused
-    /// destinations: an index-only scan, so the poller can skip what it already owns before
-    /// loading bodies.
-    pub async fn due_ids(&self, now_ms: i64, limit: usize) -> Result<Vec<(i64, String)>> {
+    /// Ids and destinations of pending deliveries due at `now_ms` (oldest due first), except those
+    /// of the `skip` destinations (paused, breaker open, no free slot: the dispatcher decides): an
+    /// index-only scan, so the poller can skip what it already owns before loading bodies. The
+    /// paused flag in the store is not applied here: a paused destination that a reload removed
+    /// must still reach the dispatcher, which fails its deliveries.
+    pub async fn due_ids(&self, now_ms: i64, limit: usize, skip: Vec<String>) -> Result<Vec<(i64, String)>> {
+        let skip = serde_json::to_string(&skip).expect("a list of strings serializes");
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT id, destination FROM deliveries
                  WHERE status = 'pending' AND next_at <= ?1
-                   AND destination NOT IN (SELECT name FROM destination_state WHERE paused = 1)
+                   AND destination NOT IN (SELECT value FROM json_each(?3))
                  ORDER BY next_at LIMIT ?2",
             )?;
-            let rows = st.query_map(params![now_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = st.query_map(params![now_ms, limit as i64, skip], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
         .await
@@ -385,21 +387,22 @@ impl Store {
         .await
     }
 
-    /// Pending deliveries due at `now_ms`, oldest due first, of unpaused destinations (the two
-    /// steps the dispatcher's poll takes, in one call, for tests).
+    /// Pending deliveries due at `now_ms`, oldest due first, except those of `skip` (the two steps
+    /// the dispatcher's poll takes, in one call, for tests).
     #[cfg(test)]
-    pub async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>> {
-        let ids = self.due_ids(now_ms, limit).await?;
+    pub async fn due(&self, now_ms: i64, limit: usize, skip: &[&str]) -> Result<Vec<DueDelivery>> {
+        let ids = self.due_ids(now_ms, limit, skip.iter().map(|s| s.to_string()).collect()).await?;
         self.load_pending(ids.into_iter().map(|(id, _)| id).collect()).await
     }
 
-    /// The earliest `next_at` of any pending delivery of an unpaused destination.
-    pub async fn next_due_ms(&self) -> Result<Option<i64>> {
-        self.read(|c| {
+    /// The earliest `next_at` of any pending delivery, except those of the `skip` destinations.
+    pub async fn next_due_ms(&self, skip: Vec<String>) -> Result<Option<i64>> {
+        let skip = serde_json::to_string(&skip).expect("a list of strings serializes");
+        self.read(move |c| {
             c.query_row(
                 "SELECT MIN(next_at) FROM deliveries WHERE status = 'pending'
-                   AND destination NOT IN (SELECT name FROM destination_state WHERE paused = 1)",
-                [],
+                   AND destination NOT IN (SELECT value FROM json_each(?1))",
+                [skip],
                 |r| r.get(0),
             )
         })

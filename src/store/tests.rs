@@ -54,7 +54,7 @@ async fn events_and_deliveries_survive_reopen() {
         store.settle(due[0].id, attempt(Some(200)), Settle::Delivered, None).await.unwrap();
     }
     let store = Store::open(&path, SyncMode::Full).unwrap();
-    let due = store.due(now_ms() + 1, 10).await.unwrap();
+    let due = store.due(now_ms() + 1, 10, &[]).await.unwrap();
     assert_eq!(due.len(), 1, "the undelivered one is due again after a restart");
     assert_eq!(&*due[0].destination, "b");
     assert_eq!(due[0].headers.as_slice(), &[("x-github-event".to_string(), "push".to_string())]);
@@ -72,9 +72,9 @@ async fn retries_dead_letters_and_replay() {
     let id = due[0].id;
     let later = now_ms() + 60_000;
     store.settle(id, attempt(Some(503)), Settle::Retry { next_at_ms: later }, Some("HTTP 503".into())).await.unwrap();
-    assert!(store.due(now_ms(), 10).await.unwrap().is_empty(), "not due before next_at");
-    assert_eq!(store.due(later, 10).await.unwrap().len(), 1);
-    assert_eq!(store.next_due_ms().await.unwrap(), Some(later));
+    assert!(store.due(now_ms(), 10, &[]).await.unwrap().is_empty(), "not due before next_at");
+    assert_eq!(store.due(later, 10, &[]).await.unwrap().len(), 1);
+    assert_eq!(store.next_due_ms(vec![]).await.unwrap(), Some(later));
     store.settle(id, attempt(None), Settle::Dead, Some("timed out".into())).await.unwrap();
     assert_eq!(store.pending_count().await.unwrap(), 0);
     let dead = store
@@ -86,7 +86,7 @@ async fn retries_dead_letters_and_replay() {
     assert_eq!(dead[0].last_error.as_deref(), Some("timed out"));
     assert_eq!(store.replay_dead(Some("other".into()), None).await.unwrap(), 0);
     assert_eq!(store.replay_dead(Some("a".into()), None).await.unwrap(), 1);
-    let due = store.due(now_ms() + 1, 10).await.unwrap();
+    let due = store.due(now_ms() + 1, 10, &[]).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].attempts, 2, "a replay keeps the attempt history");
     assert_eq!(&*due[0].msg_id, "msg_a", "and the webhook-id");
@@ -126,15 +126,19 @@ async fn purge_keeps_pending_work() {
 }
 
 #[tokio::test]
-async fn paused_destinations_are_not_due() {
+async fn skipped_destinations_are_not_due_and_pauses_are_recorded() {
     let store = Store::open(Path::new(":memory:"), SyncMode::Full).unwrap();
     stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a"), delivery("b")], None).await.unwrap());
-    store.set_paused("a", true, Some("410 Gone".into())).await.unwrap();
-    let due = store.due(now_ms() + 1, 10).await.unwrap();
+    let due = store.due(now_ms() + 1, 10, &["a"]).await.unwrap();
     assert_eq!(due.iter().map(|d| &*d.destination).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(store.next_due_ms(vec!["a".into(), "b".into()]).await.unwrap(), None);
+    // the store's pause flag is bookkeeping for the dispatcher, not a filter: a paused
+    // destination that a reload removed must still reach the dispatcher to be failed
+    store.set_paused("a", true, Some("410 Gone".into())).await.unwrap();
     assert_eq!(store.paused().await.unwrap(), [("a".to_string(), Some("410 Gone".to_string()))]);
+    assert_eq!(store.due(now_ms() + 1, 10, &[]).await.unwrap().len(), 2);
     store.set_paused("a", false, None).await.unwrap();
-    assert_eq!(store.due(now_ms() + 1, 10).await.unwrap().len(), 2);
+    assert_eq!(store.paused().await.unwrap(), []);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +270,7 @@ async fn a_version_1_database_is_migrated_with_its_queue() {
         .unwrap();
     }
     let store = Store::open(&path, SyncMode::Full).unwrap();
-    let due = store.due(now_ms(), 10).await.unwrap();
+    let due = store.due(now_ms(), 10, &[]).await.unwrap();
     assert_eq!(due.len(), 2, "the queue survives the migration");
     assert_eq!(&due[0].body[..], b"{}");
     assert!(due[0].extra_headers.is_none());

@@ -187,6 +187,21 @@ impl Process {
         Process { addr, child, stderr_path, stdout, _stdout_task: stdout_task, what, stopped: false }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the process is running")
+    }
+
+    /// The process's resident set size now, in KiB (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
     /// Everything written to stderr so far (colour codes removed).
     pub fn logs(&self) -> String {
         strip_ansi(&std::fs::read_to_string(&self.stderr_path).unwrap_or_default())

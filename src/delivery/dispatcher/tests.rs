@@ -19,11 +19,17 @@ use crate::store::{Accepted, NewDelivery, NewEvent, SyncMode};
 struct Script {
     replies: Mutex<VecDeque<AttemptOutcome>>,
     times: Mutex<Vec<Instant>>,
+    /// How long each attempt takes (virtual time).
+    latency: Mutex<Duration>,
 }
 
 impl Transport for Arc<Script> {
     async fn attempt(&self, _: &Destination, _: &DueDelivery) -> AttemptReport {
         self.times.lock().unwrap().push(Instant::now());
+        let latency = *self.latency.lock().unwrap();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         let outcome =
             self.replies.lock().unwrap().pop_front().unwrap_or(AttemptOutcome::Delivered { status: StatusCode::OK });
         AttemptReport { outcome, latency: Duration::from_millis(1), response_body: Bytes::from_static(b"ok") }
@@ -34,6 +40,9 @@ struct Setup {
     backoff: Backoff,
     breaker: bool,
     rate: Option<f64>,
+    /// Run the dispatcher's poller (retries and held-back work go through it); off for tests that
+    /// drive `poll_once` by hand.
+    poller: bool,
 }
 
 fn destination(name: &str, s: &Setup) -> Arc<Destination> {
@@ -68,6 +77,7 @@ fn schedule(secs: &[u64]) -> Setup {
         backoff: Backoff::Schedule(secs.iter().map(|s| Duration::from_secs(*s)).collect()),
         breaker: false,
         rate: None,
+        poller: true,
     }
 }
 
@@ -109,16 +119,40 @@ struct Harness {
     script: Arc<Script>,
     dispatcher: Dispatcher<Arc<Script>>,
     start: Instant,
+    /// Whether to run the poller; it starts with the first `run_until`, so that its timers do not
+    /// let paused time jump while a test is still accepting events (a store call is not a timer).
+    with_poller: bool,
+    poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(p) = self.poller.lock().unwrap().take() {
+            p.abort();
+        }
+    }
 }
 
 impl Harness {
     async fn new(replies: Vec<AttemptOutcome>, setup: Setup) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), SyncMode::Normal).unwrap();
-        let script = Arc::new(Script { replies: Mutex::new(replies.into()), times: Mutex::default() });
+        let script = Arc::new(Script {
+            replies: Mutex::new(replies.into()),
+            times: Mutex::default(),
+            latency: Mutex::default(),
+        });
         let dispatcher =
             Dispatcher::new(store.clone(), script.clone(), &[destination("dest", &setup)], 8, 1000).await.unwrap();
-        Harness { _dir: dir, store, script, dispatcher, start: Instant::now() }
+        Harness {
+            _dir: dir,
+            store,
+            script,
+            dispatcher,
+            start: Instant::now(),
+            with_poller: setup.poller,
+            poller: Mutex::new(None),
+        }
     }
 
     /// Offsets (whole seconds) of the attempts from the start.
@@ -133,6 +167,13 @@ impl Harness {
 
     /// Advances virtual time in steps, letting tasks run, until `done` or `limit`.
     async fn run_until(&self, limit: Duration, mut done: impl FnMut(&Self) -> bool) {
+        if self.with_poller {
+            let mut poller = self.poller.lock().unwrap();
+            if poller.is_none() {
+                let d = self.dispatcher.clone();
+                *poller = Some(tokio::spawn(async move { d.run(std::future::pending()).await }));
+            }
+        }
         let end = Instant::now() + limit;
         while Instant::now() < end && !done(self) {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -175,6 +216,7 @@ async fn exponential_backoff_with_max_attempts() {
         },
         breaker: false,
         rate: None,
+        poller: true,
     };
     let h = Harness::new(vec![retryable(None, false); 10], setup).await;
     h.dispatcher.submit(accept(&h.store, "evt_1", "dest").await);
@@ -218,12 +260,7 @@ async fn breaker_opens_holds_deliveries_then_half_opens_and_closes() {
     assert_eq!(h.times(), [0, 0, 0], "no attempts while open");
     assert_eq!(h.store.pending_count().await.unwrap(), 3, "deliveries wait in the store, not failed");
     // after the 30 s cool-down the poller lets one probe through; it succeeds and closes the breaker
-    let poll = {
-        let d = h.dispatcher.clone();
-        tokio::spawn(async move { d.run(std::future::pending()).await })
-    };
     h.run_until(Duration::from_secs(60), |h| h.dispatcher.stats().delivered == 3).await;
-    poll.abort();
     assert_eq!(h.dispatcher.stats().delivered, 3);
     assert_eq!(h.dispatcher.breaker_states(), [("dest".into(), "closed")]);
     let times = h.times();
@@ -233,7 +270,7 @@ async fn breaker_opens_holds_deliveries_then_half_opens_and_closes() {
 
 #[tokio::test(start_paused = true)]
 async fn gone_pauses_the_destination_and_keeps_the_delivery() {
-    let h = Harness::new(vec![AttemptOutcome::Gone], schedule(&[5])).await;
+    let h = Harness::new(vec![AttemptOutcome::Gone], Setup { poller: false, ..schedule(&[5]) }).await;
     h.dispatcher.submit(accept(&h.store, "evt_1", "dest").await);
     h.run_until(Duration::from_secs(10), |h| h.dispatcher.stats().attempts == 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -244,6 +281,8 @@ async fn gone_pauses_the_destination_and_keeps_the_delivery() {
     assert_eq!(h.status("evt_1").await, ("pending".into(), 1));
     assert_eq!(h.dispatcher.poll_once().await.unwrap(), 0, "paused: nothing is due");
     h.store.set_paused("dest", false, None).await.unwrap();
+    // another process's resume is read from the store once a poll interval
+    tokio::time::sleep(POLL_INTERVAL).await;
     assert_eq!(h.dispatcher.poll_once().await.unwrap(), 1, "resumed: due again");
     h.run_until(Duration::from_secs(10), |h| h.dispatcher.stats().delivered == 1).await;
     assert_eq!(h.status("evt_1").await, ("delivered".into(), 2));
@@ -265,7 +304,7 @@ async fn removed_destination_fails_the_delivery_with_a_reason() {
 
 #[tokio::test(start_paused = true)]
 async fn a_new_dispatcher_recovers_pending_work() {
-    let h = Harness::new(vec![], schedule(&[5])).await;
+    let h = Harness::new(vec![], Setup { poller: false, ..schedule(&[5]) }).await;
     // accepted but never submitted: as if the process died right after the commit
     accept(&h.store, "evt_1", "dest").await;
     accept(&h.store, "evt_2", "dest").await;
@@ -309,7 +348,7 @@ async fn queue_capacity_is_checked_before_accepting() {
 #[tokio::test(start_paused = true)]
 async fn a_late_fast_path_does_not_resend_what_the_poller_delivered() {
     // the poller can see a committed row before the accepting request hands it over
-    let h = Harness::new(vec![], schedule(&[5])).await;
+    let h = Harness::new(vec![], Setup { poller: false, ..schedule(&[5]) }).await;
     let due = accept(&h.store, "evt_1", "dest").await;
     tokio::time::sleep(Duration::from_secs(1)).await; // the row's due time is the wall clock at insert
     assert_eq!(h.dispatcher.poll_once().await.unwrap(), 1);
@@ -318,4 +357,123 @@ async fn a_late_fast_path_does_not_resend_what_the_poller_delivered() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(h.times().len(), 1, "sent twice");
     assert_eq!(h.status("evt_1").await, ("delivered".into(), 1));
+}
+
+/// Every state a delivery can wait in when a reload removes its destination ends the same way:
+/// failed with the reason, no longer pending (so no longer counted against `max_pending`).
+async fn assert_failed_as_removed(h: &Harness, ids: &[&str]) {
+    h.run_until(Duration::from_secs(30), |h| h.dispatcher.stats().pending == 0).await;
+    for id in ids {
+        let ev = h.store.event(id.to_string()).await.unwrap().unwrap();
+        let d = &ev.deliveries[0].delivery;
+        assert_eq!(d.status, "failed", "{id}");
+        assert_eq!(d.last_error.as_deref(), Some("destination \"dest\" is not in the current config"), "{id}");
+    }
+    assert_eq!(h.store.pending_count().await.unwrap(), 0);
+    assert_eq!(h.dispatcher.stats().pending, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_destination_removed_by_a_reload_fails_its_deliveries() {
+    let h = Harness::new(vec![], schedule(&[5])).await;
+    h.store.set_paused("dest", true, Some("by a test".into())).await.unwrap();
+    h.dispatcher.set_paused("dest", true);
+    h.dispatcher.submit(accept(&h.store, "evt_1", "dest").await);
+    h.run_until(Duration::from_secs(3), |_| false).await;
+    assert_eq!(h.status("evt_1").await, ("pending".into(), 0), "held by the pause");
+    h.dispatcher.set_destinations(&[]);
+    assert_failed_as_removed(&h, &["evt_1"]).await;
+    assert!(h.times().is_empty(), "never sent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breakers_destination_removed_by_a_reload_fails_its_deliveries() {
+    let setup = Setup { breaker: true, ..schedule(&[1, 1, 1, 1]) };
+    let h = Harness::new(vec![retryable(None, false); 3], setup).await;
+    for i in 0..3 {
+        h.dispatcher.submit(accept(&h.store, &format!("evt_{i}"), "dest").await);
+    }
+    h.run_until(Duration::from_secs(10), |h| h.dispatcher.breaker_states() == [("dest".into(), "open")]).await;
+    assert_eq!(h.dispatcher.breaker_states(), [("dest".into(), "open")]);
+    h.dispatcher.set_destinations(&[]);
+    assert_failed_as_removed(&h, &["evt_0", "evt_1", "evt_2"]).await;
+    assert_eq!(h.times().len(), 3, "no attempt after the removal");
+    assert!(h.dispatcher.breaker_states().is_empty(), "the removed destination's breaker is gone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_destination_removed_by_a_reload_fails_what_waits_for_its_turn() {
+    let h = Harness::new(vec![], Setup { rate: Some(0.1), ..schedule(&[5]) }).await;
+    // accepted first, then handed over together: a store call lets paused time jump
+    let mut due = Vec::new();
+    for i in 0..3 {
+        due.extend(accept(&h.store, &format!("evt_{i}"), "dest").await);
+    }
+    h.dispatcher.submit(due);
+    // the first goes at once; the others wait 10 s and 20 s for their turn
+    h.run_until(Duration::from_secs(2), |h| h.dispatcher.stats().delivered == 1).await;
+    assert_eq!(h.dispatcher.stats().delivered, 1);
+    h.dispatcher.set_destinations(&[]);
+    assert_failed_as_removed(&h, &["evt_1", "evt_2"]).await;
+    assert_eq!(h.times().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_destination_removed_mid_attempt_records_the_attempt_then_fails_the_delivery() {
+    let h = Harness::new(vec![retryable(None, false)], schedule(&[5])).await;
+    *h.script.latency.lock().unwrap() = Duration::from_secs(3);
+    h.dispatcher.submit(accept(&h.store, "evt_1", "dest").await);
+    h.run_until(Duration::from_secs(1), |_| false).await;
+    assert_eq!(h.times().len(), 1, "the attempt is running");
+    h.dispatcher.set_destinations(&[]);
+    assert_failed_as_removed(&h, &["evt_1"]).await;
+    let ev = h.store.event("evt_1".into()).await.unwrap().unwrap();
+    let log: Vec<_> = ev.deliveries[0].attempts_log.iter().map(|a| (a.status_code, a.error.clone())).collect();
+    assert_eq!(
+        log,
+        [
+            (Some(503), Some("scripted".to_string())),
+            (None, Some("destination \"dest\" is not in the current config".to_string()))
+        ],
+        "the running attempt's result is kept"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn deliveries_waiting_for_a_slot_of_a_removed_destination_are_failed() {
+    // the destination takes 4 at a time: 4 attempts run, 2 deliveries wait in the store
+    let h = Harness::new(vec![], schedule(&[5])).await;
+    *h.script.latency.lock().unwrap() = Duration::from_secs(3);
+    let mut due = Vec::new();
+    for i in 0..6 {
+        due.extend(accept(&h.store, &format!("evt_{i}"), "dest").await);
+    }
+    h.dispatcher.submit(due);
+    assert_eq!(h.dispatcher.in_memory(), 4, "only deliveries with a slot are in memory");
+    h.run_until(Duration::from_secs(1), |_| false).await;
+    h.dispatcher.set_destinations(&[]);
+    h.run_until(Duration::from_secs(30), |h| h.dispatcher.stats().pending == 0).await;
+    assert_eq!(h.dispatcher.stats().delivered, 4, "the running attempts finish");
+    assert_failed_as_removed(&h, &["evt_4", "evt_5"]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_holds_only_the_attempts_in_flight_however_long_the_backlog() {
+    // 200 deliveries to a destination that keeps failing: at no point are more of them in memory
+    // than the destination's 4 slots, and each still gets its retries
+    let h = Harness::new(vec![retryable(None, false); 400], schedule(&[1, 1, 1, 1, 1, 1, 1, 1])).await;
+    *h.script.latency.lock().unwrap() = Duration::from_millis(100);
+    let mut most = 0;
+    for i in 0..200 {
+        h.dispatcher.submit(accept(&h.store, &format!("evt_{i}"), "dest").await);
+        most = most.max(h.dispatcher.in_memory());
+    }
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end && h.dispatcher.stats().delivered < 200 {
+        most = most.max(h.dispatcher.in_memory());
+        h.run_until(Duration::from_millis(50), |_| false).await;
+    }
+    assert!(most <= 4, "{most} deliveries were in memory at once");
+    assert_eq!(h.dispatcher.stats().delivered, 200, "the backlog drains once the failures stop");
+    assert_eq!(h.dispatcher.stats().retries, 400);
 }
