@@ -723,3 +723,37 @@ async fn sigterm_finishes_work_in_flight_and_loses_nothing() {
         "a clean shutdown must not abandon an attempt it started (it is sent again after the restart): {repeated:?}"
     );
 }
+
+// --- a destination removed while its deliveries wait ------------------------------------------
+
+#[tokio::test]
+async fn a_paused_destination_removed_by_a_reload_fails_its_deliveries_and_frees_the_queue() {
+    // issue 12, defect 1: the delivery used to stay pending forever, still counted against
+    // max_pending, so with `max_pending: 1` the next event for another destination got 503
+    let temp2 = Sink::start().await;
+    let keep = Sink::start().await;
+    let both = [("temp2", temp2.url("/temp2"), ""), ("keep", keep.url("/keep"), "")];
+    let limited = |dests: &[(&str, String, &str)]| format!("{}delivery: {{ max_pending: 1 }}\n", config("", dests));
+    let gw = Gateway::start(&limited(&both)).await;
+    let admin = AdminApi::of(&gw).await;
+    admin.post_json("/api/v1/destinations/temp2/pause", r#"{"reason":"receiver deploy"}"#).await;
+    let id = send(&gw, &["temp2"], "stranded").await;
+    let full = gw.post("/hooks/app", &[("X-To", "keep,")], "{}").await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE, "the held delivery fills the queue: {}", full.text());
+
+    write_rename(&gw.config_path, &limited(&both[1..]));
+    let r = admin.post_json("/api/v1/reload", "").await;
+    assert_eq!(r["result"], "reloaded", "{r}");
+    let ev = admin
+        .wait_json(&format!("/api/v1/events/{id}"), "the delivery to be failed", WAIT, |v| {
+            v["deliveries"][0]["status"] == "failed"
+        })
+        .await;
+    assert_eq!(ev["deliveries"][0]["last_error"], "destination \"temp2\" is not in the current config", "{ev}");
+    // no longer pending, so no longer counted: the next event fits and is delivered
+    let pending = admin.all_deliveries("status=pending", 10).await;
+    assert!(pending.is_empty(), "{pending:?}");
+    send(&gw, &["keep"], "after").await;
+    assert_eq!(case_of(&keep.wait_for(1, WAIT).await[0]), "after");
+    assert!(temp2.requests().is_empty(), "the paused destination received nothing");
+}
