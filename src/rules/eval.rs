@@ -35,6 +35,19 @@ impl Rule {
     pub fn needs_body(&self) -> bool {
         self.needs_body
     }
+
+    /// Adds what this rule's `path:` subjects can read of a body to `projection`.
+    pub fn read_by(&self, projection: &mut super::Projection) {
+        fn visit(c: &Condition, p: &mut super::Projection) {
+            match c {
+                Condition::Header { .. } => {}
+                Condition::Body { path, .. } => p.add(path),
+                Condition::Any(all) | Condition::All(all) => all.iter().for_each(|c| visit(c, p)),
+                Condition::Not(inner) => visit(inner, p),
+            }
+        }
+        self.conditions.iter().for_each(|c| visit(c, projection));
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -71,6 +71,7 @@ mod compiler;
 mod config;
 mod eval;
 mod path;
+mod projection;
 
 #[cfg(test)]
 mod tests;
@@ -78,6 +79,7 @@ mod tests;
 pub use compiler::{RuleError, compile};
 pub use config::ConditionConfig;
 pub use eval::{EventView, Rule};
+pub use projection::Projection;
 
 /// A JSONPath compiled once, for modules that pick one value out of a body (e.g. a source's
 /// dedupe key), with the same parser and semantics as conditions.
@@ -101,6 +103,11 @@ impl JsonPath {
     /// Replaces every selected value with `with` (paths from [`JsonPath::parse_writable`]).
     pub fn replace_all(&self, body: &mut serde_json::Value, with: &serde_json::Value) {
         self.0.replace_all(body, with);
+    }
+
+    /// Adds what this path can read to `projection`.
+    pub fn read_by(&self, projection: &mut Projection) {
+        projection.add(&self.0);
     }
 
     /// The first value the path selects in `body`.

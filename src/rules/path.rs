@@ -16,8 +16,10 @@ use serde_json::Value;
 pub(super) enum BodyPath {
     /// Names, indexes and wildcards only: walked in place.
     Direct(Box<[Step]>),
-    /// Filters, slices, descendants or unions: evaluated by `jsonpath-rust`.
-    General(Box<JpQuery>),
+    /// Filters, slices, descendants or unions: evaluated by `jsonpath-rust`. The steps are the
+    /// plain navigation it starts with, below which it may read anything; `None` when it may read
+    /// anywhere in the document (a `$` inside a filter).
+    General(Box<JpQuery>, Option<Box<[Step]>>),
 }
 
 /// One navigation step of a [`BodyPath::Direct`] path, with RFC 9535 semantics.
@@ -38,7 +40,14 @@ impl BodyPath {
         let steps: Option<Box<[Step]>> = query.segments.iter().map(lower).collect();
         Ok(match steps {
             Some(steps) => BodyPath::Direct(steps),
-            None => BodyPath::General(Box::new(query)),
+            None => {
+                // what follows the leading navigation may read the whole subtree below it; a
+                // `$` past the first character (an absolute query in a filter, or a string that
+                // holds one: either way, be safe) may read anywhere
+                let prefix = (!path.trim_start()[1..].contains('$'))
+                    .then(|| query.segments.iter().map_while(lower).collect::<Box<[Step]>>());
+                BodyPath::General(Box::new(query), prefix)
+            }
         })
     }
 
@@ -49,7 +58,7 @@ impl BodyPath {
             BodyPath::Direct(steps) => walk(steps, body, &mut visit),
             // An `Err` means the query produced a computed value rather than nodes of the body,
             // which a parsed query never does; treat it as selecting nothing.
-            BodyPath::General(query) => {
+            BodyPath::General(query, _) => {
                 js_path_process(query, body).is_ok_and(|nodes| nodes.iter().any(|node| visit(node.val)))
             }
         }
@@ -87,12 +96,21 @@ impl BodyPath {
                 walk_mut(steps, body, with);
                 true
             }
-            BodyPath::General(_) => false,
+            BodyPath::General(..) => false,
         }
     }
 
     pub(super) fn is_direct(&self) -> bool {
         matches!(self, BodyPath::Direct(_))
+    }
+
+    /// The part of a document the path can read: `(steps, true)` is everything below the node the
+    /// steps lead to; `(_, false)` is the whole document.
+    pub(super) fn reads(&self) -> Option<&[Step]> {
+        match self {
+            BodyPath::Direct(steps) => Some(steps),
+            BodyPath::General(_, prefix) => prefix.as_deref(),
+        }
     }
 }
 
@@ -188,7 +206,7 @@ mod tests {
     #[test]
     fn other_paths_use_the_library() {
         for source in ["$..a", "$.a[1:3]", "$['a','b']", "$.a[?@.b == 1]", "$.a[0,1]"] {
-            assert!(matches!(BodyPath::parse(source).unwrap(), BodyPath::General(_)), "{source}");
+            assert!(matches!(BodyPath::parse(source).unwrap(), BodyPath::General(..)), "{source}");
         }
     }
 

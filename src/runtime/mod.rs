@@ -62,6 +62,8 @@ pub struct Source {
     pub routes: Vec<usize>,
     /// Whether any of those routes reads the JSON body (if not, the body is never parsed).
     pub needs_body: bool,
+    /// What the routes' conditions and the dedupe key can read of a body: only that is parsed.
+    pub projection: crate::rules::Projection,
     /// Sender headers not forwarded to destinations (nor stored).
     pub never_forward: Vec<HeaderName>,
     pub dedupe: Option<Dedupe>,
@@ -228,12 +230,18 @@ pub fn build_from_text(
                     never_forward.push(h);
                 }
                 let needs_body = needs_body || matches!(dedupe, Some(Dedupe { key: DedupeKey::Path(_), .. }));
+                let mut projection = crate::rules::Projection::default();
+                mine.iter().for_each(|i| routes[*i].rule.read_by(&mut projection));
+                if let Some(Dedupe { key: DedupeKey::Path(p), .. }) = &dedupe {
+                    p.read_by(&mut projection);
+                }
                 sources.push(Source {
                     name: name.as_str().into(),
                     path: s.path.clone(),
                     verifier,
                     routes: mine,
                     needs_body,
+                    projection,
                     never_forward,
                     dedupe,
                 });
@@ -445,8 +453,9 @@ impl Snapshot {
     }
 
     /// A body for a debug log line: JSON with the `server.log_redact` paths masked, else a note.
-    pub fn loggable_body(&self, body: &[u8], parsed: Option<&serde_json::Value>) -> String {
-        let mut v = match parsed.cloned().or_else(|| serde_json::from_slice(body).ok()) {
+    /// Parsed whole here (the routing parse keeps only what conditions read).
+    pub fn loggable_body(&self, body: &[u8]) -> String {
+        let mut v = match serde_json::from_slice(body).ok() {
             Some(v) => v,
             None => return format!("<{} bytes, not JSON>", body.len()),
         };
@@ -457,10 +466,12 @@ impl Snapshot {
         v.to_string()
     }
 
-    /// The JSON body, parsed only when a route or the dedupe key of `source` needs it. A body that
-    /// is not JSON gives `None`: it simply fails every body condition.
+    /// The JSON body, parsed only when a route or the dedupe key of `source` needs it, and then
+    /// only the parts they can read (see [`crate::rules::Projection`]): a large body costs its
+    /// bytes, not a tree of every value in it. A body that is not JSON gives `None`: it simply
+    /// fails every body condition.
     pub fn parse_body(&self, source: &Source, event: &Event) -> Option<serde_json::Value> {
-        if source.needs_body { serde_json::from_slice(&event.body).ok() } else { None }
+        if source.needs_body { source.projection.parse(&event.body) } else { None }
     }
 
     /// Indexes of the routes of `source` that `event` matches.

@@ -108,7 +108,7 @@ impl Gateway {
         tracing::Span::current().record("event_id", tracing::field::display(&event.id));
         let body_json = snap.parse_body(source, &event);
         if tracing::enabled!(tracing::Level::DEBUG) {
-            debug!(body = %snap.loggable_body(&event.body, body_json.as_ref()), "event body");
+            debug!(body = %snap.loggable_body(&event.body), "event body");
         }
         let routes = snap.matching_routes(source, &event, body_json.as_ref());
         // computed once: stored with the event and handed to plugins
