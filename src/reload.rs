@@ -243,10 +243,15 @@ fn keep_restart_only_settings(old: &Snapshot, new: &mut Snapshot) -> Vec<String>
         changed.push("server.max_connections".to_string());
         new.server.max_connections = old.server.max_connections;
     }
-    if old.admin.listen != new.admin.listen || old.admin.enabled != new.admin.enabled {
-        changed.push("admin.listen / admin.enabled".to_string());
-        new.admin.listen = old.admin.listen;
-        new.admin.enabled = old.admin.enabled;
+    if old.server.max_header_bytes != new.server.max_header_bytes {
+        changed.push("server.max_header_bytes".to_string());
+        new.server.max_header_bytes = old.server.max_header_bytes;
+    }
+    let admin_listener = |a: &crate::config::AdminConfig| (a.listen, a.enabled, a.max_connections, a.request_timeout);
+    if admin_listener(&old.admin) != admin_listener(&new.admin) {
+        changed.push("admin.listen / enabled / max_connections / request_timeout".to_string());
+        let token = new.admin.token.take();
+        new.admin = crate::config::AdminConfig { token, ..old.admin.clone() };
     }
     if old.storage.path != new.storage.path || old.storage.sync != new.storage.sync {
         changed.push("storage.path / storage.sync".to_string());

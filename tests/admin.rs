@@ -757,3 +757,175 @@ async fn a_paused_destination_removed_by_a_reload_fails_its_deliveries_and_frees
     assert_eq!(case_of(&keep.wait_for(1, WAIT).await[0]), "after");
     assert!(temp2.requests().is_empty(), "the paused destination received nothing");
 }
+
+// --- the admin listener cannot stop ingress ---------------------------------------------------
+
+/// Runs `hookyard run` on `yaml` (written to `dir`) with `RLIMIT_NOFILE` set to `soft`/`hard`
+/// before exec, as `ulimit -n` or a service manager would start it.
+#[cfg(target_os = "linux")]
+async fn start_with_nofile(dir: &ConfigDir, yaml: &str, soft: u64, hard: u64) -> Process {
+    let config = dir.path("routes.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let mut cmd = hookyard();
+    cmd.arg("run").arg("--config").arg(&config);
+    // SAFETY: the closure only makes the setrlimit system call (async-signal-safe, no allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            use rustix::process::{Resource, Rlimit, setrlimit};
+            setrlimit(Resource::Nofile, Rlimit { current: Some(soft), maximum: Some(hard) })
+                .map_err(std::io::Error::from)
+        });
+    }
+    Process::spawn(cmd, dir.path("stderr.log")).await
+}
+
+/// How many established TCP connections to local `port` the process `pid` holds a descriptor
+/// of (connections still in the kernel's accept queue have none).
+#[cfg(target_os = "linux")]
+fn held_connections(pid: u32, port: u16) -> usize {
+    let inodes: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
+        .collect();
+    let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).expect("read /proc/PID/net/tcp");
+    tcp.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f[1].rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            // state 01 is ESTABLISHED; field 9 is the socket's inode
+            local_port == Some(port) && f[3] == "01" && inodes.contains(f[9])
+        })
+        .count()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_admin_flood_is_held_to_its_limit_and_ingress_keeps_serving() {
+    const FLOOD: usize = 300;
+    const LIMIT: usize = 8;
+    let dir = ConfigDir::new();
+    let yaml = format!(
+        "server: {{ listen: \"127.0.0.1:0\" }}\n\
+         admin: {{ listen: \"127.0.0.1:0\", token: \"{TOKEN}\", max_connections: {LIMIT}, request_timeout: 60s }}\n\
+         storage: {{ path: hookyard.db, sync: normal }}\n\
+         delivery: {{ max_in_flight: 16 }}\n\
+         sources:\n  app:\n    path: /hooks/app\n    verify: {{ scheme: none }}\n"
+    );
+    // 256 descriptors in all, as a small container may allow: 300 idle admin connections took
+    // every one of them, and ingress could accept nothing. Ingress gets 256 - 64 (own files) - 16
+    // (delivery attempts) - 8 (admin) = 168.
+    let gw = start_with_nofile(&dir, &yaml, 256, 256).await;
+    let admin = AdminApi::of(&gw).await;
+    let pid = pid_of(&dir.path("routes.yaml"));
+
+    // FLOOD connections without a token that never send a byte.
+    let mut connects = tokio::task::JoinSet::new();
+    for _ in 0..FLOOD {
+        let addr = admin.addr;
+        connects.spawn(async move { tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr)).await });
+    }
+    let mut flood = Vec::new();
+    while let Some(c) = connects.join_next().await {
+        flood.push(c.unwrap().expect("admin connect within WAIT").expect("admin connect"));
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while held_connections(pid, admin.addr.port()) < LIMIT {
+        assert!(std::time::Instant::now() < deadline, "the gateway never took {LIMIT} admin connections");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Ingress serves while the flood is held, each request on a new connection.
+    for i in 0..20 {
+        post_to(gw.addr, "/hooks/app", &[], &format!(r#"{{"n":{i}}}"#)).await.accepted_id();
+    }
+    let held = held_connections(pid, admin.addr.port());
+    assert_eq!(held, LIMIT, "admin connections held while {FLOOD} are open");
+    gw.wait_for_log_lines(&["connection limits", "nofile=256", "ingress=168", "admin=8"], 1, WAIT).await;
+    assert!(!gw.logs_contain("accept failed"), "{}", gw.logs());
+
+    // Once the flood goes away, the admin API answers again.
+    drop(flood);
+    let a = admin.get("/healthz").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let r = admin.get_json("/readyz").await;
+    assert_eq!(r["ready"], true, "{r}");
+}
+
+#[tokio::test]
+async fn a_half_sent_admin_request_is_closed_within_admin_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&format!(
+        "server: {{ listen: \"127.0.0.1:0\" }}\nadmin: {{ listen: \"127.0.0.1:0\", token: \"{TOKEN}\", request_timeout: 500ms }}\n"
+    ))
+    .await;
+    let admin = AdminApi::of(&gw).await;
+    let cases = [
+        ("an idle connection", String::new()),
+        ("a head without its end", "GET /readyz HTTP/1.1\r\nHost: admin\r\n".to_string()),
+        (
+            "a body shorter than its Content-Length",
+            format!(
+                "POST /api/v1/reload HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 10\r\n\r\n{{\"a\""
+            ),
+        ),
+    ];
+    let mut set = tokio::task::JoinSet::new();
+    for (what, sent) in cases {
+        let addr = admin.addr;
+        set.spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(sent.as_bytes()).await.expect("write");
+            let started = std::time::Instant::now();
+            let mut got = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+            (
+                what,
+                read.map(|r| r.map(|_| ()).map_err(|e| e.kind())),
+                started.elapsed(),
+                String::from_utf8_lossy(&got).into_owned(),
+            )
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let (what, read, took, got) = r.unwrap();
+        let closed = matches!(read, Ok(Ok(())) | Ok(Err(std::io::ErrorKind::ConnectionReset)));
+        let answer_ok = if what.starts_with("a body") {
+            got.starts_with("HTTP/1.1 408 ") && got.ends_with(r#"{"error":"request timeout"}"#)
+        } else {
+            got.is_empty()
+        };
+        if !closed || !answer_ok || took < Duration::from_millis(450) || took > Duration::from_secs(3) {
+            failures.push(format!("{what}: {read:?} after {took:?}, answered {got:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "with admin.request_timeout 500ms:\n{}", failures.join("\n"));
+    assert_eq!(admin.get("/healthz").await.status, StatusCode::OK);
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_limit_and_sizes_the_connection_limits() {
+    let dir = ConfigDir::new();
+    let yaml =
+        "server: { listen: \"127.0.0.1:0\" }\nadmin: { listen: \"127.0.0.1:0\" }\nstorage: { path: hookyard.db }\n";
+    let gw = start_with_nofile(&dir, yaml, 200, 512).await;
+    let pid = pid_of(&dir.path("routes.yaml"));
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("Max open files in /proc/PID/limits");
+    let soft_hard: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(soft_hard, ["512", "512"], "{line}");
+    let raised = gw.wait_for_log_lines(&["raised the open-file limit"], 1, WAIT).await;
+    assert!(raised[0].contains("from=200") && raised[0].contains("to=512"), "{}", raised[0]);
+    // 512 - 64 kept for the process's own files - 256 delivery attempts (delivery.max_in_flight)
+    // = 192 for inbound connections: admin gets 192 / 8 = 24 (at most 64), ingress the rest.
+    let sized = gw.wait_for_log_lines(&["connection limits"], 1, WAIT).await;
+    assert!(
+        sized[0].contains("nofile=512") && sized[0].contains("ingress=168") && sized[0].contains("admin=24"),
+        "{}",
+        sized[0]
+    );
+}

@@ -711,3 +711,85 @@ routes:
     cases.sort();
     assert_eq!(cases, ["control", "d-1", "d-2", "evt_1", "evt_1 at github", "no id 1", "no id 2"]);
 }
+
+// --- Header size ------------------------------------------------------------------------------
+
+/// A request to `/hooks/open` whose head (request line, header lines and the blank line) is
+/// exactly `head_bytes` long, padded with one `X-Pad` header, with a 2-byte body.
+fn request_with_head_of(head_bytes: usize) -> Vec<u8> {
+    let start = "POST /hooks/open HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nX-Pad: ";
+    let end = "\r\n\r\n";
+    let pad = head_bytes.checked_sub(start.len() + end.len()).expect("a head at least this long");
+    let mut r = format!("{start}{}{end}", "p".repeat(pad)).into_bytes();
+    assert_eq!(r.len(), head_bytes);
+    r.extend_from_slice(b"{}");
+    r
+}
+
+/// Sends `request` on a new connection while reading the answer, as a sender that reads while
+/// it writes does (the gateway may answer before it has read everything), and returns the
+/// status line and whatever else arrived before the gateway closed the connection.
+async fn status_line_of(gw: &Gateway, request: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    // a write that fails because the gateway already answered and closed is not the point
+    let writer = tokio::spawn(async move { wr.write_all(&request).await.map(|_| wr) });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(WAIT, async {
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    assert!(read.is_ok(), "no status line within {WAIT:?}; got {:?}", String::from_utf8_lossy(&got));
+    let text = String::from_utf8_lossy(&got).into_owned();
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn headers_over_server_max_header_bytes_get_431() {
+    let gw = Gateway::start(
+        r#"
+server: { listen: "127.0.0.1:0", max_header_bytes: 4096 }
+sources:
+  open:
+    path: /hooks/open
+    verify: { scheme: none }
+"#,
+    )
+    .await;
+    // The limit counts the whole head as received: request line, header lines, blank line.
+    assert_eq!(status_line_of(&gw, request_with_head_of(4096)).await, "HTTP/1.1 202 Accepted");
+    assert_eq!(status_line_of(&gw, request_with_head_of(4097)).await, "HTTP/1.1 431 Request Header Fields Too Large");
+    assert_eq!(status_line_of(&gw, request_with_head_of(40_000)).await, "HTTP/1.1 431 Request Header Fields Too Large");
+    // Many small headers count the same way.
+    let mut many = "POST /hooks/open HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n".to_string();
+    for i in 0..90 {
+        many.push_str(&format!("X-H{i:02}: {}\r\n", "v".repeat(40)));
+    }
+    many.push_str("\r\n{}");
+    assert!(many.len() > 4096);
+    assert_eq!(status_line_of(&gw, many.into_bytes()).await, "HTTP/1.1 431 Request Header Fields Too Large");
+    gw.post("/hooks/open", &[], BODY).await.accepted_id();
+}
+
+#[tokio::test]
+async fn the_default_header_limit_is_64_kib() {
+    let gw = open_gateway(64 * 1024).await;
+    assert_eq!(status_line_of(&gw, request_with_head_of(64 * 1024)).await, "HTTP/1.1 202 Accepted");
+    assert_eq!(
+        status_line_of(&gw, request_with_head_of(64 * 1024 + 1)).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    // What was accepted and stored with the event before the limit existed.
+    assert_eq!(
+        status_line_of(&gw, request_with_head_of(384 * 1024)).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+}

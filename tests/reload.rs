@@ -6,7 +6,10 @@
 //!
 //! "Which config is active" is observed two ways: the version in `/api/v1/status` (the one
 //! `hookyard check` prints for the file), and behaviour: config A routes every event to
-//! destination `a` (path `/a` of the sink), config B to `b` (`/b`).
+//! destination `a` (path `/a` of the sink), config B to `b` (`/b`). The load test's two configs
+//! differ in several places that must change together (see `coupled`), and some of its requests
+//! send their head before a swap and their body after it, so a request that saw half of each
+//! config would show.
 
 mod admin_support;
 mod common;
@@ -481,8 +484,57 @@ async fn queued_deliveries_follow_the_current_config() {
 
 // --- load -------------------------------------------------------------------------------------
 
+/// The load test's configs differ in four places that must change together, so that a request
+/// that saw half of one config and half of the other would show at the receiver:
+/// - the source's verify secret: the sender signs each request with config A's or B's secret
+///   (`X-Key` says which), and only the active config's secret verifies;
+/// - the route's destination: A routes to `a`, B to `b` (so `a` must only get A-signed events);
+/// - each destination's URL (`/a/A` under A, `/a/B` under B), its added header `X-Config`, and
+///   its signing secret: one attempt must use all three from the same config.
+fn coupled(sink: &Sink, config: char) -> String {
+    let route_to = match config {
+        'A' => "a",
+        'B' => "b",
+        _ => "nope", // refused: an unknown destination
+    };
+    let c = if config == 'B' { 'B' } else { 'A' };
+    let mut yaml = format!(
+        r#"# config {config}
+server: {{ listen: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0", token: "{TOKEN}" }}
+storage: {{ path: hookyard.db, sync: normal }}
+egress: {{ allow: [127.0.0.0/8] }}
+sources:
+  app:
+    path: /hooks/app
+    verify: {{ scheme: hmac, header: X-Signature, secret: {in_secret} }}
+destinations:
+"#,
+        in_secret = inbound_secret(c),
+    );
+    for d in ['a', 'b'] {
+        yaml.push_str(&format!(
+            "  {d}:\n    url: {url}\n    headers: {{ X-Config: \"{c}\" }}\n    sign: {{ scheme: standard-webhooks, secret: \"{out}\" }}\n    retry: {{ schedule: [100ms, 100ms], jitter: 0, throttle_floor: 0s }}\n",
+            url = sink.url(&format!("/{d}/{c}")),
+            out = outbound_secret(c),
+        ));
+    }
+    yaml.push_str(&format!("routes:\n  - name: main\n    source: app\n    to: [{route_to}]\n"));
+    yaml
+}
+
+fn inbound_secret(config: char) -> String {
+    format!("load-inbound-secret-{config}")
+}
+
+fn outbound_secret(config: char) -> String {
+    format!("whsec_{}", b64(format!("load-outbound-key-{config}-0123456789").as_bytes()))
+}
+
 struct Sent {
     seq: u64,
+    /// The config whose inbound secret signed the request.
+    key: char,
     id: String,
     start: Instant,
     end: Instant,
@@ -496,6 +548,88 @@ struct Swap {
     end: Instant,
     from: char,
     to: char,
+}
+
+/// The configs that may have been active at some point between `start` and `end`: the one
+/// active at `start`, and both sides of every swap that overlaps.
+fn possible(swaps: &[Swap], start: Instant, end: Instant) -> Vec<char> {
+    let mut p = vec![swaps.iter().rev().find(|w| w.end <= start).map_or('A', |w| w.to)];
+    for w in swaps.iter().filter(|w| w.start < end && w.end > start && w.from != w.to) {
+        p.extend([w.from, w.to]);
+    }
+    p.sort();
+    p.dedup();
+    p
+}
+
+/// A request whose head the gateway has taken (it answered `100 Continue`, so the handler has
+/// loaded its config and is reading the body) and whose body is not sent yet.
+struct Straddler {
+    seq: u64,
+    key: char,
+    stream: tokio::net::TcpStream,
+    body: String,
+    start: Instant,
+}
+
+impl Straddler {
+    async fn begin(addr: std::net::SocketAddr, seq: u64, key: char) -> Straddler {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let start = Instant::now();
+        let body = format!(r#"{{"seq":{seq}}}"#);
+        let signature = hex::encode(hmac_sha256(inbound_secret(key).as_bytes(), &[body.as_bytes()]));
+        let head = format!(
+            "POST /hooks/app HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\
+             X-Seq: {seq}\r\nX-Key: {key}\r\nX-Signature: {signature}\r\n\r\n",
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("write head");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        tokio::time::timeout(WAIT, async {
+            while !got.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.expect("read 100 Continue");
+                assert!(n > 0, "closed before 100 Continue: {:?}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("100 Continue within WAIT");
+        assert_eq!(String::from_utf8_lossy(&got), "HTTP/1.1 100 Continue\r\n\r\n");
+        Straddler { seq, key, stream, body, start }
+    }
+
+    /// Sends the body; returns when the request began, and the status and body of the answer.
+    async fn finish(mut self) -> (Instant, u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream.write_all(self.body.as_bytes()).await.expect("write body");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let answer = tokio::time::timeout(WAIT, async {
+            loop {
+                let text = String::from_utf8_lossy(&got).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok());
+                    if len.is_some_and(|n| body.len() >= n) {
+                        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+                        return (status, body.to_string());
+                    }
+                }
+                let n = self.stream.read(&mut buf).await.expect("read answer");
+                assert!(n > 0, "closed before a whole answer: {text:?}");
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("an answer within WAIT");
+        (self.start, answer.0, answer.1)
+    }
 }
 
 fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
@@ -513,7 +647,7 @@ async fn a_steady_stream_survives_100_reloads_and_each_event_follows_its_config(
     const RELOADS: usize = 100;
     const PACE: Duration = Duration::from_millis(90);
     let sink = Sink::start().await;
-    let configs = [('A', routes(&sink, "a", "")), ('B', routes(&sink, "b", "")), ('!', routes(&sink, "nope", ""))];
+    let configs = [('A', coupled(&sink, 'A')), ('B', coupled(&sink, 'B')), ('!', coupled(&sink, '!'))];
     let node = Node::with(&configs[0].1).await;
     let url = format!("http://{}/hooks/app", node.process.addr);
 
@@ -525,24 +659,32 @@ async fn a_steady_stream_survives_100_reloads_and_each_event_follows_its_config(
         let (stop, reloading, next, url) = (stop.clone(), reloading.clone(), next.clone(), url.clone());
         senders.spawn(async move {
             let client = http_client();
-            let (mut sent, mut failures) = (Vec::new(), Vec::new());
+            let (mut sent, mut refused, mut failures) = (Vec::new(), Vec::new(), Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 let seq = next.fetch_add(1, Ordering::Relaxed);
+                // signed for A or for B, alternately
+                let key = if seq.is_multiple_of(2) { 'A' } else { 'B' };
                 let during = reloading.load(Ordering::Relaxed);
+                let body = format!(r#"{{"seq":{seq}}}"#);
+                let signature = hex::encode(hmac_sha256(inbound_secret(key).as_bytes(), &[body.as_bytes()]));
+                let (seq_text, key_text) = (seq.to_string(), key.to_string());
+                let headers = [("X-Seq", seq_text.as_str()), ("X-Key", key_text.as_str()), ("X-Signature", &signature)];
                 let start = Instant::now();
-                let seq_text = seq.to_string();
-                let r = try_post(&client, &url, &[("X-Seq", &seq_text)], format!(r#"{{"seq":{seq}}}"#)).await;
+                let r = try_post(&client, &url, &headers, body).await;
                 let end = Instant::now();
                 match r {
                     Ok(a) if a.status == 202 => {
                         let id = a.json()["id"].as_str().unwrap_or_default().to_string();
-                        sent.push(Sent { seq, id, start, end, reloading: during })
+                        sent.push(Sent { seq, key, id, start, end, reloading: during })
+                    }
+                    Ok(a) if a.status == 401 => {
+                        refused.push(Sent { seq, key, id: String::new(), start, end, reloading: during })
                     }
                     Ok(a) => failures.push(format!("#{seq}: {} {}", a.status, a.text())),
                     Err(e) => failures.push(format!("#{seq}: {e}")),
                 }
             }
-            (sent, failures)
+            (sent, refused, failures)
         });
     }
 
@@ -551,9 +693,18 @@ async fn a_steady_stream_survives_100_reloads_and_each_event_follows_its_config(
     let mut swaps = Vec::new();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     let mut active = 'A';
+    let (mut straddled, mut straddled_refused, mut straddle_problems) = (Vec::new(), 0, Vec::new());
     for i in 0..RELOADS {
         // B, broken, A, B, broken, A, …
         let (name, text) = &configs[[1, 2, 0][i % 3]];
+        // Two requests straddle each swap: their head (and so their config) is taken before it,
+        // their body sent after it; one is signed for the config going, one for the one coming.
+        let mut straddling = Vec::new();
+        if *name != '!' {
+            for key in [active, *name] {
+                straddling.push(Straddler::begin(node.process.addr, next.fetch_add(1, Ordering::Relaxed), key).await);
+            }
+        }
         let start = Instant::now();
         write_rename(&node.config, text);
         let r = node.admin.post("/api/v1/reload", "").await;
@@ -562,25 +713,45 @@ async fn a_steady_stream_survives_100_reloads_and_each_event_follows_its_config(
         match (result.as_str(), *name) {
             ("reloaded" | "unchanged", 'A' | 'B') => {
                 swaps.push(Swap { start, end, from: active, to: *name });
-                active = *name;
             }
             ("failed", '!') => assert_eq!(r.status, 422),
             _ => panic!("reload {i} of {name}: {} {}", r.status, r.text()),
         }
         *outcomes.entry(result).or_default() += 1;
+        for st in straddling {
+            let (key, seq) = (st.key, st.seq);
+            let (sent_at, status, body) = st.finish().await;
+            match (key == active, status) {
+                (true, 202) => {
+                    let id = serde_json::from_str::<Value>(&body).unwrap()["id"].as_str().unwrap().to_string();
+                    straddled.push(Sent { seq, key, id, start: sent_at, end: Instant::now(), reloading: true });
+                }
+                (false, 401) => straddled_refused += 1,
+                (going, status) => straddle_problems.push(format!(
+                    "#{seq} signed for the config {} ({key}), head before the swap to {name}: {status} {body}",
+                    if going { "going" } else { "coming" }
+                )),
+            }
+        }
+        if *name != '!' {
+            active = *name;
+        }
         tokio::time::sleep(PACE).await;
     }
     reloading.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
-    let (mut sent, mut failures) = (Vec::new(), Vec::new());
+    let (mut sent, mut refused, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     while let Some(r) = senders.join_next().await {
-        let (s, f) = r.expect("sender task");
+        let (s, x, f) = r.expect("sender task");
         sent.extend(s);
+        refused.extend(x);
         failures.extend(f);
     }
+    let straddled_accepted = straddled.len();
+    sent.extend(straddled);
 
     // Every accepted event arrives, once, at the sink of a config that was active while it was
-    // being accepted.
+    // being accepted, and every part of the request and of its delivery comes from one config.
     let total = sent.len();
     let seq_of = |r: &Recorded| -> u64 { r.must("x-seq").parse().unwrap() };
     let accepted: std::collections::BTreeSet<u64> = sent.iter().map(|s| s.seq).collect();
@@ -591,24 +762,56 @@ async fn a_steady_stream_survives_100_reloads_and_each_event_follows_its_config(
         })
         .await
         .unwrap_or_else(|r| r);
+    let by_seq: BTreeMap<u64, &Sent> = sent.iter().map(|s| (s.seq, s)).collect();
+    let config_of = |c: char| c.to_ascii_uppercase();
     let mut arrived: BTreeMap<u64, Vec<char>> = BTreeMap::new();
     let mut ids: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut mixed = Vec::new();
     for r in &got {
-        arrived.entry(seq_of(r)).or_default().push(if r.path == "/a" { 'A' } else { 'B' });
-        ids.entry(seq_of(r)).or_default().push(r.must("webhook-id").to_string());
+        let seq = seq_of(r);
+        // /<destination>/<config of the attempt>
+        let (dest, attempt) = match r.path.as_bytes() {
+            [b'/', d @ (b'a' | b'b'), b'/', c @ (b'A' | b'B')] => (config_of(*d as char), *c as char),
+            _ => panic!("unexpected path {}", r.path),
+        };
+        arrived.entry(seq).or_default().push(dest);
+        ids.entry(seq).or_default().push(r.must("webhook-id").to_string());
+        let key = r.must("x-key").chars().next().unwrap();
+        // accepted: verified with `key`'s secret, so routed by `key`'s route
+        if dest != key {
+            mixed.push(format!("#{seq}: signed for {key} (verified by {key}) but routed to {}", r.path));
+        }
+        // attempted: URL, added header and signing secret of one config
+        let header = r.must("x-config");
+        let want = standard_webhooks_signature(
+            &outbound_secret(attempt),
+            r.must("webhook-id"),
+            r.must("webhook-timestamp"),
+            &r.body,
+        );
+        if header != attempt.to_string() || r.must("webhook-signature") != want {
+            mixed.push(format!(
+                "#{seq}: sent to {} with X-Config {header} and a signature {} config {attempt}'s",
+                r.path,
+                if r.must("webhook-signature") == want { "of" } else { "not of" }
+            ));
+        }
+        // ... and of a config active between the request and the attempt
+        if let Some(s) = by_seq.get(&seq)
+            && !possible(&swaps, s.start, r.at).contains(&attempt)
+        {
+            mixed.push(format!("#{seq}: attempted under {attempt}, which was not active meanwhile"));
+        }
     }
     let (mut wrong, mut missing, mut twice, mut ambiguous) = (Vec::new(), Vec::new(), Vec::new(), 0);
     let mut per_sink: BTreeMap<char, usize> = BTreeMap::new();
     for s in &sent {
-        // the config active when the request started, and any it was swapped to meanwhile
-        let mut possible = vec![swaps.iter().rev().find(|w| w.end <= s.start).map_or('A', |w| w.to)];
-        for w in swaps.iter().filter(|w| w.start < s.end && w.end > s.start && w.from != w.to) {
-            possible.extend([w.from, w.to]);
-        }
-        possible.sort();
-        possible.dedup();
+        let possible = possible(&swaps, s.start, s.end);
         if possible.len() > 1 {
             ambiguous += 1;
+        }
+        if !possible.contains(&s.key) {
+            wrong.push(format!("#{} signed for {} accepted while only {possible:?} was active", s.seq, s.key));
         }
         match arrived.get(&s.seq).map(Vec::as_slice) {
             None => missing.push(s.seq),
@@ -632,26 +835,39 @@ async fn a_steady_stream_survives_100_reloads_and_each_event_follows_its_config(
             }
         }
     }
+    // A 401 is right only when a config other than the one it was signed for may have been active.
+    let wrongly_refused: Vec<String> = refused
+        .iter()
+        .filter(|s| possible(&swaps, s.start, s.end) == [s.key])
+        .map(|s| format!("#{} signed for {} refused while {} was active", s.seq, s.key, s.key))
+        .collect();
     let lat = |during: bool| {
         percentile(sent.iter().filter(|s| s.reloading == during).map(|s| s.end - s.start).collect(), 0.99)
     };
     let count = |during: bool| sent.iter().filter(|s| s.reloading == during).count();
     eprintln!(
-        "load: {} requests accepted ({} without reloads, {} during), {} failed; {RELOADS} reloads {outcomes:?}; \
-         p99 latency without reloads {:?}, during reloads {:?}; delivered to A {}, to B {}; {ambiguous} accepted across a swap",
+        "load: {} requests accepted ({} without reloads, {} during), {} refused (signed for the other config), {} failed; \
+         {RELOADS} reloads {outcomes:?}; p99 latency without reloads {:?}, during reloads {:?}; delivered to A {}, to B {}; \
+         {ambiguous} accepted across a swap; {straddled_accepted} accepted and {straddled_refused} refused with their head before \
+         a swap and their body after it; {} deliveries checked for a mix",
         total,
         count(false),
         count(true),
+        refused.len(),
         failures.len(),
         lat(false),
         lat(true),
         per_sink.get(&'A').unwrap_or(&0),
         per_sink.get(&'B').unwrap_or(&0),
+        got.len(),
     );
     // Every check, so one run shows every kind of problem.
     let mut problems = Vec::new();
     for (what, list) in [
         ("failed requests", &failures),
+        ("requests across a swap answered against the config of their head", &straddle_problems),
+        ("refused under the config they were signed for", &wrongly_refused),
+        ("saw parts of both configs", &mixed),
         ("delivered more than once", &twice),
         ("delivered under a config that was not active", &wrong),
         ("accepted but never delivered", &missing.iter().map(|s| format!("#{s}")).collect()),
@@ -671,6 +887,8 @@ async fn a_steady_stream_survives_100_reloads_and_each_event_follows_its_config(
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert!(count(true) >= 200, "a steady stream during the reloads: {}", count(true));
+    // the check above is not vacuous: requests did overlap swaps
+    assert!(ambiguous >= 10, "only {ambiguous} requests were accepted across a swap");
 }
 
 #[tokio::test]

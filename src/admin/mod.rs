@@ -4,6 +4,11 @@
 //!
 //! The API calls the same `ops` functions as the CLI.
 //!
+//! It must not be a way to stop ingress: it has its own connection limit (`admin.max_connections`,
+//! never more than ingress leaves of the open-file limit) and `admin.request_timeout` for a
+//! request's head and body and for idle connections, so neither a flood of connections nor a
+//! half-sent request holds descriptors for long (the shared accept loop is `server::listener`).
+//!
 //! | method | path | |
 //! |---|---|---|
 //! | GET | `/healthz` | process up (no token) |
@@ -18,24 +23,20 @@
 //! | POST | `/api/v1/destinations/{name}/pause` | body `{"reason": "..."}` optional |
 //! | POST | `/api/v1/destinations/{name}/resume` | |
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::ops::{self, OpsError};
 use crate::reload::Reloader;
@@ -44,6 +45,8 @@ use crate::store::DeliveryFilter;
 
 /// Largest admin request body (JSON commands are small).
 const MAX_ADMIN_BODY: usize = 64 * 1024;
+/// Largest admin request head (`431` beyond): a request line, a token and a few headers.
+const MAX_ADMIN_HEAD: usize = 16 * 1024;
 
 pub struct Admin {
     pub gateway: Arc<Gateway>,
@@ -108,9 +111,16 @@ impl Admin {
         let query = req.uri().query().unwrap_or("").to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let body = if method == Method::POST {
-            match Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "admin request body too large"),
+            let timeout = self.gateway.snapshot.load().admin.request_timeout.0;
+            match tokio::time::timeout(timeout, Limited::new(req.into_body(), MAX_ADMIN_BODY).collect()).await {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "admin request body too large"),
+                Err(_) => {
+                    warn!(path = %path, "admin request body not received within admin.request_timeout");
+                    let mut r = error(StatusCode::REQUEST_TIMEOUT, "request timeout");
+                    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    return r;
+                }
             }
         } else {
             Bytes::new()
@@ -337,32 +347,28 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Serves the admin API until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl std::future::Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut shutdown => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(req).await) }
-            });
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
-                debug!(error = %e, "admin connection ended with an error");
-            }
-        });
+impl crate::server::listener::Handler for Admin {
+    fn handle(&self, req: Request<Incoming>) -> impl std::future::Future<Output = Resp> + Send {
+        Admin::handle(self, req)
     }
+}
+
+/// Serves the admin API with at most `max_connections` connections, apart from ingress's (see
+/// [`crate::server::listener::ConnectionBudget`]), until `shutdown` resolves.
+pub async fn serve(
+    tcp: TcpListener,
+    admin: Arc<Admin>,
+    max_connections: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: std::time::Duration,
+) {
+    let limits = crate::server::listener::ConnectionLimits {
+        listener: "admin",
+        max_connections,
+        header_timeout: admin.gateway.snapshot.load().admin.request_timeout.0,
+        max_header_bytes: MAX_ADMIN_HEAD,
+    };
+    crate::server::listener::serve(tcp, limits, admin, shutdown, grace).await;
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use hookyard::admin::Admin;
 use hookyard::delivery::{Dispatcher, HttpTransport};
 use hookyard::reload::Reloader;
+use hookyard::server::listener::{ConnectionBudget, raise_open_file_limit};
 use hookyard::server::{self, Gateway};
 use hookyard::store::{Store, now_ms};
 use tracing::{error, info, warn};
@@ -32,7 +33,15 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
             anyhow::bail!("{} has {} problem(s); nothing started", config.display(), errors.0.len());
         }
     };
+    let nofile = open_file_limit();
     super::runtime()?.block_on(async move {
+        let budget = ConnectionBudget::plan(
+            nofile,
+            snapshot.delivery.max_in_flight,
+            snapshot.server.max_connections,
+            snapshot.admin.max_connections,
+        );
+        log_budget(nofile, &budget);
         let listen = snapshot.server.listen;
         let grace = snapshot.server.shutdown_grace.0;
         let storage = snapshot.storage.clone();
@@ -84,7 +93,7 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
         if let Some(l) = admin_listener {
             let admin_addr = l.local_addr()?;
             let admin = Arc::new(Admin { gateway: gateway.clone(), reloader: reloader.clone(), metrics, shutting_down: shutting_down.clone() });
-            tokio::spawn(hookyard::admin::serve(l, admin, stopped(stop_rx.clone())));
+            tokio::spawn(hookyard::admin::serve(l, admin, budget.admin, stopped(stop_rx.clone()), grace));
             println!("admin listening on {admin_addr}");
         }
         let flag = shutting_down.clone();
@@ -92,7 +101,7 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
             shutdown_signal().await;
             flag.store(true, Ordering::Release);
         };
-        server::serve(listener, gateway, signal, grace).await;
+        server::serve(listener, gateway, budget.ingress, signal, grace).await;
         info!("stopped accepting; finishing delivery attempts in flight");
         let _ = stop_tx.send(true);
         let _ = poller.await;
@@ -105,6 +114,39 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
         info!(pending, "stopped; pending deliveries stay due in the store");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Raises the soft open-file limit to the hard one (see `raise_open_file_limit`) and returns the
+/// limit in force (`None`: unlimited or unknown).
+fn open_file_limit() -> Option<u64> {
+    let l = raise_open_file_limit();
+    match (&l.error, l.raised_from, l.soft) {
+        (Some(e), _, soft) => warn!(error = %e, soft, "could not raise the open-file limit (RLIMIT_NOFILE)"),
+        (None, Some(from), Some(to)) => info!(from, to, "raised the open-file limit (RLIMIT_NOFILE) to its hard limit"),
+        _ => {}
+    }
+    l.soft
+}
+
+/// Logs the connection limits in force and what the open-file limit made of them.
+fn log_budget(nofile: Option<u64>, b: &ConnectionBudget) {
+    info!(
+        nofile,
+        ingress = b.ingress,
+        admin = b.admin,
+        "connection limits (server.max_connections, admin.max_connections)"
+    );
+    if b.ingress_over {
+        warn!(
+            nofile,
+            available = b.available,
+            ingress = b.ingress,
+            "server.max_connections is more than the descriptors left for connections; raise the hard open-file limit (LimitNOFILE=, ulimit -Hn) or lower it"
+        );
+    }
+    if b.admin_lowered {
+        warn!(admin = b.admin, "admin.max_connections lowered so that ingress keeps its connections");
+    }
 }
 
 /// Deletes finished events older than the retention, at start and then every `interval`.

@@ -348,8 +348,17 @@ impl Config {
         if self.admin.token.as_ref().is_some_and(|t| t.0.len() < 16) {
             errors.push(self.error("admin.token", "must be at least 16 characters"));
         }
-        if self.server.max_connections == 0 {
+        if self.server.max_connections == Some(0) {
             errors.push(self.error("server.max_connections", "must be greater than 0"));
+        }
+        if !(1024..=256 * 1024).contains(&self.server.max_header_bytes) {
+            errors.push(self.error("server.max_header_bytes", "must be between 1024 and 262144 (256 KiB)"));
+        }
+        if self.admin.max_connections == Some(0) {
+            errors.push(self.error("admin.max_connections", "must be greater than 0"));
+        }
+        if self.admin.request_timeout.0.is_zero() {
+            errors.push(self.error("admin.request_timeout", "must be greater than 0"));
         }
         let mut names: Vec<&str> = Vec::new();
         for (i, r) in &self.routes {

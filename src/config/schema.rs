@@ -21,9 +21,17 @@ pub struct ServerConfig {
     /// Largest request body accepted, in bytes. Default 1 MiB: GitHub caps payloads at 25 MB but real
     /// events are a few KiB; larger requests get `413` before their body is read to the end.
     pub max_body_bytes: usize,
+    /// Largest request head accepted: the request line, every header line and the blank line, in
+    /// bytes as received. Default 64 KiB (real senders send 1-4 KiB; Envoy's default is 60 KiB);
+    /// a larger head gets `431` before it is read to the end, and is never stored. Between 1 KiB
+    /// and 256 KiB (the HTTP parser's read buffer, about 400 KiB, must hold the whole head). More
+    /// than 100 header lines also get `431`.
+    pub max_header_bytes: usize,
     /// Most ingress connections served at once; further connections wait in the kernel's accept
-    /// queue. Default 1024 (bounds memory: each connection may hold a body of `max_body_bytes`).
-    pub max_connections: usize,
+    /// queue (1024 long) holding no descriptor. Default: sized from the open-file limit at start
+    /// (see "Connection limits" in the README), at most 1024 (bounds memory: each connection may
+    /// hold a body of `max_body_bytes`).
+    pub max_connections: Option<usize>,
     /// Time allowed to receive a whole request (headers and body). Default `30s`; a slower sender
     /// gets `408`, so a slow client cannot hold a connection slot forever.
     pub request_timeout: Dur,
@@ -40,7 +48,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
-            max_connections: 1024,
+            max_header_bytes: 64 * 1024,
+            max_connections: None,
             request_timeout: Dur(Duration::from_secs(30)),
             shutdown_grace: Dur(Duration::from_secs(10)),
             log_redact: Vec::new(),
@@ -60,11 +69,25 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
     /// Set to `false` to run without the admin listener.
     pub enabled: bool,
+    /// Most admin connections served at once, apart from ingress's; further ones wait in the
+    /// kernel's accept queue, so a flood of admin connections cannot use the descriptors ingress
+    /// needs. Default: an eighth of the descriptors left for connections, at most 64 (scrapers and
+    /// operators need few); never more than ingress leaves.
+    pub max_connections: Option<usize>,
+    /// Time an admin connection may take to send a request's head and body, and may stay idle
+    /// between requests; a half-sent request is closed (`408` if its body is late). Default `10s`.
+    pub request_timeout: Dur,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), token: None, enabled: true }
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token: None,
+            enabled: true,
+            max_connections: None,
+            request_timeout: Dur(Duration::from_secs(10)),
+        }
     }
 }
 

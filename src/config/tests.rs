@@ -78,7 +78,7 @@ egress: { allow: [not-a-net] }
 "#;
     let (_, errors) = parse(text);
     let want = [
-        "routes.yaml:3:3: server.listn: unknown field `listn`, expected one of `listen`, `max_body_bytes`, `max_connections`, `request_timeout`, `shutdown_grace`, `log_redact`",
+        "routes.yaml:3:3: server.listn: unknown field `listn`, expected one of `listen`, `max_body_bytes`, `max_header_bytes`, `max_connections`, `request_timeout`, `shutdown_grace`, `log_redact`",
         "routes.yaml:6:5: sources.github.path: must start with '/', got \"hooks/github\"",
         "routes.yaml:7:39: sources.github.verify.secret: environment variable MISSING_SECRET is not set (write ${MISSING_SECRET:-default} to give a default)",
         "routes.yaml:10:15: sources.stripe.verify.scheme: unknown variant `stripey`, expected one of `none`, `github`, `stripe`, `shopify`, `slack`, `standard-webhooks`, `hmac`, `basic`, `api-key`",

@@ -1,9 +1,12 @@
 //! The ingress listener: one path per source, size and time limits, verification, routing, and the
 //! hand-off to the delivery engine. The sender gets `202` only once the event's deliveries are queued.
 //!
+//! Accepting connections and their limits (shared with the admin listener) are in `listener`.
+//!
 //! Knows nothing of how deliveries are retried.
 
-use std::convert::Infallible;
+pub mod listener;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,12 +18,7 @@ use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER}
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::delivery::Dispatcher;
@@ -169,54 +167,33 @@ fn too_large(source: &str, limit: usize) -> Resp {
     r
 }
 
-/// Binds `addr` (port 0 picks a free port).
+/// Binds `addr` (port 0 picks a free port) with a [`listener::LISTEN_BACKLOG`]-long accept queue.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    listener::bind(addr)
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and gives in-flight requests up to
-/// `grace` to finish.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>, grace: Duration) {
-    let max_connections = gateway.snapshot.load().server.max_connections;
-    let header_timeout = gateway.snapshot.load().server.request_timeout.0;
-    let connections = Arc::new(Semaphore::new(max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(Some(header_timeout)).keep_alive(true);
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = connections.clone().acquire_owned() => p.expect("never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // e.g. EMFILE: back off instead of spinning
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let gw = gateway.clone();
-        let svc = service_fn(move |req| {
-            let gw = gw.clone();
-            async move { Ok::<_, Infallible>(gw.handle(req).await) }
-        });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
+impl listener::Handler for Gateway {
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Resp> + Send {
+        Gateway::handle(self, req)
     }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        warn!("in-flight requests did not finish within the shutdown grace period");
-    }
+}
+
+/// Serves ingress with at most `max_connections` connections (see
+/// [`listener::ConnectionBudget`]) until `shutdown` resolves, then stops accepting and gives
+/// in-flight requests up to `grace` to finish.
+pub async fn serve(
+    tcp: TcpListener,
+    gateway: Arc<Gateway>,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let server = gateway.snapshot.load().server.clone();
+    let limits = listener::ConnectionLimits {
+        listener: "ingress",
+        max_connections,
+        header_timeout: server.request_timeout.0,
+        max_header_bytes: server.max_header_bytes,
+    };
+    listener::serve(tcp, limits, gateway, shutdown, grace).await;
 }
