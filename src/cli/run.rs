@@ -32,6 +32,9 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
             anyhow::bail!("{} has {} problem(s); nothing started", config.display(), errors.0.len());
         }
     };
+    for w in &snapshot.warnings {
+        warn!(problem = %w, "config warning");
+    }
     super::runtime()?.block_on(async move {
         let listen = snapshot.server.listen;
         let grace = snapshot.server.shutdown_grace.0;

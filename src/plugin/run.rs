@@ -479,12 +479,16 @@ fn check_outcome(outcome: types::Outcome, limits: &Limits, allowed: &[String]) -
     if outputs.len() > limits.max_outputs {
         return Err(PluginError::TooManyOutputs { count: outputs.len(), limit: limits.max_outputs });
     }
-    outputs
+    let outputs: Vec<Output> = outputs
         .into_iter()
         .enumerate()
         .map(|(index, output)| check_output(index, output, limits, allowed))
-        .collect::<Result<_, _>>()
-        .map(Outcome::Emit)
+        .collect::<Result<_, _>>()?;
+    let total = outputs.iter().map(Output::size).sum();
+    if total > limits.max_total_output_bytes {
+        return Err(PluginError::OutputsTooLarge { total, limit: limits.max_total_output_bytes });
+    }
+    Ok(Outcome::Emit(outputs))
 }
 
 fn check_output(
