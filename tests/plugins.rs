@@ -162,7 +162,11 @@ async fn hostile_plugins_fail_only_their_event_and_follow_on_error() {
         ("memory_bomb", "memory", "plugin exceeded its memory limit of 4 MiB"),
         ("trap", "trap", "plugin trapped: wasm trap: wasm `unreachable` instruction executed"),
         ("huge_output", "output_too_large", "output 0 is 2097152 bytes, over the limit of 1048576 bytes"),
-        ("bad_destination", "bad_destination", "output names destination `evil`, which is not one of the route's (bad)"),
+        (
+            "bad_destination",
+            "bad_destination",
+            "output names destination `evil`, which is not one of the route's (bad)",
+        ),
     ];
     for (name, label, why) in cases {
         let reason = format!("transform failed ({label}): transform 0 ({name}): {why}");
@@ -209,7 +213,8 @@ async fn hostile_plugins_fail_only_their_event_and_follow_on_error() {
                     .output()
                     .await
                     .unwrap();
-                let rows: Vec<Value> = String::from_utf8_lossy(&status.stdout).lines().map(|l| json(l.as_bytes())).collect();
+                let rows: Vec<Value> =
+                    String::from_utf8_lossy(&status.stdout).lines().map(|l| json(l.as_bytes())).collect();
                 assert_eq!(rows.len(), 4, "{name}: the 4 events are kept as failed for replay");
                 for row in rows {
                     let error = row["last_error"].as_str().unwrap_or_else(|| panic!("{name}: no last_error in {row}"));
@@ -443,7 +448,8 @@ routes:
         assert_eq!(answer.status, 202, "{}", answer.text());
     }
     // the good route's 2 events, plus 10 outputs per event where the limit is raised to fit them
-    let got = sink.wait_until(WAIT, "22 deliveries to /good", |r| r.iter().filter(|r| r.path == "/good").count() == 22).await;
+    let got =
+        sink.wait_until(WAIT, "22 deliveries to /good", |r| r.iter().filter(|r| r.path == "/good").count() == 22).await;
     assert!(got.iter().filter(|r| r.path == "/good").all(|r| r.body.len() == 1_000_000 || r.body.len() < 10));
     assert_eq!(got.iter().filter(|r| r.path == "/bad").count(), 0);
     let reason = "transform failed (outputs_too_large): transform 0 (many_outputs): \

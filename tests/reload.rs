@@ -372,7 +372,11 @@ async fn an_empty_or_truncated_file_fails_the_reload() {
     let no_sources = format!(
         "{f}: sources: the new config has no sources, so every webhook would get 404; the running config stays (restart hookyard to run without sources)"
     );
-    let cases = [("empty", String::new(), &empty), ("comments", "# routes.yaml\n#\n".to_string(), &empty), ("truncated", truncated, &no_sources)];
+    let cases = [
+        ("empty", String::new(), &empty),
+        ("comments", "# routes.yaml\n#\n".to_string(), &empty),
+        ("truncated", truncated, &no_sources),
+    ];
     for (n, (what, text, reason)) in cases.iter().enumerate() {
         write_in_place(&node.config, text);
         let st = node.admin.wait_status(&format!("failed reload {}", n + 1), |s| s["reloads_failed"] == n + 1).await;

@@ -100,7 +100,8 @@ impl Config {
     /// (a regular file's size is checked before reading; anything else, such as a pipe, is read
     /// no further than the limit).
     pub fn read_text(path: &Path) -> Result<String, ConfigError> {
-        let error = |message: String| ConfigError { file: path.display().to_string(), mark: None, key: String::new(), message };
+        let error =
+            |message: String| ConfigError { file: path.display().to_string(), mark: None, key: String::new(), message };
         let bytes = read_limited(path, MAX_CONFIG_BYTES, Regular::Preferred, "a config file").map_err(|e| match e {
             ReadError::Io(e) => error(format!("cannot read: {e}")),
             other => error(other.to_string()),

@@ -205,7 +205,11 @@ impl Builder<'_, '_> {
                 }
                 if self.expanded > MAX_ALIAS_EXPANSION {
                     let mib = MAX_ALIAS_EXPANSION >> 20;
-                    return self.stop(mark, path, format!("aliases expand to more than {mib} MiB of copied values {limit}"));
+                    return self.stop(
+                        mark,
+                        path,
+                        format!("aliases expand to more than {mib} MiB of copied values {limit}"),
+                    );
                 }
                 if depth + height - 1 > MAX_DEPTH {
                     return self.stop(mark, path, format!("nested more than {MAX_DEPTH} levels deep"));
@@ -233,7 +237,8 @@ impl Builder<'_, '_> {
                 while self.fatal.is_none() && !matches!(self.events[self.pos].0, Event::MappingEnd) {
                     let key_mark = Mark::from_span(&self.events[self.pos].1);
                     let key = self.node(format!("{path}.<key>"), depth + 1);
-                    let child_path = |key: &str| if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+                    let child_path =
+                        |key: &str| if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
                     let key_cost = key.cost;
                     let key = match key.value {
                         Value::String(s) => s,
@@ -435,7 +440,9 @@ mod tests {
     #[test]
     fn an_alias_bomb_is_refused_where_it_crosses_the_budget() {
         let mut text = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
-        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"]) {
+        for (prev, name) in
+            ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
             let items = vec![format!("*{prev}"); 9].join(", ");
             text.push_str(&format!("{name}: &{name} [{items}]\n"));
         }
@@ -460,7 +467,7 @@ mod tests {
         assert_eq!(problem.path, "copies[83]");
         assert!(problem.message.starts_with("aliases expand to more than 8 MiB"), "{}", problem.message);
         // well under the budget: fine
-        let text = format!("big: &big {big}\ncopies: [{}]\n", vec!["*big"; 10].join(", "));
+        let text = format!("big: &big {big}\ncopies: [{}]\n", ["*big"; 10].join(", "));
         assert_eq!(parse(&text, &env).unwrap().value["copies"].as_array().unwrap().len(), 10);
     }
 
@@ -469,10 +476,7 @@ mod tests {
         let text = format!("one: &o 1\nmany: [{}]\n", vec!["*o"; MAX_ALIASES + 1].join(","));
         let Err(problem) = parse(&text, &env) else { panic!("parsed") };
         assert_eq!(problem.path, format!("many[{MAX_ALIASES}]"));
-        assert_eq!(
-            problem.message,
-            "more than 10000 aliases (a limit against \"billion laughs\" files)"
-        );
+        assert_eq!(problem.message, "more than 10000 aliases (a limit against \"billion laughs\" files)");
     }
 
     /// Deep nesting would overflow the stack of the recursive walk (and of serde and `Drop`

@@ -58,7 +58,10 @@ pub async fn run_chain<'a>(plugins: &[Plugin], event: impl Into<EventRef<'a>>) -
                 }
             }
             if total > plugin.limits().max_total_output_bytes {
-                return Err(fail(PluginError::OutputsTooLarge { total, limit: plugin.limits().max_total_output_bytes }));
+                return Err(fail(PluginError::OutputsTooLarge {
+                    total,
+                    limit: plugin.limits().max_total_output_bytes,
+                }));
             }
             if next.len() > plugin.limits().max_outputs {
                 return Err(fail(PluginError::TooManyOutputs {

@@ -143,11 +143,7 @@ async fn hostile_plugins_fail_precisely_while_good_events_flow() {
             Want::Exactly(PluginError::BadDestination { name: "evil".into(), allowed: names(&["chat"]) }),
         ),
         ("malformed", &loose, Want::MalformedContaining("utf-8")),
-        (
-            "many_outputs",
-            &loose,
-            Want::Exactly(PluginError::OutputsTooLarge { total: 10_000_000, limit: 4 << 20 }),
-        ),
+        ("many_outputs", &loose, Want::Exactly(PluginError::OutputsTooLarge { total: 10_000_000, limit: 4 << 20 })),
     ];
     let good = example("noop", &[], &["chat"]);
     let good_calls = tokio::spawn(async move {

@@ -169,9 +169,10 @@ pub fn build_from_text(
                 max_output_bytes: t.limits.max_output_bytes.unwrap_or(d.max_output_bytes),
                 max_outputs: t.limits.max_outputs.unwrap_or(d.max_outputs),
                 // a raised max_output_bytes raises the default total with it
-                max_total_output_bytes: t.limits.max_total_output_bytes.unwrap_or(
-                    d.max_total_output_bytes.max(t.limits.max_output_bytes.unwrap_or(d.max_output_bytes)),
-                ),
+                max_total_output_bytes: t
+                    .limits
+                    .max_total_output_bytes
+                    .unwrap_or(d.max_total_output_bytes.max(t.limits.max_output_bytes.unwrap_or(d.max_output_bytes))),
             };
             let config: Vec<(String, String)> = t
                 .config
@@ -183,7 +184,8 @@ pub fn build_from_text(
                 .or_else(|| storage_dir(&cfg).map(|d| d.join("plugin-cache")));
             let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let loaded = plugin_host(cache).and_then(|h| {
-                h.load_bytes(&name, &bytes, config, limits, r.to.clone()).map_err(|e| format!("{}: {e}", path.display()))
+                h.load_bytes(&name, &bytes, config, limits, r.to.clone())
+                    .map_err(|e| format!("{}: {e}", path.display()))
             });
             match loaded {
                 Ok(p) => plugins.push(p),
