@@ -326,7 +326,8 @@ async fn check_and_run_refuse_an_empty_config() {
 }
 
 /// A secret of only whitespace is refused like an empty one, wherever a secret is configured:
-/// verification secrets (one or a rotation list), signing secrets and the admin token.
+/// verification secrets (one or a rotation list), signing secrets and the admin token. Once,
+/// without a second error from the scheme (a `whsec_` secret that is not one).
 #[tokio::test]
 async fn check_refuses_secrets_of_only_whitespace() {
     let dir = tempfile::tempdir().unwrap();
@@ -342,12 +343,14 @@ sources:
   from-env:
     path: /hooks/env
     verify: { scheme: github, secret: "${HOOKYARD_TEST_BLANK_SECRET}" }
+  whsec: { path: /hooks/whsec, verify: { scheme: standard-webhooks, secret: " " } }
 destinations:
   d:
     url: https://example.com/hook
     sign: { scheme: github, secret: "  " }
+  e: { url: "https://example.com/e", sign: { secret: "  " } }
 routes:
-  - { name: r, source: github, to: [d] }
+  - { name: r, source: github, to: [d, e] }
 "#;
     let path = write_config(dir.path(), "routes.yaml", yaml);
     let mut cmd = hookyard();
@@ -360,8 +363,10 @@ routes:
         format!("{f}:6:31: sources.github.verify.secret: must not be empty or only whitespace"),
         format!("{f}:9:56: sources.rotating.verify.secrets[1]: must not be empty or only whitespace"),
         format!("{f}:12:31: sources.from-env.verify.secret: must not be empty or only whitespace"),
-        format!("{f}:16:29: destinations.d.sign.secret: must not be empty or only whitespace"),
-        "5 problems found".to_string(),
+        format!("{f}:13:69: sources.whsec.verify.secret: must not be empty or only whitespace"),
+        format!("{f}:17:29: destinations.d.sign.secret: must not be empty or only whitespace"),
+        format!("{f}:18:46: destinations.e.sign.secret: must not be empty or only whitespace"),
+        "7 problems found".to_string(),
     ];
     assert_eq!(out.stderr.lines().collect::<Vec<_>>(), want);
 }

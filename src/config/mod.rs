@@ -218,6 +218,9 @@ impl Config {
             Some(_) => errors.push(cfg.error("routes", "must be a list of routes")),
         }
         cfg.check_references(&mut errors);
+        // the verifier or signer would report a blank secret again, as not of its scheme's form
+        let blank: Vec<String> = errors.iter().filter(|e| e.message == BLANK_SECRET).map(|e| e.key.clone()).collect();
+        cfg.poisoned.extend(blank);
         let errors = cfg.finish_errors(errors);
         (cfg, errors)
     }
@@ -311,20 +314,19 @@ impl Config {
         // An empty secret is refused where it is used (by the verifier or signer); one of only
         // whitespace is just as empty, and almost always a broken template or variable.
         let blank = |s: &Secret| !s.0.is_empty() && s.0.trim().is_empty();
-        const BLANK: &str = "must not be empty or only whitespace";
         for (name, s) in &self.sources {
             if s.verify.secret.as_ref().is_some_and(blank) {
-                errors.push(self.error(&format!("sources.{name}.verify.secret"), BLANK));
+                errors.push(self.error(&format!("sources.{name}.verify.secret"), BLANK_SECRET));
             }
             for (i, secret) in s.verify.secrets.iter().enumerate() {
                 if blank(secret) {
-                    errors.push(self.error(&format!("sources.{name}.verify.secrets[{i}]"), BLANK));
+                    errors.push(self.error(&format!("sources.{name}.verify.secrets[{i}]"), BLANK_SECRET));
                 }
             }
         }
         for (name, d) in &self.destinations {
             if d.sign.secret.as_ref().is_some_and(blank) {
-                errors.push(self.error(&format!("destinations.{name}.sign.secret"), BLANK));
+                errors.push(self.error(&format!("destinations.{name}.sign.secret"), BLANK_SECRET));
             }
         }
         for (name, d) in &self.destinations {
@@ -383,7 +385,7 @@ impl Config {
             ));
         }
         if self.admin.token.as_ref().is_some_and(|t| t.0.trim().is_empty()) {
-            errors.push(self.error("admin.token", BLANK));
+            errors.push(self.error("admin.token", BLANK_SECRET));
         } else if self.admin.token.as_ref().is_some_and(|t| t.0.len() < 16) {
             errors.push(self.error("admin.token", "must be at least 16 characters"));
         }
@@ -419,6 +421,9 @@ impl Config {
         }
     }
 }
+
+/// The error of a secret that is empty or only whitespace.
+const BLANK_SECRET: &str = "must not be empty or only whitespace";
 
 /// Largest config file read, in bytes. Default 1 MiB: some 25,000 lines, a hundred times the
 /// bundled example and as much as a Kubernetes ConfigMap holds; a larger file (or one that never
