@@ -21,6 +21,13 @@ pub enum PluginError {
     /// than `max_total_output_bytes`.
     #[error("the outputs total {total} bytes, over the limit of {limit} bytes for one event")]
     OutputsTooLarge { total: usize, limit: usize },
+    /// The plugin handed the host more than it copies in one call (see
+    /// `Limits::host_copy_budget`): outputs far over `max_total_output_bytes`, or a huge log
+    /// line. The host stopped copying instead of holding it all.
+    #[error(
+        "the plugin handed the host more than {limit} bytes in one call (outputs far over the limit for one event, or a huge log line)"
+    )]
+    TooMuchData { limit: usize },
     /// More outputs than `max_outputs`.
     #[error("plugin emitted {count} outputs, over the limit of {limit}")]
     TooManyOutputs { count: usize, limit: usize },
@@ -45,6 +52,7 @@ impl PluginError {
             PluginError::MemoryLimit { .. } => "memory",
             PluginError::OutputTooLarge { .. } => "output_too_large",
             PluginError::OutputsTooLarge { .. } => "outputs_too_large",
+            PluginError::TooMuchData { .. } => "too_much_data",
             PluginError::TooManyOutputs { .. } => "too_many_outputs",
             PluginError::BadDestination { .. } => "bad_destination",
             PluginError::Malformed(_) => "malformed",

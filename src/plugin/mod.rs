@@ -174,6 +174,16 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The most a call may hand the host to copy (its outputs, a log line, its error), in
+    /// bytes: 4 × `max_total_output_bytes` + 1 MiB (17 MiB by default). The outputs are copied
+    /// out of the plugin's memory before they can be checked, and 100 outputs may all point at
+    /// the same 16 MiB: without a budget one call could make the host allocate 1.6 GiB (wasmtime
+    /// stops at 128 MiB by itself). Up to 4 × the limit, the event fails with the outputs'
+    /// exact total; beyond, copying stops and it fails as [`PluginError::TooMuchData`].
+    pub fn host_copy_budget(&self) -> usize {
+        self.max_total_output_bytes.saturating_mul(4).saturating_add(1 << 20)
+    }
+
     fn check(&self, max_memory_mb: u64) -> Result<(), String> {
         let mut problems = Vec::new();
         if !(1..=60_000).contains(&self.timeout_ms) {

@@ -144,6 +144,8 @@ async fn hostile_plugins_fail_precisely_while_good_events_flow() {
         ),
         ("malformed", &loose, Want::MalformedContaining("utf-8")),
         ("many_outputs", &loose, Want::Exactly(PluginError::OutputsTooLarge { total: 10_000_000, limit: 4 << 20 })),
+        // 75 MiB of outputs: the host stops copying at 4 × 4 MiB + 1 MiB, never holding them all
+        ("copy_bomb", &loose, Want::Exactly(PluginError::TooMuchData { limit: 17 << 20 })),
     ];
     let good = example("noop", &[], &["chat"]);
     let good_calls = tokio::spawn(async move {
@@ -524,6 +526,7 @@ fn error_labels_and_retry() {
         (PluginError::OutputTooLarge { index: 0, size: 2, limit: 1 }, "output_too_large", false),
         (PluginError::TooManyOutputs { count: 2, limit: 1 }, "too_many_outputs", false),
         (PluginError::OutputsTooLarge { total: 2, limit: 1 }, "outputs_too_large", false),
+        (PluginError::TooMuchData { limit: 1 }, "too_much_data", false),
         (PluginError::BadDestination { name: "x".into(), allowed: vec![] }, "bad_destination", false),
         (PluginError::Malformed("x".into()), "malformed", false),
         (PluginError::Failed { retryable: true, message: "x".into() }, "plugin_error", true),
