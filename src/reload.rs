@@ -92,6 +92,24 @@ impl Reloader {
                 if new.version == old.version {
                     return ReloadOutcome::Unchanged { version: new.version };
                 }
+                // A save cut short before `sources:` is a valid config that would answer every
+                // webhook with 404. Starting without sources is allowed; losing them all is not.
+                if new.sources.is_empty() && !old.sources.is_empty() {
+                    let problem = crate::config::ConfigError {
+                        file: new.file.clone(),
+                        mark: None,
+                        key: "sources".to_string(),
+                        message: "the new config has no sources, so every webhook would get 404; the running config \
+                                  stays (restart hookyard to run without sources)"
+                            .to_string(),
+                    }
+                    .to_string();
+                    error!(trigger, problem = %problem, "config reload failed; the running config stays");
+                    return self.failed(trigger, vec![problem]);
+                }
+                for w in &new.warnings {
+                    warn!(problem = %w, "config warning");
+                }
                 let needs_restart = keep_restart_only_settings(&old, &mut new);
                 for setting in &needs_restart {
                     warn!(setting = %setting, "changed in the config file but needs a restart; the running value stays");
@@ -220,12 +238,24 @@ impl Reloader {
     }
 }
 
-/// A hash of the files' contents (a missing file hashes as empty).
+/// A hash of the files' contents (a missing file hashes as empty). Streamed, and no further
+/// than the largest file a build would read: a file swapped for a huge one (or a link to
+/// `/dev/zero`) costs the watcher neither memory nor endless reading; the build that follows
+/// refuses it. Only regular files are read (opening a pipe would block the watcher).
 fn content_hash(files: &[PathBuf]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let limit = crate::config::MAX_CONFIG_BYTES.max(crate::plugin::MAX_PLUGIN_FILE_BYTES) + 1;
     let mut h = Sha256::new();
     for f in files {
-        h.update(std::fs::read(f).unwrap_or_default());
+        if let Ok(meta) = std::fs::metadata(f) {
+            h.update(meta.len().to_le_bytes());
+            if meta.is_file()
+                && let Ok(file) = std::fs::File::open(f)
+            {
+                let _ = std::io::copy(&mut file.take(limit), &mut h);
+            }
+        }
         h.update([0]);
     }
     h.finalize().into()

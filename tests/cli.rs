@@ -231,6 +231,195 @@ routes:
     assert!(matches, "want lines starting with:\n{}\ngot:\n{}", want.join("\n"), out.stderr);
 }
 
+// --- files that must not take the gateway down ----------------------------------------------
+
+/// 1 KB of YAML ("billion laughs") that would expand to 9^9 scalars: each key aliases the one
+/// before it nine times.
+pub fn alias_bomb() -> String {
+    let mut text = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"]) {
+        let items = vec![format!("*{prev}"); 9].join(", ");
+        text.push_str(&format!("{name}: &{name} [{items}]\n"));
+    }
+    assert!(text.len() < 1024);
+    text
+}
+
+/// The line `check` prints for [`alias_bomb`]: the sixth key crosses the expansion budget at its
+/// third alias.
+fn alias_bomb_line(path: &Path) -> String {
+    format!(
+        "{}:6:16: f[2]: aliases expand to more than 8 MiB of copied values (a limit against \"billion laughs\" files)",
+        path.display()
+    )
+}
+
+#[tokio::test]
+async fn check_and_run_refuse_an_alias_bomb_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "bomb.yaml", &alias_bomb());
+    let started = Instant::now();
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "stdout: {}", out.stdout);
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), [alias_bomb_line(&path).as_str(), "1 problem found"]);
+
+    let mut cmd = hookyard();
+    cmd.arg("run").arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "stdout: {}", out.stdout);
+    assert!(out.stderr.lines().any(|l| l == alias_bomb_line(&path)), "{}", out.stderr);
+    assert!(out.stderr.contains("nothing started"), "{}", out.stderr);
+    let took = started.elapsed();
+    eprintln!("check + run on an alias bomb: {took:?}");
+    assert!(took < Duration::from_secs(5), "refusing an alias bomb took {took:?}");
+}
+
+/// The size limit is checked before reading a regular file (a sparse 1 MiB + 1 file costs nothing
+/// to make), and a file that never ends is read no further than the limit.
+#[tokio::test]
+async fn check_refuses_a_config_file_over_the_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    std::fs::File::create(&big).unwrap().set_len((1 << 20) + 1).unwrap();
+    let endless = Path::new("/dev/zero");
+    let cases = [
+        (big.as_path(), "the file is 1048577 bytes, over the 1048576-byte limit for a config file"),
+        (endless, "the file is over the 1048576-byte limit for a config file"),
+    ];
+    for (path, message) in cases {
+        let mut cmd = hookyard();
+        cmd.arg("check").arg("--config").arg(path);
+        let out = run_cli(cmd).await;
+        assert_eq!(out.code(), Some(1), "{}: {}", path.display(), out.stdout);
+        let want = format!("{}: {message}", path.display());
+        assert_eq!(out.stderr.lines().collect::<Vec<_>>(), [want.as_str(), "1 problem found"]);
+    }
+}
+
+/// A truncated save (empty, blank or comment-only) would serve no source at all: refused.
+#[tokio::test]
+async fn check_and_run_refuse_an_empty_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = |path: &Path| {
+        format!(
+            "{}: the config is empty (nothing but whitespace or comments): it would serve no source (is the file truncated?)",
+            path.display()
+        )
+    };
+    for (name, text) in [("empty.yaml", ""), ("blank.yaml", "\n   \n"), ("comments.yaml", "# routes\n# to do\n")] {
+        let path = write_config(dir.path(), name, text);
+        let mut cmd = hookyard();
+        cmd.arg("check").arg("--config").arg(&path);
+        let out = run_cli(cmd).await;
+        assert_eq!(out.code(), Some(1), "{name}: {}", out.stdout);
+        assert_eq!(out.stderr.lines().collect::<Vec<_>>(), [empty(&path).as_str(), "1 problem found"], "{name}");
+    }
+    let path = dir.path().join("empty.yaml");
+    let mut cmd = hookyard();
+    cmd.arg("run").arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "stdout: {}", out.stdout);
+    assert!(out.stderr.lines().any(|l| l == empty(&path)), "{}", out.stderr);
+    assert!(out.stderr.contains("nothing started"), "{}", out.stderr);
+}
+
+/// A secret of only whitespace is refused like an empty one, wherever a secret is configured:
+/// verification secrets (one or a rotation list), signing secrets and the admin token. Once,
+/// without a second error from the scheme (a `whsec_` secret that is not one).
+#[tokio::test]
+async fn check_refuses_secrets_of_only_whitespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"server: { listen: "127.0.0.1:0" }
+admin: { listen: "127.0.0.1:0", token: "                    " }
+sources:
+  github:
+    path: /hooks/github
+    verify: { scheme: github, secret: "   " }
+  rotating:
+    path: /hooks/rotating
+    verify: { scheme: github, secrets: [a-good-secret, "\t \t"] }
+  from-env:
+    path: /hooks/env
+    verify: { scheme: github, secret: "${HOOKYARD_TEST_BLANK_SECRET}" }
+  whsec: { path: /hooks/whsec, verify: { scheme: standard-webhooks, secret: " " } }
+destinations:
+  d:
+    url: https://example.com/hook
+    sign: { scheme: github, secret: "  " }
+  e: { url: "https://example.com/e", sign: { secret: "  " } }
+routes:
+  - { name: r, source: github, to: [d, e] }
+"#;
+    let path = write_config(dir.path(), "routes.yaml", yaml);
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&path).env("HOOKYARD_TEST_BLANK_SECRET", " ");
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "stdout: {}", out.stdout);
+    let f = path.display();
+    let want = [
+        format!("{f}:2:33: admin.token: must not be empty or only whitespace"),
+        format!("{f}:6:31: sources.github.verify.secret: must not be empty or only whitespace"),
+        format!("{f}:9:56: sources.rotating.verify.secrets[1]: must not be empty or only whitespace"),
+        format!("{f}:12:31: sources.from-env.verify.secret: must not be empty or only whitespace"),
+        format!("{f}:13:69: sources.whsec.verify.secret: must not be empty or only whitespace"),
+        format!("{f}:17:29: destinations.d.sign.secret: must not be empty or only whitespace"),
+        format!("{f}:18:46: destinations.e.sign.secret: must not be empty or only whitespace"),
+        "7 problems found".to_string(),
+    ];
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), want);
+}
+
+/// A destination whose host is a non-public address that `egress.allow` does not include would
+/// fail every delivery: `check` and `dry-run` say so up front, as a warning (exit 0).
+#[tokio::test]
+async fn check_and_dry_run_warn_about_destinations_the_egress_guard_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"server: { listen: "127.0.0.1:0" }
+egress: { allow: [10.1.0.0/16] }
+sources:
+  s: { path: /in, verify: { scheme: none } }
+destinations:
+  loop: { url: "http://127.0.0.1:9000/x", sign: { scheme: none } }
+  private: { url: "http://10.2.3.4/x", sign: { scheme: none } }
+  allowed: { url: "http://10.1.2.3/x", sign: { scheme: none } }
+  v6: { url: "http://[::1]:8080/x", sign: { scheme: none } }
+  metadata: { url: "http://169.254.169.254/latest", sign: { scheme: none } }
+  local: { url: "http://localhost:3000/x", sign: { scheme: none } }
+  public: { url: "https://93.184.215.14/x", sign: { scheme: none } }
+  named: { url: "https://example.com/x", sign: { scheme: none } }
+routes:
+  - { name: r, source: s, to: [loop, private, allowed, v6, metadata, local, public, named] }
+"#;
+    let path = write_config(dir.path(), "routes.yaml", yaml);
+    let f = path.display();
+    let refused = "egress.allow does not include it, so every delivery will be refused";
+    let want = [
+        format!("warning: {f}:6:11: destinations.loop.url: 127.0.0.1 is a loopback address; {refused}"),
+        format!("warning: {f}:7:14: destinations.private.url: 10.2.3.4 is a private address; {refused}"),
+        format!("warning: {f}:9:9: destinations.v6.url: ::1 is a loopback address; {refused}"),
+        format!("warning: {f}:10:15: destinations.metadata.url: 169.254.169.254 is a link-local address; {refused}"),
+        format!("warning: {f}:11:12: destinations.local.url: localhost is a loopback name; {refused}"),
+    ];
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert!(out.stdout.starts_with(&format!("{f}: ok — 1 sources, 8 destinations, 1 routes")), "{}", out.stdout);
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), want);
+
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, "{}").unwrap();
+    let mut cmd = hookyard();
+    cmd.args(["dry-run", "--source", "s", "--body"]).arg(&body).arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+    let plan: Value = serde_json::from_str(&out.stdout).expect("dry-run prints JSON");
+    assert_eq!(plan["deliveries"].as_array().unwrap().len(), 8);
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), want);
+}
+
 // --- run --------------------------------------------------------------------------------------
 
 #[tokio::test]

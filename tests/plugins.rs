@@ -154,14 +154,22 @@ routes:
 async fn hostile_plugins_fail_only_their_event_and_follow_on_error() {
     let dir = tempfile::tempdir().unwrap();
     // (fixture, the failure label logged)
+    // (fixture, the failure label, how the reason starts). The log and the store carry the
+    // plugin's file name, which contains some labels (`memory_bomb`, `trap`, `bad_destination`):
+    // the checks look at the reason itself, never at the whole log.
     let cases = [
-        ("infinite_loop", "timeout"),
-        ("memory_bomb", "memory"),
-        ("trap", "trap"),
-        ("huge_output", "output_too_large"),
-        ("bad_destination", "bad_destination"),
+        ("infinite_loop", "timeout", "plugin ran past its 50 ms deadline and was stopped"),
+        ("memory_bomb", "memory", "plugin exceeded its memory limit of 4 MiB"),
+        ("trap", "trap", "plugin trapped: wasm trap: wasm `unreachable` instruction executed"),
+        ("huge_output", "output_too_large", "output 0 is 2097152 bytes, over the limit of 1048576 bytes"),
+        (
+            "bad_destination",
+            "bad_destination",
+            "output names destination `evil`, which is not one of the route's (bad)",
+        ),
     ];
-    for (name, label) in cases {
+    for (name, label, why) in cases {
+        let reason = format!("transform failed ({label}): transform 0 ({name}): {why}");
         let plugin = fixture(dir.path(), name);
         for on_error in ["drop", "deliver_original", "fail"] {
             let sink = Sink::start().await;
@@ -187,8 +195,17 @@ async fn hostile_plugins_fail_only_their_event_and_follow_on_error() {
                 got
             };
             assert_eq!(got.iter().filter(|r| r.path == "/bad").count(), expected_bad, "{name}/{on_error}");
-            let line = gw.wait_for_log("transform failed", Duration::from_secs(5)).await;
-            assert!(line.contains(label) || gw.logs_contain(label), "{name}: expected {label} in: {line}");
+            // the `note` field of each of the 4 `transform` warnings is the reason
+            let lines = gw.wait_for_log_lines(&["transform", "route=hostile"], 4, Duration::from_secs(5)).await;
+            for line in &lines {
+                let note = line.split_once(" note=").map(|(_, n)| n).unwrap_or_else(|| panic!("no note in {line}"));
+                let policy = match on_error {
+                    "drop" => "Drop",
+                    "deliver_original" => "DeliverOriginal",
+                    _ => "Fail",
+                };
+                assert_eq!(note, format!("{reason} (on_error: {policy})"), "{name}/{on_error}");
+            }
             if on_error == "fail" {
                 let status = common::hookyard()
                     .args(["events", "--status", "failed", "--json", "--config"])
@@ -196,8 +213,13 @@ async fn hostile_plugins_fail_only_their_event_and_follow_on_error() {
                     .output()
                     .await
                     .unwrap();
-                let rows = String::from_utf8_lossy(&status.stdout).lines().count();
-                assert_eq!(rows, 4, "{name}: the 4 events are kept as failed for replay");
+                let rows: Vec<Value> =
+                    String::from_utf8_lossy(&status.stdout).lines().map(|l| json(l.as_bytes())).collect();
+                assert_eq!(rows.len(), 4, "{name}: the 4 events are kept as failed for replay");
+                for row in rows {
+                    let error = row["last_error"].as_str().unwrap_or_else(|| panic!("{name}: no last_error in {row}"));
+                    assert_eq!(error, reason, "{name}: the stored error");
+                }
             }
         }
     }
@@ -331,4 +353,116 @@ routes:
     };
     assert_eq!(stored("same"), Value::Null, "an unchanged body is not stored again");
     assert_eq!(json(stored("chat").as_str().unwrap().as_bytes())["channel"], "#deploys");
+}
+
+/// A plugin path must name a regular file of at most 64 MiB: a device such as `/dev/zero` never
+/// ends, and the size is checked before anything is read (the sparse file costs nothing to make).
+#[tokio::test]
+async fn check_refuses_plugin_files_that_are_not_regular_or_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::File::create(dir.path().join("huge.wasm")).unwrap().set_len((64 << 20) + 1).unwrap();
+    let config = format!(
+        r#"
+sources:
+  s: {{ path: /in, verify: {{ scheme: none }} }}
+destinations:
+  d: {{ url: "http://127.0.0.1:1/", sign: {{ scheme: none }} }}
+routes:
+  - {{ name: zero, source: s, to: [d], transform: [ {{ plugin: /dev/zero }} ] }}
+  - {{ name: huge, source: s, to: [d], transform: [ {{ plugin: huge.wasm }} ] }}
+  - {{ name: dir, source: s, to: [d], transform: [ {{ plugin: "{dir}" }} ] }}
+"#,
+        dir = dir.path().display()
+    );
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, &config).unwrap();
+    let started = std::time::Instant::now();
+    let mut cmd = common::hookyard();
+    cmd.args(["check", "--config"]).arg(&path);
+    let out = common::run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "{}", out.stdout);
+    // file:line:col of the `plugin` key on each route's line
+    let at = |route: &str| {
+        let (n, line) =
+            config.lines().enumerate().find(|(_, l)| l.contains(&format!("name: {route},"))).expect("route line");
+        format!("{}:{}:{}", path.display(), n + 1, line.find("plugin").unwrap() + 1)
+    };
+    let d = dir.path().display();
+    let want = [
+        format!(
+            "{}: routes[0].transform[0].plugin: /dev/zero: not a regular file (a character device): a plugin must be a .wasm file",
+            at("zero")
+        ),
+        format!(
+            "{}: routes[1].transform[0].plugin: {d}/huge.wasm: the file is 67108865 bytes, over the 67108864-byte limit for a plugin file",
+            at("huge")
+        ),
+        format!(
+            "{}: routes[2].transform[0].plugin: {d}: not a regular file (a directory): a plugin must be a .wasm file",
+            at("dir")
+        ),
+        "3 problems found".to_string(),
+    ];
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), want);
+    assert!(started.elapsed() < Duration::from_secs(5), "check took {:?}", started.elapsed());
+}
+
+/// A plugin that emits ten 1 MB outputs per event (each within `max_output_bytes`, together
+/// within `max_outputs`) would store 10 MB per event: the total of one event's outputs is
+/// limited too (4 MiB by default), and crossing it fails the transform like any other plugin
+/// failure, following the route's `on_error`.
+#[tokio::test]
+async fn outputs_over_the_per_event_total_fail_the_transform() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = fixture(dir.path(), "many_outputs");
+    let sink = Sink::start().await;
+    let config = format!(
+        r#"
+server: {{ listen: "127.0.0.1:0" }}
+egress: {{ allow: ["127.0.0.0/8"] }}
+sources:
+  s: {{ path: /in, verify: {{ scheme: none }} }}
+destinations:
+  good: {{ url: "{good}", sign: {{ scheme: none }} }}
+  bad: {{ url: "{bad}", sign: {{ scheme: none }} }}
+routes:
+  - name: good
+    source: s
+    to: [good]
+  - name: fanout
+    source: s
+    transform: [ {{ plugin: "{plugin}" }} ]
+    on_error: fail
+    to: [bad]
+  - name: raised
+    source: s
+    transform: [ {{ plugin: "{plugin}", limits: {{ max_total_output_bytes: 10000000 }} }} ]
+    to: [good]
+"#,
+        good = sink.url("/good"),
+        bad = sink.url("/bad"),
+    );
+    let gw = Gateway::start(&config).await;
+    for i in 0..2 {
+        let answer = gw.post("/in", &[("content-type", "application/json")], format!("{{\"n\":{i}}}")).await;
+        assert_eq!(answer.status, 202, "{}", answer.text());
+    }
+    // the good route's 2 events, plus 10 outputs per event where the limit is raised to fit them
+    let got =
+        sink.wait_until(WAIT, "22 deliveries to /good", |r| r.iter().filter(|r| r.path == "/good").count() == 22).await;
+    assert!(got.iter().filter(|r| r.path == "/good").all(|r| r.body.len() == 1_000_000 || r.body.len() < 10));
+    assert_eq!(got.iter().filter(|r| r.path == "/bad").count(), 0);
+    let reason = "transform failed (outputs_too_large): transform 0 (many_outputs): \
+                  the outputs total 10000000 bytes, over the limit of 4194304 bytes for one event";
+    let out = common::hookyard()
+        .args(["events", "--status", "failed", "--json", "--config"])
+        .arg(&gw.config_path)
+        .output()
+        .await
+        .unwrap();
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| json(l.as_bytes())).collect();
+    assert_eq!(rows.len(), 2, "one failed delivery per event: {rows:?}");
+    for row in rows {
+        assert_eq!((row["route"].as_str(), row["last_error"].as_str()), (Some("fanout"), Some(reason)), "{row}");
+    }
 }

@@ -309,6 +309,91 @@ async fn a_missing_environment_variable_fails_the_reload() {
     assert_eq!(route_of(&node, &sink, "still-a").await, "/a");
 }
 
+/// 1 KB of YAML ("billion laughs") that would expand to 9^9 scalars, as in `tests/cli.rs`.
+fn alias_bomb() -> String {
+    let mut text = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"]) {
+        let items = vec![format!("*{prev}"); 9].join(", ");
+        text.push_str(&format!("{name}: &{name} [{items}]\n"));
+    }
+    text
+}
+
+/// The process's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// The file watcher applies every save, so an alias bomb saved over the config must fail the
+/// reload as fast as `check` refuses it, without the gateway's memory growing.
+#[tokio::test]
+async fn an_alias_bomb_fails_the_reload_fast_and_the_old_config_keeps_serving() {
+    let sink = Sink::start().await;
+    let node = Node::with(&routes(&sink, "a", "")).await;
+    let v_a = node.admin.status().await["version"].as_str().unwrap().to_string();
+    assert_eq!(route_of(&node, &sink, "before").await, "/a");
+    let peak_before = peak_rss_kib(node.pid());
+
+    write_in_place(&node.config, &alias_bomb());
+    let st = node.admin.wait_status("a failed reload", |s| s["reloads_failed"] == 1).await;
+    assert_eq!(st["version"], v_a.as_str(), "the running config stays: {st}");
+    assert_eq!(
+        st["last_error"]["errors"],
+        json!([format!(
+            "{}:6:16: f[2]: aliases expand to more than 8 MiB of copied values (a limit against \"billion laughs\" files)",
+            node.config.display()
+        )]),
+        "{st:#}"
+    );
+    let peak_after = peak_rss_kib(node.pid());
+    eprintln!("alias bomb reload: peak RSS (VmHWM) {peak_before} KiB before, {peak_after} KiB after");
+    assert!(peak_after < peak_before + 64 * 1024, "peak RSS grew from {peak_before} to {peak_after} KiB");
+    assert_eq!(route_of(&node, &sink, "still-a").await, "/a", "the old routes keep serving");
+    let m = node.admin.metrics().await;
+    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "error")]), 1.0, "{m:#?}");
+}
+
+/// A truncated save (empty, comment-only, or cut before `sources:`) would turn every source into
+/// a 404: each fails the reload with the reason in the status, the metric and the log, and
+/// events keep being accepted on the running config.
+#[tokio::test]
+async fn an_empty_or_truncated_file_fails_the_reload() {
+    let sink = Sink::start().await;
+    let a = routes(&sink, "a", "");
+    let node = Node::with(&a).await;
+    let v_a = node.admin.status().await["version"].as_str().unwrap().to_string();
+    let f = node.config.display().to_string();
+    let empty = format!(
+        "{f}: the config is empty (nothing but whitespace or comments): it would serve no source (is the file truncated?)"
+    );
+    let truncated = a.split("sources:").next().unwrap().to_string();
+    let no_sources = format!(
+        "{f}: sources: the new config has no sources, so every webhook would get 404; the running config stays (restart hookyard to run without sources)"
+    );
+    let cases = [
+        ("empty", String::new(), &empty),
+        ("comments", "# routes.yaml\n#\n".to_string(), &empty),
+        ("truncated", truncated, &no_sources),
+    ];
+    for (n, (what, text, reason)) in cases.iter().enumerate() {
+        write_in_place(&node.config, text);
+        let st = node.admin.wait_status(&format!("failed reload {}", n + 1), |s| s["reloads_failed"] == n + 1).await;
+        assert_eq!(st["version"], v_a.as_str(), "{what}: the running config stays: {st}");
+        assert_eq!(st["reloads_ok"], 0, "{what}: {st}");
+        assert_eq!(st["last_error"]["errors"], json!([reason]), "{what}: {st:#}");
+        assert_eq!(route_of(&node, &sink, &format!("still-a-{what}")).await, "/a", "{what}: events are still accepted");
+        let m = node.admin.metrics().await;
+        assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "error")]), (n + 1) as f64, "{what}");
+    }
+    let logged = node.process.log_lines_with(&["config reload failed", "every webhook would get 404"]);
+    assert_eq!(logged.len(), 1, "{}", node.process.logs());
+}
+
 // --- other triggers ---------------------------------------------------------------------------
 
 /// A gateway whose `routes.yaml` is a symlink into `live/`, a directory the watcher does not

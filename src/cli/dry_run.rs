@@ -41,6 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    super::print_warnings(&snap);
     let Some(source) = snap.source_by_name(&args.source) else {
         let names: Vec<&str> = snap.sources.iter().map(|s| &*s.name).collect();
         anyhow::bail!("unknown source {:?}; sources are: {}", args.source, names.join(", "));

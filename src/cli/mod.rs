@@ -100,6 +100,7 @@ fn check(config: &std::path::Path) -> ExitCode {
     match hookyard::runtime::build(config) {
         Ok(snapshot) => {
             println!("{}", snapshot.summary());
+            print_warnings(&snapshot);
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -109,6 +110,13 @@ fn check(config: &std::path::Path) -> ExitCode {
             eprintln!("{} problem{} found", errors.0.len(), if errors.0.len() == 1 { "" } else { "s" });
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `warning: FILE:LINE:COL: KEY: message` on stderr for each of the snapshot's warnings.
+pub(crate) fn print_warnings(snapshot: &hookyard::runtime::Snapshot) {
+    for w in &snapshot.warnings {
+        eprintln!("warning: {w}");
     }
 }
 

@@ -33,6 +33,9 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
             anyhow::bail!("{} has {} problem(s); nothing started", config.display(), errors.0.len());
         }
     };
+    for w in &snapshot.warnings {
+        warn!(problem = %w, "config warning");
+    }
     let nofile = open_file_limit();
     super::runtime()?.block_on(async move {
         let budget = ConnectionBudget::plan(

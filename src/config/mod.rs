@@ -86,17 +86,27 @@ const TOP_LEVEL: [&str; 8] = ["server", "admin", "egress", "delivery", "storage"
 impl Config {
     /// Reads `path` and parses it with the process environment.
     pub fn load(path: &Path) -> (Option<Config>, Vec<ConfigError>) {
-        let file = path.display().to_string();
-        match std::fs::read_to_string(path) {
+        match Config::read_text(path) {
             Ok(text) => {
                 let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-                let (c, e) = Config::parse(&file, &base, &text, &|k| std::env::var(k).ok());
+                let (c, e) = Config::parse(&path.display().to_string(), &base, &text, &|k| std::env::var(k).ok());
                 (Some(c), e)
             }
-            Err(e) => {
-                (None, vec![ConfigError { file, mark: None, key: String::new(), message: format!("cannot read: {e}") }])
-            }
+            Err(e) => (None, vec![e]),
         }
+    }
+
+    /// The text of the config file at `path`, read only if it is at most [`MAX_CONFIG_BYTES`]
+    /// (a regular file's size is checked before reading; anything else, such as a pipe, is read
+    /// no further than the limit).
+    pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+        let error =
+            |message: String| ConfigError { file: path.display().to_string(), mark: None, key: String::new(), message };
+        let bytes = read_limited(path, MAX_CONFIG_BYTES, Regular::Preferred, "a config file").map_err(|e| match e {
+            ReadError::Io(e) => error(format!("cannot read: {e}")),
+            other => error(other.to_string()),
+        })?;
+        String::from_utf8(bytes).map_err(|_| error("cannot read: the file is not UTF-8 text".to_string()))
     }
 
     /// Parses config text. Returns what parsed and every problem found.
@@ -141,6 +151,14 @@ impl Config {
         cfg.poisoned = errors.iter().map(|e| e.key.clone()).collect();
         let mut root = match root {
             Value::Object(map) => map,
+            // A truncated save (or an editor's write-then-fill) would serve no source at all.
+            Value::Null if is_blank(text) => {
+                errors.push(cfg.error(
+                    "",
+                    "the config is empty (nothing but whitespace or comments): it would serve no source (is the file truncated?)",
+                ));
+                return (cfg, errors);
+            }
             Value::Null => serde_json::Map::new(),
             _ => {
                 errors.push(
@@ -200,6 +218,9 @@ impl Config {
             Some(_) => errors.push(cfg.error("routes", "must be a list of routes")),
         }
         cfg.check_references(&mut errors);
+        // the verifier or signer would report a blank secret again, as not of its scheme's form
+        let blank: Vec<String> = errors.iter().filter(|e| e.message == BLANK_SECRET).map(|e| e.key.clone()).collect();
+        cfg.poisoned.extend(blank);
         let errors = cfg.finish_errors(errors);
         (cfg, errors)
     }
@@ -290,6 +311,24 @@ impl Config {
                 );
             }
         }
+        // An empty secret is refused where it is used (by the verifier or signer); one of only
+        // whitespace is just as empty, and almost always a broken template or variable.
+        let blank = |s: &Secret| !s.0.is_empty() && s.0.trim().is_empty();
+        for (name, s) in &self.sources {
+            if s.verify.secret.as_ref().is_some_and(blank) {
+                errors.push(self.error(&format!("sources.{name}.verify.secret"), BLANK_SECRET));
+            }
+            for (i, secret) in s.verify.secrets.iter().enumerate() {
+                if blank(secret) {
+                    errors.push(self.error(&format!("sources.{name}.verify.secrets[{i}]"), BLANK_SECRET));
+                }
+            }
+        }
+        for (name, d) in &self.destinations {
+            if d.sign.secret.as_ref().is_some_and(blank) {
+                errors.push(self.error(&format!("destinations.{name}.sign.secret"), BLANK_SECRET));
+            }
+        }
         for (name, d) in &self.destinations {
             let key = format!("destinations.{name}");
             match d.url.parse::<http::Uri>() {
@@ -345,7 +384,9 @@ impl Config {
                 ),
             ));
         }
-        if self.admin.token.as_ref().is_some_and(|t| t.0.len() < 16) {
+        if self.admin.token.as_ref().is_some_and(|t| t.0.trim().is_empty()) {
+            errors.push(self.error("admin.token", BLANK_SECRET));
+        } else if self.admin.token.as_ref().is_some_and(|t| t.0.len() < 16) {
             errors.push(self.error("admin.token", "must be at least 16 characters"));
         }
         if self.server.max_connections == Some(0) {
@@ -388,6 +429,80 @@ impl Config {
             }
         }
     }
+}
+
+/// The error of a secret that is empty or only whitespace.
+const BLANK_SECRET: &str = "must not be empty or only whitespace";
+
+/// Largest config file read, in bytes. Default 1 MiB: some 25,000 lines, a hundred times the
+/// bundled example and as much as a Kubernetes ConfigMap holds; a larger file (or one that never
+/// ends, such as `/dev/zero`) is refused before it is parsed.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Whether a text holds nothing but whitespace, comments and document markers.
+fn is_blank(text: &str) -> bool {
+    text.lines().map(str::trim).all(|l| l.is_empty() || l.starts_with('#') || l == "---" || l == "...")
+}
+
+/// Why a file could not be read by [`read_limited`].
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Not a regular file (a device, a pipe, a directory): what kind it is.
+    #[error("not a regular file ({0})")]
+    NotRegular(&'static str),
+    /// Over the limit: the file's size if known before reading.
+    #[error("the file is {}over the {limit}-byte limit for {what}", size.map(|s| format!("{s} bytes, ")).unwrap_or_default())]
+    TooLarge { size: Option<u64>, limit: u64, what: &'static str },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Which files [`read_limited`] accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Regular {
+    /// Regular files only.
+    Required,
+    /// Anything but a directory; a file that is not regular (a pipe from a templating command)
+    /// is read up to the limit.
+    Preferred,
+}
+
+/// Reads the file at `path` if it holds at most `limit` bytes. A regular file's size is checked
+/// on the open file before anything is read; whatever is read stops one byte past the limit, so
+/// a file that never ends costs `limit` bytes at most. `what` names the file in the error
+/// ("a plugin file").
+pub fn read_limited(path: &Path, limit: u64, regular: Regular, what: &'static str) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let kind = meta.file_type();
+    let not_regular = if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_fifo() {
+        Some("a named pipe")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a file")
+    };
+    match not_regular {
+        None if meta.len() > limit => return Err(ReadError::TooLarge { size: Some(meta.len()), limit, what }),
+        Some(kind) if regular == Regular::Required || kind == "a directory" => return Err(ReadError::NotRegular(kind)),
+        _ => {}
+    }
+    let mut bytes = Vec::with_capacity(if not_regular.is_none() { meta.len() as usize } else { 0 });
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge { size: None, limit, what });
+    }
+    Ok(bytes)
 }
 
 fn declared_names(v: &Value) -> Vec<String> {

@@ -496,6 +496,10 @@ pub struct PluginLimitsConfig {
     pub max_output_bytes: Option<usize>,
     /// Most outputs one call may emit (a split). Default 100.
     pub max_outputs: Option<usize>,
+    /// Largest total of all outputs of one event (bodies and headers), in bytes; in a chain,
+    /// of one step across its branches. Default 4 MiB (or `max_output_bytes` if larger): every
+    /// output is stored with each delivery it makes, so this bounds what one event stores.
+    pub max_total_output_bytes: Option<usize>,
 }
 
 /// A secret string. Its `Debug` never shows the value, so secrets cannot leak through logs.

@@ -62,9 +62,28 @@ pub struct Document {
     pub problems: Vec<YamlProblem>,
 }
 
-/// Parses `text` and expands `${VAR}` / `${VAR:-default}` with `env`. A syntax error stops the walk
-/// (the parser cannot recover) and is the only error returned; missing variables and duplicate keys
-/// are all collected in [`Document::problems`].
+/// Most alias uses (`*name`) in one document. Real configs share a few blocks (a retry policy, a
+/// signing setup) a few times each; 10,000 leaves room for thousands of destinations.
+pub const MAX_ALIASES: usize = 10_000;
+
+/// How much all aliases together may copy, counted as 32 bytes per copied node plus the length
+/// of each copied scalar's text (about what the copies take in memory). Without a bound, 1 KB of
+/// nested aliases ("billion laughs") expands to billions of nodes; 8 MiB is thousands of times
+/// what shared blocks in a real config copy.
+pub const MAX_ALIAS_EXPANSION: usize = 8 << 20;
+
+/// Deepest nesting of mappings and lists, aliases expanded. A config is a dozen levels deep at
+/// most; the bound keeps the recursive walk here (and serde and `Drop` after it) off the end of
+/// the stack.
+pub const MAX_DEPTH: usize = 64;
+
+/// What a node costs towards [`MAX_ALIAS_EXPANSION`] besides its text.
+const NODE_COST: usize = 32;
+
+/// Parses `text` and expands `${VAR}` / `${VAR:-default}` with `env`. A syntax error, or a
+/// document over [`MAX_ALIASES`], [`MAX_ALIAS_EXPANSION`] or [`MAX_DEPTH`], stops the walk and is
+/// the only error returned; missing variables and duplicate keys are all collected in
+/// [`Document::problems`].
 pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Document, YamlProblem> {
     let mut events = Vec::new();
     for item in Parser::new_from_str(text) {
@@ -80,10 +99,30 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Documen
             }
         }
     }
-    let mut b =
-        Builder { events, pos: 0, positions: Positions::default(), problems: Vec::new(), anchors: HashMap::new(), env };
+    let mut b = Builder {
+        events,
+        pos: 0,
+        positions: Positions::default(),
+        problems: Vec::new(),
+        anchors: HashMap::new(),
+        aliases: 0,
+        expanded: 0,
+        fatal: None,
+        env,
+    };
     let value = b.document();
+    if let Some(problem) = b.fatal {
+        return Err(problem);
+    }
     Ok(Document { value, positions: b.positions, problems: b.problems })
+}
+
+/// A built node: its value, its cost towards [`MAX_ALIAS_EXPANSION`] were it copied, and its
+/// height (1 for a scalar).
+struct Built {
+    value: Value,
+    cost: usize,
+    height: usize,
 }
 
 struct Builder<'e, 'i> {
@@ -91,7 +130,13 @@ struct Builder<'e, 'i> {
     pos: usize,
     positions: Positions,
     problems: Vec<YamlProblem>,
-    anchors: HashMap<usize, Value>,
+    /// Anchored nodes by anchor id, with their cost and height.
+    anchors: HashMap<usize, (Value, usize, usize)>,
+    /// Alias uses so far, and what they have copied.
+    aliases: usize,
+    expanded: usize,
+    /// A limit was crossed: the walk stops and this is the document's only error.
+    fatal: Option<YamlProblem>,
     env: &'e dyn Fn(&str) -> Option<String>,
 }
 
@@ -114,7 +159,10 @@ impl Builder<'_, '_> {
                         return value;
                     }
                     if !matches!(self.events.get(self.pos).map(|e| &e.0), Some(Event::DocumentEnd)) {
-                        value = self.node(String::new());
+                        value = self.node(String::new(), 1).value;
+                        if self.fatal.is_some() {
+                            return Value::Null;
+                        }
                     }
                 }
                 _ => self.pos += 1,
@@ -123,46 +171,84 @@ impl Builder<'_, '_> {
         value
     }
 
-    fn node(&mut self, path: String) -> Value {
+    /// Stops the walk with `message` at `path`.
+    fn stop(&mut self, mark: Mark, path: String, message: String) -> Built {
+        self.fatal.get_or_insert(YamlProblem { mark: Some(mark), path, message });
+        Built { value: Value::Null, cost: 0, height: 1 }
+    }
+
+    /// Builds the node at `self.pos`, which sits at `depth` (the document's root is at 1).
+    fn node(&mut self, path: String, depth: usize) -> Built {
         let (event, span) = self.events[self.pos].clone();
         let mark = Mark::from_span(&span);
         self.pos += 1;
-        match event {
+        if depth > MAX_DEPTH {
+            return self.stop(mark, path, format!("nested more than {MAX_DEPTH} levels deep"));
+        }
+        let built = match event {
             Event::Scalar(text, style, anchor, tag) => {
                 let plain = style == ScalarStyle::Plain && tag.is_none();
-                let v = self.scalar(&text, plain, &path, mark);
-                if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
-                }
-                v
+                let value = self.scalar(&text, plain, &path, mark);
+                let built = Built { value, cost: NODE_COST + text.len(), height: 1 };
+                (built, anchor)
             }
-            Event::Alias(id) => self.anchors.get(&id).cloned().unwrap_or(Value::Null),
+            Event::Alias(id) => {
+                let Some((value, cost, height)) = self.anchors.get(&id) else {
+                    return Built { value: Value::Null, cost: NODE_COST, height: 1 };
+                };
+                let (cost, height) = (*cost, *height);
+                self.aliases += 1;
+                self.expanded = self.expanded.saturating_add(cost);
+                let limit = "(a limit against \"billion laughs\" files)";
+                if self.aliases > MAX_ALIASES {
+                    return self.stop(mark, path, format!("more than {MAX_ALIASES} aliases {limit}"));
+                }
+                if self.expanded > MAX_ALIAS_EXPANSION {
+                    let mib = MAX_ALIAS_EXPANSION >> 20;
+                    return self.stop(
+                        mark,
+                        path,
+                        format!("aliases expand to more than {mib} MiB of copied values {limit}"),
+                    );
+                }
+                if depth + height - 1 > MAX_DEPTH {
+                    return self.stop(mark, path, format!("nested more than {MAX_DEPTH} levels deep"));
+                }
+                return Built { value: value.clone(), cost, height };
+            }
             Event::SequenceStart(anchor, _) => {
                 let mut items = Vec::new();
-                while !matches!(self.events[self.pos].0, Event::SequenceEnd) {
+                let (mut cost, mut height) = (NODE_COST, 1);
+                while self.fatal.is_none() && !matches!(self.events[self.pos].0, Event::SequenceEnd) {
                     let item_path = format!("{path}[{}]", items.len());
                     let item_mark = Mark::from_span(&self.events[self.pos].1);
                     self.positions.marks.insert(item_path.clone(), item_mark);
-                    items.push(self.node(item_path));
+                    let item = self.node(item_path, depth + 1);
+                    cost = cost.saturating_add(item.cost);
+                    height = height.max(item.height + 1);
+                    items.push(item.value);
                 }
                 self.pos += 1;
-                let v = Value::Array(items);
-                if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
-                }
-                v
+                (Built { value: Value::Array(items), cost, height }, anchor)
             }
             Event::MappingStart(anchor, _) => {
                 let mut map = Map::new();
-                while !matches!(self.events[self.pos].0, Event::MappingEnd) {
+                let (mut cost, mut height) = (NODE_COST, 1);
+                while self.fatal.is_none() && !matches!(self.events[self.pos].0, Event::MappingEnd) {
                     let key_mark = Mark::from_span(&self.events[self.pos].1);
-                    let key = match self.node(format!("{path}.<key>")) {
+                    let key = self.node(format!("{path}.<key>"), depth + 1);
+                    let child_path =
+                        |key: &str| if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+                    let key_cost = key.cost;
+                    let key = match key.value {
                         Value::String(s) => s,
                         Value::Null => "null".to_string(),
                         other => other.to_string(),
                     };
-                    let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-                    let value = self.node(child.clone());
+                    let child = child_path(&key);
+                    let value = self.node(child.clone(), depth + 1);
+                    cost = cost.saturating_add(key_cost).saturating_add(value.cost);
+                    height = height.max(value.height + 1);
                     if map.contains_key(&key) {
                         self.problems.push(YamlProblem {
                             mark: Some(key_mark),
@@ -172,17 +258,18 @@ impl Builder<'_, '_> {
                         continue;
                     }
                     self.positions.marks.insert(child, key_mark);
-                    map.insert(key, value);
+                    map.insert(key, value.value);
                 }
                 self.pos += 1;
-                let v = Value::Object(map);
-                if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
-                }
-                v
+                (Built { value: Value::Object(map), cost, height }, anchor)
             }
-            _ => Value::Null,
+            _ => (Built { value: Value::Null, cost: NODE_COST, height: 1 }, 0),
+        };
+        let (built, anchor) = built;
+        if anchor > 0 && self.fatal.is_none() {
+            self.anchors.insert(anchor, (built.value.clone(), built.cost, built.height));
         }
+        built
     }
 
     fn scalar(&mut self, text: &str, plain: bool, path: &str, mark: Mark) -> Value {
@@ -346,5 +433,69 @@ mod tests {
     fn anchors_and_aliases() {
         let doc = parse("base: &b {x: 1}\ncopy: *b\n", &env).unwrap();
         assert_eq!(doc.value, json!({"base": {"x": 1}, "copy": {"x": 1}}));
+    }
+
+    /// "Billion laughs": each level aliases the previous one nine times, so 1 KB of text would
+    /// expand to 9^9 scalars. The walk stops at the alias that crosses the budget.
+    #[test]
+    fn an_alias_bomb_is_refused_where_it_crosses_the_budget() {
+        let mut text = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for (prev, name) in
+            ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
+            let items = vec![format!("*{prev}"); 9].join(", ");
+            text.push_str(&format!("{name}: &{name} [{items}]\n"));
+        }
+        assert!(text.len() < 1024, "{}", text.len());
+        let Err(problem) = parse(&text, &env) else { panic!("an alias bomb parsed") };
+        assert_eq!(
+            (problem.mark, problem.path.as_str(), problem.message.as_str()),
+            (
+                Some(Mark { line: 6, col: 16 }),
+                "f[2]",
+                "aliases expand to more than 8 MiB of copied values (a limit against \"billion laughs\" files)"
+            )
+        );
+    }
+
+    /// One large scalar aliased many times is as costly as many small nodes.
+    #[test]
+    fn aliases_of_a_large_scalar_count_its_bytes() {
+        let big = "x".repeat(100_000);
+        let text = format!("big: &big {big}\ncopies: [{}]\n", vec!["*big"; 100].join(", "));
+        let Err(problem) = parse(&text, &env) else { panic!("parsed") };
+        assert_eq!(problem.path, "copies[83]");
+        assert!(problem.message.starts_with("aliases expand to more than 8 MiB"), "{}", problem.message);
+        // well under the budget: fine
+        let text = format!("big: &big {big}\ncopies: [{}]\n", ["*big"; 10].join(", "));
+        assert_eq!(parse(&text, &env).unwrap().value["copies"].as_array().unwrap().len(), 10);
+    }
+
+    #[test]
+    fn too_many_aliases_are_refused() {
+        let text = format!("one: &o 1\nmany: [{}]\n", vec!["*o"; MAX_ALIASES + 1].join(","));
+        let Err(problem) = parse(&text, &env) else { panic!("parsed") };
+        assert_eq!(problem.path, format!("many[{MAX_ALIASES}]"));
+        assert_eq!(problem.message, "more than 10000 aliases (a limit against \"billion laughs\" files)");
+    }
+
+    /// Deep nesting would overflow the stack of the recursive walk (and of serde and `Drop`
+    /// after it); aliases cannot be used to stack depth either.
+    #[test]
+    fn deep_nesting_is_refused() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let Err(problem) = parse(&deep, &env) else { panic!("parsed") };
+        assert_eq!(problem.message, format!("nested more than {MAX_DEPTH} levels deep"));
+        assert_eq!(problem.mark, Some(Mark { line: 1, col: MAX_DEPTH + 1 }));
+
+        let half = MAX_DEPTH / 2 + 1;
+        let nest = |inner: &str| format!("{}{inner}{}", "[".repeat(half), "]".repeat(half));
+        let text = format!("a: &a {}\nb: &b {}\n", nest("1"), nest("*a"));
+        let Err(problem) = parse(&text, &env) else { panic!("parsed") };
+        assert_eq!(problem.message, format!("nested more than {MAX_DEPTH} levels deep"));
+        assert_eq!(problem.mark.map(|m| m.line), Some(2));
+
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH - 1), "]".repeat(MAX_DEPTH - 1));
+        assert!(parse(&ok, &env).is_ok());
     }
 }

@@ -23,7 +23,9 @@ pub struct ChainError {
 /// - A drop ends its branch only. If every branch is dropped the result is a drop, with the
 ///   first reason seen.
 /// - Any error fails the whole chain (the event's transform), naming the plugin.
-/// - A step's outputs, summed over branches, may not exceed that plugin's `max_outputs`.
+/// - A step's outputs, summed over branches, may not exceed that plugin's `max_outputs`, nor
+///   their bytes (bodies and headers, the branch's headers included) its
+///   `max_total_output_bytes`: the chain's last step bounds what one event stores.
 ///
 /// Branches run one after another; each call has its own deadline.
 /// An empty chain emits the event's body unchanged.
@@ -36,7 +38,8 @@ pub async fn run_chain<'a>(plugins: &[Plugin], event: impl Into<EventRef<'a>>) -
     let mut first_drop: Option<String> = None;
     for (index, plugin) in plugins.iter().enumerate() {
         let fail = |error| ChainError { index, plugin: plugin.name().to_string(), error };
-        let mut next = Vec::new();
+        let mut next: Vec<Output> = Vec::new();
+        let mut total = 0;
         for branch in branches {
             let step_event = EventRef { body: &branch.body, ..event };
             let allowed = branch.destinations.as_deref().unwrap_or(&plugin.inner.allowed_destinations);
@@ -44,11 +47,21 @@ pub async fn run_chain<'a>(plugins: &[Plugin], event: impl Into<EventRef<'a>>) -
                 Outcome::Drop(reason) => {
                     first_drop.get_or_insert(reason);
                 }
-                Outcome::Emit(outputs) => next.extend(outputs.into_iter().map(|out| Output {
-                    destinations: out.destinations.or_else(|| branch.destinations.clone()),
-                    headers: overlay(&branch.headers, out.headers),
-                    body: out.body,
-                })),
+                Outcome::Emit(outputs) => {
+                    let start = next.len();
+                    next.extend(outputs.into_iter().map(|out| Output {
+                        destinations: out.destinations.or_else(|| branch.destinations.clone()),
+                        headers: overlay(&branch.headers, out.headers),
+                        body: out.body,
+                    }));
+                    total += next[start..].iter().map(Output::size).sum::<usize>();
+                }
+            }
+            if total > plugin.limits().max_total_output_bytes {
+                return Err(fail(PluginError::OutputsTooLarge {
+                    total,
+                    limit: plugin.limits().max_total_output_bytes,
+                }));
             }
             if next.len() > plugin.limits().max_outputs {
                 return Err(fail(PluginError::TooManyOutputs {

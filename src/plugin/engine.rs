@@ -107,11 +107,7 @@ impl Engine {
     }
 
     pub(super) fn load(&self, path: &Path) -> Result<bindings::TransformPre<State>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => LoadError::NotFound,
-            _ => LoadError::Unreadable(e.to_string()),
-        })?;
-        self.load_bytes(&bytes)
+        self.load_bytes(&super::read_plugin_file(path)?)
     }
 
     pub(super) fn load_bytes(&self, bytes: &[u8]) -> Result<bindings::TransformPre<State>, LoadError> {

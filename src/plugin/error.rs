@@ -17,6 +17,17 @@ pub enum PluginError {
     /// One output (body plus headers) is larger than `max_output_bytes`.
     #[error("output {index} is {size} bytes, over the limit of {limit} bytes")]
     OutputTooLarge { index: usize, size: usize, limit: usize },
+    /// All outputs of one event's call (or chain step, across its branches) together are larger
+    /// than `max_total_output_bytes`.
+    #[error("the outputs total {total} bytes, over the limit of {limit} bytes for one event")]
+    OutputsTooLarge { total: usize, limit: usize },
+    /// The plugin handed the host more than it copies in one call (see
+    /// `Limits::host_copy_budget`): outputs far over `max_total_output_bytes`, or a huge log
+    /// line. The host stopped copying instead of holding it all.
+    #[error(
+        "the plugin handed the host more than {limit} bytes in one call (outputs far over the limit for one event, or a huge log line)"
+    )]
+    TooMuchData { limit: usize },
     /// More outputs than `max_outputs`.
     #[error("plugin emitted {count} outputs, over the limit of {limit}")]
     TooManyOutputs { count: usize, limit: usize },
@@ -40,6 +51,8 @@ impl PluginError {
             PluginError::Timeout { .. } => "timeout",
             PluginError::MemoryLimit { .. } => "memory",
             PluginError::OutputTooLarge { .. } => "output_too_large",
+            PluginError::OutputsTooLarge { .. } => "outputs_too_large",
+            PluginError::TooMuchData { .. } => "too_much_data",
             PluginError::TooManyOutputs { .. } => "too_many_outputs",
             PluginError::BadDestination { .. } => "bad_destination",
             PluginError::Malformed(_) => "malformed",
@@ -67,6 +80,13 @@ pub enum LoadError {
     NotFound,
     #[error("cannot read the file: {0}")]
     Unreadable(String),
+    /// A device, a pipe or a directory: what kind it is.
+    #[error("not a regular file ({0}): a plugin must be a .wasm file")]
+    NotRegular(String),
+    /// Larger than [`MAX_PLUGIN_FILE_BYTES`](super::MAX_PLUGIN_FILE_BYTES) (the size, when known
+    /// before reading).
+    #[error("the file is {}over the {limit}-byte limit for a plugin file", size.map(|s| format!("{s} bytes, ")).unwrap_or_default())]
+    TooLarge { size: Option<u64>, limit: u64 },
     /// Not WebAssembly at all (or WebAssembly text, which must be built first).
     #[error("not a WebAssembly file: {0}")]
     NotWasm(String),

@@ -35,6 +35,23 @@ pub use run::{GuestLog, LogLevel, RunReport};
 /// The WIT world every plugin must target.
 pub const WORLD: &str = "hookyard:plugin/transform@0.1.0";
 
+/// Largest plugin file read, in bytes: 64 MiB. A Rust plugin built by `plugins/build.sh` is a
+/// few hundred KiB and a large one with its dependencies a few MiB; the limit stops a path that
+/// points at something else (a disk image, a log) from being read whole into memory.
+pub const MAX_PLUGIN_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a plugin file: a regular file of at most [`MAX_PLUGIN_FILE_BYTES`], its size checked
+/// before reading. A device such as `/dev/zero`, a pipe or a directory is refused unread.
+pub fn read_plugin_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    use crate::config::{ReadError, Regular, read_limited};
+    read_limited(path, MAX_PLUGIN_FILE_BYTES, Regular::Required, "a plugin file").map_err(|e| match e {
+        ReadError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => LoadError::NotFound,
+        ReadError::Io(e) => LoadError::Unreadable(e.to_string()),
+        ReadError::NotRegular(kind) => LoadError::NotRegular(kind.to_string()),
+        ReadError::TooLarge { size, limit, .. } => LoadError::TooLarge { size, limit },
+    })
+}
+
 /// Settings of the process-wide plugin runtime. [`PluginHost::new`] uses the defaults.
 #[derive(Clone, Debug)]
 pub struct HostConfig {
@@ -136,15 +153,37 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// Most outputs one call (or one chain step, across its branches) may emit. Default 100.
     pub max_outputs: usize,
+    /// Largest total of all outputs of one call (or one chain step, across its branches):
+    /// bodies plus header names and values. Default 4 MiB. Each output is stored with every
+    /// delivery it makes, so without it a split of 100 outputs of 1 MiB stores 100 MiB per
+    /// event; 4 MiB lets a split fan an event out widely, or reshape a large one a few times,
+    /// while one event stays within a few times what a sender may send.
+    pub max_total_output_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { timeout_ms: 50, memory_mb: 16, max_output_bytes: 1 << 20, max_outputs: 100 }
+        Limits {
+            timeout_ms: 50,
+            memory_mb: 16,
+            max_output_bytes: 1 << 20,
+            max_outputs: 100,
+            max_total_output_bytes: 4 << 20,
+        }
     }
 }
 
 impl Limits {
+    /// The most a call may hand the host to copy (its outputs, a log line, its error), in
+    /// bytes: 4 × `max_total_output_bytes` + 1 MiB (17 MiB by default). The outputs are copied
+    /// out of the plugin's memory before they can be checked, and 100 outputs may all point at
+    /// the same 16 MiB: without a budget one call could make the host allocate 1.6 GiB (wasmtime
+    /// stops at 128 MiB by itself). Up to 4 × the limit, the event fails with the outputs'
+    /// exact total; beyond, copying stops and it fails as [`PluginError::TooMuchData`].
+    pub fn host_copy_budget(&self) -> usize {
+        self.max_total_output_bytes.saturating_mul(4).saturating_add(1 << 20)
+    }
+
     fn check(&self, max_memory_mb: u64) -> Result<(), String> {
         let mut problems = Vec::new();
         if !(1..=60_000).contains(&self.timeout_ms) {
@@ -158,6 +197,9 @@ impl Limits {
         }
         if self.max_outputs == 0 {
             problems.push("max_outputs must be at least 1".to_string());
+        }
+        if self.max_total_output_bytes == 0 {
+            problems.push("max_total_output_bytes must be at least 1".to_string());
         }
         if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
     }
@@ -266,4 +308,12 @@ pub struct Output {
     /// plugin may not set the framing headers the gateway manages, such as Content-Length).
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+}
+
+impl Output {
+    /// What the output counts towards `max_output_bytes` and `max_total_output_bytes`: its body
+    /// plus its header names and values.
+    pub fn size(&self) -> usize {
+        self.body.len() + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    }
 }

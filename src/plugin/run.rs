@@ -349,6 +349,7 @@ impl PluginInner {
         };
         let mut store = Store::new(&self.engine.wasmtime, state);
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(self.limits.host_copy_budget());
         // Called at every epoch tick.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
@@ -451,13 +452,19 @@ fn overlay_headers<'a>(base: &'a [(String, String)], top: &'a [(String, String)]
     overlaid(base, top).map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-/// Names a failed call: the deadline, the memory limit, a trap, or else output the canonical
-/// ABI could not lift (bad UTF-8, out-of-bounds lists, bad discriminants).
+/// Names a failed call: the deadline, the memory limit, the copy budget, a trap, or else output
+/// the canonical ABI could not lift (bad UTF-8, out-of-bounds lists, bad discriminants).
+/// How wasmtime says a call's copy budget (`Store::set_hostcall_fuel`) ran out; its error type
+/// is private. `hostile_plugins_fail_precisely_while_good_events_flow` pins it.
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
+
 fn classify(error: &wasmtime::Error, state: &State, limits: &Limits) -> PluginError {
     if Interrupt::of(error) == Some(Interrupt::DeadlineExceeded) {
         PluginError::Timeout { ms: limits.timeout_ms }
     } else if state.limiter.memory_exceeded {
         PluginError::MemoryLimit { mb: limits.memory_mb }
+    } else if error.chain().any(|e| e.to_string().contains(HOSTCALL_FUEL_EXHAUSTED)) {
+        PluginError::TooMuchData { limit: limits.host_copy_budget() }
     } else if let Some(trap) = error.downcast_ref::<Trap>() {
         PluginError::Trap(trap.to_string())
     } else {
@@ -479,12 +486,16 @@ fn check_outcome(outcome: types::Outcome, limits: &Limits, allowed: &[String]) -
     if outputs.len() > limits.max_outputs {
         return Err(PluginError::TooManyOutputs { count: outputs.len(), limit: limits.max_outputs });
     }
-    outputs
+    let outputs: Vec<Output> = outputs
         .into_iter()
         .enumerate()
         .map(|(index, output)| check_output(index, output, limits, allowed))
-        .collect::<Result<_, _>>()
-        .map(Outcome::Emit)
+        .collect::<Result<_, _>>()?;
+    let total = outputs.iter().map(Output::size).sum();
+    if total > limits.max_total_output_bytes {
+        return Err(PluginError::OutputsTooLarge { total, limit: limits.max_total_output_bytes });
+    }
+    Ok(Outcome::Emit(outputs))
 }
 
 fn check_output(

@@ -143,6 +143,9 @@ async fn hostile_plugins_fail_precisely_while_good_events_flow() {
             Want::Exactly(PluginError::BadDestination { name: "evil".into(), allowed: names(&["chat"]) }),
         ),
         ("malformed", &loose, Want::MalformedContaining("utf-8")),
+        ("many_outputs", &loose, Want::Exactly(PluginError::OutputsTooLarge { total: 10_000_000, limit: 4 << 20 })),
+        // 75 MiB of outputs: the host stops copying at 4 × 4 MiB + 1 MiB, never holding them all
+        ("copy_bomb", &loose, Want::Exactly(PluginError::TooMuchData { limit: 17 << 20 })),
     ];
     let good = example("noop", &[], &["chat"]);
     let good_calls = tokio::spawn(async move {
@@ -358,6 +361,10 @@ async fn limits_are_per_plugin() {
     let big = hostile("huge_output", Limits { max_output_bytes: 4 << 20, ..Limits::default() });
     let out = emitted(big.run(&event("", &[])).await.unwrap());
     assert_eq!(out[0].body.len(), 2 << 20);
+    // A larger total lets ten outputs of 1,000,000 bytes through.
+    let many = hostile("many_outputs", Limits { max_total_output_bytes: 10_000_000, ..Limits::default() });
+    let out = emitted(many.run(&event("", &[])).await.unwrap());
+    assert_eq!((out.len(), out.iter().map(Output::size).sum::<usize>()), (10, 10_000_000));
     // Fewer outputs allowed than a split produces.
     let split = host()
         .load(
@@ -370,11 +377,12 @@ async fn limits_are_per_plugin() {
     let batch = json_event(json!({"items": [1, 2, 3, 4, 5]}));
     assert_eq!(split.run(&batch).await, Err(PluginError::TooManyOutputs { count: 5, limit: 3 }));
     // Out-of-range limits are load errors.
-    let bad = Limits { timeout_ms: 0, memory_mb: 100_000, ..Limits::default() };
+    let bad = Limits { timeout_ms: 0, memory_mb: 100_000, max_total_output_bytes: 0, ..Limits::default() };
     let err = host().load(&dist("noop"), vec![], bad, names(&["a"])).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "bad limits: timeout_ms must be 1..=60000, not 0; memory_mb must be 1..=256, not 100000"
+        "bad limits: timeout_ms must be 1..=60000, not 0; memory_mb must be 1..=256, not 100000; \
+         max_total_output_bytes must be at least 1"
     );
 }
 
@@ -407,8 +415,25 @@ fn load_errors_are_precise() {
         path
     };
     let fixtures = root().join("tests/fixtures/plugins");
+    let huge = dir.path().join("huge.wasm");
+    std::fs::File::create(&huge).unwrap().set_len(MAX_PLUGIN_FILE_BYTES + 1).unwrap();
     let cases: Vec<(PathBuf, LoadError, &str)> = vec![
         (dir.path().join("missing.wasm"), LoadError::NotFound, "file not found"),
+        (
+            PathBuf::from("/dev/zero"),
+            LoadError::NotRegular("a character device".into()),
+            "not a regular file (a character device): a plugin must be a .wasm file",
+        ),
+        (
+            dir.path().to_path_buf(),
+            LoadError::NotRegular("a directory".into()),
+            "not a regular file (a directory): a plugin must be a .wasm file",
+        ),
+        (
+            huge,
+            LoadError::TooLarge { size: Some(MAX_PLUGIN_FILE_BYTES + 1), limit: MAX_PLUGIN_FILE_BYTES },
+            "the file is 67108865 bytes, over the 67108864-byte limit for a plugin file",
+        ),
         (
             write("text.wasm", b"hello"),
             LoadError::NotWasm("it does not start with the WebAssembly magic bytes \\0asm".into()),
@@ -500,6 +525,8 @@ fn error_labels_and_retry() {
         (PluginError::MemoryLimit { mb: 1 }, "memory", false),
         (PluginError::OutputTooLarge { index: 0, size: 2, limit: 1 }, "output_too_large", false),
         (PluginError::TooManyOutputs { count: 2, limit: 1 }, "too_many_outputs", false),
+        (PluginError::OutputsTooLarge { total: 2, limit: 1 }, "outputs_too_large", false),
+        (PluginError::TooMuchData { limit: 1 }, "too_much_data", false),
         (PluginError::BadDestination { name: "x".into(), allowed: vec![] }, "bad_destination", false),
         (PluginError::Malformed("x".into()), "malformed", false),
         (PluginError::Failed { retryable: true, message: "x".into() }, "plugin_error", true),
@@ -707,6 +734,17 @@ async fn chain_errors_name_the_failing_plugin_and_bound_fan_out() {
     let three = json_event(json!([[1, 2, 3], [4, 5, 6], [7, 8, 9]]));
     let err = run_chain(&chain, &three).await.unwrap_err();
     assert_eq!((err.index, err.error), (1, PluginError::TooManyOutputs { count: 6, limit: 4 }));
+
+    // The bytes of a step's outputs are summed over its branches too: a limit one byte short of
+    // the two branches' total fails the second branch, though each call is within it.
+    let split = |limits| host().load(&dist("split"), strings(&[("path", "$")]), limits, names(&["a"])).unwrap();
+    let total: usize = emitted(run_chain(&[split(Limits::default()), split(Limits::default())], &two).await.unwrap())
+        .iter()
+        .map(Output::size)
+        .sum();
+    let tight = Limits { max_total_output_bytes: total - 1, ..Limits::default() };
+    let err = run_chain(&[split(Limits::default()), split(tight)], &two).await.unwrap_err();
+    assert_eq!((err.index, err.error), (1, PluginError::OutputsTooLarge { total, limit: total - 1 }));
 
     let trap = hostile("trap", Limits::default());
     let chain = [example("noop", &[], &["chat"]), trap];

@@ -52,6 +52,9 @@ pub struct Snapshot {
     pub log_redact: Vec<JsonPath>,
     /// Every plugin file the routes name (watched for hot reload).
     pub plugin_files: Vec<PathBuf>,
+    /// What is valid but will not work as written: destinations the egress guard will refuse.
+    /// `check` and `dry-run` print these, `run` logs them; they never fail a build.
+    pub warnings: Vec<ConfigError>,
 }
 
 pub struct Source {
@@ -103,14 +106,7 @@ fn plugin_host(cache_dir: Option<PathBuf>) -> Result<&'static PluginHost, String
 
 /// Reads and compiles a config file.
 pub fn build(path: &Path) -> Result<Snapshot, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.display().to_string(),
-            mark: None,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
+    let text = Config::read_text(path).map_err(|e| ConfigErrors(vec![e]))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     build_from_text(&path.display().to_string(), &base, &text, &|k| std::env::var(k).ok())
 }
@@ -130,7 +126,11 @@ pub fn build_from_text(
     let policy = Arc::new(EgressPolicy::new(cfg.egress.allow.iter().filter_map(|s| parse_net(s)).collect()));
     let roots = TlsRoots::webpki();
     let mut destinations = Vec::new();
+    let mut warnings = Vec::new();
     for (name, d) in &cfg.destinations {
+        if let Some(w) = egress_warning(&policy, &d.url) {
+            warnings.push(cfg.error(&format!("destinations.{name}.url"), w));
+        }
         match build_destination(&cfg, name, d, &policy, &roots) {
             Ok(dest) => destinations.push(Arc::new(dest)),
             Err(e) => errors.push(e),
@@ -155,7 +155,14 @@ pub fn build_from_text(
             let k = format!("{key}.transform[{j}].plugin");
             let path = cfg.base_dir.join(&t.plugin);
             plugin_files.push(path.clone());
-            let bytes = std::fs::read(&path).unwrap_or_default();
+            // read once, bounded: what is hashed into the version is what is compiled
+            let bytes = match crate::plugin::read_plugin_file(&path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    errors.push(cfg.error(&k, format!("{}: {e}", path.display())));
+                    continue;
+                }
+            };
             version_hash.update(&bytes);
             let d = Limits::default();
             let limits = Limits {
@@ -163,6 +170,11 @@ pub fn build_from_text(
                 memory_mb: t.limits.memory_mb.unwrap_or(d.memory_mb),
                 max_output_bytes: t.limits.max_output_bytes.unwrap_or(d.max_output_bytes),
                 max_outputs: t.limits.max_outputs.unwrap_or(d.max_outputs),
+                // a raised max_output_bytes raises the default total with it
+                max_total_output_bytes: t
+                    .limits
+                    .max_total_output_bytes
+                    .unwrap_or(d.max_total_output_bytes.max(t.limits.max_output_bytes.unwrap_or(d.max_output_bytes))),
             };
             let config: Vec<(String, String)> = t
                 .config
@@ -172,8 +184,10 @@ pub fn build_from_text(
             let cache = std::env::var_os("HOOKYARD_PLUGIN_CACHE")
                 .map(PathBuf::from)
                 .or_else(|| storage_dir(&cfg).map(|d| d.join("plugin-cache")));
+            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let loaded = plugin_host(cache).and_then(|h| {
-                h.load(&path, config, limits, r.to.clone()).map_err(|e| format!("{}: {e}", path.display()))
+                h.load_bytes(&name, &bytes, config, limits, r.to.clone())
+                    .map_err(|e| format!("{}: {e}", path.display()))
             });
             match loaded {
                 Ok(p) => plugins.push(p),
@@ -283,7 +297,29 @@ pub fn build_from_text(
         admin: cfg.admin.clone(),
         log_redact,
         plugin_files,
+        warnings,
     })
+}
+
+/// Why deliveries to `url` will all be refused by the egress guard, if its host says so without
+/// DNS: an IP literal the policy refuses, or `localhost` (and `*.localhost`, which resolve to
+/// loopback) when neither `127.0.0.1` nor `::1` is allowed. A host name is otherwise only known
+/// at delivery time, when the guard checks every address it resolves to.
+fn egress_warning(policy: &EgressPolicy, url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let host = uri.host()?;
+    let consequence = "egress.allow does not include it, so every delivery will be refused";
+    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
+        let kind = policy.check(ip).err()?;
+        let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+        return Some(format!("{ip} is {article} {kind} address; {consequence}"));
+    }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    let loopback_name = name == "localhost" || name.ends_with(".localhost");
+    let refused = |ip: &str| policy.check(ip.parse().expect("a valid address")).is_err();
+    (loopback_name && refused("127.0.0.1") && refused("::1"))
+        .then(|| format!("{host} is a loopback name; {consequence}"))
 }
 
 fn algorithm(a: Option<AlgorithmName>) -> Algorithm {
