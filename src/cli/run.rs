@@ -12,7 +12,7 @@ use hookyard::admin::Admin;
 use hookyard::delivery::{Dispatcher, HttpTransport};
 use hookyard::reload::Reloader;
 use hookyard::server::{self, Gateway};
-use hookyard::store::{Store, now_ms};
+use hookyard::store::{Store, StoreOptions, now_ms};
 use tracing::{error, info, warn};
 
 pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
@@ -36,7 +36,10 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
         let listen = snapshot.server.listen;
         let grace = snapshot.server.shutdown_grace.0;
         let storage = snapshot.storage.clone();
-        let store = Store::open(&storage.path, storage.sync)?;
+        let store = Store::open_with(
+            &storage.path,
+            StoreOptions { sync: storage.sync, commit_timeout: storage.commit_timeout.0 },
+        )?;
         let dispatcher = Dispatcher::new(
             store.clone(),
             HttpTransport,
