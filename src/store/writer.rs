@@ -65,7 +65,8 @@ struct Ctx {
     trace: Arc<Trace>,
 }
 
-/// What unit tests observe of the writer: operations queued and not yet taken, and each group.
+/// What unit tests observe of the writer: operations queued and not yet taken (counted after the
+/// send and before the take, so only meaningful while the writer is held), and each group.
 #[cfg(test)]
 #[derive(Default)]
 pub(super) struct Trace {
@@ -106,9 +107,11 @@ impl Writer {
     }
 
     pub fn send(&self, op: Op) -> Result<()> {
+        self.tx.send(op).map_err(|_| StoreError::WriterGone)?;
+        // counted once in the queue, so a test that sees N queued knows the next group takes them
         #[cfg(test)]
         self.trace.queued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.tx.send(op).map_err(|_| StoreError::WriterGone)
+        Ok(())
     }
 }
 
