@@ -373,12 +373,13 @@ impl Store {
     ) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: writer::Job = Box::new(move |t| {
-            let r = f(t);
-            let ok = r.is_ok();
+            let r = t.map(f);
+            let ok = matches!(r, Some(Ok(_)));
             let reply: writer::Deferred = Box::new(move |commit_error: Option<String>| {
-                let _ = tx.send(match commit_error {
-                    Some(e) => Err(StoreError::Commit(e)),
-                    None => r.map_err(StoreError::from),
+                let _ = tx.send(match (commit_error, r) {
+                    (Some(e), _) => Err(StoreError::Commit(e)),
+                    (None, Some(r)) => r.map_err(StoreError::from),
+                    (None, None) => Err(StoreError::Commit("the group was not written".into())),
                 });
             });
             (ok, reply)

@@ -263,6 +263,9 @@ async fn an_accept_that_cannot_get_the_write_lock_in_time_is_never_written() {
     assert!(took >= timeout && took < timeout + Duration::from_millis(500), "answered after {took:?}");
     let reason = store.health().unwrap_err();
     assert!(reason.contains("database is locked"), "{reason}");
+    // an administrative write is told why too
+    let err = store.set_paused("a", true, None).await.unwrap_err();
+    assert_eq!(err.to_string(), "commit failed: database is locked");
 
     foreign.execute_batch("COMMIT").unwrap();
     stored(store.accept(event("evt_3", None, now_ms()), vec![delivery("a")], None).await.unwrap());

@@ -26,7 +26,9 @@ pub const MAX_GROUP: usize = 1024;
 
 /// An administrative write: runs in the group's transaction and returns whether it succeeded and
 /// how to tell its caller, which is called after COMMIT (with the commit error, if any).
-pub type Job = Box<dyn FnOnce(&Connection) -> (bool, Deferred) + Send>;
+/// Called with `None` when its group failed before it could run: its caller then gets the
+/// group's error (not a "writer stopped" from a dropped reply).
+pub type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Deferred) + Send>;
 pub type Deferred = Box<dyn FnOnce(Option<String>) + Send>;
 
 pub enum Op {
@@ -194,7 +196,8 @@ fn run(mut conn: Connection, rx: Receiver<Op>, ctx: Ctx) {
         let mut expired = Vec::new();
         let committed = conn
             .busy_timeout(lock_wait)
-            .and_then(|()| write_group(&mut conn, &mut ops, &mut expired, jobs, &mut written, &mut deferred));
+            .and_then(|()| write_group(&mut conn, &mut ops, &mut expired, &mut jobs, &mut written, &mut deferred));
+        deferred.extend(jobs.drain(..).map(|job| job(None).1)); // not run: the group failed
         #[cfg(test)]
         if let Ok(rolled_back) = &committed {
             let group = GroupTrace { ops: ops.len(), jobs: jobs_n, rolled_back: *rolled_back };
@@ -273,7 +276,7 @@ fn write_group(
     conn: &mut Connection,
     ops: &mut Vec<Op>,
     expired: &mut Vec<Op>,
-    jobs: Vec<Job>,
+    jobs: &mut Vec<Job>,
     written: &mut Vec<Written>,
     deferred: &mut Vec<Deferred>,
 ) -> rusqlite::Result<bool> {
@@ -301,11 +304,24 @@ fn write_group(
             })?);
         }
     }
-    for job in jobs {
-        deferred.push(in_savepoint(&mut tx, |t| {
-            let (ok, reply) = job(t);
-            (reply, ok)
-        })?);
+    // in arrival order; a job not taken when an error returns stays in `jobs`
+    jobs.reverse();
+    while let Some(job) = jobs.pop() {
+        let mut sp = match tx.savepoint() {
+            Ok(sp) => sp,
+            Err(e) => {
+                jobs.push(job);
+                return Err(e);
+            }
+        };
+        let (ok, reply) = job(Some(&sp));
+        deferred.push(reply);
+        if ok {
+            sp.commit()?;
+        } else {
+            sp.rollback()?;
+            sp.finish()?;
+        }
     }
     tx.commit()?;
     Ok(!clean)
