@@ -260,7 +260,7 @@ async fn an_accept_that_cannot_get_the_write_lock_in_time_is_never_written() {
     let err = store.accept(event("evt_2", None, now_ms()), vec![delivery("a")], None).await.unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, StoreError::Commit(_) | StoreError::Timeout(_)), "{err}");
-    assert!(took >= timeout && took < timeout + Duration::from_millis(500), "answered after {took:?}");
+    assert!(took >= timeout && took < timeout + Duration::from_secs(1), "answered after {took:?}");
     let reason = store.health().unwrap_err();
     assert!(reason.contains("database is locked"), "{reason}");
     // an administrative write is told why too
