@@ -287,6 +287,10 @@ fn keep_restart_only_settings(old: &Snapshot, new: &mut Snapshot) -> Vec<String>
         changed.push("storage.path / storage.sync".to_string());
         new.storage = old.storage.clone();
     }
+    if old.storage.commit_timeout.0 != new.storage.commit_timeout.0 {
+        changed.push("storage.commit_timeout".to_string());
+        new.storage.commit_timeout = old.storage.commit_timeout;
+    }
     if old.delivery.max_in_flight != new.delivery.max_in_flight || old.delivery.max_pending != new.delivery.max_pending
     {
         changed.push("delivery.max_in_flight / delivery.max_pending".to_string());

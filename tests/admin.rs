@@ -929,3 +929,80 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit_and_sizes_the_connectio
         sized[0]
     );
 }
+
+// --- readiness follows the store ----------------------------------------------------------------
+
+/// A second connection to the gateway's database, as another process would open it.
+fn foreign_connection(gw: &Gateway) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(gw.config_path.parent().unwrap().join("hookyard.db")).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c
+}
+
+fn assert_refused(a: &Answer) {
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
+    assert_eq!(a.json(), json!({"error": "could not store the event, retry later"}));
+    assert_eq!(a.header("retry-after"), Some("5"), "{:?}", a.headers);
+}
+
+#[tokio::test]
+async fn readyz_fails_while_events_cannot_be_written_and_recovers() {
+    let sink = Sink::start().await;
+    let (gw, admin) = start(&[("out", sink.url("/out"), "")]).await;
+    send(&gw, &["out"], "before").await;
+    assert_eq!(admin.get("/readyz").await.status, StatusCode::OK);
+
+    // Every write of an event fails from now on (a real SQLite error, as a full disk gives one).
+    let db = foreign_connection(&gw);
+    db.execute_batch("CREATE TRIGGER fault BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk says no'); END;")
+        .unwrap();
+    // With no traffic at all, the periodic probe notices.
+    let broken = std::time::Instant::now();
+    let r = admin.wait_answer("/readyz", "readyz 503 while no event can be written", |a| a.status == 503).await;
+    eprintln!("readyz: 503 {:?} after events could no longer be written, with no traffic", broken.elapsed());
+    let v = r.json();
+    assert_eq!((&v["ready"], &v["store_writable"]), (&json!(false), &json!(false)), "{v}");
+    let reason = v["store_error"].as_str().unwrap_or_else(|| panic!("no store_error in {v}"));
+    assert!(reason.contains("disk says no"), "{reason}");
+    let to: &[(&str, &str)] = &[("X-To", "out,"), ("X-Case", "refused")];
+    assert_refused(&gw.post("/hooks/app", to, r#"{"case":"refused"}"#).await);
+    assert_eq!(admin.get("/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE, "a failed accept keeps it so");
+
+    // Recovered: ready again without a restart, and events are accepted.
+    db.execute_batch("DROP TRIGGER fault").unwrap();
+    let fixed = std::time::Instant::now();
+    let r = admin.wait_answer("/readyz", "readyz 200 after the store recovered", |a| a.status == 200).await;
+    eprintln!("readyz: 200 again {:?} after the store recovered", fixed.elapsed());
+    assert_eq!(r.json()["store_error"], Value::Null, "{}", r.text());
+    send(&gw, &["out"], "after").await;
+    let got = sink.wait_for(2, WAIT).await;
+    assert_eq!(got.iter().map(case_of).collect::<Vec<_>>(), ["before", "after"]);
+}
+
+#[tokio::test]
+async fn a_deleted_database_fails_readiness_and_refuses_events() {
+    let sink = Sink::start().await;
+    let (gw, admin) = start(&[("out", sink.url("/out"), "")]).await;
+    send(&gw, &["out"], "before").await;
+    sink.wait_for(1, WAIT).await;
+
+    let db = gw.config_path.parent().unwrap().join("hookyard.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let f = format!("{}{suffix}", db.display());
+        std::fs::remove_file(&f).unwrap_or_else(|e| panic!("remove {f}: {e}"));
+    }
+    // Not acknowledged into a file nobody will open again: refused from the first event on.
+    let to: &[(&str, &str)] = &[("X-To", "out,"), ("X-Case", "after delete")];
+    assert_refused(&gw.post("/hooks/app", to, r#"{"case":"after delete"}"#).await);
+    let r = admin.get("/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["store_writable"], false, "{v}");
+    let reason = v["store_error"].as_str().unwrap_or_else(|| panic!("no store_error in {v}"));
+    assert!(reason.contains(&format!("{} was deleted", db.display())), "{reason}");
+    gw.wait_for_log_lines(&["ERROR", "database file is gone"], 1, WAIT).await;
+    assert_refused(&gw.post("/hooks/app", to, r#"{"case":"after delete"}"#).await);
+    let lines = gw.log_lines_with(&["database file is gone"]);
+    assert_eq!(lines.len(), 1, "logged once, not at every check: {lines:?}");
+    assert_eq!(sink.requests().len(), 1, "nothing after the deletion was delivered");
+}

@@ -793,3 +793,123 @@ async fn the_default_header_limit_is_64_kib() {
         "HTTP/1.1 431 Request Header Fields Too Large"
     );
 }
+
+// --- An unwritable store ----------------------------------------------------------------------
+
+/// A gateway with an unsigned source `app` routed to `out` at `url`, its store at `store.db` in
+/// the config's directory, committing with `storage` settings `storage_extra`.
+async fn stored_gateway(url: &str, storage_extra: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+server: {{ listen: "127.0.0.1:0" }}
+egress: {{ allow: [127.0.0.0/8] }}
+storage: {{ path: store.db{storage_extra} }}
+sources:
+  app:
+    path: /hooks/app
+    verify: {{ scheme: none }}
+destinations:
+  out:
+    url: {url}
+    sign: {{ scheme: none }}
+routes:
+  - {{ name: all, source: app, to: [out] }}
+"#
+    ))
+    .await
+}
+
+/// A second connection to the gateway's database, as a foreign process (or an operator's
+/// `sqlite3` shell) would open it.
+fn foreign_connection(gw: &Gateway) -> rusqlite::Connection {
+    let path = gw.config_path.parent().unwrap().join("store.db");
+    let c = rusqlite::Connection::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    c
+}
+
+fn count(c: &rusqlite::Connection, table: &str) -> i64 {
+    c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+}
+
+/// Waits (bounded) until `n` deliveries are recorded as delivered.
+async fn wait_delivered(c: &rusqlite::Connection, n: i64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let done: i64 =
+            c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'", [], |r| r.get(0)).unwrap();
+        if done == n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{done} of {n} deliveries recorded as delivered");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+fn assert_store_refused(a: &Answer) {
+    assert_error(a, StatusCode::SERVICE_UNAVAILABLE, "could not store the event, retry later");
+    assert_eq!(a.header("retry-after"), Some("5"), "{:?}", a.headers);
+}
+
+#[tokio::test]
+async fn a_foreign_write_lock_is_503_with_retry_after_within_the_commit_timeout() {
+    let sink = Sink::start().await;
+    let gw = stored_gateway(&sink.url("/out"), ", commit_timeout: 1s").await;
+    gw.post("/hooks/app", &[("x-case", "before")], BODY).await.accepted_id();
+    sink.wait_for(1, WAIT).await;
+    let foreign = foreign_connection(&gw);
+    wait_delivered(&foreign, 1).await; // its settle is not caught by the lock
+
+    // Another process takes SQLite's write lock and keeps it.
+    foreign.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(
+        gw.post("/hooks/app", &[("x-case", "locked 1")], BODY),
+        gw.post("/hooks/app", &[("x-case", "locked 2")], BODY),
+        gw.post("/hooks/app", &[("x-case", "locked 3")], BODY),
+    );
+    let took = started.elapsed();
+    eprintln!("write lock held elsewhere: three events answered 503 after {took:?} (commit_timeout 1s)");
+    for a in [&a, &b, &c] {
+        assert_store_refused(a);
+    }
+    // 1 s of commit_timeout, plus the time to answer; the default busy wait would be 10 s or more
+    assert!(took < std::time::Duration::from_millis(2500), "503 after {took:?}");
+    assert!(took >= std::time::Duration::from_millis(900), "answered before the commit timeout: {took:?}");
+    gw.wait_for_log("database is locked", WAIT).await;
+
+    // Released: accepted again, and nothing of the refused events landed late.
+    foreign.execute_batch("COMMIT").unwrap();
+    gw.post("/hooks/app", &[("x-case", "after")], BODY).await.accepted_id();
+    let got = sink.wait_for(2, WAIT).await;
+    assert_eq!(got.iter().map(|r| r.must("x-case")).collect::<Vec<_>>(), ["before", "after"]);
+    assert_eq!(count(&foreign, "events"), 2, "a refused event was stored after its 503");
+    assert_eq!(count(&foreign, "deliveries"), 2);
+}
+
+#[tokio::test]
+async fn a_failed_commit_is_503_with_retry_after_and_stores_nothing() {
+    let sink = Sink::start().await;
+    let gw = stored_gateway(&sink.url("/out"), "").await;
+    gw.post("/hooks/app", &[("x-case", "before")], BODY).await.accepted_id();
+    sink.wait_for(1, WAIT).await;
+
+    // A real SQLite failure, after the event's row is written and before its delivery's is: the
+    // event must be undone with its delivery.
+    let foreign = foreign_connection(&gw);
+    foreign
+        .execute_batch(
+            "CREATE TRIGGER fault BEFORE INSERT ON deliveries BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+        )
+        .unwrap();
+    let a = gw.post("/hooks/app", &[("x-case", "refused")], BODY).await;
+    assert_store_refused(&a);
+    gw.wait_for_log("injected fault", WAIT).await;
+    assert_eq!((count(&foreign, "events"), count(&foreign, "deliveries")), (1, 1), "the refused event left a row");
+
+    foreign.execute_batch("DROP TRIGGER fault").unwrap();
+    gw.post("/hooks/app", &[("x-case", "after")], BODY).await.accepted_id();
+    let got = sink.wait_for(2, WAIT).await;
+    assert_eq!(got.iter().map(|r| r.must("x-case")).collect::<Vec<_>>(), ["before", "after"]);
+    assert_eq!((count(&foreign, "events"), count(&foreign, "deliveries")), (2, 2));
+}

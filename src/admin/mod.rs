@@ -12,7 +12,7 @@
 //! | method | path | |
 //! |---|---|---|
 //! | GET | `/healthz` | process up (no token) |
-//! | GET | `/readyz` | config loaded, store writable, not shutting down (503 otherwise) |
+//! | GET | `/readyz` | config loaded, store taking events, not shutting down (503 otherwise, with `store_error`) |
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/api/v1/status` | active config version, load time, last reload error, needs-restart settings |
 //! | POST | `/api/v1/reload` | reload the config now |
@@ -127,7 +127,7 @@ impl Admin {
         };
         let store = self.gateway.dispatcher.store();
         match (&method, segments.as_slice()) {
-            (&Method::GET, ["readyz"]) => self.ready().await,
+            (&Method::GET, ["readyz"]) => self.ready(),
             (&Method::GET, ["metrics"]) => self.metrics().await,
             (&Method::GET, ["api", "v1", "status"]) => reply(StatusCode::OK, json!(self.reloader.status())),
             (&Method::POST, ["api", "v1", "reload"]) => {
@@ -187,14 +187,16 @@ impl Admin {
         }
     }
 
-    async fn ready(&self) -> Resp {
+    fn ready(&self) -> Resp {
         let shutting_down = self.shutting_down.load(Ordering::Acquire);
-        let store_writable = self.gateway.dispatcher.store().writable().await;
-        let ready = !shutting_down && store_writable;
+        // the store's state as its writer last saw it, and its file checked now: never waits for
+        // the writer, which may itself be waiting for a lock
+        let store = self.gateway.dispatcher.store().health();
+        let ready = !shutting_down && store.is_ok();
         let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
         reply(
             status,
-            json!({"ready": ready, "config_loaded": true, "config_version": self.gateway.snapshot.load().version, "store_writable": store_writable, "shutting_down": shutting_down}),
+            json!({"ready": ready, "config_loaded": true, "config_version": self.gateway.snapshot.load().version, "store_writable": store.is_ok(), "store_error": store.err(), "shutting_down": shutting_down}),
         )
     }
 

@@ -13,7 +13,7 @@ use hookyard::delivery::{Dispatcher, HttpTransport};
 use hookyard::reload::Reloader;
 use hookyard::server::listener::{ConnectionBudget, raise_open_file_limit};
 use hookyard::server::{self, Gateway};
-use hookyard::store::{Store, now_ms};
+use hookyard::store::{Store, StoreOptions, now_ms};
 use tracing::{error, info, warn};
 
 pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
@@ -48,7 +48,10 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
         let listen = snapshot.server.listen;
         let grace = snapshot.server.shutdown_grace.0;
         let storage = snapshot.storage.clone();
-        let store = Store::open(&storage.path, storage.sync)?;
+        let store = Store::open_with(
+            &storage.path,
+            StoreOptions { sync: storage.sync, commit_timeout: storage.commit_timeout.0 },
+        )?;
         let dispatcher = Dispatcher::new(
             store.clone(),
             HttpTransport,

@@ -401,6 +401,9 @@ impl Config {
         if self.admin.request_timeout.0.is_zero() {
             errors.push(self.error("admin.request_timeout", "must be greater than 0"));
         }
+        if self.storage.commit_timeout.0.is_zero() {
+            errors.push(self.error("storage.commit_timeout", "must be greater than 0"));
+        }
         let mut names: Vec<&str> = Vec::new();
         for (i, r) in &self.routes {
             let key = format!("routes[{i}]");

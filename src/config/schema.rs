@@ -138,6 +138,12 @@ pub struct StorageConfig {
     pub retention: Dur,
     /// How often the retention purge runs. Default `1h`.
     pub purge_interval: Dur,
+    /// Longest wait of an event for its commit, SQLite's write lock included (another process,
+    /// such as a `sqlite3` shell or a backup, may hold it). When it passes the sender gets `503`
+    /// with `Retry-After` and the event is not written, and `/readyz` fails until a write
+    /// succeeds. Default `5s`: a healthy commit takes milliseconds, and senders typically give up
+    /// after 10-30 s, so they hear a clear "retry later" before their own timeout. Restart-only.
+    pub commit_timeout: Dur,
 }
 
 impl Default for StorageConfig {
@@ -147,6 +153,7 @@ impl Default for StorageConfig {
             sync: crate::store::SyncMode::Full,
             retention: Dur(Duration::from_secs(7 * 86_400)),
             purge_interval: Dur(Duration::from_secs(3600)),
+            commit_timeout: Dur(crate::store::DEFAULT_COMMIT_TIMEOUT),
         }
     }
 }

@@ -150,3 +150,14 @@ fn did_you_mean_only_for_close_names() {
     assert_eq!(did_you_mean("zzzz", ["chat", "billing"].into_iter()), "");
     assert_eq!(did_you_mean("x", ["y"].into_iter()), "");
 }
+
+#[test]
+fn storage_commit_timeout_defaults_to_5s_and_must_be_positive() {
+    let (cfg, errors) = parse("storage: { commit_timeout: 250ms }\n");
+    assert_eq!(errors, Vec::<String>::new());
+    assert_eq!(cfg.storage.commit_timeout.0, std::time::Duration::from_millis(250));
+    let (cfg, _) = parse("storage: { sync: normal }\n");
+    assert_eq!(cfg.storage.commit_timeout.0, std::time::Duration::from_secs(5));
+    let (_, errors) = parse("storage:\n  commit_timeout: 0s\n");
+    assert_eq!(errors, ["routes.yaml:2:3: storage.commit_timeout: must be greater than 0"]);
+}

@@ -12,17 +12,19 @@
 //!
 //! Knows nothing of routing, plugins or HTTP.
 
+mod health;
 mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use health::Health;
 use writer::{Op, Writer};
 
 /// How hard a commit tries to reach the disk (`storage.sync`).
@@ -46,6 +48,13 @@ pub enum StoreError {
     Open { path: PathBuf, message: String },
     #[error("commit failed: {0}")]
     Commit(String),
+    /// The event waited longer than `storage.commit_timeout` (e.g. for a write lock another
+    /// process holds) and was not written.
+    #[error("not committed within storage.commit_timeout ({0:?})")]
+    Timeout(Duration),
+    /// The store refuses events it could not keep (its database file was deleted or replaced).
+    #[error("the store cannot take events: {0}")]
+    Unwritable(String),
     #[error("the store's writer has stopped")]
     WriterGone,
     #[error("{0}")]
@@ -227,6 +236,30 @@ pub struct DestinationStats {
     pub failed: u64,
 }
 
+/// How a store is opened (from the `storage:` section).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    pub sync: SyncMode,
+    /// Longest wait of an event for its commit, SQLite's write lock included; then
+    /// [`StoreError::Timeout`] and nothing written.
+    pub commit_timeout: Duration,
+}
+
+/// Default of `storage.commit_timeout`.
+pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { sync: SyncMode::Full, commit_timeout: DEFAULT_COMMIT_TIMEOUT }
+    }
+}
+
+/// How much longer than `commit_timeout` an accept waits for the writer's answer before giving
+/// up on its own: the writer answers by the deadline unless it is stuck in the disk (a commit or
+/// fsync that does not return), and only then can an event be stored after its caller was told
+/// it was not (a duplicate once the sender retries; never a `202` without a commit).
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
 /// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -234,6 +267,8 @@ pub struct Store {
     /// An async lock, taken before the read goes to the blocking pool: readers queue as tasks, not
     /// as blocked threads (each would be a pool thread with its own allocator heap).
     reader: Arc<tokio::sync::Mutex<Connection>>,
+    health: Arc<Health>,
+    commit_timeout: Duration,
     _temp: Option<Arc<TempDir>>,
 }
 
@@ -265,6 +300,12 @@ impl Store {
     /// Opens (creating it and its directory on first run) and migrates the database at `path`.
     /// `:memory:` keeps everything in memory (nothing survives a restart; for tests and benchmarks).
     pub fn open(path: &Path, sync: SyncMode) -> Result<Store> {
+        Store::open_with(path, StoreOptions { sync, ..StoreOptions::default() })
+    }
+
+    /// [`Store::open`] with every option.
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Store> {
+        let StoreOptions { sync, commit_timeout } = options;
         let err = |message: String| StoreError::Open { path: path.to_path_buf(), message };
         // `:memory:` is a throw-away file without fsync: SQLite's own in-memory databases cannot be
         // shared by a writer and a reader connection without table locks.
@@ -281,16 +322,20 @@ impl Store {
         let mut write_conn = open_conn(&target, sync).map_err(|e| err(e.to_string()))?;
         schema::migrate(&mut write_conn).map_err(|e| err(e.to_string()))?.map_err(err)?;
         let read_conn = open_conn(&target, sync).map_err(|e| err(e.to_string()))?;
+        let health = Arc::new(Health::new(&target));
         Ok(Store {
-            writer: Writer::start(write_conn),
+            writer: Writer::start(write_conn, health.clone(), commit_timeout),
             reader: Arc::new(tokio::sync::Mutex::new(read_conn)),
+            health,
+            commit_timeout,
             _temp: temp.map(Arc::new),
         })
     }
 
     /// Records an event and its planned deliveries in one committed (and, with `sync: full`,
     /// synced) transaction. With a dedupe key and window, a key already seen for the source within
-    /// the window stores nothing and returns the original event id.
+    /// the window stores nothing and returns the original event id. An event not committed
+    /// within the commit timeout is not written and gets [`StoreError::Timeout`].
     pub async fn accept(
         &self,
         event: NewEvent,
@@ -298,8 +343,16 @@ impl Store {
         dedupe_window: Option<Duration>,
     ) -> Result<Accepted> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(Op::Accept { event, deliveries, dedupe_window, reply: tx })?;
-        rx.await.map_err(|_| StoreError::WriterGone)?
+        let deadline = Instant::now() + self.commit_timeout;
+        self.writer.send(Op::Accept { event, deliveries, dedupe_window, deadline, reply: tx })?;
+        if cfg!(test) {
+            // unit tests may pause the clock, which would fire the timeout at once
+            return rx.await.map_err(|_| StoreError::WriterGone)?;
+        }
+        match tokio::time::timeout(self.commit_timeout + ANSWER_GRACE, rx).await {
+            Ok(answer) => answer.map_err(|_| StoreError::WriterGone)?,
+            Err(_) => Err(StoreError::Timeout(self.commit_timeout)),
+        }
     }
 
     /// Records an attempt and the delivery's new state. Returns once committed.
@@ -322,12 +375,13 @@ impl Store {
     ) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: writer::Job = Box::new(move |t| {
-            let r = f(t);
-            let ok = r.is_ok();
+            let r = t.map(f);
+            let ok = matches!(r, Some(Ok(_)));
             let reply: writer::Deferred = Box::new(move |commit_error: Option<String>| {
-                let _ = tx.send(match commit_error {
-                    Some(e) => Err(StoreError::Commit(e)),
-                    None => r.map_err(StoreError::from),
+                let _ = tx.send(match (commit_error, r) {
+                    (Some(e), _) => Err(StoreError::Commit(e)),
+                    (None, Some(r)) => r.map_err(StoreError::from),
+                    (None, None) => Err(StoreError::Commit("the group was not written".into())),
                 });
             });
             (ok, reply)
@@ -648,9 +702,11 @@ impl Store {
         .await
     }
 
-    /// Whether a write can be committed now (for readiness).
-    pub async fn writable(&self) -> bool {
-        self.write(|c| c.execute_batch("SELECT 1")).await.is_ok()
+    /// Whether the store can take events now (for readiness), and if not why: the database file
+    /// at the configured path is no longer the one open (checked now), or the last write of an
+    /// event, or the writer's probe, failed. Answers at once, even while the writer waits.
+    pub fn health(&self) -> std::result::Result<(), String> {
+        self.health.status()
     }
 }
 

@@ -172,14 +172,23 @@ async fn a_failing_operation_does_not_undo_its_group() {
     let first = stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a")], None).await.unwrap());
 
     // Hold the writer in a job until every operation below is queued, so they share one group.
+    let (started_tx, started) = tokio::sync::oneshot::channel();
     let (release, held) = std::sync::mpsc::channel::<()>();
     let blocker = {
         let s = store.clone();
-        tokio::spawn(async move { s.write(move |_| Ok(held.recv().is_ok())).await })
+        tokio::spawn(async move {
+            s.write(move |_| {
+                started_tx.send(()).unwrap();
+                Ok(held.recv().is_ok())
+            })
+            .await
+        })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let s = &store;
-    let ops = async {
+    tokio::time::timeout(Duration::from_secs(10), started).await.expect("the writer runs the blocking job").unwrap();
+    let groups_before = store.writer.trace.groups.lock().unwrap().len();
+    let s = store.clone();
+    let ops = tokio::spawn(async move {
+        let s = &s;
         tokio::join!(
             s.accept(event("evt_1", None, now_ms()), vec![delivery("b")], None), // duplicate id: fails
             s.accept(event("evt_2", None, now_ms()), vec![delivery("a"), delivery("b")], None),
@@ -192,13 +201,24 @@ async fn a_failing_operation_does_not_undo_its_group() {
             }),
             s.write(|t| t.execute("INSERT INTO destination_state VALUES ('c', 1, 'test', 0)", [])),
         )
-    };
-    let release_soon = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        release.send(()).unwrap();
-    };
-    let ((dup, ok, bad_settle, good_settle, bad_job, good_job), ()) = tokio::join!(ops, release_soon);
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.writer.trace.queued.load(std::sync::atomic::Ordering::SeqCst) < 6 {
+        assert!(std::time::Instant::now() < deadline, "the six operations were not queued");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    release.send(()).unwrap();
+    let (dup, ok, bad_settle, good_settle, bad_job, good_job) = ops.await.unwrap();
     assert!(blocker.await.unwrap().unwrap());
+    let groups = store.writer.trace.groups.lock().unwrap()[groups_before..].to_vec();
+    assert_eq!(
+        groups,
+        [
+            writer::GroupTrace { ops: 0, jobs: 1, rolled_back: false }, // the blocking job
+            writer::GroupTrace { ops: 4, jobs: 2, rolled_back: true },
+        ],
+        "one group, rolled back and run again with a savepoint per operation"
+    );
 
     assert!(dup.is_err(), "the same event id twice is an error");
     assert!(bad_settle.is_err(), "settling an unknown delivery is an error");
@@ -216,6 +236,46 @@ async fn a_failing_operation_does_not_undo_its_group() {
     assert_eq!(ev1.deliveries[0].attempts_log.len(), 1);
     assert_eq!(store.pending_count().await.unwrap(), 2);
     assert_eq!(store.paused().await.unwrap(), [("c".to_string(), Some("test".to_string()))]);
+}
+
+#[tokio::test]
+async fn storage_sync_sets_the_synchronous_pragma_of_both_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    // PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL
+    for (mode, want) in [(SyncMode::Full, 2), (SyncMode::Normal, 1)] {
+        let store = Store::open(&dir.path().join(format!("{mode:?}.db")), mode).unwrap();
+        let pragma = |c: &Connection| c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0));
+        assert_eq!(store.write(move |c| pragma(c)).await.unwrap(), want, "the writer's connection with {mode:?}");
+        assert_eq!(store.read(move |c| pragma(c)).await.unwrap(), want, "the reader's connection with {mode:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accept_that_cannot_get_the_write_lock_in_time_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let timeout = Duration::from_millis(300);
+    let store = Store::open_with(&path, StoreOptions { sync: SyncMode::Normal, commit_timeout: timeout }).unwrap();
+    stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a")], None).await.unwrap());
+    let foreign = Connection::open(&path).unwrap();
+    foreign.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let started = std::time::Instant::now();
+    let err = store.accept(event("evt_2", None, now_ms()), vec![delivery("a")], None).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, StoreError::Commit(_) | StoreError::Timeout(_)), "{err}");
+    assert!(took >= timeout && took < timeout + Duration::from_secs(1), "answered after {took:?}");
+    let reason = store.health().unwrap_err();
+    assert!(reason.contains("database is locked"), "{reason}");
+    // an administrative write is told why too
+    let err = store.set_paused("a", true, None).await.unwrap_err();
+    assert_eq!(err.to_string(), "commit failed: database is locked");
+
+    foreign.execute_batch("COMMIT").unwrap();
+    stored(store.accept(event("evt_3", None, now_ms()), vec![delivery("a")], None).await.unwrap());
+    assert_eq!(store.health(), Ok(()), "a commit clears it");
+    assert!(store.event("evt_2".into()).await.unwrap().is_none(), "the refused event was written later");
+    assert_eq!(store.pending_count().await.unwrap(), 2);
 }
 
 #[tokio::test]
