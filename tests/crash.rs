@@ -192,6 +192,13 @@ async fn acknowledged_events_survive_kill_9_mid_load() {
                 &missing[..missing.len().min(SHOW_MISSING)]
             ));
         }
+        if same_run > 0 {
+            // one sender per delivery at a time: a 200 answered, then the same process sent it again
+            failures.push(format!(
+                "receiver {}: {same_run} deliveries were delivered twice by the same gateway process",
+                r.name
+            ));
+        }
         let unstable: Vec<_> = log.ids.iter().filter(|(_, ids)| ids.len() > 1).take(SHOW_MISSING).collect();
         if !unstable.is_empty() {
             failures.push(format!("receiver {}: webhook-id changed across attempts: {unstable:?}", r.name));

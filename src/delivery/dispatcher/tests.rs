@@ -477,3 +477,98 @@ async fn memory_holds_only_the_attempts_in_flight_however_long_the_backlog() {
     assert_eq!(h.dispatcher.stats().delivered, 200, "the backlog drains once the failures stop");
     assert_eq!(h.dispatcher.stats().retries, 400);
 }
+
+/// Counts, per delivery, attempts running at the same moment, on a real multi-threaded runtime.
+#[derive(Default)]
+struct Overlap {
+    running: Mutex<HashMap<i64, usize>>,
+    worst: AtomicUsize,
+    delivered: Mutex<HashMap<i64, usize>>,
+    calls: AtomicUsize,
+}
+
+impl Transport for Arc<Overlap> {
+    async fn attempt(&self, _: &Destination, d: &DueDelivery) -> AttemptReport {
+        let now_running = {
+            let mut r = self.running.lock().unwrap();
+            let n = r.entry(d.id).or_default();
+            *n += 1;
+            *n
+        };
+        self.worst.fetch_max(now_running, Ordering::AcqRel);
+        let call = self.calls.fetch_add(1, Ordering::AcqRel);
+        // a real await point, with jitter, so that attempts interleave across threads
+        tokio::time::sleep(Duration::from_micros(fastrand::u64(0..2000))).await;
+        *self.running.lock().unwrap().get_mut(&d.id).unwrap() -= 1;
+        // every third call fails: retries (due in 1 ms) race the fast path and the pollers
+        let outcome = if call % 3 == 0 {
+            retryable(None, false)
+        } else {
+            *self.delivered.lock().unwrap().entry(d.id).or_default() += 1;
+            AttemptOutcome::Delivered { status: StatusCode::OK }
+        };
+        AttemptReport { outcome, latency: Duration::from_millis(1), response_body: Bytes::new() }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_sender_per_delivery_with_many_workers_and_racing_pollers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db"), SyncMode::Normal).unwrap();
+    let overlap = Arc::new(Overlap::default());
+    let setup = Setup {
+        backoff: Backoff::Schedule(vec![Duration::from_millis(1); 20]),
+        breaker: false,
+        rate: None,
+        poller: true,
+    };
+    let dispatcher =
+        Dispatcher::new(store.clone(), overlap.clone(), &[destination("dest", &setup)], 8, 10_000).await.unwrap();
+    let poller = {
+        let d = dispatcher.clone();
+        tokio::spawn(async move { d.run(std::future::pending()).await })
+    };
+    // two more pollers, racing the first and the fast path
+    let stop = Arc::new(AtomicBool::new(false));
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let (d, stop) = (dispatcher.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Acquire) {
+                    d.poll_once().await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    const EVENTS: usize = 300;
+    let senders: Vec<_> = (0..3)
+        .map(|s| {
+            let (d, store) = (dispatcher.clone(), store.clone());
+            tokio::spawn(async move {
+                for i in (s..EVENTS).step_by(3) {
+                    d.submit(accept(&store, &format!("evt_{i}"), "dest").await);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while dispatcher.stats().delivered < EVENTS as u64 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Release);
+    for r in racers {
+        r.await.unwrap();
+    }
+    poller.abort();
+    assert_eq!(dispatcher.stats().delivered, EVENTS as u64);
+    assert_eq!(overlap.worst.load(Ordering::Acquire), 1, "two attempts of one delivery ran at once");
+    let delivered = overlap.delivered.lock().unwrap();
+    assert_eq!(delivered.len(), EVENTS);
+    assert!(delivered.values().all(|n| *n == 1), "a delivered delivery was sent again");
+    assert!(overlap.calls.load(Ordering::Acquire) > EVENTS, "retries happened");
+    assert_eq!(store.pending_count().await.unwrap(), 0);
+}
