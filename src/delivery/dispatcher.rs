@@ -216,11 +216,15 @@ impl<T> Inner<T> {
     }
 
     /// The next due delivery of `slot`'s destination that the last poll left waiting, claimed and
-    /// loaded, if the destination may still take work; else `None` (and the poller is asked to
-    /// look again when the queue ran dry).
+    /// loaded, if the destination may still take work; else `None`. Taking the last one asks the
+    /// poller to look again; with nothing waiting (no backlog) it costs one uncontended lock.
     async fn next_ready(&self, slot: &Slot) -> Option<DueDelivery> {
         let dest = slot.dest.as_ref()?;
         loop {
+            if !self.ready.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&dest.name) {
+                // nothing was left waiting for this destination (no backlog): no poll either
+                return None;
+            }
             if self.stopping.load(Ordering::Acquire)
                 || self.paused.lock().unwrap_or_else(|p| p.into_inner()).contains(&*dest.name)
                 || self
@@ -234,18 +238,26 @@ impl<T> Inner<T> {
                 return None;
             }
             let read_at = *self.ready_read_at.lock().unwrap_or_else(|p| p.into_inner());
-            let id = {
+            let (id, ran_dry) = {
                 let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
-                let next = ready.get_mut(&dest.name).and_then(|q| q.pop_front());
-                if next.is_none() {
-                    ready.remove(&dest.name);
+                match ready.get_mut(&dest.name) {
+                    // nothing was left waiting for this destination: no backlog, no poll
+                    None => (None, false),
+                    Some(queue) => {
+                        let id = queue.pop_front();
+                        let dry = queue.is_empty();
+                        if dry {
+                            ready.remove(&dest.name);
+                        }
+                        (id, dry)
+                    }
                 }
-                next
             };
-            let Some(id) = id else {
+            if ran_dry {
+                // the last waiting id is taken: more may be due, so the next finish polls
                 self.backlog.store(true, Ordering::Release);
-                return None;
-            };
+            }
+            let id = id?;
             if read_at.elapsed() >= RELEASE_MEMORY || !self.claim(id, Some(read_at)) {
                 continue;
             }
