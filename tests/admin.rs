@@ -724,6 +724,45 @@ async fn sigterm_finishes_work_in_flight_and_loses_nothing() {
     );
 }
 
+#[tokio::test]
+async fn readyz_answers_503_until_the_attempts_in_flight_finish() {
+    // issue 12, defect 4: the admin listener closed with ingress, so while the dispatcher drained
+    // the attempts in flight, probes saw "connection refused" instead of the documented 503.
+    let sink = Sink::with_script(vec![Reply::ok().delayed(Duration::from_secs(2))]).await;
+    let mut gw =
+        Gateway::start(&config(", shutdown_grace: 5s", &[("slow", sink.url("/slow"), "max_in_flight: 1")])).await;
+    let admin = AdminApi::of(&gw).await;
+    send(&gw, &["slow"], "in-flight").await;
+    sink.wait_for(1, WAIT).await;
+
+    let started = std::time::Instant::now();
+    signal(pid_of(&gw.config_path), "-TERM").await;
+    // ingress stops accepting first (nothing is in flight on it, so at once)...
+    let deadline = std::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(gw.addr).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "new ingress connections are still accepted after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...while the attempt in flight still runs, the admin listener answers: 503, with the reason
+    let ready = admin.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{}", ready.text());
+    let body = ready.json();
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["shutting_down"], true, "{body}");
+    assert_eq!(body["reason"], "shutting down", "{body}");
+    assert_eq!(admin.get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(admin.get("/metrics").await.status, StatusCode::OK);
+    assert!(gw.log_lines_with(&["delivered", "destination=slow"]).is_empty(), "the attempt is still in flight");
+
+    // the process exits once the attempt finished, and only then does the admin listener close
+    let status = gw.terminate(WAIT).await;
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status}; logs:\n{}", gw.logs());
+    assert!(took < Duration::from_secs(5), "exit within the grace period, took {took:?}");
+    assert_eq!(gw.log_lines_with(&["delivered", "destination=slow"]).len(), 1, "{}", gw.logs());
+    assert!(tokio::net::TcpStream::connect(admin.addr).await.is_err(), "the admin listener is closed at exit");
+}
+
 // --- a destination removed while its deliveries wait ------------------------------------------
 
 #[tokio::test]

@@ -12,7 +12,7 @@
 //! | method | path | |
 //! |---|---|---|
 //! | GET | `/healthz` | process up (no token) |
-//! | GET | `/readyz` | config loaded, store writable, not shutting down (503 otherwise) |
+//! | GET | `/readyz` | config loaded, store writable, not shutting down (503 with a `reason` otherwise; answered until the attempts in flight at shutdown have finished) |
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/api/v1/status` | active config version, load time, last reload error, needs-restart settings |
 //! | POST | `/api/v1/reload` | reload the config now |
@@ -192,10 +192,14 @@ impl Admin {
         let store_writable = self.gateway.dispatcher.store().writable().await;
         let ready = !shutting_down && store_writable;
         let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-        reply(
-            status,
-            json!({"ready": ready, "config_loaded": true, "config_version": self.gateway.snapshot.load().version, "store_writable": store_writable, "shutting_down": shutting_down}),
-        )
+        let mut body = json!({"ready": ready, "config_loaded": true, "config_version": self.gateway.snapshot.load().version, "store_writable": store_writable, "shutting_down": shutting_down});
+        // why not ready, in words, for whoever reads a probe's log
+        if shutting_down {
+            body["reason"] = json!("shutting down");
+        } else if !store_writable {
+            body["reason"] = json!("the store is not writable");
+        }
+        reply(status, body)
     }
 
     async fn metrics(&self) -> Resp {
