@@ -1,5 +1,5 @@
 //! Operations on stored events that both the CLI and the admin API offer: list, inspect, replay,
-//! re-route, pause and resume. One implementation, two front ends.
+//! re-route, pause and resume, cancel and purge. One implementation, two front ends.
 
 use std::time::{Duration, SystemTime};
 
@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::runtime::{Event, EventId, Snapshot};
-use crate::store::{DeliveryFilter, DeliveryRow, EventDetail, Store, StoreError};
+use crate::store::{DeliveryFilter, DeliveryRow, DeliverySelection, EventDetail, Purged, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -20,7 +20,7 @@ pub enum OpsError {
 }
 
 /// Delivery statuses a filter may name.
-pub const STATUSES: [&str; 4] = ["pending", "delivered", "failed", "dead"];
+pub const STATUSES: [&str; 5] = ["pending", "delivered", "failed", "dead", "cancelled"];
 
 /// Parses `--since`: a duration back from now (`30m`, `2h`, `7d`) or unix milliseconds.
 pub fn parse_since(text: &str, now: SystemTime) -> Result<i64, OpsError> {
@@ -99,6 +99,65 @@ pub async fn pause(store: &Store, destination: &str, reason: Option<String>) -> 
 
 pub async fn resume(store: &Store, destination: &str) -> Result<(), OpsError> {
     Ok(store.set_paused(destination, false, None).await?)
+}
+
+/// What a cancel or purge did, or (a dry run) would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome<T> {
+    pub dry_run: bool,
+    pub result: T,
+}
+
+/// Cancels the selected pending deliveries, or with `dry_run` only counts them. `by` says who
+/// (`cli:<user>`, `api:token <fingerprint>`, `operator`); both are kept with each delivery.
+pub async fn cancel(
+    store: &Store,
+    selection: DeliverySelection,
+    by: String,
+    reason: Option<String>,
+    dry_run: bool,
+) -> Result<Outcome<usize>, OpsError> {
+    if let Some(problem) = selection.check() {
+        return Err(OpsError::Invalid(problem.into()));
+    }
+    let reason = reason.filter(|r| !r.trim().is_empty());
+    let n = if dry_run {
+        store.count_cancellable(selection).await?
+    } else {
+        let n = store.cancel(selection, by.clone(), reason.clone()).await?;
+        tracing::info!(cancelled = n, by = %by, reason = reason.as_deref().unwrap_or(""), "deliveries cancelled");
+        n
+    };
+    Ok(Outcome { dry_run, result: n })
+}
+
+/// Deletes dead letters (of one destination, dead for longer than `older_than`, e.g. `7d`), and
+/// their events where nothing else is left; with `dry_run` only counts them (`events` is then 0).
+pub async fn purge_dead(
+    store: &Store,
+    destination: Option<String>,
+    older_than: Option<&str>,
+    dry_run: bool,
+) -> Result<Outcome<Purged>, OpsError> {
+    let before_ms = older_than
+        .map(|t| {
+            let age = crate::config::parse_duration(t).map_err(OpsError::Invalid)?;
+            Ok::<_, OpsError>(crate::store::now_ms() - age.as_millis() as i64)
+        })
+        .transpose()?;
+    let result = if dry_run {
+        Purged { deliveries: store.count_dead(destination, before_ms).await?, events: 0 }
+    } else {
+        let p = store.purge_dead(destination.clone(), before_ms).await?;
+        tracing::info!(
+            deliveries = p.deliveries,
+            events = p.events,
+            destination = destination.as_deref().unwrap_or("*"),
+            "dead letters purged"
+        );
+        p
+    };
+    Ok(Outcome { dry_run, result })
 }
 
 fn header_map(headers: &[(String, String)]) -> HeaderMap {

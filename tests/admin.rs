@@ -78,6 +78,8 @@ const PROTECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/destinations", ""),
     ("POST", "/api/v1/destinations/out/pause", r#"{"reason":"not allowed"}"#),
     ("POST", "/api/v1/destinations/out/resume", ""),
+    ("POST", "/api/v1/cancel", r#"{"destination":"out"}"#),
+    ("POST", "/api/v1/purge", r#"{"destination":"out"}"#),
     // unknown paths too: no probing of what exists without the token
     ("GET", "/api/v1/nope", ""),
 ];
@@ -231,6 +233,14 @@ async fn every_route_answers_with_the_token() {
         ("POST", "/api/v1/replay", r#"{"ids":[]}"#, 400),
         ("POST", "/api/v1/replay", r#"{"ids":["x"],"dead":true}"#, 400),
         ("POST", "/api/v1/replay", r#"{"everything":true}"#, 400),
+        ("POST", "/api/v1/cancel", "not json", 400),
+        ("POST", "/api/v1/cancel", "{}", 400),
+        ("POST", "/api/v1/cancel", r#"{"ids":["x"],"destination":"out"}"#, 400),
+        ("POST", "/api/v1/cancel", r#"{"ids":["evt_nope"],"dry_run":false}"#, 404),
+        ("POST", "/api/v1/cancel", r#"{"all":true,"since":"yesterday"}"#, 400),
+        ("POST", "/api/v1/purge", r#"{"older_than":"soon"}"#, 400),
+        ("POST", "/api/v1/purge", r#"{"everything":true}"#, 400),
+        ("GET", "/api/v1/cancel", "", 405),
         ("POST", "/api/v1/status", "", 405),
         ("GET", "/api/v1/reload", "", 405),
         ("DELETE", "/api/v1/destinations", "", 405),
@@ -379,6 +389,93 @@ async fn replaying_dead_letters_of_a_destination_delivers_them_as_the_same_messa
         .wait_metrics("d's dead letter gone", |m| m.get("hookyard_dead_letters", &[("destination", "d")]) == 0.0)
         .await;
     assert_eq!(m.get("hookyard_dead_letters", &[("destination", "e")]), 1.0);
+}
+
+// --- cancel and purge -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn cancelled_deliveries_free_the_queue_are_never_sent_and_can_be_replayed() {
+    let held = Sink::start().await;
+    let keep = Sink::start().await;
+    let dests = [("held", held.url("/held"), ""), ("keep", keep.url("/keep"), "")];
+    let gw = Gateway::start(&format!("{}delivery: {{ max_pending: 2 }}\n", config("", &dests))).await;
+    let admin = AdminApi::of(&gw).await;
+    admin.post_json("/api/v1/destinations/held/pause", "").await;
+    let ids = [send(&gw, &["held"], "c0").await, send(&gw, &["held"], "c1").await];
+    let full = gw.post("/hooks/app", &[("X-To", "keep,")], "{}").await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE, "the held deliveries fill the queue: {}", full.text());
+
+    // counted first (the default), then cancelled with who and why
+    let r = admin.post_json("/api/v1/cancel", r#"{"destination":"held"}"#).await;
+    assert_eq!(r, json!({"dry_run": true, "would_cancel": 2}));
+    assert_eq!(admin.all_deliveries("status=pending", 10).await.len(), 2, "a dry run changes nothing");
+    let r = admin
+        .post_json("/api/v1/cancel", r#"{"destination":"held","reason":"receiver retired","dry_run":false}"#)
+        .await;
+    use sha2::Digest;
+    let fingerprint = hex::encode(&sha2::Sha256::digest(TOKEN.as_bytes())[..4]);
+    let by = format!("api:token {fingerprint}");
+    assert_eq!(r, json!({"dry_run": false, "cancelled": 2, "by": by}));
+    let ev = admin.get_json(&format!("/api/v1/events/{}", ids[0])).await;
+    let d = &ev["deliveries"][0];
+    assert_eq!(d["status"], "cancelled", "{ev}");
+    assert_eq!(
+        (d["cancelled"]["by"].as_str(), d["cancelled"]["reason"].as_str()),
+        (Some(&*by), Some("receiver retired"))
+    );
+    assert!(d["cancelled"]["at_ms"].as_i64().unwrap() > 1_600_000_000_000, "{ev}");
+    assert_eq!(admin.all_deliveries("status=cancelled", 10).await.len(), 2);
+    let r = admin.post_json("/api/v1/cancel", r#"{"all":true}"#).await;
+    assert_eq!(r, json!({"dry_run": true, "would_cancel": 0}));
+
+    // no longer pending, so no longer counted against max_pending (read again at the next poll)
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let a = gw.post("/hooks/app", &[("X-To", "keep,"), ("X-Case", "after")], "{}").await;
+        if a.status == StatusCode::ACCEPTED {
+            break;
+        }
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
+        assert!(std::time::Instant::now() < deadline, "the queue stayed full after the cancel: {}", a.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(case_of(&keep.wait_for(1, WAIT).await[0]), "after");
+
+    // resumed, the destination gets only the cancelled delivery that is replayed
+    let r = admin.post_json("/api/v1/replay", &json!({"ids": [ids[1]]}).to_string()).await;
+    assert_eq!(r, json!({"queued": 1}));
+    admin.post_json("/api/v1/destinations/held/resume", "").await;
+    assert_eq!(case_of(&held.wait_for(1, WAIT).await[0]), "c1");
+    let ev = admin.get_json(&format!("/api/v1/events/{}", ids[0])).await;
+    assert_eq!(ev["deliveries"][0]["status"], "cancelled", "{ev}");
+    assert_eq!(held.requests().len(), 1, "a cancelled delivery is never attempted");
+}
+
+#[tokio::test]
+async fn purging_dead_letters_counts_first_then_deletes_them() {
+    let d = Sink::with_script(vec![Reply::status(500); 3]).await;
+    let e = Sink::with_script(vec![Reply::status(500); 3]).await;
+    let (gw, admin) = start(&[("d", d.url("/d"), ""), ("e", e.url("/e"), "")]).await;
+    let only_d = send(&gw, &["d"], "only-d").await;
+    let only_e = send(&gw, &["e"], "only-e").await;
+    admin
+        .wait_json("/api/v1/deliveries?status=dead", "both deliveries dead", WAIT, |v| {
+            v["items"].as_array().is_some_and(|i| i.len() == 2)
+        })
+        .await;
+    assert_eq!(admin.post_json("/api/v1/purge", "").await, json!({"dry_run": true, "would_purge": 2}));
+    let r = admin.post_json("/api/v1/purge", r#"{"destination":"d","older_than":"1h"}"#).await;
+    assert_eq!(r, json!({"dry_run": true, "would_purge": 0}), "died just now");
+    let r = admin.post_json("/api/v1/purge", r#"{"destination":"d","dry_run":false}"#).await;
+    assert_eq!(r, json!({"dry_run": false, "purged": 1, "events_deleted": 1}));
+    let gone = admin.get(&format!("/api/v1/events/{only_d}")).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.text());
+    assert_eq!(gone.json(), json!({"error": format!("no event {only_d}")}));
+    let ev = admin.get_json(&format!("/api/v1/events/{only_e}")).await;
+    assert_eq!(ev["deliveries"][0]["status"], "dead", "e's dead letter is kept: {ev}");
+    admin
+        .wait_metrics("d's dead letter gone", |m| m.get("hookyard_dead_letters", &[("destination", "d")]) == 0.0)
+        .await;
 }
 
 // --- pause and resume -------------------------------------------------------------------------
@@ -722,6 +819,45 @@ async fn sigterm_finishes_work_in_flight_and_loses_nothing() {
         repeated.is_empty(),
         "a clean shutdown must not abandon an attempt it started (it is sent again after the restart): {repeated:?}"
     );
+}
+
+#[tokio::test]
+async fn readyz_answers_503_until_the_attempts_in_flight_finish() {
+    // issue 12, defect 4: the admin listener closed with ingress, so while the dispatcher drained
+    // the attempts in flight, probes saw "connection refused" instead of the documented 503.
+    let sink = Sink::with_script(vec![Reply::ok().delayed(Duration::from_secs(3))]).await;
+    let mut gw =
+        Gateway::start(&config(", shutdown_grace: 10s", &[("slow", sink.url("/slow"), "max_in_flight: 1")])).await;
+    let admin = AdminApi::of(&gw).await;
+    send(&gw, &["slow"], "in-flight").await;
+    sink.wait_for(1, WAIT).await;
+
+    let started = std::time::Instant::now();
+    signal(pid_of(&gw.config_path), "-TERM").await;
+    // ingress stops accepting first (nothing is in flight on it, so at once)...
+    let deadline = std::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(gw.addr).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "new ingress connections are still accepted after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...while the attempt in flight still runs, the admin listener answers: 503, with the reason
+    let ready = admin.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{}", ready.text());
+    let body = ready.json();
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["shutting_down"], true, "{body}");
+    assert_eq!(body["reason"], "shutting down", "{body}");
+    assert_eq!(admin.get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(admin.get("/metrics").await.status, StatusCode::OK);
+    assert!(gw.log_lines_with(&["delivered", "destination=slow"]).is_empty(), "the attempt is still in flight");
+
+    // the process exits once the attempt finished, and only then does the admin listener close
+    let status = gw.terminate(WAIT).await;
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status}; logs:\n{}", gw.logs());
+    assert!(took < Duration::from_secs(10), "exit within the grace period, took {took:?}");
+    assert_eq!(gw.log_lines_with(&["delivered", "destination=slow"]).len(), 1, "{}", gw.logs());
+    assert!(tokio::net::TcpStream::connect(admin.addr).await.is_err(), "the admin listener is closed at exit");
 }
 
 // --- a destination removed while its deliveries wait ------------------------------------------

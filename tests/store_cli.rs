@@ -1,5 +1,5 @@
 //! The store commands of the CLI against a real gateway's store: `events`, `event`, `replay` (as
-//! planned, `--dead`, `--reroute`), `pause` and `resume`.
+//! planned, `--dead`, `--reroute`), `pause` and `resume`, `cancel` and `purge`.
 
 mod common;
 
@@ -50,7 +50,7 @@ async fn dead_letters_are_listed_inspected_and_replayed() {
     let gw = Gateway::start(&config(&sink, &other)).await;
     let id = gw.post("/in", &[("content-type", "application/json")], "{\"n\":1}").await.accepted_id();
     let first = sink.wait_for(2, WAIT).await;
-    gw.wait_for_log("retries exhausted", WAIT).await;
+    wait_for_status(&gw, &id, "out", "dead").await;
 
     let dead = rows(&cli(&gw, &["events", "--status", "dead", "--json"]).await);
     assert_eq!(dead.len(), 1);
@@ -72,6 +72,8 @@ async fn dead_letters_are_listed_inspected_and_replayed() {
     assert_eq!(replayed.stdout.trim(), "1 delivery queued");
     let all = sink.wait_for(3, WAIT).await;
     assert_eq!(all[2].header("webhook-id"), first[0].header("webhook-id"), "a replay keeps the webhook-id");
+    // the receiver has it; the gateway commits the result after the answer
+    wait_for_status(&gw, &id, "out", "delivered").await;
     let delivered = rows(&cli(&gw, &["events", "--status", "delivered", "--destination", "out", "--json"]).await);
     assert_eq!(delivered.len(), 1);
 
@@ -104,9 +106,10 @@ async fn a_paused_destination_holds_its_deliveries_until_resumed() {
     assert!(unknown.stderr.contains("unknown destination \"nope\""), "{}", unknown.stderr);
 
     gw.restart().await;
-    gw.post("/in", &[], "{}").await.accepted_id();
-    // the other route's delivery arrives; the paused one is still pending
+    let id = gw.post("/in", &[], "{}").await.accepted_id();
+    // the other route's delivery arrives (and is committed); the paused one is still pending
     other.wait_for(1, WAIT).await;
+    wait_for_status(&gw, &id, "other", "delivered").await;
     let pending = rows(&cli(&gw, &["events", "--status", "pending", "--json"]).await);
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0]["destination"], "out");
@@ -115,4 +118,143 @@ async fn a_paused_destination_holds_its_deliveries_until_resumed() {
     assert!(cli(&gw, &["resume", "out"]).await.status.success());
     // the running gateway sees the resume at its next poll (within a second)
     sink.wait_for(1, Duration::from_secs(10)).await;
+}
+
+/// `hookyard ARGS --config <gw's config>` run as the login `alice`.
+async fn cli_as_alice(gw: &Gateway, args: &[&str]) -> Output {
+    let mut cmd = hookyard();
+    cmd.args(args).arg("--config").arg(&gw.config_path).env("USER", "alice");
+    run_cli(cmd).await
+}
+
+/// `hookyard event ID` as JSON.
+async fn event_json(gw: &Gateway, id: &str) -> Value {
+    let out = cli(gw, &["event", id]).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// The delivery of event `id` to `destination`.
+async fn delivery_of(gw: &Gateway, id: &str, destination: &str) -> Value {
+    let ev = event_json(gw, id).await;
+    ev["deliveries"].as_array().unwrap().iter().find(|d| d["destination"] == destination).unwrap().clone()
+}
+
+/// Waits (at most `WAIT`) until the delivery of event `id` to `destination` has `status` in the
+/// store: the log line of a final outcome is written before its commit.
+async fn wait_for_status(gw: &Gateway, id: &str, destination: &str, status: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let d = delivery_of(gw, id, destination).await;
+        if d["status"] == status {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "waited {WAIT:?} for {status}: {d}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn cancel_counts_first_keeps_who_and_why_and_the_cancelled_can_be_replayed() {
+    let sink = Sink::start().await;
+    let other = Sink::start().await;
+    let mut gw = Gateway::start(&config(&sink, &other)).await;
+    // `out` paused before the gateway reads the store, so its deliveries wait, pending
+    gw.terminate(WAIT).await;
+    assert!(cli(&gw, &["pause", "out"]).await.status.success());
+    gw.restart().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(gw.post("/in", &[], format!("{{\"n\":{n}}}")).await.accepted_id());
+    }
+    other.wait_for(3, WAIT).await;
+
+    // a dry run by default: counts, changes nothing
+    let out = cli_as_alice(&gw, &["cancel", "--destination", "out"]).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "would cancel 3 pending deliveries; add --yes to cancel them\n");
+    assert_eq!(delivery_of(&gw, &ids[0], "out").await["status"], "pending");
+
+    // one by id, with a reason
+    let first = delivery_of(&gw, &ids[0], "out").await["id"].as_i64().unwrap().to_string();
+    let out = cli_as_alice(&gw, &["cancel", &first]).await;
+    assert_eq!(out.stdout, "would cancel 1 pending delivery; add --yes to cancel it\n");
+    let out = cli_as_alice(&gw, &["cancel", &first, "--reason", "sent by hand", "--yes"]).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "cancelled 1 delivery (by cli:alice: sent by hand)\n");
+    // the rest of the destination
+    let out = cli_as_alice(&gw, &["cancel", "--destination", "out", "--yes"]).await;
+    assert_eq!(out.stdout, "cancelled 2 deliveries (by cli:alice)\n");
+    let out = cli_as_alice(&gw, &["cancel", "--destination", "out"]).await;
+    assert_eq!(out.stdout, "would cancel 0 pending deliveries; add --yes to cancel them\n");
+
+    // visible as cancelled, with who and why; the other destination's deliveries untouched
+    let d = delivery_of(&gw, &ids[0], "out").await;
+    assert_eq!(d["status"], "cancelled", "{d}");
+    assert_eq!(d["cancelled"]["by"], "cli:alice", "{d}");
+    assert_eq!(d["cancelled"]["reason"], "sent by hand", "{d}");
+    let d = delivery_of(&gw, &ids[1], "out").await;
+    assert_eq!((d["status"].as_str(), d["cancelled"]["reason"].as_str()), (Some("cancelled"), None), "{d}");
+    wait_for_status(&gw, &ids[1], "other", "delivered").await;
+    let listed = cli(&gw, &["events", "--status", "cancelled", "--json"]).await;
+    assert!(listed.status.success(), "{}", listed.stderr);
+    assert_eq!(listed.stdout.matches("\"status\":\"cancelled\"").count(), 3, "{}", listed.stdout);
+
+    // refusals, with what is wrong
+    let out = cli(&gw, &["cancel", "--yes"]).await;
+    assert_eq!(out.code(), Some(1));
+    assert_eq!(out.stderr, "error: nothing selected: give ids, a filter (destination, source, since) or all\n");
+    let out = cli(&gw, &["cancel", "evt_nope", "--yes"]).await;
+    assert_eq!(out.code(), Some(1));
+    assert_eq!(out.stderr, "error: no deliveries for: evt_nope\n");
+
+    // resumed, nothing cancelled is sent; a cancelled delivery replayed by id is
+    assert!(cli(&gw, &["resume", "out"]).await.status.success());
+    let out = cli(&gw, &["replay", &first]).await;
+    assert_eq!(out.stdout, "1 delivery queued\n");
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got[0].body, "{\"n\":0}");
+    let d = delivery_of(&gw, &ids[0], "out").await;
+    assert!(d["cancelled"].is_null(), "no longer shown as cancelled: {d}");
+    for id in &ids[1..] {
+        assert_eq!(delivery_of(&gw, id, "out").await["status"], "cancelled");
+    }
+    assert_eq!(sink.requests().len(), 1, "only the replayed delivery was sent");
+}
+
+#[tokio::test]
+async fn purge_counts_first_then_deletes_dead_letters_and_events_left_empty() {
+    // every attempt fails: one retry, then a dead letter
+    let sink = Sink::with_script(vec![Reply::status(500); 4]).await;
+    let other = Sink::start().await;
+    let yaml = config(&sink, &other).replace("  - { name: copy, source: app, to: [other] }\n", "");
+    let gw = Gateway::start(&yaml).await;
+    let a = gw.post("/in", &[], "{\"n\":1}").await.accepted_id();
+    let b = gw.post("/in", &[], "{\"n\":2}").await.accepted_id();
+    sink.wait_for(4, WAIT).await;
+    wait_for_status(&gw, &a, "out", "dead").await;
+    wait_for_status(&gw, &b, "out", "dead").await;
+
+    let out = cli(&gw, &["purge", "--destination", "out"]).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "would purge 2 dead letters; add --yes to delete them\n");
+    let out = cli(&gw, &["purge", "--older-than", "1h"]).await;
+    assert_eq!(out.stdout, "would purge 0 dead letters; add --yes to delete them\n");
+    let out = cli(&gw, &["purge", "--destination", "other", "--yes"]).await;
+    assert_eq!(out.stdout, "purged 0 dead letters and 0 events left without deliveries\n");
+    assert_eq!(delivery_of(&gw, &a, "out").await["status"], "dead");
+
+    let out = cli(&gw, &["purge", "--destination", "out", "--yes"]).await;
+    assert_eq!(out.stdout, "purged 2 dead letters and 2 events left without deliveries\n");
+    for id in [&a, &b] {
+        let gone = cli(&gw, &["event", id]).await;
+        assert_eq!(gone.code(), Some(1));
+        assert_eq!(gone.stderr, format!("error: no event {id}\n"));
+    }
+    let out = cli(&gw, &["purge", "--older-than", "soon"]).await;
+    assert_eq!(out.code(), Some(1));
+    assert_eq!(
+        out.stderr,
+        "error: invalid duration \"soon\": expected a number and a unit (ms, s, m, h, d), e.g. \"5s\"\n"
+    );
 }

@@ -12,7 +12,7 @@
 //! | method | path | |
 //! |---|---|---|
 //! | GET | `/healthz` | process up (no token) |
-//! | GET | `/readyz` | config loaded, store taking events, not shutting down (503 otherwise, with `store_error`) |
+//! | GET | `/readyz` | config loaded, store taking events, not shutting down (503 otherwise, with a `reason` and `store_error`; answered until the attempts in flight at shutdown have finished) |
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/api/v1/status` | active config version, load time, last reload error, needs-restart settings |
 //! | POST | `/api/v1/reload` | reload the config now |
@@ -22,6 +22,8 @@
 //! | GET | `/api/v1/destinations` | each destination: paused, breaker state, queue depth, oldest due, dead letters |
 //! | POST | `/api/v1/destinations/{name}/pause` | body `{"reason": "..."}` optional |
 //! | POST | `/api/v1/destinations/{name}/resume` | |
+//! | POST | `/api/v1/cancel` | body `{"ids": [...]}`, `{"destination": "d", "source": "s", "since": "1h"}` or `{"all": true}`, with `"reason"`; counts only unless `"dry_run": false` |
+//! | POST | `/api/v1/purge` | delete dead letters: body `{"destination": "d", "older_than": "7d"}` (both optional); counts only unless `"dry_run": false` |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,6 +160,8 @@ impl Admin {
                 Err(e) => ops_error(e),
             },
             (&Method::POST, ["api", "v1", "replay"]) => self.replay(&body).await,
+            (&Method::POST, ["api", "v1", "cancel"]) => self.cancel(&body).await,
+            (&Method::POST, ["api", "v1", "purge"]) => self.purge(&body).await,
             (&Method::GET, ["api", "v1", "destinations"]) => self.destinations().await,
             (&Method::POST, ["api", "v1", "destinations", name, action @ ("pause" | "resume")]) => {
                 if self.gateway.snapshot.load().destination(name).is_none() {
@@ -194,10 +198,14 @@ impl Admin {
         let store = self.gateway.dispatcher.store().health();
         let ready = !shutting_down && store.is_ok();
         let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-        reply(
-            status,
-            json!({"ready": ready, "config_loaded": true, "config_version": self.gateway.snapshot.load().version, "store_writable": store.is_ok(), "store_error": store.err(), "shutting_down": shutting_down}),
-        )
+        let mut body = json!({"ready": ready, "config_loaded": true, "config_version": self.gateway.snapshot.load().version, "store_writable": store.is_ok(), "store_error": store.as_ref().err(), "shutting_down": shutting_down});
+        // why not ready, in words, for whoever reads a probe's log
+        if shutting_down {
+            body["reason"] = json!("shutting down");
+        } else if store.is_err() {
+            body["reason"] = json!("the store is not writable");
+        }
+        reply(status, body)
     }
 
     async fn metrics(&self) -> Resp {
@@ -284,6 +292,95 @@ impl Admin {
             Err(e) => ops_error(e),
         }
     }
+}
+
+impl Admin {
+    /// Who an API request is, for the record a cancel keeps: `api:token <first 8 hex digits of
+    /// the token's SHA-256>` (which token, without the token), or `api` when none is configured.
+    fn actor(&self) -> String {
+        use sha2::{Digest, Sha256};
+        match &self.gateway.snapshot.load().admin.token {
+            Some(token) => {
+                let digest = Sha256::digest(token.0.as_bytes());
+                let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+                format!("api:token {hex}")
+            }
+            None => "api".to_string(),
+        }
+    }
+
+    async fn cancel(&self, body: &[u8]) -> Resp {
+        let Ok(cmd) = serde_json::from_slice::<CancelCommand>(body) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "expected {\"ids\": [..]}, {\"destination\": .., \"source\": .., \"since\": ..} or {\"all\": true}, \
+                 with \"reason\" and \"dry_run\" (default true) optional",
+            );
+        };
+        let since_ms = match cmd.since.map(|s| ops::parse_since(&s, SystemTime::now())).transpose() {
+            Ok(s) => s,
+            Err(e) => return ops_error(e),
+        };
+        let selection = crate::store::DeliverySelection {
+            ids: cmd.ids.unwrap_or_default(),
+            destination: cmd.destination,
+            source: cmd.source,
+            since_ms,
+            all: cmd.all.unwrap_or(false),
+        };
+        let by = self.actor();
+        let store = self.gateway.dispatcher.store();
+        match ops::cancel(store, selection, by.clone(), cmd.reason, cmd.dry_run.unwrap_or(true)).await {
+            Ok(done) if done.dry_run => reply(StatusCode::OK, json!({"dry_run": true, "would_cancel": done.result})),
+            Ok(done) => {
+                // the queue's count is read again at the next poll
+                self.gateway.dispatcher.wake();
+                reply(StatusCode::OK, json!({"dry_run": false, "cancelled": done.result, "by": by}))
+            }
+            Err(e) => ops_error(e),
+        }
+    }
+
+    async fn purge(&self, body: &[u8]) -> Resp {
+        let body = if body.is_empty() { b"{}".as_slice() } else { body };
+        let Ok(cmd) = serde_json::from_slice::<PurgeCommand>(body) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "expected {\"destination\": .., \"older_than\": ..} (both optional), with \"dry_run\" (default true)",
+            );
+        };
+        let store = self.gateway.dispatcher.store();
+        match ops::purge_dead(store, cmd.destination, cmd.older_than.as_deref(), cmd.dry_run.unwrap_or(true)).await {
+            Ok(done) if done.dry_run => {
+                reply(StatusCode::OK, json!({"dry_run": true, "would_purge": done.result.deliveries}))
+            }
+            Ok(done) => reply(
+                StatusCode::OK,
+                json!({"dry_run": false, "purged": done.result.deliveries, "events_deleted": done.result.events}),
+            ),
+            Err(e) => ops_error(e),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelCommand {
+    ids: Option<Vec<String>>,
+    destination: Option<String>,
+    source: Option<String>,
+    since: Option<String>,
+    all: Option<bool>,
+    reason: Option<String>,
+    dry_run: Option<bool>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeCommand {
+    destination: Option<String>,
+    older_than: Option<String>,
+    dry_run: Option<bool>,
 }
 
 #[derive(serde::Deserialize)]

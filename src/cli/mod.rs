@@ -1,6 +1,7 @@
 //! Command-line front end: argument parsing (clap), logging set-up and the commands. `anyhow` lives
 //! here and nowhere in the library.
 
+mod cancel;
 mod dry_run;
 mod ops;
 mod plugin;
@@ -60,6 +61,12 @@ enum Command {
     Pause(ops::PauseArgs),
     /// Let a paused destination's deliveries go again.
     Resume(ops::PauseArgs),
+    /// Cancel pending deliveries (by id, by filter or all of a destination): they stay visible as
+    /// `cancelled`, with who and why, and can be replayed. Counts first; acts with --yes.
+    Cancel(cancel::CancelArgs),
+    /// Delete dead letters (of a destination, older than a time) and events left without
+    /// deliveries. Counts first; acts with --yes.
+    Purge(cancel::PurgeArgs),
     /// WebAssembly transform plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -83,6 +90,8 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => with_runtime(ops::replay(args)),
         Command::Pause(args) => with_runtime(ops::pause(args, true)),
         Command::Resume(args) => with_runtime(ops::pause(args, false)),
+        Command::Cancel(args) => with_runtime(cancel::cancel(args)),
+        Command::Purge(args) => with_runtime(cancel::purge(args)),
         Command::Plugin(cmd) => with_runtime(plugin::run(cmd)),
         Command::Reload(args) => with_runtime(remote::call(args, http::Method::POST, "/api/v1/reload")),
         Command::Status(args) => with_runtime(remote::call(args, http::Method::GET, "/api/v1/status")),

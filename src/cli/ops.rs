@@ -14,7 +14,7 @@ use hookyard::store::{DeliveryFilter, Store};
 pub struct EventsArgs {
     #[arg(long, short, default_value = "routes.yaml")]
     config: PathBuf,
-    /// pending, delivered, failed or dead.
+    /// pending, delivered, failed, dead or cancelled.
     #[arg(long)]
     status: Option<String>,
     #[arg(long)]

@@ -96,12 +96,19 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
         tokio::spawn(reloader.clone().watch(plugin_files, stopped(stop_rx.clone())));
 
         super::announce(addr);
-        if let Some(l) = admin_listener {
-            let admin_addr = l.local_addr()?;
-            let admin = Arc::new(Admin { gateway: gateway.clone(), reloader: reloader.clone(), metrics, shutting_down: shutting_down.clone() });
-            tokio::spawn(hookyard::admin::serve(l, admin, budget.admin, stopped(stop_rx.clone()), grace));
-            println!("admin listening on {admin_addr}");
-        }
+        // The admin listener (health, readiness, metrics) stops last, after the attempts in
+        // flight: while they finish, probes get `/readyz` 503 rather than a refused connection.
+        let (admin_stop_tx, admin_stop_rx) = tokio::sync::watch::channel(false);
+        let admin_task = match admin_listener {
+            Some(l) => {
+                let admin_addr = l.local_addr()?;
+                let admin = Arc::new(Admin { gateway: gateway.clone(), reloader: reloader.clone(), metrics, shutting_down: shutting_down.clone() });
+                let task = tokio::spawn(hookyard::admin::serve(l, admin, budget.admin, stopped(admin_stop_rx), grace));
+                println!("admin listening on {admin_addr}");
+                Some(task)
+            }
+            None => None,
+        };
         let flag = shutting_down.clone();
         let signal = async move {
             shutdown_signal().await;
@@ -115,6 +122,10 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
         let running = dispatcher.drain(grace).await;
         if running > 0 {
             warn!(running, "attempts still running at the end of the grace period; they stay due in the store");
+        }
+        let _ = admin_stop_tx.send(true);
+        if let Some(task) = admin_task {
+            let _ = task.await;
         }
         let pending = dispatcher.stats().pending;
         info!(pending, "stopped; pending deliveries stay due in the store");

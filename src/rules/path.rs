@@ -6,7 +6,7 @@
 //! in place without allocating; everything else keeps the library's evaluator.
 
 use jsonpath_rust::parser::errors::JsonPathError;
-use jsonpath_rust::parser::model::{JpQuery, Segment, Selector};
+use jsonpath_rust::parser::model::{Comparable, FilterAtom, FnArg, JpQuery, Segment, Selector, Test, TestFunction};
 use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
 use serde_json::Value;
@@ -37,6 +37,7 @@ impl BodyPath {
     /// Parses a JSONPath; the error is a short, single-line description.
     pub(super) fn parse(path: &str) -> Result<Self, String> {
         let query = parse_json_path(path).map_err(|error| describe(path, &error))?;
+        well_typed(&query.segments).map_err(|reason| format!("invalid JSONPath `{path}`: {reason}"))?;
         let steps: Option<Box<[Step]>> = query.segments.iter().map(lower).collect();
         Ok(match steps {
             Some(steps) => BodyPath::Direct(steps),
@@ -145,6 +146,218 @@ fn element(elements: &[Value], index: i64) -> Option<&Value> {
         usize::try_from(index).ok()?
     };
     elements.get(position)
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 9535 §2.4.3: well-typedness of function expressions. `jsonpath-rust` parses `length(@.*)`
+// and evaluates it (on the first node); the RFC makes such a query invalid, so it is refused
+// here, at `check`, with the reason.
+
+/// The declared result type of a function (RFC 9535 §2.4.1).
+#[derive(Clone, Copy, PartialEq)]
+enum FnType {
+    Value,
+    Logical,
+}
+
+fn result_type(f: &TestFunction) -> FnType {
+    match f {
+        TestFunction::Length(_) | TestFunction::Count(_) | TestFunction::Value(_) => FnType::Value,
+        // the library's own extensions (`in`, `nin`, …) are tests
+        TestFunction::Match(..) | TestFunction::Search(..) | TestFunction::Custom(..) => FnType::Logical,
+    }
+}
+
+fn fn_name(f: &TestFunction) -> &str {
+    match f {
+        TestFunction::Length(_) => "length",
+        TestFunction::Count(_) => "count",
+        TestFunction::Value(_) => "value",
+        TestFunction::Match(..) => "match",
+        TestFunction::Search(..) => "search",
+        TestFunction::Custom(name, _) => name,
+    }
+}
+
+/// Every filter in `segments` is well-typed; else the reason, citing the RFC.
+fn well_typed(segments: &[Segment]) -> Result<(), String> {
+    segments.iter().try_for_each(segment_well_typed)
+}
+
+fn segment_well_typed(segment: &Segment) -> Result<(), String> {
+    match segment {
+        Segment::Descendant(inner) => segment_well_typed(inner),
+        Segment::Selector(selector) => selector_well_typed(selector),
+        Segment::Selectors(selectors) => selectors.iter().try_for_each(selector_well_typed),
+    }
+}
+
+fn selector_well_typed(selector: &Selector) -> Result<(), String> {
+    match selector {
+        Selector::Filter(filter) => filter_well_typed(filter),
+        _ => Ok(()),
+    }
+}
+
+fn filter_well_typed(filter: &jsonpath_rust::parser::model::Filter) -> Result<(), String> {
+    use jsonpath_rust::parser::model::Filter;
+    match filter {
+        Filter::Or(items) | Filter::And(items) => items.iter().try_for_each(filter_well_typed),
+        Filter::Atom(FilterAtom::Filter { expr, .. }) => filter_well_typed(expr),
+        Filter::Atom(FilterAtom::Test { expr, .. }) => match &**expr {
+            // a test-expr: a function there must return a logical value (or nodes)
+            Test::Function(f) if result_type(f) == FnType::Value => {
+                let name = fn_name(f);
+                Err(format!(
+                    "{name}() returns a value, which is no test by itself (RFC 9535 §2.4.3): compare it, as in `{name}(…) > 0`"
+                ))
+            }
+            test => test_well_typed(test),
+        },
+        Filter::Atom(FilterAtom::Comparison(cmp)) => {
+            let (left, right) = cmp.vals();
+            [left, right].into_iter().try_for_each(|c| match c {
+                // the library already refuses non-singular queries and logical functions here
+                Comparable::Function(f) => function_well_typed(f),
+                Comparable::Literal(_) | Comparable::SingularQuery(_) => Ok(()),
+            })
+        }
+    }
+}
+
+fn test_well_typed(test: &Test) -> Result<(), String> {
+    match test {
+        Test::RelQuery(segments) => well_typed(segments),
+        Test::AbsQuery(query) => well_typed(&query.segments),
+        Test::Function(f) => function_well_typed(f),
+    }
+}
+
+fn function_well_typed(f: &TestFunction) -> Result<(), String> {
+    let name = fn_name(f);
+    match f {
+        TestFunction::Length(arg) => value_argument(name, arg),
+        TestFunction::Match(a, b) | TestFunction::Search(a, b) => {
+            value_argument(name, a)?;
+            value_argument(name, b)
+        }
+        TestFunction::Count(arg) | TestFunction::Value(arg) => nodes_argument(name, arg),
+        TestFunction::Custom(_, args) => args.iter().try_for_each(|a| match a {
+            FnArg::Literal(_) => Ok(()),
+            FnArg::Test(test) => test_well_typed(test),
+            FnArg::Filter(filter) => filter_well_typed(filter),
+        }),
+    }
+}
+
+/// A `ValueType` parameter: a literal, a singular query or a function returning a value.
+fn value_argument(name: &str, arg: &FnArg) -> Result<(), String> {
+    let refuse = |why: String| {
+        Err(format!(
+            "{name}() takes a value (RFC 9535 §2.4.3: a ValueType parameter): give a literal, a singular \
+             query (names and indexes only, such as `@.a[0]`) or a function that returns a value; {why}"
+        ))
+    };
+    match arg {
+        FnArg::Literal(_) => Ok(()),
+        FnArg::Test(test) => match &**test {
+            Test::RelQuery(segments) if !singular(segments) => {
+                refuse(format!("`{}` may select several nodes", render('@', segments)))
+            }
+            Test::AbsQuery(query) if !singular(&query.segments) => {
+                refuse(format!("`{}` may select several nodes", render('$', &query.segments)))
+            }
+            Test::Function(g) if result_type(g) == FnType::Logical => {
+                refuse(format!("{}() returns a logical value", fn_name(g)))
+            }
+            test => test_well_typed(test),
+        },
+        FnArg::Filter(_) => refuse("a logical expression is not one".into()),
+    }
+}
+
+/// A `NodesType` parameter: a query (RFC 9535 defines no function that returns nodes).
+fn nodes_argument(name: &str, arg: &FnArg) -> Result<(), String> {
+    let refuse = |why: String| {
+        Err(format!("{name}() takes a query (RFC 9535 §2.4.3: a NodesType parameter), such as `@.a[*]`; {why}"))
+    };
+    match arg {
+        FnArg::Test(test) => match &**test {
+            Test::Function(g) => refuse(format!(
+                "{}() returns {}",
+                fn_name(g),
+                if result_type(g) == FnType::Value { "a value" } else { "a logical value" }
+            )),
+            test => test_well_typed(test),
+        },
+        FnArg::Literal(_) => refuse("a literal is not one".into()),
+        FnArg::Filter(_) => refuse("a logical expression is not one".into()),
+    }
+}
+
+/// A singular query (RFC 9535 §2.3.5.1): names and indexes only, so at most one node.
+fn singular(segments: &[Segment]) -> bool {
+    segments.iter().all(|s| match s {
+        Segment::Selector(Selector::Name(_) | Selector::Index(_)) => true,
+        Segment::Selectors(v) => matches!(v.as_slice(), [Selector::Name(_) | Selector::Index(_)]),
+        _ => false,
+    })
+}
+
+/// A query as text for a message (the library's `Display` drops brackets and quotes).
+fn render(root: char, segments: &[Segment]) -> String {
+    fn selector(out: &mut String, s: &Selector, dotted: bool) {
+        match s {
+            Selector::Name(n) if dotted && n.chars().all(|c| c.is_alphanumeric() || c == '_') && !n.is_empty() => {
+                out.push('.');
+                out.push_str(n);
+            }
+            _ => {
+                out.push('[');
+                inner(out, s);
+                out.push(']');
+            }
+        }
+    }
+    fn inner(out: &mut String, s: &Selector) {
+        match s {
+            Selector::Name(n) => out.push_str(&format!("'{}'", n.replace('\'', "\\'"))),
+            Selector::Wildcard => out.push('*'),
+            Selector::Index(i) => out.push_str(&i.to_string()),
+            Selector::Slice(a, b, step) => {
+                let part = |v: &Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+                out.push_str(&format!("{}:{}", part(a), part(b)));
+                if let Some(step) = step {
+                    out.push_str(&format!(":{step}"));
+                }
+            }
+            Selector::Filter(_) => out.push_str("?…"),
+        }
+    }
+    let mut out = String::from(root);
+    for segment in segments {
+        match segment {
+            Segment::Selector(s) => selector(&mut out, s, true),
+            Segment::Selectors(v) => {
+                out.push('[');
+                for (i, s) in v.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    inner(&mut out, s);
+                }
+                out.push(']');
+            }
+            Segment::Descendant(d) => {
+                out.push_str("..");
+                match &**d {
+                    Segment::Selector(Selector::Name(n)) => out.push_str(n),
+                    other => out.push_str(render(' ', std::slice::from_ref(other)).trim_start()),
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `jsonpath-rust` reports syntax errors with pest's multi-line, caret-drawing format; a config

@@ -664,3 +664,65 @@ fn rule_is_send_sync_and_cheap_to_share() {
     fn assert_send_sync<T: Send + Sync + Clone>() {}
     assert_send_sync::<Rule>();
 }
+
+/// RFC 9535 §2.4.3 (well-typedness of function expressions), checked at `check`: `length()`,
+/// `match()` and `search()` take values (a literal, a singular query or a function returning a
+/// value), `count()` and `value()` take queries, and a function returning a value is no test by
+/// itself. Issue 12, defect 6: `length(@.*)` used to pass and match at run time.
+#[test]
+fn jsonpath_function_arguments_are_well_typed() {
+    const VALUE: &str = "takes a value (RFC 9535 §2.4.3: a ValueType parameter): give a literal, a singular query \
+                         (names and indexes only, such as `@.a[0]`) or a function that returns a value";
+    const NODES: &str = "takes a query (RFC 9535 §2.4.3: a NodesType parameter), such as `@.a[*]`";
+    let rejected: &[(&str, String)] = &[
+        ("$.a[?length(@.*) > 1]", format!("length() {VALUE}; `@[*]` may select several nodes")),
+        ("$.a[?length(@..b) == 2]", format!("length() {VALUE}; `@..b` may select several nodes")),
+        ("$.a[?length($.x[*]) > 0]", format!("length() {VALUE}; `$.x[*]` may select several nodes")),
+        ("$.a[?length(@.b[0:2]) > 0]", format!("length() {VALUE}; `@.b[0:2]` may select several nodes")),
+        ("$.a[?match(@.*, 'x')]", format!("match() {VALUE}; `@[*]` may select several nodes")),
+        ("$.a[?search(@.b, @['c','d'])]", format!("search() {VALUE}; `@['c','d']` may select several nodes")),
+        ("$.a[?length(match(@.b, 'x')) > 0]", format!("length() {VALUE}; match() returns a logical value")),
+        ("$.a[?count(length(@.b)) > 0]", format!("count() {NODES}; length() returns a value")),
+        ("$.a[?value('x') == 'x']", format!("value() {NODES}; a literal is not one")),
+        (
+            "$.a[?length(@.b)]",
+            "length() returns a value, which is no test by itself (RFC 9535 §2.4.3): compare it, as in `length(…) > 0`"
+                .into(),
+        ),
+        (
+            "$.a[?@.x == 1 && count(@.*)]",
+            "count() returns a value, which is no test by itself (RFC 9535 §2.4.3): compare it, as in `count(…) > 0`"
+                .into(),
+        ),
+        // inside a nested filter, too
+        ("$.a[?@.b[?length(@.*) > 1]]", format!("length() {VALUE}; `@[*]` may select several nodes")),
+    ];
+    let mut failures = Vec::new();
+    for (path, reason) in rejected {
+        let want = vec![RuleError { path: "[0].path".into(), message: format!("invalid JSONPath `{path}`: {reason}") }];
+        match compile(&conditions(json!([{"path": path, "exists": true}]))) {
+            Ok(_) => failures.push(format!("{path}: compiled, expected {want:#?}")),
+            Err(errors) if errors != want => failures.push(format!("{path}:\n got {errors:#?}\nwant {want:#?}")),
+            Err(_) => {}
+        }
+    }
+    // well-typed uses still compile
+    for path in [
+        "$.a[?length(@.b) > 1]",
+        "$.a[?length(@['b'][0]) > 1]",
+        "$.a[?length('abc') == 3]",
+        "$.a[?length(value(@..b)) == 3]",
+        "$.a[?count(@.*) > 1]",
+        "$.a[?count(@..b[?@.c]) == 0]",
+        "$.a[?value(@.*) == 1]",
+        "$.a[?match(@.b, 'x.*')]",
+        "$.a[?search($.ref, @.b)]",
+        "$.a[?!match(@.b, 'x')]",
+        "$.a[?@.b && length(@.c) > 0]",
+    ] {
+        if let Err(e) = compile(&conditions(json!([{"path": path, "exists": true}]))) {
+            failures.push(format!("{path}: rejected: {e:#?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

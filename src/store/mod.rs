@@ -12,9 +12,12 @@
 //!
 //! Knows nothing of routing, plugins or HTTP.
 
+mod cancel;
 mod health;
 mod schema;
 mod writer;
+
+pub use cancel::{Cancellation, DeliverySelection, Purged};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -193,6 +196,9 @@ pub struct DeliveryRow {
     pub updated_at_ms: i64,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+    /// Who cancelled it and why, while it is `cancelled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<Cancellation>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -572,8 +578,9 @@ impl Store {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts, d.next_at,
-                        d.created_at, d.updated_at, d.last_status, d.last_error
+                        d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at
                  FROM deliveries d JOIN events e ON e.id = d.event_id
+                   LEFT JOIN cancellations c ON c.delivery_id = d.id AND d.status = 'cancelled'
                  WHERE (?1 IS NULL OR d.status = ?1) AND (?2 IS NULL OR d.destination = ?2) AND (?3 IS NULL OR e.source = ?3)
                    AND d.created_at >= COALESCE(?4, 0) AND d.created_at <= COALESCE(?5, 9223372036854775807)
                    AND (?6 IS NULL OR d.id < ?6)
@@ -616,12 +623,13 @@ impl Store {
             let Some(mut ev) = ev else { return Ok(None) };
             let mut st = c.prepare_cached(
                 "SELECT d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts, d.next_at,
-                        d.created_at, d.updated_at, d.last_status, d.last_error, b.body
+                        d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, b.body
                  FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
+                   LEFT JOIN cancellations c ON c.delivery_id = d.id AND d.status = 'cancelled'
                  WHERE d.event_id = ?1 ORDER BY d.id",
             )?;
             let rows: Vec<(DeliveryRow, Option<Vec<u8>>)> =
-                st.query_map([&id], |r| Ok((delivery_row(r)?, r.get(13)?)))?.collect::<rusqlite::Result<_>>()?;
+                st.query_map([&id], |r| Ok((delivery_row(r)?, r.get(16)?)))?.collect::<rusqlite::Result<_>>()?;
             let mut at = c.prepare_cached(
                 "SELECT n, at, status_code, latency_ms, response, error FROM attempts WHERE delivery_id = ?1 ORDER BY n",
             )?;
@@ -755,6 +763,10 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
         updated_at_ms: r.get(10)?,
         last_status: r.get(11)?,
         last_error: r.get(12)?,
+        cancelled: match r.get::<_, Option<String>>(13)? {
+            Some(by) => Some(Cancellation { by, reason: r.get(14)?, at_ms: r.get(15)? }),
+            None => None,
+        },
     })
 }
 

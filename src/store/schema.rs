@@ -82,6 +82,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE deliveries DROP COLUMN body;
     ALTER TABLE deliveries DROP COLUMN headers;
     "#,
+    // 3: operator cancels. A cancelled delivery has status 'cancelled' (never attempted again, not
+    // pending, replayable); who cancelled it, why and when live here, apart from the row each
+    // settle rewrites.
+    r#"
+    CREATE TABLE cancellations (
+        delivery_id  INTEGER PRIMARY KEY REFERENCES deliveries(id) ON DELETE CASCADE,
+        at           INTEGER NOT NULL,          -- unix ms
+        actor        TEXT NOT NULL,             -- cli:<user>, api:token <fingerprint>, api, operator
+        reason       TEXT
+    );
+    "#,
 ];
 
 /// Applies the migrations this database has not seen. Refuses a database from a newer Hookyard.

@@ -484,9 +484,14 @@ fn settle_delivery(
     };
     // No RETURNING: SQLite buffers its rows in a temporary table, which made this statement the
     // dearest of the settle. The attempt row reads the new count back instead.
+    // Only a pending delivery takes the new state: one an operator cancelled while this attempt
+    // was in flight stays cancelled (the attempt is still recorded), unless the attempt delivered it.
     let changed = t
         .prepare_cached(
-            "UPDATE deliveries SET attempts = attempts + 1, status = ?2, next_at = ?3, updated_at = ?4, last_status = ?5, last_error = ?6
+            "UPDATE deliveries SET attempts = attempts + 1,
+                    status = CASE WHEN status = 'pending' OR ?2 = 'delivered' THEN ?2 ELSE status END,
+                    next_at = CASE WHEN status = 'pending' THEN ?3 ELSE next_at END,
+                    updated_at = ?4, last_status = ?5, last_error = ?6
              WHERE id = ?1",
         )?
         .execute(params![id, s.status(), next_at, now_ms(), a.status_code, error])?;
