@@ -150,3 +150,72 @@ fn did_you_mean_only_for_close_names() {
     assert_eq!(did_you_mean("zzzz", ["chat", "billing"].into_iter()), "");
     assert_eq!(did_you_mean("x", ["y"].into_iter()), "");
 }
+
+/// `${file:PATH}`: one trailing newline stripped, relative paths from the config's directory,
+/// errors at the key with the path (never the content), and every file recorded for reload.
+#[test]
+fn secrets_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, content: &[u8]| std::fs::write(dir.path().join(name), content).unwrap();
+    write("gh", b"s3cr3t-from-file\n");
+    write("crlf", b"with-crlf\r\n");
+    write("two-newlines", b"keeps-one\n\n");
+    write("empty", b"");
+    write("newline-only", b"\n");
+    write("blank", b"  \t\n");
+    write("big", &vec![b'x'; 64 * 1024 + 1]);
+    write("binary", &[0xff, 0xfe, b'x']);
+    let d = dir.path().display();
+    let text = format!(
+        r#"
+sources:
+  ok:
+    path: /ok
+    verify: {{ scheme: github, secret: "${{file:gh}}", secrets: ["${{file:{d}/crlf}}", "${{file:two-newlines}}"] }}
+  missing:
+    path: /missing
+    verify: {{ scheme: github, secret: "${{file:/nonexistent/secret}}" }}
+  empty:
+    path: /empty
+    verify: {{ scheme: github, secret: "${{file:empty}}" }}
+  newline:
+    path: /newline
+    verify: {{ scheme: github, secret: "${{file:newline-only}}" }}
+  blank:
+    path: /blank
+    verify: {{ scheme: github, secret: "${{file:blank}}" }}
+  big:
+    path: /big
+    verify: {{ scheme: github, secret: "${{file:big}}" }}
+  binary:
+    path: /binary
+    verify: {{ scheme: github, secret: "${{file:binary}}" }}
+  dir:
+    path: /dir
+    verify: {{ scheme: github, secret: "${{file:.}}" }}
+"#
+    );
+    let (cfg, errors) = Config::parse("routes.yaml", dir.path(), &text, &|_| None);
+    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let want = [
+        "routes.yaml:8:39: sources.missing.verify.secret: cannot read secret file /nonexistent/secret: No such file or directory (os error 2)".to_string(),
+        format!("routes.yaml:11:39: sources.empty.verify.secret: secret file {d}/empty is empty"),
+        format!("routes.yaml:14:39: sources.newline.verify.secret: secret file {d}/newline-only is empty"),
+        format!("routes.yaml:17:39: sources.blank.verify.secret: secret file {d}/blank holds only whitespace"),
+        format!(
+            "routes.yaml:20:39: sources.big.verify.secret: cannot read secret file {d}/big: the file is 65537 bytes, over the 65536-byte limit for a secret file"
+        ),
+        format!("routes.yaml:23:39: sources.binary.verify.secret: secret file {d}/binary is not UTF-8 text"),
+        format!("routes.yaml:26:39: sources.dir.verify.secret: cannot read secret file {d}/.: not a regular file (a directory)"),
+    ];
+    assert_eq!(errors, want);
+    assert!(errors.iter().all(|e| !e.contains("xxxx")), "never the content");
+    let ok = &cfg.sources.iter().find(|(n, _)| n == "ok").unwrap().1.verify;
+    assert_eq!(ok.secret, Some(Secret("s3cr3t-from-file".into())));
+    assert_eq!(ok.secrets, [Secret("with-crlf".into()), Secret("keeps-one\n".into())]);
+    let recorded: Vec<String> = cfg.secret_files.iter().map(|f| f.path.display().to_string()).collect();
+    assert_eq!(recorded[..3], [format!("{d}/gh"), format!("{d}/crlf"), format!("{d}/two-newlines")]);
+    assert_eq!(recorded.len(), 10);
+    assert!(cfg.secret_files[..3].iter().all(|f| f.sha256.is_some()));
+    assert_eq!(cfg.secret_files[3].sha256, None, "a missing file is recorded, so a reload watches for it");
+}

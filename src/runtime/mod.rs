@@ -52,6 +52,9 @@ pub struct Snapshot {
     pub log_redact: Vec<JsonPath>,
     /// Every plugin file the routes name (watched for hot reload).
     pub plugin_files: Vec<PathBuf>,
+    /// Every file a `${file:PATH}` names (watched for hot reload; their contents are part of
+    /// the version, so a rotated secret is a new config).
+    pub secret_files: Vec<PathBuf>,
     /// What is valid but will not work as written: destinations the egress guard will refuse.
     /// `check` and `dry-run` print these, `run` logs them; they never fail a build.
     pub warnings: Vec<ConfigError>,
@@ -119,9 +122,17 @@ pub fn build_from_text(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Snapshot, ConfigErrors> {
     let (cfg, mut errors) = Config::parse(file, base_dir, text, env);
-    // the version covers the config text and every plugin file it names
+    // the version covers the config text, every plugin file and every secret file it names
     let mut version_hash = Sha256::new();
     version_hash.update(text.as_bytes());
+    let mut secret_files: Vec<PathBuf> = Vec::new();
+    for f in &cfg.secret_files {
+        version_hash.update(f.path.as_os_str().as_encoded_bytes());
+        version_hash.update(f.sha256.unwrap_or_default());
+        if !secret_files.contains(&f.path) {
+            secret_files.push(f.path.clone());
+        }
+    }
 
     let policy = Arc::new(EgressPolicy::new(cfg.egress.allow.iter().filter_map(|s| parse_net(s)).collect()));
     let roots = TlsRoots::webpki();
@@ -297,6 +308,7 @@ pub fn build_from_text(
         admin: cfg.admin.clone(),
         log_redact,
         plugin_files,
+        secret_files,
         warnings,
     })
 }
