@@ -114,6 +114,7 @@ impl Reloader {
                 for setting in &needs_restart {
                     warn!(setting = %setting, "changed in the config file but needs a restart; the running value stays");
                 }
+                new.inherit(&old);
                 let version = new.version.clone();
                 self.gateway.dispatcher.set_destinations(&new.destinations);
                 self.gateway.snapshot.store(Arc::new(new));

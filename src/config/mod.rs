@@ -319,6 +319,30 @@ impl Config {
                 errors.push(self.error(&format!("sources.{name}.dedupe"), "give exactly one of header and path"));
             }
         }
+        for (name, s) in &self.sources {
+            let key = format!("sources.{name}");
+            match &s.allow_ips {
+                Some(nets) if nets.is_empty() => errors.push(self.error(
+                    &format!("{key}.allow_ips"),
+                    "must list at least one network (leave the key out to allow every address)",
+                )),
+                Some(nets) => self.check_nets(&format!("{key}.allow_ips"), nets, errors),
+                None => {}
+            }
+            if let Some(r) = &s.rate_limit {
+                // below one a day the bucket's arithmetic (nanoseconds in a u64) would overflow
+                if !(r.per_second >= MIN_SOURCE_RATE && r.per_second.is_finite()) {
+                    errors.push(self.error(
+                        &format!("{key}.rate_limit.per_second"),
+                        "must be a number of requests per second, at least 0.0000116 (one a day)",
+                    ));
+                }
+                if r.burst == Some(0) {
+                    errors.push(self.error(&format!("{key}.rate_limit.burst"), "must be at least 1"));
+                }
+            }
+        }
+        self.check_nets("server.trusted_proxies", &self.server.trusted_proxies, errors);
         for (i, net) in self.egress.allow.iter().enumerate() {
             if parse_net(net).is_none() {
                 errors.push(
@@ -482,6 +506,21 @@ pub fn read_secret_file(path: &Path) -> Result<String, String> {
     }
     Ok(text)
 }
+
+impl Config {
+    /// Every item of `nets` must be a CIDR network or an address.
+    fn check_nets(&self, key: &str, nets: &[String], errors: &mut Vec<ConfigError>) {
+        for (i, net) in nets.iter().enumerate() {
+            if parse_net(net).is_none() {
+                errors
+                    .push(self.error(&format!("{key}[{i}]"), format!("\"{net}\" is not a CIDR network or IP address")));
+            }
+        }
+    }
+}
+
+/// Smallest `sources.<name>.rate_limit.per_second`: one request a day.
+pub const MIN_SOURCE_RATE: f64 = 1.0 / 86_400.0;
 
 /// The error of a secret that is empty or only whitespace.
 const BLANK_SECRET: &str = "must not be empty or only whitespace";

@@ -78,7 +78,7 @@ egress: { allow: [not-a-net] }
 "#;
     let (_, errors) = parse(text);
     let want = [
-        "routes.yaml:3:3: server.listn: unknown field `listn`, expected one of `listen`, `max_body_bytes`, `max_header_bytes`, `max_connections`, `request_timeout`, `shutdown_grace`, `log_redact`",
+        "routes.yaml:3:3: server.listn: unknown field `listn`, expected one of `listen`, `max_body_bytes`, `max_header_bytes`, `max_connections`, `request_timeout`, `shutdown_grace`, `log_redact`, `trusted_proxies`",
         "routes.yaml:6:5: sources.github.path: must start with '/', got \"hooks/github\"",
         "routes.yaml:7:39: sources.github.verify.secret: environment variable MISSING_SECRET is not set (write ${MISSING_SECRET:-default} to give a default)",
         "routes.yaml:10:15: sources.stripe.verify.scheme: unknown variant `stripey`, expected one of `none`, `github`, `stripe`, `shopify`, `slack`, `standard-webhooks`, `hmac`, `basic`, `api-key`",
@@ -149,6 +149,42 @@ fn did_you_mean_only_for_close_names() {
     assert_eq!(did_you_mean("chta", ["chat", "billing"].into_iter()), " (did you mean \"chat\"?)");
     assert_eq!(did_you_mean("zzzz", ["chat", "billing"].into_iter()), "");
     assert_eq!(did_you_mean("x", ["y"].into_iter()), "");
+}
+
+#[test]
+fn source_guards_are_checked() {
+    let text = r#"
+server: { trusted_proxies: [10.0.0.0/8, "proxy.internal"] }
+sources:
+  a:
+    path: /a
+    verify: { scheme: none }
+    allow_ips: [192.0.2.0/24, "2001:db8::/32", 127.0.0.1, 300.1.1.1/8]
+    rate_limit: { per_second: 0, burst: 0 }
+  b:
+    path: /b
+    verify: { scheme: none }
+    allow_ips: []
+    rate_limit: { per_second: 0.5 }
+  c:
+    path: /c
+    verify: { scheme: none }
+    rate_limit: { per_second: 10, brust: 3 }
+"#;
+    let (cfg, errors) = parse(text);
+    let want = [
+        "routes.yaml:2:41: server.trusted_proxies[1]: \"proxy.internal\" is not a CIDR network or IP address",
+        "routes.yaml:7:59: sources.a.allow_ips[3]: \"300.1.1.1/8\" is not a CIDR network or IP address",
+        "routes.yaml:8:19: sources.a.rate_limit.per_second: must be a number of requests per second, at least 0.0000116 (one a day)",
+        "routes.yaml:8:34: sources.a.rate_limit.burst: must be at least 1",
+        "routes.yaml:12:5: sources.b.allow_ips: must list at least one network (leave the key out to allow every address)",
+        "routes.yaml:17:35: sources.c.rate_limit.brust: unknown field `brust`, expected `per_second` or `burst`",
+    ];
+    assert_eq!(errors, want);
+    let b = &cfg.sources.iter().find(|(n, _)| n == "b").unwrap().1;
+    assert_eq!(b.rate_limit.unwrap().burst(), 1, "the default burst is a second's worth, at least 1");
+    let limit = SourceRateLimit { per_second: 2.5, burst: None };
+    assert_eq!(limit.burst(), 3);
 }
 
 /// `${file:PATH}`: one trailing newline stripped, relative paths from the config's directory,
