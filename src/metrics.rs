@@ -13,6 +13,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const EVENTS_RECEIVED: &str = "hookyard_events_received_total";
 pub const VERIFY_FAILURES: &str = "hookyard_verification_failures_total";
+pub const INGRESS_REFUSED: &str = "hookyard_ingress_refused_total";
+/// [`INGRESS_REFUSED`]'s reasons: the source key that refused.
+pub const REFUSED_ALLOW_IPS: &str = "allow_ips";
+pub const REFUSED_RATE_LIMIT: &str = "rate_limit";
 pub const ROUTE_MATCHES: &str = "hookyard_route_matches_total";
 pub const INGRESS_SECONDS: &str = "hookyard_ingress_duration_seconds";
 pub const DELIVERIES: &str = "hookyard_deliveries_total";
@@ -96,6 +100,7 @@ impl<K: Copy + Eq, V: Clone> Handles<K, V> {
 static EVENTS_BY_STATUS: Handles<u16, Counter> = Handles::new();
 static INGRESS_BY_SOURCE: Handles<(), Histogram> = Handles::new();
 static MATCHES_BY_ROUTE: Handles<(), Counter> = Handles::new();
+static REFUSED_BY_REASON: Handles<&'static str, Counter> = Handles::new();
 static ATTEMPTS_BY_DESTINATION: Handles<(), (Counter, Histogram)> = Handles::new();
 static DELIVERIES_BY_OUTCOME: Handles<&'static str, Counter> = Handles::new();
 static PLUGIN_CALLS_BY_OUTCOME: Handles<&'static str, Counter> = Handles::new();
@@ -105,6 +110,10 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(EVENTS_RECEIVED, "Ingress requests at a source path, by source and response status");
     describe_counter!(VERIFY_FAILURES, "Requests refused with 401, by source and reason");
+    describe_counter!(
+        INGRESS_REFUSED,
+        "Requests refused by a source's guards before their body was read, by source and reason (allow_ips: 403, rate_limit: 429)"
+    );
     describe_counter!(ROUTE_MATCHES, "Events matched, by route");
     describe_histogram!(INGRESS_SECONDS, "Time from request to response at a source path, by source");
     describe_counter!(
@@ -137,6 +146,13 @@ pub fn event_received(source: &str, status: u16, seconds: f64) {
 
 pub fn verify_failed(source: &str, reason: &'static str) {
     counter!(VERIFY_FAILURES, "source" => source.to_string(), "reason" => reason).increment(1);
+}
+
+/// A request refused by a source's guard (`reason`: [`REFUSED_ALLOW_IPS`], [`REFUSED_RATE_LIMIT`]).
+pub fn ingress_refused(source: &str, reason: &'static str) {
+    REFUSED_BY_REASON
+        .get(source, reason, || counter!(INGRESS_REFUSED, "source" => source.to_string(), "reason" => reason))
+        .increment(1);
 }
 
 pub fn route_matched(route: &str) {

@@ -114,6 +114,7 @@ impl Reloader {
                 for setting in &needs_restart {
                     warn!(setting = %setting, "changed in the config file but needs a restart; the running value stays");
                 }
+                new.inherit(&old);
                 let version = new.version.clone();
                 self.gateway.dispatcher.set_destinations(&new.destinations);
                 self.gateway.snapshot.store(Arc::new(new));
@@ -167,26 +168,25 @@ impl Reloader {
         }
     }
 
-    /// Watches the config file's directory (and the directories of `extra` files, e.g. plugins)
-    /// and reloads after a quiet period. Watching directories rather than files handles editors
-    /// that save by writing a new file and renaming it over the old one, and Kubernetes ConfigMaps
-    /// that swap a symlink; a reload that finds the same content is a no-op.
+    /// Watches the config file's directory, the directories of `extra` files (e.g. plugins) and
+    /// of the files the running config reads (plugins, `${file:…}` secrets; looked up again after
+    /// every reload), and reloads after a quiet period. Watching directories rather than files
+    /// handles editors that save by writing a new file and renaming it over the old one, and
+    /// Kubernetes ConfigMaps and Secrets that swap a `..data` symlink; a reload that finds the
+    /// same content is a no-op.
     pub async fn watch(self: Arc<Self>, extra: Vec<PathBuf>, stop: impl std::future::Future<Output = ()>) {
         use notify::{RecursiveMode, Watcher};
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        // a symlinked file is watched where the link is and where it points
-        let mut files: Vec<PathBuf> = std::iter::once(self.path.clone()).chain(extra.iter().cloned()).collect();
-        let targets: Vec<PathBuf> =
-            files.iter().filter_map(|f| std::fs::canonicalize(f).ok()).filter(|t| !files.contains(t)).collect();
-        files.extend(targets);
-        let names: Vec<std::ffi::OsString> =
-            files.iter().filter_map(|f| f.file_name().map(|n| n.to_os_string())).collect();
+        let mut files = self.watched_files(&extra);
+        let names = Arc::new(Mutex::new(file_names(&files)));
+        let ours = names.clone();
         let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let Ok(event) = res else { return };
             if matches!(event.kind, notify::EventKind::Access(_)) {
                 return;
             }
-            // only our files, or a Kubernetes ConfigMap's `..data` symlink swap
+            // only our files, or a Kubernetes ConfigMap's or Secret's `..data` symlink swap
+            let names = ours.lock().unwrap_or_else(|p| p.into_inner());
             let ours = event
                 .paths
                 .iter()
@@ -202,19 +202,19 @@ impl Reloader {
                 return;
             }
         };
-        let mut dirs: Vec<PathBuf> = files
-            .iter()
-            .map(|p| {
-                p.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-            })
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        for d in &dirs {
-            if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
-                warn!(dir = %d.display(), error = %e, "cannot watch directory");
+        let mut watched: Vec<PathBuf> = Vec::new();
+        let mut watch_dirs = |files: &[PathBuf], watched: &mut Vec<PathBuf>| {
+            for d in directories(files) {
+                if watched.contains(&d) {
+                    continue;
+                }
+                if let Err(e) = watcher.watch(&d, RecursiveMode::NonRecursive) {
+                    warn!(dir = %d.display(), error = %e, "cannot watch directory");
+                }
+                watched.push(d);
             }
-        }
+        };
+        watch_dirs(&files, &mut watched);
         tokio::pin!(stop);
         let mut last_seen = content_hash(&files);
         loop {
@@ -232,10 +232,50 @@ impl Reloader {
                     }
                     last_seen = now;
                     self.reload("file change").await;
+                    // the config may name other files now (a new secret, a secret directory
+                    // swapped to a new timestamped one): watch those too
+                    let now_named = self.watched_files(&extra);
+                    if now_named != files {
+                        files = now_named;
+                        *names.lock().unwrap_or_else(|p| p.into_inner()) = file_names(&files);
+                        watch_dirs(&files, &mut watched);
+                        last_seen = content_hash(&files);
+                    }
                 }
             }
         }
     }
+
+    /// The config file, `extra`, and the files the running config reads; a symlinked file is
+    /// watched where the link is and where it points.
+    fn watched_files(&self, extra: &[PathBuf]) -> Vec<PathBuf> {
+        let snap = self.gateway.snapshot.load();
+        let mut files: Vec<PathBuf> = std::iter::once(self.path.clone())
+            .chain(extra.iter().cloned())
+            .chain(snap.plugin_files.iter().cloned())
+            .chain(snap.secret_files.iter().cloned())
+            .collect();
+        files.dedup();
+        let targets: Vec<PathBuf> =
+            files.iter().filter_map(|f| std::fs::canonicalize(f).ok()).filter(|t| !files.contains(t)).collect();
+        files.extend(targets);
+        files
+    }
+}
+
+fn file_names(files: &[PathBuf]) -> Vec<std::ffi::OsString> {
+    files.iter().filter_map(|f| f.file_name().map(|n| n.to_os_string())).collect()
+}
+
+/// The directories of `files`, each once.
+fn directories(files: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .map(|p| p.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
 }
 
 /// A hash of the files' contents (a missing file hashes as empty). Streamed, and no further

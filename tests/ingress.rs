@@ -1,9 +1,12 @@
 //! Ingress: what a sender gets back. Paths and methods, body limits (declared and streamed),
 //! signature verification for every scheme (signatures computed here, from the providers'
-//! documentation), and that accepted-but-unrouted events are acknowledged and go nowhere.
+//! documentation), that accepted-but-unrouted events are acknowledged and go nowhere, and the
+//! per-source guards (allowed addresses, trusted proxies' `X-Forwarded-For`, rate limits).
 
+mod admin_support;
 mod common;
 
+use admin_support::{AdminApi, TOKEN};
 use common::*;
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -912,4 +915,132 @@ async fn a_failed_commit_is_503_with_retry_after_and_stores_nothing() {
     let got = sink.wait_for(2, WAIT).await;
     assert_eq!(got.iter().map(|r| r.must("x-case")).collect::<Vec<_>>(), ["before", "after"]);
     assert_eq!((count(&foreign, "events"), count(&foreign, "deliveries")), (2, 2));
+}
+
+// --- Per-source guards ------------------------------------------------------------------------
+
+/// A gateway on `listen` with an admin API (for metrics) and one unsigned source per
+/// `(name, extra keys)`, at `/hooks/<name>`.
+async fn guarded(listen: &str, server_extra: &str, sources: &[(&str, &str)]) -> (Gateway, AdminApi) {
+    let mut yaml = format!(
+        "server: {{ listen: \"{listen}\", request_timeout: 5s{server_extra} }}\nadmin: {{ listen: \"127.0.0.1:0\", token: \"{TOKEN}\" }}\nsources:\n"
+    );
+    for (name, extra) in sources {
+        yaml.push_str(&format!("  {name}:\n    path: /hooks/{name}\n    verify: {{ scheme: none }}\n{extra}"));
+    }
+    let gw = Gateway::start(&yaml).await;
+    let admin = AdminApi::of(&gw.process).await;
+    (gw, admin)
+}
+
+fn assert_forbidden(a: &Answer, what: &str) {
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{what}: body {:?}", a.text());
+    assert_eq!(a.json(), json!({ "error": "client address not allowed" }), "{what}");
+    assert_eq!(a.header("content-type"), Some("application/json"));
+}
+
+#[tokio::test]
+async fn allow_ips_refuses_other_addresses_with_403_before_reading_the_body() {
+    let (gw, admin) = guarded(
+        "127.0.0.1:0",
+        "",
+        &[
+            ("open", ""),
+            ("local", "    allow_ips: [127.0.0.1/32]\n"),
+            ("partner", "    allow_ips: [192.0.2.0/24, \"2001:db8::/32\"]\n"),
+        ],
+    )
+    .await;
+    gw.post("/hooks/open", &[], BODY).await.accepted_id();
+    gw.post("/hooks/local", &[], BODY).await.accepted_id();
+    assert_forbidden(&gw.post("/hooks/partner", &[], BODY).await, "127.0.0.1 is not in the partner's list");
+
+    // Refused from the head alone: a body that never comes is not waited for (that would be 408
+    // after request_timeout), and the connection is closed.
+    let started = std::time::Instant::now();
+    let r = gw.raw("POST /hooks/partner HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n", b"").await;
+    assert_eq!((r.status, r.body.as_str()), (403, r#"{"error":"client address not allowed"}"#), "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "waited for the body: {:?}", started.elapsed());
+
+    let m = admin.metrics().await;
+    assert_eq!(m.get("hookyard_ingress_refused_total", &[("source", "partner"), ("reason", "allow_ips")]), 2.0);
+    assert_eq!(m.get("hookyard_events_received_total", &[("source", "partner"), ("status", "403")]), 2.0);
+    assert!(!m.has("hookyard_ingress_refused_total", &[("source", "local"), ("reason", "allow_ips")]), "{m:#?}");
+    let lines = gw.log_lines_with(&["client address not in allow_ips", "source=partner", "client=127.0.0.1"]);
+    assert_eq!(lines.len(), 2, "{}", gw.logs());
+}
+
+#[tokio::test]
+async fn allow_ips_over_ipv6() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this machine cannot bind ::1");
+        return;
+    }
+    let (gw, _admin) = guarded(
+        "[::1]:0",
+        "",
+        &[("v6", "    allow_ips: [\"::1/128\"]\n"), ("v4", "    allow_ips: [127.0.0.0/8, \"2001:db8::1\"]\n")],
+    )
+    .await;
+    assert!(gw.addr.is_ipv6(), "{}", gw.addr);
+    gw.post("/hooks/v6", &[], BODY).await.accepted_id();
+    assert_forbidden(&gw.post("/hooks/v4", &[], BODY).await, "::1 is not 127.0.0.0/8");
+}
+
+#[tokio::test]
+async fn x_forwarded_for_decides_only_for_requests_from_a_trusted_proxy() {
+    let sources = [("partner", "    allow_ips: [203.0.113.0/24]\n"), ("local", "    allow_ips: [127.0.0.1]\n")];
+    // The test connects from 127.0.0.1, which is the trusted proxy here.
+    let (gw, _admin) = guarded("127.0.0.1:0", ", trusted_proxies: [127.0.0.1/32, 10.0.0.0/8]", &sources).await;
+    let xff = |v: &'static str| [("x-forwarded-for", v)];
+    gw.post("/hooks/partner", &xff("203.0.113.9"), BODY).await.accepted_id();
+    // trusted hops on the right are skipped; what the client wrote on the left is not believed
+    gw.post("/hooks/partner", &xff("198.51.100.1, 203.0.113.9, 10.1.2.3"), BODY).await.accepted_id();
+    assert_forbidden(&gw.post("/hooks/partner", &xff("203.0.113.9, 198.51.100.1"), BODY).await, "right-most");
+    assert_forbidden(&gw.post("/hooks/partner", &[], BODY).await, "no header: the proxy itself");
+    assert_forbidden(&gw.post("/hooks/local", &xff("198.51.100.1"), BODY).await, "the forwarded address decides");
+    gw.post("/hooks/local", &[], BODY).await.accepted_id();
+    assert_eq!(
+        gw.log_lines_with(&["client address not in allow_ips", "client=198.51.100.1", "peer=127.0.0.1"]).len(),
+        2
+    );
+
+    // Without trusted proxies the same requests are judged by the socket.
+    let (gw, _admin) = guarded("127.0.0.1:0", "", &sources).await;
+    assert_forbidden(&gw.post("/hooks/partner", &xff("203.0.113.9"), BODY).await, "X-Forwarded-For ignored");
+    gw.post("/hooks/local", &xff("198.51.100.1"), BODY).await.accepted_id();
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after_and_recovers_after_it() {
+    // a token every 2 s, 2 at once: the third request within 2 s is refused
+    let (gw, admin) =
+        guarded("127.0.0.1:0", "", &[("limited", "    rate_limit: { per_second: 0.5, burst: 2 }\n"), ("other", "")])
+            .await;
+    gw.post("/hooks/limited", &[], BODY).await.accepted_id();
+    gw.post("/hooks/limited", &[], BODY).await.accepted_id();
+    let a = gw.post("/hooks/limited", &[], BODY).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
+    assert_eq!(a.json(), json!({ "error": "rate limit exceeded" }));
+    let retry_after: u64 = a.header("retry-after").expect("Retry-After").parse().expect("whole seconds");
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    // refused from the head alone, like the allow-list
+    let r = gw.raw("POST /hooks/limited HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n", b"").await;
+    assert_eq!((r.status, r.body.as_str()), (429, r#"{"error":"rate limit exceeded"}"#), "{r:?}");
+    // other sources have their own limits (here none)
+    for _ in 0..5 {
+        gw.post("/hooks/other", &[], BODY).await.accepted_id();
+    }
+
+    // waiting what Retry-After said is enough
+    tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
+    gw.post("/hooks/limited", &[], BODY).await.accepted_id();
+
+    let m = admin.metrics().await;
+    assert_eq!(m.get("hookyard_ingress_refused_total", &[("source", "limited"), ("reason", "rate_limit")]), 2.0);
+    assert_eq!(m.get("hookyard_events_received_total", &[("source", "limited"), ("status", "429")]), 2.0);
+    assert_eq!(m.get("hookyard_events_received_total", &[("source", "limited"), ("status", "202")]), 3.0);
+    // one warning per run of refusals, not one per request
+    assert_eq!(gw.log_lines_with(&["source rate limit reached", "source=limited"]).len(), 1, "{}", gw.logs());
 }

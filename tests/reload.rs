@@ -309,6 +309,131 @@ async fn a_missing_environment_variable_fails_the_reload() {
     assert_eq!(route_of(&node, &sink, "still-a").await, "/a");
 }
 
+// --- secrets from files -----------------------------------------------------------------------
+
+/// A config whose source `app` verifies GitHub signatures with the secret in the file `secret`
+/// (as written in `${file:…}`), routed nowhere.
+fn github_from_file(secret: &str) -> String {
+    format!(
+        r#"server: {{ listen: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0", token: "{TOKEN}" }}
+storage: {{ path: hookyard.db, sync: normal }}
+sources:
+  app:
+    path: /hooks/app
+    verify: {{ scheme: github, secret: "${{file:{secret}}}" }}
+"#
+    )
+}
+
+/// Posts an event signed with `secret` the way GitHub does; returns the status.
+async fn post_signed(node: &Node, secret: &str) -> u16 {
+    let body = r#"{"zen":"Keep it logically awesome."}"#;
+    let sig = github_signature(secret, body.as_bytes());
+    post_to(node.process.addr, "/hooks/app", &[("X-Hub-Signature-256", &sig)], body).await.status.as_u16()
+}
+
+/// The errors `hookyard check` prints for `config`, which must fail.
+async fn check_errors(config: &Path) -> String {
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(config);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "check must fail: {}{}", out.stdout, out.stderr);
+    out.stderr
+}
+
+#[tokio::test]
+async fn a_secret_from_a_file_verifies_and_a_rotated_file_is_picked_up_by_a_reload() {
+    let dir = ConfigDir::new();
+    std::fs::create_dir(dir.path("secrets")).unwrap();
+    let secret = dir.path("secrets/github");
+    // as Kubernetes and systemd write them: one trailing newline, which is not part of the secret
+    std::fs::write(&secret, "first-secret-0123\n").unwrap();
+    let config = dir.path("routes.yaml");
+    let text = github_from_file("secrets/github");
+    std::fs::write(&config, &text).unwrap();
+    let v1 = checked_version(&config).await;
+    let node = Node::start(dir, config.clone()).await;
+    assert_eq!(node.admin.status().await["version"], v1.as_str());
+    assert_eq!(post_signed(&node, "first-secret-0123").await, 202);
+    assert_eq!(post_signed(&node, "first-secret-0123\n").await, 401, "the newline is not part of it");
+    assert!(!node.process.logs().contains("first-secret-0123"), "never logged");
+
+    // rotate: a new file renamed over the old one; `reload` must see it although the config text
+    // did not change (the watcher may see it first: then the API finds it unchanged)
+    let tmp = node.dir.path("secrets/.github.tmp");
+    std::fs::write(&tmp, "second-secret-4567\n").unwrap();
+    std::fs::rename(&tmp, &secret).unwrap();
+    let v2 = checked_version(&node.config).await;
+    assert_ne!(v1, v2, "the secret file's content is part of the version");
+    let r = node.admin.post_json("/api/v1/reload", "").await;
+    assert!(
+        r == json!({"result": "reloaded", "version": v2, "needs_restart": []})
+            || r == json!({"result": "unchanged", "version": v2}),
+        "{r}"
+    );
+    assert_eq!(node.admin.status().await["version"], v2.as_str(), "status shows the new version");
+    assert_eq!(post_signed(&node, "first-secret-0123").await, 401, "the old secret is refused");
+    assert_eq!(post_signed(&node, "second-secret-4567").await, 202, "the new one verifies");
+
+    // a missing or empty file fails the reload (and `check`) with the path, never the content;
+    // the running config stays
+    let at = location(&node.config, &text, "\"${file:");
+    let shown = secret.display();
+    std::fs::remove_file(&secret).unwrap();
+    let want = format!(
+        "{at}: sources.app.verify.secret: cannot read secret file {shown}: No such file or directory (os error 2)"
+    );
+    assert_eq!(check_errors(&node.config).await.trim_end(), format!("{want}\n1 problem found"));
+    let a = node.admin.post("/api/v1/reload", "").await;
+    assert_eq!(a.status, 422, "{}", a.text());
+    assert_eq!(a.json()["errors"], json!([want]));
+    std::fs::write(&secret, "\n").unwrap();
+    let want = want.replace(
+        &format!("cannot read secret file {shown}: No such file or directory (os error 2)"),
+        &format!("secret file {shown} is empty"),
+    );
+    assert_eq!(check_errors(&node.config).await.trim_end(), format!("{want}\n1 problem found"));
+    let a = node.admin.post("/api/v1/reload", "").await;
+    assert_eq!(a.status, 422, "{}", a.text());
+    assert_eq!(a.json()["errors"], json!([want]));
+    let st = node.admin.status().await;
+    assert_eq!(st["version"], v2.as_str(), "{st}");
+    assert_eq!(post_signed(&node, "second-secret-4567").await, 202, "the running config stays");
+}
+
+#[tokio::test]
+async fn a_kubernetes_secret_swap_is_picked_up_without_a_trigger() {
+    // The kubelet's layout for a Secret volume: token -> ..data/token, ..data -> ..<timestamp>/;
+    // a rotation writes a new timestamped dir and renames a new ..data link over the old one.
+    let dir = ConfigDir::new();
+    std::fs::create_dir(dir.path("secrets")).unwrap();
+    for (sub, value) in [("..2026_01_01_00_00_00.1", "k8s-secret-one"), ("..2026_01_01_00_05_00.2", "k8s-secret-two")] {
+        std::fs::create_dir(dir.path(&format!("secrets/{sub}"))).unwrap();
+        std::fs::write(dir.path(&format!("secrets/{sub}/token")), value).unwrap();
+    }
+    std::os::unix::fs::symlink("..2026_01_01_00_00_00.1", dir.path("secrets/..data")).unwrap();
+    std::os::unix::fs::symlink("..data/token", dir.path("secrets/token")).unwrap();
+    let config = dir.path("routes.yaml");
+    std::fs::write(&config, github_from_file(&dir.path("secrets/token").display().to_string())).unwrap();
+    let v1 = checked_version(&config).await;
+    let node = Node::start(dir, config).await;
+    assert_eq!(node.admin.status().await["version"], v1.as_str());
+    assert_eq!(post_signed(&node, "k8s-secret-one").await, 202);
+
+    let t = Instant::now();
+    let tmp = node.dir.path("secrets/..data_tmp");
+    std::os::unix::fs::symlink("..2026_01_01_00_05_00.2", &tmp).unwrap();
+    std::fs::rename(&tmp, node.dir.path("secrets/..data")).unwrap();
+    let v2 = checked_version(&node.config).await;
+    assert_ne!(v1, v2);
+    let (st, took) = node.wait_version(&v2, t).await;
+    eprintln!("secret ..data swap: new version active after {took:?}");
+    assert_eq!(st["reloads_ok"], 1, "{st}");
+    assert_eq!(post_signed(&node, "k8s-secret-one").await, 401);
+    assert_eq!(post_signed(&node, "k8s-secret-two").await, 202);
+}
+
 /// 1 KB of YAML ("billion laughs") that would expand to 9^9 scalars, as in `tests/cli.rs`.
 fn alias_bomb() -> String {
     let mut text = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");

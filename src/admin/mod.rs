@@ -447,7 +447,11 @@ fn percent_decode(s: &str) -> String {
 }
 
 impl crate::server::listener::Handler for Admin {
-    fn handle(&self, req: Request<Incoming>) -> impl std::future::Future<Output = Resp> + Send {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        _peer: std::net::SocketAddr,
+    ) -> impl std::future::Future<Output = Resp> + Send {
         Admin::handle(self, req)
     }
 }

@@ -1,4 +1,4 @@
-//! `routes.yaml`: reading, `${ENV}` expansion, the schema and the checks that need no compilation
+//! `routes.yaml`: reading, `${ENV}` and `${file:PATH}` expansion, the schema and the checks that need no compilation
 //! (names, references, URLs, paths). Every problem is collected with its file, line, column and key
 //! path; nothing stops at the first error.
 //!
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 pub use schema::*;
 use yaml::{Mark, Positions};
@@ -73,6 +74,9 @@ pub struct Config {
     pub sources: Vec<(String, SourceConfig)>,
     pub destinations: Vec<(String, DestinationConfig)>,
     pub routes: Vec<RouteEntry>,
+    /// Every file a `${file:PATH}` names (read or not), with a hash of what was read: part of
+    /// the config's version, and watched for hot reload.
+    pub secret_files: Vec<SecretFile>,
     positions: Positions,
     /// Keys whose value could not be read (e.g. a missing `${VAR}`).
     poisoned: Vec<String>,
@@ -127,12 +131,23 @@ impl Config {
             sources: Vec::new(),
             destinations: Vec::new(),
             routes: Vec::new(),
+            secret_files: Vec::new(),
             positions: Positions::default(),
             poisoned: Vec::new(),
             declared_sources: Vec::new(),
             declared_destinations: Vec::new(),
         };
-        let doc = match yaml::parse(text, env) {
+        let secret_files = std::cell::RefCell::new(Vec::new());
+        let read_file = |written: &str| {
+            let path = base_dir.join(written);
+            let read = read_secret_file(&path);
+            let sha256 = read.as_ref().ok().map(|s| Sha256::digest(s.as_bytes()).into());
+            secret_files.borrow_mut().push(SecretFile { path, sha256 });
+            read
+        };
+        let parsed = yaml::parse_with(text, env, &read_file);
+        cfg.secret_files = secret_files.into_inner();
+        let doc = match parsed {
             Ok(doc) => doc,
             Err(p) => {
                 return (
@@ -304,6 +319,30 @@ impl Config {
                 errors.push(self.error(&format!("sources.{name}.dedupe"), "give exactly one of header and path"));
             }
         }
+        for (name, s) in &self.sources {
+            let key = format!("sources.{name}");
+            match &s.allow_ips {
+                Some(nets) if nets.is_empty() => errors.push(self.error(
+                    &format!("{key}.allow_ips"),
+                    "must list at least one network (leave the key out to allow every address)",
+                )),
+                Some(nets) => self.check_nets(&format!("{key}.allow_ips"), nets, errors),
+                None => {}
+            }
+            if let Some(r) = &s.rate_limit {
+                // below one a day the bucket's arithmetic (nanoseconds in a u64) would overflow
+                if !(r.per_second >= MIN_SOURCE_RATE && r.per_second.is_finite()) {
+                    errors.push(self.error(
+                        &format!("{key}.rate_limit.per_second"),
+                        "must be a number of requests per second, at least 0.0000116 (one a day)",
+                    ));
+                }
+                if r.burst == Some(0) {
+                    errors.push(self.error(&format!("{key}.rate_limit.burst"), "must be at least 1"));
+                }
+            }
+        }
+        self.check_nets("server.trusted_proxies", &self.server.trusted_proxies, errors);
         for (i, net) in self.egress.allow.iter().enumerate() {
             if parse_net(net).is_none() {
                 errors.push(
@@ -433,6 +472,58 @@ impl Config {
         }
     }
 }
+
+/// A file named by `${file:PATH}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretFile {
+    /// The path, resolved against the config file's directory.
+    pub path: PathBuf,
+    /// SHA-256 of what was read (`None`: it could not be read). Never the content itself.
+    pub sha256: Option<[u8; 32]>,
+}
+
+/// Largest `${file:PATH}` file read, in bytes. Default 64 KiB: secrets, tokens and even PEM
+/// bundles are a few KiB; a path mistyped to a log or a device is refused, not read whole.
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 << 10;
+
+/// Reads a `${file:PATH}` file as Kubernetes secrets and systemd credentials deliver them: a
+/// regular file (a symlink to one is fine) of at most [`MAX_SECRET_FILE_BYTES`], UTF-8, one
+/// trailing newline (`\n` or `\r\n`) removed. Empty or only whitespace is an error, as an unset
+/// variable is. Errors name the path, never the content.
+pub fn read_secret_file(path: &Path) -> Result<String, String> {
+    let shown = path.display();
+    let bytes = read_limited(path, MAX_SECRET_FILE_BYTES, Regular::Required, "a secret file")
+        .map_err(|e| format!("cannot read secret file {shown}: {e}"))?;
+    let mut text = String::from_utf8(bytes).map_err(|_| format!("secret file {shown} is not UTF-8 text"))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(format!("secret file {shown} is empty"));
+    }
+    if text.trim().is_empty() {
+        return Err(format!("secret file {shown} holds only whitespace"));
+    }
+    Ok(text)
+}
+
+impl Config {
+    /// Every item of `nets` must be a CIDR network or an address.
+    fn check_nets(&self, key: &str, nets: &[String], errors: &mut Vec<ConfigError>) {
+        for (i, net) in nets.iter().enumerate() {
+            if parse_net(net).is_none() {
+                errors
+                    .push(self.error(&format!("{key}[{i}]"), format!("\"{net}\" is not a CIDR network or IP address")));
+            }
+        }
+    }
+}
+
+/// Smallest `sources.<name>.rate_limit.per_second`: one request a day.
+pub const MIN_SOURCE_RATE: f64 = 1.0 / 86_400.0;
 
 /// The error of a secret that is empty or only whitespace.
 const BLANK_SECRET: &str = "must not be empty or only whitespace";

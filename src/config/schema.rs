@@ -41,6 +41,12 @@ pub struct ServerConfig {
     /// JSONPaths (names, indexes and `[*]` only) whose values are masked as `"[redacted]"` when a
     /// body is logged (bodies are logged at `debug` level only), e.g. `[$.customer.email]`.
     pub log_redact: Vec<String>,
+    /// Reverse proxies and load balancers (CIDR, or a single address) whose `X-Forwarded-For`
+    /// is believed when a source has `allow_ips`. A request whose socket peer is one of them is
+    /// judged by the right-most `X-Forwarded-For` address that is not itself a trusted proxy
+    /// (nginx's `real_ip_recursive`); every other request by its socket peer. Default none:
+    /// a header anyone can write must not decide who may post.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +59,7 @@ impl Default for ServerConfig {
             request_timeout: Dur(Duration::from_secs(30)),
             shutdown_grace: Dur(Duration::from_secs(10)),
             log_redact: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -169,6 +176,33 @@ pub struct SourceConfig {
     /// Idempotency: where the sender puts its own event id. A repeat within the window is
     /// acknowledged with the original event's id and not delivered again.
     pub dedupe: Option<DedupeConfig>,
+    /// Client addresses (CIDR, or a single address; IPv4 and IPv6) allowed to post to this path;
+    /// others get `403` before their body is read. Default: every address. The client is the
+    /// socket's peer, or for requests from `server.trusted_proxies` the address they forwarded.
+    pub allow_ips: Option<Vec<String>>,
+    /// Most requests accepted at this path, over all senders together (a token bucket); excess
+    /// requests get `429` with `Retry-After` before their body is read, so a leaked URL cannot
+    /// flood the store. Default: no limit.
+    pub rate_limit: Option<SourceRateLimit>,
+}
+
+/// `sources.<name>.rate_limit:` — a token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRateLimit {
+    /// Requests per second in the long run (the bucket's refill rate); may be below 1, e.g.
+    /// `0.5` for one request every two seconds, down to one a day (`0.0000116`).
+    pub per_second: f64,
+    /// Requests accepted at once after a quiet period (the bucket's size). Default: one second's
+    /// worth, `per_second` rounded up (at least 1), so a sender's usual burst is not refused.
+    pub burst: Option<u32>,
+}
+
+impl SourceRateLimit {
+    /// `burst`, or its default.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or_else(|| (self.per_second.ceil() as u32).max(1))
+    }
 }
 
 /// `sources.<name>.dedupe:` — give exactly one of `header` and `path`.

@@ -78,7 +78,7 @@ egress: { allow: [not-a-net] }
 "#;
     let (_, errors) = parse(text);
     let want = [
-        "routes.yaml:3:3: server.listn: unknown field `listn`, expected one of `listen`, `max_body_bytes`, `max_header_bytes`, `max_connections`, `request_timeout`, `shutdown_grace`, `log_redact`",
+        "routes.yaml:3:3: server.listn: unknown field `listn`, expected one of `listen`, `max_body_bytes`, `max_header_bytes`, `max_connections`, `request_timeout`, `shutdown_grace`, `log_redact`, `trusted_proxies`",
         "routes.yaml:6:5: sources.github.path: must start with '/', got \"hooks/github\"",
         "routes.yaml:7:39: sources.github.verify.secret: environment variable MISSING_SECRET is not set (write ${MISSING_SECRET:-default} to give a default)",
         "routes.yaml:10:15: sources.stripe.verify.scheme: unknown variant `stripey`, expected one of `none`, `github`, `stripe`, `shopify`, `slack`, `standard-webhooks`, `hmac`, `basic`, `api-key`",
@@ -160,4 +160,109 @@ fn storage_commit_timeout_defaults_to_5s_and_must_be_positive() {
     assert_eq!(cfg.storage.commit_timeout.0, std::time::Duration::from_secs(5));
     let (_, errors) = parse("storage:\n  commit_timeout: 0s\n");
     assert_eq!(errors, ["routes.yaml:2:3: storage.commit_timeout: must be greater than 0"]);
+}
+
+#[test]
+fn source_guards_are_checked() {
+    let text = r#"
+server: { trusted_proxies: [10.0.0.0/8, "proxy.internal"] }
+sources:
+  a:
+    path: /a
+    verify: { scheme: none }
+    allow_ips: [192.0.2.0/24, "2001:db8::/32", 127.0.0.1, 300.1.1.1/8]
+    rate_limit: { per_second: 0, burst: 0 }
+  b:
+    path: /b
+    verify: { scheme: none }
+    allow_ips: []
+    rate_limit: { per_second: 0.5 }
+  c:
+    path: /c
+    verify: { scheme: none }
+    rate_limit: { per_second: 10, brust: 3 }
+"#;
+    let (cfg, errors) = parse(text);
+    let want = [
+        "routes.yaml:2:41: server.trusted_proxies[1]: \"proxy.internal\" is not a CIDR network or IP address",
+        "routes.yaml:7:59: sources.a.allow_ips[3]: \"300.1.1.1/8\" is not a CIDR network or IP address",
+        "routes.yaml:8:19: sources.a.rate_limit.per_second: must be a number of requests per second, at least 0.0000116 (one a day)",
+        "routes.yaml:8:34: sources.a.rate_limit.burst: must be at least 1",
+        "routes.yaml:12:5: sources.b.allow_ips: must list at least one network (leave the key out to allow every address)",
+        "routes.yaml:17:35: sources.c.rate_limit.brust: unknown field `brust`, expected `per_second` or `burst`",
+    ];
+    assert_eq!(errors, want);
+    let b = &cfg.sources.iter().find(|(n, _)| n == "b").unwrap().1;
+    assert_eq!(b.rate_limit.unwrap().burst(), 1, "the default burst is a second's worth, at least 1");
+    let limit = SourceRateLimit { per_second: 2.5, burst: None };
+    assert_eq!(limit.burst(), 3);
+}
+
+/// `${file:PATH}`: one trailing newline stripped, relative paths from the config's directory,
+/// errors at the key with the path (never the content), and every file recorded for reload.
+#[test]
+fn secrets_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, content: &[u8]| std::fs::write(dir.path().join(name), content).unwrap();
+    write("gh", b"s3cr3t-from-file\n");
+    write("crlf", b"with-crlf\r\n");
+    write("two-newlines", b"keeps-one\n\n");
+    write("empty", b"");
+    write("newline-only", b"\n");
+    write("blank", b"  \t\n");
+    write("big", &vec![b'x'; 64 * 1024 + 1]);
+    write("binary", &[0xff, 0xfe, b'x']);
+    let d = dir.path().display();
+    let text = format!(
+        r#"
+sources:
+  ok:
+    path: /ok
+    verify: {{ scheme: github, secret: "${{file:gh}}", secrets: ["${{file:{d}/crlf}}", "${{file:two-newlines}}"] }}
+  missing:
+    path: /missing
+    verify: {{ scheme: github, secret: "${{file:/nonexistent/secret}}" }}
+  empty:
+    path: /empty
+    verify: {{ scheme: github, secret: "${{file:empty}}" }}
+  newline:
+    path: /newline
+    verify: {{ scheme: github, secret: "${{file:newline-only}}" }}
+  blank:
+    path: /blank
+    verify: {{ scheme: github, secret: "${{file:blank}}" }}
+  big:
+    path: /big
+    verify: {{ scheme: github, secret: "${{file:big}}" }}
+  binary:
+    path: /binary
+    verify: {{ scheme: github, secret: "${{file:binary}}" }}
+  dir:
+    path: /dir
+    verify: {{ scheme: github, secret: "${{file:.}}" }}
+"#
+    );
+    let (cfg, errors) = Config::parse("routes.yaml", dir.path(), &text, &|_| None);
+    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let want = [
+        "routes.yaml:8:39: sources.missing.verify.secret: cannot read secret file /nonexistent/secret: No such file or directory (os error 2)".to_string(),
+        format!("routes.yaml:11:39: sources.empty.verify.secret: secret file {d}/empty is empty"),
+        format!("routes.yaml:14:39: sources.newline.verify.secret: secret file {d}/newline-only is empty"),
+        format!("routes.yaml:17:39: sources.blank.verify.secret: secret file {d}/blank holds only whitespace"),
+        format!(
+            "routes.yaml:20:39: sources.big.verify.secret: cannot read secret file {d}/big: the file is 65537 bytes, over the 65536-byte limit for a secret file"
+        ),
+        format!("routes.yaml:23:39: sources.binary.verify.secret: secret file {d}/binary is not UTF-8 text"),
+        format!("routes.yaml:26:39: sources.dir.verify.secret: cannot read secret file {d}/.: not a regular file (a directory)"),
+    ];
+    assert_eq!(errors, want);
+    assert!(errors.iter().all(|e| !e.contains("xxxx")), "never the content");
+    let ok = &cfg.sources.iter().find(|(n, _)| n == "ok").unwrap().1.verify;
+    assert_eq!(ok.secret, Some(Secret("s3cr3t-from-file".into())));
+    assert_eq!(ok.secrets, [Secret("with-crlf".into()), Secret("keeps-one\n".into())]);
+    let recorded: Vec<String> = cfg.secret_files.iter().map(|f| f.path.display().to_string()).collect();
+    assert_eq!(recorded[..3], [format!("{d}/gh"), format!("{d}/crlf"), format!("{d}/two-newlines")]);
+    assert_eq!(recorded.len(), 10);
+    assert!(cfg.secret_files[..3].iter().all(|f| f.sha256.is_some()));
+    assert_eq!(cfg.secret_files[3].sha256, None, "a missing file is recorded, so a reload watches for it");
 }

@@ -4,9 +4,11 @@
 //! problem with its line and column. So the loader walks the parser's event stream once, building a
 //! `serde_json::Value` (which the typed structs are then deserialized from, piece by piece) and a
 //! [`Positions`] index from key paths such as `routes[1].to[0]` to source locations. `${VAR}`
-//! expansion happens here too, so a missing variable is reported where it was written.
+//! and `${file:PATH}` expansion happens here too, so a missing variable or an unreadable secret
+//! file is reported where it was written.
 //!
-//! This module does no file IO and knows nothing of the schema.
+//! This module does no file IO (the caller reads `${file:…}` files) and knows nothing of the
+//! schema.
 
 use std::collections::HashMap;
 
@@ -85,6 +87,23 @@ const NODE_COST: usize = 32;
 /// the only error returned; missing variables and duplicate keys are all collected in
 /// [`Document::problems`].
 pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Document, YamlProblem> {
+    parse_with(text, env, &no_files)
+}
+
+/// Reads a `${file:PATH}` reference: the value, or the whole error message. The caller does the
+/// IO (and its checks: size, emptiness); `PATH` is passed as written, variables expanded.
+pub type FileLookup<'a> = dyn Fn(&str) -> Result<String, String> + 'a;
+
+fn no_files(path: &str) -> Result<String, String> {
+    Err(format!("cannot read secret file {path}: files are not read here"))
+}
+
+/// [`parse`], with `${file:PATH}` read by `file`.
+pub fn parse_with(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    file: &FileLookup<'_>,
+) -> Result<Document, YamlProblem> {
     let mut events = Vec::new();
     for item in Parser::new_from_str(text) {
         match item {
@@ -109,6 +128,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Documen
         expanded: 0,
         fatal: None,
         env,
+        file,
     };
     let value = b.document();
     if let Some(problem) = b.fatal {
@@ -138,6 +158,7 @@ struct Builder<'e, 'i> {
     /// A limit was crossed: the walk stops and this is the document's only error.
     fatal: Option<YamlProblem>,
     env: &'e dyn Fn(&str) -> Option<String>,
+    file: &'e FileLookup<'e>,
 }
 
 impl Builder<'_, '_> {
@@ -274,7 +295,7 @@ impl Builder<'_, '_> {
 
     fn scalar(&mut self, text: &str, plain: bool, path: &str, mark: Mark) -> Value {
         if text.contains('$') {
-            return match expand_env(text, self.env) {
+            return match expand(text, self.env, self.file) {
                 Ok(s) => Value::String(s),
                 Err(message) => {
                     self.problems.push(YamlProblem { mark: Some(mark), path: path.to_string(), message });
@@ -316,6 +337,12 @@ fn resolve_plain(text: &str) -> Value {
 /// Expands `${VAR}` and `${VAR:-default}`; `$${` writes a literal `${`. A variable that is unset (or
 /// set but empty, with no default) is an error: a secret must never silently become empty.
 pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    expand(text, env, &no_files)
+}
+
+/// [`expand_env`], and `${file:PATH}` replaced by what `file` reads at `PATH` (which may itself
+/// use `${VAR}`, e.g. `${file:${CREDENTIALS_DIRECTORY}/token}`; there is no default for a file).
+pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>, file: &FileLookup<'_>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find('$') {
@@ -331,6 +358,34 @@ pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
             rest = after;
             continue;
         };
+        if let Some(inner) = body.strip_prefix("file:") {
+            // the path ends at the `}` that closes this `${`, past any `${VAR}` inside it
+            let mut depth = 0usize;
+            let end = inner.char_indices().find_map(|(i, c)| match c {
+                '{' if inner[..i].ends_with('$') => {
+                    depth += 1;
+                    None
+                }
+                '}' if depth == 0 => Some(i),
+                '}' => {
+                    depth -= 1;
+                    None
+                }
+                _ => None,
+            });
+            let Some(end) = end else {
+                return Err(format!("unclosed \"${{\" in \"{text}\""));
+            };
+            let path = expand(&inner[..end], env, &|_: &str| {
+                Err("a ${file:…} path cannot itself be read from a file".to_string())
+            })?;
+            if path.is_empty() {
+                return Err("${file:…} needs a path, e.g. ${file:/run/secrets/token}".to_string());
+            }
+            out.push_str(&file(&path)?);
+            rest = &inner[end + 1..];
+            continue;
+        }
         let Some(end) = body.find('}') else {
             return Err(format!("unclosed \"${{\" in \"{text}\""));
         };
@@ -390,6 +445,33 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = expand_env(input, &env);
+            assert_eq!(got.as_deref().map_err(|e| e.as_str()), want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn expands_files() {
+        let file = |path: &str| match path {
+            "/run/secrets/token" => Ok("t0ken".to_string()),
+            "/creds/s3cr3t/key" => Ok("from-creds".to_string()),
+            other => Err(format!("cannot read secret file {other}: No such file or directory (os error 2)")),
+        };
+        let cases = [
+            ("${file:/run/secrets/token}", Ok("t0ken")),
+            ("Bearer ${file:/run/secrets/token}!", Ok("Bearer t0ken!")),
+            ("${file:/creds/${SECRET}/key}", Ok("from-creds")),
+            ("$${file:/run/secrets/token}", Ok("${file:/run/secrets/token}")),
+            ("${file:/nope}", Err("cannot read secret file /nope: No such file or directory (os error 2)")),
+            ("${file:/run/secrets/token", Err("unclosed \"${\" in \"${file:/run/secrets/token\"")),
+            ("${file:}", Err("${file:…} needs a path, e.g. ${file:/run/secrets/token}")),
+            ("${file:${file:/run/secrets/token}}", Err("a ${file:…} path cannot itself be read from a file")),
+            (
+                "${file:/x/${MISSING}}",
+                Err("environment variable MISSING is not set (write ${MISSING:-default} to give a default)"),
+            ),
+        ];
+        for (input, want) in cases {
+            let got = expand(input, &env, &file);
             assert_eq!(got.as_deref().map_err(|e| e.as_str()), want, "input {input:?}");
         }
     }

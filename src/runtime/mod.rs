@@ -28,6 +28,7 @@ use crate::delivery::{
 };
 use crate::plugin::{EventRef, Limits, Outcome, Plugin, PluginHost, run_chain};
 use crate::rules::{EventView, JsonPath, Rule};
+use crate::server::guard::{AllowList, RateLimit};
 use crate::sign::{SignScheme, Signer};
 use crate::store::{DueDelivery, NewDelivery};
 use crate::verify::{Algorithm, Encoding, Scheme, Verifier};
@@ -52,6 +53,11 @@ pub struct Snapshot {
     pub log_redact: Vec<JsonPath>,
     /// Every plugin file the routes name (watched for hot reload).
     pub plugin_files: Vec<PathBuf>,
+    /// Every file a `${file:PATH}` names (watched for hot reload; their contents are part of
+    /// the version, so a rotated secret is a new config).
+    pub secret_files: Vec<PathBuf>,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// What is valid but will not work as written: destinations the egress guard will refuse.
     /// `check` and `dry-run` print these, `run` logs them; they never fail a build.
     pub warnings: Vec<ConfigError>,
@@ -70,6 +76,10 @@ pub struct Source {
     /// Sender headers not forwarded to destinations (nor stored).
     pub never_forward: Vec<HeaderName>,
     pub dedupe: Option<Dedupe>,
+    /// `allow_ips`: who may post here (`None`: everyone).
+    pub allow_ips: Option<AllowList>,
+    /// `rate_limit`; shared with the previous snapshot's source across a reload that keeps it.
+    pub rate_limit: Option<Arc<RateLimit>>,
 }
 
 /// Where a source's own event id is found, and for how long it is remembered.
@@ -119,9 +129,17 @@ pub fn build_from_text(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Snapshot, ConfigErrors> {
     let (cfg, mut errors) = Config::parse(file, base_dir, text, env);
-    // the version covers the config text and every plugin file it names
+    // the version covers the config text, every plugin file and every secret file it names
     let mut version_hash = Sha256::new();
     version_hash.update(text.as_bytes());
+    let mut secret_files: Vec<PathBuf> = Vec::new();
+    for f in &cfg.secret_files {
+        version_hash.update(f.path.as_os_str().as_encoded_bytes());
+        version_hash.update(f.sha256.unwrap_or_default());
+        if !secret_files.contains(&f.path) {
+            secret_files.push(f.path.clone());
+        }
+    }
 
     let policy = Arc::new(EgressPolicy::new(cfg.egress.allow.iter().filter_map(|s| parse_net(s)).collect()));
     let roots = TlsRoots::webpki();
@@ -258,6 +276,12 @@ pub fn build_from_text(
                     projection,
                     never_forward,
                     dedupe,
+                    // entries that do not parse are reported by config
+                    allow_ips: s
+                        .allow_ips
+                        .as_ref()
+                        .map(|n| AllowList::new(n.iter().filter_map(|n| parse_net(n)).collect())),
+                    rate_limit: s.rate_limit.map(|r| Arc::new(RateLimit::new(r.per_second, r.burst()))),
                 });
             }
             Err((key, msg)) => errors.push(cfg.error(&format!("sources.{name}.verify{key}"), msg)),
@@ -297,6 +321,8 @@ pub fn build_from_text(
         admin: cfg.admin.clone(),
         log_redact,
         plugin_files,
+        secret_files,
+        trusted_proxies: cfg.server.trusted_proxies.iter().filter_map(|n| parse_net(n)).collect(),
         warnings,
     })
 }
@@ -480,6 +506,19 @@ fn build_destination(
 }
 
 impl Snapshot {
+    /// Takes over what `old` (the running snapshot) has learnt and this one would start afresh:
+    /// a source's rate limit bucket, when the source keeps its name and limit, so that a reload
+    /// does not refill it.
+    pub fn inherit(&mut self, old: &Snapshot) {
+        for source in &mut self.sources {
+            let Some(new) = &source.rate_limit else { continue };
+            let kept = old.source_by_name(&source.name).and_then(|o| o.rate_limit.as_ref());
+            if let Some(kept) = kept.filter(|k| k.per_second == new.per_second && k.burst == new.burst) {
+                source.rate_limit = Some(kept.clone());
+            }
+        }
+    }
+
     pub fn source_by_path(&self, path: &str) -> Option<&Source> {
         self.sources.iter().find(|s| s.path == path)
     }
@@ -692,4 +731,37 @@ pub struct RouteNote {
 /// Convenience for callers that hold a raw body.
 pub fn new_event(source: &str, headers: HeaderMap, body: Bytes) -> Event {
     Event { id: EventId::generate(), source: source.into(), received_at: SystemTime::now(), headers, body }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(rate_limit: &str) -> Snapshot {
+        let text = format!(
+            "sources:\n  a: {{ path: /a, verify: {{ scheme: none }}, rate_limit: {rate_limit} }}\n  b: {{ path: /b, verify: {{ scheme: none }} }}\n"
+        );
+        build_from_text("routes.yaml", Path::new("."), &text, &|_| None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A reload must not refill a bucket a flood has emptied, unless the limit itself changed.
+    #[test]
+    fn a_reload_keeps_a_sources_rate_limit_bucket_while_the_limit_is_the_same() {
+        let old = build("{ per_second: 1, burst: 1 }");
+        let bucket = old.sources[0].rate_limit.clone().unwrap();
+        assert!(bucket.check().is_ok());
+        assert!(bucket.check().is_err(), "emptied");
+
+        let mut same = build("{ per_second: 1, burst: 1 }");
+        same.inherit(&old);
+        let kept = same.sources[0].rate_limit.as_ref().unwrap();
+        assert!(Arc::ptr_eq(kept, &bucket));
+        assert!(kept.check().is_err(), "still empty after the reload");
+
+        let mut changed = build("{ per_second: 1, burst: 5 }");
+        changed.inherit(&old);
+        assert!(!Arc::ptr_eq(changed.sources[0].rate_limit.as_ref().unwrap(), &bucket));
+        assert!(changed.sources[0].rate_limit.as_ref().unwrap().check().is_ok(), "a new limit starts full");
+        assert!(changed.sources[1].rate_limit.is_none());
+    }
 }

@@ -38,9 +38,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// What a listener serves: one request in, one response out.
+/// What a listener serves: one request in (with the connection's peer address), one response out.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = Response<Full<Bytes>>> + Send;
 }
 
 /// What one listener enforces on its connections.
@@ -98,7 +98,7 @@ pub async fn serve<H: Handler>(
         let h = handler.clone();
         let svc = service_fn(move |req| {
             let h = h.clone();
-            async move { Ok::<_, Infallible>(h.handle(req).await) }
+            async move { Ok::<_, Infallible>(h.handle(req, peer).await) }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {

@@ -1,10 +1,12 @@
-//! The ingress listener: one path per source, size and time limits, verification, routing, and the
-//! hand-off to the delivery engine. The sender gets `202` only once the event's deliveries are queued.
+//! The ingress listener: one path per source, the source's guards (`guard`: allowed addresses,
+//! rate limit), size and time limits, verification, routing, and the hand-off to the delivery
+//! engine. The sender gets `202` only once the event's deliveries are queued.
 //!
 //! Accepting connections and their limits (shared with the admin listener) are in `listener`.
 //!
 //! Knows nothing of how deliveries are retried.
 
+pub mod guard;
 pub mod listener;
 
 use std::future::Future;
@@ -47,8 +49,8 @@ fn error(status: StatusCode, message: &str) -> Resp {
 }
 
 impl Gateway {
-    /// Handles one request against one snapshot, read once at the start.
-    pub async fn handle(&self, req: Request<Incoming>) -> Resp {
+    /// Handles one request from `peer` against one snapshot, read once at the start.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
         let started = std::time::Instant::now();
         let snap = self.snapshot.load_full();
         let Some(source) = snap.source_by_path(req.uri().path()) else {
@@ -56,12 +58,34 @@ impl Gateway {
             return error(StatusCode::NOT_FOUND, "not found");
         };
         let span = tracing::info_span!("event", source = %source.name, event_id = tracing::field::Empty);
-        let resp = self.handle_source(&snap, source, req).instrument(span).await;
+        let resp = self.handle_source(&snap, source, req, peer).instrument(span).await;
         metrics::event_received(&source.name, resp.status().as_u16(), started.elapsed().as_secs_f64());
         resp
     }
 
-    async fn handle_source(&self, snap: &Snapshot, source: &Source, req: Request<Incoming>) -> Resp {
+    async fn handle_source(&self, snap: &Snapshot, source: &Source, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+        // the guards come first: a refused request costs neither its body nor a verification
+        if let Some(allow) = &source.allow_ips {
+            let client = guard::client_addr(peer.ip(), req.headers(), &snap.trusted_proxies);
+            if !allow.contains(client) {
+                warn!(source = %source.name, %client, %peer, "client address not in allow_ips; refused with 403");
+                metrics::ingress_refused(&source.name, metrics::REFUSED_ALLOW_IPS);
+                return body_unread(error(StatusCode::FORBIDDEN, "client address not allowed"));
+            }
+        }
+        if let Some(limit) = &source.rate_limit
+            && let Err(refused) = limit.check()
+        {
+            if refused.first {
+                warn!(source = %source.name, per_second = limit.per_second, burst = limit.burst, "source rate limit reached; refusing with 429");
+            } else {
+                debug!(source = %source.name, %peer, "source rate limit: refused with 429");
+            }
+            metrics::ingress_refused(&source.name, metrics::REFUSED_RATE_LIMIT);
+            let mut r = body_unread(error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded"));
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(refused.retry_after_secs()));
+            return r;
+        }
         if req.method() != Method::POST {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
             r.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
@@ -159,6 +183,12 @@ impl Gateway {
     }
 }
 
+/// `r` for a request whose body is left unread: the connection cannot be reused.
+fn body_unread(mut r: Resp) -> Resp {
+    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 fn too_large(source: &str, limit: usize) -> Resp {
     warn!(source, limit, "request body larger than server.max_body_bytes");
     let mut r = error(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
@@ -173,8 +203,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl listener::Handler for Gateway {
-    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Resp> + Send {
-        Gateway::handle(self, req)
+    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = Resp> + Send {
+        Gateway::handle(self, req, peer)
     }
 }
 
