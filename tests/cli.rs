@@ -825,3 +825,123 @@ sources:
     }
     assert!(failures.is_empty(), "{}\n\ngateway logs:\n{}", failures.join("\n"), gw.logs());
 }
+
+// --- reload / status with a broken config ----------------------------------------------------
+
+/// A port that was free a moment ago: the admin address has to be written in the file for the
+/// CLI to find it there.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+const ADMIN_TOKEN: &str = "reload-me-when-broken-0123";
+
+/// When `routes.yaml` has a YAML syntax error, `status` and `reload` still find the admin API and
+/// its token in the file's `admin:` block, say so on stderr, and `reload` prints the gateway's
+/// `422` with the error's `file:line:col`.
+#[tokio::test]
+async fn reload_and_status_reach_the_gateway_when_the_config_has_a_syntax_error() {
+    let port = free_port();
+    let admin = format!("admin:\n  listen: \"127.0.0.1:{port}\"\n  token: {ADMIN_TOKEN}\n");
+    let good = format!(
+        "server: {{ listen: \"127.0.0.1:0\" }}\n{admin}sources:\n  s: {{ path: /in, verify: {{ scheme: none }} }}\n\
+         destinations:\n  d: {{ url: \"http://127.0.0.1:9/\", sign: {{ scheme: none }} }}\n\
+         routes:\n  - {{ name: r, source: s, to: [d] }}\n"
+    );
+    let gw = Gateway::start(&good).await;
+    let path = gw.config_path.clone();
+    let cli = |command: &str| {
+        let mut cmd = hookyard();
+        cmd.arg(command).arg("--config").arg(&path).env_remove("HOOKYARD_ADMIN_TOKEN");
+        cmd
+    };
+    let out = run_cli(cli("status")).await;
+    assert_eq!((out.code(), out.stderr.as_str()), (Some(0), ""), "{}", out.stdout);
+    let version = serde_json::from_str::<Value>(&out.stdout).unwrap()["version"].clone();
+    assert!(version.is_string(), "{}", out.stdout);
+
+    // a syntax error after the admin block (an unclosed flow mapping)
+    let broken = good.replace("  - { name: r, source: s, to: [d] }", "  - { name: r, source: s, to: [d]\n");
+    std::fs::write(&path, &broken).unwrap();
+    let mut check = hookyard();
+    check.arg("check").arg("--config").arg(&path);
+    let checked = run_cli(check).await;
+    let problem = checked.stderr.lines().next().unwrap().to_string();
+    let f = path.display();
+    assert!(problem.starts_with(&format!("{f}:12:1: invalid YAML: ")), "{}", checked.stderr);
+    let note = format!("note: {problem}; the admin address and token are read from its `admin:` block only");
+
+    let out = run_cli(cli("status")).await;
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), [note.as_str()]);
+    assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap()["version"], version);
+
+    let out = run_cli(cli("reload")).await;
+    assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), [note.as_str()]);
+    let printed: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(printed["result"], "failed", "{printed:#}");
+    assert_eq!(printed["errors"], json!([problem]), "{printed:#}");
+
+    // the admin block itself broken: the default address, and it says so
+    std::fs::write(&path, "admin:\n  listen: [\n").unwrap();
+    let mut cmd = cli("status");
+    cmd.arg("--admin").arg(format!("http://127.0.0.1:{port}")).env("HOOKYARD_ADMIN_TOKEN", ADMIN_TOKEN);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(
+        lines.len() == 1
+            && lines[0].starts_with(&format!("note: {f}:3:1: invalid YAML: "))
+            && lines[0].ends_with(", and its `admin:` block cannot be read on its own; using the default admin address 127.0.0.1:9090, and HOOKYARD_ADMIN_TOKEN as the token if set (or give --admin URL)"),
+        "{}",
+        out.stderr
+    );
+}
+
+// --- check: every unknown key ----------------------------------------------------------------
+
+/// Several unknown keys in one mapping, and in mappings nested in it, are all reported in one run
+/// (serde stops at the first; `check` must not).
+#[tokio::test]
+async fn check_reports_every_unknown_key_of_every_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "routes.yaml",
+        r#"server: { listen: "127.0.0.1:0", bogus1: 1, bogus2: 2 }
+sources:
+  s: { path: /in, verify: { scheme: none } }
+destinations:
+  d:
+    url: "http://127.0.0.1:9/"
+    nope: 1
+    sign: { scheme: none, algo: x }
+    tls: { cert_fiel: c.pem, ca_file: ca.pem }
+routes:
+  - { name: r, source: s, to: [d], when: [ { header: X, equal: a, matchs: b } ] }
+"#,
+    );
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "{}", out.stdout);
+    let f = path.display();
+    // Each line ends with the mapping's known keys, a list that grows with the schema: compared
+    // up to it.
+    let want = [
+        format!("{f}:1:34: server.bogus1: unknown field `bogus1`, expected "),
+        format!("{f}:1:45: server.bogus2: unknown field `bogus2`, expected "),
+        format!("{f}:7:5: destinations.d.nope: unknown field `nope`, expected "),
+        format!("{f}:8:27: destinations.d.sign.algo: unknown field `algo`, expected "),
+        format!("{f}:9:12: destinations.d.tls.cert_fiel: unknown field `cert_fiel`, expected "),
+        format!("{f}:11:57: routes[0].when[0].equal: unknown field `equal`, expected "),
+        format!("{f}:11:67: routes[0].when[0].matchs: unknown field `matchs`, expected "),
+    ];
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), want.len() + 1, "{}", out.stderr);
+    for (line, want) in lines.iter().zip(&want) {
+        assert!(line.starts_with(want.as_str()), "want a line starting with {want:?}, got {line:?}");
+    }
+    assert_eq!(lines[want.len()], format!("{} problems found", want.len()));
+}

@@ -150,3 +150,26 @@ fn did_you_mean_only_for_close_names() {
     assert_eq!(did_you_mean("zzzz", ["chat", "billing"].into_iter()), "");
     assert_eq!(did_you_mean("x", ["y"].into_iter()), "");
 }
+
+/// serde stops at an item's first problem; `item` reads the item again without the offending key
+/// until it reads, and drops the follow-on `missing field` of a mapping a key was taken out of.
+#[test]
+fn every_problem_of_an_item_is_reported() {
+    let text = "destinations:\n  d:\n    ulr: http://x/\n    timeout_ms: soon\n    bogus: 1\n    tls: { a: 1, b: 2 }\n";
+    let (cfg, errors) = parse(text);
+    let short: Vec<String> = errors.iter().map(|e| e.split(", expected").next().unwrap().to_string()).collect();
+    assert_eq!(
+        short,
+        [
+            "routes.yaml:3:5: destinations.d.ulr: unknown field `ulr`",
+            "routes.yaml:4:5: destinations.d.timeout_ms: invalid type: string \"soon\"",
+            "routes.yaml:5:5: destinations.d.bogus: unknown field `bogus`",
+            "routes.yaml:6:12: destinations.d.tls.a: unknown field `a`",
+            "routes.yaml:6:18: destinations.d.tls.b: unknown field `b`",
+        ]
+    );
+    assert!(cfg.destinations.is_empty());
+    // a missing field with nothing taken out is reported
+    let (_, errors) = parse("destinations:\n  d: { sign: { scheme: none } }\n");
+    assert_eq!(errors, ["routes.yaml:2:3: destinations.d: missing field `url`"]);
+}
