@@ -59,7 +59,7 @@ enum Command {
     /// Hold a destination's deliveries in the store.
     Pause(ops::PauseArgs),
     /// Let a paused destination's deliveries go again.
-    Resume(ops::PauseArgs),
+    Resume(ops::ResumeArgs),
     /// WebAssembly transform plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -81,8 +81,8 @@ pub fn main() -> ExitCode {
         Command::Events(args) => with_runtime(ops::events(args)),
         Command::Event(args) => with_runtime(ops::event(args)),
         Command::Replay(args) => with_runtime(ops::replay(args)),
-        Command::Pause(args) => with_runtime(ops::pause(args, true)),
-        Command::Resume(args) => with_runtime(ops::pause(args, false)),
+        Command::Pause(args) => with_runtime(ops::pause(args)),
+        Command::Resume(args) => with_runtime(ops::resume(args)),
         Command::Plugin(cmd) => with_runtime(plugin::run(cmd)),
         Command::Reload(args) => with_runtime(remote::call(args, http::Method::POST, "/api/v1/reload")),
         Command::Status(args) => with_runtime(remote::call(args, http::Method::GET, "/api/v1/status")),

@@ -44,7 +44,21 @@ pub enum PluginError {
 }
 
 impl PluginError {
-    /// A fixed label for metrics.
+    /// Every [`label`](Self::label), so metrics can show each outcome at zero from the start.
+    pub const LABELS: [&'static str; 10] = [
+        "trap",
+        "timeout",
+        "memory",
+        "output_too_large",
+        "outputs_too_large",
+        "too_much_data",
+        "too_many_outputs",
+        "bad_destination",
+        "malformed",
+        "plugin_error",
+    ];
+
+    /// A fixed label for metrics (one of [`LABELS`](Self::LABELS)).
     pub fn label(&self) -> &'static str {
         match self {
             PluginError::Trap(_) => "trap",
