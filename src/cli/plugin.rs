@@ -29,7 +29,7 @@ pub struct TestArgs {
     /// A plugin setting `key=value` (what a transform's `config:` gives in routes.yaml);
     /// repeatable. (Formerly `--config`, which still works with a deprecation note: every other
     /// command's `--config` names the config file.)
-    #[arg(long = "plugin-config", alias = "config", value_parser = parse_kv)]
+    #[arg(long = "plugin-config", alias = "config", value_name = "KEY=VALUE", value_parser = parse_kv)]
     config: Vec<(String, String)>,
     /// A destination the route would have (outputs may pick among these); repeatable.
     #[arg(long = "destination")]
