@@ -277,6 +277,14 @@ impl Config {
             }
             emptied.push(names[..names.len() - 1].to_vec());
         }
+        if serde_path_to_error::deserialize::<_, T>(&v).is_err() {
+            errors.push(
+                self.error(
+                    key,
+                    format!("more problems, not listed: at most {MAX_PROBLEMS_PER_ITEM} are listed per item"),
+                ),
+            );
+        }
         None
     }
 

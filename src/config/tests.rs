@@ -169,6 +169,11 @@ fn every_problem_of_an_item_is_reported() {
         ]
     );
     assert!(cfg.destinations.is_empty());
+    // past the bound, the rest is summed up in one line
+    let many: String = (0..MAX_PROBLEMS_PER_ITEM + 5).map(|i| format!("  bogus{i}: 1\n")).collect();
+    let (_, errors) = parse(&format!("server:\n{many}"));
+    assert_eq!(errors.len(), MAX_PROBLEMS_PER_ITEM + 1);
+    assert_eq!(errors[0], "routes.yaml:1:1: server: more problems, not listed: at most 100 are listed per item");
     // a missing field with nothing taken out is reported
     let (_, errors) = parse("destinations:\n  d: { sign: { scheme: none } }\n");
     assert_eq!(errors, ["routes.yaml:2:3: destinations.d: missing field `url`"]);
