@@ -116,3 +116,41 @@ pub enum LoadError {
     #[error("bad limits: {0}")]
     BadLimits(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PluginError;
+
+    /// `LABELS` lists every variant's label, in declaration order (metrics register them all).
+    #[test]
+    fn labels_lists_every_label() {
+        let all = [
+            PluginError::Trap(String::new()),
+            PluginError::Timeout { ms: 0 },
+            PluginError::MemoryLimit { mb: 0 },
+            PluginError::OutputTooLarge { index: 0, size: 0, limit: 0 },
+            PluginError::OutputsTooLarge { total: 0, limit: 0 },
+            PluginError::TooMuchData { limit: 0 },
+            PluginError::TooManyOutputs { count: 0, limit: 0 },
+            PluginError::BadDestination { name: String::new(), allowed: Vec::new() },
+            PluginError::Malformed(String::new()),
+            PluginError::Failed { retryable: false, message: String::new() },
+        ];
+        // a new variant makes this match non-exhaustive: add it above and to LABELS
+        for e in &all {
+            match e {
+                PluginError::Trap(_)
+                | PluginError::Timeout { .. }
+                | PluginError::MemoryLimit { .. }
+                | PluginError::OutputTooLarge { .. }
+                | PluginError::OutputsTooLarge { .. }
+                | PluginError::TooMuchData { .. }
+                | PluginError::TooManyOutputs { .. }
+                | PluginError::BadDestination { .. }
+                | PluginError::Malformed(_)
+                | PluginError::Failed { .. } => {}
+            }
+        }
+        assert_eq!(all.iter().map(PluginError::label).collect::<Vec<_>>(), PluginError::LABELS);
+    }
+}
