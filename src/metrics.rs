@@ -127,7 +127,7 @@ fn describe() {
     describe_gauge!(DEAD_LETTERS, "Dead letters in the store, by destination");
     describe_gauge!(BREAKER_STATE, "Circuit breaker state by destination: 0 closed, 1 half-open, 2 open");
     describe_gauge!(PAUSED, "1 when the destination is paused");
-    describe_counter!(RELOADS, "Config reloads, by result (ok, error)");
+    describe_counter!(RELOADS, "Config reloads, by result (reloaded, unchanged, failed: the admin API's words)");
     describe_gauge!(CONFIG_INFO, "1, labelled with the active config version");
     describe_counter!(PLUGIN_CALLS, "Plugin calls, by plugin and outcome");
     describe_histogram!(PLUGIN_SECONDS, "Plugin call duration, by plugin");
@@ -180,8 +180,36 @@ pub fn delivery(destination: &str, outcome: &'static str) {
         .increment(1);
 }
 
-pub fn reload(ok: bool) {
-    counter!(RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+/// The results of a reload, in the words of `POST /api/v1/reload` and `hookyard reload`.
+pub const RELOAD_RESULTS: [&str; 3] = ["reloaded", "unchanged", "failed"];
+
+/// Counts a reload by its result, one of [`RELOAD_RESULTS`].
+pub fn reload(result: &'static str) {
+    debug_assert!(RELOAD_RESULTS.contains(&result), "{result}");
+    counter!(RELOADS, "result" => result).increment(1);
+}
+
+/// What a plugin call can end in besides a failure's [`PluginError::LABELS`](crate::plugin::PluginError::LABELS).
+pub const PLUGIN_OUTCOMES: [&str; 2] = ["emit", "drop"];
+
+/// Registers at zero the counters whose label sets are known before anything happens: reloads
+/// by result, and plugin calls by plugin chain (`plugins`: the routes' chain labels) and
+/// outcome, with the duration histogram of each chain. Without this a series first appears at
+/// its first increment, and a rate or an alert on it has nothing to start from. Called at start
+/// and after each reload (new plugins).
+pub fn register_known<'a>(plugins: impl Iterator<Item = &'a str>) {
+    for result in RELOAD_RESULTS {
+        counter!(RELOADS, "result" => result).increment(0);
+    }
+    for plugin in plugins {
+        let outcomes = PLUGIN_OUTCOMES.iter().chain(crate::plugin::PluginError::LABELS.iter());
+        for &outcome in outcomes {
+            PLUGIN_CALLS_BY_OUTCOME
+                .get(plugin, outcome, || counter!(PLUGIN_CALLS, "plugin" => plugin.to_string(), "outcome" => outcome))
+                .increment(0);
+        }
+        let _ = PLUGIN_SECONDS_BY_PLUGIN.get(plugin, (), || histogram!(PLUGIN_SECONDS, "plugin" => plugin.to_string()));
+    }
 }
 
 pub fn config_version(old: Option<&str>, new: &str) {

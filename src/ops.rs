@@ -93,12 +93,21 @@ pub async fn reroute(store: &Store, snap: &Snapshot, ids: Vec<String>) -> Result
     Ok(planned)
 }
 
+/// Pauses a destination. The reason (default "paused by an operator") is kept with it: `hookyard
+/// events` and `GET /api/v1/destinations` show it while the destination is paused.
 pub async fn pause(store: &Store, destination: &str, reason: Option<String>) -> Result<(), OpsError> {
-    Ok(store.set_paused(destination, true, reason.or_else(|| Some("paused by an operator".into()))).await?)
+    let reason = reason.unwrap_or_else(|| "paused by an operator".into());
+    store.set_paused(destination, true, Some(reason.clone())).await?;
+    tracing::info!(destination, reason, "destination paused");
+    Ok(())
 }
 
-pub async fn resume(store: &Store, destination: &str) -> Result<(), OpsError> {
-    Ok(store.set_paused(destination, false, None).await?)
+/// Resumes a destination. The reason, if given, is logged and kept in the store in place of the
+/// pause's reason.
+pub async fn resume(store: &Store, destination: &str, reason: Option<String>) -> Result<(), OpsError> {
+    store.set_paused(destination, false, reason.clone()).await?;
+    tracing::info!(destination, reason = reason.as_deref().unwrap_or(""), "destination resumed");
+    Ok(())
 }
 
 /// What a cancel or purge did, or (a dry run) would do.

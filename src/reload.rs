@@ -68,6 +68,7 @@ impl Reloader {
             ..Default::default()
         };
         crate::metrics::config_version(None, &snap.version);
+        crate::metrics::register_known(snap.plugin_chains());
         Arc::new(Reloader {
             path: path.to_path_buf(),
             gateway,
@@ -90,6 +91,7 @@ impl Reloader {
         match built {
             Ok(Ok(mut new)) => {
                 if new.version == old.version {
+                    crate::metrics::reload("unchanged");
                     return ReloadOutcome::Unchanged { version: new.version };
                 }
                 // A save cut short before `sources:` is a valid config that would answer every
@@ -116,9 +118,10 @@ impl Reloader {
                 }
                 new.inherit(&old);
                 let version = new.version.clone();
+                crate::metrics::register_known(new.plugin_chains());
                 self.gateway.dispatcher.set_destinations(&new.destinations);
                 self.gateway.snapshot.store(Arc::new(new));
-                crate::metrics::reload(true);
+                crate::metrics::reload("reloaded");
                 crate::metrics::config_version(Some(&old.version), &version);
                 let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 st.version = version.clone();
@@ -140,7 +143,7 @@ impl Reloader {
     }
 
     fn failed(&self, trigger: &str, errors: Vec<String>) -> ReloadOutcome {
-        crate::metrics::reload(false);
+        crate::metrics::reload("failed");
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         st.reloads_failed += 1;
         st.last_error =

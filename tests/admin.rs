@@ -187,7 +187,7 @@ async fn every_route_answers_with_the_token() {
     let deliveries = ev["deliveries"].as_array().unwrap();
     assert_eq!(deliveries.len(), 1, "{ev:#}");
     assert_eq!(deliveries[0]["destination"], "out");
-    let attempts = deliveries[0]["attempts_log"].as_array().unwrap();
+    let attempts = deliveries[0]["attempt_log"].as_array().unwrap();
     assert_eq!(attempts.len(), 1, "{ev:#}");
     assert_eq!(attempts[0]["status_code"], 200, "{ev:#}");
     assert_eq!(attempts[0]["n"], 1, "{ev:#}");
@@ -372,7 +372,7 @@ async fn replaying_dead_letters_of_a_destination_delivers_them_as_the_same_messa
     let by_dest: BTreeMap<&str, &Value> =
         ev["deliveries"].as_array().unwrap().iter().map(|d| (d["destination"].as_str().unwrap(), d)).collect();
     let codes: Vec<Value> =
-        by_dest["d"]["attempts_log"].as_array().unwrap().iter().map(|a| a["status_code"].clone()).collect();
+        by_dest["d"]["attempt_log"].as_array().unwrap().iter().map(|a| a["status_code"].clone()).collect();
     assert_eq!(codes, [json!(500), json!(500), json!(500), json!(200)], "{ev:#}");
     assert_eq!(by_dest["e"]["status"], "dead", "e was not replayed: {ev:#}");
     assert_eq!(e.requests().len(), 3, "e's receiver got nothing more");

@@ -825,3 +825,278 @@ sources:
     }
     assert!(failures.is_empty(), "{}\n\ngateway logs:\n{}", failures.join("\n"), gw.logs());
 }
+
+// --- reload / status with a broken config ----------------------------------------------------
+
+/// A port that was free a moment ago: the admin address has to be written in the file for the
+/// CLI to find it there.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+const ADMIN_TOKEN: &str = "reload-me-when-broken-0123";
+
+/// When `routes.yaml` has a YAML syntax error, `status` and `reload` still find the admin API and
+/// its token in the file's `admin:` block, say so on stderr, and `reload` prints the gateway's
+/// `422` with the error's `file:line:col`.
+#[tokio::test]
+async fn reload_and_status_reach_the_gateway_when_the_config_has_a_syntax_error() {
+    let port = free_port();
+    let admin = format!("admin:\n  listen: \"127.0.0.1:{port}\"\n  token: {ADMIN_TOKEN}\n");
+    let good = format!(
+        "server: {{ listen: \"127.0.0.1:0\" }}\n{admin}sources:\n  s: {{ path: /in, verify: {{ scheme: none }} }}\n\
+         destinations:\n  d: {{ url: \"http://127.0.0.1:9/\", sign: {{ scheme: none }} }}\n\
+         routes:\n  - {{ name: r, source: s, to: [d] }}\n"
+    );
+    let gw = Gateway::start(&good).await;
+    let path = gw.config_path.clone();
+    let cli = |command: &str| {
+        let mut cmd = hookyard();
+        cmd.arg(command).arg("--config").arg(&path).env_remove("HOOKYARD_ADMIN_TOKEN");
+        cmd
+    };
+    let out = run_cli(cli("status")).await;
+    assert_eq!((out.code(), out.stderr.as_str()), (Some(0), ""), "{}", out.stdout);
+    let version = serde_json::from_str::<Value>(&out.stdout).unwrap()["version"].clone();
+    assert!(version.is_string(), "{}", out.stdout);
+
+    // a syntax error after the admin block (an unclosed flow mapping)
+    let broken = good.replace("  - { name: r, source: s, to: [d] }", "  - { name: r, source: s, to: [d]\n");
+    std::fs::write(&path, &broken).unwrap();
+    let mut check = hookyard();
+    check.arg("check").arg("--config").arg(&path);
+    let checked = run_cli(check).await;
+    let problem = checked.stderr.lines().next().unwrap().to_string();
+    let f = path.display();
+    assert!(problem.starts_with(&format!("{f}:12:1: invalid YAML: ")), "{}", checked.stderr);
+    let note = format!("note: {problem}; the admin address and token are read from its `admin:` block only");
+
+    let out = run_cli(cli("status")).await;
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), [note.as_str()]);
+    assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap()["version"], version);
+
+    let out = run_cli(cli("reload")).await;
+    assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), [note.as_str()]);
+    let printed: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(printed["result"], "failed", "{printed:#}");
+    assert_eq!(printed["errors"], json!([problem]), "{printed:#}");
+
+    // the admin block itself broken: the default address, and it says so
+    std::fs::write(&path, "admin:\n  listen: [\n").unwrap();
+    let mut cmd = cli("status");
+    cmd.arg("--admin").arg(format!("http://127.0.0.1:{port}")).env("HOOKYARD_ADMIN_TOKEN", ADMIN_TOKEN);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(
+        lines.len() == 1
+            && lines[0].starts_with(&format!("note: {f}:3:1: invalid YAML: "))
+            && lines[0].ends_with(", and its `admin:` block cannot be read on its own; using the default admin address 127.0.0.1:9090, and HOOKYARD_ADMIN_TOKEN as the token if set (or give --admin URL)"),
+        "{}",
+        out.stderr
+    );
+}
+
+// --- check: every unknown key ----------------------------------------------------------------
+
+/// Several unknown keys in one mapping, and in mappings nested in it, are all reported in one run
+/// (serde stops at the first; `check` must not).
+#[tokio::test]
+async fn check_reports_every_unknown_key_of_every_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "routes.yaml",
+        r#"server: { listen: "127.0.0.1:0", bogus1: 1, bogus2: 2 }
+sources:
+  s: { path: /in, verify: { scheme: none } }
+destinations:
+  d:
+    url: "http://127.0.0.1:9/"
+    nope: 1
+    sign: { scheme: none, algo: x }
+    tls: { cert_fiel: c.pem, ca_file: ca.pem }
+routes:
+  - { name: r, source: s, to: [d], when: [ { header: X, equal: a, matchs: b } ] }
+"#,
+    );
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "{}", out.stdout);
+    let f = path.display();
+    // Each line ends with the mapping's known keys, a list that grows with the schema: compared
+    // up to it.
+    let want = [
+        format!("{f}:1:34: server.bogus1: unknown field `bogus1`, expected "),
+        format!("{f}:1:45: server.bogus2: unknown field `bogus2`, expected "),
+        format!("{f}:7:5: destinations.d.nope: unknown field `nope`, expected "),
+        format!("{f}:8:27: destinations.d.sign.algo: unknown field `algo`, expected "),
+        format!("{f}:9:12: destinations.d.tls.cert_fiel: unknown field `cert_fiel`, expected "),
+        format!("{f}:11:57: routes[0].when[0].equal: unknown field `equal`, expected "),
+        format!("{f}:11:67: routes[0].when[0].matchs: unknown field `matchs`, expected "),
+    ];
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), want.len() + 1, "{}", out.stderr);
+    for (line, want) in lines.iter().zip(&want) {
+        assert!(line.starts_with(want.as_str()), "want a line starting with {want:?}, got {line:?}");
+    }
+    assert_eq!(lines[want.len()], format!("{} problems found", want.len()));
+}
+
+// --- pause / resume reasons ------------------------------------------------------------------
+
+/// `pause --reason` is shown by `hookyard events` (a line per paused destination in the table, a
+/// `pause_reason` on its pending rows in `--json`); `resume --reason` is printed and logged.
+#[tokio::test]
+async fn events_show_the_pause_reason_and_resume_logs_its_reason() {
+    let held = Sink::start().await;
+    let other = Sink::start().await;
+    let mut gw = Gateway::start(&format!(
+        "server: {{ listen: \"127.0.0.1:0\" }}\negress: {{ allow: [\"127.0.0.0/8\"] }}\n\
+         sources:\n  s: {{ path: /in, verify: {{ scheme: none }} }}\n\
+         destinations:\n  held: {{ url: \"{}\", sign: {{ scheme: none }} }}\n  other: {{ url: \"{}\", sign: {{ scheme: none }} }}\n\
+         routes:\n  - {{ name: r, source: s, to: [held, other] }}\n",
+        held.url("/held"),
+        other.url("/other")
+    ))
+    .await;
+    let config = gw.config_path.clone();
+    let cli = |args: &[&str]| {
+        let mut cmd = hookyard();
+        cmd.args(args).arg("--config").arg(&config);
+        run_cli(cmd)
+    };
+    // paused while stopped: a running gateway would notice only at its next poll
+    gw.terminate(WAIT).await;
+    let out = cli(&["pause", "held", "--reason", "receiver migration"]).await;
+    assert_eq!(out.stdout, "held paused: its deliveries wait in the store\n", "{}", out.stderr);
+    gw.restart().await;
+    let id = gw.post("/in", &[], "{}").await.accepted_id();
+    other.wait_for(1, WAIT).await;
+
+    let out = cli(&["events", "--json"]).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let rows: Vec<Value> = out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let by_dest = |d: &str| rows.iter().find(|r| r["destination"] == d).unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(
+        (by_dest("held")["status"].as_str(), by_dest("held")["pause_reason"].as_str()),
+        (Some("pending"), Some("receiver migration"))
+    );
+    assert_eq!(by_dest("other").get("pause_reason"), None, "{rows:?}");
+
+    let out = cli(&["events"]).await;
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("held is paused: receiver migration (its deliveries wait; `hookyard resume held`)"),
+        "{}",
+        out.stdout
+    );
+
+    let out = cli(&["resume", "held", "--reason", "migration done"]).await;
+    assert_eq!(out.stdout, "held resumed: migration done\n", "{}", out.stderr);
+    assert!(
+        out.stderr.lines().any(|l| l.contains("destination resumed") && l.contains("reason=\"migration done\"")),
+        "{}",
+        out.stderr
+    );
+    held.wait_for(1, WAIT).await;
+    let out = cli(&["events"]).await;
+    assert!(!out.stdout.contains("is paused"), "{}", out.stdout);
+
+    // `event`: `attempts` counts, `attempt_log` lists them (once both deliveries are recorded)
+    let deadline = Instant::now() + WAIT;
+    let ev = loop {
+        let out = cli(&["event", &id]).await;
+        let ev: Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}{}", out.stdout, out.stderr));
+        if ev["deliveries"].as_array().unwrap().iter().all(|d| d["status"] == "delivered") {
+            break ev;
+        }
+        assert!(Instant::now() < deadline, "not both delivered: {ev:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for d in ev["deliveries"].as_array().unwrap() {
+        assert_eq!(d["attempts"], 1, "{d:#}");
+        assert_eq!(d["attempt_log"].as_array().map(Vec::len), Some(1), "{d:#}");
+        assert_eq!(d.get("attempt_log"), None, "{d:#}");
+    }
+}
+
+// --- metrics known from the start ------------------------------------------------------------
+
+/// Reload results and each plugin chain's outcomes are exposed at zero from the start (a rate or
+/// an alert needs the series before its first increment), and the reload metric uses the admin
+/// API's words for results.
+#[tokio::test]
+async fn reload_and_plugin_metrics_exist_at_zero_and_use_the_api_words() {
+    let noop = manifest_dir().join("plugins/dist/noop.wasm");
+    let gw = Gateway::start(&format!(
+        "server: {{ listen: \"127.0.0.1:0\" }}\nsources:\n  s: {{ path: /in, verify: {{ scheme: none }} }}\n\
+         destinations:\n  d: {{ url: \"http://127.0.0.1:9/\", sign: {{ scheme: none }} }}\n\
+         routes:\n  - {{ name: r, source: s, to: [d], transform: [ {{ plugin: \"{}\" }} ] }}\n",
+        noop.display()
+    ))
+    .await;
+    let admin = {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(a) = gw.stdout().lines().find_map(|l| l.strip_prefix("admin listening on ").map(str::to_string))
+            {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "no admin address: {}", gw.stdout());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let metrics = || async { get(&format!("http://{admin}/metrics")).await.text() };
+    let text = metrics().await;
+    let lines: Vec<&str> = text.lines().collect();
+    for want in [
+        "hookyard_config_reloads_total{result=\"reloaded\"} 0",
+        "hookyard_config_reloads_total{result=\"unchanged\"} 0",
+        "hookyard_config_reloads_total{result=\"failed\"} 0",
+        "hookyard_plugin_calls_total{plugin=\"noop\",outcome=\"emit\"} 0",
+        "hookyard_plugin_calls_total{plugin=\"noop\",outcome=\"drop\"} 0",
+        "hookyard_plugin_calls_total{plugin=\"noop\",outcome=\"trap\"} 0",
+        "hookyard_plugin_calls_total{plugin=\"noop\",outcome=\"timeout\"} 0",
+        "hookyard_plugin_duration_seconds_count{plugin=\"noop\"} 0",
+    ] {
+        assert!(lines.contains(&want), "no {want:?} in\n{text}");
+    }
+    let mut req = http::Request::post(format!("http://{admin}/api/v1/reload"));
+    req = req.header("content-length", "0");
+    let resp = http_client().request(req.body(Default::default()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = metrics().await;
+    assert!(text.lines().any(|l| l == "hookyard_config_reloads_total{result=\"unchanged\"} 1"), "{text}");
+}
+
+// --- plugin test: --plugin-config ------------------------------------------------------------
+
+/// `plugin test` takes a plugin's settings as `--plugin-config k=v` (every other `--config` is
+/// the config file); the old `--config k=v` still works, with a deprecation note.
+#[tokio::test]
+async fn plugin_test_takes_settings_as_plugin_config() {
+    let plugin = manifest_dir().join("plugins/dist/github_chat.wasm");
+    let body = example("github-push.json");
+    for (flag, note) in [
+        ("--plugin-config", None),
+        (
+            "--config",
+            Some("warning: `plugin test --config key=value` is deprecated: write `--plugin-config key=value`"),
+        ),
+    ] {
+        let mut cmd = hookyard();
+        cmd.args(["plugin", "test"]).arg(&plugin).arg("--body").arg(&body);
+        cmd.args(["-H", "X-GitHub-Event: push", flag, "channel=#ops"]);
+        let out = run_cli(cmd).await;
+        assert_eq!(out.code(), Some(0), "{flag}: {}", out.stderr);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(v["outcome"]["emit"][0]["body"]["channel"], "#ops", "{flag}: {v:#}");
+        let warnings: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("warning:")).collect();
+        assert_eq!(warnings, note.into_iter().collect::<Vec<_>>(), "{flag}");
+    }
+}

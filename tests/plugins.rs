@@ -254,7 +254,7 @@ routes:
     let lines: Vec<&str> = err.lines().collect();
     assert!(
         lines[0].contains(":7:")
-            && lines[0].contains("routes[0].transform[0].plugin")
+            && lines[0].contains("routes[0].transform[0].plugin: route \"missing\": ")
             && lines[0].contains("nope.wasm: file not found"),
         "{err}"
     );
@@ -277,7 +277,7 @@ async fn plugin_test_command_prints_outcome_logs_and_time() {
     let out = common::hookyard()
         .args(["plugin", "test", &dist("github_chat"), "--body"])
         .arg(manifest_dir().join("examples/github-push.json"))
-        .args(["--header", "X-GitHub-Event: push", "--config", "channel=#ops"])
+        .args(["--header", "X-GitHub-Event: push", "--plugin-config", "channel=#ops"])
         .output()
         .await
         .unwrap();
@@ -390,15 +390,15 @@ routes:
     let d = dir.path().display();
     let want = [
         format!(
-            "{}: routes[0].transform[0].plugin: /dev/zero: not a regular file (a character device): a plugin must be a .wasm file",
+            "{}: routes[0].transform[0].plugin: route \"zero\": /dev/zero: not a regular file (a character device): a plugin must be a .wasm file",
             at("zero")
         ),
         format!(
-            "{}: routes[1].transform[0].plugin: {d}/huge.wasm: the file is 67108865 bytes, over the 67108864-byte limit for a plugin file",
+            "{}: routes[1].transform[0].plugin: route \"huge\": {d}/huge.wasm: the file is 67108865 bytes, over the 67108864-byte limit for a plugin file",
             at("huge")
         ),
         format!(
-            "{}: routes[2].transform[0].plugin: {d}: not a regular file (a directory): a plugin must be a .wasm file",
+            "{}: routes[2].transform[0].plugin: route \"dir\": {d}: not a regular file (a directory): a plugin must be a .wasm file",
             at("dir")
         ),
         "3 problems found".to_string(),

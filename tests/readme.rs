@@ -73,3 +73,41 @@ fn every_documented_command_exists_with_its_flags() {
     }
     assert!(checked >= 12, "only {checked} commands found in the README table");
 }
+
+/// "Every command but `receive` and `plugin test` takes `--config`": each command's help agrees,
+/// and `plugin test` names its plugin settings `--plugin-config`.
+#[test]
+fn the_commands_that_take_config_are_the_documented_ones() {
+    let text = readme();
+    let exceptions = text
+        .split("Every command but ")
+        .nth(1)
+        .and_then(|rest| rest.split(" takes `--config`").next())
+        .expect("the sentence naming the commands without --config");
+    let exceptions: Vec<&str> = exceptions.split('`').skip(1).step_by(2).collect();
+    assert_eq!(exceptions, ["receive", "plugin test"]);
+    let commands = [
+        "run",
+        "check",
+        "dry-run",
+        "send",
+        "receive",
+        "events",
+        "event",
+        "replay",
+        "pause",
+        "resume",
+        "plugin test",
+        "reload",
+        "status",
+    ];
+    for command in commands {
+        let help = Command::new(common::bin()).args(command.split(' ')).arg("--help").output().unwrap();
+        assert!(help.status.success(), "`hookyard {command} --help` failed");
+        let help = String::from_utf8_lossy(&help.stdout);
+        let takes_config = help.contains("--config <CONFIG>");
+        assert_eq!(takes_config, !exceptions.contains(&command), "`hookyard {command} --help`:\n{help}");
+    }
+    let help = Command::new(common::bin()).args(["plugin", "test", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--plugin-config <KEY=VALUE>"));
+}

@@ -146,7 +146,7 @@ async fn check_file_change(what: &str, change: impl FnOnce(&Node, &str)) {
     let m = node.admin.metrics().await;
     assert_eq!(m.get("hookyard_config_info", &[("version", &v_b)]), 1.0, "{m:#?}");
     assert_eq!(m.get("hookyard_config_info", &[("version", &v_a)]), 0.0, "{m:#?}");
-    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "ok")]), 1.0);
+    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "reloaded")]), 1.0);
 }
 
 #[tokio::test]
@@ -243,8 +243,8 @@ async fn a_broken_edit_keeps_the_running_config_and_says_where() {
     assert_eq!(err["errors"], json!([format!("{where_}: routes[0].to[0]: unknown destination \"nope\"")]), "{st:#}");
     assert_eq!(route_of(&node, &sink, "still-a").await, "/a", "the old routes keep serving");
     let m = node.admin.metrics().await;
-    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "error")]), 1.0, "{m:#?}");
-    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "ok")]), 0.0);
+    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "failed")]), 1.0, "{m:#?}");
+    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "reloaded")]), 0.0);
     assert_eq!(m.get("hookyard_config_info", &[("version", &v_a)]), 1.0);
     let ready = node.admin.get_json("/readyz").await;
     assert_eq!(
@@ -288,8 +288,8 @@ async fn a_broken_edit_keeps_the_running_config_and_says_where() {
     assert_eq!(st["reloads_failed"], 3, "{st}");
     assert_eq!(route_of(&node, &sink, "now-b").await, "/b");
     let m = node.admin.metrics().await;
-    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "error")]), 3.0, "{m:#?}");
-    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "ok")]), 1.0);
+    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "failed")]), 3.0, "{m:#?}");
+    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "reloaded")]), 1.0);
 }
 
 #[tokio::test]
@@ -480,7 +480,7 @@ async fn an_alias_bomb_fails_the_reload_fast_and_the_old_config_keeps_serving() 
     assert!(peak_after < peak_before + 64 * 1024, "peak RSS grew from {peak_before} to {peak_after} KiB");
     assert_eq!(route_of(&node, &sink, "still-a").await, "/a", "the old routes keep serving");
     let m = node.admin.metrics().await;
-    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "error")]), 1.0, "{m:#?}");
+    assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "failed")]), 1.0, "{m:#?}");
 }
 
 /// A truncated save (empty, comment-only, or cut before `sources:`) would turn every source into
@@ -513,7 +513,7 @@ async fn an_empty_or_truncated_file_fails_the_reload() {
         assert_eq!(st["last_error"]["errors"], json!([reason]), "{what}: {st:#}");
         assert_eq!(route_of(&node, &sink, &format!("still-a-{what}")).await, "/a", "{what}: events are still accepted");
         let m = node.admin.metrics().await;
-        assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "error")]), (n + 1) as f64, "{what}");
+        assert_eq!(m.get("hookyard_config_reloads_total", &[("result", "failed")]), (n + 1) as f64, "{what}");
     }
     let logged = node.process.log_lines_with(&["config reload failed", "every webhook would get 404"]);
     assert_eq!(logged.len(), 1, "{}", node.process.logs());
@@ -1037,7 +1037,7 @@ async fn a_steady_stream_survives_100_reloads_and_each_event_follows_its_config(
                 // what the store says about it, for the first few
                 let attempts = if twice.len() < 3 {
                     let ev = node.admin.get_json(&format!("/api/v1/events/{}", s.id)).await;
-                    ev["deliveries"][0]["attempts_log"].to_string()
+                    ev["deliveries"][0]["attempt_log"].to_string()
                 } else {
                     String::new()
                 };

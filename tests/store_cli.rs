@@ -63,7 +63,7 @@ async fn dead_letters_are_listed_inspected_and_replayed() {
     let detail: Value = serde_json::from_str(&cli(&gw, &["event", &id]).await.stdout).unwrap();
     let out = detail["deliveries"].as_array().unwrap().iter().find(|d| d["destination"] == "out").unwrap();
     let codes: Vec<u64> =
-        out["attempts_log"].as_array().unwrap().iter().map(|a| a["status_code"].as_u64().unwrap()).collect();
+        out["attempt_log"].as_array().unwrap().iter().map(|a| a["status_code"].as_u64().unwrap()).collect();
     assert_eq!(codes, [500, 500]);
     assert_eq!(detail["body"], "{\"n\":1}");
 

@@ -173,7 +173,7 @@ impl Admin {
                 let r = if *action == "pause" {
                     ops::pause(store, name, reason).await
                 } else {
-                    ops::resume(store, name).await
+                    ops::resume(store, name, reason).await
                 };
                 match r {
                     Ok(()) => {

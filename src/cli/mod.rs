@@ -60,7 +60,7 @@ enum Command {
     /// Hold a destination's deliveries in the store.
     Pause(ops::PauseArgs),
     /// Let a paused destination's deliveries go again.
-    Resume(ops::PauseArgs),
+    Resume(ops::ResumeArgs),
     /// Cancel pending deliveries (by id, by filter or all of a destination): they stay visible as
     /// `cancelled`, with who and why, and can be replayed. Counts first; acts with --yes.
     Cancel(cancel::CancelArgs),
@@ -88,8 +88,8 @@ pub fn main() -> ExitCode {
         Command::Events(args) => with_runtime(ops::events(args)),
         Command::Event(args) => with_runtime(ops::event(args)),
         Command::Replay(args) => with_runtime(ops::replay(args)),
-        Command::Pause(args) => with_runtime(ops::pause(args, true)),
-        Command::Resume(args) => with_runtime(ops::pause(args, false)),
+        Command::Pause(args) => with_runtime(ops::pause(args)),
+        Command::Resume(args) => with_runtime(ops::resume(args)),
         Command::Cancel(args) => with_runtime(cancel::cancel(args)),
         Command::Purge(args) => with_runtime(cancel::purge(args)),
         Command::Plugin(cmd) => with_runtime(plugin::run(cmd)),

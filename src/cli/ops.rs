@@ -30,7 +30,8 @@ pub struct EventsArgs {
     /// Page cursor: only deliveries with a smaller id (the last id of the previous page).
     #[arg(long)]
     before: Option<i64>,
-    /// JSON lines instead of a table.
+    /// JSON Lines (one JSON object per delivery, one per line) instead of a table. A pending
+    /// delivery of a paused destination has `pause_reason`.
     #[arg(long)]
     json: bool,
 }
@@ -67,7 +68,18 @@ pub struct PauseArgs {
     #[arg(long, short, default_value = "routes.yaml")]
     config: PathBuf,
     destination: String,
-    /// Why (shown by `hookyard events` and the admin API).
+    /// Why (shown by `hookyard events` and the admin API's destinations while paused; logged).
+    /// Default "paused by an operator".
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct ResumeArgs {
+    #[arg(long, short, default_value = "routes.yaml")]
+    config: PathBuf,
+    destination: String,
+    /// Why (logged, printed, and kept in the store in place of the pause's reason).
     #[arg(long)]
     reason: Option<String>,
 }
@@ -91,7 +103,7 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
     let since_ms = a.since.as_deref().map(|s| ops::parse_since(s, SystemTime::now())).transpose()?;
     let filter = DeliveryFilter {
         status: a.status,
-        destination: a.destination,
+        destination: a.destination.clone(),
         source: a.source,
         since_ms,
         until_ms: None,
@@ -99,9 +111,24 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
         limit: a.limit,
     };
     let rows = ops::list(&store, filter).await?;
+    // held deliveries say why they are held
+    let paused: Vec<(String, Option<String>)> = store
+        .paused()
+        .await?
+        .into_iter()
+        .filter(|(name, _)| a.destination.as_ref().is_none_or(|d| d == name))
+        .collect();
+    let reason_of = |r: &hookyard::store::DeliveryRow| {
+        let (_, reason) = paused.iter().find(|(name, _)| *name == r.destination)?;
+        (r.status == "pending").then(|| reason.clone().unwrap_or_default())
+    };
     if a.json {
         for r in &rows {
-            println!("{}", serde_json::to_string(r)?);
+            let mut v = serde_json::to_value(r)?;
+            if let (Some(reason), Some(obj)) = (reason_of(r), v.as_object_mut()) {
+                obj.insert("pause_reason".into(), reason.into());
+            }
+            println!("{v}");
         }
     } else {
         println!(
@@ -123,6 +150,12 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(last) = rows.last().filter(|_| rows.len() == a.limit.clamp(1, 1000)) {
             println!("(more: --before {})", last.id);
+        }
+        for (name, reason) in &paused {
+            println!(
+                "{name} is paused: {} (its deliveries wait; `hookyard resume {name}`)",
+                reason.as_deref().unwrap_or("no reason given")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -155,15 +188,21 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn pause(a: PauseArgs, paused: bool) -> anyhow::Result<ExitCode> {
+pub async fn pause(a: PauseArgs) -> anyhow::Result<ExitCode> {
     let (snap, store) = open(&a.config)?;
     check_destination(&snap, &a.destination)?;
-    if paused {
-        ops::pause(&store, &a.destination, a.reason).await?;
-        println!("{} paused: its deliveries wait in the store", a.destination);
-    } else {
-        ops::resume(&store, &a.destination).await?;
-        println!("{} resumed", a.destination);
+    ops::pause(&store, &a.destination, a.reason).await?;
+    println!("{} paused: its deliveries wait in the store", a.destination);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn resume(a: ResumeArgs) -> anyhow::Result<ExitCode> {
+    let (snap, store) = open(&a.config)?;
+    check_destination(&snap, &a.destination)?;
+    ops::resume(&store, &a.destination, a.reason.clone()).await?;
+    match a.reason {
+        Some(reason) => println!("{} resumed: {reason}", a.destination),
+        None => println!("{} resumed", a.destination),
     }
     Ok(ExitCode::SUCCESS)
 }

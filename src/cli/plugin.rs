@@ -26,8 +26,10 @@ pub struct TestArgs {
     /// A request header, `'Name: value'`; repeatable.
     #[arg(long = "header", short = 'H', value_parser = super::parse_header)]
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// A plugin setting `key=value` (what `config:` gives in routes.yaml); repeatable.
-    #[arg(long = "config", value_parser = parse_kv)]
+    /// A plugin setting `key=value` (what a transform's `config:` gives in routes.yaml);
+    /// repeatable. (Formerly `--config`, which still works with a deprecation note: every other
+    /// command's `--config` names the config file.)
+    #[arg(long = "plugin-config", alias = "config", value_name = "KEY=VALUE", value_parser = parse_kv)]
     config: Vec<(String, String)>,
     /// A destination the route would have (outputs may pick among these); repeatable.
     #[arg(long = "destination")]
@@ -56,6 +58,9 @@ fn body_json(body: &Bytes) -> Value {
 
 pub async fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
     let PluginCommand::Test(a) = cmd;
+    if std::env::args().any(|arg| arg == "--config" || arg.starts_with("--config=")) {
+        eprintln!("warning: `plugin test --config key=value` is deprecated: write `--plugin-config key=value`");
+    }
     let host = PluginHost::new(None).map_err(|e| anyhow::anyhow!(e))?;
     let limits = Limits { timeout_ms: a.timeout_ms, memory_mb: a.memory_mb, ..Limits::default() };
     let path = a.plugin.clone();

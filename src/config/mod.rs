@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_path_to_error::Segment;
 use sha2::{Digest, Sha256};
 
 pub use schema::*;
@@ -264,16 +265,42 @@ impl Config {
         }
     }
 
-    fn item<T: DeserializeOwned>(&self, key: &str, v: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(&v) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let inner = e.path().to_string();
-                let full = if inner == "." { key.to_string() } else { format!("{key}.{inner}") };
-                errors.push(self.error(&full, clean_serde_message(&e.inner().to_string())));
-                None
+    /// Deserializes one item, collecting every problem serde finds in it. serde stops at the
+    /// first (an unknown key, a value of the wrong type), so the offending key is taken out of the
+    /// value and the item read again, until it reads or the problem is not at a key (the field
+    /// lists in the messages stay serde's, so the schema is written once). A problem with a
+    /// mapping a key was taken out of (`missing field`) is a follow-on and is not reported.
+    fn item<T: DeserializeOwned>(&self, key: &str, mut v: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
+        let mut failed = false;
+        let mut emptied: Vec<Vec<String>> = Vec::new();
+        for _ in 0..MAX_PROBLEMS_PER_ITEM {
+            let e = match serde_path_to_error::deserialize::<_, T>(&v) {
+                Ok(t) => return (!failed).then_some(t),
+                Err(e) => e,
+            };
+            let segments: Vec<Segment> = e.path().iter().cloned().collect();
+            let names: Vec<String> = segments.iter().map(segment_name).collect();
+            if emptied.contains(&names) {
+                return None;
             }
+            let inner = e.path().to_string();
+            let full = if inner == "." { key.to_string() } else { format!("{key}.{inner}") };
+            errors.push(self.error(&full, clean_serde_message(&e.inner().to_string())));
+            failed = true;
+            if !remove_key(&mut v, &segments) {
+                return None;
+            }
+            emptied.push(names[..names.len() - 1].to_vec());
         }
+        if serde_path_to_error::deserialize::<_, T>(&v).is_err() {
+            errors.push(
+                self.error(
+                    key,
+                    format!("more problems, not listed: at most {MAX_PROBLEMS_PER_ITEM} are listed per item"),
+                ),
+            );
+        }
+        None
     }
 
     fn named_items<T: DeserializeOwned>(&self, key: &str, v: Value, errors: &mut Vec<ConfigError>) -> Vec<(String, T)> {
@@ -597,6 +624,38 @@ pub fn read_limited(path: &Path, limit: u64, regular: Regular, what: &'static st
         return Err(ReadError::TooLarge { size: None, limit, what });
     }
     Ok(bytes)
+}
+
+/// Most problems reported for one item (a source, a destination, a route, a section): past a
+/// hundred, the item is not worth reading further, and the bound keeps re-reading it cheap.
+const MAX_PROBLEMS_PER_ITEM: usize = 100;
+
+fn segment_name(s: &Segment) -> String {
+    match s {
+        Segment::Seq { index } => format!("[{index}]"),
+        Segment::Map { key } => key.clone(),
+        Segment::Enum { variant } => variant.clone(),
+        Segment::Unknown => "?".to_string(),
+    }
+}
+
+/// Takes the key at `path` out of its mapping in `v`; false if `path` does not end at a mapping's
+/// key (an item of a list, or the value itself).
+fn remove_key(v: &mut Value, path: &[Segment]) -> bool {
+    let Some((Segment::Map { key }, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut at = v;
+    for s in parents {
+        let next = match s {
+            Segment::Seq { index } => at.as_array_mut().and_then(|a| a.get_mut(*index)),
+            Segment::Map { key } => at.as_object_mut().and_then(|m| m.get_mut(key)),
+            Segment::Enum { .. } | Segment::Unknown => None,
+        };
+        let Some(next) = next else { return false };
+        at = next;
+    }
+    at.as_object_mut().is_some_and(|m| m.remove(key).is_some())
 }
 
 fn declared_names(v: &Value) -> Vec<String> {

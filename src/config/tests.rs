@@ -266,3 +266,31 @@ sources:
     assert!(cfg.secret_files[..3].iter().all(|f| f.sha256.is_some()));
     assert_eq!(cfg.secret_files[3].sha256, None, "a missing file is recorded, so a reload watches for it");
 }
+
+/// serde stops at an item's first problem; `item` reads the item again without the offending key
+/// until it reads, and drops the follow-on `missing field` of a mapping a key was taken out of.
+#[test]
+fn every_problem_of_an_item_is_reported() {
+    let text = "destinations:\n  d:\n    ulr: http://x/\n    timeout_ms: soon\n    bogus: 1\n    tls: { a: 1, b: 2 }\n";
+    let (cfg, errors) = parse(text);
+    let short: Vec<String> = errors.iter().map(|e| e.split(", expected").next().unwrap().to_string()).collect();
+    assert_eq!(
+        short,
+        [
+            "routes.yaml:3:5: destinations.d.ulr: unknown field `ulr`",
+            "routes.yaml:4:5: destinations.d.timeout_ms: invalid type: string \"soon\"",
+            "routes.yaml:5:5: destinations.d.bogus: unknown field `bogus`",
+            "routes.yaml:6:12: destinations.d.tls.a: unknown field `a`",
+            "routes.yaml:6:18: destinations.d.tls.b: unknown field `b`",
+        ]
+    );
+    assert!(cfg.destinations.is_empty());
+    // past the bound, the rest is summed up in one line
+    let many: String = (0..MAX_PROBLEMS_PER_ITEM + 5).map(|i| format!("  bogus{i}: 1\n")).collect();
+    let (_, errors) = parse(&format!("server:\n{many}"));
+    assert_eq!(errors.len(), MAX_PROBLEMS_PER_ITEM + 1);
+    assert_eq!(errors[0], "routes.yaml:1:1: server: more problems, not listed: at most 100 are listed per item");
+    // a missing field with nothing taken out is reported
+    let (_, errors) = parse("destinations:\n  d: { sign: { scheme: none } }\n");
+    assert_eq!(errors, ["routes.yaml:2:3: destinations.d: missing field `url`"]);
+}

@@ -44,7 +44,21 @@ pub enum PluginError {
 }
 
 impl PluginError {
-    /// A fixed label for metrics.
+    /// Every [`label`](Self::label), so metrics can show each outcome at zero from the start.
+    pub const LABELS: [&'static str; 10] = [
+        "trap",
+        "timeout",
+        "memory",
+        "output_too_large",
+        "outputs_too_large",
+        "too_much_data",
+        "too_many_outputs",
+        "bad_destination",
+        "malformed",
+        "plugin_error",
+    ];
+
+    /// A fixed label for metrics (one of [`LABELS`](Self::LABELS)).
     pub fn label(&self) -> &'static str {
         match self {
             PluginError::Trap(_) => "trap",
@@ -101,4 +115,42 @@ pub enum LoadError {
     /// The route's `limits:` for this plugin are out of range.
     #[error("bad limits: {0}")]
     BadLimits(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PluginError;
+
+    /// `LABELS` lists every variant's label, in declaration order (metrics register them all).
+    #[test]
+    fn labels_lists_every_label() {
+        let all = [
+            PluginError::Trap(String::new()),
+            PluginError::Timeout { ms: 0 },
+            PluginError::MemoryLimit { mb: 0 },
+            PluginError::OutputTooLarge { index: 0, size: 0, limit: 0 },
+            PluginError::OutputsTooLarge { total: 0, limit: 0 },
+            PluginError::TooMuchData { limit: 0 },
+            PluginError::TooManyOutputs { count: 0, limit: 0 },
+            PluginError::BadDestination { name: String::new(), allowed: Vec::new() },
+            PluginError::Malformed(String::new()),
+            PluginError::Failed { retryable: false, message: String::new() },
+        ];
+        // a new variant makes this match non-exhaustive: add it above and to LABELS
+        for e in &all {
+            match e {
+                PluginError::Trap(_)
+                | PluginError::Timeout { .. }
+                | PluginError::MemoryLimit { .. }
+                | PluginError::OutputTooLarge { .. }
+                | PluginError::OutputsTooLarge { .. }
+                | PluginError::TooMuchData { .. }
+                | PluginError::TooManyOutputs { .. }
+                | PluginError::BadDestination { .. }
+                | PluginError::Malformed(_)
+                | PluginError::Failed { .. } => {}
+            }
+        }
+        assert_eq!(all.iter().map(PluginError::label).collect::<Vec<_>>(), PluginError::LABELS);
+    }
 }

@@ -177,7 +177,7 @@ pub fn build_from_text(
             let bytes = match crate::plugin::read_plugin_file(&path) {
                 Ok(bytes) => bytes,
                 Err(e) => {
-                    errors.push(cfg.error(&k, format!("{}: {e}", path.display())));
+                    errors.push(cfg.error(&k, format!("route \"{}\": {}: {e}", r.name, path.display())));
                     continue;
                 }
             };
@@ -205,7 +205,7 @@ pub fn build_from_text(
             let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let loaded = plugin_host(cache).and_then(|h| {
                 h.load_bytes(&name, &bytes, config, limits, r.to.clone())
-                    .map_err(|e| format!("{}: {e}", path.display()))
+                    .map_err(|e| format!("route \"{}\": {}: {e}", r.name, path.display()))
             });
             match loaded {
                 Ok(p) => plugins.push(p),
@@ -702,6 +702,11 @@ impl Snapshot {
     }
 
     /// `ok — N sources, N destinations, N routes` for `check`.
+    /// The label of each route's plugin chain (`a+b`), for routes with a transform.
+    pub fn plugin_chains(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().filter(|r| !r.plugins.is_empty()).map(|r| r.chain_label.as_str())
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "{}: ok — {} sources, {} destinations, {} routes (version {})",

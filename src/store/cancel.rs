@@ -262,7 +262,7 @@ mod tests {
         assert_eq!(status(&store, c).await.0, "delivered", "what was delivered says so");
         assert_eq!(status(&store, c).await.2, None);
         let ev = store.event("evt_1".into()).await.unwrap().unwrap();
-        assert_eq!(ev.deliveries[0].attempts_log.len(), 1, "the attempt in flight is in the log");
+        assert_eq!(ev.deliveries[0].attempt_log.len(), 1, "the attempt in flight is in the log");
 
         // never due again, except the one not cancelled
         let due: Vec<i64> = store.due(now_ms() + 1, 10, &[]).await.unwrap().iter().map(|d| d.id).collect();

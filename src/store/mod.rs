@@ -190,6 +190,8 @@ pub struct DeliveryRow {
     pub destination: String,
     pub msg_id: String,
     pub status: String,
+    /// How many attempts were made (a count; the attempts themselves are a delivery's
+    /// `attempt_log` in [`EventDetail`]).
     pub attempts: u32,
     pub next_at_ms: i64,
     pub created_at_ms: i64,
@@ -230,7 +232,8 @@ pub struct DeliveryDetail {
     #[serde(flatten)]
     pub delivery: DeliveryRow,
     pub transformed_body: Option<String>,
-    pub attempts_log: Vec<AttemptRow>,
+    /// Every attempt, oldest first (`attempts` is their count).
+    pub attempt_log: Vec<AttemptRow>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -634,7 +637,7 @@ impl Store {
                 "SELECT n, at, status_code, latency_ms, response, error FROM attempts WHERE delivery_id = ?1 ORDER BY n",
             )?;
             for (row, body) in rows {
-                let attempts_log = at
+                let attempt_log = at
                     .query_map([row.id], |r| {
                         let resp: Option<Vec<u8>> = r.get(4)?;
                         Ok(AttemptRow {
@@ -648,7 +651,7 @@ impl Store {
                     })?
                     .collect::<rusqlite::Result<_>>()?;
                 let transformed_body = body.map(|b| String::from_utf8_lossy(&b).into_owned());
-                ev.deliveries.push(DeliveryDetail { delivery: row, transformed_body, attempts_log });
+                ev.deliveries.push(DeliveryDetail { delivery: row, transformed_body, attempt_log });
             }
             Ok(Some(ev))
         })

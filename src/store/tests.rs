@@ -60,8 +60,8 @@ async fn events_and_deliveries_survive_reopen() {
     assert_eq!(due[0].headers.as_slice(), &[("x-github-event".to_string(), "push".to_string())]);
     let ev = store.event("evt_1".into()).await.unwrap().unwrap();
     assert_eq!(ev.deliveries[0].delivery.status, "delivered");
-    assert_eq!(ev.deliveries[0].attempts_log.len(), 1);
-    assert_eq!(ev.deliveries[0].attempts_log[0].response.len(), MAX_RESPONSE_KEPT, "response bodies are cut at 4 KiB");
+    assert_eq!(ev.deliveries[0].attempt_log.len(), 1);
+    assert_eq!(ev.deliveries[0].attempt_log[0].response.len(), MAX_RESPONSE_KEPT, "response bodies are cut at 4 KiB");
     assert_eq!(ev.deliveries[1].delivery.status, "pending");
 }
 
@@ -233,7 +233,7 @@ async fn a_failing_operation_does_not_undo_its_group() {
     let ev1 = store.event("evt_1".into()).await.unwrap().unwrap();
     assert_eq!(ev1.deliveries.len(), 1, "the failed duplicate left no delivery behind");
     assert_eq!(ev1.deliveries[0].delivery.status, "delivered");
-    assert_eq!(ev1.deliveries[0].attempts_log.len(), 1);
+    assert_eq!(ev1.deliveries[0].attempt_log.len(), 1);
     assert_eq!(store.pending_count().await.unwrap(), 2);
     assert_eq!(store.paused().await.unwrap(), [("c".to_string(), Some("test".to_string()))]);
 }

@@ -191,7 +191,7 @@ async fn fails_twice_then_succeeds_on_schedule() {
     let s = h.dispatcher.stats();
     assert_eq!((s.attempts, s.retries, s.pending), (3, 2, 0));
     let ev = h.store.event("evt_1".into()).await.unwrap().unwrap();
-    let log = &ev.deliveries[0].attempts_log;
+    let log = &ev.deliveries[0].attempt_log;
     assert_eq!(log.iter().map(|a| a.status_code).collect::<Vec<_>>(), [Some(503), Some(503), Some(200)]);
     assert_eq!(log[0].error.as_deref(), Some("scripted"));
 }
@@ -428,7 +428,7 @@ async fn a_destination_removed_mid_attempt_records_the_attempt_then_fails_the_de
     h.dispatcher.set_destinations(&[]);
     assert_failed_as_removed(&h, &["evt_1"]).await;
     let ev = h.store.event("evt_1".into()).await.unwrap().unwrap();
-    let log: Vec<_> = ev.deliveries[0].attempts_log.iter().map(|a| (a.status_code, a.error.clone())).collect();
+    let log: Vec<_> = ev.deliveries[0].attempt_log.iter().map(|a| (a.status_code, a.error.clone())).collect();
     assert_eq!(
         log,
         [
