@@ -253,8 +253,14 @@ pub struct VerifyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
-    /// `http://` or `https://` URL the event is POSTed to.
+    /// `http://` or `https://` URL the event is sent to (with `method`).
     pub url: String,
+    /// HTTP method of every delivery: `POST` (default) or `PUT`, for receivers that take each
+    /// event as a resource put at the URL. Both carry the body and its signature unchanged. Others
+    /// are refused: `GET`, `HEAD`, `DELETE` and `OPTIONS` carry no body by convention, and a
+    /// `PATCH` body is a patch document (RFC 5789) that a webhook payload is not.
+    #[serde(default)]
+    pub method: DeliveryMethod,
     /// Time allowed for one attempt (connect, send, response head and body), in milliseconds.
     /// Default 10000.
     #[serde(default = "default_timeout_ms")]
@@ -327,6 +333,28 @@ pub struct TlsConfig {
     /// A PEM file of extra CA certificates trusted for this destination, besides the bundled
     /// webpki roots (for internal CAs). Relative to the config file's directory.
     pub ca_file: Option<PathBuf>,
+}
+
+/// `destinations.<name>.method:` — `POST` or `PUT`, written in capitals as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryMethod {
+    #[default]
+    Post,
+    Put,
+}
+
+impl<'de> Deserialize<'de> for DeliveryMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        match v.as_str() {
+            Some("POST") => Ok(DeliveryMethod::Post),
+            Some("PUT") => Ok(DeliveryMethod::Put),
+            Some(other) => Err(serde::de::Error::custom(format!(
+                "method \"{other}\" is not allowed: use POST (the default) or PUT"
+            ))),
+            None => Err(serde::de::Error::custom(format!("expected POST or PUT, found {v}"))),
+        }
+    }
 }
 
 /// Outbound signature schemes.

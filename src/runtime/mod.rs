@@ -18,8 +18,9 @@ pub use event::{Event, EventId};
 
 use crate::config::OnError;
 use crate::config::{
-    AdminConfig, AlgorithmName, Config, ConfigError, ConfigErrors, DeliveryConfig, DestinationConfig, EncodingName,
-    ServerConfig, SignSchemeName, SourceConfig, StorageConfig, VerifySchemeName, default_schedule, parse_net,
+    AdminConfig, AlgorithmName, Config, ConfigError, ConfigErrors, DeliveryConfig, DeliveryMethod, DestinationConfig,
+    EncodingName, ServerConfig, SignSchemeName, SourceConfig, StorageConfig, VerifySchemeName, default_schedule,
+    parse_net,
 };
 use crate::delivery::egress::EgressPolicy;
 use crate::delivery::{
@@ -448,6 +449,10 @@ fn build_destination(
     Ok(Destination {
         name: name.into(),
         url,
+        method: match d.method {
+            DeliveryMethod::Post => http::Method::POST,
+            DeliveryMethod::Put => http::Method::PUT,
+        },
         headers,
         signer,
         timeout,

@@ -49,6 +49,7 @@ fn destination(name: &str, s: &Setup) -> Arc<Destination> {
     Arc::new(Destination {
         name: name.into(),
         url: "http://example.com/".parse().unwrap(),
+        method: http::Method::POST,
         headers: HeaderMap::new(),
         signer: Signer::new(SignScheme::None, None).unwrap(),
         timeout: Duration::from_secs(10),
