@@ -326,13 +326,23 @@ fn default_destination_in_flight() -> usize {
     32
 }
 
-/// `destinations.<name>.tls:`
+/// `destinations.<name>.tls:` — PEM files of at most 1 MiB each (the whole Mozilla root bundle is
+/// about 220 KB; a path naming a log or a device by mistake costs no more than that to refuse).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// A PEM file of extra CA certificates trusted for this destination, besides the bundled
     /// webpki roots (for internal CAs). Relative to the config file's directory.
     pub ca_file: Option<PathBuf>,
+    /// A PEM file with the client certificate presented when the destination asks for one
+    /// (mutual TLS): the certificate first, then any intermediates. Needs `client_key`. Relative
+    /// to the config file's directory; read at start and at every reload (a changed file causes
+    /// one), so rotating the files switches certificates without a restart.
+    pub client_cert: Option<PathBuf>,
+    /// A PEM file with the private key of `client_cert`: PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA
+    /// PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`), unencrypted. Needs `client_cert`; `check` refuses
+    /// a key that is not the certificate's.
+    pub client_key: Option<PathBuf>,
 }
 
 /// `destinations.<name>.method:` — `POST` or `PUT`, written in capitals as on the wire.

@@ -20,7 +20,7 @@ use http_body_util::Full;
 use sha2::{Digest, Sha256};
 
 pub use breaker::{BreakerSettings, RateLimiter};
-pub use client::{AttemptReport, HttpClient, TlsRoots};
+pub use client::{AttemptReport, ClientIdentity, HttpClient, IdentityError, TlsRoots, read_pem_file};
 pub use dispatcher::{Dispatcher, DispatcherStats, HttpTransport, QueueFull, Transport};
 pub use retry::{AttemptOutcome, Backoff, RetryPolicy};
 

@@ -60,8 +60,14 @@ fn destination(name: &str, s: &Setup) -> Arc<Destination> {
             throttle_floor: Duration::from_secs(60),
         },
         limit: Semaphore::new(4),
-        client: HttpClient::new(Arc::new(EgressPolicy::default()), &TlsRoots::webpki(), 4, Duration::from_secs(1))
-            .unwrap(),
+        client: HttpClient::new(
+            Arc::new(EgressPolicy::default()),
+            &TlsRoots::webpki(),
+            None,
+            4,
+            Duration::from_secs(1),
+        )
+        .unwrap(),
         breaker: BreakerSettings {
             enabled: s.breaker,
             failure_rate: 0.5,
