@@ -226,6 +226,59 @@ routes:
     }
 }
 
+/// `method: PUT` sends the same signed request with another method: the signature covers the
+/// body as with `POST`, and the default stays `POST`.
+#[tokio::test]
+async fn a_put_destination_receives_put_with_a_valid_signature() {
+    let sink = Sink::start().await;
+    let (put, post) = (secret("put"), secret("post"));
+    let gw = gateway(
+        true,
+        &[
+            ("upload", sink.url("/put"), &format!("method: PUT\nsign: {{ secret: \"{put}\" }}")),
+            ("plain", sink.url("/post"), &format!("sign: {{ secret: \"{post}\" }}")),
+        ],
+    )
+    .await;
+    send_to(&gw, &["upload", "plain"], "methods").await;
+    let got = sink.wait_for(2, WAIT).await;
+    let by_path = |p: &str| got.iter().find(|r| r.path == p).unwrap_or_else(|| panic!("nothing at {p}"));
+    let r = by_path("/put");
+    assert_eq!(r.method, http::Method::PUT);
+    assert_eq!(&r.body[..], br#"{"case":"methods"}"#);
+    assert_standard_webhooks(r, &put);
+    let r = by_path("/post");
+    assert_eq!(r.method, http::Method::POST, "POST is the default");
+    assert_standard_webhooks(r, &post);
+}
+
+/// Only methods that carry a body as a new representation are accepted; `check` names them.
+#[tokio::test]
+async fn check_refuses_a_method_other_than_post_or_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &path,
+        "destinations:\n  d:\n    url: https://example.com/\n    method: GET\n    sign: { scheme: none }\n",
+    )
+    .unwrap();
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "stdout: {}", out.stdout);
+    assert_eq!(
+        out.stderr.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "{}:4:5: destinations.d.method: method \"GET\" is not allowed: use POST (the default) or PUT",
+                path.display()
+            )
+            .as_str(),
+            "1 problem found"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn failed_attempts_are_retried_with_the_same_webhook_id() {
     let sink = Sink::with_script(vec![Reply::status(503), Reply::status(503), Reply::ok()]).await;

@@ -26,6 +26,10 @@ fn the_reference_config_is_valid() {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     std::fs::write(dir.path().join("internal-ca.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
+    // ... a client certificate and its key for mutual TLS
+    let client = rcgen::generate_simple_self_signed(Vec::<String>::new()).unwrap();
+    std::fs::write(dir.path().join("client.pem"), client.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("client.key"), client.signing_key.serialize_pem()).unwrap();
     // ... and a plugin (built by plugins/build.sh)
     std::fs::create_dir_all(dir.path().join("plugins/dist")).unwrap();
     std::fs::copy(

@@ -294,8 +294,14 @@ pub struct VerifyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
-    /// `http://` or `https://` URL the event is POSTed to.
+    /// `http://` or `https://` URL the event is sent to (with `method`).
     pub url: String,
+    /// HTTP method of every delivery: `POST` (default) or `PUT`, for receivers that take each
+    /// event as a resource put at the URL. Both carry the body and its signature unchanged. Others
+    /// are refused: `GET`, `HEAD`, `DELETE` and `OPTIONS` carry no body by convention, and a
+    /// `PATCH` body is a patch document (RFC 5789) that a webhook payload is not.
+    #[serde(default)]
+    pub method: DeliveryMethod,
     /// Time allowed for one attempt (connect, send, response head and body), in milliseconds.
     /// Default 10000.
     #[serde(default = "default_timeout_ms")]
@@ -361,13 +367,45 @@ fn default_destination_in_flight() -> usize {
     32
 }
 
-/// `destinations.<name>.tls:`
+/// `destinations.<name>.tls:` — PEM files of at most 1 MiB each (the whole Mozilla root bundle is
+/// about 220 KB; a path naming a log or a device by mistake costs no more than that to refuse).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// A PEM file of extra CA certificates trusted for this destination, besides the bundled
     /// webpki roots (for internal CAs). Relative to the config file's directory.
     pub ca_file: Option<PathBuf>,
+    /// A PEM file with the client certificate presented when the destination asks for one
+    /// (mutual TLS): the certificate first, then any intermediates. Needs `client_key`. Relative
+    /// to the config file's directory; read at start and at every reload (a changed file causes
+    /// one), so rotating the files switches certificates without a restart.
+    pub client_cert: Option<PathBuf>,
+    /// A PEM file with the private key of `client_cert`: PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA
+    /// PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`), unencrypted. Needs `client_cert`; `check` refuses
+    /// a key that is not the certificate's.
+    pub client_key: Option<PathBuf>,
+}
+
+/// `destinations.<name>.method:` — `POST` or `PUT`, written in capitals as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryMethod {
+    #[default]
+    Post,
+    Put,
+}
+
+impl<'de> Deserialize<'de> for DeliveryMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        match v.as_str() {
+            Some("POST") => Ok(DeliveryMethod::Post),
+            Some("PUT") => Ok(DeliveryMethod::Put),
+            Some(other) => Err(serde::de::Error::custom(format!(
+                "method \"{other}\" is not allowed: use POST (the default) or PUT"
+            ))),
+            None => Err(serde::de::Error::custom(format!("expected POST or PUT, found {v}"))),
+        }
+    }
 }
 
 /// Outbound signature schemes.

@@ -1,5 +1,6 @@
 //! The HTTP client of one destination: its own connection pool, rustls for `https://` (webpki roots
-//! plus an optional CA file), and the egress guard in its resolver.
+//! plus an optional CA file, and an optional client certificate for mutual TLS), and the egress
+//! guard in its resolver.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,8 +13,10 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{AlertDescription, InconsistentKeys};
 
 use super::egress::{EgressPolicy, EgressRefused, GuardedResolver, find_refusal};
 use super::retry::{AttemptOutcome, parse_retry_after};
@@ -21,6 +24,45 @@ use super::retry::{AttemptOutcome, parse_retry_after};
 /// Most response-body bytes read from a destination (the rest of a larger body is discarded with
 /// the connection): responses are only kept for diagnostics.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Most bytes read from one PEM file (`ca_file`, `client_cert`, `client_key`): the whole Mozilla
+/// root bundle is about 220 KB, so 1 MiB leaves room while a path naming a log or a device by
+/// mistake costs little.
+pub const MAX_PEM_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a PEM file, bounded by [`MAX_PEM_FILE_BYTES`]; the error names the file.
+pub fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
+    use crate::config::{ReadError, Regular, read_limited};
+    read_limited(path, MAX_PEM_FILE_BYTES, Regular::Preferred, "a PEM file").map_err(|e| match e {
+        ReadError::Io(e) => format!("cannot read {}: {e}", path.display()),
+        other => format!("{}: {other}", path.display()),
+    })
+}
+
+/// rustls's PEM errors quote raw bytes; these say what is wrong in words.
+fn pem_problem(path: &Path, e: pem::Error) -> String {
+    let what = match e {
+        pem::Error::MissingSectionEnd { .. } => "a section has no END line".to_string(),
+        pem::Error::IllegalSectionStart { .. } => "a BEGIN line is malformed".to_string(),
+        pem::Error::Base64Decode(_) => "a section is not valid base64".to_string(),
+        other => other.to_string(),
+    };
+    format!("{}: invalid PEM: {what}", path.display())
+}
+
+/// Every `CERTIFICATE` block of a PEM text, in order.
+fn parse_certificates(path: &Path, text: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs =
+        CertificateDer::pem_slice_iter(text).collect::<Result<Vec<_>, _>>().map_err(|e| pem_problem(path, e))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found (expected a PEM \"CERTIFICATE\" block)", path.display()));
+    }
+    Ok(certs)
+}
+
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
 
 /// Trusted roots for outbound TLS, shared by destinations that add no CA file.
 #[derive(Clone)]
@@ -34,19 +76,73 @@ impl TlsRoots {
         TlsRoots(Arc::new(roots))
     }
 
-    /// These roots plus every certificate in a PEM file.
-    pub fn with_ca_file(&self, path: &Path) -> Result<Self, String> {
+    /// These roots plus every certificate of `pem`, the contents of the file at `path`.
+    pub fn with_ca_pem(&self, path: &Path, pem: &[u8]) -> Result<Self, String> {
         let mut roots = (*self.0).clone();
-        let mut n = 0;
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read {}: {e}", path.display()))? {
-            let cert = cert.map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
+        for cert in parse_certificates(path, pem)? {
             roots.add(cert).map_err(|e| format!("{}: invalid certificate: {e}", path.display()))?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err(format!("{}: no certificates found", path.display()));
         }
         Ok(TlsRoots(Arc::new(roots)))
+    }
+}
+
+/// The certificate chain and private key a destination's client presents when the server asks
+/// for one (mutual TLS). Checked when built, so `check` finds a key that is not the certificate's.
+#[derive(Clone)]
+pub struct ClientIdentity(Arc<CertifiedKey>);
+
+/// Which of the two files of a [`ClientIdentity`] is at fault, and why (the message names it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{0}")]
+    Cert(String),
+    #[error("{0}")]
+    Key(String),
+}
+
+impl ClientIdentity {
+    /// The chain in `cert_pem` (read from `cert_path`) with the key in `key_pem` (from `key_path`);
+    /// a problem in each file is reported.
+    pub fn from_pem(
+        cert_path: &Path,
+        cert_pem: &[u8],
+        key_path: &Path,
+        key_pem: &[u8],
+    ) -> Result<Self, Vec<IdentityError>> {
+        let chain = parse_certificates(cert_path, cert_pem).map_err(IdentityError::Cert);
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+            IdentityError::Key(match e {
+                pem::Error::NoItemsFound => format!(
+                    "{}: no private key found (expected a PEM \"PRIVATE KEY\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" block)",
+                    key_path.display()
+                ),
+                other => pem_problem(key_path, other),
+            })
+        });
+        let (chain, key) = match (chain, key) {
+            (Ok(chain), Ok(key)) => (chain, key),
+            (chain, key) => return Err(chain.err().into_iter().chain(key.err()).collect()),
+        };
+        let key = crypto_provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| vec![IdentityError::Key(format!("{}: unusable private key: {e}", key_path.display()))])?;
+        let certified = CertifiedKey::new(chain, key);
+        match certified.keys_match() {
+            // rustls cannot tell for some key types; the handshake will
+            Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {}
+            Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
+                return Err(vec![IdentityError::Key(format!(
+                    "{}: the key does not match the certificate in {}",
+                    key_path.display(),
+                    cert_path.display()
+                ))]);
+            }
+            Err(e) => {
+                return Err(vec![IdentityError::Cert(format!("{}: invalid certificate: {e}", cert_path.display()))]);
+            }
+        }
+        Ok(ClientIdentity(Arc::new(certified)))
     }
 }
 
@@ -55,6 +151,8 @@ impl TlsRoots {
 pub struct HttpClient {
     client: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
     policy: Arc<EgressPolicy>,
+    /// Whether a client certificate is configured: it decides what a TLS alert is blamed on.
+    has_identity: bool,
 }
 
 /// What an attempt saw, for logs (and, later, the attempt log of the store).
@@ -70,6 +168,7 @@ impl HttpClient {
     pub fn new(
         policy: Arc<EgressPolicy>,
         roots: &TlsRoots,
+        identity: Option<&ClientIdentity>,
         pool_size: usize,
         connect_timeout: Duration,
     ) -> Result<Self, String> {
@@ -77,19 +176,21 @@ impl HttpClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
+        let tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS setup: {e}"))?
-            .with_root_certificates(roots.0.clone())
-            .with_no_client_auth();
+            .with_root_certificates(roots.0.clone());
+        let tls = match identity {
+            Some(id) => tls.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(id.0.clone()))),
+            None => tls.with_no_client_auth(),
+        };
         let https =
             HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(pool_size)
             .build(https);
-        Ok(HttpClient { client, policy })
+        Ok(HttpClient { client, policy, has_identity: identity.is_some() })
     }
 
     /// Sends one request with a deadline covering connect, response head and body.
@@ -115,7 +216,7 @@ impl HttpClient {
     }
 
     async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<(AttemptOutcome, Bytes), AttemptOutcome> {
-        let resp = self.client.request(req).await.map_err(|e| classify_error(&e))?;
+        let resp = self.client.request(req).await.map_err(|e| classify_error(&e, self.has_identity))?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -154,16 +255,85 @@ impl HttpClient {
     }
 }
 
-fn classify_error(e: &hyper_util::client::legacy::Error) -> AttemptOutcome {
+fn classify_error(e: &hyper_util::client::legacy::Error, has_identity: bool) -> AttemptOutcome {
     if let Some(refused) = find_refusal(e) {
         return AttemptOutcome::Failed { status: None, reason: refused.to_string() };
     }
     let mut reason = e.to_string();
+    let mut alert = None;
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
         reason.push_str(": ");
         reason.push_str(&s.to_string());
+        // rustls errors reach here inside an io::Error, whose `source` skips them
+        if let Some(rustls::Error::AlertReceived(a)) =
+            s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).and_then(|e| e.downcast_ref())
+        {
+            alert = Some(*a);
+        }
         source = s.source();
     }
+    if let Some(hint) = alert.and_then(|a| client_certificate_hint(a, has_identity)) {
+        reason.push_str(hint);
+    }
     AttemptOutcome::Retryable { status: None, retry_after: None, throttled: false, reason }
+}
+
+/// What a server's TLS alert says about our client certificate, when it says something: the
+/// alert names only a code, and an operator has to know which setting it points at. Retried all
+/// the same: fixing the files and reloading lets the delivery through.
+fn client_certificate_hint(alert: AlertDescription, has_identity: bool) -> Option<&'static str> {
+    use AlertDescription as A;
+    match alert {
+        A::CertificateRequired if !has_identity => {
+            Some(" (the destination requires a client certificate: set tls.client_cert and tls.client_key)")
+        }
+        A::CertificateRequired
+        | A::BadCertificate
+        | A::UnsupportedCertificate
+        | A::CertificateRevoked
+        | A::CertificateExpired
+        | A::CertificateUnknown
+        | A::UnknownCA
+        | A::AccessDenied
+            if has_identity =>
+        {
+            Some(" (the destination refused the client certificate in tls.client_cert)")
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::{ClientIdentity, IdentityError};
+
+    /// Throw-away keys and self-signed certificates made by `openssl` (`ecparam -genkey -noout`,
+    /// `genrsa -traditional`), for the key formats rcgen does not write.
+    fn fixture(name: &str) -> (std::path::PathBuf, Vec<u8>) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name);
+        let bytes = std::fs::read(&path).unwrap();
+        (path, bytes)
+    }
+
+    fn identity(cert: &str, key: &str) -> Result<ClientIdentity, Vec<IdentityError>> {
+        let ((cp, c), (kp, k)) = (fixture(cert), fixture(key));
+        ClientIdentity::from_pem(&cp, &c, &kp, &k)
+    }
+
+    #[test]
+    fn accepts_sec1_and_pkcs1_keys() {
+        assert!(identity("ec.pem", "ec-sec1.key").is_ok(), "SEC1 (EC PRIVATE KEY)");
+        assert!(identity("rsa.pem", "rsa-pkcs1.key").is_ok(), "PKCS#1 (RSA PRIVATE KEY)");
+    }
+
+    #[test]
+    fn refuses_a_key_of_another_certificate() {
+        let (cert, _) = fixture("ec.pem");
+        let (key, _) = fixture("rsa-pkcs1.key");
+        let want = format!("{}: the key does not match the certificate in {}", key.display(), cert.display());
+        assert_eq!(identity("ec.pem", "rsa-pkcs1.key").err(), Some(vec![IdentityError::Key(want)]));
+    }
 }

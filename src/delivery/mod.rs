@@ -20,7 +20,7 @@ use http_body_util::Full;
 use sha2::{Digest, Sha256};
 
 pub use breaker::{BreakerSettings, RateLimiter};
-pub use client::{AttemptReport, HttpClient, TlsRoots};
+pub use client::{AttemptReport, ClientIdentity, HttpClient, IdentityError, TlsRoots, read_pem_file};
 pub use dispatcher::{Dispatcher, DispatcherStats, HttpTransport, QueueFull, Transport};
 pub use retry::{AttemptOutcome, Backoff, RetryPolicy};
 
@@ -35,6 +35,8 @@ pub const USER_AGENT_VALUE: &str = concat!("Hookyard/", env!("CARGO_PKG_VERSION"
 pub struct Destination {
     pub name: Arc<str>,
     pub url: Uri,
+    /// `POST` or `PUT` (`method:`); a standard method, so cloning it allocates nothing.
+    pub method: Method,
     /// Extra headers from the config, set on every delivery.
     pub headers: HeaderMap,
     pub signer: Signer,
@@ -89,7 +91,7 @@ pub fn build_request(dest: &Destination, d: &DueDelivery, now: SystemTime) -> Re
     headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
     dest.signer.sign(&d.msg_id, timestamp, &d.body, &mut headers);
     let mut req = Request::new(Full::new(d.body.clone()));
-    *req.method_mut() = Method::POST;
+    *req.method_mut() = dest.method.clone();
     *req.uri_mut() = dest.url.clone();
     *req.headers_mut() = headers;
     req

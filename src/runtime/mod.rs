@@ -18,13 +18,14 @@ pub use event::{Event, EventId};
 
 use crate::config::OnError;
 use crate::config::{
-    AdminConfig, AlgorithmName, Config, ConfigError, ConfigErrors, DeliveryConfig, DestinationConfig, EncodingName,
-    ServerConfig, SignSchemeName, SourceConfig, StorageConfig, VerifySchemeName, default_schedule, parse_net,
+    AdminConfig, AlgorithmName, Config, ConfigError, ConfigErrors, DeliveryConfig, DeliveryMethod, DestinationConfig,
+    EncodingName, ServerConfig, SignSchemeName, SourceConfig, StorageConfig, TlsConfig, VerifySchemeName,
+    default_schedule, parse_net,
 };
 use crate::delivery::egress::EgressPolicy;
 use crate::delivery::{
-    Backoff, BreakerSettings, Destination, HttpClient, NEVER_FORWARDED, RateLimiter, RetryPolicy, TlsRoots,
-    forwardable, message_id,
+    Backoff, BreakerSettings, ClientIdentity, Destination, HttpClient, IdentityError, NEVER_FORWARDED, RateLimiter,
+    RetryPolicy, TlsRoots, forwardable, message_id, read_pem_file,
 };
 use crate::plugin::{EventRef, Limits, Outcome, Plugin, PluginHost, run_chain};
 use crate::rules::{EventView, JsonPath, Rule};
@@ -51,7 +52,8 @@ pub struct Snapshot {
     pub admin: AdminConfig,
     /// `server.log_redact`, compiled.
     pub log_redact: Vec<JsonPath>,
-    /// Every plugin file the routes name (watched for hot reload).
+    /// Every file besides the config that the snapshot was built from: the plugin files the
+    /// routes name and the destinations' TLS files (watched for hot reload).
     pub plugin_files: Vec<PathBuf>,
     /// Every file a `${file:PATH}` names (watched for hot reload; their contents are part of
     /// the version, so a rotated secret is a new config).
@@ -129,7 +131,8 @@ pub fn build_from_text(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Snapshot, ConfigErrors> {
     let (cfg, mut errors) = Config::parse(file, base_dir, text, env);
-    // the version covers the config text, every plugin file and every secret file it names
+    // the version covers the config text and every file it names (plugins, TLS files, secret
+    // files), so a reload after a certificate, plugin or secret changed is not taken for "unchanged"
     let mut version_hash = Sha256::new();
     version_hash.update(text.as_bytes());
     let mut secret_files: Vec<PathBuf> = Vec::new();
@@ -140,6 +143,7 @@ pub fn build_from_text(
             secret_files.push(f.path.clone());
         }
     }
+    let mut plugin_files = Vec::new();
 
     let policy = Arc::new(EgressPolicy::new(cfg.egress.allow.iter().filter_map(|s| parse_net(s)).collect()));
     let roots = TlsRoots::webpki();
@@ -149,14 +153,14 @@ pub fn build_from_text(
         if let Some(w) = egress_warning(&policy, &d.url) {
             warnings.push(cfg.error(&format!("destinations.{name}.url"), w));
         }
-        match build_destination(&cfg, name, d, &policy, &roots) {
+        let mut files = TlsFiles { version: &mut version_hash, watched: &mut plugin_files };
+        match build_destination(&cfg, name, d, &policy, &roots, &mut files) {
             Ok(dest) => destinations.push(Arc::new(dest)),
-            Err(e) => errors.push(e),
+            Err(e) => errors.extend(e),
         }
     }
 
     let mut routes: Vec<Route> = Vec::new();
-    let mut plugin_files = Vec::new();
     let mut route_sources: Vec<&str> = Vec::new();
     for (index, r) in &cfg.routes {
         let key = format!("routes[{index}]");
@@ -426,14 +430,87 @@ fn build_verifier(s: &SourceConfig) -> Result<Verifier, (String, String)> {
     Verifier::new(scheme, &secrets, tolerance).map_err(|m| (String::new(), m))
 }
 
-fn build_destination(
+/// Where the TLS files a destination reads go besides its client: into the config's version and
+/// the reload watcher's list.
+struct TlsFiles<'a> {
+    version: &'a mut Sha256,
+    watched: &'a mut Vec<PathBuf>,
+}
+
+impl TlsFiles<'_> {
+    fn read(&mut self, path: &Path) -> Result<Vec<u8>, String> {
+        self.watched.push(path.to_path_buf());
+        let bytes = read_pem_file(path)?;
+        self.version.update(&bytes);
+        Ok(bytes)
+    }
+}
+
+/// `destinations.<name>.tls`: the trusted roots and the client certificate, each file read and
+/// parsed here so `check` reports what is wrong with it. Every problem is returned.
+fn build_tls(
     cfg: &Config,
-    name: &str,
-    d: &DestinationConfig,
-    policy: &Arc<EgressPolicy>,
+    key: &str,
+    tls: &TlsConfig,
     roots: &TlsRoots,
-) -> Result<Destination, ConfigError> {
-    let key = format!("destinations.{name}");
+    files: &mut TlsFiles<'_>,
+) -> Result<(TlsRoots, Option<ClientIdentity>), Vec<ConfigError>> {
+    let err = |k: &str, m: String| cfg.error(&format!("{key}.tls.{k}"), m);
+    let mut errors = Vec::new();
+    let roots = match &tls.ca_file {
+        Some(f) => {
+            let path = cfg.base_dir.join(f);
+            match files.read(&path).and_then(|pem| roots.with_ca_pem(&path, &pem)) {
+                Ok(roots) => roots,
+                Err(m) => {
+                    errors.push(err("ca_file", m));
+                    roots.clone()
+                }
+            }
+        }
+        None => roots.clone(),
+    };
+    let identity = match (&tls.client_cert, &tls.client_key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push(err("client_cert", "client_cert needs client_key (give both or neither)".into()));
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(err("client_key", "client_key needs client_cert (give both or neither)".into()));
+            None
+        }
+        (Some(c), Some(k)) => {
+            let (cert_path, key_path) = (cfg.base_dir.join(c), cfg.base_dir.join(k));
+            let cert = files.read(&cert_path).map_err(|m| err("client_cert", m));
+            let key = files.read(&key_path).map_err(|m| err("client_key", m));
+            match (cert, key) {
+                (Ok(cert), Ok(key)) => match ClientIdentity::from_pem(&cert_path, &cert, &key_path, &key) {
+                    Ok(id) => Some(id),
+                    Err(problems) => {
+                        errors.extend(problems.into_iter().map(|p| match p {
+                            IdentityError::Cert(m) => err("client_cert", m),
+                            IdentityError::Key(m) => err("client_key", m),
+                        }));
+                        None
+                    }
+                },
+                (cert, key) => {
+                    errors.extend(cert.err().into_iter().chain(key.err()));
+                    None
+                }
+            }
+        }
+    };
+    if errors.is_empty() { Ok((roots, identity)) } else { Err(errors) }
+}
+
+/// `url`, `headers` and `sign` of a destination.
+fn destination_basics(
+    cfg: &Config,
+    key: &str,
+    d: &DestinationConfig,
+) -> Result<(http::Uri, HeaderMap, Signer), ConfigError> {
     let err = |k: &str, m: String| cfg.error(&format!("{key}{k}"), m);
     let url: http::Uri = d.url.parse().map_err(|e| err(".url", format!("invalid URL: {e}")))?;
     let mut headers = HeaderMap::new();
@@ -465,15 +542,33 @@ fn build_destination(
         return Err(err(".sign", "header, algorithm, encoding and prefix apply to the hmac scheme only".into()));
     }
     let signer = Signer::new(scheme, s.secret.as_ref().map(|s| s.0.as_str())).map_err(|m| err(".sign", m))?;
-    let roots = match &d.tls.ca_file {
-        Some(f) => roots.with_ca_file(&cfg.base_dir.join(f)).map_err(|m| err(".tls.ca_file", m))?,
-        None => roots.clone(),
-    };
+    Ok((url, headers, signer))
+}
+
+fn build_destination(
+    cfg: &Config,
+    name: &str,
+    d: &DestinationConfig,
+    policy: &Arc<EgressPolicy>,
+    roots: &TlsRoots,
+    files: &mut TlsFiles<'_>,
+) -> Result<Destination, Vec<ConfigError>> {
+    let key = format!("destinations.{name}");
+    let ((url, headers, signer), (roots, identity)) =
+        match (destination_basics(cfg, &key, d), build_tls(cfg, &key, &d.tls, roots, files)) {
+            (Ok(basics), Ok(tls)) => (basics, tls),
+            (basics, tls) => return Err(basics.err().into_iter().chain(tls.err().into_iter().flatten()).collect()),
+        };
     let timeout = Duration::from_millis(d.timeout_ms);
-    let client = HttpClient::new(policy.clone(), &roots, d.max_in_flight, timeout).map_err(|m| err(".tls", m))?;
+    let client = HttpClient::new(policy.clone(), &roots, identity.as_ref(), d.max_in_flight, timeout)
+        .map_err(|m| vec![cfg.error(&format!("{key}.tls"), m)])?;
     Ok(Destination {
         name: name.into(),
         url,
+        method: match d.method {
+            DeliveryMethod::Post => http::Method::POST,
+            DeliveryMethod::Put => http::Method::PUT,
+        },
         headers,
         signer,
         timeout,

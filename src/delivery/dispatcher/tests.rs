@@ -49,6 +49,7 @@ fn destination(name: &str, s: &Setup) -> Arc<Destination> {
     Arc::new(Destination {
         name: name.into(),
         url: "http://example.com/".parse().unwrap(),
+        method: http::Method::POST,
         headers: HeaderMap::new(),
         signer: Signer::new(SignScheme::None, None).unwrap(),
         timeout: Duration::from_secs(10),
@@ -59,8 +60,14 @@ fn destination(name: &str, s: &Setup) -> Arc<Destination> {
             throttle_floor: Duration::from_secs(60),
         },
         limit: Semaphore::new(4),
-        client: HttpClient::new(Arc::new(EgressPolicy::default()), &TlsRoots::webpki(), 4, Duration::from_secs(1))
-            .unwrap(),
+        client: HttpClient::new(
+            Arc::new(EgressPolicy::default()),
+            &TlsRoots::webpki(),
+            None,
+            4,
+            Duration::from_secs(1),
+        )
+        .unwrap(),
         breaker: BreakerSettings {
             enabled: s.breaker,
             failure_rate: 0.5,
