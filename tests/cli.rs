@@ -1021,7 +1021,7 @@ async fn events_show_the_pause_reason_and_resume_logs_its_reason() {
     for d in ev["deliveries"].as_array().unwrap() {
         assert_eq!(d["attempts"], 1, "{d:#}");
         assert_eq!(d["attempt_log"].as_array().map(Vec::len), Some(1), "{d:#}");
-        assert_eq!(d.get("attempt_log"), None, "{d:#}");
+        assert_eq!(d.get("attempts_log"), None, "the old name is gone: {d:#}");
     }
 }
 
