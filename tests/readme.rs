@@ -67,7 +67,7 @@ fn every_documented_command_exists_with_its_flags() {
         assert!(help.status.success(), "`hookyard {command} --help` failed");
         let help = String::from_utf8_lossy(&help.stdout);
         for flag in words.iter().filter_map(|w| w.trim_start_matches(['[', '(']).strip_prefix("--")) {
-            let flag = flag.split(['=', ']', ' ']).next().unwrap();
+            let flag = flag.split(['=', ']', ')', ' ']).next().unwrap();
             assert!(
                 help.contains(&format!("--{flag}")),
                 "`hookyard {command}` has no --{flag}, yet the README documents it"
