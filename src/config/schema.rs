@@ -114,8 +114,8 @@ pub struct EgressConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Most delivery attempts in flight at once, over all destinations. Default 256. Also the bound
-    /// of deliveries held in memory: only a delivery being attempted has its body loaded; the
-    /// backlog waits in the store.
+    /// of deliveries held in memory: those being attempted, and as many again handed to a busy
+    /// destination's attempts; the backlog waits in the store.
     pub max_in_flight: usize,
     /// Most deliveries waiting (queued or between retries). When full, new events get `503` with
     /// `Retry-After` instead of being accepted and lost. Default 100000.
