@@ -454,12 +454,26 @@ impl<T: Transport> Dispatcher<T> {
     /// covers the check and the claim, and the task's release, so the two cannot interleave.
     fn claim_and_spawn(&self, d: DueDelivery, slot: Slot, read_at: Option<Instant>) -> bool {
         if !self.inner.claim(d.id, read_at) {
+            self.recycle(slot);
             return false;
         }
+        self.spawn(d, slot);
+        true
+    }
+
+    /// Starts the task of a claimed delivery.
+    fn spawn(&self, d: DueDelivery, slot: Slot) {
         let span =
             tracing::info_span!("delivery", event_id = %d.event_id, route = %d.route, destination = %d.destination);
         tokio::spawn(tracing::Instrument::instrument(run(self.inner.clone(), d, slot), span));
-        true
+    }
+
+    /// Gives back a slot that was not used, or uses it for a delivery handed over meanwhile (a
+    /// submit may have found the destination full because of this very slot).
+    fn recycle(&self, slot: Slot) {
+        if let Some((d, slot)) = self.inner.end_slot(slot) {
+            self.spawn(d, slot);
+        }
     }
 
     pub fn stats(&self) -> DispatcherStats {
@@ -603,13 +617,21 @@ impl<T: Transport> Dispatcher<T> {
             return Ok(0);
         }
         let mut started = 0;
-        for d in inner.store.load_pending(slots.keys().copied().collect()).await? {
-            let Some(slot) = slots.remove(&d.id) else { continue };
-            if self.claim_and_spawn(d, slot, Some(poll_started)) {
-                started += 1;
+        let loaded = inner.store.load_pending(slots.keys().copied().collect()).await;
+        let result = loaded.map(|rows| {
+            for d in rows {
+                let Some(slot) = slots.remove(&d.id) else { continue };
+                if self.claim_and_spawn(d, slot, Some(poll_started)) {
+                    started += 1;
+                }
             }
+            started
+        });
+        // slots of rows no longer pending (or of a failed read)
+        for (_, slot) in slots {
+            self.recycle(slot);
         }
-        Ok(started)
+        result
     }
 
     /// Marks a destination paused or not in this process at once (the store is the source of

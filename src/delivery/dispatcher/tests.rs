@@ -581,3 +581,21 @@ async fn one_sender_per_delivery_with_many_workers_and_racing_pollers() {
     assert!(overlap.calls.load(Ordering::Acquire) > EVENTS, "retries happened");
     assert_eq!(store.pending_count().await.unwrap(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_handed_over_to_a_slot_that_goes_unused_is_still_sent() {
+    // A poll holds every slot of the destination for rows it then finds no longer pending; an
+    // event accepted in that moment is handed over to those slots. Giving an unused slot back
+    // must start it, or it would stay claimed in memory, never sent.
+    let h = Harness::new(vec![], Setup { poller: false, ..schedule(&[5]) }).await;
+    let slots: Vec<Slot> = (0..4).map(|_| h.dispatcher.inner.slot_for("dest").unwrap()).collect();
+    h.dispatcher.submit(accept(&h.store, "evt_1", "dest").await);
+    assert_eq!(h.dispatcher.in_memory(), 1, "handed over, claimed");
+    assert!(h.script.times.lock().unwrap().is_empty());
+    for slot in slots {
+        h.dispatcher.recycle(slot);
+    }
+    h.run_until(Duration::from_secs(5), |h| h.dispatcher.stats().delivered == 1).await;
+    assert_eq!(h.status("evt_1").await, ("delivered".into(), 1));
+    assert_eq!(h.dispatcher.in_memory(), 0);
+}
