@@ -137,9 +137,7 @@ struct Inner<T> {
     /// Due ids (no bodies) the last poll could not start for want of a slot, by destination, with
     /// when they were read: a task that finishes takes the next one of its destination, keeping its
     /// slot, so a backlog drains without a poll per delivery. At most `claimed + max_in_flight`.
-    ready: Mutex<HashMap<Arc<str>, std::collections::VecDeque<i64>>>,
-    /// When the ids in `ready` were read.
-    ready_read_at: Mutex<Instant>,
+    ready: Mutex<Ready>,
     handed: Mutex<Handed>,
     /// Attempts running now (shutdown waits for them).
     attempting: AtomicUsize,
@@ -176,6 +174,12 @@ struct Handed {
     count: usize,
 }
 
+/// Due ids a poll could not start, by destination, and when it read them.
+struct Ready {
+    by_destination: HashMap<Arc<str>, std::collections::VecDeque<i64>>,
+    read_at: Instant,
+}
+
 /// An attempt slot: a permit of `delivery.max_in_flight` and, for a destination in the config, one
 /// of its own `max_in_flight`. Taken before a task is spawned, given back when it ends.
 struct Slot {
@@ -198,39 +202,37 @@ impl<T> Inner<T> {
     /// and for the destination. A destination that is not in the config needs only the overall
     /// permit (its deliveries are failed, not sent).
     fn slot_for(&self, destination: &str) -> Result<Slot, NoSlot> {
-        let inner = self;
-        if inner.stopping.load(Ordering::Acquire) {
+        if self.stopping.load(Ordering::Acquire) {
             return Err(NoSlot::Held);
         }
-        let dest = inner.destinations.load().get(destination).cloned();
-        if dest.is_some() {
-            if inner.paused.lock().unwrap_or_else(|p| p.into_inner()).contains(destination) {
-                return Err(NoSlot::Held);
-            }
-            let breakers = inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
-            if breakers.get(destination).is_some_and(|b| !b.would_allow(Instant::now())) {
-                return Err(NoSlot::Held);
-            }
+        let dest = self.destinations.load().get(destination).cloned();
+        if dest.is_some() && self.held(destination) {
+            return Err(NoSlot::Held);
         }
-        let global = inner.in_flight.clone().try_acquire_owned().map_err(|_| NoSlot::Full)?;
+        let global = self.in_flight.clone().try_acquire_owned().map_err(|_| NoSlot::Full)?;
         if let Some(dest) = &dest {
             dest.limit.try_acquire().map_err(|_| NoSlot::DestinationFull)?.forget();
         }
         Ok(Slot { _global: global, dest })
     }
 
-    /// Whether attempts to `dest` may go on: not stopping, still this config's destination, not
-    /// paused, its breaker letting attempts through.
-    fn may_continue(&self, dest: &Arc<Destination>) -> bool {
-        !self.stopping.load(Ordering::Acquire)
-            && self.destinations.load().get(&dest.name).is_some_and(|d| Arc::ptr_eq(d, dest))
-            && !self.paused.lock().unwrap_or_else(|p| p.into_inner()).contains(&*dest.name)
-            && self
+    /// Whether a destination's deliveries wait for now: it is paused, or its breaker is open.
+    fn held(&self, destination: &str) -> bool {
+        self.paused.lock().unwrap_or_else(|p| p.into_inner()).contains(destination)
+            || self
                 .breakers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(&dest.name)
-                .is_none_or(|b| b.would_allow(Instant::now()))
+                .get(destination)
+                .is_some_and(|b| !b.would_allow(Instant::now()))
+    }
+
+    /// Whether attempts to `dest` may go on: not stopping, still this config's destination, not
+    /// held.
+    fn may_continue(&self, dest: &Arc<Destination>) -> bool {
+        !self.stopping.load(Ordering::Acquire)
+            && self.destinations.load().get(&dest.name).is_some_and(|d| Arc::ptr_eq(d, dest))
+            && !self.held(&dest.name)
     }
 
     /// The next delivery handed over in memory for `slot`'s destination, if attempts to it may go
@@ -301,33 +303,21 @@ impl<T> Inner<T> {
     async fn next_ready(&self, slot: &Slot) -> Option<DueDelivery> {
         let dest = slot.dest.as_ref()?;
         loop {
-            if !self.ready.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&dest.name) {
-                // nothing was left waiting for this destination (no backlog): no poll either
-                return None;
-            }
-            if !self.may_continue(dest) {
-                return None;
-            }
-            let read_at = *self.ready_read_at.lock().unwrap_or_else(|p| p.into_inner());
-            let (id, ran_dry) = {
+            let (id, read_at) = {
                 let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
-                match ready.get_mut(&dest.name) {
-                    // nothing was left waiting for this destination: no backlog, no poll
-                    None => (None, false),
-                    Some(queue) => {
-                        let id = queue.pop_front();
-                        let dry = queue.is_empty();
-                        if dry {
-                            ready.remove(&dest.name);
-                        }
-                        (id, dry)
-                    }
+                // nothing was left waiting for this destination (no backlog): no poll either
+                let queue = ready.by_destination.get_mut(&dest.name)?;
+                if !self.may_continue(dest) {
+                    return None;
                 }
+                let id = queue.pop_front();
+                if queue.is_empty() {
+                    ready.by_destination.remove(&dest.name);
+                    // the last waiting id is taken: more may be due, so the next finish polls
+                    self.backlog.store(true, Ordering::Release);
+                }
+                (id, ready.read_at)
             };
-            if ran_dry {
-                // the last waiting id is taken: more may be due, so the next finish polls
-                self.backlog.store(true, Ordering::Release);
-            }
             let id = id?;
             if read_at.elapsed() >= RELEASE_MEMORY || !self.claim(id, Some(read_at)) {
                 continue;
@@ -374,8 +364,7 @@ impl<T: Transport> Dispatcher<T> {
                 wake: Notify::new(),
                 // whatever a previous run left pending may be due: let the first polls take it
                 backlog: AtomicBool::new(pending > 0),
-                ready: Mutex::new(HashMap::new()),
-                ready_read_at: Mutex::new(Instant::now()),
+                ready: Mutex::new(Ready { by_destination: HashMap::new(), read_at: Instant::now() }),
                 handed: Mutex::new(Handed::default()),
                 attempting: AtomicUsize::new(0),
                 idle: Notify::new(),
@@ -535,18 +524,11 @@ impl<T: Transport> Dispatcher<T> {
     /// open, or every one of its own slots taken.
     fn blocked_destinations(&self) -> Vec<String> {
         let inner = &self.inner;
-        let now = Instant::now();
-        let paused = inner.paused.lock().unwrap_or_else(|p| p.into_inner());
-        let breakers = inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
         inner
             .destinations
             .load()
             .values()
-            .filter(|d| {
-                paused.contains(&*d.name)
-                    || breakers.get(&d.name).is_some_and(|b| !b.would_allow(now))
-                    || d.limit.available_permits() == 0
-            })
+            .filter(|d| inner.held(&d.name) || d.limit.available_permits() == 0)
             .map(|d| d.name.to_string())
             .collect()
     }
@@ -611,8 +593,8 @@ impl<T: Transport> Dispatcher<T> {
             inner.backlog.store(true, Ordering::Release);
         }
         // what could not start waits (as ids) for the slots of finishing attempts
-        *inner.ready.lock().unwrap_or_else(|p| p.into_inner()) = waiting;
-        *inner.ready_read_at.lock().unwrap_or_else(|p| p.into_inner()) = poll_started;
+        *inner.ready.lock().unwrap_or_else(|p| p.into_inner()) =
+            Ready { by_destination: waiting, read_at: poll_started };
         if slots.is_empty() {
             return Ok(0);
         }
