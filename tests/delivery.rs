@@ -794,12 +794,7 @@ routes:
         let peak = peak.clone();
         tokio::spawn(async move {
             loop {
-                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    && let Some(kib) = s
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                {
+                if let Some(kib) = proc_status_kib(pid, "VmRSS") {
                     peak.fetch_max(kib, Ordering::AcqRel);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -879,12 +874,7 @@ routes:
         let (peak, stop) = (peak.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Acquire) {
-                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    && let Some(kib) = s
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmHWM:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                {
+                if let Some(kib) = proc_status_kib(pid, "VmHWM") {
                     peak.fetch_max(kib, Ordering::AcqRel);
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;

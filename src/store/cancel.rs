@@ -186,7 +186,8 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::store::{Accepted, AttemptRecord, DeliveryFilter, NewDelivery, NewEvent, Settle, SyncMode};
+    use crate::store::tests::delivery;
+    use crate::store::{Accepted, AttemptRecord, DeliveryFilter, NewEvent, Settle, SyncMode};
 
     fn event(id: &str, source: &str) -> NewEvent {
         NewEvent {
@@ -199,23 +200,12 @@ mod tests {
         }
     }
 
-    fn to(dest: &str) -> NewDelivery {
-        NewDelivery {
-            route: "r".into(),
-            destination: dest.into(),
-            msg_id: format!("msg_{dest}"),
-            body: None,
-            headers: None,
-            failed: None,
-        }
-    }
-
     fn attempt(code: Option<u16>) -> AttemptRecord {
         AttemptRecord { at_ms: now_ms(), status_code: code, latency_ms: 1, response: Bytes::new(), error: None }
     }
 
     async fn accept(store: &Store, id: &str, source: &str, dests: &[&str]) -> Vec<i64> {
-        match store.accept(event(id, source), dests.iter().map(|d| to(d)).collect(), None).await.unwrap() {
+        match store.accept(event(id, source), dests.iter().map(|d| delivery(d)).collect(), None).await.unwrap() {
             Accepted::Stored(due) => due.iter().map(|d| d.id).collect(),
             Accepted::Duplicate { .. } => unreachable!(),
         }

@@ -11,7 +11,7 @@ fn event(id: &str, key: Option<&str>, at: i64) -> NewEvent {
     }
 }
 
-fn delivery(dest: &str) -> NewDelivery {
+pub(super) fn delivery(dest: &str) -> NewDelivery {
     NewDelivery {
         route: "r".into(),
         destination: dest.into(),

@@ -137,6 +137,15 @@ pub fn strip_ansi(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Long-running processes (`run`, `receive`)
 
+/// A `kB` figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, …), or `None` once the process is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// A `hookyard` process that announced `listening on ADDR`. Killed on drop; its stderr is kept in
 /// a file for assertions on logs, and its later stdout lines in memory.
 pub struct Process {
@@ -194,12 +203,7 @@ impl Process {
 
     /// The process's resident set size now, in KiB (`VmRSS` of `/proc/<pid>/status`).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc status")
+        proc_status_kib(self.pid(), "VmRSS").expect("VmRSS in /proc status")
     }
 
     /// Everything written to stderr so far (colour codes removed).
