@@ -477,8 +477,9 @@ impl<T: Transport> Dispatcher<T> {
         }
     }
 
-    /// Deliveries held in memory now (claimed by a task): at most `delivery.max_in_flight`.
-    pub fn in_memory(&self) -> usize {
+    /// Deliveries held in memory now (claimed: attempted, or handed over to a busy destination).
+    #[cfg(test)]
+    fn in_memory(&self) -> usize {
         self.inner.claims.lock().unwrap_or_else(|p| p.into_inner()).claimed.len()
     }
 
