@@ -81,18 +81,16 @@ fn route_and_plan(c: &mut Criterion) {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.yaml");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _guard = rt.enter();
-    let snap = hookyard::runtime::build(&config).expect("bundled routes.yaml");
+    let snap =
+        hookyard::snapshot::build(&config, &hookyard::snapshot::Plugins::default()).expect("bundled routes.yaml");
     let source = snap.source_by_name("github").unwrap();
     let body = body();
     c.bench_function("route_and_plan_github_push", |b| {
         b.iter(|| {
-            let event = hookyard::runtime::new_event("github", headers(), body.clone());
-            let json = snap.parse_body(source, &event);
-            let routes = snap.matching_routes(source, &event, json.as_ref());
-            let stored = snap.stored_headers(source, &event.headers);
-            let plan = rt.block_on(snap.plan_event(source, &event, &stored, &routes, &event.id.0));
-            assert_eq!(plan.deliveries.len(), 2);
-            for d in &plan.deliveries {
+            let event = hookyard::snapshot::new_event("github", headers(), body.clone());
+            let routed = rt.block_on(snap.route(source, &event, &event.id.0));
+            assert_eq!(routed.deliveries.len(), 2);
+            for d in &routed.deliveries {
                 let dest = snap.destination(&d.destination).unwrap();
                 black_box(hookyard::delivery::build_request(dest, &snap.preview(source, &event, d), SystemTime::now()));
             }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::runtime::{Event, EventId, Snapshot};
+use crate::snapshot::{Event, EventId, Snapshot};
 use crate::store::{DeliveryFilter, DeliveryRow, DeliverySelection, EventDetail, Purged, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,17 +78,14 @@ pub async fn reroute(store: &Store, snap: &Snapshot, ids: Vec<String>) -> Result
             headers: header_map(&headers),
             body: Bytes::clone(&body),
         };
-        let json = snap.parse_body(source, &event);
-        let routes = snap.matching_routes(source, &event, json.as_ref());
-        // a new id per re-route, so receivers do not drop them as duplicates of the first routing
+        // a new id per re-route, so receivers do not drop them as duplicates of the first routing;
+        // stored headers are already filtered, and are filtered again in case the source's list grew
         let reroute_id = format!("{id}.{}", uuid::Uuid::now_v7().simple());
-        // stored headers are already filtered; filter again in case the source's list grew
-        let stored = snap.stored_headers(source, &event.headers);
-        let plan = snap.plan_event(source, &event, &stored, &routes, &reroute_id).await;
-        for n in &plan.notes {
+        let routed = snap.route(source, &event, &reroute_id).await;
+        for n in &routed.notes {
             tracing::warn!(event_id = %id, route = %n.route, note = %n.note, "re-route");
         }
-        planned += store.add_deliveries(id, plan.deliveries).await?;
+        planned += store.add_deliveries(id, routed.deliveries).await?;
     }
     Ok(planned)
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::app::State;
-use crate::runtime::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// Quiet time after the last file event before a reload starts (editors write in bursts).
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -85,8 +85,9 @@ impl Reloader {
     pub async fn reload(&self, trigger: &str) -> ReloadOutcome {
         let _one = self.running.lock().await;
         let path = self.path.clone();
+        let plugins = self.state.plugins.clone();
         // compiling (regexes, JSONPaths, TLS roots, plugins) is CPU work: off the async workers
-        let built = tokio::task::spawn_blocking(move || crate::runtime::build(&path)).await;
+        let built = tokio::task::spawn_blocking(move || crate::snapshot::build(&path, &plugins)).await;
         let old = self.state.snapshot.load_full();
         match built {
             Ok(Ok(mut new)) => {

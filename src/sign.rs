@@ -55,6 +55,30 @@ impl fmt::Debug for Signer {
 }
 
 impl Signer {
+    /// Compiles `destinations.<name>.sign`; the error's key is relative to it (`""`, `.header`).
+    pub fn from_config(s: &crate::config::SignConfig) -> Result<Signer, crate::config::KeyError> {
+        use crate::config::{KeyError, SignSchemeName};
+        let scheme = match s.scheme {
+            SignSchemeName::None => SignScheme::None,
+            SignSchemeName::StandardWebhooks => SignScheme::StandardWebhooks,
+            SignSchemeName::Github => SignScheme::Github,
+            SignSchemeName::Hmac => SignScheme::Hmac {
+                header: verify::header_name(s.header.as_deref(), None)?,
+                algorithm: s.algorithm.into(),
+                encoding: s.encoding.into(),
+                prefix: s.prefix.clone().unwrap_or_default(),
+            },
+        };
+        if s.scheme != SignSchemeName::Hmac
+            && (s.header.is_some() || s.algorithm.is_some() || s.encoding.is_some() || s.prefix.is_some())
+        {
+            return Err(KeyError::new("", "header, algorithm, encoding and prefix apply to the hmac scheme only"));
+        }
+        Signer::new(scheme, s.secret.as_ref().map(|s| s.0.as_str())).map_err(|m| KeyError::new("", m))
+    }
+}
+
+impl Signer {
     /// Standard Webhooks needs a `whsec_` secret, GitHub and HMAC any non-empty secret, and `None`
     /// takes none (giving it one is an error, since the destination would expect a signature). The
     /// error is a sentence that never quotes the secret.

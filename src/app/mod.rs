@@ -2,7 +2,7 @@
 //! ([`start`]) and stops it in order ([`Running::shutdown`]). `hookyard run` is this plus signal
 //! handling; the integration tests start the same thing in process.
 //!
-//! What it wires, in order: the config snapshot (`runtime::build`), the store, the dispatcher,
+//! What it wires, in order: the config snapshot (`snapshot::build`, with the gateway's plugin host), the store, the dispatcher,
 //! the ingress and admin listeners, the reloader (SIGHUP and file watch), the retention purge and
 //! the metrics upkeep. Shutdown runs the other way: ingress stops accepting and finishes its
 //! requests, the poller and purge stop, attempts in flight get the grace period, and the admin
@@ -28,6 +28,7 @@ use crate::config::ConfigError;
 use crate::delivery::{Dispatcher, HttpTransport};
 use crate::reload::Reloader;
 use crate::server::listener::{self, ConnectionBudget};
+use crate::snapshot::Plugins;
 use crate::store::{Store, StoreError, StoreOptions, now_ms};
 
 /// Why a gateway did not start. Nothing was left running.
@@ -68,8 +69,15 @@ pub struct Running {
 }
 
 /// Builds the config at `config` and starts everything it describes on the current tokio
-/// runtime. Returns once both listeners are bound and accepting.
+/// runtime. Returns once both listeners are bound and accepting. Transforms are loaded with a
+/// plugin host of its own (`HOOKYARD_PLUGIN_CACHE` is read here, once).
 pub async fn start(config: &Path) -> Result<Running, StartError> {
+    start_with(config, Arc::new(Plugins::from_env())).await
+}
+
+/// [`start`] with a given plugin host, which the gateway keeps for its reloads (several gateways
+/// in one process may share one).
+pub async fn start_with(config: &Path, plugins: Arc<Plugins>) -> Result<Running, StartError> {
     let metrics = match crate::metrics::install() {
         Ok(h) => Some(h),
         Err(e) => {
@@ -77,7 +85,7 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
             None
         }
     };
-    let snapshot = crate::runtime::build(config)
+    let snapshot = crate::snapshot::build(config, &plugins)
         .map_err(|errors| StartError::Config { file: config.display().to_string(), errors: errors.0 })?;
     for w in &snapshot.warnings {
         warn!(problem = %w, "config warning");
@@ -128,7 +136,7 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
     let pending = dispatcher.stats().pending;
     info!(%addr, config = %config.display(), version = %snapshot.version, store = %storage.path.display(), pending, "hookyard listening");
 
-    let state = State::new(snapshot, dispatcher.clone());
+    let state = State::new(snapshot, dispatcher.clone(), plugins);
     let reloader = Reloader::new(config, state.clone());
     let (stop_background, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

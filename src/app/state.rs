@@ -7,20 +7,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::delivery::Dispatcher;
-use crate::runtime::Snapshot;
+use crate::snapshot::{Plugins, Snapshot};
 
 pub struct State {
     /// The config in force. A request loads it once at its start and uses that one to its end;
     /// a reload swaps in a new one.
     pub snapshot: ArcSwap<Snapshot>,
     pub dispatcher: Dispatcher,
+    /// The plugin host every build of this gateway (start, reloads) loads transforms with.
+    pub plugins: Arc<Plugins>,
     /// Set when shutdown begins: readiness answers 503 from then on.
     shutting_down: AtomicBool,
 }
 
 impl State {
-    pub fn new(snapshot: Snapshot, dispatcher: Dispatcher) -> Arc<State> {
-        Arc::new(State { snapshot: ArcSwap::from_pointee(snapshot), dispatcher, shutting_down: AtomicBool::new(false) })
+    pub fn new(snapshot: Snapshot, dispatcher: Dispatcher, plugins: Arc<Plugins>) -> Arc<State> {
+        Arc::new(State {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            dispatcher,
+            plugins,
+            shutting_down: AtomicBool::new(false),
+        })
     }
 
     pub fn shutting_down(&self) -> bool {

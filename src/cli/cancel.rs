@@ -58,7 +58,8 @@ pub struct PurgeArgs {
 }
 
 fn open(config: &Path) -> anyhow::Result<Store> {
-    let snap = hookyard::runtime::build(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snap = hookyard::snapshot::build(config, &hookyard::snapshot::Plugins::from_env())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Store::open(&snap.storage.path, snap.storage.sync)?)
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use base64::Engine as _;
 use bytes::Bytes;
-use hookyard::runtime::{Event, EventId};
+use hookyard::snapshot::{Event, EventId};
 use serde_json::{Map, Value, json};
 
 #[derive(clap::Args)]
@@ -32,7 +32,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let snap = match hookyard::runtime::build(&args.config) {
+    let snap = match hookyard::snapshot::build(&args.config, &hookyard::snapshot::Plugins::from_env()) {
         Ok(s) => s,
         Err(errors) => {
             for e in &errors.0 {
@@ -60,14 +60,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let id = args.event_id.map(|s| EventId(s.into())).unwrap_or_else(EventId::generate);
     let event = Event { id, source: source.name.clone(), received_at: now, headers, body };
-    let json = snap.parse_body(source, &event);
-    let matched = snap.matching_routes(source, &event, json.as_ref());
-    let routes: Vec<Value> =
-        source.routes.iter().map(|r| json!({"name": &*snap.routes[*r].name, "matched": matched.contains(r)})).collect();
-    let stored = snap.stored_headers(source, &event.headers);
-    let plan = super::runtime()?.block_on(snap.plan_event(source, &event, &stored, &matched, &event.id.0));
+    let routed = super::runtime()?.block_on(snap.route(source, &event, &event.id.0));
+    let routes: Vec<Value> = source
+        .routes
+        .iter()
+        .map(|r| json!({"name": &*snap.routes[*r].name, "matched": routed.matched.contains(r)}))
+        .collect();
     let mut deliveries = Vec::new();
-    for planned in plan.deliveries {
+    for planned in routed.deliveries {
         let dest = snap.destination(&planned.destination).expect("planned destinations exist");
         let due = snap.preview(source, &event, &planned);
         let req = hookyard::delivery::build_request(dest, &due, now);
@@ -93,7 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let out = json!({
         "event": {"id": event.id.to_string(), "source": &*source.name, "body_is_json": body_is_json},
         "routes": routes,
-        "transforms": plan.notes,
+        "transforms": routed.notes,
         "deliveries": deliveries,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);

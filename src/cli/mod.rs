@@ -106,7 +106,7 @@ pub fn main() -> ExitCode {
 }
 
 fn check(config: &std::path::Path) -> ExitCode {
-    match hookyard::runtime::build(config) {
+    match hookyard::snapshot::build(config, &hookyard::snapshot::Plugins::from_env()) {
         Ok(snapshot) => {
             println!("{}", snapshot.summary());
             print_warnings(&snapshot);
@@ -123,7 +123,7 @@ fn check(config: &std::path::Path) -> ExitCode {
 }
 
 /// `warning: FILE:LINE:COL: KEY: message` on stderr for each of the snapshot's warnings.
-pub(crate) fn print_warnings(snapshot: &hookyard::runtime::Snapshot) {
+pub(crate) fn print_warnings(snapshot: &hookyard::snapshot::Snapshot) {
     for w in &snapshot.warnings {
         eprintln!("warning: {w}");
     }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use hookyard::ops;
-use hookyard::runtime::Snapshot;
+use hookyard::snapshot::Snapshot;
 use hookyard::store::{DeliveryFilter, Store};
 
 #[derive(clap::Args)]
@@ -85,7 +85,8 @@ pub struct ResumeArgs {
 }
 
 fn open(config: &Path) -> anyhow::Result<(Snapshot, Store)> {
-    let snap = hookyard::runtime::build(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snap = hookyard::snapshot::build(config, &hookyard::snapshot::Plugins::from_env())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = Store::open(&snap.storage.path, snap.storage.sync)?;
     Ok((snap, store))
 }

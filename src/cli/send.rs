@@ -28,7 +28,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let snap = hookyard::runtime::build(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snap = hookyard::snapshot::build(&args.config, &hookyard::snapshot::Plugins::from_env())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let Some(source) = snap.source_by_name(&args.source) else {
         let names: Vec<&str> = snap.sources.iter().map(|s| &*s.name).collect();
         anyhow::bail!("unknown source {:?}; sources are: {}", args.source, names.join(", "));

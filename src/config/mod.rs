@@ -2,8 +2,9 @@
 //! (names, references, URLs, paths). Every problem is collected with its file, line, column and key
 //! path; nothing stops at the first error.
 //!
-//! This module knows nothing of hyper, wasmtime or the store. Compiling the parts (conditions,
-//! verifiers, signers, HTTP clients) is `runtime`'s job, which reports through [`Config::error`].
+//! This module knows nothing of hyper, wasmtime or the store. Each component compiles its own
+//! section (`Verifier::from_config`, `Destination::from_config`, ...) and reports [`KeyError`]s
+//! relative to it; `snapshot::build` orchestrates them and locates the errors ([`Config::error_at`]).
 
 mod schema;
 pub mod yaml;
@@ -38,6 +39,66 @@ impl fmt::Display for ConfigError {
             write!(f, ": {}", self.key)?;
         }
         write!(f, ": {}", self.message)
+    }
+}
+
+/// A problem a component found in its own section, at a key relative to it (`.header`,
+/// `.tls.ca_file`, `[0].plugin`); the build that owns the section prefixes its location
+/// ([`Config::error_at`]). Components build themselves from their section and report this way,
+/// so none needs to know where its section sits in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl KeyError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> KeyError {
+        KeyError { key: key.into(), message: message.into() }
+    }
+}
+
+/// The files a config reads besides itself (TLS files, plugins), as components read them: each
+/// is resolved against the config's directory, watched for hot reload, and its bytes are part of
+/// the config's version, so a changed certificate or plugin is a new config.
+pub struct Inputs {
+    base_dir: PathBuf,
+    version: Sha256,
+    files: Vec<PathBuf>,
+}
+
+impl Inputs {
+    pub fn new(base_dir: &Path) -> Inputs {
+        Inputs { base_dir: base_dir.to_path_buf(), version: Sha256::new(), files: Vec::new() }
+    }
+
+    /// `path` resolved against the config's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.base_dir.join(path)
+    }
+
+    /// Reads the file at `path` (already resolved) with `read`: watched even if it cannot be
+    /// read now (so fixing it reloads), hashed into the version when it can.
+    pub fn read(
+        &mut self,
+        path: &Path,
+        read: impl FnOnce(&Path) -> Result<Vec<u8>, String>,
+    ) -> Result<Vec<u8>, String> {
+        self.files.push(path.to_path_buf());
+        let bytes = read(path)?;
+        self.version.update(&bytes);
+        Ok(bytes)
+    }
+
+    /// Adds what is not a file's bytes to the version (the config text, secret files' hashes).
+    pub fn hash(&mut self, bytes: &[u8]) {
+        self.version.update(bytes);
+    }
+
+    /// The files read, in order, and the version: the first 12 hex digits of the SHA-256 of
+    /// everything hashed.
+    pub fn finish(self) -> (Vec<PathBuf>, String) {
+        (self.files, hex::encode(&self.version.finalize()[..6]))
     }
 }
 
@@ -253,6 +314,11 @@ impl Config {
         let mut errors: Vec<ConfigError> = errors.into_iter().filter(|e| !follow_on(&e.key)).collect();
         errors.sort_by_key(|e| e.mark.map(|m| (m.line, m.col)));
         errors
+    }
+
+    /// A component's error ([`KeyError`]) in the section at `section`.
+    pub fn error_at(&self, section: &str, e: KeyError) -> ConfigError {
+        self.error(&format!("{section}{}", e.key), e.message)
     }
 
     /// An error at `key`, located in the file when the key was written there.

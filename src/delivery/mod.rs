@@ -6,6 +6,7 @@
 
 pub mod breaker;
 mod client;
+mod config;
 mod dispatcher;
 pub mod egress;
 pub mod retry;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 pub use breaker::{BreakerSettings, RateLimiter};
 pub use client::{AttemptReport, ClientIdentity, HttpClient, IdentityError, TlsRoots, read_pem_file};
+pub use config::Network;
 pub use dispatcher::{Dispatcher, DispatcherStats, HttpTransport, QueueFull, Transport};
 pub use retry::{AttemptOutcome, Backoff, RetryPolicy};
 

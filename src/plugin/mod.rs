@@ -16,6 +16,7 @@
 //! reason; nothing a plugin does can take the gateway down or affect another event.
 
 mod chain;
+mod config;
 mod engine;
 mod error;
 mod run;

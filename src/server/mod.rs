@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::app::State;
 use crate::metrics;
-use crate::runtime::{Event, EventId, Snapshot, Source};
+use crate::snapshot::{Event, EventId, Snapshot, Source};
 use crate::store::{Accepted, NewEvent, to_ms};
 use tracing::Instrument;
 
@@ -122,32 +122,29 @@ impl State {
             body,
         };
         tracing::Span::current().record("event_id", tracing::field::display(&event.id));
-        let body_json = snap.parse_body(source, &event);
         if tracing::enabled!(tracing::Level::DEBUG) {
             debug!(body = %snap.loggable_body(&event.body), "event body");
         }
-        let routes = snap.matching_routes(source, &event, body_json.as_ref());
-        // computed once: stored with the event and handed to plugins
-        let stored_headers = snap.stored_headers(source, &event.headers);
-        let plan = snap.plan_event(source, &event, &stored_headers, &routes, &event.id.0).await;
-        for n in &plan.notes {
+        let routed = snap.route(source, &event, &event.id.0).await;
+        for n in &routed.notes {
             warn!(route = %n.route, note = %n.note, "transform");
         }
-        let deliveries = plan.deliveries;
-        let count = deliveries.len();
+        let count = routed.deliveries.len();
         if let Err(full) = self.dispatcher.check_capacity(count) {
             warn!(source = %source.name, error = %full, "refusing event: delivery queue full");
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "delivery queue full, retry later");
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
             return r;
         }
+        let routes = routed.matched;
+        let deliveries = routed.deliveries;
         let record = NewEvent {
             id: event.id.0.to_string(),
             source: source.name.to_string(),
             received_at_ms: to_ms(event.received_at),
-            headers: stored_headers,
+            headers: routed.stored_headers,
             body: event.body.clone(),
-            dedupe_key: snap.dedupe_key(source, &event, body_json.as_ref()),
+            dedupe_key: routed.dedupe_key,
         };
         let window = source.dedupe.as_ref().map(|d| d.window);
         // the 202 goes out only after this commit returned

@@ -9,6 +9,7 @@
 //! `mac::Tag::matches` or `mac::digests_equal`, which are constant time. Its errors are logged, so
 //! they must never carry a secret or a presented signature.
 
+mod config;
 pub(crate) mod mac;
 #[cfg(test)]
 mod tests;
@@ -20,6 +21,9 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use mac::{Decimal, MacKey, Tag};
+
+pub use config::DEFAULT_TOLERANCE;
+pub(crate) use config::header_name;
 
 /// Hash function of an HMAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

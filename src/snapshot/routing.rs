@@ -1,0 +1,196 @@
+//! One event through a snapshot: [`Snapshot::route`] parses what the conditions read, matches
+//! the source's routes, runs their transforms and plans the deliveries. Ingress, re-route and
+//! `dry-run` all make this one call, so what `dry-run` shows is what ingress does.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use super::{DedupeKey, Event, Route, Snapshot, Source};
+use crate::config::OnError;
+use crate::delivery::{forwardable, message_id};
+use crate::plugin::{EventRef, Outcome, run_chain};
+use crate::rules::EventView;
+use crate::store::{DueDelivery, NewDelivery};
+
+/// Everything routing decided for one event.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// Indexes into `Snapshot::routes` of the routes the event matched, in file order.
+    pub matched: Vec<usize>,
+    /// The event's headers as stored and forwarded (credentials and signatures removed); the
+    /// transforms saw these.
+    pub stored_headers: Vec<(String, String)>,
+    /// The source's own id of the event, if the source names one and the event carries it.
+    pub dedupe_key: Option<String>,
+    /// One delivery per (matched route, destination), after the transforms.
+    pub deliveries: Vec<NewDelivery>,
+    /// What transforms did (dropped, failed), per route.
+    pub notes: Vec<RouteNote>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteNote {
+    pub route: String,
+    pub note: String,
+}
+
+impl Snapshot {
+    /// Routes `event`, which arrived at `source`: parses only what the source's conditions and
+    /// dedupe key read (see [`crate::rules::Projection`]; a body that is not JSON fails every
+    /// body condition), matches the routes, and plans their deliveries. `id_key` seeds the
+    /// `webhook-id`s: the event id, or a fresh key when re-routing, so receivers do not take the
+    /// new deliveries for duplicates.
+    pub async fn route(&self, source: &Source, event: &Event, id_key: &str) -> Routed {
+        let json = if source.needs_body { source.projection.parse(&event.body) } else { None };
+        let view = EventView { headers: &event.headers, body: json.as_ref() };
+        let matched: Vec<usize> =
+            source.routes.iter().copied().filter(|i| self.routes[*i].rule.matches(&view)).collect();
+        let dedupe_key = dedupe_key(source, event, json.as_ref());
+        drop(json);
+        // computed once: stored with the event and handed to plugins
+        let stored_headers = self.stored_headers(source, &event.headers);
+        let mut routed = Routed { stored_headers, dedupe_key, ..Routed::default() };
+        for &r in &matched {
+            self.plan_route(&self.routes[r], source, event, id_key, &mut routed).await;
+        }
+        routed.matched = matched;
+        routed
+    }
+
+    /// The deliveries of one matched route: one per destination, after its transform chain. A
+    /// transform output goes to the destinations it names (a subset of the route's) or to all of
+    /// the route's; a drop plans nothing; a failure follows the route's `on_error`. Plugins see
+    /// the stored headers, never credentials or signatures.
+    async fn plan_route(&self, route: &Route, source: &Source, event: &Event, id_key: &str, out: &mut Routed) {
+        if route.plugins.is_empty() {
+            self.plan_plain(route, id_key, &mut out.deliveries);
+            return;
+        }
+        // Borrowed: the chain lowers these into each plugin's memory without copying them here.
+        let input = EventRef {
+            id: &event.id.0,
+            source: &source.name,
+            received_at_ms: crate::store::to_ms(event.received_at) as u64,
+            method: "POST",
+            path: &source.path,
+            headers: &out.stored_headers,
+            body: &event.body,
+        };
+        let started = std::time::Instant::now();
+        let result = run_chain(&route.plugins, input).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(Outcome::Emit(outputs)) => {
+                crate::metrics::plugin_call(&route.chain_label, "emit", seconds);
+                for (i, output) in outputs.into_iter().enumerate() {
+                    // the first output keeps the untransformed id scheme; a split's others get their own
+                    let route_key = if i == 0 { route.name.to_string() } else { format!("{}#{i}", route.name) };
+                    // what the transform left as it was is not stored again: an unchanged
+                    // body is the event's, no headers is none
+                    let body = (output.body != event.body).then_some(&output.body);
+                    let headers = (!output.headers.is_empty()).then_some(&output.headers);
+                    for &d in &route.destinations {
+                        let destination = &self.destinations[d].name;
+                        if output.destinations.as_ref().is_some_and(|names| !names.iter().any(|n| n == &**destination))
+                        {
+                            continue;
+                        }
+                        out.deliveries.push(NewDelivery {
+                            route: route.name.to_string(),
+                            destination: destination.to_string(),
+                            msg_id: message_id(id_key, &route_key, destination),
+                            body: body.cloned(),
+                            headers: headers.cloned(),
+                            failed: None,
+                        });
+                    }
+                }
+            }
+            Ok(Outcome::Drop(reason)) => {
+                crate::metrics::plugin_call(&route.chain_label, "drop", seconds);
+                out.notes
+                    .push(RouteNote { route: route.name.to_string(), note: format!("dropped by transform: {reason}") });
+            }
+            Err(e) => {
+                crate::metrics::plugin_call(&route.chain_label, e.error.label(), seconds);
+                let reason = format!("transform failed ({}): {e}", e.error.label());
+                out.notes.push(RouteNote {
+                    route: route.name.to_string(),
+                    note: format!("{reason} (on_error: {:?})", route.on_error),
+                });
+                match route.on_error {
+                    OnError::Drop => {}
+                    OnError::DeliverOriginal => self.plan_plain(route, id_key, &mut out.deliveries),
+                    OnError::Fail => {
+                        let start = out.deliveries.len();
+                        self.plan_plain(route, id_key, &mut out.deliveries);
+                        out.deliveries[start..].iter_mut().for_each(|d| d.failed = Some(reason.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The deliveries of a route without transforms: one per destination.
+    fn plan_plain(&self, route: &Route, id_key: &str, out: &mut Vec<NewDelivery>) {
+        for &d in &route.destinations {
+            let destination = &self.destinations[d].name;
+            out.push(NewDelivery {
+                route: route.name.to_string(),
+                destination: destination.to_string(),
+                msg_id: message_id(id_key, &route.name, destination),
+                body: None,
+                headers: None,
+                failed: None,
+            });
+        }
+    }
+
+    /// The headers of an event that are stored and forwarded.
+    pub fn stored_headers(&self, source: &Source, headers: &HeaderMap) -> Vec<(String, String)> {
+        forwardable(headers, &source.never_forward)
+    }
+
+    /// A planned delivery as the dispatcher would see it (for `dry-run`).
+    pub fn preview(&self, source: &Source, event: &Event, d: &NewDelivery) -> DueDelivery {
+        DueDelivery {
+            id: 0,
+            event_id: event.id.0.clone(),
+            route: d.route.as_str().into(),
+            destination: d.destination.as_str().into(),
+            msg_id: d.msg_id.as_str().into(),
+            attempts: 0,
+            headers: Arc::new(self.stored_headers(source, &event.headers)),
+            extra_headers: d.headers.clone().map(Arc::new),
+            body: d.body.clone().unwrap_or_else(|| event.body.clone()),
+        }
+    }
+
+    /// A body for a debug log line: JSON with the `server.log_redact` paths masked, else a note.
+    /// Parsed whole here (the routing parse keeps only what conditions read).
+    pub fn loggable_body(&self, body: &[u8]) -> String {
+        let mut v = match serde_json::from_slice(body).ok() {
+            Some(v) => v,
+            None => return format!("<{} bytes, not JSON>", body.len()),
+        };
+        let mask = serde_json::Value::String("[redacted]".into());
+        for p in &self.log_redact {
+            p.replace_all(&mut v, &mask);
+        }
+        v.to_string()
+    }
+}
+
+/// The source's own id of this event, if it names one and the event carries it.
+fn dedupe_key(source: &Source, event: &Event, json: Option<&serde_json::Value>) -> Option<String> {
+    let d = source.dedupe.as_ref()?;
+    match &d.key {
+        DedupeKey::Header(h) => event.headers.get(h)?.to_str().ok().map(str::to_string),
+        DedupeKey::Path(p) => match p.first(json?)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        },
+    }
+}
