@@ -7,7 +7,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::runtime::{Event, EventId, Snapshot};
-use crate::store::{DeliveryFilter, DeliveryRow, DeliverySelection, EventDetail, Purged, Store, StoreError};
+use crate::store::{
+    DeliveryFilter, DeliveryRow, DeliverySelection, DeliveryStatus, EventDetail, Inspect, Purged, Queue, RawEvent,
+    Store, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -19,8 +22,13 @@ pub enum OpsError {
     NoEvent(String),
 }
 
-/// Delivery statuses a filter may name.
-pub const STATUSES: [&str; 5] = ["pending", "delivered", "failed", "dead", "cancelled"];
+/// The delivery status a filter names (`pending`, `delivered`, `failed`, `dead`, `cancelled`).
+pub fn parse_status(name: &str) -> Result<DeliveryStatus, OpsError> {
+    DeliveryStatus::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
+        OpsError::Invalid(format!("unknown status \"{name}\"; use one of {}", names.join(", ")))
+    })
+}
 
 /// Parses `--since`: a duration back from now (`30m`, `2h`, `7d`) or unix milliseconds.
 pub fn parse_since(text: &str, now: SystemTime) -> Result<i64, OpsError> {
@@ -33,11 +41,6 @@ pub fn parse_since(text: &str, now: SystemTime) -> Result<i64, OpsError> {
 
 /// Lists deliveries, newest first. `limit` is capped at 1000 per page.
 pub async fn list(store: &Store, mut filter: DeliveryFilter) -> Result<Vec<DeliveryRow>, OpsError> {
-    if let Some(s) = &filter.status
-        && !STATUSES.contains(&s.as_str())
-    {
-        return Err(OpsError::Invalid(format!("unknown status \"{s}\"; use one of {}", STATUSES.join(", "))));
-    }
     filter.limit = filter.limit.clamp(1, 1000);
     Ok(store.list_deliveries(filter).await?)
 }
@@ -66,7 +69,7 @@ pub async fn replay_dead(store: &Store, destination: Option<String>, since_ms: O
 pub async fn reroute(store: &Store, snap: &Snapshot, ids: Vec<String>) -> Result<usize, OpsError> {
     let mut planned = 0;
     for id in ids {
-        let (source_name, received_at, headers, body) =
+        let RawEvent { source: source_name, received_at_ms: received_at, headers, body } =
             store.raw_event(id.clone()).await?.ok_or_else(|| OpsError::NoEvent(id.clone()))?;
         let source = snap.source_by_name(&source_name).ok_or_else(|| {
             OpsError::Invalid(format!("event {id}: source \"{source_name}\" is not in the current config"))

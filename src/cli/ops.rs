@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use hookyard::ops;
 use hookyard::runtime::Snapshot;
-use hookyard::store::{DeliveryFilter, Store};
+use hookyard::store::{DeliveryFilter, DeliveryStatus, Inspect, Store};
 
 #[derive(clap::Args)]
 pub struct EventsArgs {
@@ -102,7 +102,7 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
     let (_, store) = open(&a.config)?;
     let since_ms = a.since.as_deref().map(|s| ops::parse_since(s, SystemTime::now())).transpose()?;
     let filter = DeliveryFilter {
-        status: a.status,
+        status: a.status.as_deref().map(ops::parse_status).transpose()?,
         destination: a.destination.clone(),
         source: a.source,
         since_ms,
@@ -120,7 +120,7 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let reason_of = |r: &hookyard::store::DeliveryRow| {
         let (_, reason) = paused.iter().find(|(name, _)| *name == r.destination)?;
-        (r.status == "pending").then(|| reason.clone().unwrap_or_default())
+        (r.status == DeliveryStatus::Pending).then(|| reason.clone().unwrap_or_default())
     };
     if a.json {
         for r in &rows {

@@ -13,7 +13,7 @@ use hookyard::delivery::{Dispatcher, HttpTransport};
 use hookyard::reload::Reloader;
 use hookyard::server::listener::{ConnectionBudget, raise_open_file_limit};
 use hookyard::server::{self, Gateway};
-use hookyard::store::{Store, StoreOptions, now_ms};
+use hookyard::store::{Queue, Store, StoreOptions, now_ms};
 use tracing::{error, info, warn};
 
 pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
@@ -50,7 +50,7 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
         let storage = snapshot.storage.clone();
         let store = Store::open_with(
             &storage.path,
-            StoreOptions { sync: storage.sync, commit_timeout: storage.commit_timeout.0 },
+            StoreOptions { sync: storage.sync, commit_timeout: storage.commit_timeout.0, ..StoreOptions::default() },
         )?;
         let dispatcher = Dispatcher::new(
             store.clone(),

@@ -46,21 +46,8 @@ use super::breaker::{Breaker, BreakerState};
 use super::client::AttemptReport;
 use super::retry::AttemptOutcome;
 use super::{Destination, build_request};
-use crate::store::{AttemptRecord, DueDelivery, Settle, Store};
-
-/// Unix ms now. In unit tests it follows tokio's (pausable) clock, so due times in the store move
-/// with virtual time.
-fn now_ms() -> i64 {
-    #[cfg(test)]
-    {
-        use std::sync::OnceLock;
-        static BASE: OnceLock<(i64, std::time::Instant)> = OnceLock::new();
-        let (wall, mono) = *BASE.get_or_init(|| (crate::store::now_ms(), std::time::Instant::now()));
-        wall + Instant::now().into_std().saturating_duration_since(mono).as_millis() as i64
-    }
-    #[cfg(not(test))]
-    crate::store::now_ms()
-}
+use crate::clock::Clock;
+use crate::store::{AttemptRecord, DueDelivery, Inspect, Queue, Settle, Store};
 
 /// Shortest pause between two polls.
 const MIN_POLL_GAP: Duration = Duration::from_millis(50);
@@ -117,6 +104,8 @@ impl<T: Transport> Clone for Dispatcher<T> {
 
 struct Inner<T> {
     store: Store,
+    /// The store's clock: due times are compared with it.
+    clock: Clock,
     transport: T,
     destinations: ArcSwap<HashMap<Arc<str>, Arc<Destination>>>,
     /// `delivery.max_in_flight`: a task holds one permit from before it is spawned to its end.
@@ -349,6 +338,7 @@ impl<T: Transport> Dispatcher<T> {
         let paused = store.paused().await?.into_iter().map(|(n, _)| n).collect();
         let d = Dispatcher {
             inner: Arc::new(Inner {
+                clock: store.clock(),
                 store,
                 transport,
                 destinations: ArcSwap::from_pointee(HashMap::new()),
@@ -509,7 +499,9 @@ impl<T: Transport> Dispatcher<T> {
             // replays); finished attempts wake it sooner while a backlog waits for slots.
             let next = self.inner.store.next_due_ms(self.blocked_destinations()).await.ok().flatten();
             let wait = match next {
-                Some(at) if at > now_ms() => Duration::from_millis((at - now_ms()) as u64).min(POLL_INTERVAL),
+                Some(at) if at > self.inner.clock.now_ms() => {
+                    Duration::from_millis((at - self.inner.clock.now_ms()) as u64).min(POLL_INTERVAL)
+                }
                 _ => POLL_INTERVAL,
             };
             tokio::select! {
@@ -565,7 +557,7 @@ impl<T: Transport> Dispatcher<T> {
         // The window: the rows tasks own (still pending in the store), one per free slot, and as
         // many again to wait (ids only) for the slots of attempts that finish.
         let window = claimed + free + inner.max_in_flight;
-        let due = inner.store.due_ids(now_ms(), window, self.blocked_destinations()).await?;
+        let due = inner.store.due_ids(inner.clock.now_ms(), window, self.blocked_destinations()).await?;
         let full = due.len() >= window;
         let now = Instant::now();
         let candidates: Vec<(i64, String)> = {
@@ -708,7 +700,7 @@ enum Next {
 async fn fail_removed<T>(inner: &Inner<T>, d: &DueDelivery) -> Next {
     let reason = format!("destination \"{}\" is not in the current config", d.destination);
     let record = AttemptRecord {
-        at_ms: now_ms(),
+        at_ms: inner.clock.now_ms(),
         status_code: None,
         latency_ms: 0,
         response: Default::default(),
@@ -768,7 +760,7 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
         AttemptOutcome::Gone => (Some(410), Some("HTTP 410 Gone: destination paused".to_string())),
     };
     let record = AttemptRecord {
-        at_ms: now_ms(),
+        at_ms: inner.clock.now_ms(),
         status_code,
         latency_ms,
         response: report.response_body.clone(),
@@ -809,7 +801,8 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
             // after it waits in the store.
             inner.paused.lock().unwrap_or_else(|p| p.into_inner()).insert(dest.name.to_string());
             error!(event_id = %d.event_id, destination = %dest.name, "destination answered 410 Gone; paused it (resume with `hookyard resume`)");
-            let settled = inner.store.settle(d.id, record, Settle::Retry { next_at_ms: now_ms() }, error_text).await;
+            let settled =
+                inner.store.settle(d.id, record, Settle::Retry { next_at_ms: inner.clock.now_ms() }, error_text).await;
             if let Err(e) = settled {
                 error!(error = %e, "could not record the attempt");
             }
@@ -820,7 +813,7 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
                 Some(delay) => {
                     warn!(event_id = %d.event_id, route = %d.route, destination = %dest.name, attempt, %reason, retry_in_ms = delay.as_millis() as u64, "delivery attempt failed; will retry");
                     inner.retries.fetch_add(1, Ordering::Relaxed);
-                    let next_at_ms = now_ms() + delay.as_millis() as i64;
+                    let next_at_ms = inner.clock.now_ms() + delay.as_millis() as i64;
                     match inner.store.settle(d.id, record, Settle::Retry { next_at_ms }, error_text).await {
                         Ok(()) => Next::Retry,
                         Err(e) => {

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::delivery::Dispatcher;
 use crate::metrics;
 use crate::runtime::{Event, EventId, Snapshot, Source};
-use crate::store::{Accepted, NewEvent, to_ms};
+use crate::store::{Accepted, NewEvent, Queue, to_ms};
 use tracing::Instrument;
 
 /// What the ingress needs: the live config snapshot and the dispatcher (which owns the store).

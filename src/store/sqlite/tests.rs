@@ -1,50 +1,32 @@
+//! The SQLite backend runs the conformance suite (`store/conformance.rs`), and what only SQLite
+//! can show: a file reopened, the writer's groups, the sync pragma, a foreign write lock, and
+//! migrating a database of every earlier schema version.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
 use super::*;
+use crate::store::conformance::{attempt, conformance_suite, delivery, due, event, stored};
+use crate::store::{DeliveryStatus, Inspect, MAX_RESPONSE_KEPT, Queue, Settle, StoreOptions, now_ms};
 
-fn event(id: &str, key: Option<&str>, at: i64) -> NewEvent {
-    NewEvent {
-        id: id.into(),
-        source: "github".into(),
-        received_at_ms: at,
-        headers: vec![("x-github-event".into(), "push".into())],
-        body: Bytes::from_static(b"{\"a\":1}"),
-        dedupe_key: key.map(Into::into),
-    }
+fn fresh() -> SqliteStore {
+    open(Path::new(":memory:"), SyncMode::Full)
 }
 
-pub(super) fn delivery(dest: &str) -> NewDelivery {
-    NewDelivery {
-        route: "r".into(),
-        destination: dest.into(),
-        msg_id: format!("msg_{dest}"),
-        body: None,
-        headers: None,
-        failed: None,
-    }
+fn open(path: &Path, sync: SyncMode) -> SqliteStore {
+    SqliteStore::open(path, StoreOptions { sync, ..StoreOptions::default() }).unwrap()
 }
 
-fn attempt(code: Option<u16>) -> AttemptRecord {
-    AttemptRecord {
-        at_ms: now_ms(),
-        status_code: code,
-        latency_ms: 3,
-        response: Bytes::from(vec![b'x'; 10_000]),
-        error: None,
-    }
-}
-
-fn stored(a: Accepted) -> Vec<DueDelivery> {
-    match a {
-        Accepted::Stored(d) => d,
-        Accepted::Duplicate { original } => panic!("unexpected duplicate of {original}"),
-    }
-}
+conformance_suite!(fresh);
 
 #[tokio::test]
 async fn events_and_deliveries_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub/hookyard.db");
     {
-        let store = Store::open(&path, SyncMode::Full).unwrap();
+        let store = open(&path, SyncMode::Full);
         let due = stored(
             store.accept(event("evt_1", None, now_ms()), vec![delivery("a"), delivery("b")], None).await.unwrap(),
         );
@@ -53,122 +35,22 @@ async fn events_and_deliveries_survive_reopen() {
         assert_eq!(&due[0].body[..], b"{\"a\":1}");
         store.settle(due[0].id, attempt(Some(200)), Settle::Delivered, None).await.unwrap();
     }
-    let store = Store::open(&path, SyncMode::Full).unwrap();
-    let due = store.due(now_ms() + 1, 10, &[]).await.unwrap();
+    let store = open(&path, SyncMode::Full);
+    let due = due(&store, now_ms() + 1, 10, &[]).await;
     assert_eq!(due.len(), 1, "the undelivered one is due again after a restart");
     assert_eq!(&*due[0].destination, "b");
     assert_eq!(due[0].headers.as_slice(), &[("x-github-event".to_string(), "push".to_string())]);
     let ev = store.event("evt_1".into()).await.unwrap().unwrap();
-    assert_eq!(ev.deliveries[0].delivery.status, "delivered");
+    assert_eq!(ev.deliveries[0].delivery.status, DeliveryStatus::Delivered);
     assert_eq!(ev.deliveries[0].attempt_log.len(), 1);
     assert_eq!(ev.deliveries[0].attempt_log[0].response.len(), MAX_RESPONSE_KEPT, "response bodies are cut at 4 KiB");
-    assert_eq!(ev.deliveries[1].delivery.status, "pending");
-}
-
-#[tokio::test]
-async fn retries_dead_letters_and_replay() {
-    let store = Store::open(Path::new(":memory:"), SyncMode::Full).unwrap();
-    let due = stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a")], None).await.unwrap());
-    let id = due[0].id;
-    let later = now_ms() + 60_000;
-    store.settle(id, attempt(Some(503)), Settle::Retry { next_at_ms: later }, Some("HTTP 503".into())).await.unwrap();
-    assert!(store.due(now_ms(), 10, &[]).await.unwrap().is_empty(), "not due before next_at");
-    assert_eq!(store.due(later, 10, &[]).await.unwrap().len(), 1);
-    assert_eq!(store.next_due_ms(vec![]).await.unwrap(), Some(later));
-    store.settle(id, attempt(None), Settle::Dead, Some("timed out".into())).await.unwrap();
-    assert_eq!(store.pending_count().await.unwrap(), 0);
-    let dead = store
-        .list_deliveries(DeliveryFilter { status: Some("dead".into()), limit: 10, ..Default::default() })
-        .await
-        .unwrap();
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].attempts, 2);
-    assert_eq!(dead[0].last_error.as_deref(), Some("timed out"));
-    assert_eq!(store.replay_dead(Some("other".into()), None).await.unwrap(), 0);
-    assert_eq!(store.replay_dead(Some("a".into()), None).await.unwrap(), 1);
-    let due = store.due(now_ms() + 1, 10, &[]).await.unwrap();
-    assert_eq!(due.len(), 1);
-    assert_eq!(due[0].attempts, 2, "a replay keeps the attempt history");
-    assert_eq!(&*due[0].msg_id, "msg_a", "and the webhook-id");
-    let err = store.replay(vec!["evt_nope".into()]).await.unwrap_err();
-    assert_eq!(err.to_string(), "no deliveries for: evt_nope");
-}
-
-#[tokio::test]
-async fn dedupe_within_window_only() {
-    let store = Store::open(Path::new(":memory:"), SyncMode::Full).unwrap();
-    let window = Some(Duration::from_secs(3600));
-    let t0 = now_ms();
-    stored(store.accept(event("evt_1", Some("gh-1"), t0), vec![delivery("a")], window).await.unwrap());
-    match store.accept(event("evt_2", Some("gh-1"), t0 + 1000), vec![delivery("a")], window).await.unwrap() {
-        Accepted::Duplicate { original } => assert_eq!(original, "evt_1"),
-        Accepted::Stored(_) => panic!("duplicate stored"),
-    }
-    // outside the window: a new event
-    stored(store.accept(event("evt_3", Some("gh-1"), t0 + 3_600_001), vec![delivery("a")], window).await.unwrap());
-    stored(store.accept(event("evt_4", Some("gh-2"), t0 + 2000), vec![delivery("a")], window).await.unwrap());
-    assert_eq!(store.pending_count().await.unwrap(), 3);
-}
-
-#[tokio::test]
-async fn purge_keeps_pending_work() {
-    let store = Store::open(Path::new(":memory:"), SyncMode::Full).unwrap();
-    let old = now_ms() - 10 * 86_400_000;
-    let done = stored(store.accept(event("evt_old_done", None, old), vec![delivery("a")], None).await.unwrap());
-    store.settle(done[0].id, attempt(Some(200)), Settle::Delivered, None).await.unwrap();
-    stored(store.accept(event("evt_old_pending", None, old), vec![delivery("a")], None).await.unwrap());
-    stored(store.accept(event("evt_new", None, now_ms()), vec![], None).await.unwrap());
-    assert_eq!(store.purge(now_ms() - 7 * 86_400_000).await.unwrap(), 1);
-    assert!(store.event("evt_old_done".into()).await.unwrap().is_none());
-    assert!(store.event("evt_old_pending".into()).await.unwrap().is_some());
-    let unrouted = store.event("evt_new".into()).await.unwrap().unwrap();
-    assert!(!unrouted.routed);
-}
-
-#[tokio::test]
-async fn skipped_destinations_are_not_due_and_pauses_are_recorded() {
-    let store = Store::open(Path::new(":memory:"), SyncMode::Full).unwrap();
-    stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a"), delivery("b")], None).await.unwrap());
-    let due = store.due(now_ms() + 1, 10, &["a"]).await.unwrap();
-    assert_eq!(due.iter().map(|d| &*d.destination).collect::<Vec<_>>(), ["b"]);
-    assert_eq!(store.next_due_ms(vec!["a".into(), "b".into()]).await.unwrap(), None);
-    // the store's pause flag is bookkeeping for the dispatcher, not a filter: a paused
-    // destination that a reload removed must still reach the dispatcher to be failed
-    store.set_paused("a", true, Some("410 Gone".into())).await.unwrap();
-    assert_eq!(store.paused().await.unwrap(), [("a".to_string(), Some("410 Gone".to_string()))]);
-    assert_eq!(store.due(now_ms() + 1, 10, &[]).await.unwrap().len(), 2);
-    store.set_paused("a", false, None).await.unwrap();
-    assert_eq!(store.paused().await.unwrap(), []);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_accepts_are_grouped_and_all_committed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("db"), SyncMode::Full).unwrap();
-    let tasks: Vec<_> = (0..500)
-        .map(|i| {
-            let s = store.clone();
-            tokio::spawn(async move {
-                s.accept(event(&format!("evt_{i}"), None, now_ms()), vec![delivery("a")], None).await
-            })
-        })
-        .collect();
-    for t in tasks {
-        stored(t.await.unwrap().unwrap());
-    }
-    assert_eq!(store.pending_count().await.unwrap(), 500);
-    let page1 = store.list_deliveries(DeliveryFilter { limit: 200, ..Default::default() }).await.unwrap();
-    let page2 = store
-        .list_deliveries(DeliveryFilter { limit: 400, before_id: Some(page1.last().unwrap().id), ..Default::default() })
-        .await
-        .unwrap();
-    assert_eq!(page1.len() + page2.len(), 500, "cursor pages cover every row once");
+    assert_eq!(ev.deliveries[1].delivery.status, DeliveryStatus::Pending);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_operation_does_not_undo_its_group() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("db"), SyncMode::Full).unwrap();
+    let store = open(&dir.path().join("db"), SyncMode::Full);
     let first = stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a")], None).await.unwrap());
 
     // Hold the writer in a job until every operation below is queued, so they share one group.
@@ -232,7 +114,7 @@ async fn a_failing_operation_does_not_undo_its_group() {
     assert_eq!(ev2.deliveries.len(), 2);
     let ev1 = store.event("evt_1".into()).await.unwrap().unwrap();
     assert_eq!(ev1.deliveries.len(), 1, "the failed duplicate left no delivery behind");
-    assert_eq!(ev1.deliveries[0].delivery.status, "delivered");
+    assert_eq!(ev1.deliveries[0].delivery.status, DeliveryStatus::Delivered);
     assert_eq!(ev1.deliveries[0].attempt_log.len(), 1);
     assert_eq!(store.pending_count().await.unwrap(), 2);
     assert_eq!(store.paused().await.unwrap(), [("c".to_string(), Some("test".to_string()))]);
@@ -243,7 +125,7 @@ async fn storage_sync_sets_the_synchronous_pragma_of_both_connections() {
     let dir = tempfile::tempdir().unwrap();
     // PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL
     for (mode, want) in [(SyncMode::Full, 2), (SyncMode::Normal, 1)] {
-        let store = Store::open(&dir.path().join(format!("{mode:?}.db")), mode).unwrap();
+        let store = open(&dir.path().join(format!("{mode:?}.db")), mode);
         let pragma = |c: &Connection| c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0));
         assert_eq!(store.write(move |c| pragma(c)).await.unwrap(), want, "the writer's connection with {mode:?}");
         assert_eq!(store.read(move |c| pragma(c)).await.unwrap(), want, "the reader's connection with {mode:?}");
@@ -255,7 +137,11 @@ async fn an_accept_that_cannot_get_the_write_lock_in_time_is_never_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let timeout = Duration::from_millis(300);
-    let store = Store::open_with(&path, StoreOptions { sync: SyncMode::Normal, commit_timeout: timeout }).unwrap();
+    let store = SqliteStore::open(
+        &path,
+        StoreOptions { sync: SyncMode::Normal, commit_timeout: timeout, ..StoreOptions::default() },
+    )
+    .unwrap();
     stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a")], None).await.unwrap());
     let foreign = Connection::open(&path).unwrap();
     foreign.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -279,40 +165,6 @@ async fn an_accept_that_cannot_get_the_write_lock_in_time_is_never_written() {
 }
 
 #[tokio::test]
-async fn destination_stats_count_pending_dead_and_failed_per_destination() {
-    let store = Store::open(Path::new(":memory:"), SyncMode::Full).unwrap();
-    let now = now_ms();
-    let mut ids = Vec::new();
-    for i in 0..6 {
-        let due = store.accept(event(&format!("evt_{i}"), None, now), vec![delivery("a"), delivery("b")], None);
-        ids.extend(stored(due.await.unwrap()).into_iter().map(|d| (d.destination, d.id)));
-    }
-    let settle = |id, s| store.settle(id, attempt(Some(500)), s, None);
-    let of = |dest: &str| ids.iter().filter(|(d, _)| &**d == dest).map(|(_, id)| *id).collect::<Vec<_>>();
-    let (a, b) = (of("a"), of("b"));
-    settle(a[0], Settle::Delivered).await.unwrap();
-    settle(a[1], Settle::Dead).await.unwrap();
-    settle(a[2], Settle::Dead).await.unwrap();
-    settle(a[3], Settle::Failed).await.unwrap();
-    settle(a[4], Settle::Retry { next_at_ms: now + 60_000 }).await.unwrap(); // pending, not yet due
-    for id in &b {
-        settle(*id, Settle::Delivered).await.unwrap();
-    }
-    let stats = store.destination_stats(now + 1_000).await.unwrap();
-    // a: a[5] due since it was accepted (just after `now`), a[4] pending later; b has nothing
-    // pending, dead or failed
-    let oldest = stats[0].oldest_due_ms;
-    assert!((500..=1_000).contains(&oldest), "oldest due {oldest} ms");
-    assert_eq!(
-        stats,
-        [DestinationStats { destination: "a".into(), pending: 2, oldest_due_ms: oldest, dead: 2, failed: 1 }]
-    );
-    store.replay_dead(Some("a".into()), None).await.unwrap();
-    let stats = store.destination_stats(now + 1_000).await.unwrap();
-    assert_eq!((stats[0].pending, stats[0].dead, stats[0].failed), (4, 0, 1));
-}
-
-#[tokio::test]
 async fn a_version_1_database_is_migrated_with_its_queue() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
@@ -329,8 +181,8 @@ async fn a_version_1_database_is_migrated_with_its_queue() {
         )
         .unwrap();
     }
-    let store = Store::open(&path, SyncMode::Full).unwrap();
-    let due = store.due(now_ms(), 10, &[]).await.unwrap();
+    let store = open(&path, SyncMode::Full);
+    let due = due(&store, now_ms(), 10, &[]).await;
     assert_eq!(due.len(), 2, "the queue survives the migration");
     assert_eq!(&due[0].body[..], b"{}");
     assert!(due[0].extra_headers.is_none());

@@ -1,6 +1,8 @@
 //! The single writer: a plain OS thread that owns the write connection and commits the operations
-//! of concurrent callers together (group commit). Each operation runs in its own savepoint, so one
-//! failing operation does not undo the others in its group; replies are sent only after COMMIT.
+//! of concurrent callers together (group commit). Accepts and settles run bare in the group's
+//! transaction; should one fail, the group is rolled back and run again with a savepoint per
+//! operation, so a failing operation never undoes the others. Administrative jobs always get a
+//! savepoint of their own. Replies are sent only after COMMIT.
 //!
 //! The wait for SQLite's write lock is bounded: a group takes the lock up front (`BEGIN
 //! IMMEDIATE`) and waits for it at most until the earliest deadline of its accepts (their
@@ -16,8 +18,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use tokio::sync::oneshot;
 use tracing::error;
 
+use super::db;
 use super::health::{Health, PROBE_INTERVAL};
-use super::{
+use crate::store::{
     Accepted, AttemptRecord, DueDelivery, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle, StoreError, now_ms,
 };
 
@@ -373,7 +376,7 @@ fn reply(ops: Vec<Op>, written: Vec<Written>, commit_error: Option<&str>) {
             Op::Accept { event, deliveries, reply, .. } => {
                 let res = match w {
                     None => Err(commit_failed()),
-                    Some(Written::Accept(Err(e))) => Err(e.into()),
+                    Some(Written::Accept(Err(e))) => Err(db(e)),
                     Some(Written::Accept(Ok(AcceptRows::Duplicate { original }))) => {
                         Ok(Accepted::Duplicate { original })
                     }
@@ -387,7 +390,7 @@ fn reply(ops: Vec<Op>, written: Vec<Written>, commit_error: Option<&str>) {
             Op::Settle { reply, .. } => {
                 let res = match w {
                     None => Err(commit_failed()),
-                    Some(Written::Settle(res)) => res.map_err(Into::into),
+                    Some(Written::Settle(res)) => res.map_err(db),
                     Some(Written::Accept(_)) => unreachable!("written in the order of the operations"),
                 };
                 let _ = reply.send(res);
@@ -494,7 +497,7 @@ fn settle_delivery(
                     updated_at = ?4, last_status = ?5, last_error = ?6
              WHERE id = ?1",
         )?
-        .execute(params![id, s.status(), next_at, now_ms(), a.status_code, error])?;
+        .execute(params![id, s.status().as_str(), next_at, now_ms(), a.status_code, error])?;
     if changed == 0 {
         return Err(rusqlite::Error::QueryReturnedNoRows);
     }
