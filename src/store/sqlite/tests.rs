@@ -210,3 +210,47 @@ async fn a_version_1_database_is_migrated_with_its_queue() {
         store.read(|c| c.query_row("SELECT COUNT(*) FROM delivery_bodies", [], |r| r.get(0))).await.unwrap();
     assert_eq!(left, 0);
 }
+
+/// The schema SQLite keeps (tables and indexes, as created), in name order.
+fn schema_of(c: &Connection) -> Vec<(String, String)> {
+    let mut st = c
+        .prepare("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get::<_, String>(1)?.split_whitespace().collect::<Vec<_>>().join(" "))))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_database_of_every_earlier_schema_version_migrates_with_its_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh_path = dir.path().join("fresh.db");
+    drop(open(&fresh_path, SyncMode::Full));
+    let want = schema_of(&Connection::open(&fresh_path).unwrap());
+    for version in 0..schema::MIGRATIONS.len() {
+        let path = dir.path().join(format!("v{version}.db"));
+        {
+            let c = Connection::open(&path).unwrap();
+            for sql in &schema::MIGRATIONS[..version] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", version as i64).unwrap();
+            if version > 0 {
+                // columns every version has
+                c.execute_batch(
+                    "INSERT INTO events (id, source, received_at, headers, body, dedupe_key, routed)
+                       VALUES ('evt_1', 'github', 0, '[]', x'7b7d', NULL, 1);
+                     INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at)
+                       VALUES ('evt_1', 'r', 'a', 'msg_1', 'pending', 0, 0, 0, 0);",
+                )
+                .unwrap();
+            }
+        }
+        let store = open(&path, SyncMode::Full);
+        let queued = due(&store, now_ms(), 10, &[]).await;
+        assert_eq!(queued.len(), usize::from(version > 0), "version {version}: the queue survives");
+        drop(store);
+        assert_eq!(schema_of(&Connection::open(&path).unwrap()), want, "version {version} ends as a fresh database");
+    }
+}
