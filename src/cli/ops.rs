@@ -118,7 +118,7 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter(|(name, _)| a.destination.as_ref().is_none_or(|d| d == name))
         .collect();
-    let reason_of = |r: &hookyard::store::DeliveryRow| {
+    let reason_of = |r: &ops::DeliveryView| {
         let (_, reason) = paused.iter().find(|(name, _)| *name == r.destination)?;
         (r.status == DeliveryStatus::Pending).then(|| reason.clone().unwrap_or_default())
     };

@@ -205,7 +205,8 @@ pub struct DeliveryFilter {
     pub limit: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A delivery as stored. The admin API and the CLI show it as `ops::DeliveryView`.
+#[derive(Debug, Clone)]
 pub struct DeliveryRow {
     pub id: i64,
     pub event_id: String,
@@ -223,21 +224,22 @@ pub struct DeliveryRow {
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
     /// Who cancelled it and why, while it is `cancelled`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cancelled: Option<Cancellation>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct AttemptRow {
     pub n: u32,
     pub at_ms: i64,
     pub status_code: Option<u16>,
     pub latency_ms: u64,
-    pub response: String,
+    /// The start of the response body (at most [`MAX_RESPONSE_KEPT`] bytes).
+    pub response: Bytes,
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// An event with its deliveries and their attempts, as stored. Shown as `ops::EventView`.
+#[derive(Debug, Clone)]
 pub struct EventDetail {
     pub id: String,
     pub source: String,
@@ -245,17 +247,15 @@ pub struct EventDetail {
     pub routed: bool,
     pub dedupe_key: Option<String>,
     pub headers: Headers,
-    /// The body as text if it is UTF-8, else base64 in `body_base64`.
-    pub body: Option<String>,
-    pub body_base64: Option<String>,
+    pub body: Bytes,
     pub deliveries: Vec<DeliveryDetail>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct DeliveryDetail {
-    #[serde(flatten)]
     pub delivery: DeliveryRow,
-    pub transformed_body: Option<String>,
+    /// A transform's output, if one replaced the event's body.
+    pub transformed_body: Option<Bytes>,
     /// Every attempt, oldest first (`attempts` is their count).
     pub attempt_log: Vec<AttemptRow>,
 }
@@ -269,7 +269,7 @@ pub struct RawEvent {
     pub body: Bytes,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationStats {
     pub destination: String,
     pub pending: u64,
@@ -309,7 +309,7 @@ impl DeliverySelection {
 }
 
 /// Who cancelled a delivery, why and when; shown with a `cancelled` delivery.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cancellation {
     /// `cli:<user>`, `api:token <fingerprint>`, `api` (no token) or `operator`.
     pub by: String,
@@ -318,7 +318,7 @@ pub struct Cancellation {
 }
 
 /// What a dead-letter purge deleted.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Purged {
     pub deliveries: usize,
     /// Events deleted because no delivery of theirs was left.

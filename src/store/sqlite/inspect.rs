@@ -87,8 +87,6 @@ impl Inspect for SqliteStore {
                     [&id],
                     |r| {
                         let headers: String = r.get(5)?;
-                        let body: Vec<u8> = r.get(6)?;
-                        let (text, b64) = body_text(&body);
                         Ok(EventDetail {
                             id: r.get(0)?,
                             source: r.get(1)?,
@@ -96,8 +94,7 @@ impl Inspect for SqliteStore {
                             routed: r.get(3)?,
                             dedupe_key: r.get(4)?,
                             headers: serde_json::from_str(&headers).unwrap_or_default(),
-                            body: text,
-                            body_base64: b64,
+                            body: Bytes::from(r.get::<_, Vec<u8>>(6)?),
                             deliveries: Vec::new(),
                         })
                     },
@@ -119,18 +116,17 @@ impl Inspect for SqliteStore {
             for (row, body) in rows {
                 let attempt_log = at
                     .query_map([row.id], |r| {
-                        let resp: Option<Vec<u8>> = r.get(4)?;
                         Ok(AttemptRow {
                             n: r.get(0)?,
                             at_ms: r.get(1)?,
                             status_code: r.get(2)?,
                             latency_ms: r.get::<_, i64>(3)? as u64,
-                            response: String::from_utf8_lossy(&resp.unwrap_or_default()).into_owned(),
+                            response: Bytes::from(r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default()),
                             error: r.get(5)?,
                         })
                     })?
                     .collect::<rusqlite::Result<_>>()?;
-                let transformed_body = body.map(|b| String::from_utf8_lossy(&b).into_owned());
+                let transformed_body = body.map(Bytes::from);
                 ev.deliveries.push(DeliveryDetail { delivery: row, transformed_body, attempt_log });
             }
             Ok(Some(ev))
@@ -359,14 +355,6 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
             None => None,
         },
     })
-}
-
-fn body_text(body: &[u8]) -> (Option<String>, Option<String>) {
-    use base64::Engine as _;
-    match std::str::from_utf8(body) {
-        Ok(s) => (Some(s.to_string()), None),
-        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(body))),
-    }
 }
 
 fn stats_entry(by_name: &mut BTreeMap<String, DestinationStats>, name: String) -> &mut DestinationStats {
