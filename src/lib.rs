@@ -4,6 +4,7 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod ids;
 pub mod metrics;
 pub mod ops;
 pub mod plugin;

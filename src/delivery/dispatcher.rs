@@ -47,7 +47,7 @@ use super::client::AttemptReport;
 use super::retry::AttemptOutcome;
 use super::{Destination, build_request};
 use crate::clock::Clock;
-use crate::store::{AttemptRecord, DueDelivery, Inspect, Queue, Settle, Store};
+use crate::store::{AttemptRecord, DeliveryId, DestinationName, DueDelivery, Inspect, Queue, Settle, Store};
 
 /// Shortest pause between two polls.
 const MIN_POLL_GAP: Duration = Duration::from_millis(50);
@@ -165,7 +165,7 @@ struct Handed {
 
 /// Due ids a poll could not start, by destination, and when it read them.
 struct Ready {
-    by_destination: HashMap<Arc<str>, std::collections::VecDeque<i64>>,
+    by_destination: HashMap<Arc<str>, std::collections::VecDeque<DeliveryId>>,
     read_at: Instant,
 }
 
@@ -265,7 +265,7 @@ impl<T> Inner<T> {
     /// Claims delivery `id` unless a task owns it or released it after `read_at` (a row read before
     /// that task's result committed still looks pending). One lock covers the check and the claim,
     /// and a task's release, so the two cannot interleave.
-    fn claim(&self, id: i64, read_at: Option<Instant>) -> bool {
+    fn claim(&self, id: DeliveryId, read_at: Option<Instant>) -> bool {
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         // `None` (the fast path after an accept): any release means the poller saw the committed
         // row first and a task already handled it
@@ -278,7 +278,7 @@ impl<T> Inner<T> {
     }
 
     /// Gives up the claim on `id`; `attempted`: a task handled it, so reads from before now are stale.
-    fn release(&self, id: i64, attempted: bool) {
+    fn release(&self, id: DeliveryId, attempted: bool) {
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         if attempted {
             claims.released.insert(id, Instant::now());
@@ -417,7 +417,7 @@ impl<T: Transport> Dispatcher<T> {
                 // over to them in memory (bounded) rather than through a poll of the store.
                 Err(NoSlot::DestinationFull) if handed.count < inner.max_in_flight && inner.claim(d.id, None) => {
                     handed.count += 1;
-                    handed.by_destination.entry(d.destination.clone()).or_default().push_back(d);
+                    handed.by_destination.entry(d.destination.0.clone()).or_default().push_back(d);
                     true
                 }
                 Err(_) => false,
@@ -560,7 +560,7 @@ impl<T: Transport> Dispatcher<T> {
         let due = inner.store.due_ids(inner.clock.now_ms(), window, self.blocked_destinations()).await?;
         let full = due.len() >= window;
         let now = Instant::now();
-        let candidates: Vec<(i64, String)> = {
+        let candidates: Vec<(DeliveryId, DestinationName)> = {
             let mut claims = inner.claims.lock().unwrap_or_else(|p| p.into_inner());
             claims.released.retain(|_, at| now.duration_since(*at) < RELEASE_MEMORY);
             let Claims { claimed, released } = &*claims;
@@ -569,7 +569,7 @@ impl<T: Transport> Dispatcher<T> {
                 .collect()
         };
         let mut slots = HashMap::with_capacity(candidates.len());
-        let mut waiting: HashMap<Arc<str>, std::collections::VecDeque<i64>> = HashMap::new();
+        let mut waiting: HashMap<Arc<str>, std::collections::VecDeque<DeliveryId>> = HashMap::new();
         let mut short = false;
         for (id, dest) in candidates {
             match inner.slot_for(&dest) {
@@ -578,7 +578,7 @@ impl<T: Transport> Dispatcher<T> {
                 }
                 Err(_) => {
                     short = true;
-                    waiting.entry(Arc::<str>::from(dest)).or_default().push_back(id);
+                    waiting.entry(dest.0).or_default().push_back(id);
                 }
             }
         }
@@ -641,8 +641,8 @@ impl<T: Transport> Dispatcher<T> {
 /// Which deliveries tasks own, and when recently finished tasks gave theirs up.
 #[derive(Default)]
 struct Claims {
-    claimed: HashSet<i64>,
-    released: HashMap<i64, Instant>,
+    claimed: HashSet<DeliveryId>,
+    released: HashMap<DeliveryId, Instant>,
 }
 
 /// Owns one claimed delivery for one attempt, then, keeping its slot, the next due delivery of
@@ -713,7 +713,7 @@ async fn fail_removed<T>(inner: &Inner<T>, d: &DueDelivery) -> Next {
 
 async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Slot) -> Next {
     // the current config's destination: a reload since the slot was taken counts
-    let current = inner.destinations.load().get(&d.destination).cloned();
+    let current = inner.destinations.load().get(d.destination.as_str()).cloned();
     let (Some(dest), Some(_)) = (current, &slot.dest) else {
         return fail_removed(inner, d).await;
     };
@@ -727,7 +727,7 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
     if let Some(rate) = &dest.rate {
         rate.wait().await;
         // a reload may have removed the destination while this attempt waited for its turn
-        if !inner.destinations.load().contains_key(&d.destination) {
+        if !inner.destinations.load().contains_key(d.destination.as_str()) {
             return fail_removed(inner, d).await;
         }
     }
@@ -862,7 +862,7 @@ async fn finish<T>(
             Next::Done
         }
         Err(e) => {
-            error!(error = %e, delivery = d.id, "could not record the attempt; the delivery stays due");
+            error!(error = %e, delivery = d.id.0, "could not record the attempt; the delivery stays due");
             Next::Release
         }
     }

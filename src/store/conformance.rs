@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    Accepted, AttemptRecord, Backend, Cancellation, DeliveryFilter, DeliverySelection, DeliveryStatus,
+    Accepted, AttemptRecord, Backend, Cancellation, DeliveryFilter, DeliveryId, DeliverySelection, DeliveryStatus,
     DestinationStats, DueDelivery, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Purged, Settle, now_ms,
 };
 
@@ -99,14 +99,14 @@ pub(crate) async fn due(store: &impl Backend, now_ms: i64, limit: usize, skip: &
     store.load_pending(ids.into_iter().map(|(id, _)| id).collect()).await.unwrap()
 }
 
-async fn accept_to(store: &impl Backend, id: &str, source: &str, dests: &[&str]) -> Vec<i64> {
+async fn accept_to(store: &impl Backend, id: &str, source: &str, dests: &[&str]) -> Vec<DeliveryId> {
     let planned = dests.iter().map(|d| delivery(d)).collect();
     stored(store.accept(event_from(id, source), planned, None).await.unwrap()).iter().map(|d| d.id).collect()
 }
 
-async fn status(store: &impl Backend, id: i64) -> (DeliveryStatus, u32, Option<Cancellation>) {
+async fn status(store: &impl Backend, id: DeliveryId) -> (DeliveryStatus, u32, Option<Cancellation>) {
     let rows = store.list_deliveries(DeliveryFilter { limit: 1000, ..Default::default() }).await.unwrap();
-    let r = rows.into_iter().find(|r| r.id == id).unwrap();
+    let r = rows.into_iter().find(|r| r.id == id.0).unwrap();
     (r.status, r.attempts, r.cancelled)
 }
 
@@ -182,13 +182,13 @@ pub async fn due_ids_oldest_first_and_only_pending_loads(store: impl Backend) {
         store.settle(*id, attempt(Some(503)), Settle::Retry { next_at_ms: now + secs * 1000 }, None).await.unwrap();
     }
     let window = store.due_ids(now + 60_000, 10, Vec::new()).await.unwrap();
-    assert_eq!(window, [(ids[1], "b".to_string()), (ids[2], "c".to_string()), (ids[0], "a".to_string())]);
+    assert_eq!(window, [(ids[1], "b".into()), (ids[2], "c".into()), (ids[0], "a".into())]);
     assert_eq!(store.due_ids(now + 60_000, 2, Vec::new()).await.unwrap().len(), 2, "bounded by the limit");
-    assert_eq!(store.due_ids(now + 15_000, 10, Vec::new()).await.unwrap(), [(ids[1], "b".to_string())]);
+    assert_eq!(store.due_ids(now + 15_000, 10, Vec::new()).await.unwrap(), [(ids[1], "b".into())]);
     assert_eq!(store.next_due_ms(vec!["b".into()]).await.unwrap(), Some(now + 20_000));
 
     store.settle(ids[1], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
-    let loaded: Vec<i64> = store.load_pending(ids.clone()).await.unwrap().iter().map(|d| d.id).collect();
+    let loaded: Vec<DeliveryId> = store.load_pending(ids.clone()).await.unwrap().iter().map(|d| d.id).collect();
     assert_eq!(loaded, [ids[0], ids[2]], "only pending rows load, in the order asked");
 }
 
@@ -263,7 +263,7 @@ pub async fn a_failing_operation_does_not_undo_the_others(store: impl Backend) {
     let (dup, ok, bad_settle, good_settle) = tokio::join!(
         s.accept(event("evt_1", None, now_ms()), vec![delivery("b")], None), // duplicate id: fails
         s.accept(event("evt_2", None, now_ms()), vec![delivery("a"), delivery("b")], None),
-        s.settle(999_999, attempt(Some(200)), Settle::Delivered, None), // no such delivery: fails
+        s.settle(DeliveryId(999_999), attempt(Some(200)), Settle::Delivered, None), // no such delivery: fails
         s.settle(first[0].id, attempt(Some(200)), Settle::Delivered, None),
     );
     assert!(dup.is_err(), "the same event id twice is an error");
@@ -345,14 +345,14 @@ pub async fn a_cancel_survives_the_settle_of_an_attempt_in_flight(store: impl Ba
     assert_eq!(ev.deliveries[0].attempt_log.len(), 1, "the attempt in flight is in the log");
 
     // never due again, except the one not cancelled
-    let due_now: Vec<i64> = due(&store, now_ms() + 1, 10, &[]).await.iter().map(|d| d.id).collect();
+    let due_now: Vec<DeliveryId> = due(&store, now_ms() + 1, 10, &[]).await.iter().map(|d| d.id).collect();
     assert_eq!(due_now, [keep]);
     assert_eq!(store.pending_count().await.unwrap(), 1);
 
     // replayed by id like a failed delivery: pending and due again, no longer shown cancelled
     assert_eq!(store.replay(vec![a.to_string()]).await.unwrap(), 1);
     assert_eq!(status(&store, a).await, (DeliveryStatus::Pending, 1, None));
-    let mut due_now: Vec<i64> = due(&store, now_ms() + 1, 10, &[]).await.iter().map(|d| d.id).collect();
+    let mut due_now: Vec<DeliveryId> = due(&store, now_ms() + 1, 10, &[]).await.iter().map(|d| d.id).collect();
     due_now.sort();
     assert_eq!(due_now, [a, keep]);
 }

@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::clock::Clock;
 pub use crate::clock::{system_now_ms as now_ms, to_ms};
 use crate::config::SyncMode;
+pub use crate::ids::{DeliveryId, DestinationName, EventId, MsgId, RouteName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -130,11 +131,11 @@ pub struct NewDelivery {
 /// A pending delivery with everything needed to send it.
 #[derive(Debug, Clone)]
 pub struct DueDelivery {
-    pub id: i64,
-    pub event_id: Arc<str>,
-    pub route: Arc<str>,
-    pub destination: Arc<str>,
-    pub msg_id: Arc<str>,
+    pub id: DeliveryId,
+    pub event_id: EventId,
+    pub route: RouteName,
+    pub destination: DestinationName,
+    pub msg_id: MsgId,
     /// Attempts made so far.
     pub attempts: u32,
     /// The event's forwardable headers, then the transform's headers.
@@ -372,7 +373,7 @@ pub trait Queue: Clone + Send + Sync + 'static {
     /// logged either way. An unknown delivery is an error.
     fn settle(
         &self,
-        delivery_id: i64,
+        delivery_id: DeliveryId,
         attempt: AttemptRecord,
         settle: Settle,
         error: Option<String>,
@@ -387,10 +388,10 @@ pub trait Queue: Clone + Send + Sync + 'static {
         now_ms: i64,
         limit: usize,
         skip: Vec<String>,
-    ) -> impl Future<Output = Result<Vec<(i64, String)>>> + Send;
+    ) -> impl Future<Output = Result<Vec<(DeliveryId, DestinationName)>>> + Send;
 
     /// Loads the given deliveries if they are still pending.
-    fn load_pending(&self, ids: Vec<i64>) -> impl Future<Output = Result<Vec<DueDelivery>>> + Send;
+    fn load_pending(&self, ids: Vec<DeliveryId>) -> impl Future<Output = Result<Vec<DueDelivery>>> + Send;
 
     /// The earliest `next_at` of any pending delivery, except those of the `skip` destinations.
     fn next_due_ms(&self, skip: Vec<String>) -> impl Future<Output = Result<Option<i64>>> + Send;
@@ -520,13 +521,24 @@ impl Queue for Store {
     ) -> Result<Accepted> {
         on_backend!(self, b => b.accept(event, deliveries, window).await)
     }
-    async fn settle(&self, id: i64, attempt: AttemptRecord, settle: Settle, error: Option<String>) -> Result<()> {
+    async fn settle(
+        &self,
+        id: DeliveryId,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+    ) -> Result<()> {
         on_backend!(self, b => b.settle(id, attempt, settle, error).await)
     }
-    async fn due_ids(&self, now_ms: i64, limit: usize, skip: Vec<String>) -> Result<Vec<(i64, String)>> {
+    async fn due_ids(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        skip: Vec<String>,
+    ) -> Result<Vec<(DeliveryId, DestinationName)>> {
         on_backend!(self, b => b.due_ids(now_ms, limit, skip).await)
     }
-    async fn load_pending(&self, ids: Vec<i64>) -> Result<Vec<DueDelivery>> {
+    async fn load_pending(&self, ids: Vec<DeliveryId>) -> Result<Vec<DueDelivery>> {
         on_backend!(self, b => b.load_pending(ids).await)
     }
     async fn next_due_ms(&self, skip: Vec<String>) -> Result<Option<i64>> {

@@ -497,9 +497,9 @@ async fn memory_holds_only_the_attempts_in_flight_however_long_the_backlog() {
 /// Counts, per delivery, attempts running at the same moment, on a real multi-threaded runtime.
 #[derive(Default)]
 struct Overlap {
-    running: Mutex<HashMap<i64, usize>>,
+    running: Mutex<HashMap<DeliveryId, usize>>,
     worst: AtomicUsize,
-    delivered: Mutex<HashMap<i64, usize>>,
+    delivered: Mutex<HashMap<DeliveryId, usize>>,
     calls: AtomicUsize,
 }
 

@@ -11,7 +11,8 @@ use super::writer::{self, Op};
 use super::{ANSWER_GRACE, SqliteStore};
 use crate::clock::{Clock, Waited};
 use crate::store::{
-    Accepted, AttemptRecord, DueDelivery, NewDelivery, NewEvent, Queue, Result, Settle, StoreError, now_ms,
+    Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, NewDelivery, NewEvent, Queue, Result, Settle,
+    StoreError, now_ms,
 };
 
 impl Queue for SqliteStore {
@@ -34,7 +35,7 @@ impl Queue for SqliteStore {
 
     async fn settle(
         &self,
-        delivery_id: i64,
+        delivery_id: DeliveryId,
         attempt: AttemptRecord,
         settle: Settle,
         error: Option<String>,
@@ -44,7 +45,12 @@ impl Queue for SqliteStore {
         self.wait_for_writer(rx).await
     }
 
-    async fn due_ids(&self, now_ms: i64, limit: usize, skip: Vec<String>) -> Result<Vec<(i64, String)>> {
+    async fn due_ids(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        skip: Vec<String>,
+    ) -> Result<Vec<(DeliveryId, DestinationName)>> {
         // an index-only scan of the pending rows
         let skip = serde_json::to_string(&skip).expect("a list of strings serializes");
         self.read(move |c| {
@@ -54,13 +60,15 @@ impl Queue for SqliteStore {
                    AND destination NOT IN (SELECT value FROM json_each(?3))
                  ORDER BY next_at LIMIT ?2",
             )?;
-            let rows = st.query_map(params![now_ms, limit as i64, skip], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = st.query_map(params![now_ms, limit as i64, skip], |r| {
+                Ok((DeliveryId(r.get(0)?), DestinationName::from(r.get::<_, String>(1)?)))
+            })?;
             rows.collect()
         })
         .await
     }
 
-    async fn load_pending(&self, ids: Vec<i64>) -> Result<Vec<DueDelivery>> {
+    async fn load_pending(&self, ids: Vec<DeliveryId>) -> Result<Vec<DueDelivery>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers, COALESCE(b.body, e.body)
@@ -69,7 +77,7 @@ impl Queue for SqliteStore {
             )?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some(d) = st.query_row([id], due_row).optional()? {
+                if let Some(d) = st.query_row([id.0], due_row).optional()? {
                     out.push(d);
                 }
             }
@@ -136,7 +144,7 @@ fn due_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DueDelivery> {
     let headers: String = r.get(6)?;
     let extra: Option<String> = r.get(7)?;
     Ok(DueDelivery {
-        id: r.get(0)?,
+        id: DeliveryId(r.get(0)?),
         event_id: r.get::<_, String>(1)?.into(),
         route: r.get::<_, String>(2)?.into(),
         destination: r.get::<_, String>(3)?.into(),

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 
 use super::*;
 use crate::store::conformance::{attempt, conformance_suite, delivery, due, event, stored};
-use crate::store::{DeliveryStatus, Inspect, MAX_RESPONSE_KEPT, Queue, Settle, StoreOptions, now_ms};
+use crate::store::{DeliveryId, DeliveryStatus, Inspect, MAX_RESPONSE_KEPT, Queue, Settle, StoreOptions, now_ms};
 
 fn fresh() -> SqliteStore {
     open(Path::new(":memory:"), SyncMode::Full)
@@ -74,7 +74,7 @@ async fn a_failing_operation_does_not_undo_its_group() {
         tokio::join!(
             s.accept(event("evt_1", None, now_ms()), vec![delivery("b")], None), // duplicate id: fails
             s.accept(event("evt_2", None, now_ms()), vec![delivery("a"), delivery("b")], None),
-            s.settle(999_999, attempt(Some(200)), Settle::Delivered, None), // no such delivery: fails
+            s.settle(DeliveryId(999_999), attempt(Some(200)), Settle::Delivered, None), // no such delivery: fails
             s.settle(first[0].id, attempt(Some(200)), Settle::Delivered, None),
             s.write(|t| {
                 // writes, then fails: its own write must be undone too

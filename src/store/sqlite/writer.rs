@@ -21,7 +21,8 @@ use tracing::error;
 use super::db;
 use super::health::{Health, PROBE_INTERVAL};
 use crate::store::{
-    Accepted, AttemptRecord, DueDelivery, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle, StoreError, now_ms,
+    Accepted, AttemptRecord, DeliveryId, DueDelivery, EventId, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result,
+    Settle, StoreError, now_ms,
 };
 
 /// Most operations in one transaction. Bounds commit latency under a flood.
@@ -44,7 +45,7 @@ pub enum Op {
         reply: oneshot::Sender<Result<Accepted>>,
     },
     Settle {
-        delivery_id: i64,
+        delivery_id: DeliveryId,
         attempt: AttemptRecord,
         settle: Settle,
         error: Option<String>,
@@ -349,7 +350,7 @@ fn write_one(t: &Connection, op: &Op) -> Written {
             Written::Accept(accept(t, event, deliveries, *dedupe_window))
         }
         Op::Settle { delivery_id, attempt, settle, error, .. } => {
-            Written::Settle(settle_delivery(t, *delivery_id, attempt, settle, error.as_deref()))
+            Written::Settle(settle_delivery(t, delivery_id.0, attempt, settle, error.as_deref()))
         }
         Op::Exec(_) => unreachable!("administrative jobs are written by write_group"),
     }
@@ -430,14 +431,14 @@ fn accept(
 
 /// The deliveries of a committed event that are due now (failed ones are kept, not sent).
 fn due(ev: NewEvent, deliveries: Vec<NewDelivery>, ids: Vec<i64>) -> Vec<DueDelivery> {
-    let event_id: Arc<str> = ev.id.into();
+    let event_id = EventId::from(ev.id);
     let shared_headers = Arc::new(ev.headers);
     deliveries
         .into_iter()
         .zip(ids)
         .filter(|(d, _)| d.failed.is_none())
         .map(|(d, id)| DueDelivery {
-            id,
+            id: DeliveryId(id),
             event_id: event_id.clone(),
             route: d.route.into(),
             destination: d.destination.into(),
