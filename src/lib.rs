@@ -2,8 +2,10 @@
 
 pub mod admin;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod ids;
 pub mod metrics;
 pub mod ops;
 pub mod plugin;

@@ -7,7 +7,12 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::snapshot::{Event, EventId, Snapshot};
-use crate::store::{DeliveryFilter, DeliveryRow, DeliverySelection, EventDetail, Purged, Store, StoreError};
+use serde::Serialize;
+
+use crate::store::{
+    AttemptRow, DeliveryFilter, DeliveryRow, DeliverySelection, DeliveryStatus, EventDetail, Inspect, Purged, Queue,
+    RawEvent, Store, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -19,8 +24,13 @@ pub enum OpsError {
     NoEvent(String),
 }
 
-/// Delivery statuses a filter may name.
-pub const STATUSES: [&str; 5] = ["pending", "delivered", "failed", "dead", "cancelled"];
+/// The delivery status a filter names (`pending`, `delivered`, `failed`, `dead`, `cancelled`).
+pub fn parse_status(name: &str) -> Result<DeliveryStatus, OpsError> {
+    DeliveryStatus::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
+        OpsError::Invalid(format!("unknown status \"{name}\"; use one of {}", names.join(", ")))
+    })
+}
 
 /// Parses `--since`: a duration back from now (`30m`, `2h`, `7d`) or unix milliseconds.
 pub fn parse_since(text: &str, now: SystemTime) -> Result<i64, OpsError> {
@@ -32,18 +42,14 @@ pub fn parse_since(text: &str, now: SystemTime) -> Result<i64, OpsError> {
 }
 
 /// Lists deliveries, newest first. `limit` is capped at 1000 per page.
-pub async fn list(store: &Store, mut filter: DeliveryFilter) -> Result<Vec<DeliveryRow>, OpsError> {
-    if let Some(s) = &filter.status
-        && !STATUSES.contains(&s.as_str())
-    {
-        return Err(OpsError::Invalid(format!("unknown status \"{s}\"; use one of {}", STATUSES.join(", "))));
-    }
+pub async fn list(store: &Store, mut filter: DeliveryFilter) -> Result<Vec<DeliveryView>, OpsError> {
     filter.limit = filter.limit.clamp(1, 1000);
-    Ok(store.list_deliveries(filter).await?)
+    Ok(store.list_deliveries(filter).await?.into_iter().map(DeliveryView::from).collect())
 }
 
-pub async fn event(store: &Store, id: &str) -> Result<EventDetail, OpsError> {
-    store.event(id.to_string()).await?.ok_or_else(|| OpsError::NoEvent(id.to_string()))
+pub async fn event(store: &Store, id: &str) -> Result<EventView, OpsError> {
+    let detail = store.event(id.to_string()).await?.ok_or_else(|| OpsError::NoEvent(id.to_string()))?;
+    Ok(detail.into())
 }
 
 /// Re-sends deliveries as they were planned (same body, same `webhook-id`), to the destination's
@@ -66,7 +72,7 @@ pub async fn replay_dead(store: &Store, destination: Option<String>, since_ms: O
 pub async fn reroute(store: &Store, snap: &Snapshot, ids: Vec<String>) -> Result<usize, OpsError> {
     let mut planned = 0;
     for id in ids {
-        let (source_name, received_at, headers, body) =
+        let RawEvent { source: source_name, received_at_ms: received_at, headers, body } =
             store.raw_event(id.clone()).await?.ok_or_else(|| OpsError::NoEvent(id.clone()))?;
         let source = snap.source_by_name(&source_name).ok_or_else(|| {
             OpsError::Invalid(format!("event {id}: source \"{source_name}\" is not in the current config"))
@@ -164,6 +170,135 @@ pub async fn purge_dead(
         p
     };
     Ok(Outcome { dry_run, result })
+}
+
+/// A delivery as the admin API and the CLI show it (JSON).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    pub id: i64,
+    pub event_id: String,
+    pub source: String,
+    pub route: String,
+    pub destination: String,
+    pub msg_id: String,
+    pub status: DeliveryStatus,
+    /// How many attempts were made (a count; the attempts themselves are a delivery's
+    /// `attempt_log` in [`EventView`]).
+    pub attempts: u32,
+    pub next_at_ms: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    /// Who cancelled it and why, while it is `cancelled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<CancellationView>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CancellationView {
+    /// `cli:<user>`, `api:token <fingerprint>`, `api` (no token) or `operator`.
+    pub by: String,
+    pub reason: Option<String>,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub n: u32,
+    pub at_ms: i64,
+    pub status_code: Option<u16>,
+    pub latency_ms: u64,
+    /// The start of the response body, as text (invalid UTF-8 replaced).
+    pub response: String,
+    pub error: Option<String>,
+}
+
+/// One event with its deliveries and every attempt, as shown (JSON).
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub id: String,
+    pub source: String,
+    pub received_at_ms: i64,
+    pub routed: bool,
+    pub dedupe_key: Option<String>,
+    pub headers: Vec<(String, String)>,
+    /// The body as text if it is UTF-8, else base64 in `body_base64`.
+    pub body: Option<String>,
+    pub body_base64: Option<String>,
+    pub deliveries: Vec<DeliveryDetailView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryDetailView {
+    #[serde(flatten)]
+    pub delivery: DeliveryView,
+    pub transformed_body: Option<String>,
+    /// Every attempt, oldest first (`attempts` is their count).
+    pub attempt_log: Vec<AttemptView>,
+}
+
+impl From<DeliveryRow> for DeliveryView {
+    fn from(r: DeliveryRow) -> Self {
+        DeliveryView {
+            id: r.id,
+            event_id: r.event_id,
+            source: r.source,
+            route: r.route,
+            destination: r.destination,
+            msg_id: r.msg_id,
+            status: r.status,
+            attempts: r.attempts,
+            next_at_ms: r.next_at_ms,
+            created_at_ms: r.created_at_ms,
+            updated_at_ms: r.updated_at_ms,
+            last_status: r.last_status,
+            last_error: r.last_error,
+            cancelled: r.cancelled.map(|c| CancellationView { by: c.by, reason: c.reason, at_ms: c.at_ms }),
+        }
+    }
+}
+
+impl From<AttemptRow> for AttemptView {
+    fn from(a: AttemptRow) -> Self {
+        AttemptView {
+            n: a.n,
+            at_ms: a.at_ms,
+            status_code: a.status_code,
+            latency_ms: a.latency_ms,
+            response: String::from_utf8_lossy(&a.response).into_owned(),
+            error: a.error,
+        }
+    }
+}
+
+impl From<EventDetail> for EventView {
+    fn from(e: EventDetail) -> Self {
+        use base64::Engine as _;
+        let (body, body_base64) = match std::str::from_utf8(&e.body) {
+            Ok(s) => (Some(s.to_string()), None),
+            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&e.body))),
+        };
+        EventView {
+            id: e.id,
+            source: e.source,
+            received_at_ms: e.received_at_ms,
+            routed: e.routed,
+            dedupe_key: e.dedupe_key,
+            headers: e.headers,
+            body,
+            body_base64,
+            deliveries: e
+                .deliveries
+                .into_iter()
+                .map(|d| DeliveryDetailView {
+                    delivery: d.delivery.into(),
+                    transformed_body: d.transformed_body.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    attempt_log: d.attempt_log.into_iter().map(Into::into).collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 fn header_map(headers: &[(String, String)]) -> HeaderMap {

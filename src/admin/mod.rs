@@ -43,7 +43,7 @@ use tracing::warn;
 use crate::app::State;
 use crate::ops::{self, OpsError};
 use crate::reload::Reloader;
-use crate::store::DeliveryFilter;
+use crate::store::{DeliveryFilter, Inspect, Queue};
 
 /// Largest admin request body (JSON commands are small).
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -411,7 +411,7 @@ fn parse_filter(query: &str) -> Result<DeliveryFilter, OpsError> {
         let v = percent_decode(v);
         let int = |v: &str| v.parse::<i64>().map_err(|_| OpsError::Invalid(format!("{k} must be a number")));
         match k {
-            "status" => f.status = Some(v),
+            "status" => f.status = Some(ops::parse_status(&v)?),
             "destination" => f.destination = Some(v),
             "source" => f.source = Some(v),
             "since" => f.since_ms = Some(ops::parse_since(&v, SystemTime::now())?),
@@ -479,7 +479,7 @@ mod tests {
     #[test]
     fn filters_from_query_strings() {
         let f = parse_filter("status=dead&destination=chat%20ops&limit=5&before=99").unwrap();
-        assert_eq!(f.status.as_deref(), Some("dead"));
+        assert_eq!(f.status, Some(crate::store::DeliveryStatus::Dead));
         assert_eq!(f.destination.as_deref(), Some("chat ops"));
         assert_eq!((f.limit, f.before_id), (5, Some(99)));
         assert_eq!(parse_filter("colour=red").unwrap_err().to_string(), "unknown query parameter \"colour\"");

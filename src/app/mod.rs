@@ -29,7 +29,7 @@ use crate::delivery::{Dispatcher, HttpTransport};
 use crate::reload::Reloader;
 use crate::server::listener::{self, ConnectionBudget};
 use crate::snapshot::Plugins;
-use crate::store::{Store, StoreError, StoreOptions, now_ms};
+use crate::store::{Queue, Store, StoreError, StoreOptions, now_ms};
 
 /// Why a gateway did not start. Nothing was left running.
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +99,10 @@ pub async fn start_with(config: &Path, plugins: Arc<Plugins>) -> Result<Running,
     );
     log_budget(nofile, &budget);
     let storage = snapshot.storage.clone();
-    let store =
-        Store::open_with(&storage.path, StoreOptions { sync: storage.sync, commit_timeout: storage.commit_timeout.0 })?;
+    let store = Store::open_with(
+        &storage.path,
+        StoreOptions { sync: storage.sync, commit_timeout: storage.commit_timeout.0, ..StoreOptions::default() },
+    )?;
     let dispatcher = Dispatcher::new(
         store.clone(),
         HttpTransport,

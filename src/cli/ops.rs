@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use hookyard::ops;
 use hookyard::snapshot::Snapshot;
-use hookyard::store::{DeliveryFilter, Store};
+use hookyard::store::{DeliveryFilter, DeliveryStatus, Inspect, Store};
 
 #[derive(clap::Args)]
 pub struct EventsArgs {
@@ -103,7 +103,7 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
     let (_, store) = open(&a.config)?;
     let since_ms = a.since.as_deref().map(|s| ops::parse_since(s, SystemTime::now())).transpose()?;
     let filter = DeliveryFilter {
-        status: a.status,
+        status: a.status.as_deref().map(ops::parse_status).transpose()?,
         destination: a.destination.clone(),
         source: a.source,
         since_ms,
@@ -119,9 +119,9 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter(|(name, _)| a.destination.as_ref().is_none_or(|d| d == name))
         .collect();
-    let reason_of = |r: &hookyard::store::DeliveryRow| {
+    let reason_of = |r: &ops::DeliveryView| {
         let (_, reason) = paused.iter().find(|(name, _)| *name == r.destination)?;
-        (r.status == "pending").then(|| reason.clone().unwrap_or_default())
+        (r.status == DeliveryStatus::Pending).then(|| reason.clone().unwrap_or_default())
     };
     if a.json {
         for r in &rows {

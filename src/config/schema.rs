@@ -139,7 +139,7 @@ pub struct StorageConfig {
     /// power loss. `normal`: no fsync per commit; survives a crash of hookyard but the last
     /// commits may be lost if the machine loses power. Commits are grouped across concurrent
     /// requests either way.
-    pub sync: crate::store::SyncMode,
+    pub sync: SyncMode,
     /// How long finished events (all deliveries delivered, failed or dead) are kept. Pending work
     /// is never deleted. Default `7d`.
     pub retention: Dur,
@@ -157,13 +157,29 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             path: PathBuf::from("data/hookyard.db"),
-            sync: crate::store::SyncMode::Full,
+            sync: SyncMode::Full,
             retention: Dur(Duration::from_secs(7 * 86_400)),
             purge_interval: Dur(Duration::from_secs(3600)),
-            commit_timeout: Dur(crate::store::DEFAULT_COMMIT_TIMEOUT),
+            commit_timeout: Dur(DEFAULT_COMMIT_TIMEOUT),
         }
     }
 }
+
+/// How hard a commit tries to reach the disk (`storage.sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// fsync on every commit: an acknowledged event survives a crash of the process, the OS or
+    /// the power.
+    #[default]
+    Full,
+    /// No fsync on commit (WAL with `synchronous=NORMAL`): survives a crash of the process, but the
+    /// last commits may be lost if the machine loses power.
+    Normal,
+}
+
+/// Default of `storage.commit_timeout`.
+pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `sources.<name>:` — one sender of webhooks.
 #[derive(Debug, Clone, Deserialize)]

@@ -46,21 +46,8 @@ use super::breaker::{Breaker, BreakerState};
 use super::client::AttemptReport;
 use super::retry::AttemptOutcome;
 use super::{Destination, build_request};
-use crate::store::{AttemptRecord, DueDelivery, Settle, Store};
-
-/// Unix ms now. In unit tests it follows tokio's (pausable) clock, so due times in the store move
-/// with virtual time.
-fn now_ms() -> i64 {
-    #[cfg(test)]
-    {
-        use std::sync::OnceLock;
-        static BASE: OnceLock<(i64, std::time::Instant)> = OnceLock::new();
-        let (wall, mono) = *BASE.get_or_init(|| (crate::store::now_ms(), std::time::Instant::now()));
-        wall + Instant::now().into_std().saturating_duration_since(mono).as_millis() as i64
-    }
-    #[cfg(not(test))]
-    crate::store::now_ms()
-}
+use crate::clock::Clock;
+use crate::store::{AttemptRecord, DeliveryId, DestinationName, DueDelivery, Inspect, Queue, Settle, Store};
 
 /// Shortest pause between two polls.
 const MIN_POLL_GAP: Duration = Duration::from_millis(50);
@@ -117,6 +104,8 @@ impl<T: Transport> Clone for Dispatcher<T> {
 
 struct Inner<T> {
     store: Store,
+    /// The store's clock: due times are compared with it.
+    clock: Clock,
     transport: T,
     destinations: ArcSwap<HashMap<Arc<str>, Arc<Destination>>>,
     /// `delivery.max_in_flight`: a task holds one permit from before it is spawned to its end.
@@ -176,7 +165,7 @@ struct Handed {
 
 /// Due ids a poll could not start, by destination, and when it read them.
 struct Ready {
-    by_destination: HashMap<Arc<str>, std::collections::VecDeque<i64>>,
+    by_destination: HashMap<Arc<str>, std::collections::VecDeque<DeliveryId>>,
     read_at: Instant,
 }
 
@@ -276,7 +265,7 @@ impl<T> Inner<T> {
     /// Claims delivery `id` unless a task owns it or released it after `read_at` (a row read before
     /// that task's result committed still looks pending). One lock covers the check and the claim,
     /// and a task's release, so the two cannot interleave.
-    fn claim(&self, id: i64, read_at: Option<Instant>) -> bool {
+    fn claim(&self, id: DeliveryId, read_at: Option<Instant>) -> bool {
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         // `None` (the fast path after an accept): any release means the poller saw the committed
         // row first and a task already handled it
@@ -289,7 +278,7 @@ impl<T> Inner<T> {
     }
 
     /// Gives up the claim on `id`; `attempted`: a task handled it, so reads from before now are stale.
-    fn release(&self, id: i64, attempted: bool) {
+    fn release(&self, id: DeliveryId, attempted: bool) {
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         if attempted {
             claims.released.insert(id, Instant::now());
@@ -349,6 +338,7 @@ impl<T: Transport> Dispatcher<T> {
         let paused = store.paused().await?.into_iter().map(|(n, _)| n).collect();
         let d = Dispatcher {
             inner: Arc::new(Inner {
+                clock: store.clock(),
                 store,
                 transport,
                 destinations: ArcSwap::from_pointee(HashMap::new()),
@@ -427,7 +417,7 @@ impl<T: Transport> Dispatcher<T> {
                 // over to them in memory (bounded) rather than through a poll of the store.
                 Err(NoSlot::DestinationFull) if handed.count < inner.max_in_flight && inner.claim(d.id, None) => {
                     handed.count += 1;
-                    handed.by_destination.entry(d.destination.clone()).or_default().push_back(d);
+                    handed.by_destination.entry(d.destination.0.clone()).or_default().push_back(d);
                     true
                 }
                 Err(_) => false,
@@ -509,7 +499,9 @@ impl<T: Transport> Dispatcher<T> {
             // replays); finished attempts wake it sooner while a backlog waits for slots.
             let next = self.inner.store.next_due_ms(self.blocked_destinations()).await.ok().flatten();
             let wait = match next {
-                Some(at) if at > now_ms() => Duration::from_millis((at - now_ms()) as u64).min(POLL_INTERVAL),
+                Some(at) if at > self.inner.clock.now_ms() => {
+                    Duration::from_millis((at - self.inner.clock.now_ms()) as u64).min(POLL_INTERVAL)
+                }
                 _ => POLL_INTERVAL,
             };
             tokio::select! {
@@ -565,10 +557,10 @@ impl<T: Transport> Dispatcher<T> {
         // The window: the rows tasks own (still pending in the store), one per free slot, and as
         // many again to wait (ids only) for the slots of attempts that finish.
         let window = claimed + free + inner.max_in_flight;
-        let due = inner.store.due_ids(now_ms(), window, self.blocked_destinations()).await?;
+        let due = inner.store.due_ids(inner.clock.now_ms(), window, self.blocked_destinations()).await?;
         let full = due.len() >= window;
         let now = Instant::now();
-        let candidates: Vec<(i64, String)> = {
+        let candidates: Vec<(DeliveryId, DestinationName)> = {
             let mut claims = inner.claims.lock().unwrap_or_else(|p| p.into_inner());
             claims.released.retain(|_, at| now.duration_since(*at) < RELEASE_MEMORY);
             let Claims { claimed, released } = &*claims;
@@ -577,7 +569,7 @@ impl<T: Transport> Dispatcher<T> {
                 .collect()
         };
         let mut slots = HashMap::with_capacity(candidates.len());
-        let mut waiting: HashMap<Arc<str>, std::collections::VecDeque<i64>> = HashMap::new();
+        let mut waiting: HashMap<Arc<str>, std::collections::VecDeque<DeliveryId>> = HashMap::new();
         let mut short = false;
         for (id, dest) in candidates {
             match inner.slot_for(&dest) {
@@ -586,7 +578,7 @@ impl<T: Transport> Dispatcher<T> {
                 }
                 Err(_) => {
                     short = true;
-                    waiting.entry(Arc::<str>::from(dest)).or_default().push_back(id);
+                    waiting.entry(dest.0).or_default().push_back(id);
                 }
             }
         }
@@ -649,8 +641,8 @@ impl<T: Transport> Dispatcher<T> {
 /// Which deliveries tasks own, and when recently finished tasks gave theirs up.
 #[derive(Default)]
 struct Claims {
-    claimed: HashSet<i64>,
-    released: HashMap<i64, Instant>,
+    claimed: HashSet<DeliveryId>,
+    released: HashMap<DeliveryId, Instant>,
 }
 
 /// Owns one claimed delivery for one attempt, then, keeping its slot, the next due delivery of
@@ -708,7 +700,7 @@ enum Next {
 async fn fail_removed<T>(inner: &Inner<T>, d: &DueDelivery) -> Next {
     let reason = format!("destination \"{}\" is not in the current config", d.destination);
     let record = AttemptRecord {
-        at_ms: now_ms(),
+        at_ms: inner.clock.now_ms(),
         status_code: None,
         latency_ms: 0,
         response: Default::default(),
@@ -721,7 +713,7 @@ async fn fail_removed<T>(inner: &Inner<T>, d: &DueDelivery) -> Next {
 
 async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Slot) -> Next {
     // the current config's destination: a reload since the slot was taken counts
-    let current = inner.destinations.load().get(&d.destination).cloned();
+    let current = inner.destinations.load().get(d.destination.as_str()).cloned();
     let (Some(dest), Some(_)) = (current, &slot.dest) else {
         return fail_removed(inner, d).await;
     };
@@ -735,7 +727,7 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
     if let Some(rate) = &dest.rate {
         rate.wait().await;
         // a reload may have removed the destination while this attempt waited for its turn
-        if !inner.destinations.load().contains_key(&d.destination) {
+        if !inner.destinations.load().contains_key(d.destination.as_str()) {
             return fail_removed(inner, d).await;
         }
     }
@@ -768,7 +760,7 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
         AttemptOutcome::Gone => (Some(410), Some("HTTP 410 Gone: destination paused".to_string())),
     };
     let record = AttemptRecord {
-        at_ms: now_ms(),
+        at_ms: inner.clock.now_ms(),
         status_code,
         latency_ms,
         response: report.response_body.clone(),
@@ -809,7 +801,8 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
             // after it waits in the store.
             inner.paused.lock().unwrap_or_else(|p| p.into_inner()).insert(dest.name.to_string());
             error!(event_id = %d.event_id, destination = %dest.name, "destination answered 410 Gone; paused it (resume with `hookyard resume`)");
-            let settled = inner.store.settle(d.id, record, Settle::Retry { next_at_ms: now_ms() }, error_text).await;
+            let settled =
+                inner.store.settle(d.id, record, Settle::Retry { next_at_ms: inner.clock.now_ms() }, error_text).await;
             if let Err(e) = settled {
                 error!(error = %e, "could not record the attempt");
             }
@@ -820,7 +813,7 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
                 Some(delay) => {
                     warn!(event_id = %d.event_id, route = %d.route, destination = %dest.name, attempt, %reason, retry_in_ms = delay.as_millis() as u64, "delivery attempt failed; will retry");
                     inner.retries.fetch_add(1, Ordering::Relaxed);
-                    let next_at_ms = now_ms() + delay.as_millis() as i64;
+                    let next_at_ms = inner.clock.now_ms() + delay.as_millis() as i64;
                     match inner.store.settle(d.id, record, Settle::Retry { next_at_ms }, error_text).await {
                         Ok(()) => Next::Retry,
                         Err(e) => {
@@ -869,7 +862,7 @@ async fn finish<T>(
             Next::Done
         }
         Err(e) => {
-            error!(error = %e, delivery = d.id, "could not record the attempt; the delivery stays due");
+            error!(error = %e, delivery = d.id.0, "could not record the attempt; the delivery stays due");
             Next::Release
         }
     }

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::app::State;
 use crate::metrics;
 use crate::snapshot::{Event, EventId, Snapshot, Source};
-use crate::store::{Accepted, NewEvent, to_ms};
+use crate::store::{Accepted, NewEvent, Queue, to_ms};
 use tracing::Instrument;
 
 type Resp = Response<Full<Bytes>>;

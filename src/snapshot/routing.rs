@@ -155,8 +155,8 @@ impl Snapshot {
     /// A planned delivery as the dispatcher would see it (for `dry-run`).
     pub fn preview(&self, source: &Source, event: &Event, d: &NewDelivery) -> DueDelivery {
         DueDelivery {
-            id: 0,
-            event_id: event.id.0.clone(),
+            id: crate::ids::DeliveryId(0),
+            event_id: event.id.clone(),
             route: d.route.as_str().into(),
             destination: d.destination.as_str().into(),
             msg_id: d.msg_id.as_str().into(),

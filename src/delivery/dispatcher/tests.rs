@@ -9,10 +9,11 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 use super::*;
+use crate::config::SyncMode;
 use crate::delivery::egress::EgressPolicy;
 use crate::delivery::{Backoff, BreakerSettings, HttpClient, RateLimiter, RetryPolicy, TlsRoots};
 use crate::sign::{SignScheme, Signer};
-use crate::store::{Accepted, NewDelivery, NewEvent, SyncMode};
+use crate::store::{Accepted, Inspect, NewDelivery, NewEvent, StoreOptions};
 
 /// Answers attempts from a script (then 200 forever) and records when each attempt happened.
 #[derive(Default)]
@@ -88,11 +89,17 @@ fn schedule(secs: &[u64]) -> Setup {
     }
 }
 
+/// A store whose due times follow tokio's clock, which these tests pause.
+fn open_store(dir: &tempfile::TempDir) -> Store {
+    let options = StoreOptions { sync: SyncMode::Normal, clock: Clock::tokio(), ..StoreOptions::default() };
+    Store::open_with(&dir.path().join("db"), options).unwrap()
+}
+
 async fn accept(store: &Store, id: &str, dest: &str) -> Vec<DueDelivery> {
     let ev = NewEvent {
         id: id.into(),
         source: "s".into(),
-        received_at_ms: now_ms(),
+        received_at_ms: store.clock().now_ms(),
         headers: vec![],
         body: Bytes::from_static(b"{}"),
         dedupe_key: None,
@@ -143,7 +150,7 @@ impl Drop for Harness {
 impl Harness {
     async fn new(replies: Vec<AttemptOutcome>, setup: Setup) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db"), SyncMode::Normal).unwrap();
+        let store = open_store(&dir);
         let script = Arc::new(Script {
             replies: Mutex::new(replies.into()),
             times: Mutex::default(),
@@ -169,7 +176,7 @@ impl Harness {
 
     async fn status(&self, id: &str) -> (String, u32) {
         let ev = self.store.event(id.into()).await.unwrap().unwrap();
-        (ev.deliveries[0].delivery.status.clone(), ev.deliveries[0].delivery.attempts)
+        (ev.deliveries[0].delivery.status.to_string(), ev.deliveries[0].delivery.attempts)
     }
 
     /// Advances virtual time in steps, letting tasks run, until `done` or `limit`.
@@ -301,7 +308,7 @@ async fn removed_destination_fails_the_delivery_with_a_reason() {
     h.dispatcher.submit(accept(&h.store, "evt_1", "gone-from-config").await);
     h.run_until(Duration::from_secs(10), |h| h.dispatcher.stats().pending == 0).await;
     let ev = h.store.event("evt_1".into()).await.unwrap().unwrap();
-    assert_eq!(ev.deliveries[0].delivery.status, "failed");
+    assert_eq!(ev.deliveries[0].delivery.status.as_str(), "failed");
     assert_eq!(
         ev.deliveries[0].delivery.last_error.as_deref(),
         Some("destination \"gone-from-config\" is not in the current config")
@@ -342,7 +349,7 @@ async fn rate_limit_delays_instead_of_dropping() {
 #[tokio::test]
 async fn queue_capacity_is_checked_before_accepting() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("db"), SyncMode::Normal).unwrap();
+    let store = open_store(&dir);
     let d = Dispatcher::new(store.clone(), Arc::new(Script::default()), &[], 8, 2).await.unwrap();
     accept(&store, "evt_1", "x").await;
     accept(&store, "evt_2", "x").await;
@@ -373,7 +380,7 @@ async fn assert_failed_as_removed(h: &Harness, ids: &[&str]) {
     for id in ids {
         let ev = h.store.event(id.to_string()).await.unwrap().unwrap();
         let d = &ev.deliveries[0].delivery;
-        assert_eq!(d.status, "failed", "{id}");
+        assert_eq!(d.status.as_str(), "failed", "{id}");
         assert_eq!(d.last_error.as_deref(), Some("destination \"dest\" is not in the current config"), "{id}");
     }
     assert_eq!(h.store.pending_count().await.unwrap(), 0);
@@ -490,9 +497,9 @@ async fn memory_holds_only_the_attempts_in_flight_however_long_the_backlog() {
 /// Counts, per delivery, attempts running at the same moment, on a real multi-threaded runtime.
 #[derive(Default)]
 struct Overlap {
-    running: Mutex<HashMap<i64, usize>>,
+    running: Mutex<HashMap<DeliveryId, usize>>,
     worst: AtomicUsize,
-    delivered: Mutex<HashMap<i64, usize>>,
+    delivered: Mutex<HashMap<DeliveryId, usize>>,
     calls: AtomicUsize,
 }
 
@@ -523,7 +530,7 @@ impl Transport for Arc<Overlap> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_sender_per_delivery_with_many_workers_and_racing_pollers() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("db"), SyncMode::Normal).unwrap();
+    let store = open_store(&dir);
     let overlap = Arc::new(Overlap::default());
     let setup = Setup {
         backoff: Backoff::Schedule(vec![Duration::from_millis(1); 20]),

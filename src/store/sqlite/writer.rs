@@ -1,6 +1,8 @@
 //! The single writer: a plain OS thread that owns the write connection and commits the operations
-//! of concurrent callers together (group commit). Each operation runs in its own savepoint, so one
-//! failing operation does not undo the others in its group; replies are sent only after COMMIT.
+//! of concurrent callers together (group commit). Accepts and settles run bare in the group's
+//! transaction; should one fail, the group is rolled back and run again with a savepoint per
+//! operation, so a failing operation never undoes the others. Administrative jobs always get a
+//! savepoint of their own. Replies are sent only after COMMIT.
 //!
 //! The wait for SQLite's write lock is bounded: a group takes the lock up front (`BEGIN
 //! IMMEDIATE`) and waits for it at most until the earliest deadline of its accepts (their
@@ -16,9 +18,11 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use tokio::sync::oneshot;
 use tracing::error;
 
+use super::db;
 use super::health::{Health, PROBE_INTERVAL};
-use super::{
-    Accepted, AttemptRecord, DueDelivery, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle, StoreError, now_ms,
+use crate::store::{
+    Accepted, AttemptRecord, DeliveryId, DueDelivery, EventId, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result,
+    Settle, StoreError, now_ms,
 };
 
 /// Most operations in one transaction. Bounds commit latency under a flood.
@@ -41,7 +45,7 @@ pub enum Op {
         reply: oneshot::Sender<Result<Accepted>>,
     },
     Settle {
-        delivery_id: i64,
+        delivery_id: DeliveryId,
         attempt: AttemptRecord,
         settle: Settle,
         error: Option<String>,
@@ -346,7 +350,7 @@ fn write_one(t: &Connection, op: &Op) -> Written {
             Written::Accept(accept(t, event, deliveries, *dedupe_window))
         }
         Op::Settle { delivery_id, attempt, settle, error, .. } => {
-            Written::Settle(settle_delivery(t, *delivery_id, attempt, settle, error.as_deref()))
+            Written::Settle(settle_delivery(t, delivery_id.0, attempt, settle, error.as_deref()))
         }
         Op::Exec(_) => unreachable!("administrative jobs are written by write_group"),
     }
@@ -373,7 +377,7 @@ fn reply(ops: Vec<Op>, written: Vec<Written>, commit_error: Option<&str>) {
             Op::Accept { event, deliveries, reply, .. } => {
                 let res = match w {
                     None => Err(commit_failed()),
-                    Some(Written::Accept(Err(e))) => Err(e.into()),
+                    Some(Written::Accept(Err(e))) => Err(db(e)),
                     Some(Written::Accept(Ok(AcceptRows::Duplicate { original }))) => {
                         Ok(Accepted::Duplicate { original })
                     }
@@ -387,7 +391,7 @@ fn reply(ops: Vec<Op>, written: Vec<Written>, commit_error: Option<&str>) {
             Op::Settle { reply, .. } => {
                 let res = match w {
                     None => Err(commit_failed()),
-                    Some(Written::Settle(res)) => res.map_err(Into::into),
+                    Some(Written::Settle(res)) => res.map_err(db),
                     Some(Written::Accept(_)) => unreachable!("written in the order of the operations"),
                 };
                 let _ = reply.send(res);
@@ -427,14 +431,14 @@ fn accept(
 
 /// The deliveries of a committed event that are due now (failed ones are kept, not sent).
 fn due(ev: NewEvent, deliveries: Vec<NewDelivery>, ids: Vec<i64>) -> Vec<DueDelivery> {
-    let event_id: Arc<str> = ev.id.into();
+    let event_id = EventId::from(ev.id);
     let shared_headers = Arc::new(ev.headers);
     deliveries
         .into_iter()
         .zip(ids)
         .filter(|(d, _)| d.failed.is_none())
         .map(|(d, id)| DueDelivery {
-            id,
+            id: DeliveryId(id),
             event_id: event_id.clone(),
             route: d.route.into(),
             destination: d.destination.into(),
@@ -494,7 +498,7 @@ fn settle_delivery(
                     updated_at = ?4, last_status = ?5, last_error = ?6
              WHERE id = ?1",
         )?
-        .execute(params![id, s.status(), next_at, now_ms(), a.status_code, error])?;
+        .execute(params![id, s.status().as_str(), next_at, now_ms(), a.status_code, error])?;
     if changed == 0 {
         return Err(rusqlite::Error::QueryReturnedNoRows);
     }

@@ -1,0 +1,408 @@
+//! The store's behaviours, written once against the boundary ([`Backend`]) and run on every
+//! backend: a backend's tests call [`conformance_suite!`] with a function that opens a fresh,
+//! empty store, which expands to one `#[test]` per behaviour (the SQLite backend's in
+//! `sqlite/tests.rs`). What only one backend can show (SQLite: reopening a file, migrating each
+//! earlier schema version, the writer's group trace, a foreign write lock, the sync pragma) stays
+//! in that backend's own tests.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{
+    Accepted, AttemptRecord, Backend, Cancellation, DeliveryFilter, DeliveryId, DeliverySelection, DeliveryStatus,
+    DestinationStats, DueDelivery, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Purged, Settle, now_ms,
+};
+
+/// One `#[test]` per behaviour, each on a store `$fresh()` opens. Add a behaviour here and to the
+/// list below; every backend then runs it.
+macro_rules! conformance_suite {
+    ($fresh:path) => {
+        $crate::store::conformance::conformance_suite!(@each $fresh;
+            accept_settle_and_the_attempt_log,
+            retries_dead_letters_and_replay,
+            due_ids_oldest_first_and_only_pending_loads,
+            dedupe_within_window_only,
+            purge_keeps_pending_work,
+            skipped_destinations_are_not_due_and_pauses_are_recorded,
+            concurrent_accepts_all_commit_and_cursor_pages_cover_them,
+            a_failing_operation_does_not_undo_the_others,
+            destination_stats_count_pending_dead_and_failed_per_destination,
+            a_cancel_survives_the_settle_of_an_attempt_in_flight,
+            selections_name_pending_deliveries_by_id_event_or_filter,
+            purging_dead_letters_deletes_them_and_events_left_empty,
+        );
+    };
+    (@each $fresh:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::store::conformance::$name($fresh()).await
+            }
+        )*
+    };
+}
+pub(crate) use conformance_suite;
+
+pub(crate) fn event(id: &str, key: Option<&str>, at: i64) -> NewEvent {
+    NewEvent {
+        id: id.into(),
+        source: "github".into(),
+        received_at_ms: at,
+        headers: vec![("x-github-event".into(), "push".into())],
+        body: Bytes::from_static(b"{\"a\":1}"),
+        dedupe_key: key.map(Into::into),
+    }
+}
+
+fn event_from(id: &str, source: &str) -> NewEvent {
+    NewEvent {
+        source: source.into(),
+        headers: Vec::new(),
+        body: Bytes::from_static(b"{}"),
+        ..event(id, None, now_ms())
+    }
+}
+
+pub(crate) fn delivery(dest: &str) -> NewDelivery {
+    NewDelivery {
+        route: "r".into(),
+        destination: dest.into(),
+        msg_id: format!("msg_{dest}"),
+        body: None,
+        headers: None,
+        failed: None,
+    }
+}
+
+pub(crate) fn attempt(code: Option<u16>) -> AttemptRecord {
+    AttemptRecord {
+        at_ms: now_ms(),
+        status_code: code,
+        latency_ms: 3,
+        response: Bytes::from(vec![b'x'; 10_000]),
+        error: None,
+    }
+}
+
+pub(crate) fn stored(a: Accepted) -> Vec<DueDelivery> {
+    match a {
+        Accepted::Stored(d) => d,
+        Accepted::Duplicate { original } => panic!("unexpected duplicate of {original}"),
+    }
+}
+
+/// Pending deliveries due at `now_ms`, oldest due first, except those of `skip`: the two steps the
+/// dispatcher's poll takes.
+pub(crate) async fn due(store: &impl Backend, now_ms: i64, limit: usize, skip: &[&str]) -> Vec<DueDelivery> {
+    let ids = store.due_ids(now_ms, limit, skip.iter().map(|s| s.to_string()).collect()).await.unwrap();
+    store.load_pending(ids.into_iter().map(|(id, _)| id).collect()).await.unwrap()
+}
+
+async fn accept_to(store: &impl Backend, id: &str, source: &str, dests: &[&str]) -> Vec<DeliveryId> {
+    let planned = dests.iter().map(|d| delivery(d)).collect();
+    stored(store.accept(event_from(id, source), planned, None).await.unwrap()).iter().map(|d| d.id).collect()
+}
+
+async fn status(store: &impl Backend, id: DeliveryId) -> (DeliveryStatus, u32, Option<Cancellation>) {
+    let rows = store.list_deliveries(DeliveryFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    let r = rows.into_iter().find(|r| r.id == id.0).unwrap();
+    (r.status, r.attempts, r.cancelled)
+}
+
+fn by_destination(d: &str) -> DeliverySelection {
+    DeliverySelection { destination: Some(d.into()), ..Default::default() }
+}
+
+pub async fn accept_settle_and_the_attempt_log(store: impl Backend) {
+    let due_now =
+        stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a"), delivery("b")], None).await.unwrap());
+    assert_eq!(due_now.len(), 2);
+    assert_eq!(&*due_now[0].msg_id, "msg_a");
+    assert_eq!(&due_now[0].body[..], b"{\"a\":1}");
+    store.settle(due_now[0].id, attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    let left = due(&store, now_ms() + 1, 10, &[]).await;
+    assert_eq!(left.len(), 1, "the undelivered one is still due");
+    assert_eq!(&*left[0].destination, "b");
+    assert_eq!(left[0].headers.as_slice(), &[("x-github-event".to_string(), "push".to_string())]);
+    let ev = store.event("evt_1".into()).await.unwrap().unwrap();
+    assert_eq!(ev.deliveries[0].delivery.status, DeliveryStatus::Delivered);
+    assert_eq!(ev.deliveries[0].attempt_log.len(), 1);
+    assert_eq!(ev.deliveries[0].attempt_log[0].response.len(), MAX_RESPONSE_KEPT, "response bodies are cut at 4 KiB");
+    assert_eq!(ev.deliveries[1].delivery.status, DeliveryStatus::Pending);
+    let raw = store.raw_event("evt_1".into()).await.unwrap().unwrap();
+    assert_eq!((raw.source.as_str(), &raw.body[..]), ("github", &b"{\"a\":1}"[..]));
+    assert!(store.event("evt_nope".into()).await.unwrap().is_none());
+    assert_eq!(store.health(), Ok(()));
+}
+
+pub async fn retries_dead_letters_and_replay(store: impl Backend) {
+    let due_now = stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a")], None).await.unwrap());
+    let id = due_now[0].id;
+    let later = now_ms() + 60_000;
+    store.settle(id, attempt(Some(503)), Settle::Retry { next_at_ms: later }, Some("HTTP 503".into())).await.unwrap();
+    assert!(due(&store, now_ms(), 10, &[]).await.is_empty(), "not due before next_at");
+    assert_eq!(due(&store, later, 10, &[]).await.len(), 1);
+    assert_eq!(store.next_due_ms(vec![]).await.unwrap(), Some(later));
+    store.settle(id, attempt(None), Settle::Dead, Some("timed out".into())).await.unwrap();
+    assert_eq!(store.pending_count().await.unwrap(), 0);
+    let dead = store
+        .list_deliveries(DeliveryFilter { status: Some(DeliveryStatus::Dead), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 2);
+    assert_eq!(dead[0].last_error.as_deref(), Some("timed out"));
+    assert_eq!(store.replay_dead(Some("other".into()), None).await.unwrap(), 0);
+    assert_eq!(store.replay_dead(Some("a".into()), None).await.unwrap(), 1);
+    let again = due(&store, now_ms() + 1, 10, &[]).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 2, "a replay keeps the attempt history");
+    assert_eq!(&*again[0].msg_id, "msg_a", "and the webhook-id");
+    let err = store.replay(vec!["evt_nope".into()]).await.unwrap_err();
+    assert_eq!(err.to_string(), "no deliveries for: evt_nope");
+    // by event id and by delivery id
+    store.settle(id, attempt(Some(400)), Settle::Failed, None).await.unwrap();
+    assert_eq!(store.replay(vec!["evt_1".into()]).await.unwrap(), 1);
+    store.settle(id, attempt(Some(400)), Settle::Failed, None).await.unwrap();
+    assert_eq!(store.replay(vec![id.to_string()]).await.unwrap(), 1);
+    assert_eq!(store.pending_count().await.unwrap(), 1);
+}
+
+/// The due window is the oldest due first, bounded, ids only; a load returns only what is still
+/// pending (a delivery settled meanwhile is not sent again: the dispatcher's lost claim).
+pub async fn due_ids_oldest_first_and_only_pending_loads(store: impl Backend) {
+    let now = now_ms();
+    let mut ids = Vec::new();
+    for (i, dest) in ["a", "b", "c"].into_iter().enumerate() {
+        ids.extend(accept_to(&store, &format!("evt_{i}"), "app", &[dest]).await);
+    }
+    // due at now+30 s, now+10 s, now+20 s
+    for (id, secs) in ids.iter().zip([30, 10, 20]) {
+        store.settle(*id, attempt(Some(503)), Settle::Retry { next_at_ms: now + secs * 1000 }, None).await.unwrap();
+    }
+    let window = store.due_ids(now + 60_000, 10, Vec::new()).await.unwrap();
+    assert_eq!(window, [(ids[1], "b".into()), (ids[2], "c".into()), (ids[0], "a".into())]);
+    assert_eq!(store.due_ids(now + 60_000, 2, Vec::new()).await.unwrap().len(), 2, "bounded by the limit");
+    assert_eq!(store.due_ids(now + 15_000, 10, Vec::new()).await.unwrap(), [(ids[1], "b".into())]);
+    assert_eq!(store.next_due_ms(vec!["b".into()]).await.unwrap(), Some(now + 20_000));
+
+    store.settle(ids[1], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    let loaded: Vec<DeliveryId> = store.load_pending(ids.clone()).await.unwrap().iter().map(|d| d.id).collect();
+    assert_eq!(loaded, [ids[0], ids[2]], "only pending rows load, in the order asked");
+}
+
+pub async fn dedupe_within_window_only(store: impl Backend) {
+    let window = Some(Duration::from_secs(3600));
+    let t0 = now_ms();
+    stored(store.accept(event("evt_1", Some("gh-1"), t0), vec![delivery("a")], window).await.unwrap());
+    match store.accept(event("evt_2", Some("gh-1"), t0 + 1000), vec![delivery("a")], window).await.unwrap() {
+        Accepted::Duplicate { original } => assert_eq!(original, "evt_1"),
+        Accepted::Stored(_) => panic!("duplicate stored"),
+    }
+    // outside the window: a new event
+    stored(store.accept(event("evt_3", Some("gh-1"), t0 + 3_600_001), vec![delivery("a")], window).await.unwrap());
+    stored(store.accept(event("evt_4", Some("gh-2"), t0 + 2000), vec![delivery("a")], window).await.unwrap());
+    assert_eq!(store.pending_count().await.unwrap(), 3);
+}
+
+pub async fn purge_keeps_pending_work(store: impl Backend) {
+    let old = now_ms() - 10 * 86_400_000;
+    let done = stored(store.accept(event("evt_old_done", None, old), vec![delivery("a")], None).await.unwrap());
+    store.settle(done[0].id, attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    stored(store.accept(event("evt_old_pending", None, old), vec![delivery("a")], None).await.unwrap());
+    stored(store.accept(event("evt_new", None, now_ms()), vec![], None).await.unwrap());
+    assert_eq!(store.purge(now_ms() - 7 * 86_400_000).await.unwrap(), 1);
+    assert!(store.event("evt_old_done".into()).await.unwrap().is_none());
+    assert!(store.event("evt_old_pending".into()).await.unwrap().is_some());
+    let unrouted = store.event("evt_new".into()).await.unwrap().unwrap();
+    assert!(!unrouted.routed);
+}
+
+pub async fn skipped_destinations_are_not_due_and_pauses_are_recorded(store: impl Backend) {
+    stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a"), delivery("b")], None).await.unwrap());
+    let due_now = due(&store, now_ms() + 1, 10, &["a"]).await;
+    assert_eq!(due_now.iter().map(|d| &*d.destination).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(store.next_due_ms(vec!["a".into(), "b".into()]).await.unwrap(), None);
+    // the store's pause flag is bookkeeping for the dispatcher, not a filter: a paused
+    // destination that a reload removed must still reach the dispatcher to be failed
+    store.set_paused("a", true, Some("410 Gone".into())).await.unwrap();
+    assert_eq!(store.paused().await.unwrap(), [("a".to_string(), Some("410 Gone".to_string()))]);
+    assert_eq!(due(&store, now_ms() + 1, 10, &[]).await.len(), 2);
+    store.set_paused("a", false, None).await.unwrap();
+    assert_eq!(store.paused().await.unwrap(), []);
+}
+
+pub async fn concurrent_accepts_all_commit_and_cursor_pages_cover_them(store: impl Backend) {
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                s.accept(event(&format!("evt_{i}"), None, now_ms()), vec![delivery("a")], None).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        stored(t.await.unwrap().unwrap());
+    }
+    assert_eq!(store.pending_count().await.unwrap(), 500);
+    let page1 = store.list_deliveries(DeliveryFilter { limit: 200, ..Default::default() }).await.unwrap();
+    let page2 = store
+        .list_deliveries(DeliveryFilter { limit: 400, before_id: Some(page1.last().unwrap().id), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(page1.len() + page2.len(), 500, "cursor pages cover every row once");
+    assert!(page1.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+}
+
+/// Operations sent together (so a backend that groups them may put them in one transaction):
+/// the failing ones fail alone. (The SQLite tests also check they did share one group.)
+pub async fn a_failing_operation_does_not_undo_the_others(store: impl Backend) {
+    let first = stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a")], None).await.unwrap());
+    let s = &store;
+    let (dup, ok, bad_settle, good_settle) = tokio::join!(
+        s.accept(event("evt_1", None, now_ms()), vec![delivery("b")], None), // duplicate id: fails
+        s.accept(event("evt_2", None, now_ms()), vec![delivery("a"), delivery("b")], None),
+        s.settle(DeliveryId(999_999), attempt(Some(200)), Settle::Delivered, None), // no such delivery: fails
+        s.settle(first[0].id, attempt(Some(200)), Settle::Delivered, None),
+    );
+    assert!(dup.is_err(), "the same event id twice is an error");
+    assert!(bad_settle.is_err(), "settling an unknown delivery is an error");
+    let due_now = stored(ok.unwrap());
+    assert_eq!(due_now.iter().map(|d| &*d.destination).collect::<Vec<_>>(), ["a", "b"]);
+    good_settle.unwrap();
+    let ev2 = store.event("evt_2".into()).await.unwrap().expect("evt_2 committed");
+    assert_eq!(ev2.deliveries.len(), 2);
+    let ev1 = store.event("evt_1".into()).await.unwrap().unwrap();
+    assert_eq!(ev1.deliveries.len(), 1, "the failed duplicate left no delivery behind");
+    assert_eq!(ev1.deliveries[0].delivery.status, DeliveryStatus::Delivered);
+    assert_eq!(ev1.deliveries[0].attempt_log.len(), 1);
+    assert_eq!(store.pending_count().await.unwrap(), 2);
+}
+
+pub async fn destination_stats_count_pending_dead_and_failed_per_destination(store: impl Backend) {
+    let now = now_ms();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let due_now = store.accept(event(&format!("evt_{i}"), None, now), vec![delivery("a"), delivery("b")], None);
+        ids.extend(stored(due_now.await.unwrap()).into_iter().map(|d| (d.destination, d.id)));
+    }
+    let settle = |id, s| store.settle(id, attempt(Some(500)), s, None);
+    let of = |dest: &str| ids.iter().filter(|(d, _)| &**d == dest).map(|(_, id)| *id).collect::<Vec<_>>();
+    let (a, b) = (of("a"), of("b"));
+    settle(a[0], Settle::Delivered).await.unwrap();
+    settle(a[1], Settle::Dead).await.unwrap();
+    settle(a[2], Settle::Dead).await.unwrap();
+    settle(a[3], Settle::Failed).await.unwrap();
+    settle(a[4], Settle::Retry { next_at_ms: now + 60_000 }).await.unwrap(); // pending, not yet due
+    for id in &b {
+        settle(*id, Settle::Delivered).await.unwrap();
+    }
+    let stats = store.destination_stats(now + 1_000).await.unwrap();
+    // a: a[5] due since it was accepted (just after `now`), a[4] pending later; b has nothing
+    // pending, dead or failed
+    let oldest = stats[0].oldest_due_ms;
+    assert!((500..=1_000).contains(&oldest), "oldest due {oldest} ms");
+    assert_eq!(
+        stats,
+        [DestinationStats { destination: "a".into(), pending: 2, oldest_due_ms: oldest, dead: 2, failed: 1 }]
+    );
+    store.replay_dead(Some("a".into()), None).await.unwrap();
+    let stats = store.destination_stats(now + 1_000).await.unwrap();
+    assert_eq!((stats[0].pending, stats[0].dead, stats[0].failed), (4, 0, 1));
+}
+
+/// A delivery cancelled while an attempt of it is in flight (loaded, claimed, being sent)
+/// stays cancelled when that attempt settles as a retry or a failure: the attempt is recorded,
+/// the status is not written back to pending. An attempt that delivered it makes it delivered.
+pub async fn a_cancel_survives_the_settle_of_an_attempt_in_flight(store: impl Backend) {
+    let ids = accept_to(&store, "evt_1", "app", &["a", "b", "c", "keep"]).await;
+    let (a, b, c, keep) = (ids[0], ids[1], ids[2], ids[3]);
+    // the dispatcher has loaded all four for attempts in flight
+    assert_eq!(store.load_pending(ids.clone()).await.unwrap().len(), 4);
+
+    for d in ["a", "b", "c"] {
+        assert_eq!(store.count_cancellable(by_destination(d)).await.unwrap(), 1);
+        assert_eq!(store.cancel(by_destination(d), "cli:alice".into(), Some("retired".into())).await.unwrap(), 1);
+    }
+    assert_eq!(store.pending_count().await.unwrap(), 1, "cancelled deliveries are not pending");
+    assert_eq!(store.count_cancellable(by_destination("a")).await.unwrap(), 0);
+
+    let answer = |code| AttemptRecord { response: Bytes::new(), latency_ms: 1, ..attempt(Some(code)) };
+    store.settle(a, answer(503), Settle::Retry { next_at_ms: 0 }, Some("HTTP 503".into())).await.unwrap();
+    store.settle(b, answer(400), Settle::Failed, Some("HTTP 400".into())).await.unwrap();
+    store.settle(c, answer(200), Settle::Delivered, None).await.unwrap();
+    store.settle(keep, answer(503), Settle::Retry { next_at_ms: 0 }, None).await.unwrap();
+
+    let (st, attempts, cancelled) = status(&store, a).await;
+    assert_eq!((st, attempts), (DeliveryStatus::Cancelled, 1), "the retry did not bring it back");
+    let cancelled = cancelled.expect("who and why");
+    assert_eq!((cancelled.by.as_str(), cancelled.reason.as_deref()), ("cli:alice", Some("retired")));
+    assert_eq!(status(&store, b).await.0, DeliveryStatus::Cancelled, "a failure does not replace the cancel");
+    assert_eq!(status(&store, c).await.0, DeliveryStatus::Delivered, "what was delivered says so");
+    assert_eq!(status(&store, c).await.2, None);
+    let ev = store.event("evt_1".into()).await.unwrap().unwrap();
+    assert_eq!(ev.deliveries[0].attempt_log.len(), 1, "the attempt in flight is in the log");
+
+    // never due again, except the one not cancelled
+    let due_now: Vec<DeliveryId> = due(&store, now_ms() + 1, 10, &[]).await.iter().map(|d| d.id).collect();
+    assert_eq!(due_now, [keep]);
+    assert_eq!(store.pending_count().await.unwrap(), 1);
+
+    // replayed by id like a failed delivery: pending and due again, no longer shown cancelled
+    assert_eq!(store.replay(vec![a.to_string()]).await.unwrap(), 1);
+    assert_eq!(status(&store, a).await, (DeliveryStatus::Pending, 1, None));
+    let mut due_now: Vec<DeliveryId> = due(&store, now_ms() + 1, 10, &[]).await.iter().map(|d| d.id).collect();
+    due_now.sort();
+    assert_eq!(due_now, [a, keep]);
+}
+
+pub async fn selections_name_pending_deliveries_by_id_event_or_filter(store: impl Backend) {
+    let e1 = accept_to(&store, "evt_1", "app", &["a", "b"]).await;
+    let e2 = accept_to(&store, "evt_2", "other", &["a"]).await;
+    let e3 = accept_to(&store, "evt_3", "app", &["b"]).await;
+    store.settle(e3[0], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    let count = |s: DeliverySelection| {
+        let store = store.clone();
+        async move { store.count_cancellable(s).await.map_err(|e| e.to_string()) }
+    };
+    let ids =
+        |ids: &[&str]| DeliverySelection { ids: ids.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    assert_eq!(count(ids(&[&e1[0].to_string()])).await, Ok(1));
+    assert_eq!(count(ids(&["evt_1"])).await, Ok(2));
+    assert_eq!(count(ids(&["evt_1", &e2[0].to_string()])).await, Ok(3));
+    assert_eq!(count(ids(&[&e3[0].to_string()])).await, Ok(0), "delivered: nothing to cancel");
+    assert_eq!(count(ids(&["evt_9", "999"])).await, Err("no deliveries for: evt_9, 999".to_string()));
+    assert_eq!(count(by_destination("a")).await, Ok(2));
+    assert_eq!(count(DeliverySelection { source: Some("other".into()), ..Default::default() }).await, Ok(1));
+    let future = DeliverySelection { since_ms: Some(now_ms() + 60_000), ..Default::default() };
+    assert_eq!(count(future).await, Ok(0));
+    assert_eq!(count(DeliverySelection { all: true, ..Default::default() }).await, Ok(3));
+    assert_eq!(
+        DeliverySelection::default().check(),
+        Some("nothing selected: give ids, a filter (destination, source, since) or all")
+    );
+    // an unknown id cancels nothing, not even the known ones
+    let err = store.cancel(ids(&["evt_1", "evt_9"]), "operator".into(), None).await.unwrap_err();
+    assert_eq!(err.to_string(), "no deliveries for: evt_9");
+    assert_eq!(store.pending_count().await.unwrap(), 3);
+}
+
+pub async fn purging_dead_letters_deletes_them_and_events_left_empty(store: impl Backend) {
+    let e1 = accept_to(&store, "evt_1", "app", &["a"]).await;
+    let e2 = accept_to(&store, "evt_2", "app", &["a", "b"]).await;
+    let e3 = accept_to(&store, "evt_3", "app", &["b"]).await;
+    for id in [e1[0], e2[0], e3[0]] {
+        store.settle(id, attempt(None), Settle::Dead, Some("timed out".into())).await.unwrap();
+    }
+    assert_eq!(store.count_dead(None, None).await.unwrap(), 3);
+    assert_eq!(store.count_dead(Some("a".into()), None).await.unwrap(), 2);
+    assert_eq!(store.count_dead(None, Some(now_ms() - 60_000)).await.unwrap(), 0, "none older than a minute");
+    let purged = store.purge_dead(Some("a".into()), None).await.unwrap();
+    assert_eq!(purged, Purged { deliveries: 2, events: 1 }, "evt_2 keeps its delivery to b");
+    assert!(store.event("evt_1".into()).await.unwrap().is_none());
+    let ev2 = store.event("evt_2".into()).await.unwrap().unwrap();
+    assert_eq!(ev2.deliveries.len(), 1);
+    assert_eq!(store.count_dead(None, None).await.unwrap(), 1);
+    assert_eq!(store.pending_count().await.unwrap(), 1, "pending work is never purged");
+}

@@ -1,0 +1,368 @@
+//! Inspection and operator actions on SQLite: listing and cursor pages, one event in full,
+//! replays, per-destination figures, pauses, and the operator clean-up of the queue (cancelling
+//! pending deliveries, kept as `cancelled` with who and why; purging dead letters), each with its
+//! count-only twin so a front end can show what would happen before it happens.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::SqliteStore;
+use crate::store::{
+    AttemptRow, Cancellation, DeliveryDetail, DeliveryFilter, DeliveryRow, DeliverySelection, DeliveryStatus,
+    DestinationStats, EventDetail, Inspect, Purged, RawEvent, Result, StoreError, now_ms,
+};
+
+/// The pending deliveries a selection names (`?1`: delivery ids as JSON or NULL when selecting
+/// by filter, `?2`: event ids as JSON, `?3` destination, `?4` source, `?5` since).
+const SELECTED: &str = "d.status = 'pending'
+     AND (?1 IS NULL OR d.id IN (SELECT value FROM json_each(?1)) OR d.event_id IN (SELECT value FROM json_each(?2)))
+     AND (?3 IS NULL OR d.destination = ?3)
+     AND (?4 IS NULL OR EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id AND e.source = ?4))
+     AND d.created_at >= COALESCE(?5, 0)";
+
+/// The dead letters a purge names (`?1` destination, `?2` updated before).
+const DEAD: &str =
+    "status = 'dead' AND (?1 IS NULL OR destination = ?1) AND updated_at < COALESCE(?2, 9223372036854775807)";
+
+/// The statement parameters of a selection.
+fn selection_params(s: &DeliverySelection) -> (Option<String>, String, Option<String>, Option<String>, Option<i64>) {
+    let (numbers, events): (Vec<&String>, Vec<&String>) = s.ids.iter().partition(|i| i.parse::<i64>().is_ok());
+    let numbers: Vec<i64> = numbers.iter().filter_map(|n| n.parse().ok()).collect();
+    let by_ids = (!s.ids.is_empty()).then(|| serde_json::to_string(&numbers).expect("numbers serialize"));
+    let events = serde_json::to_string(&events).expect("strings serialize");
+    (by_ids, events, s.destination.clone(), s.source.clone(), s.since_ms)
+}
+
+/// Ids the selection names that match no delivery at all (pending or not).
+fn unknown_ids(c: &Connection, ids: &[String]) -> rusqlite::Result<Vec<String>> {
+    let mut unknown = Vec::new();
+    for id in ids {
+        let found: bool = match id.parse::<i64>() {
+            Ok(n) => c.query_row("SELECT EXISTS (SELECT 1 FROM deliveries WHERE id = ?1)", [n], |r| r.get(0))?,
+            Err(_) => {
+                c.query_row("SELECT EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?1)", [id], |r| r.get(0))?
+            }
+        };
+        if !found {
+            unknown.push(id.clone());
+        }
+    }
+    Ok(unknown)
+}
+
+fn not_found(unknown: Vec<String>) -> StoreError {
+    StoreError::NotFound(format!("no deliveries for: {}", unknown.join(", ")))
+}
+
+impl Inspect for SqliteStore {
+    async fn list_deliveries(&self, f: DeliveryFilter) -> Result<Vec<DeliveryRow>> {
+        let status = f.status.map(DeliveryStatus::as_str);
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts, d.next_at,
+                        d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at
+                 FROM deliveries d JOIN events e ON e.id = d.event_id
+                   LEFT JOIN cancellations c ON c.delivery_id = d.id AND d.status = 'cancelled'
+                 WHERE (?1 IS NULL OR d.status = ?1) AND (?2 IS NULL OR d.destination = ?2) AND (?3 IS NULL OR e.source = ?3)
+                   AND d.created_at >= COALESCE(?4, 0) AND d.created_at <= COALESCE(?5, 9223372036854775807)
+                   AND (?6 IS NULL OR d.id < ?6)
+                 ORDER BY d.id DESC LIMIT ?7",
+            )?;
+            let rows = st.query_map(
+                params![status, f.destination, f.source, f.since_ms, f.until_ms, f.before_id, f.limit as i64],
+                delivery_row,
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn event(&self, id: String) -> Result<Option<EventDetail>> {
+        self.read(move |c| {
+            let ev = c
+                .query_row(
+                    "SELECT id, source, received_at, routed, dedupe_key, headers, body FROM events WHERE id = ?1",
+                    [&id],
+                    |r| {
+                        let headers: String = r.get(5)?;
+                        Ok(EventDetail {
+                            id: r.get(0)?,
+                            source: r.get(1)?,
+                            received_at_ms: r.get(2)?,
+                            routed: r.get(3)?,
+                            dedupe_key: r.get(4)?,
+                            headers: serde_json::from_str(&headers).unwrap_or_default(),
+                            body: Bytes::from(r.get::<_, Vec<u8>>(6)?),
+                            deliveries: Vec::new(),
+                        })
+                    },
+                )
+                .optional()?;
+            let Some(mut ev) = ev else { return Ok(None) };
+            let mut st = c.prepare_cached(
+                "SELECT d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts, d.next_at,
+                        d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, b.body
+                 FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
+                   LEFT JOIN cancellations c ON c.delivery_id = d.id AND d.status = 'cancelled'
+                 WHERE d.event_id = ?1 ORDER BY d.id",
+            )?;
+            let rows: Vec<(DeliveryRow, Option<Vec<u8>>)> =
+                st.query_map([&id], |r| Ok((delivery_row(r)?, r.get(16)?)))?.collect::<rusqlite::Result<_>>()?;
+            let mut at = c.prepare_cached(
+                "SELECT n, at, status_code, latency_ms, response, error FROM attempts WHERE delivery_id = ?1 ORDER BY n",
+            )?;
+            for (row, body) in rows {
+                let attempt_log = at
+                    .query_map([row.id], |r| {
+                        Ok(AttemptRow {
+                            n: r.get(0)?,
+                            at_ms: r.get(1)?,
+                            status_code: r.get(2)?,
+                            latency_ms: r.get::<_, i64>(3)? as u64,
+                            response: Bytes::from(r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default()),
+                            error: r.get(5)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let transformed_body = body.map(Bytes::from);
+                ev.deliveries.push(DeliveryDetail { delivery: row, transformed_body, attempt_log });
+            }
+            Ok(Some(ev))
+        })
+        .await
+    }
+
+    async fn raw_event(&self, id: String) -> Result<Option<RawEvent>> {
+        self.read(move |c| {
+            c.query_row("SELECT source, received_at, headers, body FROM events WHERE id = ?1", [&id], |r| {
+                let headers: String = r.get(2)?;
+                Ok(RawEvent {
+                    source: r.get(0)?,
+                    received_at_ms: r.get(1)?,
+                    headers: serde_json::from_str(&headers).unwrap_or_default(),
+                    body: Bytes::from(r.get::<_, Vec<u8>>(3)?),
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn replay(&self, ids: Vec<String>) -> Result<usize> {
+        self.write(move |t| {
+            let mut n = 0;
+            let mut unknown = Vec::new();
+            for id in &ids {
+                let changed = match id.parse::<i64>() {
+                    Ok(num) => t.execute(
+                        "UPDATE deliveries SET status = 'pending', next_at = ?2, updated_at = ?2 WHERE id = ?1",
+                        params![num, now_ms()],
+                    )?,
+                    Err(_) => t.execute(
+                        "UPDATE deliveries SET status = 'pending', next_at = ?2, updated_at = ?2 WHERE event_id = ?1",
+                        params![id, now_ms()],
+                    )?,
+                };
+                if changed == 0 {
+                    unknown.push(id.clone());
+                }
+                n += changed;
+            }
+            Ok((n, unknown))
+        })
+        .await
+        .and_then(|(n, unknown)| if unknown.is_empty() { Ok(n) } else { Err(not_found(unknown)) })
+    }
+
+    async fn replay_dead(&self, destination: Option<String>, since_ms: Option<i64>) -> Result<usize> {
+        self.write(move |t| {
+            t.execute(
+                "UPDATE deliveries SET status = 'pending', next_at = ?3, updated_at = ?3
+                 WHERE status = 'dead' AND (?1 IS NULL OR destination = ?1) AND updated_at >= COALESCE(?2, 0)",
+                params![destination, since_ms, now_ms()],
+            )
+        })
+        .await
+    }
+
+    async fn destination_stats(&self, now_ms: i64) -> Result<Vec<DestinationStats>> {
+        // Three walks of partial indexes (pending, dead, failed rows only), never of the delivered
+        // history: a scrape costs what is queued or kept for replay, not what was retained.
+        self.read(move |c| {
+            let mut by_name = BTreeMap::<String, DestinationStats>::new();
+            let mut st = c.prepare_cached(
+                "SELECT destination, COUNT(*), MIN(CASE WHEN next_at <= ?1 THEN next_at END)
+                 FROM deliveries WHERE status = 'pending' GROUP BY destination",
+            )?;
+            let mut rows = st.query([now_ms])?;
+            while let Some(r) = rows.next()? {
+                let oldest: Option<i64> = r.get(2)?;
+                let s = stats_entry(&mut by_name, r.get(0)?);
+                s.pending = r.get::<_, i64>(1)? as u64;
+                s.oldest_due_ms = oldest.map_or(0, |t| (now_ms - t).max(0) as u64);
+            }
+            for status in ["dead", "failed"] {
+                let mut st = c.prepare_cached(&format!(
+                    "SELECT destination, COUNT(*) FROM deliveries WHERE status = '{status}' GROUP BY destination"
+                ))?;
+                let mut rows = st.query([])?;
+                while let Some(r) = rows.next()? {
+                    let s = stats_entry(&mut by_name, r.get(0)?);
+                    let n = r.get::<_, i64>(1)? as u64;
+                    if status == "dead" {
+                        s.dead = n;
+                    } else {
+                        s.failed = n;
+                    }
+                }
+            }
+            Ok(by_name.into_values().collect())
+        })
+        .await
+    }
+
+    async fn paused(&self) -> Result<Vec<(String, Option<String>)>> {
+        self.read(|c| {
+            let mut st =
+                c.prepare_cached("SELECT name, reason FROM destination_state WHERE paused = 1 ORDER BY name")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn set_paused(&self, destination: &str, paused: bool, reason: Option<String>) -> Result<()> {
+        let name = destination.to_string();
+        self.write(move |t| {
+            t.execute(
+                "INSERT INTO destination_state (name, paused, reason, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET paused = excluded.paused, reason = excluded.reason, updated_at = excluded.updated_at",
+                params![name, paused, reason, now_ms()],
+            )
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// How many pending deliveries [`Inspect::cancel`] would cancel now. Ids that match no delivery
+    /// are an error naming them; ids of deliveries that are not pending count for nothing.
+    async fn count_cancellable(&self, selection: DeliverySelection) -> Result<usize> {
+        let (unknown, n) = self
+            .read(move |c| {
+                let unknown = unknown_ids(c, &selection.ids)?;
+                let (a, b, d, s, since) = selection_params(&selection);
+                let n: i64 = c.query_row(
+                    &format!("SELECT COUNT(*) FROM deliveries d WHERE {SELECTED}"),
+                    params![a, b, d, s, since],
+                    |r| r.get(0),
+                )?;
+                Ok((unknown, n as usize))
+            })
+            .await?;
+        if unknown.is_empty() { Ok(n) } else { Err(not_found(unknown)) }
+    }
+
+    /// Cancels the selected pending deliveries: they become `cancelled` (never attempted again,
+    /// no longer counted as pending, replayable by id) and keep who cancelled them and why. An
+    /// attempt already in flight finishes; its settle records the attempt but leaves the
+    /// delivery cancelled, unless it delivered it. Returns how many were cancelled.
+    async fn cancel(&self, selection: DeliverySelection, by: String, reason: Option<String>) -> Result<usize> {
+        let (unknown, n) = self
+            .write(move |t| {
+                let unknown = unknown_ids(t, &selection.ids)?;
+                if !unknown.is_empty() {
+                    return Ok((unknown, 0));
+                }
+                let (a, b, d, s, since) = selection_params(&selection);
+                let now = now_ms();
+                t.execute(
+                    &format!(
+                        "INSERT OR REPLACE INTO cancellations (delivery_id, at, actor, reason)
+                         SELECT d.id, ?6, ?7, ?8 FROM deliveries d WHERE {SELECTED}"
+                    ),
+                    params![a, b, d, s, since, now, by, reason],
+                )?;
+                let n = t.execute(
+                    &format!("UPDATE deliveries AS d SET status = 'cancelled', updated_at = ?6 WHERE {SELECTED}"),
+                    params![a, b, d, s, since, now],
+                )?;
+                Ok((unknown, n))
+            })
+            .await?;
+        if unknown.is_empty() { Ok(n) } else { Err(not_found(unknown)) }
+    }
+
+    /// How many dead letters [`Inspect::purge_dead`] would delete now.
+    async fn count_dead(&self, destination: Option<String>, before_ms: Option<i64>) -> Result<usize> {
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT COUNT(*) FROM deliveries WHERE {DEAD}"),
+                params![destination, before_ms],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|n| n as usize)
+    }
+
+    /// Deletes dead letters (of one destination, last changed before a time), with their
+    /// attempts and bodies, and then their events where no delivery is left.
+    async fn purge_dead(&self, destination: Option<String>, before_ms: Option<i64>) -> Result<Purged> {
+        self.write(move |t| {
+            let events: Vec<String> = {
+                let mut st = t.prepare(&format!("SELECT DISTINCT event_id FROM deliveries WHERE {DEAD}"))?;
+                st.query_map(params![destination, before_ms], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+            };
+            let deliveries =
+                t.execute(&format!("DELETE FROM deliveries WHERE {DEAD}"), params![destination, before_ms])?;
+            let events = t.execute(
+                "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?1))
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+                [serde_json::to_string(&events).expect("strings serialize")],
+            )?;
+            Ok(Purged { deliveries, events })
+        })
+        .await
+    }
+}
+
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    let status: String = r.get(6)?;
+    Ok(DeliveryRow {
+        id: r.get(0)?,
+        event_id: r.get(1)?,
+        source: r.get(2)?,
+        route: r.get(3)?,
+        destination: r.get(4)?,
+        msg_id: r.get(5)?,
+        status: DeliveryStatus::parse(&status).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                6,
+                rusqlite::types::Type::Text,
+                format!("status {status:?}").into(),
+            )
+        })?,
+        attempts: r.get(7)?,
+        next_at_ms: r.get(8)?,
+        created_at_ms: r.get(9)?,
+        updated_at_ms: r.get(10)?,
+        last_status: r.get(11)?,
+        last_error: r.get(12)?,
+        cancelled: match r.get::<_, Option<String>>(13)? {
+            Some(by) => Some(Cancellation { by, reason: r.get(14)?, at_ms: r.get(15)? }),
+            None => None,
+        },
+    })
+}
+
+fn stats_entry(by_name: &mut BTreeMap<String, DestinationStats>, name: String) -> &mut DestinationStats {
+    by_name.entry(name.clone()).or_insert(DestinationStats {
+        destination: name,
+        pending: 0,
+        oldest_due_ms: 0,
+        dead: 0,
+        failed: 0,
+    })
+}

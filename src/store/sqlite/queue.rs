@@ -1,0 +1,157 @@
+//! The queue on SQLite: accepts and settles through the group-committing writer, the due window
+//! and the loads on the reader, and the retention purge.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rusqlite::{OptionalExtension, params};
+
+use super::writer::{self, Op};
+use super::{ANSWER_GRACE, SqliteStore};
+use crate::clock::{Clock, Waited};
+use crate::store::{
+    Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, NewDelivery, NewEvent, Queue, Result, Settle,
+    StoreError, now_ms,
+};
+
+impl Queue for SqliteStore {
+    async fn accept(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        dedupe_window: Option<Duration>,
+    ) -> Result<Accepted> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let deadline = Instant::now() + self.commit_timeout;
+        self.writer.send(Op::Accept { event, deliveries, dedupe_window, deadline, reply: tx })?;
+        // The writer answers by the deadline itself; the grace covers a writer stuck in the disk.
+        match self.clock.wait_for_thread(rx, Some(self.commit_timeout + ANSWER_GRACE)).await {
+            Waited::Answer(answer) => answer,
+            Waited::Gone => Err(StoreError::WriterGone),
+            Waited::TimedOut => Err(StoreError::Timeout(self.commit_timeout)),
+        }
+    }
+
+    async fn settle(
+        &self,
+        delivery_id: DeliveryId,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+    ) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.send(Op::Settle { delivery_id, attempt, settle, error, reply: tx })?;
+        self.wait_for_writer(rx).await
+    }
+
+    async fn due_ids(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        skip: Vec<String>,
+    ) -> Result<Vec<(DeliveryId, DestinationName)>> {
+        // an index-only scan of the pending rows
+        let skip = serde_json::to_string(&skip).expect("a list of strings serializes");
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, destination FROM deliveries
+                 WHERE status = 'pending' AND next_at <= ?1
+                   AND destination NOT IN (SELECT value FROM json_each(?3))
+                 ORDER BY next_at LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![now_ms, limit as i64, skip], |r| {
+                Ok((DeliveryId(r.get(0)?), DestinationName::from(r.get::<_, String>(1)?)))
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn load_pending(&self, ids: Vec<DeliveryId>) -> Result<Vec<DueDelivery>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers, COALESCE(b.body, e.body)
+                 FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
+                 WHERE d.id = ?1 AND d.status = 'pending'",
+            )?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(d) = st.query_row([id.0], due_row).optional()? {
+                    out.push(d);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn next_due_ms(&self, skip: Vec<String>) -> Result<Option<i64>> {
+        let skip = serde_json::to_string(&skip).expect("a list of strings serializes");
+        self.read(move |c| {
+            c.query_row(
+                "SELECT MIN(next_at) FROM deliveries WHERE status = 'pending'
+                   AND destination NOT IN (SELECT value FROM json_each(?1))",
+                [skip],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    async fn pending_count(&self) -> Result<usize> {
+        self.read(|c| {
+            c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'", [], |r| r.get::<_, i64>(0))
+        })
+        .await
+        .map(|n| n as usize)
+    }
+
+    async fn add_deliveries(&self, event_id: String, deliveries: Vec<NewDelivery>) -> Result<usize> {
+        self.write(move |t| {
+            let now = now_ms();
+            for d in &deliveries {
+                writer::insert_delivery(t, &event_id, d, now)?;
+            }
+            Ok(deliveries.len())
+        })
+        .await
+    }
+
+    async fn purge(&self, before_ms: i64) -> Result<usize> {
+        self.write(move |t| {
+            t.execute(
+                "DELETE FROM events WHERE received_at < ?1
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.status = 'pending')",
+                params![before_ms],
+            )
+        })
+        .await
+    }
+
+    /// The database file at the configured path is no longer the one open (checked now), or the
+    /// last write of an event, or the writer's probe, failed.
+    fn health(&self) -> std::result::Result<(), String> {
+        self.health.status()
+    }
+
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+}
+
+fn due_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DueDelivery> {
+    let headers: String = r.get(6)?;
+    let extra: Option<String> = r.get(7)?;
+    Ok(DueDelivery {
+        id: DeliveryId(r.get(0)?),
+        event_id: r.get::<_, String>(1)?.into(),
+        route: r.get::<_, String>(2)?.into(),
+        destination: r.get::<_, String>(3)?.into(),
+        msg_id: r.get::<_, String>(4)?.into(),
+        attempts: r.get(5)?,
+        headers: Arc::new(serde_json::from_str(&headers).unwrap_or_default()),
+        extra_headers: extra.map(|e| Arc::new(serde_json::from_str(&e).unwrap_or_default())),
+        body: Bytes::from(r.get::<_, Vec<u8>>(8)?),
+    })
+}
