@@ -572,7 +572,10 @@ async fn one_sender_per_delivery_with_many_workers_and_racing_pollers() {
         s.await.unwrap();
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while dispatcher.stats().delivered < EVENTS as u64 && std::time::Instant::now() < deadline {
+    // the delivered count rises before the attempt's settle commits: wait for both
+    while (dispatcher.stats().delivered < EVENTS as u64 || store.pending_count().await.unwrap() > 0)
+        && std::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.store(true, Ordering::Release);
