@@ -2,12 +2,10 @@
 //! ingress and delivery. One route per case, each to its own sink path, so the set of paths an
 //! event reaches is exactly the set of routes it matched.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 /// Request headers as `(name, value)` pairs.
 type Headers = &'static [(&'static str, &'static str)];

@@ -3,11 +3,8 @@
 //! documentation), that accepted-but-unrouted events are acknowledged and go nowhere, and the
 //! per-source guards (allowed addresses, trusted proxies' `X-Forwarded-For`, rate limits).
 
-mod admin_support;
-mod common;
-
-use admin_support::{AdminApi, TOKEN};
-use common::*;
+use crate::harness::admin_api::{AdminApi, TOKEN};
+use crate::harness::*;
 use http::{Method, StatusCode};
 use serde_json::json;
 

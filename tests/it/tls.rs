@@ -5,14 +5,12 @@
 //! has none or one from another CA, and sees a rotated one after a reload; `check` reports
 //! missing, non-PEM, mismatched and half-given client certificate files.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::harness::{Gateway, hookyard, run_cli};
 use bytes::Bytes;
-use common::{Gateway, hookyard, run_cli};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
