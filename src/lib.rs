@@ -1,6 +1,7 @@
 //! Hookyard: a webhook gateway. See `ARCHITECTURE.md` for the map.
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod delivery;
 pub mod metrics;

@@ -32,8 +32,14 @@ pub const CONFIG_INFO: &str = "hookyard_config_info";
 pub const PLUGIN_CALLS: &str = "hookyard_plugin_calls_total";
 pub const PLUGIN_SECONDS: &str = "hookyard_plugin_duration_seconds";
 
-/// Installs the global Prometheus recorder (once per process; `hookyard run` only).
+/// Installs the global Prometheus recorder, once per process: a later call (a second gateway
+/// in the same process, as in the integration tests) gets the same handle, or the same error.
 pub fn install() -> Result<PrometheusHandle, String> {
+    static HANDLE: std::sync::OnceLock<Result<PrometheusHandle, String>> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(install_recorder).clone()
+}
+
+fn install_recorder() -> Result<PrometheusHandle, String> {
     let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)

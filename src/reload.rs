@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tracing::{error, info, warn};
 
+use crate::app::State;
 use crate::runtime::Snapshot;
-use crate::server::Gateway;
 
 /// Quiet time after the last file event before a reload starts (editors write in bursts).
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -52,15 +52,15 @@ pub enum ReloadOutcome {
 
 pub struct Reloader {
     path: PathBuf,
-    gateway: Arc<Gateway>,
+    state: Arc<State>,
     status: Mutex<ReloadStatus>,
     /// One reload at a time.
     running: tokio::sync::Mutex<()>,
 }
 
 impl Reloader {
-    pub fn new(path: &Path, gateway: Arc<Gateway>) -> Arc<Reloader> {
-        let snap = gateway.snapshot.load();
+    pub fn new(path: &Path, state: Arc<State>) -> Arc<Reloader> {
+        let snap = state.snapshot.load();
         let status = ReloadStatus {
             file: snap.file.clone(),
             version: snap.version.clone(),
@@ -71,7 +71,7 @@ impl Reloader {
         crate::metrics::register_known(snap.plugin_chains());
         Arc::new(Reloader {
             path: path.to_path_buf(),
-            gateway,
+            state,
             status: Mutex::new(status),
             running: tokio::sync::Mutex::new(()),
         })
@@ -87,7 +87,7 @@ impl Reloader {
         let path = self.path.clone();
         // compiling (regexes, JSONPaths, TLS roots, plugins) is CPU work: off the async workers
         let built = tokio::task::spawn_blocking(move || crate::runtime::build(&path)).await;
-        let old = self.gateway.snapshot.load_full();
+        let old = self.state.snapshot.load_full();
         match built {
             Ok(Ok(mut new)) => {
                 if new.version == old.version {
@@ -119,8 +119,8 @@ impl Reloader {
                 new.inherit(&old);
                 let version = new.version.clone();
                 crate::metrics::register_known(new.plugin_chains());
-                self.gateway.dispatcher.set_destinations(&new.destinations);
-                self.gateway.snapshot.store(Arc::new(new));
+                self.state.dispatcher.set_destinations(&new.destinations);
+                self.state.snapshot.store(Arc::new(new));
                 crate::metrics::reload("reloaded");
                 crate::metrics::config_version(Some(&old.version), &version);
                 let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -252,7 +252,7 @@ impl Reloader {
     /// The config file, `extra`, and the files the running config reads; a symlinked file is
     /// watched where the link is and where it points.
     fn watched_files(&self, extra: &[PathBuf]) -> Vec<PathBuf> {
-        let snap = self.gateway.snapshot.load();
+        let snap = self.state.snapshot.load();
         let mut files: Vec<PathBuf> = std::iter::once(self.path.clone())
             .chain(extra.iter().cloned())
             .chain(snap.plugin_files.iter().cloned())

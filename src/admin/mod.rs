@@ -26,7 +26,7 @@
 //! | POST | `/api/v1/purge` | delete dead letters: body `{"destination": "d", "older_than": "7d"}` (both optional); counts only unless `"dry_run": false` |
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -40,9 +40,9 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tracing::warn;
 
+use crate::app::State;
 use crate::ops::{self, OpsError};
 use crate::reload::Reloader;
-use crate::server::Gateway;
 use crate::store::DeliveryFilter;
 
 /// Largest admin request body (JSON commands are small).
@@ -51,10 +51,9 @@ const MAX_ADMIN_BODY: usize = 64 * 1024;
 const MAX_ADMIN_HEAD: usize = 16 * 1024;
 
 pub struct Admin {
-    pub gateway: Arc<Gateway>,
+    pub state: Arc<State>,
     pub reloader: Arc<Reloader>,
     pub metrics: Option<PrometheusHandle>,
-    pub shutting_down: Arc<AtomicBool>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -81,7 +80,7 @@ fn ops_error(e: OpsError) -> Resp {
 
 impl Admin {
     fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let snap = self.gateway.snapshot.load();
+        let snap = self.state.snapshot.load();
         let Some(token) = &snap.admin.token else { return true };
         let given = req
             .headers()
@@ -113,7 +112,7 @@ impl Admin {
         let query = req.uri().query().unwrap_or("").to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let body = if method == Method::POST {
-            let timeout = self.gateway.snapshot.load().admin.request_timeout.0;
+            let timeout = self.state.snapshot.load().admin.request_timeout.0;
             match tokio::time::timeout(timeout, Limited::new(req.into_body(), MAX_ADMIN_BODY).collect()).await {
                 Ok(Ok(b)) => b.to_bytes(),
                 Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "admin request body too large"),
@@ -127,7 +126,7 @@ impl Admin {
         } else {
             Bytes::new()
         };
-        let store = self.gateway.dispatcher.store();
+        let store = self.state.dispatcher.store();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["readyz"]) => self.ready(),
             (&Method::GET, ["metrics"]) => self.metrics().await,
@@ -164,7 +163,7 @@ impl Admin {
             (&Method::POST, ["api", "v1", "purge"]) => self.purge(&body).await,
             (&Method::GET, ["api", "v1", "destinations"]) => self.destinations().await,
             (&Method::POST, ["api", "v1", "destinations", name, action @ ("pause" | "resume")]) => {
-                if self.gateway.snapshot.load().destination(name).is_none() {
+                if self.state.snapshot.load().destination(name).is_none() {
                     return error(StatusCode::NOT_FOUND, format!("no destination {name}"));
                 }
                 let reason = serde_json::from_slice::<Value>(&body)
@@ -177,8 +176,8 @@ impl Admin {
                 };
                 match r {
                     Ok(()) => {
-                        self.gateway.dispatcher.set_paused(name, *action == "pause");
-                        self.gateway.dispatcher.wake();
+                        self.state.dispatcher.set_paused(name, *action == "pause");
+                        self.state.dispatcher.wake();
                         reply(StatusCode::OK, json!({"destination": name, "paused": *action == "pause"}))
                     }
                     Err(e) => ops_error(e),
@@ -192,13 +191,13 @@ impl Admin {
     }
 
     fn ready(&self) -> Resp {
-        let shutting_down = self.shutting_down.load(Ordering::Acquire);
+        let shutting_down = self.state.shutting_down();
         // the store's state as its writer last saw it, and its file checked now: never waits for
         // the writer, which may itself be waiting for a lock
-        let store = self.gateway.dispatcher.store().health();
+        let store = self.state.dispatcher.store().health();
         let ready = !shutting_down && store.is_ok();
         let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-        let mut body = json!({"ready": ready, "config_loaded": true, "config_version": self.gateway.snapshot.load().version, "store_writable": store.is_ok(), "store_error": store.as_ref().err(), "shutting_down": shutting_down});
+        let mut body = json!({"ready": ready, "config_loaded": true, "config_version": self.state.snapshot.load().version, "store_writable": store.is_ok(), "store_error": store.as_ref().err(), "shutting_down": shutting_down});
         // why not ready, in words, for whoever reads a probe's log
         if shutting_down {
             body["reason"] = json!("shutting down");
@@ -227,11 +226,11 @@ impl Admin {
     }
 
     async fn destination_rows(&self) -> Result<Vec<DestinationRow>, crate::store::StoreError> {
-        let store = self.gateway.dispatcher.store();
+        let store = self.state.dispatcher.store();
         let stats = store.destination_stats(crate::store::now_ms()).await?;
         let paused = store.paused().await?;
-        let breakers = self.gateway.dispatcher.breaker_states();
-        let snap = self.gateway.snapshot.load();
+        let breakers = self.state.dispatcher.breaker_states();
+        let snap = self.state.snapshot.load();
         Ok(snap
             .destinations
             .iter()
@@ -266,7 +265,7 @@ impl Admin {
                 "expected {\"ids\": [..]}, {\"dead\": true, \"destination\": .., \"since\": ..} or {\"reroute\": [..]}",
             );
         };
-        let store = self.gateway.dispatcher.store();
+        let store = self.state.dispatcher.store();
         let result = match cmd {
             ReplayCommand { ids: Some(ids), dead: None | Some(false), reroute: None, .. } => {
                 ops::replay(store, ids).await
@@ -279,14 +278,14 @@ impl Admin {
                 ops::replay_dead(store, destination, since).await
             }
             ReplayCommand { ids: None, dead: None | Some(false), reroute: Some(ids), .. } => {
-                let snap = self.gateway.snapshot.load_full();
+                let snap = self.state.snapshot.load_full();
                 ops::reroute(store, &snap, ids).await
             }
             _ => return error(StatusCode::BAD_REQUEST, "give exactly one of ids, dead or reroute"),
         };
         match result {
             Ok(n) => {
-                self.gateway.dispatcher.wake();
+                self.state.dispatcher.wake();
                 reply(StatusCode::OK, json!({"queued": n}))
             }
             Err(e) => ops_error(e),
@@ -299,7 +298,7 @@ impl Admin {
     /// the token's SHA-256>` (which token, without the token), or `api` when none is configured.
     fn actor(&self) -> String {
         use sha2::{Digest, Sha256};
-        match &self.gateway.snapshot.load().admin.token {
+        match &self.state.snapshot.load().admin.token {
             Some(token) => {
                 let digest = Sha256::digest(token.0.as_bytes());
                 let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
@@ -329,12 +328,12 @@ impl Admin {
             all: cmd.all.unwrap_or(false),
         };
         let by = self.actor();
-        let store = self.gateway.dispatcher.store();
+        let store = self.state.dispatcher.store();
         match ops::cancel(store, selection, by.clone(), cmd.reason, cmd.dry_run.unwrap_or(true)).await {
             Ok(done) if done.dry_run => reply(StatusCode::OK, json!({"dry_run": true, "would_cancel": done.result})),
             Ok(done) => {
                 // the queue's count is read again at the next poll
-                self.gateway.dispatcher.wake();
+                self.state.dispatcher.wake();
                 reply(StatusCode::OK, json!({"dry_run": false, "cancelled": done.result, "by": by}))
             }
             Err(e) => ops_error(e),
@@ -349,7 +348,7 @@ impl Admin {
                 "expected {\"destination\": .., \"older_than\": ..} (both optional), with \"dry_run\" (default true)",
             );
         };
-        let store = self.gateway.dispatcher.store();
+        let store = self.state.dispatcher.store();
         match ops::purge_dead(store, cmd.destination, cmd.older_than.as_deref(), cmd.dry_run.unwrap_or(true)).await {
             Ok(done) if done.dry_run => {
                 reply(StatusCode::OK, json!({"dry_run": true, "would_purge": done.result.deliveries}))
@@ -462,16 +461,15 @@ pub async fn serve(
     tcp: TcpListener,
     admin: Arc<Admin>,
     max_connections: usize,
-    shutdown: impl std::future::Future<Output = ()>,
-    grace: std::time::Duration,
+    shutdown: impl std::future::Future<Output = std::time::Duration>,
 ) {
     let limits = crate::server::listener::ConnectionLimits {
         listener: "admin",
         max_connections,
-        header_timeout: admin.gateway.snapshot.load().admin.request_timeout.0,
+        header_timeout: admin.state.snapshot.load().admin.request_timeout.0,
         max_header_bytes: MAX_ADMIN_HEAD,
     };
-    crate::server::listener::serve(tcp, limits, admin, shutdown, grace).await;
+    crate::server::listener::serve(tcp, limits, admin, shutdown).await;
 }
 
 #[cfg(test)]

@@ -57,14 +57,13 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
 }
 
-/// Serves `handler` on `listener` within `limits` until `shutdown` resolves, then stops accepting
-/// and gives requests in flight up to `grace` to finish.
+/// Serves `handler` on `listener` within `limits` until `shutdown` resolves with a grace period,
+/// then stops accepting and gives requests in flight up to that grace to finish.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     limits: ConnectionLimits,
     handler: Arc<H>,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
+    shutdown: impl Future<Output = Duration>,
 ) {
     let name = limits.listener;
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -76,14 +75,14 @@ pub async fn serve<H: Handler>(
         .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
     tokio::pin!(shutdown);
-    loop {
+    let grace = loop {
         // a permit first: past the limit, connections wait in the kernel's queue, not in our fds
         let permit = tokio::select! {
-            _ = &mut shutdown => break,
+            grace = &mut shutdown => break grace,
             p = connections.clone().acquire_owned() => p.expect("never closed"),
         };
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
+            grace = &mut shutdown => break grace,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -111,7 +110,7 @@ pub async fn serve<H: Handler>(
             }
             drop(permit);
         });
-    }
+    };
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         warn!(listener = name, "in-flight requests did not finish within the shutdown grace period");

@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -23,17 +22,11 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::delivery::Dispatcher;
+use crate::app::State;
 use crate::metrics;
 use crate::runtime::{Event, EventId, Snapshot, Source};
 use crate::store::{Accepted, NewEvent, to_ms};
 use tracing::Instrument;
-
-/// What the ingress needs: the live config snapshot and the dispatcher (which owns the store).
-pub struct Gateway {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub dispatcher: Dispatcher,
-}
 
 type Resp = Response<Full<Bytes>>;
 
@@ -48,7 +41,8 @@ fn error(status: StatusCode, message: &str) -> Resp {
     json(status, format!("{{\"error\":\"{message}\"}}"))
 }
 
-impl Gateway {
+/// The ingress side of the live state: one request in, one response out.
+impl State {
     /// Handles one request from `peer` against one snapshot, read once at the start.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
         let started = std::time::Instant::now();
@@ -202,28 +196,27 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     listener::bind(addr)
 }
 
-impl listener::Handler for Gateway {
+impl listener::Handler for State {
     fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = Resp> + Send {
-        Gateway::handle(self, req, peer)
+        State::handle(self, req, peer)
     }
 }
 
 /// Serves ingress with at most `max_connections` connections (see
 /// [`listener::ConnectionBudget`]) until `shutdown` resolves, then stops accepting and gives
-/// in-flight requests up to `grace` to finish.
+/// in-flight requests the grace period it resolves with to finish.
 pub async fn serve(
     tcp: TcpListener,
-    gateway: Arc<Gateway>,
+    state: Arc<State>,
     max_connections: usize,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
+    shutdown: impl Future<Output = Duration>,
 ) {
-    let server = gateway.snapshot.load().server.clone();
+    let server = state.snapshot.load().server.clone();
     let limits = listener::ConnectionLimits {
         listener: "ingress",
         max_connections,
         header_timeout: server.request_timeout.0,
         max_header_bytes: server.max_header_bytes,
     };
-    listener::serve(tcp, limits, gateway, shutdown, grace).await;
+    listener::serve(tcp, limits, state, shutdown).await;
 }

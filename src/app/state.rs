@@ -1,0 +1,33 @@
+//! The live state of a running gateway: the config snapshot in force and the dispatcher (which
+//! owns the store). `server`, `admin` and `reload` read and change it; only `app` builds it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::delivery::Dispatcher;
+use crate::runtime::Snapshot;
+
+pub struct State {
+    /// The config in force. A request loads it once at its start and uses that one to its end;
+    /// a reload swaps in a new one.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub dispatcher: Dispatcher,
+    /// Set when shutdown begins: readiness answers 503 from then on.
+    shutting_down: AtomicBool,
+}
+
+impl State {
+    pub fn new(snapshot: Snapshot, dispatcher: Dispatcher) -> Arc<State> {
+        Arc::new(State { snapshot: ArcSwap::from_pointee(snapshot), dispatcher, shutting_down: AtomicBool::new(false) })
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+}
