@@ -48,7 +48,12 @@ pub struct AdminApi {
 impl AdminApi {
     /// The admin API of `p`, sending `TOKEN`.
     pub async fn of(p: &Process) -> AdminApi {
-        AdminApi { addr: admin_addr(p).await, token: Some(TOKEN.to_string()), client: http_client() }
+        AdminApi::at(admin_addr(p).await)
+    }
+
+    /// The admin API at `addr` (an in-process gateway's), sending `TOKEN`.
+    pub fn at(addr: SocketAddr) -> AdminApi {
+        AdminApi { addr, token: Some(TOKEN.to_string()), client: http_client() }
     }
 
     pub fn url(&self, path: &str) -> String {
