@@ -5,7 +5,7 @@
 //! a gateway on them would share one thread with the test's sinks and clients (a plugin call or
 //! a store read would stall them, which the real process never does); and a `Drop` can then stop
 //! the gateway in order and wait for it, which it cannot do with tasks on the runtime it is
-//! dropped on. `stop().await` stops it with the configured grace, as SIGTERM does.
+//! dropped on.
 //!
 //! What stays a process test (`Gateway`): kill -9 and crash recovery, signals, the CLI, log
 //! output, memory measurements, open-file limits. The in-process gateway's logs go nowhere and
@@ -22,23 +22,22 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use super::admin_api::AdminApi;
 use super::config::Config;
 use super::{Answer, RawResponse, START_TIMEOUT, WAIT, exchange, http_client, raw_exchange};
 
 /// A gateway started in this process from a config in its own temp dir.
 pub struct App {
     pub addr: SocketAddr,
-    pub admin_addr: Option<SocketAddr>,
-    pub config_path: PathBuf,
     running: Option<Thread>,
     client: Client<HttpConnector, Full<Bytes>>,
-    dir: tempfile::TempDir,
+    /// The config and the default store; removed after the gateway stopped.
+    _dir: tempfile::TempDir,
 }
 
 /// The thread a gateway runs on, and how to stop it.
 struct Thread {
-    /// `Some(grace)`, or `None` for the configured `server.shutdown_grace`; dropped: no grace.
+    /// Dropped: stop without grace. (A `stop().await` for tests of an in-process shutdown would
+    /// send `Some(grace)`, or `None` for the configured `server.shutdown_grace`.)
     stop: tokio::sync::oneshot::Sender<Option<Duration>>,
     done: std::sync::mpsc::Receiver<()>,
     handle: std::thread::JoinHandle<()>,
@@ -66,48 +65,8 @@ impl App {
 
     /// Starts the config already written at `config_path` (inside `dir`, which the gateway keeps).
     pub async fn start_at(dir: tempfile::TempDir, config_path: PathBuf) -> App {
-        let (running, addr, admin_addr) = spawn(&config_path).await.unwrap_or_else(|e| panic!("{e}"));
-        App { addr, admin_addr, config_path, running: Some(running), client: http_client(), dir }
-    }
-
-    /// Starts `config`, which must fail; returns what `start` said (the text `hookyard run` prints).
-    pub async fn start_error(yaml: &str) -> String {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("routes.yaml");
-        std::fs::write(&config_path, yaml).expect("write config");
-        match spawn(&config_path).await {
-            Ok(_) => panic!("the gateway started on a config that should fail:\n{yaml}"),
-            Err(e) => e,
-        }
-    }
-
-    /// The temp dir the config (and the default store) are in.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Stops the gateway as SIGTERM does (the configured grace) and waits until it has stopped.
-    pub async fn stop(&mut self) {
-        let t = self.running.take().expect("the gateway is running");
-        let _ = t.stop.send(None);
-        tokio::task::spawn_blocking(move || t.handle.join()).await.expect("join").expect("the gateway thread ended");
-    }
-
-    /// Stops the gateway (unless the test has) and starts it again on the same config and store;
-    /// it gets new ports.
-    pub async fn restart(&mut self) {
-        if self.running.is_some() {
-            self.stop().await;
-        }
-        let (running, addr, admin_addr) = spawn(&self.config_path).await.unwrap_or_else(|e| panic!("{e}"));
-        self.running = Some(running);
-        self.addr = addr;
-        self.admin_addr = admin_addr;
-    }
-
-    /// The admin API client (sending `admin_api::TOKEN`).
-    pub fn admin(&self) -> AdminApi {
-        AdminApi::at(self.admin_addr.expect("the config enables the admin listener"))
+        let (running, addr) = spawn(&config_path).await.unwrap_or_else(|e| panic!("{e}"));
+        App { addr, running: Some(running), client: http_client(), _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -158,7 +117,7 @@ impl Drop for App {
 
 /// Starts the gateway at `config` on a thread of its own; returns once it listens, or what
 /// `hookyard::app::start` said.
-async fn spawn(config: &Path) -> Result<(Thread, SocketAddr, Option<SocketAddr>), String> {
+async fn spawn(config: &Path) -> Result<(Thread, SocketAddr), String> {
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<Option<Duration>>();
     let (done_tx, done) = std::sync::mpsc::channel();
@@ -177,7 +136,7 @@ async fn spawn(config: &Path) -> Result<(Thread, SocketAddr, Option<SocketAddr>)
                         let _ = started_tx.send(Err(e.to_string()));
                     }
                     Ok(running) => {
-                        let _ = started_tx.send(Ok((running.addr(), running.admin_addr())));
+                        let _ = started_tx.send(Ok(running.addr()));
                         let grace = match stop_rx.await {
                             Ok(Some(grace)) => grace,
                             Ok(None) => running.configured_grace(),
@@ -196,7 +155,7 @@ async fn spawn(config: &Path) -> Result<(Thread, SocketAddr, Option<SocketAddr>)
         .unwrap_or_else(|_| panic!("the gateway on {} did not start within {START_TIMEOUT:?}", config.display()))
         .unwrap_or_else(|_| panic!("the gateway thread for {} died while starting", config.display()));
     match started {
-        Ok((addr, admin_addr)) => Ok((Thread { stop, done, handle }, addr, admin_addr)),
+        Ok(addr) => Ok((Thread { stop, done, handle }, addr)),
         Err(e) => {
             let _ = handle.join();
             Err(e)

@@ -2,8 +2,7 @@
 //! the file a user writes: `server.listen` and (with a destination) `egress.allow` on loopback,
 //! sources on `/hooks/NAME` without verification unless told, destinations without signing
 //! unless told, routes from one source to named destinations. Values are YAML as written
-//! (`.when("{ header: X-Kind, equals: push }")`); `.set` adds a top-level section and `.yaml` any
-//! other text. Where the YAML itself is what a test checks (config errors with their lines, a
+//! (`.when("{ header: X-Kind, equals: push }")`); `.set` adds a top-level section. Where the YAML itself is what a test checks (config errors with their lines, a
 //! reload of edited text), tests keep writing it out.
 //!
 //! ```ignore
@@ -24,7 +23,6 @@ pub struct Config {
     sources: Vec<(String, Source)>,
     destinations: Vec<(String, Dest)>,
     routes: Vec<Route>,
-    extra: String,
 }
 
 impl Config {
@@ -60,15 +58,6 @@ impl Config {
         self
     }
 
-    /// YAML appended as is, for what the builder does not name.
-    pub fn yaml(mut self, text: &str) -> Config {
-        self.extra.push_str(text);
-        if !self.extra.ends_with('\n') {
-            self.extra.push('\n');
-        }
-        self
-    }
-
     pub fn render(&self) -> String {
         let mut y = String::new();
         let server: Vec<String> = std::iter::once("listen: \"127.0.0.1:0\"".to_string())
@@ -86,7 +75,7 @@ impl Config {
             y.push_str("sources:\n");
             for (name, s) in &self.sources {
                 writeln!(y, "  {name}:").unwrap();
-                writeln!(y, "    path: {}", s.path.clone().unwrap_or_else(|| format!("/hooks/{name}"))).unwrap();
+                writeln!(y, "    path: /hooks/{name}").unwrap();
                 writeln!(y, "    verify: {}", s.verify).unwrap();
                 for (k, v) in &s.keys {
                     writeln!(y, "    {k}: {v}").unwrap();
@@ -121,7 +110,6 @@ impl Config {
                 writeln!(y, "    to: [{}]", r.to.join(", ")).unwrap();
             }
         }
-        y.push_str(&self.extra);
         y
     }
 }
@@ -129,7 +117,6 @@ impl Config {
 /// One `sources:` entry.
 #[derive(Debug, Clone)]
 pub struct Source {
-    path: Option<String>,
     verify: String,
     keys: Vec<(String, String)>,
 }
@@ -147,13 +134,7 @@ impl Source {
 
     /// Any `verify:` value.
     pub fn verify(verify: &str) -> Source {
-        Source { path: None, verify: verify.to_string(), keys: Vec::new() }
-    }
-
-    /// A path other than `/hooks/NAME`.
-    pub fn path(mut self, path: &str) -> Source {
-        self.path = Some(path.to_string());
-        self
+        Source { verify: verify.to_string(), keys: Vec::new() }
     }
 
     /// Another key (`.key("dedupe", "{ header: X-GitHub-Delivery }")`).
