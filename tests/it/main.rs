@@ -12,6 +12,7 @@ mod delivery;
 mod ingress;
 mod logs;
 mod plugins;
+mod readme;
 mod reload;
 mod routing;
 mod store_cli;
