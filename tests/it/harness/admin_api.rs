@@ -1,9 +1,8 @@
-//! What the admin API and reload tests need on top of `common`: an admin API client that finds the
-//! admin address on the gateway's stdout, a Prometheus text parser, atomic ways of changing a
+//! What the admin API and reload tests need on top of the harness: an admin API client that finds
+//! the admin address on the gateway's stdout, a Prometheus text parser, atomic ways of changing a
 //! config file (in place, rename over, symlink swap), and a process's pid and memory from `/proc`.
 //!
-//! Same rules as `common`: every wait is bounded and reports what it saw; no guessed sleeps.
-#![allow(dead_code)]
+//! Same rules as the harness: every wait is bounded and reports what it saw; no guessed sleeps.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
 
-use crate::common::{Answer, Process, WAIT, http_client};
+use super::{Answer, Process, WAIT, http_client};
 
 /// The bearer token every test config gives `admin.token` (at least 16 characters).
 pub const TOKEN: &str = "admin-test-token-0123456789";
@@ -49,7 +48,12 @@ pub struct AdminApi {
 impl AdminApi {
     /// The admin API of `p`, sending `TOKEN`.
     pub async fn of(p: &Process) -> AdminApi {
-        AdminApi { addr: admin_addr(p).await, token: Some(TOKEN.to_string()), client: http_client() }
+        AdminApi::at(admin_addr(p).await)
+    }
+
+    /// The admin API at `addr` (an in-process gateway's), sending `TOKEN`.
+    pub fn at(addr: SocketAddr) -> AdminApi {
+        AdminApi { addr, token: Some(TOKEN.to_string()), client: http_client() }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -318,9 +322,9 @@ pub fn swap_symlink(link: &Path, target: &Path) {
 /// The version `hookyard check` reports for a config file (the one `/api/v1/status` must show
 /// once that file is active).
 pub async fn checked_version(path: &Path) -> String {
-    let mut cmd = crate::common::hookyard();
+    let mut cmd = super::hookyard();
     cmd.arg("check").arg("--config").arg(path);
-    let out = crate::common::run_cli(cmd).await;
+    let out = super::run_cli(cmd).await;
     assert_eq!(out.code(), Some(0), "check {}: {}{}", path.display(), out.stdout, out.stderr);
     let all = format!("{}{}", out.stdout, out.stderr);
     all.split("(version ")
@@ -358,7 +362,7 @@ pub async fn signal(pid: u32, signal: &str) {
 
 /// Resident set size of `pid` in KiB (`VmRSS` of `/proc/PID/status`).
 pub fn rss_kib(pid: u32) -> u64 {
-    crate::common::proc_status_kib(pid, "VmRSS").unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+    super::proc_status_kib(pid, "VmRSS").unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// A POST that reports failures instead of panicking (for load tests that count them).

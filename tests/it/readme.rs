@@ -1,12 +1,10 @@
 //! The README is the front door: its full `routes.yaml` reference must be a valid config, and every
 //! command its table documents must exist with the flags it shows.
 
-mod common;
-
 use std::process::Command;
 
 fn readme() -> String {
-    std::fs::read_to_string(common::manifest_dir().join("README.md")).expect("README.md")
+    std::fs::read_to_string(crate::harness::manifest_dir().join("README.md")).expect("README.md")
 }
 
 /// The first ```yaml block after the "routes.yaml reference" heading.
@@ -33,11 +31,11 @@ fn the_reference_config_is_valid() {
     // ... and a plugin (built by plugins/build.sh)
     std::fs::create_dir_all(dir.path().join("plugins/dist")).unwrap();
     std::fs::copy(
-        common::manifest_dir().join("plugins/dist/github_chat.wasm"),
+        crate::harness::manifest_dir().join("plugins/dist/github_chat.wasm"),
         dir.path().join("plugins/dist/github_chat.wasm"),
     )
     .expect("plugins/dist/github_chat.wasm: run plugins/build.sh first");
-    let out = Command::new(common::bin())
+    let out = Command::new(crate::harness::bin())
         .args(["check", "--config"])
         .arg(&config)
         .env("GITHUB_WEBHOOK_SECRET", "gh-secret")
@@ -63,7 +61,7 @@ fn every_documented_command_exists_with_its_flags() {
         let sub = words.get(2).filter(|w| w.bytes().all(|b| b.is_ascii_lowercase()));
         let command: Vec<&str> = std::iter::once(words[1]).chain(sub.copied()).collect();
         let command = command.join(" ");
-        let help = Command::new(common::bin()).args(command.split(' ')).arg("--help").output().unwrap();
+        let help = Command::new(crate::harness::bin()).args(command.split(' ')).arg("--help").output().unwrap();
         assert!(help.status.success(), "`hookyard {command} --help` failed");
         let help = String::from_utf8_lossy(&help.stdout);
         for flag in words.iter().filter_map(|w| w.trim_start_matches(['[', '(']).strip_prefix("--")) {
@@ -106,12 +104,12 @@ fn the_commands_that_take_config_are_the_documented_ones() {
         "status",
     ];
     for command in commands {
-        let help = Command::new(common::bin()).args(command.split(' ')).arg("--help").output().unwrap();
+        let help = Command::new(crate::harness::bin()).args(command.split(' ')).arg("--help").output().unwrap();
         assert!(help.status.success(), "`hookyard {command} --help` failed");
         let help = String::from_utf8_lossy(&help.stdout);
         let takes_config = help.contains("--config <CONFIG>");
         assert_eq!(takes_config, !exceptions.contains(&command), "`hookyard {command} --help`:\n{help}");
     }
-    let help = Command::new(common::bin()).args(["plugin", "test", "--help"]).output().unwrap();
+    let help = Command::new(crate::harness::bin()).args(["plugin", "test", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("--plugin-config <KEY=VALUE>"));
 }

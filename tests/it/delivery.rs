@@ -4,11 +4,9 @@
 //!
 //! Timing is measured on the sink's clock (when each attempt arrived), never by sleeping.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 const GH_IN: &str = "inbound-github-secret";
 const GH_OUT: &str = "outbound-github-secret";

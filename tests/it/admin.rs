@@ -3,14 +3,11 @@
 //! that move with the traffic, the refusal of an open non-loopback listener, and SIGTERM losing
 //! nothing.
 
-mod admin_support;
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use admin_support::*;
-use common::*;
+use crate::harness::admin_api::*;
+use crate::harness::*;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 

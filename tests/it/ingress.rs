@@ -3,11 +3,8 @@
 //! documentation), that accepted-but-unrouted events are acknowledged and go nowhere, and the
 //! per-source guards (allowed addresses, trusted proxies' `X-Forwarded-For`, rate limits).
 
-mod admin_support;
-mod common;
-
-use admin_support::{AdminApi, TOKEN};
-use common::*;
+use crate::harness::admin_api::{AdminApi, TOKEN};
+use crate::harness::*;
 use http::{Method, StatusCode};
 use serde_json::json;
 
@@ -20,8 +17,8 @@ fn assert_error(a: &Answer, status: StatusCode, message: &str) {
 }
 
 /// A gateway with one unsigned source and nothing routed.
-async fn open_gateway(max_body_bytes: usize) -> Gateway {
-    Gateway::start(&format!(
+async fn open_gateway(max_body_bytes: usize) -> App {
+    App::start_yaml(&format!(
         r#"
 server:
   listen: "127.0.0.1:0"
@@ -519,7 +516,7 @@ routes:
 #[tokio::test]
 async fn non_json_bodies_route_on_headers_and_never_match_body_conditions() {
     let sink = Sink::start().await;
-    let gw = Gateway::start(&format!(
+    let gw = App::start_yaml(&format!(
         r#"
 server: {{ listen: "127.0.0.1:0" }}
 egress: {{ allow: [127.0.0.0/8] }}
@@ -588,7 +585,7 @@ routes:
 async fn full_delivery_queue_is_503_with_retry_after() {
     // The first delivery is held by a slow destination, so one more would exceed max_pending.
     let sink = Sink::with_script(vec![Reply::ok().delayed(std::time::Duration::from_secs(2))]).await;
-    let gw = Gateway::start(&format!(
+    let gw = App::start_yaml(&format!(
         r#"
 server: {{ listen: "127.0.0.1:0" }}
 egress: {{ allow: [127.0.0.0/8] }}
@@ -635,7 +632,7 @@ routes:
 
 #[tokio::test]
 async fn slow_body_gets_408() {
-    let gw = Gateway::start(
+    let gw = App::start_yaml(
         r#"
 server: { listen: "127.0.0.1:0", request_timeout: 300ms }
 sources:
@@ -662,7 +659,7 @@ sources:
 #[tokio::test]
 async fn a_repeated_sender_event_id_is_acknowledged_once_and_delivered_once() {
     let sink = Sink::start().await;
-    let gw = Gateway::start(&format!(
+    let gw = App::start_yaml(&format!(
         r#"
 server: {{ listen: "127.0.0.1:0" }}
 egress: {{ allow: [127.0.0.0/8] }}
@@ -732,7 +729,7 @@ fn request_with_head_of(head_bytes: usize) -> Vec<u8> {
 /// Sends `request` on a new connection while reading the answer, as a sender that reads while
 /// it writes does (the gateway may answer before it has read everything), and returns the
 /// status line and whatever else arrived before the gateway closed the connection.
-async fn status_line_of(gw: &Gateway, request: Vec<u8>) -> String {
+async fn status_line_of(gw: &App, request: Vec<u8>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let stream = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
     let (mut rd, mut wr) = stream.into_split();
@@ -757,7 +754,7 @@ async fn status_line_of(gw: &Gateway, request: Vec<u8>) -> String {
 
 #[tokio::test]
 async fn headers_over_server_max_header_bytes_get_431() {
-    let gw = Gateway::start(
+    let gw = App::start_yaml(
         r#"
 server: { listen: "127.0.0.1:0", max_header_bytes: 4096 }
 sources:

@@ -2,12 +2,10 @@
 //! config. Outputs are compared exactly where the format is the interface (check's lines) and
 //! structurally where it is JSON.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 

@@ -10,7 +10,7 @@
 //! Duplicates are allowed (at-least-once) and reported, counted by `webhook-id`, which must stay
 //! the same for an event and destination across retries and restarts.
 //!
-//! This file has its own small harness rather than `common`'s `Gateway`: it needs SIGKILL and a
+//! This file has its own small harness rather than the harness's `Gateway`: it needs SIGKILL and a
 //! wait for the process to be gone before the next one opens the database, and a receiver that
 //! fails at random.
 

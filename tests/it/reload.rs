@@ -11,17 +11,14 @@
 //! send their head before a swap and their body after it, so a request that saw half of each
 //! config would show.
 
-mod admin_support;
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use admin_support::*;
-use common::*;
+use crate::harness::admin_api::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 /// A config whose only route sends every event of source `app` to `to`. Both destinations exist

@@ -2,12 +2,10 @@
 //! ingress and delivery. One route per case, each to its own sink path, so the set of paths an
 //! event reaches is exactly the set of routes it matched.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 /// Request headers as `(name, value)` pairs.
 type Headers = &'static [(&'static str, &'static str)];
@@ -84,35 +82,20 @@ const CASES: &[(&str, &str, &[&str])] = &[
     ("no-conditions", r#"[]"#, &["opened", "closed", "text", "empty", "float"]),
 ];
 
-fn config(sink: &Sink) -> String {
-    let mut yaml = String::from(
-        r#"
-server: { listen: "127.0.0.1:0" }
-egress: { allow: [127.0.0.0/8] }
-sources:
-  app:
-    path: /hooks/app
-    verify: { scheme: none }
-destinations:
-"#,
-    );
-    for (name, _, _) in CASES {
-        yaml.push_str(&format!(
-            "  {name}:\n    url: {}\n    sign: {{ scheme: none }}\n",
-            sink.url(&format!("/{name}"))
-        ));
-    }
-    yaml.push_str("routes:\n");
+fn config(sink: &Sink) -> Config {
+    let mut config = Config::new().source("app", Source::open());
     for (name, when, _) in CASES {
-        yaml.push_str(&format!("  - name: {name}\n    source: app\n    when: {when}\n    to: [{name}]\n"));
+        config = config
+            .destination(name, Dest::url(&sink.url(&format!("/{name}"))))
+            .route(Route::new(name).from("app").key("when", when).to([name]));
     }
-    yaml
+    config
 }
 
 #[tokio::test]
 async fn each_operator_routes_exactly_the_matching_events() {
     let sink = Sink::start().await;
-    let gw = Gateway::start(&config(&sink)).await;
+    let gw = App::start(config(&sink)).await;
 
     let mut want: BTreeSet<(String, String)> = BTreeSet::new();
     for (route, _, events) in CASES {
@@ -157,30 +140,13 @@ async fn each_operator_routes_exactly_the_matching_events() {
 async fn two_routes_to_one_destination_deliver_twice_with_distinct_ids() {
     let sink = Sink::start().await;
     let secret = format!("whsec_{}", b64(b"two routes, one destination"));
-    let gw = Gateway::start(&format!(
-        r#"
-server: {{ listen: "127.0.0.1:0" }}
-egress: {{ allow: [127.0.0.0/8] }}
-sources:
-  app:
-    path: /hooks/app
-    verify: {{ scheme: none }}
-destinations:
-  shared:
-    url: {url}
-    sign: {{ secret: "{secret}" }}
-routes:
-  - name: by-header
-    source: app
-    when: [{{ header: X-Kind, equals: push }}]
-    to: [shared]
-  - name: by-body
-    source: app
-    when: [{{ path: $.ref, equals: refs/heads/main }}]
-    to: [shared]
-"#,
-        url = sink.url("/shared")
-    ))
+    let gw = App::start(
+        Config::new()
+            .source("app", Source::open())
+            .destination("shared", Dest::url(&sink.url("/shared")).sign(&format!("{{ secret: \"{secret}\" }}")))
+            .route(Route::new("by-header").from("app").when("{ header: X-Kind, equals: push }").to(["shared"]))
+            .route(Route::new("by-body").from("app").when("{ path: $.ref, equals: refs/heads/main }").to(["shared"])),
+    )
     .await;
     let body = r#"{"ref":"refs/heads/main"}"#;
     gw.post("/hooks/app", &[("X-Kind", "push"), ("Content-Type", "application/json")], body).await.accepted_id();
@@ -202,30 +168,15 @@ routes:
 #[tokio::test]
 async fn event_matching_only_some_conditions_is_not_delivered() {
     let sink = Sink::start().await;
-    let gw = Gateway::start(&format!(
-        r#"
-server: {{ listen: "127.0.0.1:0" }}
-egress: {{ allow: [127.0.0.0/8] }}
-sources:
-  app:
-    path: /hooks/app
-    verify: {{ scheme: none }}
-destinations:
-  main:
-    url: {url}
-    sign: {{ scheme: none }}
-routes:
-  - name: pushes-to-main
-    source: app
-    when:
-      - header: X-GitHub-Event
-        equals: push
-      - path: $.ref
-        equals: refs/heads/main
-    to: [main]
-"#,
-        url = sink.url("/main")
-    ))
+    let gw = App::start(
+        Config::new().source("app", Source::open()).destination("main", Dest::url(&sink.url("/main"))).route(
+            Route::new("pushes-to-main")
+                .from("app")
+                .when("{ header: X-GitHub-Event, equals: push }")
+                .when("{ path: $.ref, equals: refs/heads/main }")
+                .to(["main"]),
+        ),
+    )
     .await;
     let misses: &[(&str, &str, &str)] = &[
         ("wrong-branch", "push", r#"{"ref":"refs/heads/dev"}"#),

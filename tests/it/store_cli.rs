@@ -1,11 +1,9 @@
 //! The store commands of the CLI against a real gateway's store: `events`, `event`, `replay` (as
 //! planned, `--dead`, `--reroute`), `pause` and `resume`, `cancel` and `purge`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::Value;
 
 async fn cli(gw: &Gateway, args: &[&str]) -> Output {

@@ -2,12 +2,10 @@
 //! destination, chains and splits, and each `on_error` policy with hostile plugins, while good
 //! events keep flowing. Needs `plugins/build.sh` to have run (CI and scripts/test.sh do).
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Gateway, Sink, WAIT, manifest_dir};
+use crate::harness::{Gateway, Sink, WAIT, manifest_dir};
 use serde_json::Value;
 
 fn dist(name: &str) -> String {
@@ -207,7 +205,7 @@ async fn hostile_plugins_fail_only_their_event_and_follow_on_error() {
                 assert_eq!(note, format!("{reason} (on_error: {policy})"), "{name}/{on_error}");
             }
             if on_error == "fail" {
-                let status = common::hookyard()
+                let status = crate::harness::hookyard()
                     .args(["events", "--status", "failed", "--json", "--config"])
                     .arg(&gw.config_path)
                     .output()
@@ -248,7 +246,7 @@ routes:
     );
     let path = dir.path().join("routes.yaml");
     std::fs::write(&path, config).unwrap();
-    let out = common::hookyard().args(["check", "--config"]).arg(&path).output().await.unwrap();
+    let out = crate::harness::hookyard().args(["check", "--config"]).arg(&path).output().await.unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().collect();
@@ -274,7 +272,7 @@ routes:
 
 #[tokio::test]
 async fn plugin_test_command_prints_outcome_logs_and_time() {
-    let out = common::hookyard()
+    let out = crate::harness::hookyard()
         .args(["plugin", "test", &dist("github_chat"), "--body"])
         .arg(manifest_dir().join("examples/github-push.json"))
         .args(["--header", "X-GitHub-Event: push", "--plugin-config", "channel=#ops"])
@@ -290,7 +288,7 @@ async fn plugin_test_command_prints_outcome_logs_and_time() {
 
 #[tokio::test]
 async fn the_plugins_example_config_is_valid() {
-    let out = common::hookyard()
+    let out = crate::harness::hookyard()
         .args(["check", "--config"])
         .arg(manifest_dir().join("examples/plugins.yaml"))
         .output()
@@ -342,9 +340,9 @@ routes:
     let chat = got.iter().find(|r| r.path == "/chat").unwrap();
     assert_eq!(json(&chat.body)["channel"], "#deploys");
 
-    let mut cmd = common::hookyard();
+    let mut cmd = crate::harness::hookyard();
     cmd.args(["event", &id, "--config"]).arg(&gw.config_path);
-    let out = common::run_cli(cmd).await;
+    let out = crate::harness::run_cli(cmd).await;
     assert!(out.status.success(), "{}", out.stderr);
     let detail = json(out.stdout.as_bytes());
     let stored = |dest: &str| {
@@ -377,9 +375,9 @@ routes:
     let path = dir.path().join("routes.yaml");
     std::fs::write(&path, &config).unwrap();
     let started = std::time::Instant::now();
-    let mut cmd = common::hookyard();
+    let mut cmd = crate::harness::hookyard();
     cmd.args(["check", "--config"]).arg(&path);
-    let out = common::run_cli(cmd).await;
+    let out = crate::harness::run_cli(cmd).await;
     assert_eq!(out.code(), Some(1), "{}", out.stdout);
     // file:line:col of the `plugin` key on each route's line
     let at = |route: &str| {
@@ -454,7 +452,7 @@ routes:
     assert_eq!(got.iter().filter(|r| r.path == "/bad").count(), 0);
     let reason = "transform failed (outputs_too_large): transform 0 (many_outputs): \
                   the outputs total 10000000 bytes, over the limit of 4194304 bytes for one event";
-    let out = common::hookyard()
+    let out = crate::harness::hookyard()
         .args(["events", "--status", "failed", "--json", "--config"])
         .arg(&gw.config_path)
         .output()

@@ -2,9 +2,7 @@
 //! event span's fields, bodies appear only at debug level with `server.log_redact` paths masked,
 //! and secrets and signature values never appear.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::Value;
 
 #[tokio::test]

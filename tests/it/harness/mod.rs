@@ -11,8 +11,15 @@
 //!   in parallel;
 //! - a fixture that fails (a panicking sink task, a gateway that dies or panics) fails the test.
 //!
-//! Each test file compiles its own copy of this module and uses part of it.
-#![allow(dead_code)]
+//! The whole suite is one test crate (`tests/it/main.rs`), so this harness compiles once; the
+//! admin API client and config-file helpers are in `admin_api`.
+
+pub mod admin_api;
+pub mod app;
+pub mod config;
+
+pub use app::App;
+pub use config::{Config, Dest, Route, Source};
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -367,25 +374,7 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Answer {
-        let mut req = Request::builder().method(method).uri(self.url(path));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Full::new(body.into())).expect("valid request");
-        let result = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let resp = self.client.request(req).await?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
-        })
-        .await;
-        match result {
-            Ok(Ok((parts, body))) => Answer { status: parts.status, headers: parts.headers, body },
-            Ok(Err(e)) => panic!("request to {path} failed: {e:?}; gateway stderr:\n{}", self.logs()),
-            Err(_) => {
-                panic!("request to {path} got no answer within {REQUEST_TIMEOUT:?}; gateway stderr:\n{}", self.logs())
-            }
-        }
+        exchange(&self.client, method, &self.url(path), headers, body.into(), || self.logs()).await
     }
 
     /// Writes `head` (request line and headers, ending in the blank line) and then `body` on a
@@ -394,6 +383,34 @@ impl Gateway {
     /// enforced before a request ends: nothing more is written once the gateway has answered.
     pub async fn raw(&self, head: &str, body: &[u8]) -> RawResponse {
         raw_exchange(self.process.addr, head, body).await
+    }
+}
+
+/// One request to a gateway (in process or not); a failure panics with the gateway's `logs`.
+async fn exchange(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    logs: impl Fn() -> String,
+) -> Answer {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body)).expect("valid request");
+    let result = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let resp = client.request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
+    })
+    .await;
+    match result {
+        Ok(Ok((parts, body))) => Answer { status: parts.status, headers: parts.headers, body },
+        Ok(Err(e)) => panic!("request to {url} failed: {e:?}; gateway stderr:\n{}", logs()),
+        Err(_) => panic!("request to {url} got no answer within {REQUEST_TIMEOUT:?}; gateway stderr:\n{}", logs()),
     }
 }
 

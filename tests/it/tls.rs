@@ -5,14 +5,12 @@
 //! has none or one from another CA, and sees a rotated one after a reload; `check` reports
 //! missing, non-PEM, mismatched and half-given client certificate files.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::harness::{App, Gateway, hookyard, run_cli};
 use bytes::Bytes;
-use common::{Gateway, hookyard, run_cli};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -175,7 +173,7 @@ async fn delivers_over_https_to_a_destination_trusted_by_ca_file() {
     let mut sink = tls_sink(None).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = write(dir.path(), "ca.pem", &sink.ca_pem);
-    let gw = Gateway::start(&config(sink.port, &format!("ca_file: \"{ca}\""))).await;
+    let gw = App::start_yaml(&config(sink.port, &format!("ca_file: \"{ca}\""))).await;
     let answer = gw.post("/in", &[("content-type", "application/json")], "{\"tls\":true}").await;
     assert_eq!(answer.status, 202, "{}", answer.text());
     let seen = next_seen(&mut sink).await;
@@ -207,7 +205,7 @@ async fn presents_the_client_certificate_a_destination_requires() {
     let cert = write(dir.path(), "client.pem", &cert_pem);
     let key = write(dir.path(), "client.key", &key_pem);
     let tls = format!("ca_file: \"{ca}\", client_cert: \"{cert}\", client_key: \"{key}\"");
-    let gw = Gateway::start(&config(sink.port, &tls)).await;
+    let gw = App::start_yaml(&config(sink.port, &tls)).await;
     assert_eq!(gw.post("/in", &[], "{\"mtls\":1}").await.status, 202);
     let seen = next_seen(&mut sink).await;
     assert_eq!(&seen.body[..], b"{\"mtls\":1}");

@@ -1,0 +1,19 @@
+//! The integration tests: one crate (so the harness compiles once), one module per area.
+//!
+//! Run one area with `cargo test --test it admin::`. `harness` has the fixtures (the gateway, a
+//! recording sink, signing helpers written apart from the crate's own) and the admin API client.
+
+mod harness;
+
+mod admin;
+mod cli;
+mod crash;
+mod delivery;
+mod ingress;
+mod logs;
+mod plugins;
+mod readme;
+mod reload;
+mod routing;
+mod store_cli;
+mod tls;
