@@ -178,13 +178,20 @@ impl Reloader {
     /// handles editors that save by writing a new file and renaming it over the old one, and
     /// Kubernetes ConfigMaps and Secrets that swap a `..data` symlink; a reload that finds the
     /// same content is a no-op.
-    pub async fn watch(self: Arc<Self>, extra: Vec<PathBuf>, stop: impl std::future::Future<Output = ()>) {
-        use notify::{RecursiveMode, Watcher};
+    ///
+    /// The watches are registered and the files' content noted here, before the returned future
+    /// first runs: a file saved just after the gateway started (once `start` returned) is seen,
+    /// never taken for the content it started with.
+    pub fn watch(
+        self: Arc<Self>,
+        extra: Vec<PathBuf>,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let mut files = self.watched_files(&extra);
         let names = Arc::new(Mutex::new(file_names(&files)));
         let ours = names.clone();
-        let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let Ok(event) = res else { return };
             if matches!(event.kind, notify::EventKind::Access(_)) {
                 return;
@@ -199,51 +206,46 @@ impl Reloader {
             if ours {
                 let _ = tx.send(());
             }
-        }) {
-            Ok(w) => w,
+        });
+        let mut watched: Vec<PathBuf> = Vec::new();
+        let mut watcher = match watcher {
+            Ok(mut w) => {
+                watch_dirs(&mut w, &files, &mut watched);
+                Some(w)
+            }
             Err(e) => {
                 error!(error = %e, "cannot watch the config file; reload with SIGHUP or the admin API");
-                return;
+                None
             }
         };
-        let mut watched: Vec<PathBuf> = Vec::new();
-        let mut watch_dirs = |files: &[PathBuf], watched: &mut Vec<PathBuf>| {
-            for d in directories(files) {
-                if watched.contains(&d) {
-                    continue;
-                }
-                if let Err(e) = watcher.watch(&d, RecursiveMode::NonRecursive) {
-                    warn!(dir = %d.display(), error = %e, "cannot watch directory");
-                }
-                watched.push(d);
-            }
-        };
-        watch_dirs(&files, &mut watched);
-        tokio::pin!(stop);
         let mut last_seen = content_hash(&files);
-        loop {
-            tokio::select! {
-                _ = &mut stop => return,
-                got = rx.recv() => {
-                    if got.is_none() { return; }
-                    // debounce: wait until the files have been quiet for DEBOUNCE
-                    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-                    // touch, chmod or a save without changes: nothing to do (and a broken file is
-                    // reported once, not at every event)
-                    let now = content_hash(&files);
-                    if now == last_seen {
-                        continue;
-                    }
-                    last_seen = now;
-                    self.reload("file change").await;
-                    // the config may name other files now (a new secret, a secret directory
-                    // swapped to a new timestamped one): watch those too
-                    let now_named = self.watched_files(&extra);
-                    if now_named != files {
-                        files = now_named;
-                        *names.lock().unwrap_or_else(|p| p.into_inner()) = file_names(&files);
-                        watch_dirs(&files, &mut watched);
-                        last_seen = content_hash(&files);
+        async move {
+            let Some(watcher) = watcher.as_mut() else { return };
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    got = rx.recv() => {
+                        if got.is_none() { return; }
+                        // debounce: wait until the files have been quiet for DEBOUNCE
+                        while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                        // touch, chmod or a save without changes: nothing to do (and a broken file is
+                        // reported once, not at every event)
+                        let now = content_hash(&files);
+                        if now == last_seen {
+                            continue;
+                        }
+                        last_seen = now;
+                        self.reload("file change").await;
+                        // the config may name other files now (a new secret, a secret directory
+                        // swapped to a new timestamped one): watch those too
+                        let now_named = self.watched_files(&extra);
+                        if now_named != files {
+                            files = now_named;
+                            *names.lock().unwrap_or_else(|p| p.into_inner()) = file_names(&files);
+                            watch_dirs(watcher, &files, &mut watched);
+                            last_seen = content_hash(&files);
+                        }
                     }
                 }
             }
@@ -272,6 +274,19 @@ fn file_names(files: &[PathBuf]) -> Vec<std::ffi::OsString> {
 }
 
 /// The directories of `files`, each once.
+/// Watches the directories of `files` not watched yet.
+fn watch_dirs(watcher: &mut impl notify::Watcher, files: &[PathBuf], watched: &mut Vec<PathBuf>) {
+    for d in directories(files) {
+        if watched.contains(&d) {
+            continue;
+        }
+        if let Err(e) = watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
+            warn!(dir = %d.display(), error = %e, "cannot watch directory");
+        }
+        watched.push(d);
+    }
+}
+
 fn directories(files: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = files
         .iter()
