@@ -1,11 +1,12 @@
 //! WebAssembly transform plugins: the host side.
 //!
 //! A plugin is a WebAssembly **component** for the `hookyard:plugin/transform@0.1.0` world
-//! (`plugins/wit/plugin.wit`). [`PluginHost`] owns the one wasmtime `Engine` of the process;
-//! [`PluginHost::load`] compiles a component once (or loads it from the compiled-code cache) and
-//! checks its world; [`Plugin::run`] runs it on one event in a **fresh store and instance**, so no
-//! state leaks from one event to the next, under a wall-clock deadline (epoch interruption) and a
-//! memory limit, then checks what it returned against the route (destinations, sizes, headers).
+//! (`plugins/wit/hookyard-plugin-0.1.0/plugin.wit`). [`PluginHost`] owns the one wasmtime
+//! `Engine` of the process; [`PluginHost::load`] compiles a component once (or loads it from the
+//! compiled-code cache) and checks its world; [`Plugin::run`] runs it on one event in a **fresh
+//! store and instance**, so no state leaks from one event to the next, under a wall-clock
+//! deadline (epoch interruption) and a memory limit, then checks what it returned against the
+//! route (destinations, sizes, headers).
 //! [`run_chain`] runs several plugins in a row, fanning out on splits.
 //!
 //! This is the only module that names wasmtime types: nothing wasmtime-shaped crosses its API.

@@ -15,7 +15,7 @@ use super::{EventRef, Limits, LoadError, Outcome, Output, PluginError};
 pub(super) mod bindings {
     wasmtime::component::bindgen!({
         world: "transform",
-        path: "plugins/wit",
+        path: "plugins/wit/hookyard-plugin-0.1.0",
         exports: { default: async },
         // The event is lowered straight from borrowed data: no copy of the body or headers.
         ownership: Borrowing { duplicate_if_necessary: true },

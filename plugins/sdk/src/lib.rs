@@ -17,7 +17,7 @@
 //! ```
 //!
 //! `plugins/build.sh` turns the crate into a WebAssembly component for the `transform` world of
-//! `plugins/wit/plugin.wit`. The component gets a fresh instance for every event: statics do not
+//! `plugins/wit/hookyard-plugin-0.1.0/plugin.wit`. The component gets a fresh instance for every event: statics do not
 //! survive from one event to the next. It has no WASI: no files, clock, environment or
 //! randomness, only [`log`] and [`config`].
 
@@ -26,7 +26,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         world: "transform",
-        path: "../wit",
+        path: "../wit/hookyard-plugin-0.1.0",
         pub_export_macro: true,
         default_bindings_module: "hookyard_plugin_sdk::bindings",
     });
