@@ -32,6 +32,9 @@ pub mod bindings {
     });
 }
 
+// The global allocator of every plugin built with the SDK (feature `arena`, on by default);
+// natively (the SDK's own tests) the standard allocator serves. It is single-threaded, and
+// refuses to compile for a wasm32 target with atomics (see arena.rs).
 #[cfg(all(target_arch = "wasm32", feature = "arena"))]
 mod arena;
 pub mod loose;
