@@ -23,6 +23,7 @@
 
 /// The bindings wit-bindgen generates for the `transform` world.
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments, reason = "generated code: wit-bindgen's lowering of the event record")]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "transform",
