@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds every plugin in this directory from source into plugins/dist/*.wasm (WebAssembly
-# components for the `transform` world of plugins/wit/plugin.wit). One command on a fresh machine:
+# components for the `transform` world of plugins/wit/hookyard-plugin-0.1.0/plugin.wit).
+# One command on a fresh machine:
 #
 #   plugins/build.sh            # installs the toolchain if needed (apt), then builds
 #   SKIP_APT=1 plugins/build.sh # never calls apt-get

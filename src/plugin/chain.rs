@@ -1,6 +1,9 @@
 //! Several plugins on one route, run in order (semantics documented in plugins/README.md).
 
-use super::{EventRef, Outcome, Output, Plugin, PluginError};
+use super::Plugin;
+use super::call::overlaid;
+use super::error::PluginError;
+use super::event::{EventRef, Outcome, Output};
 
 /// A chain failed at plugin `index` (0-based, in route order).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -84,13 +87,4 @@ fn overlay(base: &[(String, String)], top: Vec<(String, String)>) -> Vec<(String
         return top;
     }
     overlaid(base, &top).cloned().collect()
-}
-
-/// The headers of `base` that `top` does not replace (names compare case-insensitively), then
-/// those of `top`.
-pub(super) fn overlaid<'a>(
-    base: &'a [(String, String)],
-    top: &'a [(String, String)],
-) -> impl Iterator<Item = &'a (String, String)> {
-    base.iter().filter(|(k, _)| !top.iter().any(|(t, _)| t.eq_ignore_ascii_case(k))).chain(top)
 }

@@ -1,6 +1,7 @@
 //! The process-wide wasmtime engine: its configuration (pooling allocator, copy-on-write memory
-//! images, epoch interruption), the epoch ticker thread, the linker that offers plugins the
-//! `host` interface and nothing else, and compiling components through the on-disk cache.
+//! images, epoch interruption), the epoch ticker thread, the linker (`host.rs`), and compiling
+//! components through the on-disk cache into a [`TransformPre`](bindings::TransformPre) checked
+//! against the world.
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
@@ -11,15 +12,14 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Enabled, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
-use super::run::{State, bindings};
-use super::{HostConfig, LoadError};
-
-/// Imports a plugin may have: the world's `host` interface, and the types-only interface its
-/// exported function refers to.
-const ALLOWED_IMPORTS: [&str; 2] = ["hookyard:plugin/host@0.1.0", "hookyard:plugin/types@0.1.0"];
+use super::bindings;
+use super::error::LoadError;
+use super::host::{self, ALLOWED_IMPORTS};
+use super::limits::HostConfig;
+use super::state::State;
 
 pub(super) struct Engine {
     pub(super) wasmtime: wasmtime::Engine,
@@ -69,11 +69,7 @@ impl Engine {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| format!("cannot start the plugin engine: {e:#}"))?;
 
-        let mut linker = Linker::new(&wasmtime);
-        bindings::hookyard::plugin::host::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-            .map_err(|e| format!("cannot set up the plugin linker: {e:#}"))?;
-        // `types` has no functions; an empty instance satisfies its import.
-        linker.instance(ALLOWED_IMPORTS[1]).map_err(|e| format!("cannot set up the plugin linker: {e:#}"))?;
+        let linker = host::linker(&wasmtime)?;
 
         let mut hasher = ShaHasher(Sha256::new());
         std::hash::Hash::hash(&wasmtime.precompile_compatibility_hash(), &mut hasher);
@@ -104,10 +100,6 @@ impl Engine {
 
     pub(super) fn config(&self) -> &HostConfig {
         &self.config
-    }
-
-    pub(super) fn load(&self, path: &Path) -> Result<bindings::TransformPre<State>, LoadError> {
-        self.load_bytes(&super::read_plugin_file(path)?)
     }
 
     pub(super) fn load_bytes(&self, bytes: &[u8]) -> Result<bindings::TransformPre<State>, LoadError> {

@@ -107,7 +107,7 @@ pub enum LoadError {
     #[error("this is a core WebAssembly module, not a component: build it as a component: see plugins/README.md")]
     CoreModule,
     /// A component, but not for `hookyard:plugin/transform@0.1.0`.
-    #[error("the component does not target {}: {found}", super::WORLD)]
+    #[error("the component does not target {}: {found}", super::bindings::WORLD)]
     WrongWorld { found: String },
     /// A component that wasmtime rejects (malformed or using unsupported features).
     #[error("the component does not compile: {0}")]

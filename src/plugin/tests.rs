@@ -226,14 +226,14 @@ async fn a_slow_call_moves_to_a_fiber_and_still_succeeds() {
     assert_eq!(report.result, Ok(Outcome::Drop("slow".into())));
     assert_eq!(report.logs, slow_line, "the preempted attempt's line is not kept");
     assert!(slow.inner.yields(), "the next calls start on a fiber");
-    for _ in 0..run::YIELDING_CALLS_AFTER_PREEMPTION {
+    for _ in 0..call::YIELDING_CALLS_AFTER_PREEMPTION {
         assert_eq!(slow.run(&spinning(10)).await, Ok(Outcome::Drop("slow".into())));
     }
     assert!(!slow.inner.yields(), "after them, calls are direct again");
 }
 
 /// A call that the OS takes the CPU from for more than a tick, while it computes for less, is
-/// not preempted: only the plugin's own computing counts (see `run::Mode`). This thread shares
+/// not preempted: only the plugin's own computing counts (see `state::Mode`). This thread shares
 /// one CPU with three spinning ones, so the OS takes turns between them, a time slice at a
 /// time, and some calls wait for the other three's slices halfway through. A tick of 5 ms keeps
 /// the calls (a few tenths of a millisecond of CPU) far from it.
@@ -392,7 +392,7 @@ async fn log_lines_are_captured_and_bounded() {
         host().load_bytes("log_flood", &fixture("log_flood"), vec![], Limits::default(), names(&["a"])).unwrap();
     let report = flood.run_report(&event("", &[])).await;
     assert_eq!(report.result, Ok(Outcome::Drop("spam".into())));
-    assert_eq!(report.logs.len(), run::MAX_LOG_LINES as usize);
+    assert_eq!(report.logs.len(), limits::MAX_LOG_LINES as usize);
     assert_eq!(report.logs[0], GuestLog { level: LogLevel::Info, message: "spam".into() });
     assert!(report.logs.last().unwrap().message.contains("log limit reached"));
 

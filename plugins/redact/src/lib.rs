@@ -24,10 +24,8 @@ impl Plugin for Redact {
 
 fn scrub(value: &mut Value, mask: &str) {
     match value {
-        Value::String(s) => {
-            if s.split_whitespace().any(|w| is_email(w) || is_card(w)) || is_card(s) {
-                *s = mask.to_string();
-            }
+        Value::String(s) if s.split_whitespace().any(|w| is_email(w) || is_card(w)) || is_card(s) => {
+            *s = mask.to_string();
         }
         Value::Array(items) => items.iter_mut().for_each(|v| scrub(v, mask)),
         Value::Object(map) => map.values_mut().for_each(|v| scrub(v, mask)),
@@ -60,7 +58,7 @@ fn is_card(text: &str) -> bool {
         .enumerate()
         .map(|(i, &d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 hookyard_plugin_sdk::export!(Redact);

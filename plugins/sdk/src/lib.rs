@@ -17,21 +17,25 @@
 //! ```
 //!
 //! `plugins/build.sh` turns the crate into a WebAssembly component for the `transform` world of
-//! `plugins/wit/plugin.wit`. The component gets a fresh instance for every event: statics do not
+//! `plugins/wit/hookyard-plugin-0.1.0/plugin.wit`. The component gets a fresh instance for every event: statics do not
 //! survive from one event to the next. It has no WASI: no files, clock, environment or
 //! randomness, only [`log`] and [`config`].
 
 /// The bindings wit-bindgen generates for the `transform` world.
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments, reason = "generated code: wit-bindgen's lowering of the event record")]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "transform",
-        path: "../wit",
+        path: "../wit/hookyard-plugin-0.1.0",
         pub_export_macro: true,
         default_bindings_module: "hookyard_plugin_sdk::bindings",
     });
 }
 
+// The global allocator of every plugin built with the SDK (feature `arena`, on by default);
+// natively (the SDK's own tests) the standard allocator serves. It is single-threaded, and
+// refuses to compile for a wasm32 target with atomics (see arena.rs).
 #[cfg(all(target_arch = "wasm32", feature = "arena"))]
 mod arena;
 pub mod loose;
