@@ -3,8 +3,12 @@
 //! requests see the new one. A reload that fails changes nothing and is reported (log, metric,
 //! status). Triggers: file changes (notify, debounced), SIGHUP, and the admin API.
 //!
-//! Settings that cannot change live (`server.listen`, `server.max_connections`, `admin`,
-//! `storage`) keep their running values and are reported as "needs restart".
+//! Settings that cannot change live keep their running values and are reported as "needs
+//! restart" (the list is [`keep_restart_only_settings`]): the listeners (`server.listen`,
+//! `server.max_connections`, `server.max_header_bytes`, the `admin` listener settings; the admin
+//! token does change live), the store (`storage.path`, `storage.sync`, `storage.commit_timeout`)
+//! and the dispatcher's bounds (`delivery.max_in_flight`, `delivery.max_pending`). Everything
+//! else applies to the next request, the next delivery attempt and the next retention purge.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

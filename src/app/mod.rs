@@ -153,8 +153,7 @@ pub async fn start_with(config: &Path, plugins: Arc<Plugins>) -> Result<Running,
     if let Some(handle) = metrics.clone() {
         background.push(tokio::spawn(crate::metrics::upkeep(handle, stopped(stop_rx.clone()))));
     }
-    let purger =
-        tokio::spawn(purge_loop(store, storage.retention.0, storage.purge_interval.0, stopped(stop_rx.clone())));
+    let purger = tokio::spawn(purge_loop(store, state.clone(), stopped(stop_rx.clone())));
     background.push(tokio::spawn(reloader.clone().on_sighup(stopped(stop_rx.clone()))));
     let plugin_files = state.snapshot.load().plugin_files.clone();
     background.push(tokio::spawn(reloader.clone().watch(plugin_files, stopped(stop_rx.clone()))));
@@ -292,15 +291,15 @@ fn log_budget(nofile: Option<u64>, b: &ConnectionBudget) {
     }
 }
 
-/// Deletes finished events older than the retention, at start and then every `interval`.
-async fn purge_loop(
-    store: Store,
-    retention: Duration,
-    interval: Duration,
-    stop: impl std::future::Future<Output = ()>,
-) {
+/// Deletes finished events older than `storage.retention`, at start and then every
+/// `storage.purge_interval`, both read from the config in force at each round (a reload changes them).
+async fn purge_loop(store: Store, state: Arc<State>, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
+        let (retention, interval) = {
+            let snap = state.snapshot.load();
+            (snap.storage.retention.0, snap.storage.purge_interval.0)
+        };
         match store.purge(now_ms() - retention.as_millis() as i64).await {
             Ok(0) => {}
             Ok(n) => info!(events = n, "retention purge deleted finished events"),
