@@ -16,11 +16,17 @@
 #   hookyard-3            wrk -> hookyard (1 route, 3 destinations: same sink, 3 paths) -> sink
 # The sink is `hookyard receive --quiet` in every scenario. wrk and the sink run
 # on LOAD_CPU (0); the server under test (nginx or hookyard) runs on SUT_CPU (1).
+# Its files (payload, wrk script, nginx config, report) are in bench/e2e/; the
+# helpers it shares with bench/durability.sh in bench/lib.sh.
 set -euo pipefail
 export LC_ALL=C
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
+HERE="$BENCH_DIR/e2e"
+BENCH_NAME=e2e
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
 
 # ---------------------------------------------------------------- parameters
 ROUNDS=${ROUNDS:-3}
@@ -46,24 +52,22 @@ PLUGIN_EXPECT=${PLUGIN_EXPECT-'"text"'}
 
 GITHUB_SECRET="bench-secret"
 DEST_SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-BODY_FILE="$BENCH_DIR/github_push.json"
+BODY_FILE="$HERE/github_push.json"
 
 HY_PORT=$PORT_BASE
 NGINX_PORT=$((PORT_BASE + 1))
 ADMIN_PORT=$((PORT_BASE + 2)) # hookyard's admin listener (default 9090 would collide with other runs)
 PROXY_PORT=$((PORT_BASE + 3))
 SINK_PORT=$((PORT_BASE + 11))
-
-log() { printf '[e2e %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+SINK_ADDR="127.0.0.1:$SINK_PORT"
 
 case "$HOOKYARD" in /*) ;; *) HOOKYARD="$ROOT/$HOOKYARD" ;; esac
 case "$PLUGIN" in /*) ;; *) PLUGIN="$ROOT/$PLUGIN" ;; esac
 case "$HYPER_PROXY" in /*) ;; *) HYPER_PROXY="$ROOT/$HYPER_PROXY" ;; esac
 [[ -z "$STORAGE_SYNC" || "$STORAGE_SYNC" == full || "$STORAGE_SYNC" == normal ]] \
   || die "STORAGE_SYNC must be full or normal (got '$STORAGE_SYNC')"
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
-[[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
+positive_int ROUNDS "$ROUNDS"
+positive_int CONNECTIONS "$CONNECTIONS"
 if ! [[ "$PORT_BASE" =~ ^[0-9]+$ ]] || ((PORT_BASE < 1024 || PORT_BASE > 65000)); then
   die "PORT_BASE must be in 1024..65000"
 fi
@@ -71,66 +75,10 @@ for s in $SCENARIOS; do
   case "$s" in direct | nginx | hyper-proxy | hookyard-1 | hookyard-1-transform | hookyard-3) ;; *) die "unknown scenario '$s'" ;; esac
 done
 
-# "10s" / "1m" / "500ms" / "2" -> whole seconds (rounded up), for timeouts.
-dur_secs() {
-  local d=$1
-  case "$d" in
-    *ms) echo $(((${d%ms} + 999) / 1000)) ;;
-    *s) echo "${d%s}" ;;
-    *m) echo $((${d%m} * 60)) ;;
-    *h) echo $((${d%h} * 3600)) ;;
-    *) echo "$d" ;;
-  esac
-}
 DURATION_S=$(dur_secs "$DURATION")
 WARMUP_S=$(dur_secs "$WARMUP")
 [[ "$DURATION_S" =~ ^[0-9]+$ && "$DURATION_S" -ge 1 ]] || die "DURATION must be like 10s or 1m"
 [[ "$WARMUP_S" =~ ^[0-9]+$ ]] || die "WARMUP must be like 1s or 0"
-
-# ---------------------------------------------------------- process tracking
-WORK=""
-PIDS=()
-
-track() { PIDS+=("$1"); }
-
-# stop_pid PID NAME: SIGTERM, up to 5 s grace, then SIGKILL; reaps the child.
-stop_pid() {
-  local pid=$1 name=${2:-process} i
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    # a zombie child still answers kill -0; reap it if it is done
-    [[ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" == Z ]] && break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null && [[ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]]; then
-    log "WARNING: $name (pid $pid) still running 5 s after SIGTERM; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-  local kept=() p
-  for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || kept+=("$p"); done
-  PIDS=("${kept[@]+"${kept[@]}"}")
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local i
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}" "pid ${PIDS[i]}"; done
-  if [[ -n "$WORK" && -d "$WORK" ]]; then
-    if [[ $rc -eq 0 && "$KEEP_WORKDIR" != 1 ]]; then
-      rm -rf "$WORK"
-    else
-      log "work dir (configs, logs, wrk output) kept: $WORK"
-    fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # ------------------------------------------------------------- dependencies
 NGINX_BIN=$(command -v nginx || true)
@@ -138,26 +86,17 @@ NGINX_BIN=$(command -v nginx || true)
 
 install_deps() {
   local pkgs=() p
-  command -v wrk >/dev/null || pkgs+=(wrk)
-  command -v curl >/dev/null || pkgs+=(curl)
-  command -v python3 >/dev/null || pkgs+=(python3)
-  command -v taskset >/dev/null || pkgs+=(util-linux)
-  [[ -n "$NGINX_BIN" ]] || pkgs+=(nginx)
+  mapfile -t pkgs < <(missing_tools)
+  if [[ -z "$NGINX_BIN" ]]; then
+    apt_update "${pkgs[@]}" nginx
+    # nginx-light is the smallest build that has the proxy module; fall back to nginx.
+    if apt-cache show nginx-light >/dev/null 2>&1; then pkgs+=(nginx-light); else pkgs+=(nginx); fi
+  fi
   ((${#pkgs[@]})) || return 0
-  [[ $EUID -eq 0 ]] || die "missing ${pkgs[*]}; install them (apt-get install ${pkgs[*]}) or run as root"
-  command -v apt-get >/dev/null || die "missing ${pkgs[*]} and no apt-get to install them"
-  log "installing: ${pkgs[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-  # nginx-light is the smallest build that has the proxy module; fall back to nginx.
-  for i in "${!pkgs[@]}"; do
-    if [[ "${pkgs[i]}" == nginx ]] && apt-cache show nginx-light >/dev/null 2>&1; then
-      pkgs[i]=nginx-light
-    fi
-  done
   # Packages may start the system nginx service; remember whether it ran before.
   local svc_before=0
   [[ -s /run/nginx.pid ]] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null && svc_before=1
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  apt_install "${pkgs[@]}"
   if [[ $svc_before == 0 && -s /run/nginx.pid ]] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
     log "stopping the nginx service that the package install started"
     p=$(cat /run/nginx.pid)
@@ -169,36 +108,16 @@ install_deps
 for t in wrk curl python3 taskset; do command -v "$t" >/dev/null || die "$t not found"; done
 [[ -x "$NGINX_BIN" ]] || die "nginx not found"
 
-if [[ ! -x "$HOOKYARD" ]]; then
-  if [[ "$HOOKYARD" == "$ROOT/target/release/hookyard" ]]; then
-    log "building hookyard (cargo build --release)"
-    (cd "$ROOT" && cargo build --release) || die "cargo build --release failed"
-  fi
-  [[ -x "$HOOKYARD" ]] || die "hookyard binary not found at $HOOKYARD"
-fi
-case " $SCENARIOS " in
-  *" hyper-proxy "*)
-    if [[ ! -x "$HYPER_PROXY" && "$HYPER_PROXY" == "$ROOT/target/release/examples/hyper_proxy" ]]; then
-      log "building the hyper-proxy baseline (cargo build --release --example hyper_proxy)"
-      (cd "$ROOT" && cargo build --release --example hyper_proxy) || die "building hyper_proxy failed"
-    fi
-    [[ -x "$HYPER_PROXY" ]] || die "hyper_proxy binary not found at $HYPER_PROXY" ;;
-esac
+ensure_built "$HOOKYARD"
+case " $SCENARIOS " in *" hyper-proxy "*) ensure_built "$HYPER_PROXY" ;; esac
 [[ -f "$BODY_FILE" ]] || die "payload $BODY_FILE missing"
 case " $SCENARIOS " in
   *" hookyard-1-transform "*)
     [[ -f "$PLUGIN" ]] || die "plugin $PLUGIN missing (build it with plugins/build.sh)" ;;
 esac
 
-NCPU=$(nproc)
-if ((NCPU < 2)); then
-  log "WARNING: only $NCPU CPU; load and server under test share CPU 0"
-  LOAD_CPU=0 SUT_CPU=0
-fi
+pin_cpus
 CLK_TCK=$(getconf CLK_TCK)
-
-# Keep this script and everything it spawns (curl, sed, ...) off the SUT CPU.
-taskset -cp "$LOAD_CPU" $$ >/dev/null
 
 WORK=$(mktemp -d /tmp/hookyard-e2e.XXXXXX)
 mkdir -p "$RESULTS_DIR"
@@ -213,9 +132,6 @@ BODY_BYTES=$(wc -c <"$BODY_FILE")
 log "payload: $BODY_FILE ($BODY_BYTES bytes), X-Hub-Signature-256: ${SIG:0:23}..."
 
 # ------------------------------------------------------------------ helpers
-# now_us: sets NOW_US to wall-clock microseconds (no subshell).
-now_us() { local t=$EPOCHREALTIME; NOW_US=$((10#${t/./})); }
-
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 ensure_port_free() {
@@ -223,19 +139,7 @@ ensure_port_free() {
 }
 
 # wait_listening OUTFILE PID NAME: wait for the "listening on" stdout line.
-wait_listening() {
-  local out=$1 pid=$2 name=$3 i
-  for ((i = 0; i < 150; i++)); do
-    if grep -q '^listening on ' "$out" 2>/dev/null; then return 0; fi
-    kill -0 "$pid" 2>/dev/null || {
-      tail -n 20 "${out%.out}.err" >&2 || true
-      die "$name exited before listening"
-    }
-    sleep 0.1
-  done
-  tail -n 20 "${out%.out}.err" >&2 || true
-  die "$name did not print 'listening on' within 15 s"
-}
+wait_listening() { listen_addr "$@" >/dev/null; }
 
 wait_port() {
   local port=$1 pid=$2 name=$3 i
@@ -245,27 +149,6 @@ wait_port() {
     sleep 0.1
   done
   die "$name not listening on $port within 15 s"
-}
-
-# sink_count: prints the sink's received counter.
-sink_count() {
-  local json n
-  json=$(curl -sf --max-time 2 "http://127.0.0.1:$SINK_PORT/stats") || die "sink /stats failed"
-  n=$(sed -n 's/.*"received"[[:space:]]*:[[:space:]]*\([0-9][0-9]*\).*/\1/p' <<<"$json")
-  [[ -n "$n" ]] || die "sink /stats has no \"received\" counter: $json"
-  echo "$n"
-}
-
-# cpu_ticks PID...: utime+stime summed over the given processes, in clock ticks.
-cpu_ticks() {
-  local total=0 pid stat rest f
-  for pid in "$@"; do
-    stat=$(<"/proc/$pid/stat") || die "process $pid is gone"
-    rest=${stat##*) }
-    read -ra f <<<"$rest"
-    total=$((total + f[11] + f[12]))  # fields 14 (utime) and 15 (stime)
-  done
-  echo "$total"
 }
 
 # cpu_busy CPU: prints "busy total" jiffies of one CPU from /proc/stat.
@@ -312,51 +195,8 @@ wait_sink_at_least() {
   return 1
 }
 
-# drain: after wrk stopped, poll the sink until its counter has not grown for
-# DRAIN_STABLE_MS (or DRAIN_MAX s have passed). Sets DRAIN_COUNT, DRAIN_AT_US
-# (when the final count was first seen), DRAIN_TIMEOUT (1 if cut short).
-drain() {
-  local start_us=$1 c last
-  last=$(sink_count)
-  now_us
-  local last_change_us=$NOW_US deadline_us=$((start_us + DRAIN_MAX * 1000000))
-  DRAIN_TIMEOUT=0
-  while :; do
-    sleep 0.05
-    c=$(sink_count)
-    now_us
-    if ((c != last)); then
-      last=$c
-      last_change_us=$NOW_US
-    elif ((NOW_US - last_change_us >= DRAIN_STABLE_MS * 1000)); then
-      break
-    fi
-    if ((NOW_US >= deadline_us)); then
-      DRAIN_TIMEOUT=1
-      break
-    fi
-  done
-  DRAIN_COUNT=$last
-  DRAIN_AT_US=$last_change_us
-}
-
-# run_wrk URL SECONDS OUTFILE: one wrk run on the load CPU; bounded by timeout.
-run_wrk() {
-  local url=$1 secs=$2 out=$3 pid rc=0
-  timeout --kill-after=5 $((secs + 30)) \
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --timeout 5s \
-    -s "$BENCH_DIR/signed_post.lua" "$url" -- "$BODY_FILE" "$SIG" >"$out" 2>&1 &
-  pid=$!
-  track "$pid"
-  wait "$pid" || rc=$?
-  local kept=() p
-  for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || kept+=("$p"); done
-  PIDS=("${kept[@]+"${kept[@]}"}")
-  if ((rc != 0)) || ! grep -q '^E2E_RESULT ' "$out"; then
-    cat "$out" >&2
-    die "wrk failed (exit $rc) against $url"
-  fi
-}
+# e2e_wrk URL SECONDS OUTFILE: one signed wrk run (bench/e2e/signed_post.lua).
+e2e_wrk() { run_wrk "$1" "$2" "$3" "$HERE/signed_post.lua" E2E_RESULT "$BODY_FILE" "$SIG"; }
 
 # ------------------------------------------------------------------ servers
 SINK_PID=""
@@ -378,7 +218,7 @@ render_nginx_conf() {
   mkdir -p "$prefix"/{client_body,proxy,fastcgi,uwsgi,scgi}
   sed -e "s|@PREFIX@|$prefix|g" -e "s|@SINK_PORT@|$SINK_PORT|g" \
     -e "s|@LISTEN_PORT@|$NGINX_PORT|g" -e "s|@USER_LINE@|$user_line|g" \
-    "$BENCH_DIR/nginx.conf.template" >"$prefix/nginx.conf"
+    "$HERE/nginx.conf.template" >"$prefix/nginx.conf"
 }
 
 # write_hookyard_conf FANOUT FILE [TRANSFORM]: TRANSFORM=1 puts $PLUGIN on the route.
@@ -553,9 +393,8 @@ measure() {
   start_sut "$sc" "$round"
   sanity "$sc"
   if ((WARMUP_S > 0)); then
-    now_us
-    run_wrk "$URL" "$WARMUP_S" "$WORK/wrk-$sc-r$round-warmup.txt"
-    drain "$NOW_US"
+    e2e_wrk "$URL" "$WARMUP_S" "$WORK/wrk-$sc-r$round-warmup.txt"
+    drain
   fi
   kill -0 "$SINK_PID" 2>/dev/null || die "sink died"
 
@@ -569,10 +408,9 @@ measure() {
   read -r sb0 st0 < <(cpu_busy "$SUT_CPU")
   now_us
   t0=$NOW_US
-  run_wrk "$URL" "$DURATION_S" "$out"
-  now_us
-  t_wrk=$NOW_US
-  drain "$t_wrk"
+  e2e_wrk "$URL" "$DURATION_S" "$out"
+  drain
+  t_wrk=$DRAIN_START_US
   cpu1=$(cpu_ticks "${SUT_PIDS[@]}")
   scpu1=$(cpu_ticks "$SINK_PID")
   read -r lb1 lt1 < <(cpu_busy "$LOAD_CPU")
@@ -592,7 +430,7 @@ measure() {
     $((cpu1 - cpu0)) $((scpu1 - scpu0)) "$rss" "$warns" \
     $((lb1 - lb0)) $((lt1 - lt0)) $((sb1 - sb0)) $((st1 - st0)) >>"$ROWS"
   printf '%s\n' "$kv" >>"$ROWS"
-  python3 "$BENCH_DIR/e2e_report.py" row "$CLK_TCK" "$(tail -n 1 "$ROWS")" >&2
+  python3 "$HERE/report.py" row "$CLK_TCK" "$(tail -n 1 "$ROWS")" >&2
 }
 
 # -------------------------------------------------------------------- main
@@ -624,13 +462,9 @@ META=(
   "transform_plugin=${PLUGIN#"$ROOT"/}"
   "hookyard_version=$(timeout 5 "$HOOKYARD" --version 2>/dev/null | head -n 1 || true)"
   "hookyard_built=$(date -u -r "$HOOKYARD" +%Y-%m-%dT%H:%M:%SZ)"
-  "git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || true)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo '-dirty')"
   "nginx_version=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
-  "wrk_version=$(wrk -v 2>&1 | head -n 1 | cut -d' ' -f2)"
-  "kernel=$(uname -r)"
   "store_fs=$(df -PT "$WORK" | awk 'NR == 2 { print $2 }')"
-  "cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
-  "nproc=$NCPU"
 )
-python3 "$BENCH_DIR/e2e_report.py" summary "$ROWS" "$JSON" "${META[@]}"
+mapfile -t -O "${#META[@]}" META < <(run_meta)
+python3 "$HERE/report.py" summary "$ROWS" "$JSON" "${META[@]}"
 log "results written to ${JSON#"$ROOT"/}"

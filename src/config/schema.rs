@@ -1,5 +1,5 @@
-//! The `routes.yaml` schema. Every field's doc comment is user documentation: the README's reference
-//! table is written from it. Unknown keys are errors everywhere (`deny_unknown_fields`).
+//! The `routes.yaml` schema. Every field's doc comment is user documentation: the reference in
+//! `docs/configuration.md` is written from it. Unknown keys are errors everywhere (`deny_unknown_fields`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,7 +29,7 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Most ingress connections served at once; further connections wait in the kernel's accept
     /// queue (1024 long) holding no descriptor. Default: sized from the open-file limit at start
-    /// (see "Connection limits" in the README), at most 1024 (bounds memory: each connection may
+    /// (see "Connection limits" in `docs/operations.md`), at most 1024 (bounds memory: each connection may
     /// hold a body of `max_body_bytes`).
     pub max_connections: Option<usize>,
     /// Time allowed to receive a whole request (headers and body). Default `30s`; a slower sender

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Turns the raw rows written by bench/e2e.sh into figures, a table and JSON.
 
-  e2e_report.py row CLK_TCK ROW_LINE             one-line summary of one run
-  e2e_report.py summary ROWS_TSV OUT_JSON k=v...  median table + JSON file
+  report.py row CLK_TCK ROW_LINE             one-line summary of one run
+  report.py summary ROWS_TSV OUT_JSON k=v...  median table + JSON file
 
 A raw row is tab-separated:
   round scenario fanout delivered wall_us drain_us drain_timeout

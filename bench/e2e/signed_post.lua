@@ -1,6 +1,6 @@
 -- wrk script for bench/e2e.sh: POST a GitHub-signed push event.
 --
--- Usage: wrk ... -s bench/signed_post.lua URL -- BODY_FILE SIGNATURE
+-- Usage: wrk ... -s bench/e2e/signed_post.lua URL -- BODY_FILE SIGNATURE
 --   BODY_FILE  file holding the exact body bytes to send
 --   SIGNATURE  value of X-Hub-Signature-256 ("sha256=<hex>") for that body
 --
