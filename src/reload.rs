@@ -1,4 +1,4 @@
-//! Hot reload: a new snapshot is built off the request path by the same `runtime::build` as at
+//! Hot reload: a new snapshot is built off the request path by the same `snapshot::build` as at
 //! start, then swapped in atomically. Requests in flight finish on the snapshot they loaded; new
 //! requests see the new one. A reload that fails changes nothing and is reported (log, metric,
 //! status). Triggers: file changes (notify, debounced), SIGHUP, and the admin API.

@@ -128,7 +128,7 @@ async fn check_counts_a_single_problem_in_the_singular() {
     assert_eq!(lines[1], "1 problem found");
 }
 
-/// `storage:` and `admin:` are documented top-level sections (README, "routes.yaml reference"):
+/// `storage:` and `admin:` are documented top-level sections (docs/configuration.md, "routes.yaml reference"):
 /// `check` must accept them and suggest them for a typo, and `run` must use them.
 #[tokio::test]
 async fn the_storage_and_admin_sections_are_accepted_and_used() {

@@ -1,4 +1,4 @@
-//! Logs as the README promises them: `--log-format json` gives one JSON object per line with the
+//! Logs as docs/operations.md promises them: `--log-format json` gives one JSON object per line with the
 //! event span's fields, bodies appear only at debug level with `server.log_redact` paths masked,
 //! and secrets and signature values never appear.
 

@@ -431,7 +431,7 @@ async fn a_kubernetes_secret_swap_is_picked_up_without_a_trigger() {
     assert_eq!(post_signed(&node, "k8s-secret-two").await, 202);
 }
 
-/// 1 KB of YAML ("billion laughs") that would expand to 9^9 scalars, as in `tests/cli.rs`.
+/// 1 KB of YAML ("billion laughs") that would expand to 9^9 scalars, as in `tests/it/cli.rs`.
 fn alias_bomb() -> String {
     let mut text = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
     for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"]) {

@@ -1,6 +1,6 @@
 //! Every retry rule under `tokio::time::pause()`, with a real store (SQLite in a temp dir) and a
 //! scripted transport: paused time cannot drive real sockets (the clock would jump past every
-//! timeout). Real-socket retries are covered by `tests/delivery.rs`.
+//! timeout). Real-socket retries are covered by `tests/it/delivery.rs`.
 
 use std::collections::VecDeque;
 use std::path::Path;
