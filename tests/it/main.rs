@@ -6,6 +6,7 @@
 mod harness;
 
 mod admin;
+mod app;
 mod cli;
 mod crash;
 mod delivery;

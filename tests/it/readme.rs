@@ -3,8 +3,6 @@
 //! `section.key` it names must be in the reference, every docs page must be reachable from the
 //! README, and every link between the documents must resolve.
 
-
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
