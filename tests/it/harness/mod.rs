@@ -864,3 +864,21 @@ pub fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
     v.sort();
     v
 }
+
+/// A gateway an event can be posted to, in process ([`App`]) or not ([`Gateway`]), for helpers
+/// shared by tests of both kinds.
+pub trait Ingress {
+    fn post_body(&self, path: &str, headers: &[(&str, &str)], body: String) -> impl Future<Output = Answer>;
+}
+
+impl Ingress for App {
+    fn post_body(&self, path: &str, headers: &[(&str, &str)], body: String) -> impl Future<Output = Answer> {
+        App::post(self, path, headers, body)
+    }
+}
+
+impl Ingress for Gateway {
+    fn post_body(&self, path: &str, headers: &[(&str, &str)], body: String) -> impl Future<Output = Answer> {
+        Gateway::post(self, path, headers, body)
+    }
+}
