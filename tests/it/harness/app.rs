@@ -150,8 +150,9 @@ pub struct App {
     log: LogBuffer,
     /// The `RUST_LOG`-style filter its logs are written at.
     filter: String,
-    /// The config and the default store; removed after the gateway stopped.
-    _dir: tempfile::TempDir,
+    /// The config and the default store; removed after the gateway stopped (`None`: the test
+    /// keeps the config's directory itself).
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// The thread a gateway runs on, and how to stop it.
@@ -194,6 +195,10 @@ impl App {
 
     /// [`App::start_at`] with logs at `filter`.
     pub async fn start_at_log(dir: tempfile::TempDir, config_path: PathBuf, filter: &str) -> App {
+        App::launch(Some(dir), config_path, filter).await
+    }
+
+    async fn launch(dir: Option<tempfile::TempDir>, config_path: PathBuf, filter: &str) -> App {
         let log = LogBuffer::default();
         let (running, addr, admin_addr) =
             spawn(&config_path, filter, &log).await.unwrap_or_else(|e| panic!("{e}\nlogs:\n{}", log.text()));
@@ -207,6 +212,11 @@ impl App {
             filter: filter.to_string(),
             _dir: dir,
         }
+    }
+
+    /// Starts the config at `config_path`, whose directory the test keeps (and removes) itself.
+    pub async fn start_file(config_path: PathBuf) -> App {
+        App::launch(None, config_path, "info").await
     }
 
     /// Starts `config_path` and returns what `hookyard::app::start` said instead of starting,
@@ -402,6 +412,11 @@ async fn spawn(
                         let _ = started_tx.send(Err(e.to_string()));
                     }
                     Ok(running) => {
+                        // Let every task `start` spawned take its first step (the config watcher
+                        // registers its directories and hashes the files there) before the test
+                        // acts: they were spawned from here, into the runtime's FIFO injection
+                        // queue, so a task spawned now runs after their first poll.
+                        let _ = tokio::spawn(async {}).await;
                         let _ = started_tx.send(Ok((running.addr(), running.admin_addr())));
                         let grace = match stop_rx.await {
                             Ok(Some(grace)) => grace,
