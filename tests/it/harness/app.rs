@@ -188,12 +188,8 @@ impl App {
         App::start_at_log(dir, config_path, filter).await
     }
 
-    /// Starts the config already written at `config_path` (inside `dir`, which the gateway keeps).
-    pub async fn start_at(dir: tempfile::TempDir, config_path: PathBuf) -> App {
-        App::start_at_log(dir, config_path, "info").await
-    }
-
-    /// [`App::start_at`] with logs at `filter`.
+    /// Starts the config already written at `config_path` (inside `dir`, which the gateway
+    /// keeps), with logs at `filter`.
     pub async fn start_at_log(dir: tempfile::TempDir, config_path: PathBuf, filter: &str) -> App {
         App::launch(Some(dir), config_path, filter).await
     }
@@ -217,20 +213,6 @@ impl App {
     /// Starts the config at `config_path`, whose directory the test keeps (and removes) itself.
     pub async fn start_file(config_path: PathBuf) -> App {
         App::launch(None, config_path, "info").await
-    }
-
-    /// Starts `config_path` and returns what `hookyard::app::start` said instead of starting,
-    /// with the logs written meanwhile. Panics if it started.
-    pub async fn start_error(config_path: &Path) -> (String, String) {
-        let log = LogBuffer::default();
-        match spawn(config_path, "info", &log).await {
-            Ok((t, addr, _)) => {
-                drop(t.stop);
-                let _ = t.done.recv_timeout(WAIT);
-                panic!("{} started on {addr}; logs:\n{}", config_path.display(), log.text())
-            }
-            Err(e) => (e, log.text()),
-        }
     }
 
     /// Stops the gateway in order, as SIGTERM stops `hookyard run` (the configured
@@ -349,7 +331,10 @@ impl App {
         exchange(&self.client, method, &self.url(path), headers, body.into(), || self.logs()).await
     }
 
-    /// As `Gateway::raw`: a hand-written request on a new connection.
+    /// Writes `head` (request line and headers, ending in the blank line) and then `body` on a
+    /// new connection, leaving the request unfinished if `body` is short of what `head` promised,
+    /// and reads the response until the gateway closes the connection. For limits that must be
+    /// enforced before a request ends: nothing more is written once the gateway has answered.
     pub async fn raw(&self, head: &str, body: &[u8]) -> RawResponse {
         raw_exchange(self.addr, head, body).await
     }
