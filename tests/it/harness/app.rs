@@ -428,3 +428,30 @@ async fn spawn(
         }
     }
 }
+
+/// The harness's own check: what a gateway thread logs and a panic on it land in its buffer, in
+/// the words a process's stderr has, so `App`'s drop fails a test whose gateway panicked.
+#[test]
+fn a_gateway_threads_logs_and_panics_are_in_its_log() {
+    install_panic_hook();
+    let log = LogBuffer::default();
+    let dispatch = subscriber("info", &log);
+    let thread_log = log.clone();
+    let joined = std::thread::Builder::new()
+        .name("gateway-worker".into())
+        .spawn(move || {
+            adopt(&thread_log, &dispatch);
+            tracing::info!(destination = "d", "delivered");
+            tracing::debug!("filtered out at info");
+            panic!("boom in a gateway task");
+        })
+        .unwrap()
+        .join();
+    assert!(joined.is_err(), "the thread panicked");
+    let text = log.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].ends_with(" INFO delivered destination=\"d\""), "the text format of `hookyard run`: {text}");
+    assert!(!text.contains("filtered out"), "{text}");
+    assert!(text.contains("thread 'gateway-worker' panicked at tests/it/harness/app.rs:"), "{text}");
+    assert!(text.contains("boom in a gateway task"), "{text}");
+}
