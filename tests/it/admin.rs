@@ -45,16 +45,26 @@ fn config(server_extra: &str, destinations: &[(&str, String, &str)]) -> String {
     yaml
 }
 
-async fn start(destinations: &[(&str, String, &str)]) -> (Gateway, AdminApi) {
+async fn start(destinations: &[(&str, String, &str)]) -> (App, AdminApi) {
+    let gw = App::start_yaml(&config("", destinations)).await;
+    let admin = gw.admin();
+    (gw, admin)
+}
+
+/// [`start`] as a `hookyard run` process, for tests that assert absolute metric values of
+/// destinations other tests also name (an in-process gateway shares its recorder with them).
+async fn start_process(destinations: &[(&str, String, &str)]) -> (Gateway, AdminApi) {
     let gw = Gateway::start(&config("", destinations)).await;
     let admin = AdminApi::of(&gw).await;
     (gw, admin)
 }
 
 /// Posts an event to the destinations named; `case` goes in the body and `X-Case`.
-async fn send(gw: &Gateway, to: &[&str], case: &str) -> String {
+async fn send(gw: &impl Ingress, to: &[&str], case: &str) -> String {
     let to: String = to.iter().map(|n| format!("{n},")).collect();
-    gw.post("/hooks/app", &[("X-To", &to), ("X-Case", case)], format!(r#"{{"case":"{case}"}}"#)).await.accepted_id()
+    gw.post_body("/hooks/app", &[("X-To", &to), ("X-Case", case)], format!(r#"{{"case":"{case}"}}"#))
+        .await
+        .accepted_id()
 }
 
 fn case_of(r: &Recorded) -> String {
@@ -337,7 +347,7 @@ async fn replaying_dead_letters_of_a_destination_delivers_them_as_the_same_messa
     // replayed by a replay of d's dead letters.
     let d = Sink::with_script(vec![Reply::status(500); 3]).await;
     let e = Sink::with_script(vec![Reply::status(500); 3]).await;
-    let (gw, admin) = start(&[("d", d.url("/d"), ""), ("e", e.url("/e"), "")]).await;
+    let (gw, admin) = start_process(&[("d", d.url("/d"), ""), ("e", e.url("/e"), "")]).await;
     let id = send(&gw, &["d", "e"], "dead").await;
     let dead = admin
         .wait_json("/api/v1/deliveries?status=dead", "both deliveries dead", WAIT, |v| {
@@ -395,8 +405,8 @@ async fn cancelled_deliveries_free_the_queue_are_never_sent_and_can_be_replayed(
     let held = Sink::start().await;
     let keep = Sink::start().await;
     let dests = [("held", held.url("/held"), ""), ("keep", keep.url("/keep"), "")];
-    let gw = Gateway::start(&format!("{}delivery: {{ max_pending: 2 }}\n", config("", &dests))).await;
-    let admin = AdminApi::of(&gw).await;
+    let gw = App::start_yaml(&format!("{}delivery: {{ max_pending: 2 }}\n", config("", &dests))).await;
+    let admin = gw.admin();
     admin.post_json("/api/v1/destinations/held/pause", "").await;
     let ids = [send(&gw, &["held"], "c0").await, send(&gw, &["held"], "c1").await];
     let full = gw.post("/hooks/app", &[("X-To", "keep,")], "{}").await;
@@ -452,7 +462,7 @@ async fn cancelled_deliveries_free_the_queue_are_never_sent_and_can_be_replayed(
 async fn purging_dead_letters_counts_first_then_deletes_them() {
     let d = Sink::with_script(vec![Reply::status(500); 3]).await;
     let e = Sink::with_script(vec![Reply::status(500); 3]).await;
-    let (gw, admin) = start(&[("d", d.url("/d"), ""), ("e", e.url("/e"), "")]).await;
+    let (gw, admin) = start_process(&[("d", d.url("/d"), ""), ("e", e.url("/e"), "")]).await;
     let only_d = send(&gw, &["d"], "only-d").await;
     let only_e = send(&gw, &["e"], "only-e").await;
     admin
@@ -481,7 +491,7 @@ async fn purging_dead_letters_counts_first_then_deletes_them() {
 async fn a_paused_destination_holds_its_deliveries_until_resumed() {
     let held = Sink::start().await;
     let control = Sink::start().await;
-    let (gw, admin) = start(&[("held", held.url("/held"), ""), ("control", control.url("/control"), "")]).await;
+    let (gw, admin) = start_process(&[("held", held.url("/held"), ""), ("control", control.url("/control"), "")]).await;
     admin.post_json("/api/v1/destinations/held/pause", r#"{"reason":"receiver deploy"}"#).await;
     let m = admin.metrics().await;
     assert_eq!(m.get("hookyard_destination_paused", &[("destination", "held")]), 1.0, "{m:#?}");
@@ -549,7 +559,8 @@ async fn metrics_count_what_flows_through() {
     let ok = Sink::start().await;
     let down = Sink::with_script(vec![Reply::status(500); 3]).await;
     let (gw, admin) =
-        start(&[("ok", ok.url("/ok"), ""), ("down", down.url("/down"), ""), ("held", ok.url("/held"), "")]).await;
+        start_process(&[("ok", ok.url("/ok"), ""), ("down", down.url("/down"), ""), ("held", ok.url("/held"), "")])
+            .await;
     admin.post_json("/api/v1/destinations/held/pause", "").await;
     let before = admin.metrics().await;
 
@@ -644,7 +655,7 @@ async fn concurrent_events_are_delivered_and_counted_once() {
     const SENDERS: usize = 8;
     const EACH: usize = 60;
     let sink = Sink::start().await;
-    let (gw, admin) = start(&[("out", sink.url("/out"), "")]).await;
+    let (gw, admin) = start_process(&[("out", sink.url("/out"), "")]).await;
     let url = gw.url("/hooks/app");
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..SENDERS {
@@ -867,8 +878,8 @@ async fn a_paused_destination_removed_by_a_reload_fails_its_deliveries_and_frees
     let keep = Sink::start().await;
     let both = [("temp2", temp2.url("/temp2"), ""), ("keep", keep.url("/keep"), "")];
     let limited = |dests: &[(&str, String, &str)]| format!("{}delivery: {{ max_pending: 1 }}\n", config("", dests));
-    let gw = Gateway::start(&limited(&both)).await;
-    let admin = AdminApi::of(&gw).await;
+    let gw = App::start_yaml(&limited(&both)).await;
+    let admin = gw.admin();
     admin.post_json("/api/v1/destinations/temp2/pause", r#"{"reason":"receiver deploy"}"#).await;
     let id = send(&gw, &["temp2"], "stranded").await;
     let full = gw.post("/hooks/app", &[("X-To", "keep,")], "{}").await;
@@ -990,11 +1001,11 @@ async fn an_admin_flood_is_held_to_its_limit_and_ingress_keeps_serving() {
 #[tokio::test]
 async fn a_half_sent_admin_request_is_closed_within_admin_request_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let gw = Gateway::start(&format!(
+    let gw = App::start_yaml(&format!(
         "server: {{ listen: \"127.0.0.1:0\" }}\nadmin: {{ listen: \"127.0.0.1:0\", token: \"{TOKEN}\", request_timeout: 500ms }}\n"
     ))
     .await;
-    let admin = AdminApi::of(&gw).await;
+    let admin = gw.admin();
     let cases = [
         ("an idle connection", String::new()),
         ("a head without its end", "GET /readyz HTTP/1.1\r\nHost: admin\r\n".to_string()),
@@ -1066,7 +1077,7 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit_and_sizes_the_connectio
 // --- readiness follows the store ----------------------------------------------------------------
 
 /// A second connection to the gateway's database, as another process would open it.
-fn foreign_connection(gw: &Gateway) -> rusqlite::Connection {
+fn foreign_connection(gw: &App) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(gw.config_path.parent().unwrap().join("hookyard.db")).unwrap();
     c.busy_timeout(Duration::from_secs(10)).unwrap();
     c
@@ -1112,10 +1123,12 @@ async fn readyz_fails_while_events_cannot_be_written_and_recovers() {
     assert_eq!(got.iter().map(case_of).collect::<Vec<_>>(), ["before", "after"]);
 }
 
+/// A process test: "database file is gone" is logged on the store's writer thread, which the
+/// crate spawns itself, so an in-process gateway's log does not have it.
 #[tokio::test]
 async fn a_deleted_database_fails_readiness_and_refuses_events() {
     let sink = Sink::start().await;
-    let (gw, admin) = start(&[("out", sink.url("/out"), "")]).await;
+    let (gw, admin) = start_process(&[("out", sink.url("/out"), "")]).await;
     send(&gw, &["out"], "before").await;
     sink.wait_for(1, WAIT).await;
 

@@ -436,7 +436,7 @@ fn signature_cases() -> Vec<Case> {
 
 #[tokio::test]
 async fn every_scheme_accepts_valid_and_rejects_invalid_signatures() {
-    let gw = Gateway::start(&signing_config()).await;
+    let gw = App::start_yaml(&signing_config()).await;
     let mut failures = Vec::new();
     for c in signature_cases() {
         let mut headers: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -475,7 +475,7 @@ async fn accepted_events_get_distinct_ids() {
 #[tokio::test]
 async fn unrouted_event_is_acknowledged_and_delivered_nowhere() {
     let sink = Sink::start().await;
-    let gw = Gateway::start(&format!(
+    let gw = App::start_yaml(&format!(
         r#"
 server: {{ listen: "127.0.0.1:0" }}
 egress: {{ allow: [127.0.0.0/8] }}
@@ -798,8 +798,8 @@ async fn the_default_header_limit_is_64_kib() {
 
 /// A gateway with an unsigned source `app` routed to `out` at `url`, its store at `store.db` in
 /// the config's directory, committing with `storage` settings `storage_extra`.
-async fn stored_gateway(url: &str, storage_extra: &str) -> Gateway {
-    Gateway::start(&format!(
+async fn stored_gateway(url: &str, storage_extra: &str) -> App {
+    App::start_yaml(&format!(
         r#"
 server: {{ listen: "127.0.0.1:0" }}
 egress: {{ allow: [127.0.0.0/8] }}
@@ -821,7 +821,7 @@ routes:
 
 /// A second connection to the gateway's database, as a foreign process (or an operator's
 /// `sqlite3` shell) would open it.
-fn foreign_connection(gw: &Gateway) -> rusqlite::Connection {
+fn foreign_connection(gw: &App) -> rusqlite::Connection {
     let path = gw.config_path.parent().unwrap().join("store.db");
     let c = rusqlite::Connection::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
@@ -918,15 +918,15 @@ async fn a_failed_commit_is_503_with_retry_after_and_stores_nothing() {
 
 /// A gateway on `listen` with an admin API (for metrics) and one unsigned source per
 /// `(name, extra keys)`, at `/hooks/<name>`.
-async fn guarded(listen: &str, server_extra: &str, sources: &[(&str, &str)]) -> (Gateway, AdminApi) {
+async fn guarded(listen: &str, server_extra: &str, sources: &[(&str, &str)]) -> (App, AdminApi) {
     let mut yaml = format!(
         "server: {{ listen: \"{listen}\", request_timeout: 5s{server_extra} }}\nadmin: {{ listen: \"127.0.0.1:0\", token: \"{TOKEN}\" }}\nsources:\n"
     );
     for (name, extra) in sources {
         yaml.push_str(&format!("  {name}:\n    path: /hooks/{name}\n    verify: {{ scheme: none }}\n{extra}"));
     }
-    let gw = Gateway::start(&yaml).await;
-    let admin = AdminApi::of(&gw.process).await;
+    let gw = App::start_yaml(&yaml).await;
+    let admin = gw.admin();
     (gw, admin)
 }
 

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::harness::{Gateway, Sink, WAIT, manifest_dir};
+use crate::harness::{App, Sink, WAIT, manifest_dir};
 use serde_json::Value;
 
 fn dist(name: &str) -> String {
@@ -81,7 +81,7 @@ routes:
         split = dist("split"),
         route_by = dist("route_by"),
     );
-    let gw = Gateway::start(&config).await;
+    let gw = App::start_yaml(&config).await;
     let ct = [("content-type", "application/json")];
     assert_eq!(gw.post("/github", &ct, example("github-push.json")).await.status, 202);
     assert_eq!(gw.post("/shop", &ct, example("shopify-orders-create.json")).await.status, 202);
@@ -171,7 +171,7 @@ async fn hostile_plugins_fail_only_their_event_and_follow_on_error() {
         let plugin = fixture(dir.path(), name);
         for on_error in ["drop", "deliver_original", "fail"] {
             let sink = Sink::start().await;
-            let gw = Gateway::start(&hostile_config(&sink, &plugin, on_error)).await;
+            let gw = App::start_yaml(&hostile_config(&sink, &plugin, on_error)).await;
             // the good route keeps flowing while the hostile one fails on every event
             for i in 0..4 {
                 let answer = gw.post("/in", &[("content-type", "application/json")], format!("{{\"n\":{i}}}")).await;
@@ -328,7 +328,7 @@ routes:
         noop = dist("noop"),
         github_chat = dist("github_chat"),
     );
-    let gw = Gateway::start(&config).await;
+    let gw = App::start_yaml(&config).await;
     let push = example("github-push.json");
     let answer =
         gw.post("/github", &[("content-type", "application/json"), ("x-github-event", "push")], push.clone()).await;
@@ -440,7 +440,7 @@ routes:
         good = sink.url("/good"),
         bad = sink.url("/bad"),
     );
-    let gw = Gateway::start(&config).await;
+    let gw = App::start_yaml(&config).await;
     for i in 0..2 {
         let answer = gw.post("/in", &[("content-type", "application/json")], format!("{{\"n\":{i}}}")).await;
         assert_eq!(answer.status, 202, "{}", answer.text());

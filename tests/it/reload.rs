@@ -1,4 +1,5 @@
-//! Hot reload against the real binary: the file changed in place, renamed over, swapped by a
+//! Hot reload (in process, except where a test signals the process, measures its memory or asserts
+//! the process-wide reload counters): the file changed in place, renamed over, swapped by a
 //! symlink (plain and Kubernetes `..data`), SIGHUP, the admin API and the `reload`/`status`
 //! commands; a broken file keeps the old config and says where it is broken; settings that need a
 //! restart are reported; queued deliveries follow the current config; a bounded load test and a
@@ -68,10 +69,47 @@ fn location(file: &Path, text: &str, needle: &str) -> String {
 
 /// A gateway on a config file the test lays out itself (for symlinks), with its admin API.
 struct Node {
-    process: Process,
+    process: Gw,
     admin: AdminApi,
     config: PathBuf,
     dir: ConfigDir,
+}
+
+/// The gateway of a [`Node`]: a `hookyard run` process where the test signals it, measures its
+/// memory or asserts the process-wide reload counters; otherwise in process.
+enum Gw {
+    Process(Process),
+    App(App),
+}
+
+impl Gw {
+    fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            Gw::Process(p) => p.addr,
+            Gw::App(a) => a.addr,
+        }
+    }
+
+    fn logs(&self) -> String {
+        match self {
+            Gw::Process(p) => p.logs(),
+            Gw::App(a) => a.logs(),
+        }
+    }
+
+    fn log_lines_with(&self, needles: &[&str]) -> Vec<String> {
+        match self {
+            Gw::Process(p) => p.log_lines_with(needles),
+            Gw::App(a) => a.log_lines_with(needles),
+        }
+    }
+
+    async fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        match self {
+            Gw::Process(p) => p.wait_for_log(needle, timeout).await,
+            Gw::App(a) => a.wait_for_log(needle, timeout).await,
+        }
+    }
 }
 
 impl Node {
@@ -81,7 +119,14 @@ impl Node {
         cmd.arg("run").arg("--config").arg(&config);
         let process = Process::spawn(cmd, dir.path("stderr.log")).await;
         let admin = AdminApi::of(&process).await;
-        Node { process, admin, config, dir }
+        Node { process: Gw::Process(process), admin, config, dir }
+    }
+
+    /// Starts the gateway on `config` (already in `dir`) in process.
+    async fn start_in(dir: ConfigDir, config: PathBuf) -> Node {
+        let app = App::start_file(config.clone()).await;
+        let admin = app.admin();
+        Node { process: Gw::App(app), admin, config, dir }
     }
 
     /// Writes `yaml` as `routes.yaml` in a new temp dir and runs the gateway on it.
@@ -92,9 +137,17 @@ impl Node {
         Node::start(dir, config).await
     }
 
+    /// [`Node::with`] in process.
+    async fn with_in(yaml: &str) -> Node {
+        let dir = ConfigDir::new();
+        let config = dir.path("routes.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        Node::start_in(dir, config).await
+    }
+
     /// Posts an event (`X-Case: case`) and returns its id.
     async fn send(&self, case: &str) -> String {
-        post_to(self.process.addr, "/hooks/app", &[("X-Case", case)], &format!(r#"{{"case":"{case}"}}"#))
+        post_to(self.process.addr(), "/hooks/app", &[("X-Case", case)], &format!(r#"{{"case":"{case}"}}"#))
             .await
             .accepted_id()
     }
@@ -181,7 +234,7 @@ async fn a_symlink_swapped_to_another_directory_is_picked_up() {
     let link = dir.path("routes.yaml");
     std::os::unix::fs::symlink(dir.path("v1/routes.yaml"), &link).unwrap();
     let v2 = checked_version(&dir.path("v2/routes.yaml")).await;
-    let node = Node::start(dir, link.clone()).await;
+    let node = Node::start_in(dir, link.clone()).await;
     assert_eq!(route_of(&node, &sink, "v1").await, "/a");
 
     let t = Instant::now();
@@ -207,7 +260,7 @@ async fn a_kubernetes_configmap_swap_is_picked_up() {
     std::os::unix::fs::symlink("..data/routes.yaml", dir.path("routes.yaml")).unwrap();
     let v2 = checked_version(&dir.path("..2026_01_01_00_05_00.2/routes.yaml")).await;
     let config = dir.path("routes.yaml");
-    let node = Node::start(dir, config).await;
+    let node = Node::start_in(dir, config).await;
     assert_eq!(route_of(&node, &sink, "first").await, "/a");
 
     let t = Instant::now();
@@ -292,7 +345,7 @@ async fn a_broken_edit_keeps_the_running_config_and_says_where() {
 #[tokio::test]
 async fn a_missing_environment_variable_fails_the_reload() {
     let sink = Sink::start().await;
-    let node = Node::with(&routes(&sink, "a", "")).await;
+    let node = Node::with_in(&routes(&sink, "a", "")).await;
     let v_a = node.admin.status().await["version"].as_str().unwrap().to_string();
     let text = routes(&sink, "b", "").replace("sign: { scheme: none }\n    retry: { schedule: [100ms, 100ms], jitter: 0, throttle_floor: 0s }\nroutes", "sign: { secret: \"${HOOKYARD_TEST_UNSET_SECRET}\" }\n    retry: { schedule: [100ms, 100ms], jitter: 0, throttle_floor: 0s }\nroutes");
     assert!(text.contains("HOOKYARD_TEST_UNSET_SECRET"));
@@ -327,7 +380,7 @@ sources:
 async fn post_signed(node: &Node, secret: &str) -> u16 {
     let body = r#"{"zen":"Keep it logically awesome."}"#;
     let sig = github_signature(secret, body.as_bytes());
-    post_to(node.process.addr, "/hooks/app", &[("X-Hub-Signature-256", &sig)], body).await.status.as_u16()
+    post_to(node.process.addr(), "/hooks/app", &[("X-Hub-Signature-256", &sig)], body).await.status.as_u16()
 }
 
 /// The errors `hookyard check` prints for `config`, which must fail.
@@ -350,7 +403,7 @@ async fn a_secret_from_a_file_verifies_and_a_rotated_file_is_picked_up_by_a_relo
     let text = github_from_file("secrets/github");
     std::fs::write(&config, &text).unwrap();
     let v1 = checked_version(&config).await;
-    let node = Node::start(dir, config.clone()).await;
+    let node = Node::start_in(dir, config.clone()).await;
     assert_eq!(node.admin.status().await["version"], v1.as_str());
     assert_eq!(post_signed(&node, "first-secret-0123").await, 202);
     assert_eq!(post_signed(&node, "first-secret-0123\n").await, 401, "the newline is not part of it");
@@ -414,7 +467,7 @@ async fn a_kubernetes_secret_swap_is_picked_up_without_a_trigger() {
     let config = dir.path("routes.yaml");
     std::fs::write(&config, github_from_file(&dir.path("secrets/token").display().to_string())).unwrap();
     let v1 = checked_version(&config).await;
-    let node = Node::start(dir, config).await;
+    let node = Node::start_in(dir, config).await;
     assert_eq!(node.admin.status().await["version"], v1.as_str());
     assert_eq!(post_signed(&node, "k8s-secret-one").await, 202);
 
@@ -515,20 +568,21 @@ async fn an_empty_or_truncated_file_fails_the_reload() {
 
 /// A gateway whose `routes.yaml` is a symlink into `live/`, a directory the watcher does not
 /// watch: an in-place edit of `live/routes.yaml` is seen by nothing but an explicit trigger.
-async fn unwatched(sink: &Sink) -> (Node, PathBuf) {
+async fn unwatched(sink: &Sink, in_process: bool) -> (Node, PathBuf) {
     let dir = ConfigDir::new();
     std::fs::create_dir(dir.path("live")).unwrap();
     let target = dir.path("live/routes.yaml");
     std::fs::write(&target, routes(sink, "a", "")).unwrap();
     let link = dir.path("routes.yaml");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    (Node::start(dir, link).await, target)
+    let node = if in_process { Node::start_in(dir, link).await } else { Node::start(dir, link).await };
+    (node, target)
 }
 
 #[tokio::test]
 async fn sighup_reloads() {
     let sink = Sink::start().await;
-    let (node, target) = unwatched(&sink).await;
+    let (node, target) = unwatched(&sink, false).await;
     write_in_place(&target, &routes(&sink, "b", ""));
     let v_b = checked_version(&target).await;
     let t = Instant::now();
@@ -552,7 +606,7 @@ async fn sighup_reloads() {
 #[tokio::test]
 async fn the_admin_api_and_the_reload_command_reload() {
     let sink = Sink::start().await;
-    let (node, target) = unwatched(&sink).await;
+    let (node, target) = unwatched(&sink, true).await;
     let admin_url = format!("http://{}", node.admin.addr);
     let v_a = node.admin.status().await["version"].as_str().unwrap().to_string();
 
@@ -623,7 +677,7 @@ async fn the_admin_api_and_the_reload_command_reload() {
 #[tokio::test]
 async fn settings_that_need_a_restart_are_reported_not_applied() {
     let sink = Sink::start().await;
-    let node = Node::with(&routes(&sink, "a", "")).await;
+    let node = Node::with_in(&routes(&sink, "a", "")).await;
     let changed = routes(&sink, "b", "")
         .replace("listen: \"127.0.0.1:0\" }", "listen: \"127.0.0.1:1\" }")
         .replace("path: hookyard.db", "path: elsewhere.db")
@@ -653,7 +707,7 @@ async fn queued_deliveries_follow_the_current_config() {
     let new = Sink::start().await;
     let retry = "{ schedule: [3s], jitter: 0, throttle_floor: 0s }";
     let first = routes_with(&old, "a, b", "", retry);
-    let node = Node::with(&first).await;
+    let node = Node::with_in(&first).await;
     let id = node.send("queued").await;
     old.wait_for(2, WAIT).await;
 
@@ -850,8 +904,8 @@ async fn a_steady_stream_survives_100_reloads_and_each_event_follows_its_config(
     const PACE: Duration = Duration::from_millis(90);
     let sink = Sink::start().await;
     let configs = [('A', coupled(&sink, 'A')), ('B', coupled(&sink, 'B')), ('!', coupled(&sink, '!'))];
-    let node = Node::with(&configs[0].1).await;
-    let url = format!("http://{}/hooks/app", node.process.addr);
+    let node = Node::with_in(&configs[0].1).await;
+    let url = format!("http://{}/hooks/app", node.process.addr());
 
     let stop = Arc::new(AtomicBool::new(false));
     let reloading = Arc::new(AtomicBool::new(false));
@@ -904,7 +958,7 @@ async fn a_steady_stream_survives_100_reloads_and_each_event_follows_its_config(
         let mut straddling = Vec::new();
         if *name != '!' {
             for key in [active, *name] {
-                straddling.push(Straddler::begin(node.process.addr, next.fetch_add(1, Ordering::Relaxed), key).await);
+                straddling.push(Straddler::begin(node.process.addr(), next.fetch_add(1, Ordering::Relaxed), key).await);
             }
         }
         let start = Instant::now();

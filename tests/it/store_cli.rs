@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::harness::*;
 use serde_json::Value;
 
-async fn cli(gw: &Gateway, args: &[&str]) -> Output {
+async fn cli(gw: &App, args: &[&str]) -> Output {
     let mut cmd = hookyard();
     cmd.args(args).arg("--config").arg(&gw.config_path);
     run_cli(cmd).await
@@ -45,7 +45,7 @@ async fn dead_letters_are_listed_inspected_and_replayed() {
     // two 500s exhaust the schedule (one retry); then the destination recovers
     let sink = Sink::with_script(vec![Reply::status(500), Reply::status(500)]).await;
     let other = Sink::start().await;
-    let gw = Gateway::start(&config(&sink, &other)).await;
+    let gw = App::start_yaml(&config(&sink, &other)).await;
     let id = gw.post("/in", &[("content-type", "application/json")], "{\"n\":1}").await.accepted_id();
     let first = sink.wait_for(2, WAIT).await;
     wait_for_status(&gw, &id, "out", "dead").await;
@@ -95,8 +95,8 @@ async fn dead_letters_are_listed_inspected_and_replayed() {
 async fn a_paused_destination_holds_its_deliveries_until_resumed() {
     let sink = Sink::start().await;
     let other = Sink::start().await;
-    let mut gw = Gateway::start(&config(&sink, &other)).await;
-    gw.terminate(WAIT).await;
+    let mut gw = App::start_yaml(&config(&sink, &other)).await;
+    gw.stop(None).await;
     let paused = cli(&gw, &["pause", "out", "--reason", "maintenance"]).await;
     assert!(paused.status.success(), "{}", paused.stderr);
     assert_eq!(paused.stdout.trim(), "out paused: its deliveries wait in the store");
@@ -119,28 +119,28 @@ async fn a_paused_destination_holds_its_deliveries_until_resumed() {
 }
 
 /// `hookyard ARGS --config <gw's config>` run as the login `alice`.
-async fn cli_as_alice(gw: &Gateway, args: &[&str]) -> Output {
+async fn cli_as_alice(gw: &App, args: &[&str]) -> Output {
     let mut cmd = hookyard();
     cmd.args(args).arg("--config").arg(&gw.config_path).env("USER", "alice");
     run_cli(cmd).await
 }
 
 /// `hookyard event ID` as JSON.
-async fn event_json(gw: &Gateway, id: &str) -> Value {
+async fn event_json(gw: &App, id: &str) -> Value {
     let out = cli(gw, &["event", id]).await;
     assert!(out.status.success(), "{}", out.stderr);
     serde_json::from_str(&out.stdout).unwrap()
 }
 
 /// The delivery of event `id` to `destination`.
-async fn delivery_of(gw: &Gateway, id: &str, destination: &str) -> Value {
+async fn delivery_of(gw: &App, id: &str, destination: &str) -> Value {
     let ev = event_json(gw, id).await;
     ev["deliveries"].as_array().unwrap().iter().find(|d| d["destination"] == destination).unwrap().clone()
 }
 
 /// Waits (at most `WAIT`) until the delivery of event `id` to `destination` has `status` in the
 /// store: the log line of a final outcome is written before its commit.
-async fn wait_for_status(gw: &Gateway, id: &str, destination: &str, status: &str) {
+async fn wait_for_status(gw: &App, id: &str, destination: &str, status: &str) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let d = delivery_of(gw, id, destination).await;
@@ -156,9 +156,9 @@ async fn wait_for_status(gw: &Gateway, id: &str, destination: &str, status: &str
 async fn cancel_counts_first_keeps_who_and_why_and_the_cancelled_can_be_replayed() {
     let sink = Sink::start().await;
     let other = Sink::start().await;
-    let mut gw = Gateway::start(&config(&sink, &other)).await;
+    let mut gw = App::start_yaml(&config(&sink, &other)).await;
     // `out` paused before the gateway reads the store, so its deliveries wait, pending
-    gw.terminate(WAIT).await;
+    gw.stop(None).await;
     assert!(cli(&gw, &["pause", "out"]).await.status.success());
     gw.restart().await;
     let mut ids = Vec::new();
@@ -226,7 +226,7 @@ async fn purge_counts_first_then_deletes_dead_letters_and_events_left_empty() {
     let sink = Sink::with_script(vec![Reply::status(500); 4]).await;
     let other = Sink::start().await;
     let yaml = config(&sink, &other).replace("  - { name: copy, source: app, to: [other] }\n", "");
-    let gw = Gateway::start(&yaml).await;
+    let gw = App::start_yaml(&yaml).await;
     let a = gw.post("/in", &[], "{\"n\":1}").await.accepted_id();
     let b = gw.post("/in", &[], "{\"n\":2}").await.accepted_id();
     sink.wait_for(4, WAIT).await;

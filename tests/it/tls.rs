@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::harness::{App, Gateway, hookyard, run_cli};
+use crate::harness::{App, hookyard, run_cli};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
@@ -186,7 +186,7 @@ async fn delivers_over_https_to_a_destination_trusted_by_ca_file() {
 #[tokio::test]
 async fn refuses_a_certificate_no_trusted_root_signed() {
     let mut sink = tls_sink(None).await;
-    let gw = Gateway::start(&config(sink.port, "")).await;
+    let gw = App::start_yaml(&config(sink.port, "")).await;
     assert_eq!(gw.post("/in", &[], "{}").await.status, 202);
     let line = gw.wait_for_log("will retry", Duration::from_secs(10)).await;
     assert!(line.contains("invalid peer certificate") || line.contains("UnknownIssuer"), "{line}");
@@ -223,7 +223,7 @@ async fn a_destination_requiring_a_client_certificate_refuses_a_gateway_without_
     let mut sink = tls_sink(Some(client_ca.der())).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = write(dir.path(), "ca.pem", &sink.ca_pem);
-    let gw = Gateway::start(&config(sink.port, &format!("ca_file: \"{ca}\""))).await;
+    let gw = App::start_yaml(&config(sink.port, &format!("ca_file: \"{ca}\""))).await;
     assert_eq!(gw.post("/in", &[], "{}").await.status, 202);
     assert_eq!(next_refusal(&mut sink).await, "peer sent no certificates");
     // TLS 1.3: the client learns of the refusal from the server's alert, and the attempt is
@@ -250,7 +250,7 @@ async fn a_destination_refuses_a_client_certificate_from_another_ca() {
     let cert = write(dir.path(), "client.pem", &cert_pem);
     let key = write(dir.path(), "client.key", &key_pem);
     let tls = format!("ca_file: \"{ca}\", client_cert: \"{cert}\", client_key: \"{key}\"");
-    let gw = Gateway::start(&config(sink.port, &tls)).await;
+    let gw = App::start_yaml(&config(sink.port, &tls)).await;
     assert_eq!(gw.post("/in", &[], "{}").await.status, 202);
     assert_eq!(next_refusal(&mut sink).await, "invalid peer certificate: UnknownIssuer");
     let line = gw.wait_for_log("will retry", Duration::from_secs(10)).await;
@@ -275,7 +275,7 @@ async fn a_rotated_client_certificate_is_used_after_the_reload() {
     let cert = write(dir.path(), "client.pem", &cert_pem);
     let key = write(dir.path(), "client.key", &key_pem);
     let tls = format!("ca_file: \"{ca}\", client_cert: \"{cert}\", client_key: \"{key}\"");
-    let gw = Gateway::start(&config(sink.port, &tls)).await;
+    let gw = App::start_yaml(&config(sink.port, &tls)).await;
     assert_eq!(gw.post("/in", &[], "1").await.status, 202);
     assert_eq!(next_seen(&mut sink).await.client_cert.as_deref(), Some(&first[..]));
 

@@ -376,14 +376,6 @@ impl Gateway {
     ) -> Answer {
         exchange(&self.client, method, &self.url(path), headers, body.into(), || self.logs()).await
     }
-
-    /// Writes `head` (request line and headers, ending in the blank line) and then `body` on a
-    /// new connection, leaving the request unfinished if `body` is short of what `head` promised,
-    /// and reads the response until the gateway closes the connection. For limits that must be
-    /// enforced before a request ends: nothing more is written once the gateway has answered.
-    pub async fn raw(&self, head: &str, body: &[u8]) -> RawResponse {
-        raw_exchange(self.process.addr, head, body).await
-    }
 }
 
 /// One request to a gateway (in process or not); a failure panics with the gateway's `logs`.
@@ -863,4 +855,22 @@ pub fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect();
     v.sort();
     v
+}
+
+/// A gateway an event can be posted to, in process ([`App`]) or not ([`Gateway`]), for helpers
+/// shared by tests of both kinds.
+pub trait Ingress {
+    fn post_body(&self, path: &str, headers: &[(&str, &str)], body: String) -> impl Future<Output = Answer>;
+}
+
+impl Ingress for App {
+    fn post_body(&self, path: &str, headers: &[(&str, &str)], body: String) -> impl Future<Output = Answer> {
+        App::post(self, path, headers, body)
+    }
+}
+
+impl Ingress for Gateway {
+    fn post_body(&self, path: &str, headers: &[(&str, &str)], body: String) -> impl Future<Output = Answer> {
+        Gateway::post(self, path, headers, body)
+    }
 }
