@@ -1,5 +1,7 @@
-//! The integration-test harness: the real `hookyard` binary in a child process, in-process fixture
-//! servers that record what the gateway sends them, and signing helpers written independently of
+//! The integration-test harness: the gateway in process (`App`, in `app`: `hookyard::app::start`
+//! on a runtime thread of its own, with its logs captured) or the real `hookyard` binary in a child
+//! process (`Gateway`, for tests where the process is the point: signals, kill -9, the CLI, log
+//! output, memory), in-process fixture servers that record what the gateway sends them, and signing helpers written independently of
 //! the crate (straight `hmac` + `sha2`, never `hookyard::verify` or `hookyard::sign`), so a bug
 //! shared by the gateway's signer and verifier cannot hide itself.
 //!
