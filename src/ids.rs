@@ -9,7 +9,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 macro_rules! text_id {
     ($(#[$doc:meta])* $name:ident) => {
@@ -21,6 +21,13 @@ macro_rules! text_id {
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(&self.0)
+            }
+        }
+
+        /// From its text.
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d).map($name::from)
             }
         }
 
@@ -73,6 +80,18 @@ macro_rules! text_id {
                 $name(s)
             }
         }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                *self.0 == *other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                *self.0 == **other
+            }
+        }
     };
 }
 
@@ -117,6 +136,53 @@ pub struct DeliveryId(pub i64);
 impl fmt::Display for DeliveryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::str::FromStr for DeliveryId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(DeliveryId)
+    }
+}
+
+/// What an operator names to replay or cancel: one delivery (a number) or every delivery of an
+/// event (anything else, `evt_…`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DeliveryRef {
+    Delivery(DeliveryId),
+    Event(EventId),
+}
+
+impl DeliveryRef {
+    /// A number is a delivery id, anything else an event id.
+    pub fn parse(s: &str) -> DeliveryRef {
+        match s.parse() {
+            Ok(id) => DeliveryRef::Delivery(id),
+            Err(_) => DeliveryRef::Event(EventId::from(s)),
+        }
+    }
+}
+
+impl From<&str> for DeliveryRef {
+    fn from(s: &str) -> Self {
+        DeliveryRef::parse(s)
+    }
+}
+
+/// From its text, as [`DeliveryRef::parse`] reads it.
+impl<'de> Deserialize<'de> for DeliveryRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| DeliveryRef::parse(&s))
+    }
+}
+
+impl fmt::Display for DeliveryRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeliveryRef::Delivery(id) => fmt::Display::fmt(id, f),
+            DeliveryRef::Event(id) => fmt::Display::fmt(id, f),
+        }
     }
 }
 
