@@ -515,14 +515,14 @@ impl<T: Transport> Dispatcher<T> {
     /// Destinations whose due deliveries cannot start now: paused (while in the config: the
     /// deliveries of a destination that is gone must reach the check that fails them), breaker
     /// open, or every one of its own slots taken.
-    fn blocked_destinations(&self) -> Vec<String> {
+    fn blocked_destinations(&self) -> Vec<DestinationName> {
         let inner = &self.inner;
         inner
             .destinations
             .load()
             .values()
             .filter(|d| inner.held(&d.name) || d.limit.available_permits() == 0)
-            .map(|d| d.name.to_string())
+            .map(|d| DestinationName(d.name.clone()))
             .collect()
     }
 

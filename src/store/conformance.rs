@@ -96,7 +96,7 @@ pub(crate) fn stored(a: Accepted) -> Vec<DueDelivery> {
 /// Pending deliveries due at `now_ms`, oldest due first, except those of `skip`: the two steps the
 /// dispatcher's poll takes.
 pub(crate) async fn due(store: &impl Backend, now_ms: i64, limit: usize, skip: &[&str]) -> Vec<DueDelivery> {
-    let ids = store.due_ids(now_ms, limit, skip.iter().map(|s| s.to_string()).collect()).await.unwrap();
+    let ids = store.due_ids(now_ms, limit, skip.iter().map(|s| DestinationName::from(*s)).collect()).await.unwrap();
     store.load_pending(ids.into_iter().map(|(id, _)| id).collect()).await.unwrap()
 }
 

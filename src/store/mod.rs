@@ -387,14 +387,14 @@ pub trait Queue: Clone + Send + Sync + 'static {
         &self,
         now_ms: i64,
         limit: usize,
-        skip: Vec<String>,
+        skip: Vec<DestinationName>,
     ) -> impl Future<Output = Result<Vec<(DeliveryId, DestinationName)>>> + Send;
 
     /// Loads the given deliveries if they are still pending.
     fn load_pending(&self, ids: Vec<DeliveryId>) -> impl Future<Output = Result<Vec<DueDelivery>>> + Send;
 
     /// The earliest `next_at` of any pending delivery, except those of the `skip` destinations.
-    fn next_due_ms(&self, skip: Vec<String>) -> impl Future<Output = Result<Option<i64>>> + Send;
+    fn next_due_ms(&self, skip: Vec<DestinationName>) -> impl Future<Output = Result<Option<i64>>> + Send;
 
     fn pending_count(&self) -> impl Future<Output = Result<usize>> + Send;
 
@@ -534,14 +534,14 @@ impl Queue for Store {
         &self,
         now_ms: i64,
         limit: usize,
-        skip: Vec<String>,
+        skip: Vec<DestinationName>,
     ) -> Result<Vec<(DeliveryId, DestinationName)>> {
         on_backend!(self, b => b.due_ids(now_ms, limit, skip).await)
     }
     async fn load_pending(&self, ids: Vec<DeliveryId>) -> Result<Vec<DueDelivery>> {
         on_backend!(self, b => b.load_pending(ids).await)
     }
-    async fn next_due_ms(&self, skip: Vec<String>) -> Result<Option<i64>> {
+    async fn next_due_ms(&self, skip: Vec<DestinationName>) -> Result<Option<i64>> {
         on_backend!(self, b => b.next_due_ms(skip).await)
     }
     async fn pending_count(&self) -> Result<usize> {

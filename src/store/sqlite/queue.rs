@@ -49,7 +49,7 @@ impl Queue for SqliteStore {
         &self,
         now_ms: i64,
         limit: usize,
-        skip: Vec<String>,
+        skip: Vec<DestinationName>,
     ) -> Result<Vec<(DeliveryId, DestinationName)>> {
         // an index-only scan of the pending rows
         let skip = serde_json::to_string(&skip).expect("a list of strings serializes");
@@ -84,7 +84,7 @@ impl Queue for SqliteStore {
         .await
     }
 
-    async fn next_due_ms(&self, skip: Vec<String>) -> Result<Option<i64>> {
+    async fn next_due_ms(&self, skip: Vec<DestinationName>) -> Result<Option<i64>> {
         let skip = serde_json::to_string(&skip).expect("a list of strings serializes");
         self.read(move |c| {
             c.query_row(
