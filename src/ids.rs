@@ -214,4 +214,17 @@ mod tests {
         let map: std::collections::HashMap<DestinationName, u8> = [(d.clone(), 1)].into();
         assert_eq!(map.get("chat"), Some(&1));
     }
+
+    #[test]
+    fn delivery_refs_are_numbers_for_deliveries_and_anything_else_for_events() {
+        assert_eq!(DeliveryRef::parse("12"), DeliveryRef::Delivery(DeliveryId(12)));
+        assert_eq!(DeliveryRef::parse("evt_1"), DeliveryRef::Event(EventId::from("evt_1")));
+        assert_eq!(DeliveryRef::parse("12a"), DeliveryRef::Event(EventId::from("12a")));
+        let refs: Vec<DeliveryRef> = serde_json::from_str(r#"["7", "evt_2"]"#).unwrap();
+        assert_eq!(refs, [DeliveryRef::Delivery(DeliveryId(7)), DeliveryRef::Event(EventId::from("evt_2"))]);
+        assert!(serde_json::from_str::<Vec<DeliveryRef>>("[7]").is_err(), "ids are strings, as before");
+        assert_eq!(refs.iter().map(ToString::to_string).collect::<Vec<_>>(), ["7", "evt_2"]);
+        let d: DestinationName = serde_json::from_str(r#""chat""#).unwrap();
+        assert_eq!(d, "chat");
+    }
 }
