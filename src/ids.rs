@@ -9,7 +9,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 macro_rules! text_id {
     ($(#[$doc:meta])* $name:ident) => {
@@ -21,6 +21,13 @@ macro_rules! text_id {
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(&self.0)
+            }
+        }
+
+        /// From its text.
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d).map($name::from)
             }
         }
 
@@ -73,6 +80,18 @@ macro_rules! text_id {
                 $name(s)
             }
         }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                *self.0 == *other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                *self.0 == **other
+            }
+        }
     };
 }
 
@@ -120,6 +139,53 @@ impl fmt::Display for DeliveryId {
     }
 }
 
+impl std::str::FromStr for DeliveryId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(DeliveryId)
+    }
+}
+
+/// What an operator names to replay or cancel: one delivery (a number) or every delivery of an
+/// event (anything else, `evt_…`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DeliveryRef {
+    Delivery(DeliveryId),
+    Event(EventId),
+}
+
+impl DeliveryRef {
+    /// A number is a delivery id, anything else an event id.
+    pub fn parse(s: &str) -> DeliveryRef {
+        match s.parse() {
+            Ok(id) => DeliveryRef::Delivery(id),
+            Err(_) => DeliveryRef::Event(EventId::from(s)),
+        }
+    }
+}
+
+impl From<&str> for DeliveryRef {
+    fn from(s: &str) -> Self {
+        DeliveryRef::parse(s)
+    }
+}
+
+/// From its text, as [`DeliveryRef::parse`] reads it.
+impl<'de> Deserialize<'de> for DeliveryRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| DeliveryRef::parse(&s))
+    }
+}
+
+impl fmt::Display for DeliveryRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeliveryRef::Delivery(id) => fmt::Display::fmt(id, f),
+            DeliveryRef::Event(id) => fmt::Display::fmt(id, f),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +213,18 @@ mod tests {
         assert_eq!(serde_json::to_string(&DeliveryId(7)).unwrap(), "7");
         let map: std::collections::HashMap<DestinationName, u8> = [(d.clone(), 1)].into();
         assert_eq!(map.get("chat"), Some(&1));
+    }
+
+    #[test]
+    fn delivery_refs_are_numbers_for_deliveries_and_anything_else_for_events() {
+        assert_eq!(DeliveryRef::parse("12"), DeliveryRef::Delivery(DeliveryId(12)));
+        assert_eq!(DeliveryRef::parse("evt_1"), DeliveryRef::Event(EventId::from("evt_1")));
+        assert_eq!(DeliveryRef::parse("12a"), DeliveryRef::Event(EventId::from("12a")));
+        let refs: Vec<DeliveryRef> = serde_json::from_str(r#"["7", "evt_2"]"#).unwrap();
+        assert_eq!(refs, [DeliveryRef::Delivery(DeliveryId(7)), DeliveryRef::Event(EventId::from("evt_2"))]);
+        assert!(serde_json::from_str::<Vec<DeliveryRef>>("[7]").is_err(), "ids are strings, as before");
+        assert_eq!(refs.iter().map(ToString::to_string).collect::<Vec<_>>(), ["7", "evt_2"]);
+        let d: DestinationName = serde_json::from_str(r#""chat""#).unwrap();
+        assert_eq!(d, "chat");
     }
 }

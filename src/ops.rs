@@ -6,12 +6,12 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::snapshot::{Event, EventId, Snapshot};
+use crate::snapshot::{Event, Snapshot};
 use serde::Serialize;
 
 use crate::store::{
-    AttemptRow, DeliveryFilter, DeliveryRow, DeliverySelection, DeliveryStatus, EventDetail, Inspect, Purged, Queue,
-    RawEvent, Store, StoreError,
+    AttemptRow, DeliveryFilter, DeliveryId, DeliveryRef, DeliveryRow, DeliverySelection, DeliveryStatus,
+    DestinationName, EventDetail, EventId, Inspect, MsgId, Purged, Queue, RawEvent, RouteName, Store, StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,7 @@ pub enum OpsError {
     #[error("{0}")]
     Invalid(String),
     #[error("no event {0}")]
-    NoEvent(String),
+    NoEvent(EventId),
 }
 
 /// The delivery status a filter names (`pending`, `delivered`, `failed`, `dead`, `cancelled`).
@@ -47,14 +47,14 @@ pub async fn list(store: &Store, mut filter: DeliveryFilter) -> Result<Vec<Deliv
     Ok(store.list_deliveries(filter).await?.into_iter().map(DeliveryView::from).collect())
 }
 
-pub async fn event(store: &Store, id: &str) -> Result<EventView, OpsError> {
-    let detail = store.event(id.to_string()).await?.ok_or_else(|| OpsError::NoEvent(id.to_string()))?;
+pub async fn event(store: &Store, id: &EventId) -> Result<EventView, OpsError> {
+    let detail = store.event(id.clone()).await?.ok_or_else(|| OpsError::NoEvent(id.clone()))?;
     Ok(detail.into())
 }
 
 /// Re-sends deliveries as they were planned (same body, same `webhook-id`), to the destination's
 /// current URL and secret. `ids` are event ids (all their deliveries) or delivery ids.
-pub async fn replay(store: &Store, ids: Vec<String>) -> Result<usize, OpsError> {
+pub async fn replay(store: &Store, ids: Vec<DeliveryRef>) -> Result<usize, OpsError> {
     if ids.is_empty() {
         return Err(OpsError::Invalid("name at least one event or delivery id".into()));
     }
@@ -62,14 +62,18 @@ pub async fn replay(store: &Store, ids: Vec<String>) -> Result<usize, OpsError> 
 }
 
 /// Re-sends dead letters, optionally of one destination and since a time.
-pub async fn replay_dead(store: &Store, destination: Option<String>, since_ms: Option<i64>) -> Result<usize, OpsError> {
+pub async fn replay_dead(
+    store: &Store,
+    destination: Option<DestinationName>,
+    since_ms: Option<i64>,
+) -> Result<usize, OpsError> {
     Ok(store.replay_dead(destination, since_ms).await?)
 }
 
 /// Routes stored events again with the current config and plans new deliveries for every route
 /// that matches now (new `webhook-id`s, since these are new deliveries). Verification is not
 /// repeated: the event was verified when it arrived.
-pub async fn reroute(store: &Store, snap: &Snapshot, ids: Vec<String>) -> Result<usize, OpsError> {
+pub async fn reroute(store: &Store, snap: &Snapshot, ids: Vec<EventId>) -> Result<usize, OpsError> {
     let mut planned = 0;
     for id in ids {
         let RawEvent { source: source_name, received_at_ms: received_at, headers, body } =
@@ -78,7 +82,7 @@ pub async fn reroute(store: &Store, snap: &Snapshot, ids: Vec<String>) -> Result
             OpsError::Invalid(format!("event {id}: source \"{source_name}\" is not in the current config"))
         })?;
         let event = Event {
-            id: EventId(id.as_str().into()),
+            id: id.clone(),
             source: source.name.clone(),
             received_at: SystemTime::UNIX_EPOCH + Duration::from_millis(received_at as u64),
             headers: header_map(&headers),
@@ -98,18 +102,18 @@ pub async fn reroute(store: &Store, snap: &Snapshot, ids: Vec<String>) -> Result
 
 /// Pauses a destination. The reason (default "paused by an operator") is kept with it: `hookyard
 /// events` and `GET /api/v1/destinations` show it while the destination is paused.
-pub async fn pause(store: &Store, destination: &str, reason: Option<String>) -> Result<(), OpsError> {
+pub async fn pause(store: &Store, destination: &DestinationName, reason: Option<String>) -> Result<(), OpsError> {
     let reason = reason.unwrap_or_else(|| "paused by an operator".into());
     store.set_paused(destination, true, Some(reason.clone())).await?;
-    tracing::info!(destination, reason, "destination paused");
+    tracing::info!(destination = destination.as_str(), reason, "destination paused");
     Ok(())
 }
 
 /// Resumes a destination. The reason, if given, is logged and kept in the store in place of the
 /// pause's reason.
-pub async fn resume(store: &Store, destination: &str, reason: Option<String>) -> Result<(), OpsError> {
+pub async fn resume(store: &Store, destination: &DestinationName, reason: Option<String>) -> Result<(), OpsError> {
     store.set_paused(destination, false, reason.clone()).await?;
-    tracing::info!(destination, reason = reason.as_deref().unwrap_or(""), "destination resumed");
+    tracing::info!(destination = destination.as_str(), reason = reason.as_deref().unwrap_or(""), "destination resumed");
     Ok(())
 }
 
@@ -147,7 +151,7 @@ pub async fn cancel(
 /// their events where nothing else is left; with `dry_run` only counts them (`events` is then 0).
 pub async fn purge_dead(
     store: &Store,
-    destination: Option<String>,
+    destination: Option<DestinationName>,
     older_than: Option<&str>,
     dry_run: bool,
 ) -> Result<Outcome<Purged>, OpsError> {
@@ -175,12 +179,12 @@ pub async fn purge_dead(
 /// A delivery as the admin API and the CLI show it (JSON).
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliveryView {
-    pub id: i64,
-    pub event_id: String,
+    pub id: DeliveryId,
+    pub event_id: EventId,
     pub source: String,
-    pub route: String,
-    pub destination: String,
-    pub msg_id: String,
+    pub route: RouteName,
+    pub destination: DestinationName,
+    pub msg_id: MsgId,
     pub status: DeliveryStatus,
     /// How many attempts were made (a count; the attempts themselves are a delivery's
     /// `attempt_log` in [`EventView`]).
@@ -217,7 +221,7 @@ pub struct AttemptView {
 /// One event with its deliveries and every attempt, as shown (JSON).
 #[derive(Debug, Clone, Serialize)]
 pub struct EventView {
-    pub id: String,
+    pub id: EventId,
     pub source: String,
     pub received_at_ms: i64,
     pub routed: bool,

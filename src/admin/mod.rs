@@ -43,7 +43,7 @@ use tracing::warn;
 use crate::app::State;
 use crate::ops::{self, OpsError};
 use crate::reload::Reloader;
-use crate::store::{DeliveryFilter, Inspect, Queue};
+use crate::store::{DeliveryFilter, DeliveryId, DeliveryRef, DestinationName, EventId, Inspect, Queue};
 
 /// Largest admin request body (JSON commands are small).
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -154,7 +154,7 @@ impl Admin {
                 }
                 Err(e) => ops_error(e),
             },
-            (&Method::GET, ["api", "v1", "events", id]) => match ops::event(store, id).await {
+            (&Method::GET, ["api", "v1", "events", id]) => match ops::event(store, &EventId::from(*id)).await {
                 Ok(ev) => reply(StatusCode::OK, json!(ev)),
                 Err(e) => ops_error(e),
             },
@@ -169,14 +169,15 @@ impl Admin {
                 let reason = serde_json::from_slice::<Value>(&body)
                     .ok()
                     .and_then(|v| v.get("reason")?.as_str().map(str::to_string));
+                let destination = DestinationName::from(*name);
                 let r = if *action == "pause" {
-                    ops::pause(store, name, reason).await
+                    ops::pause(store, &destination, reason).await
                 } else {
-                    ops::resume(store, name, reason).await
+                    ops::resume(store, &destination, reason).await
                 };
                 match r {
                     Ok(()) => {
-                        self.state.dispatcher.set_paused(name, *action == "pause");
+                        self.state.dispatcher.set_paused(&destination, *action == "pause");
                         self.state.dispatcher.wake();
                         reply(StatusCode::OK, json!({"destination": name, "paused": *action == "pause"}))
                     }
@@ -365,8 +366,8 @@ impl Admin {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CancelCommand {
-    ids: Option<Vec<String>>,
-    destination: Option<String>,
+    ids: Option<Vec<DeliveryRef>>,
+    destination: Option<DestinationName>,
     source: Option<String>,
     since: Option<String>,
     all: Option<bool>,
@@ -377,7 +378,7 @@ struct CancelCommand {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PurgeCommand {
-    destination: Option<String>,
+    destination: Option<DestinationName>,
     older_than: Option<String>,
     dry_run: Option<bool>,
 }
@@ -385,10 +386,10 @@ struct PurgeCommand {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReplayCommand {
-    ids: Option<Vec<String>>,
+    ids: Option<Vec<DeliveryRef>>,
     dead: Option<bool>,
-    reroute: Option<Vec<String>>,
-    destination: Option<String>,
+    reroute: Option<Vec<EventId>>,
+    destination: Option<DestinationName>,
     since: Option<String>,
 }
 
@@ -412,11 +413,11 @@ fn parse_filter(query: &str) -> Result<DeliveryFilter, OpsError> {
         let int = |v: &str| v.parse::<i64>().map_err(|_| OpsError::Invalid(format!("{k} must be a number")));
         match k {
             "status" => f.status = Some(ops::parse_status(&v)?),
-            "destination" => f.destination = Some(v),
+            "destination" => f.destination = Some(v.into()),
             "source" => f.source = Some(v),
             "since" => f.since_ms = Some(ops::parse_since(&v, SystemTime::now())?),
             "until" => f.until_ms = Some(ops::parse_since(&v, SystemTime::now())?),
-            "before" => f.before_id = Some(int(&v)?),
+            "before" => f.before_id = Some(DeliveryId(int(&v)?)),
             "limit" => f.limit = int(&v)? as usize,
             other => return Err(OpsError::Invalid(format!("unknown query parameter \"{other}\""))),
         }
@@ -481,7 +482,7 @@ mod tests {
         let f = parse_filter("status=dead&destination=chat%20ops&limit=5&before=99").unwrap();
         assert_eq!(f.status, Some(crate::store::DeliveryStatus::Dead));
         assert_eq!(f.destination.as_deref(), Some("chat ops"));
-        assert_eq!((f.limit, f.before_id), (5, Some(99)));
+        assert_eq!((f.limit, f.before_id), (5, Some(DeliveryId(99))));
         assert_eq!(parse_filter("colour=red").unwrap_err().to_string(), "unknown query parameter \"colour\"");
         assert_eq!(parse_filter("limit=x").unwrap_err().to_string(), "limit must be a number");
         assert_eq!(percent_decode("a%2Fb+c%zz"), "a/b c%zz");

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use hookyard::ops;
-use hookyard::store::{DeliverySelection, Store};
+use hookyard::store::{DeliveryRef, DeliverySelection, DestinationName, Store};
 
 #[derive(clap::Args)]
 pub struct CancelArgs {
@@ -18,7 +18,7 @@ pub struct CancelArgs {
     ids: Vec<String>,
     /// Every pending delivery to this destination (it need not be in the config any more).
     #[arg(long)]
-    destination: Option<String>,
+    destination: Option<DestinationName>,
     /// Only deliveries of events from this source.
     #[arg(long)]
     source: Option<String>,
@@ -45,7 +45,7 @@ pub struct PurgeArgs {
     config: PathBuf,
     /// Only dead letters to this destination (it need not be in the config any more).
     #[arg(long)]
-    destination: Option<String>,
+    destination: Option<DestinationName>,
     /// Only dead letters that died longer ago than this (`12h`, `7d`).
     #[arg(long)]
     older_than: Option<String>,
@@ -74,8 +74,13 @@ fn actor() -> String {
 pub async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
     let store = open(&a.config)?;
     let since_ms = a.since.as_deref().map(|s| ops::parse_since(s, SystemTime::now())).transpose()?;
-    let selection =
-        DeliverySelection { ids: a.ids, destination: a.destination, source: a.source, since_ms, all: a.all };
+    let selection = DeliverySelection {
+        ids: a.ids.iter().map(|id| DeliveryRef::parse(id)).collect(),
+        destination: a.destination,
+        source: a.source,
+        since_ms,
+        all: a.all,
+    };
     let by = actor();
     let done = ops::cancel(&store, selection, by.clone(), a.reason.clone(), !a.yes).await?;
     let n = done.result;

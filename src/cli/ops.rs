@@ -8,7 +8,9 @@ use std::time::SystemTime;
 
 use hookyard::ops;
 use hookyard::snapshot::Snapshot;
-use hookyard::store::{DeliveryFilter, DeliveryStatus, Inspect, Store};
+use hookyard::store::{
+    DeliveryFilter, DeliveryId, DeliveryRef, DeliveryStatus, DestinationName, EventId, Inspect, Store,
+};
 
 #[derive(clap::Args)]
 pub struct EventsArgs {
@@ -18,7 +20,7 @@ pub struct EventsArgs {
     #[arg(long)]
     status: Option<String>,
     #[arg(long)]
-    destination: Option<String>,
+    destination: Option<DestinationName>,
     #[arg(long)]
     source: Option<String>,
     /// Only deliveries created since: a duration back from now (`30m`, `2h`, `7d`) or unix ms.
@@ -41,7 +43,7 @@ pub struct EventArgs {
     #[arg(long, short, default_value = "routes.yaml")]
     config: PathBuf,
     /// Event id (`evt_…`).
-    id: String,
+    id: EventId,
 }
 
 #[derive(clap::Args)]
@@ -56,7 +58,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     reroute: bool,
     #[arg(long, requires = "dead")]
-    destination: Option<String>,
+    destination: Option<DestinationName>,
     #[arg(long, requires = "dead")]
     since: Option<String>,
     /// Event ids (`evt_…`: all their deliveries) or delivery ids.
@@ -67,7 +69,7 @@ pub struct ReplayArgs {
 pub struct PauseArgs {
     #[arg(long, short, default_value = "routes.yaml")]
     config: PathBuf,
-    destination: String,
+    destination: DestinationName,
     /// Why (shown by `hookyard events` and the admin API's destinations while paused; logged).
     /// Default "paused by an operator".
     #[arg(long)]
@@ -78,7 +80,7 @@ pub struct PauseArgs {
 pub struct ResumeArgs {
     #[arg(long, short, default_value = "routes.yaml")]
     config: PathBuf,
-    destination: String,
+    destination: DestinationName,
     /// Why (logged, printed, and kept in the store in place of the pause's reason).
     #[arg(long)]
     reason: Option<String>,
@@ -108,12 +110,12 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
         source: a.source,
         since_ms,
         until_ms: None,
-        before_id: a.before,
+        before_id: a.before.map(DeliveryId),
         limit: a.limit,
     };
     let rows = ops::list(&store, filter).await?;
     // held deliveries say why they are held
-    let paused: Vec<(String, Option<String>)> = store
+    let paused: Vec<(DestinationName, Option<String>)> = store
         .paused()
         .await?
         .into_iter()
@@ -181,9 +183,9 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         let since = a.since.as_deref().map(|s| ops::parse_since(s, SystemTime::now())).transpose()?;
         ops::replay_dead(&store, a.destination, since).await?
     } else if a.reroute {
-        ops::reroute(&store, &snap, a.ids).await?
+        ops::reroute(&store, &snap, a.ids.into_iter().map(EventId::from).collect()).await?
     } else {
-        ops::replay(&store, a.ids).await?
+        ops::replay(&store, a.ids.iter().map(|id| DeliveryRef::parse(id)).collect()).await?
     };
     println!("{n} deliver{} queued", if n == 1 { "y" } else { "ies" });
     Ok(ExitCode::SUCCESS)

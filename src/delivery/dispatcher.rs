@@ -118,7 +118,7 @@ struct Inner<T> {
     claims: Mutex<Claims>,
     /// Set at shutdown: no new attempt starts.
     stopping: AtomicBool,
-    paused: Mutex<HashSet<String>>,
+    paused: Mutex<HashSet<DestinationName>>,
     breakers: Mutex<HashMap<Arc<str>, Breaker>>,
     wake: Notify,
     /// Due work was left in the store for want of a slot: a finished attempt wakes the poller.
@@ -515,14 +515,14 @@ impl<T: Transport> Dispatcher<T> {
     /// Destinations whose due deliveries cannot start now: paused (while in the config: the
     /// deliveries of a destination that is gone must reach the check that fails them), breaker
     /// open, or every one of its own slots taken.
-    fn blocked_destinations(&self) -> Vec<String> {
+    fn blocked_destinations(&self) -> Vec<DestinationName> {
         let inner = &self.inner;
         inner
             .destinations
             .load()
             .values()
             .filter(|d| inner.held(&d.name) || d.limit.available_permits() == 0)
-            .map(|d| d.name.to_string())
+            .map(|d| DestinationName(d.name.clone()))
             .collect()
     }
 
@@ -538,7 +538,7 @@ impl<T: Transport> Dispatcher<T> {
         let refresh =
             inner.counted_at.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|at| at.elapsed() >= POLL_INTERVAL);
         if refresh {
-            let paused: HashSet<String> = inner.store.paused().await?.into_iter().map(|(n, _)| n).collect();
+            let paused: HashSet<DestinationName> = inner.store.paused().await?.into_iter().map(|(n, _)| n).collect();
             *inner.paused.lock().unwrap_or_else(|p| p.into_inner()) = paused;
             inner.pending.store(inner.store.pending_count().await?, Ordering::Release);
             *inner.counted_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
@@ -611,10 +611,10 @@ impl<T: Transport> Dispatcher<T> {
 
     /// Marks a destination paused or not in this process at once (the store is the source of
     /// truth; the poller refreshes from it every second).
-    pub fn set_paused(&self, destination: &str, paused: bool) {
+    pub fn set_paused(&self, destination: &DestinationName, paused: bool) {
         let mut set = self.inner.paused.lock().unwrap_or_else(|p| p.into_inner());
         if paused {
-            set.insert(destination.to_string());
+            set.insert(destination.clone());
         } else {
             set.remove(destination);
         }
@@ -793,13 +793,14 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
         }
         AttemptOutcome::Gone => {
             let reason = Some("the destination answered 410 Gone".to_string());
-            if let Err(e) = inner.store.set_paused(&dest.name, true, reason).await {
+            let name = DestinationName(dest.name.clone());
+            if let Err(e) = inner.store.set_paused(&name, true, reason).await {
                 error!(error = %e, "could not record the pause");
             }
             // In memory after the store (a poll in between would read the store and undo it),
             // and logged after both, so the line is true when it appears: an event accepted
             // after it waits in the store.
-            inner.paused.lock().unwrap_or_else(|p| p.into_inner()).insert(dest.name.to_string());
+            inner.paused.lock().unwrap_or_else(|p| p.into_inner()).insert(name);
             error!(event_id = %d.event_id, destination = %dest.name, "destination answered 410 Gone; paused it (resume with `hookyard resume`)");
             let settled =
                 inner.store.settle(d.id, record, Settle::Retry { next_at_ms: inner.clock.now_ms() }, error_text).await;

@@ -26,7 +26,7 @@ pub use config::Network;
 pub use dispatcher::{Dispatcher, DispatcherStats, HttpTransport, QueueFull, Transport};
 pub use retry::{AttemptOutcome, Backoff, RetryPolicy};
 
-use crate::store::DueDelivery;
+use crate::store::{DueDelivery, MsgId};
 
 use crate::sign::Signer;
 
@@ -54,14 +54,14 @@ pub struct Destination {
 /// `msg_` + 24 hex digits of SHA-256(event id, route, destination): deterministic, so a retry or
 /// replay carries the same id and receivers can deduplicate, while two routes delivering one
 /// event to one destination carry different ids (both are meant to arrive).
-pub fn message_id(event_id: &str, route: &str, destination: &str) -> String {
+pub fn message_id(event_id: &str, route: &str, destination: &str) -> MsgId {
     let mut h = Sha256::new();
     for part in [event_id, route, destination] {
         h.update(part.as_bytes());
         h.update([0u8]);
     }
     let digest = h.finalize();
-    format!("msg_{}", hex::encode(&digest[..12]))
+    MsgId(format!("msg_{}", hex::encode(&digest[..12])).into())
 }
 
 /// The exact request an attempt sends at `now`: the event's forwarded headers, a transform's

@@ -139,7 +139,7 @@ impl State {
         let routes = routed.matched;
         let deliveries = routed.deliveries;
         let record = NewEvent {
-            id: event.id.0.to_string(),
+            id: event.id.clone(),
             source: source.name.to_string(),
             received_at_ms: to_ms(event.received_at),
             headers: routed.stored_headers,

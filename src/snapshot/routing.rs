@@ -11,7 +11,7 @@ use crate::config::OnError;
 use crate::delivery::{forwardable, message_id};
 use crate::plugin::{EventRef, Outcome, run_chain};
 use crate::rules::EventView;
-use crate::store::{DueDelivery, NewDelivery};
+use crate::store::{DestinationName, DueDelivery, NewDelivery, RouteName};
 
 /// Everything routing decided for one event.
 #[derive(Debug, Default)]
@@ -97,8 +97,8 @@ impl Snapshot {
                             continue;
                         }
                         out.deliveries.push(NewDelivery {
-                            route: route.name.to_string(),
-                            destination: destination.to_string(),
+                            route: RouteName(route.name.clone()),
+                            destination: DestinationName(destination.clone()),
                             msg_id: message_id(id_key, &route_key, destination),
                             body: body.cloned(),
                             headers: headers.cloned(),
@@ -137,8 +137,8 @@ impl Snapshot {
         for &d in &route.destinations {
             let destination = &self.destinations[d].name;
             out.push(NewDelivery {
-                route: route.name.to_string(),
-                destination: destination.to_string(),
+                route: RouteName(route.name.clone()),
+                destination: DestinationName(destination.clone()),
                 msg_id: message_id(id_key, &route.name, destination),
                 body: None,
                 headers: None,

@@ -10,8 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    Accepted, AttemptRecord, Backend, Cancellation, DeliveryFilter, DeliveryId, DeliverySelection, DeliveryStatus,
-    DestinationStats, DueDelivery, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Purged, Settle, now_ms,
+    Accepted, AttemptRecord, Backend, Cancellation, DeliveryFilter, DeliveryId, DeliveryRef, DeliverySelection,
+    DeliveryStatus, DestinationName, DestinationStats, DueDelivery, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Purged,
+    Settle, now_ms,
 };
 
 /// One `#[test]` per behaviour, each on a store `$fresh()` opens. Add a behaviour here and to the
@@ -68,7 +69,7 @@ pub(crate) fn delivery(dest: &str) -> NewDelivery {
     NewDelivery {
         route: "r".into(),
         destination: dest.into(),
-        msg_id: format!("msg_{dest}"),
+        msg_id: format!("msg_{dest}").into(),
         body: None,
         headers: None,
         failed: None,
@@ -95,7 +96,7 @@ pub(crate) fn stored(a: Accepted) -> Vec<DueDelivery> {
 /// Pending deliveries due at `now_ms`, oldest due first, except those of `skip`: the two steps the
 /// dispatcher's poll takes.
 pub(crate) async fn due(store: &impl Backend, now_ms: i64, limit: usize, skip: &[&str]) -> Vec<DueDelivery> {
-    let ids = store.due_ids(now_ms, limit, skip.iter().map(|s| s.to_string()).collect()).await.unwrap();
+    let ids = store.due_ids(now_ms, limit, skip.iter().map(|s| DestinationName::from(*s)).collect()).await.unwrap();
     store.load_pending(ids.into_iter().map(|(id, _)| id).collect()).await.unwrap()
 }
 
@@ -106,7 +107,7 @@ async fn accept_to(store: &impl Backend, id: &str, source: &str, dests: &[&str])
 
 async fn status(store: &impl Backend, id: DeliveryId) -> (DeliveryStatus, u32, Option<Cancellation>) {
     let rows = store.list_deliveries(DeliveryFilter { limit: 1000, ..Default::default() }).await.unwrap();
-    let r = rows.into_iter().find(|r| r.id == id.0).unwrap();
+    let r = rows.into_iter().find(|r| r.id == id).unwrap();
     (r.status, r.attempts, r.cancelled)
 }
 
@@ -165,7 +166,7 @@ pub async fn retries_dead_letters_and_replay(store: impl Backend) {
     store.settle(id, attempt(Some(400)), Settle::Failed, None).await.unwrap();
     assert_eq!(store.replay(vec!["evt_1".into()]).await.unwrap(), 1);
     store.settle(id, attempt(Some(400)), Settle::Failed, None).await.unwrap();
-    assert_eq!(store.replay(vec![id.to_string()]).await.unwrap(), 1);
+    assert_eq!(store.replay(vec![DeliveryRef::Delivery(id)]).await.unwrap(), 1);
     assert_eq!(store.pending_count().await.unwrap(), 1);
 }
 
@@ -226,10 +227,10 @@ pub async fn skipped_destinations_are_not_due_and_pauses_are_recorded(store: imp
     assert_eq!(store.next_due_ms(vec!["a".into(), "b".into()]).await.unwrap(), None);
     // the store's pause flag is bookkeeping for the dispatcher, not a filter: a paused
     // destination that a reload removed must still reach the dispatcher to be failed
-    store.set_paused("a", true, Some("410 Gone".into())).await.unwrap();
-    assert_eq!(store.paused().await.unwrap(), [("a".to_string(), Some("410 Gone".to_string()))]);
+    store.set_paused(&"a".into(), true, Some("410 Gone".into())).await.unwrap();
+    assert_eq!(store.paused().await.unwrap(), [(DestinationName::from("a"), Some("410 Gone".to_string()))]);
     assert_eq!(due(&store, now_ms() + 1, 10, &[]).await.len(), 2);
-    store.set_paused("a", false, None).await.unwrap();
+    store.set_paused(&"a".into(), false, None).await.unwrap();
     assert_eq!(store.paused().await.unwrap(), []);
 }
 
@@ -350,7 +351,7 @@ pub async fn a_cancel_survives_the_settle_of_an_attempt_in_flight(store: impl Ba
     assert_eq!(store.pending_count().await.unwrap(), 1);
 
     // replayed by id like a failed delivery: pending and due again, no longer shown cancelled
-    assert_eq!(store.replay(vec![a.to_string()]).await.unwrap(), 1);
+    assert_eq!(store.replay(vec![DeliveryRef::Delivery(a)]).await.unwrap(), 1);
     assert_eq!(status(&store, a).await, (DeliveryStatus::Pending, 1, None));
     let mut due_now: Vec<DeliveryId> = due(&store, now_ms() + 1, 10, &[]).await.iter().map(|d| d.id).collect();
     due_now.sort();
@@ -366,8 +367,10 @@ pub async fn selections_name_pending_deliveries_by_id_event_or_filter(store: imp
         let store = store.clone();
         async move { store.count_cancellable(s).await.map_err(|e| e.to_string()) }
     };
-    let ids =
-        |ids: &[&str]| DeliverySelection { ids: ids.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    let ids = |ids: &[&str]| DeliverySelection {
+        ids: ids.iter().map(|s| DeliveryRef::parse(s)).collect(),
+        ..Default::default()
+    };
     assert_eq!(count(ids(&[&e1[0].to_string()])).await, Ok(1));
     assert_eq!(count(ids(&["evt_1"])).await, Ok(2));
     assert_eq!(count(ids(&["evt_1", &e2[0].to_string()])).await, Ok(3));

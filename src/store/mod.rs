@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::clock::Clock;
 pub use crate::clock::{system_now_ms as now_ms, to_ms};
 use crate::config::SyncMode;
-pub use crate::ids::{DeliveryId, DestinationName, EventId, MsgId, RouteName};
+pub use crate::ids::{DeliveryId, DeliveryRef, DestinationName, EventId, MsgId, RouteName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -104,7 +104,7 @@ impl std::fmt::Display for DeliveryStatus {
 /// An event to record.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub id: String,
+    pub id: EventId,
     pub source: String,
     pub received_at_ms: i64,
     pub headers: Headers,
@@ -116,9 +116,9 @@ pub struct NewEvent {
 /// A delivery to plan for an event.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
-    pub route: String,
-    pub destination: String,
-    pub msg_id: String,
+    pub route: RouteName,
+    pub destination: DestinationName,
+    pub msg_id: MsgId,
     /// A transformed body; `None` delivers the event's body.
     pub body: Option<Bytes>,
     /// Headers a transform set; `None` for none.
@@ -150,7 +150,7 @@ pub enum Accepted {
     /// Committed; these deliveries are due now.
     Stored(Vec<DueDelivery>),
     /// The source's event id was seen within the dedupe window: nothing was stored.
-    Duplicate { original: String },
+    Duplicate { original: EventId },
 }
 
 /// One attempt's record.
@@ -197,24 +197,24 @@ impl Settle {
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
     pub status: Option<DeliveryStatus>,
-    pub destination: Option<String>,
+    pub destination: Option<DestinationName>,
     pub source: Option<String>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
     /// Cursor: only rows with a smaller id (pages go newest first).
-    pub before_id: Option<i64>,
+    pub before_id: Option<DeliveryId>,
     pub limit: usize,
 }
 
 /// A delivery as stored. The admin API and the CLI show it as `ops::DeliveryView`.
 #[derive(Debug, Clone)]
 pub struct DeliveryRow {
-    pub id: i64,
-    pub event_id: String,
+    pub id: DeliveryId,
+    pub event_id: EventId,
     pub source: String,
-    pub route: String,
-    pub destination: String,
-    pub msg_id: String,
+    pub route: RouteName,
+    pub destination: DestinationName,
+    pub msg_id: MsgId,
     pub status: DeliveryStatus,
     /// How many attempts were made (a count; the attempts themselves are a delivery's
     /// `attempt_log` in [`EventDetail`]).
@@ -242,7 +242,7 @@ pub struct AttemptRow {
 /// An event with its deliveries and their attempts, as stored. Shown as `ops::EventView`.
 #[derive(Debug, Clone)]
 pub struct EventDetail {
-    pub id: String,
+    pub id: EventId,
     pub source: String,
     pub received_at_ms: i64,
     pub routed: bool,
@@ -272,7 +272,7 @@ pub struct RawEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationStats {
-    pub destination: String,
+    pub destination: DestinationName,
     pub pending: u64,
     pub oldest_due_ms: u64,
     pub dead: u64,
@@ -283,9 +283,9 @@ pub struct DestinationStats {
 /// [`DeliverySelection::check`]).
 #[derive(Debug, Clone, Default)]
 pub struct DeliverySelection {
-    /// Delivery ids (numeric) or event ids (`evt_…`: all the event's pending deliveries).
-    pub ids: Vec<String>,
-    pub destination: Option<String>,
+    /// Deliveries, or events (all the event's pending deliveries).
+    pub ids: Vec<DeliveryRef>,
+    pub destination: Option<DestinationName>,
     pub source: Option<String>,
     /// Only deliveries created at or after this time (unix ms).
     pub since_ms: Option<i64>,
@@ -387,21 +387,21 @@ pub trait Queue: Clone + Send + Sync + 'static {
         &self,
         now_ms: i64,
         limit: usize,
-        skip: Vec<String>,
+        skip: Vec<DestinationName>,
     ) -> impl Future<Output = Result<Vec<(DeliveryId, DestinationName)>>> + Send;
 
     /// Loads the given deliveries if they are still pending.
     fn load_pending(&self, ids: Vec<DeliveryId>) -> impl Future<Output = Result<Vec<DueDelivery>>> + Send;
 
     /// The earliest `next_at` of any pending delivery, except those of the `skip` destinations.
-    fn next_due_ms(&self, skip: Vec<String>) -> impl Future<Output = Result<Option<i64>>> + Send;
+    fn next_due_ms(&self, skip: Vec<DestinationName>) -> impl Future<Output = Result<Option<i64>>> + Send;
 
     fn pending_count(&self) -> impl Future<Output = Result<usize>> + Send;
 
     /// Adds deliveries to an existing event (re-routing with the current config). Due now.
     fn add_deliveries(
         &self,
-        event_id: String,
+        event_id: EventId,
         deliveries: Vec<NewDelivery>,
     ) -> impl Future<Output = Result<usize>> + Send;
 
@@ -423,20 +423,20 @@ pub trait Inspect: Clone + Send + Sync + 'static {
     fn list_deliveries(&self, filter: DeliveryFilter) -> impl Future<Output = Result<Vec<DeliveryRow>>> + Send;
 
     /// One event with its deliveries and every attempt.
-    fn event(&self, id: String) -> impl Future<Output = Result<Option<EventDetail>>> + Send;
+    fn event(&self, id: EventId) -> impl Future<Output = Result<Option<EventDetail>>> + Send;
 
     /// The raw event (for re-routing).
-    fn raw_event(&self, id: String) -> impl Future<Output = Result<Option<RawEvent>>> + Send;
+    fn raw_event(&self, id: EventId) -> impl Future<Output = Result<Option<RawEvent>>> + Send;
 
-    /// Re-sends deliveries as planned: every delivery of the given events (ids `evt_…`) or the
-    /// given deliveries (numeric ids) becomes pending and due now, keeping its `webhook-id`.
+    /// Re-sends deliveries as planned: every delivery of the given events or the given
+    /// deliveries becomes pending and due now, keeping its `webhook-id`.
     /// Returns the number queued; unknown ids are an error naming them.
-    fn replay(&self, ids: Vec<String>) -> impl Future<Output = Result<usize>> + Send;
+    fn replay(&self, ids: Vec<DeliveryRef>) -> impl Future<Output = Result<usize>> + Send;
 
     /// Re-sends dead letters (optionally of one destination, and since a time). Returns how many.
     fn replay_dead(
         &self,
-        destination: Option<String>,
+        destination: Option<DestinationName>,
         since_ms: Option<i64>,
     ) -> impl Future<Output = Result<usize>> + Send;
 
@@ -445,12 +445,12 @@ pub trait Inspect: Clone + Send + Sync + 'static {
     fn destination_stats(&self, now_ms: i64) -> impl Future<Output = Result<Vec<DestinationStats>>> + Send;
 
     /// Paused destinations and why, by name.
-    fn paused(&self) -> impl Future<Output = Result<Vec<(String, Option<String>)>>> + Send;
+    fn paused(&self) -> impl Future<Output = Result<Vec<(DestinationName, Option<String>)>>> + Send;
 
     /// Pauses or resumes a destination: while paused its deliveries wait in the store.
     fn set_paused(
         &self,
-        destination: &str,
+        destination: &DestinationName,
         paused: bool,
         reason: Option<String>,
     ) -> impl Future<Output = Result<()>> + Send;
@@ -471,7 +471,7 @@ pub trait Inspect: Clone + Send + Sync + 'static {
     /// How many dead letters [`Inspect::purge_dead`] would delete now.
     fn count_dead(
         &self,
-        destination: Option<String>,
+        destination: Option<DestinationName>,
         before_ms: Option<i64>,
     ) -> impl Future<Output = Result<usize>> + Send;
 
@@ -479,7 +479,7 @@ pub trait Inspect: Clone + Send + Sync + 'static {
     /// and bodies, and then their events where no delivery is left.
     fn purge_dead(
         &self,
-        destination: Option<String>,
+        destination: Option<DestinationName>,
         before_ms: Option<i64>,
     ) -> impl Future<Output = Result<Purged>> + Send;
 }
@@ -534,20 +534,20 @@ impl Queue for Store {
         &self,
         now_ms: i64,
         limit: usize,
-        skip: Vec<String>,
+        skip: Vec<DestinationName>,
     ) -> Result<Vec<(DeliveryId, DestinationName)>> {
         on_backend!(self, b => b.due_ids(now_ms, limit, skip).await)
     }
     async fn load_pending(&self, ids: Vec<DeliveryId>) -> Result<Vec<DueDelivery>> {
         on_backend!(self, b => b.load_pending(ids).await)
     }
-    async fn next_due_ms(&self, skip: Vec<String>) -> Result<Option<i64>> {
+    async fn next_due_ms(&self, skip: Vec<DestinationName>) -> Result<Option<i64>> {
         on_backend!(self, b => b.next_due_ms(skip).await)
     }
     async fn pending_count(&self) -> Result<usize> {
         on_backend!(self, b => b.pending_count().await)
     }
-    async fn add_deliveries(&self, event_id: String, deliveries: Vec<NewDelivery>) -> Result<usize> {
+    async fn add_deliveries(&self, event_id: EventId, deliveries: Vec<NewDelivery>) -> Result<usize> {
         on_backend!(self, b => b.add_deliveries(event_id, deliveries).await)
     }
     async fn purge(&self, before_ms: i64) -> Result<usize> {
@@ -565,25 +565,25 @@ impl Inspect for Store {
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryRow>> {
         on_backend!(self, b => b.list_deliveries(filter).await)
     }
-    async fn event(&self, id: String) -> Result<Option<EventDetail>> {
+    async fn event(&self, id: EventId) -> Result<Option<EventDetail>> {
         on_backend!(self, b => b.event(id).await)
     }
-    async fn raw_event(&self, id: String) -> Result<Option<RawEvent>> {
+    async fn raw_event(&self, id: EventId) -> Result<Option<RawEvent>> {
         on_backend!(self, b => b.raw_event(id).await)
     }
-    async fn replay(&self, ids: Vec<String>) -> Result<usize> {
+    async fn replay(&self, ids: Vec<DeliveryRef>) -> Result<usize> {
         on_backend!(self, b => b.replay(ids).await)
     }
-    async fn replay_dead(&self, destination: Option<String>, since_ms: Option<i64>) -> Result<usize> {
+    async fn replay_dead(&self, destination: Option<DestinationName>, since_ms: Option<i64>) -> Result<usize> {
         on_backend!(self, b => b.replay_dead(destination, since_ms).await)
     }
     async fn destination_stats(&self, now_ms: i64) -> Result<Vec<DestinationStats>> {
         on_backend!(self, b => b.destination_stats(now_ms).await)
     }
-    async fn paused(&self) -> Result<Vec<(String, Option<String>)>> {
+    async fn paused(&self) -> Result<Vec<(DestinationName, Option<String>)>> {
         on_backend!(self, b => b.paused().await)
     }
-    async fn set_paused(&self, destination: &str, paused: bool, reason: Option<String>) -> Result<()> {
+    async fn set_paused(&self, destination: &DestinationName, paused: bool, reason: Option<String>) -> Result<()> {
         on_backend!(self, b => b.set_paused(destination, paused, reason).await)
     }
     async fn count_cancellable(&self, selection: DeliverySelection) -> Result<usize> {
@@ -592,10 +592,10 @@ impl Inspect for Store {
     async fn cancel(&self, selection: DeliverySelection, by: String, reason: Option<String>) -> Result<usize> {
         on_backend!(self, b => b.cancel(selection, by, reason).await)
     }
-    async fn count_dead(&self, destination: Option<String>, before_ms: Option<i64>) -> Result<usize> {
+    async fn count_dead(&self, destination: Option<DestinationName>, before_ms: Option<i64>) -> Result<usize> {
         on_backend!(self, b => b.count_dead(destination, before_ms).await)
     }
-    async fn purge_dead(&self, destination: Option<String>, before_ms: Option<i64>) -> Result<Purged> {
+    async fn purge_dead(&self, destination: Option<DestinationName>, before_ms: Option<i64>) -> Result<Purged> {
         on_backend!(self, b => b.purge_dead(destination, before_ms).await)
     }
 }

@@ -13,7 +13,7 @@ use crate::config::SyncMode;
 use crate::delivery::egress::EgressPolicy;
 use crate::delivery::{Backoff, BreakerSettings, HttpClient, RateLimiter, RetryPolicy, TlsRoots};
 use crate::sign::{SignScheme, Signer};
-use crate::store::{Accepted, Inspect, NewDelivery, NewEvent, StoreOptions};
+use crate::store::{Accepted, EventId, Inspect, NewDelivery, NewEvent, StoreOptions};
 
 /// Answers attempts from a script (then 200 forever) and records when each attempt happened.
 #[derive(Default)]
@@ -107,7 +107,7 @@ async fn accept(store: &Store, id: &str, dest: &str) -> Vec<DueDelivery> {
     let d = NewDelivery {
         route: "r".into(),
         destination: dest.into(),
-        msg_id: format!("msg_{id}"),
+        msg_id: format!("msg_{id}").into(),
         body: None,
         headers: None,
         failed: None,
@@ -290,11 +290,11 @@ async fn gone_pauses_the_destination_and_keeps_the_delivery() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         h.store.paused().await.unwrap(),
-        [("dest".to_string(), Some("the destination answered 410 Gone".to_string()))]
+        [(DestinationName::from("dest"), Some("the destination answered 410 Gone".to_string()))]
     );
     assert_eq!(h.status("evt_1").await, ("pending".into(), 1));
     assert_eq!(h.dispatcher.poll_once().await.unwrap(), 0, "paused: nothing is due");
-    h.store.set_paused("dest", false, None).await.unwrap();
+    h.store.set_paused(&"dest".into(), false, None).await.unwrap();
     // another process's resume is read from the store once a poll interval
     tokio::time::sleep(POLL_INTERVAL).await;
     assert_eq!(h.dispatcher.poll_once().await.unwrap(), 1, "resumed: due again");
@@ -378,7 +378,7 @@ async fn a_late_fast_path_does_not_resend_what_the_poller_delivered() {
 async fn assert_failed_as_removed(h: &Harness, ids: &[&str]) {
     h.run_until(Duration::from_secs(30), |h| h.dispatcher.stats().pending == 0).await;
     for id in ids {
-        let ev = h.store.event(id.to_string()).await.unwrap().unwrap();
+        let ev = h.store.event(EventId::from(*id)).await.unwrap().unwrap();
         let d = &ev.deliveries[0].delivery;
         assert_eq!(d.status.as_str(), "failed", "{id}");
         assert_eq!(d.last_error.as_deref(), Some("destination \"dest\" is not in the current config"), "{id}");
@@ -390,8 +390,8 @@ async fn assert_failed_as_removed(h: &Harness, ids: &[&str]) {
 #[tokio::test(start_paused = true)]
 async fn a_paused_destination_removed_by_a_reload_fails_its_deliveries() {
     let h = Harness::new(vec![], schedule(&[5])).await;
-    h.store.set_paused("dest", true, Some("by a test".into())).await.unwrap();
-    h.dispatcher.set_paused("dest", true);
+    h.store.set_paused(&"dest".into(), true, Some("by a test".into())).await.unwrap();
+    h.dispatcher.set_paused(&"dest".into(), true);
     h.dispatcher.submit(accept(&h.store, "evt_1", "dest").await);
     h.run_until(Duration::from_secs(3), |_| false).await;
     assert_eq!(h.status("evt_1").await, ("pending".into(), 0), "held by the pause");

@@ -10,8 +10,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
 use crate::store::{
-    AttemptRow, Cancellation, DeliveryDetail, DeliveryFilter, DeliveryRow, DeliverySelection, DeliveryStatus,
-    DestinationStats, EventDetail, Inspect, Purged, RawEvent, Result, StoreError, now_ms,
+    AttemptRow, Cancellation, DeliveryDetail, DeliveryFilter, DeliveryRef, DeliveryRow, DeliverySelection,
+    DeliveryStatus, DestinationName, DestinationStats, EventDetail, EventId, Inspect, Purged, RawEvent, Result,
+    StoreError, now_ms,
 };
 
 /// The pending deliveries a selection names (`?1`: delivery ids as JSON or NULL when selecting
@@ -27,22 +28,32 @@ const DEAD: &str =
     "status = 'dead' AND (?1 IS NULL OR destination = ?1) AND updated_at < COALESCE(?2, 9223372036854775807)";
 
 /// The statement parameters of a selection.
-fn selection_params(s: &DeliverySelection) -> (Option<String>, String, Option<String>, Option<String>, Option<i64>) {
-    let (numbers, events): (Vec<&String>, Vec<&String>) = s.ids.iter().partition(|i| i.parse::<i64>().is_ok());
-    let numbers: Vec<i64> = numbers.iter().filter_map(|n| n.parse().ok()).collect();
+fn selection_params(
+    s: &DeliverySelection,
+) -> (Option<String>, String, Option<DestinationName>, Option<String>, Option<i64>) {
+    let mut numbers = Vec::new();
+    let mut events = Vec::new();
+    for id in &s.ids {
+        match id {
+            DeliveryRef::Delivery(n) => numbers.push(n.0),
+            DeliveryRef::Event(e) => events.push(e.as_str()),
+        }
+    }
     let by_ids = (!s.ids.is_empty()).then(|| serde_json::to_string(&numbers).expect("numbers serialize"));
     let events = serde_json::to_string(&events).expect("strings serialize");
     (by_ids, events, s.destination.clone(), s.source.clone(), s.since_ms)
 }
 
 /// Ids the selection names that match no delivery at all (pending or not).
-fn unknown_ids(c: &Connection, ids: &[String]) -> rusqlite::Result<Vec<String>> {
+fn unknown_ids(c: &Connection, ids: &[DeliveryRef]) -> rusqlite::Result<Vec<DeliveryRef>> {
     let mut unknown = Vec::new();
     for id in ids {
-        let found: bool = match id.parse::<i64>() {
-            Ok(n) => c.query_row("SELECT EXISTS (SELECT 1 FROM deliveries WHERE id = ?1)", [n], |r| r.get(0))?,
-            Err(_) => {
-                c.query_row("SELECT EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?1)", [id], |r| r.get(0))?
+        let found: bool = match id {
+            DeliveryRef::Delivery(n) => {
+                c.query_row("SELECT EXISTS (SELECT 1 FROM deliveries WHERE id = ?1)", [n], |r| r.get(0))?
+            }
+            DeliveryRef::Event(e) => {
+                c.query_row("SELECT EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?1)", [e], |r| r.get(0))?
             }
         };
         if !found {
@@ -52,7 +63,8 @@ fn unknown_ids(c: &Connection, ids: &[String]) -> rusqlite::Result<Vec<String>> 
     Ok(unknown)
 }
 
-fn not_found(unknown: Vec<String>) -> StoreError {
+fn not_found(unknown: Vec<DeliveryRef>) -> StoreError {
+    let unknown: Vec<String> = unknown.iter().map(DeliveryRef::to_string).collect();
     StoreError::NotFound(format!("no deliveries for: {}", unknown.join(", ")))
 }
 
@@ -79,7 +91,7 @@ impl Inspect for SqliteStore {
         .await
     }
 
-    async fn event(&self, id: String) -> Result<Option<EventDetail>> {
+    async fn event(&self, id: EventId) -> Result<Option<EventDetail>> {
         self.read(move |c| {
             let ev = c
                 .query_row(
@@ -134,7 +146,7 @@ impl Inspect for SqliteStore {
         .await
     }
 
-    async fn raw_event(&self, id: String) -> Result<Option<RawEvent>> {
+    async fn raw_event(&self, id: EventId) -> Result<Option<RawEvent>> {
         self.read(move |c| {
             c.query_row("SELECT source, received_at, headers, body FROM events WHERE id = ?1", [&id], |r| {
                 let headers: String = r.get(2)?;
@@ -150,17 +162,17 @@ impl Inspect for SqliteStore {
         .await
     }
 
-    async fn replay(&self, ids: Vec<String>) -> Result<usize> {
+    async fn replay(&self, ids: Vec<DeliveryRef>) -> Result<usize> {
         self.write(move |t| {
             let mut n = 0;
             let mut unknown = Vec::new();
             for id in &ids {
-                let changed = match id.parse::<i64>() {
-                    Ok(num) => t.execute(
+                let changed = match id {
+                    DeliveryRef::Delivery(num) => t.execute(
                         "UPDATE deliveries SET status = 'pending', next_at = ?2, updated_at = ?2 WHERE id = ?1",
                         params![num, now_ms()],
                     )?,
-                    Err(_) => t.execute(
+                    DeliveryRef::Event(id) => t.execute(
                         "UPDATE deliveries SET status = 'pending', next_at = ?2, updated_at = ?2 WHERE event_id = ?1",
                         params![id, now_ms()],
                     )?,
@@ -176,7 +188,7 @@ impl Inspect for SqliteStore {
         .and_then(|(n, unknown)| if unknown.is_empty() { Ok(n) } else { Err(not_found(unknown)) })
     }
 
-    async fn replay_dead(&self, destination: Option<String>, since_ms: Option<i64>) -> Result<usize> {
+    async fn replay_dead(&self, destination: Option<DestinationName>, since_ms: Option<i64>) -> Result<usize> {
         self.write(move |t| {
             t.execute(
                 "UPDATE deliveries SET status = 'pending', next_at = ?3, updated_at = ?3
@@ -191,7 +203,7 @@ impl Inspect for SqliteStore {
         // Three walks of partial indexes (pending, dead, failed rows only), never of the delivered
         // history: a scrape costs what is queued or kept for replay, not what was retained.
         self.read(move |c| {
-            let mut by_name = BTreeMap::<String, DestinationStats>::new();
+            let mut by_name = BTreeMap::<DestinationName, DestinationStats>::new();
             let mut st = c.prepare_cached(
                 "SELECT destination, COUNT(*), MIN(CASE WHEN next_at <= ?1 THEN next_at END)
                  FROM deliveries WHERE status = 'pending' GROUP BY destination",
@@ -223,7 +235,7 @@ impl Inspect for SqliteStore {
         .await
     }
 
-    async fn paused(&self) -> Result<Vec<(String, Option<String>)>> {
+    async fn paused(&self) -> Result<Vec<(DestinationName, Option<String>)>> {
         self.read(|c| {
             let mut st =
                 c.prepare_cached("SELECT name, reason FROM destination_state WHERE paused = 1 ORDER BY name")?;
@@ -233,8 +245,8 @@ impl Inspect for SqliteStore {
         .await
     }
 
-    async fn set_paused(&self, destination: &str, paused: bool, reason: Option<String>) -> Result<()> {
-        let name = destination.to_string();
+    async fn set_paused(&self, destination: &DestinationName, paused: bool, reason: Option<String>) -> Result<()> {
+        let name = destination.clone();
         self.write(move |t| {
             t.execute(
                 "INSERT INTO destination_state (name, paused, reason, updated_at) VALUES (?1, ?2, ?3, ?4)
@@ -295,7 +307,7 @@ impl Inspect for SqliteStore {
     }
 
     /// How many dead letters [`Inspect::purge_dead`] would delete now.
-    async fn count_dead(&self, destination: Option<String>, before_ms: Option<i64>) -> Result<usize> {
+    async fn count_dead(&self, destination: Option<DestinationName>, before_ms: Option<i64>) -> Result<usize> {
         self.read(move |c| {
             c.query_row(
                 &format!("SELECT COUNT(*) FROM deliveries WHERE {DEAD}"),
@@ -309,7 +321,7 @@ impl Inspect for SqliteStore {
 
     /// Deletes dead letters (of one destination, last changed before a time), with their
     /// attempts and bodies, and then their events where no delivery is left.
-    async fn purge_dead(&self, destination: Option<String>, before_ms: Option<i64>) -> Result<Purged> {
+    async fn purge_dead(&self, destination: Option<DestinationName>, before_ms: Option<i64>) -> Result<Purged> {
         self.write(move |t| {
             let events: Vec<String> = {
                 let mut st = t.prepare(&format!("SELECT DISTINCT event_id FROM deliveries WHERE {DEAD}"))?;
@@ -357,7 +369,10 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
     })
 }
 
-fn stats_entry(by_name: &mut BTreeMap<String, DestinationStats>, name: String) -> &mut DestinationStats {
+fn stats_entry(
+    by_name: &mut BTreeMap<DestinationName, DestinationStats>,
+    name: DestinationName,
+) -> &mut DestinationStats {
     by_name.entry(name.clone()).or_insert(DestinationStats {
         destination: name,
         pending: 0,

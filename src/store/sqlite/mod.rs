@@ -153,3 +153,41 @@ impl SqliteStore {
         }
     }
 }
+
+/// The boundary's ids bind and read as their text (or number), so statements take them as they
+/// are.
+mod sql_ids {
+    use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+
+    use crate::ids::{DeliveryId, DestinationName, EventId, MsgId, RouteName};
+
+    macro_rules! text_sql {
+        ($($name:ident),*) => {$(
+            impl ToSql for $name {
+                fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                    Ok(ToSqlOutput::from(self.as_str()))
+                }
+            }
+
+            impl FromSql for $name {
+                fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                    value.as_str().map($name::from)
+                }
+            }
+        )*};
+    }
+
+    text_sql!(EventId, RouteName, DestinationName, MsgId);
+
+    impl ToSql for DeliveryId {
+        fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+            Ok(ToSqlOutput::from(self.0))
+        }
+    }
+
+    impl FromSql for DeliveryId {
+        fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+            value.as_i64().map(DeliveryId)
+        }
+    }
+}

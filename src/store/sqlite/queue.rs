@@ -11,8 +11,8 @@ use super::writer::{self, Op};
 use super::{ANSWER_GRACE, SqliteStore};
 use crate::clock::{Clock, Waited};
 use crate::store::{
-    Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, NewDelivery, NewEvent, Queue, Result, Settle,
-    StoreError, now_ms,
+    Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, EventId, NewDelivery, NewEvent, Queue, Result,
+    Settle, StoreError, now_ms,
 };
 
 impl Queue for SqliteStore {
@@ -49,7 +49,7 @@ impl Queue for SqliteStore {
         &self,
         now_ms: i64,
         limit: usize,
-        skip: Vec<String>,
+        skip: Vec<DestinationName>,
     ) -> Result<Vec<(DeliveryId, DestinationName)>> {
         // an index-only scan of the pending rows
         let skip = serde_json::to_string(&skip).expect("a list of strings serializes");
@@ -60,9 +60,7 @@ impl Queue for SqliteStore {
                    AND destination NOT IN (SELECT value FROM json_each(?3))
                  ORDER BY next_at LIMIT ?2",
             )?;
-            let rows = st.query_map(params![now_ms, limit as i64, skip], |r| {
-                Ok((DeliveryId(r.get(0)?), DestinationName::from(r.get::<_, String>(1)?)))
-            })?;
+            let rows = st.query_map(params![now_ms, limit as i64, skip], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
         .await
@@ -86,7 +84,7 @@ impl Queue for SqliteStore {
         .await
     }
 
-    async fn next_due_ms(&self, skip: Vec<String>) -> Result<Option<i64>> {
+    async fn next_due_ms(&self, skip: Vec<DestinationName>) -> Result<Option<i64>> {
         let skip = serde_json::to_string(&skip).expect("a list of strings serializes");
         self.read(move |c| {
             c.query_row(
@@ -107,7 +105,7 @@ impl Queue for SqliteStore {
         .map(|n| n as usize)
     }
 
-    async fn add_deliveries(&self, event_id: String, deliveries: Vec<NewDelivery>) -> Result<usize> {
+    async fn add_deliveries(&self, event_id: EventId, deliveries: Vec<NewDelivery>) -> Result<usize> {
         self.write(move |t| {
             let now = now_ms();
             for d in &deliveries {
@@ -145,10 +143,10 @@ fn due_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DueDelivery> {
     let extra: Option<String> = r.get(7)?;
     Ok(DueDelivery {
         id: DeliveryId(r.get(0)?),
-        event_id: r.get::<_, String>(1)?.into(),
-        route: r.get::<_, String>(2)?.into(),
-        destination: r.get::<_, String>(3)?.into(),
-        msg_id: r.get::<_, String>(4)?.into(),
+        event_id: r.get(1)?,
+        route: r.get(2)?,
+        destination: r.get(3)?,
+        msg_id: r.get(4)?,
         attempts: r.get(5)?,
         headers: Arc::new(serde_json::from_str(&headers).unwrap_or_default()),
         extra_headers: extra.map(|e| Arc::new(serde_json::from_str(&e).unwrap_or_default())),

@@ -9,7 +9,9 @@ use rusqlite::Connection;
 
 use super::*;
 use crate::store::conformance::{attempt, conformance_suite, delivery, due, event, stored};
-use crate::store::{DeliveryId, DeliveryStatus, Inspect, MAX_RESPONSE_KEPT, Queue, Settle, StoreOptions, now_ms};
+use crate::store::{
+    DeliveryId, DeliveryStatus, DestinationName, Inspect, MAX_RESPONSE_KEPT, Queue, Settle, StoreOptions, now_ms,
+};
 
 fn fresh() -> SqliteStore {
     open(Path::new(":memory:"), SyncMode::Full)
@@ -117,7 +119,7 @@ async fn a_failing_operation_does_not_undo_its_group() {
     assert_eq!(ev1.deliveries[0].delivery.status, DeliveryStatus::Delivered);
     assert_eq!(ev1.deliveries[0].attempt_log.len(), 1);
     assert_eq!(store.pending_count().await.unwrap(), 2);
-    assert_eq!(store.paused().await.unwrap(), [("c".to_string(), Some("test".to_string()))]);
+    assert_eq!(store.paused().await.unwrap(), [(DestinationName::from("c"), Some("test".to_string()))]);
 }
 
 #[tokio::test]
@@ -154,7 +156,7 @@ async fn an_accept_that_cannot_get_the_write_lock_in_time_is_never_written() {
     let reason = store.health().unwrap_err();
     assert!(reason.contains("database is locked"), "{reason}");
     // an administrative write is told why too
-    let err = store.set_paused("a", true, None).await.unwrap_err();
+    let err = store.set_paused(&"a".into(), true, None).await.unwrap_err();
     assert_eq!(err.to_string(), "commit failed: database is locked");
 
     foreign.execute_batch("COMMIT").unwrap();

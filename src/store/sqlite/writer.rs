@@ -129,7 +129,7 @@ enum Written {
 
 enum AcceptRows {
     Duplicate {
-        original: String,
+        original: EventId,
     },
     /// The row id of each planned delivery, in order.
     Stored(Vec<i64>),
@@ -409,7 +409,7 @@ fn accept(
 ) -> rusqlite::Result<AcceptRows> {
     if let (Some(key), Some(window)) = (&ev.dedupe_key, dedupe_window) {
         let since = ev.received_at_ms - window.as_millis() as i64;
-        let original: Option<String> = t
+        let original: Option<EventId> = t
             .prepare_cached(
                 "SELECT id FROM events WHERE source = ?1 AND dedupe_key = ?2 AND received_at >= ?3 ORDER BY received_at LIMIT 1",
             )?
@@ -431,7 +431,7 @@ fn accept(
 
 /// The deliveries of a committed event that are due now (failed ones are kept, not sent).
 fn due(ev: NewEvent, deliveries: Vec<NewDelivery>, ids: Vec<i64>) -> Vec<DueDelivery> {
-    let event_id = EventId::from(ev.id);
+    let event_id = ev.id;
     let shared_headers = Arc::new(ev.headers);
     deliveries
         .into_iter()
@@ -440,9 +440,9 @@ fn due(ev: NewEvent, deliveries: Vec<NewDelivery>, ids: Vec<i64>) -> Vec<DueDeli
         .map(|(d, id)| DueDelivery {
             id: DeliveryId(id),
             event_id: event_id.clone(),
-            route: d.route.into(),
-            destination: d.destination.into(),
-            msg_id: d.msg_id.into(),
+            route: d.route,
+            destination: d.destination,
+            msg_id: d.msg_id,
             attempts: 0,
             headers: shared_headers.clone(),
             extra_headers: d.headers.map(Arc::new),
@@ -451,7 +451,7 @@ fn due(ev: NewEvent, deliveries: Vec<NewDelivery>, ids: Vec<i64>) -> Vec<DueDeli
         .collect()
 }
 
-pub fn insert_delivery(t: &Connection, event_id: &str, d: &NewDelivery, now: i64) -> rusqlite::Result<i64> {
+pub fn insert_delivery(t: &Connection, event_id: &EventId, d: &NewDelivery, now: i64) -> rusqlite::Result<i64> {
     let extra = d.headers.as_ref().map(|h| serde_json::to_string(h).expect("headers serialize"));
     t.prepare_cached(
         "INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at, last_error)
