@@ -15,10 +15,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tracing::{error, info};
+
+use crate::store::health::WriteHealth;
 
 /// How long the writer goes without writing an event before it probes the store, and so how long
 /// readiness may lag behind a store that went bad (or recovered) while no event arrived.
@@ -30,9 +31,7 @@ type FileId = (u64, u64);
 pub struct Health {
     /// The database and its `-wal`, with the identity each had when the store opened them.
     files: Vec<(PathBuf, FileId)>,
-    /// Lock-free fast path of `write_error.is_none()`, so a healthy writer takes no lock.
-    write_ok: AtomicBool,
-    write_error: Mutex<Option<String>>,
+    writes: WriteHealth,
     file_error: Mutex<Option<String>>,
 }
 
@@ -42,7 +41,7 @@ impl Health {
     pub fn new(path: &Path) -> Health {
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         let files = [path.to_path_buf(), wal].into_iter().filter_map(|p| file_id(&p).ok().map(|id| (p, id))).collect();
-        Health { files, write_ok: AtomicBool::new(true), write_error: Mutex::new(None), file_error: Mutex::new(None) }
+        Health { files, writes: WriteHealth::default(), file_error: Mutex::new(None) }
     }
 
     /// `Err(reason)` when the database at the configured path is not the file open any more.
@@ -72,37 +71,15 @@ impl Health {
         problem.map_or(Ok(()), Err)
     }
 
-    /// Records the outcome of a write that held events (or of a probe). Takes a lock only when
-    /// the outcome is a failure or ends one.
+    /// Records the outcome of a write that held events (or of a probe).
     pub fn record_write(&self, outcome: Result<(), &str>) {
-        if outcome.is_ok() && self.write_ok.load(Ordering::Acquire) {
-            return;
-        }
-        let mut state = self.write_error.lock().unwrap_or_else(|p| p.into_inner());
-        match outcome {
-            Ok(()) => {
-                if state.take().is_some() {
-                    info!("the store takes events again; ready");
-                }
-                self.write_ok.store(true, Ordering::Release);
-            }
-            Err(e) => {
-                if state.is_none() {
-                    error!(error = e, "the store cannot write events; not ready until a write succeeds");
-                }
-                *state = Some(format!("the last write failed: {e}"));
-                self.write_ok.store(false, Ordering::Release);
-            }
-        }
+        self.writes.record(outcome)
     }
 
     /// `Ok` when the file is the one open and the last write succeeded; else the reason.
     pub fn status(&self) -> Result<(), String> {
         self.check_file()?;
-        match &*self.write_error.lock().unwrap_or_else(|p| p.into_inner()) {
-            None => Ok(()),
-            Some(e) => Err(e.clone()),
-        }
+        self.writes.status()
     }
 }
 
