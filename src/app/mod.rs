@@ -24,12 +24,13 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::admin::Admin;
+use crate::clock::Clock;
 use crate::config::ConfigError;
 use crate::delivery::{Dispatcher, HttpTransport};
 use crate::reload::Reloader;
 use crate::server::listener::{self, ConnectionBudget};
 use crate::snapshot::Plugins;
-use crate::store::{Queue, Store, StoreError, StoreOptions, now_ms};
+use crate::store::{Queue, Store, StoreError, now_ms};
 
 /// Why a gateway did not start. Nothing was left running.
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +100,7 @@ pub async fn start_with(config: &Path, plugins: Arc<Plugins>) -> Result<Running,
     );
     log_budget(nofile, &budget);
     let storage = snapshot.storage.clone();
-    let store = Store::open_with(
-        &storage.path,
-        StoreOptions { sync: storage.sync, commit_timeout: storage.commit_timeout.0, ..StoreOptions::default() },
-    )?;
+    let store = Store::connect(&storage, Clock::System).await?;
     let dispatcher = Dispatcher::new(
         store.clone(),
         HttpTransport,
@@ -136,7 +134,7 @@ pub async fn start_with(config: &Path, plugins: Arc<Plugins>) -> Result<Running,
         .transpose()
         .map_err(|source| StartError::Bind { addr: admin_cfg.listen, what: "admin.listen", source })?;
     let pending = dispatcher.stats().pending;
-    info!(%addr, config = %config.display(), version = %snapshot.version, store = %storage.path.display(), pending, "hookyard listening");
+    info!(%addr, config = %config.display(), version = %snapshot.version, store = %Store::describe(&storage), pending, "hookyard listening");
 
     let state = State::new(snapshot, dispatcher.clone(), plugins);
     let reloader = Reloader::new(config, state.clone());

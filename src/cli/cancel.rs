@@ -57,10 +57,10 @@ pub struct PurgeArgs {
     dry_run: bool,
 }
 
-fn open(config: &Path) -> anyhow::Result<Store> {
+async fn open(config: &Path) -> anyhow::Result<Store> {
     let snap = hookyard::snapshot::build(config, &hookyard::snapshot::Plugins::from_env())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Store::open(&snap.storage.path, snap.storage.sync)?)
+    Ok(Store::connect(&snap.storage, hookyard::clock::Clock::System).await?)
 }
 
 /// `cli:<login name>`, or `operator` when the environment names no user.
@@ -72,7 +72,7 @@ fn actor() -> String {
 }
 
 pub async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
-    let store = open(&a.config)?;
+    let store = open(&a.config).await?;
     let since_ms = a.since.as_deref().map(|s| ops::parse_since(s, SystemTime::now())).transpose()?;
     let selection = DeliverySelection {
         ids: a.ids.iter().map(|id| DeliveryRef::parse(id)).collect(),
@@ -99,7 +99,7 @@ pub async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn purge(a: PurgeArgs) -> anyhow::Result<ExitCode> {
-    let store = open(&a.config)?;
+    let store = open(&a.config).await?;
     let done = ops::purge_dead(&store, a.destination, a.older_than.as_deref(), !a.yes).await?;
     let p = done.result;
     let dead = count(p.deliveries, "dead letter", "dead letters");

@@ -86,10 +86,10 @@ pub struct ResumeArgs {
     reason: Option<String>,
 }
 
-fn open(config: &Path) -> anyhow::Result<(Snapshot, Store)> {
+async fn open(config: &Path) -> anyhow::Result<(Snapshot, Store)> {
     let snap = hookyard::snapshot::build(config, &hookyard::snapshot::Plugins::from_env())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = Store::open(&snap.storage.path, snap.storage.sync)?;
+    let store = Store::connect(&snap.storage, hookyard::clock::Clock::System).await?;
     Ok((snap, store))
 }
 
@@ -102,7 +102,7 @@ fn check_destination(snap: &Snapshot, name: &str) -> anyhow::Result<()> {
 }
 
 pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
-    let (_, store) = open(&a.config)?;
+    let (_, store) = open(&a.config).await?;
     let since_ms = a.since.as_deref().map(|s| ops::parse_since(s, SystemTime::now())).transpose()?;
     let filter = DeliveryFilter {
         status: a.status.as_deref().map(ops::parse_status).transpose()?,
@@ -165,14 +165,14 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn event(a: EventArgs) -> anyhow::Result<ExitCode> {
-    let (_, store) = open(&a.config)?;
+    let (_, store) = open(&a.config).await?;
     let detail = ops::event(&store, &a.id).await?;
     println!("{}", serde_json::to_string_pretty(&detail)?);
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let (snap, store) = open(&a.config)?;
+    let (snap, store) = open(&a.config).await?;
     let n = if a.dead {
         if !a.ids.is_empty() {
             anyhow::bail!("--dead replays by filter; give no ids with it");
@@ -192,7 +192,7 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn pause(a: PauseArgs) -> anyhow::Result<ExitCode> {
-    let (snap, store) = open(&a.config)?;
+    let (snap, store) = open(&a.config).await?;
     check_destination(&snap, &a.destination)?;
     ops::pause(&store, &a.destination, a.reason).await?;
     println!("{} paused: its deliveries wait in the store", a.destination);
@@ -200,7 +200,7 @@ pub async fn pause(a: PauseArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn resume(a: ResumeArgs) -> anyhow::Result<ExitCode> {
-    let (snap, store) = open(&a.config)?;
+    let (snap, store) = open(&a.config).await?;
     check_destination(&snap, &a.destination)?;
     ops::resume(&store, &a.destination, a.reason.clone()).await?;
     match a.reason {

@@ -536,6 +536,29 @@ impl Config {
         if self.storage.commit_timeout.0.is_zero() {
             errors.push(self.error("storage.commit_timeout", "must be greater than 0"));
         }
+        if let Some(pg) = &self.storage.postgres {
+            if let Some(problem) = crate::store::postgres_url_problem(&pg.url.0) {
+                errors.push(self.error("storage.postgres.url", problem));
+            }
+            if pg.pool < 2 {
+                errors.push(self.error(
+                    "storage.postgres.pool",
+                    "must be at least 2 (one connection commits events, the others read)",
+                ));
+            }
+            if !crate::store::is_sql_identifier(&pg.schema) {
+                errors.push(self.error(
+                    "storage.postgres.schema",
+                    "must be a lower-case SQL name: a-z, 0-9 and _, not starting with a digit, at most 63 characters",
+                ));
+            }
+            if pg.connect_timeout.0.is_zero() {
+                errors.push(self.error("storage.postgres.connect_timeout", "must be greater than 0"));
+            }
+            if pg.statement_timeout.0.is_zero() {
+                errors.push(self.error("storage.postgres.statement_timeout", "must be greater than 0"));
+            }
+        }
         let mut names: Vec<&str> = Vec::new();
         for (i, r) in &self.routes {
             let key = format!("routes[{i}]");

@@ -128,7 +128,8 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// `storage:` — the durable event log and delivery queue (SQLite).
+/// `storage:` — the durable event log and delivery queue: a SQLite file (the default, embedded)
+/// or a PostgreSQL database (`postgres:`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
@@ -151,6 +152,49 @@ pub struct StorageConfig {
     /// succeeds. Default `5s`: a healthy commit takes milliseconds, and senders typically give up
     /// after 10-30 s, so they hear a clear "retry later" before their own timeout. Restart-only.
     pub commit_timeout: Dur,
+    /// Keep everything in PostgreSQL instead of the SQLite file (`path` and `sync` are then not
+    /// used). Restart-only.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// `storage.postgres:` — a PostgreSQL database (version 12 or later) as the store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection URL, `postgres://user:password@host:5432/dbname` (libpq's URL and `key=value`
+    /// forms; `?sslmode=` is not supported: use a local or private network connection). Use
+    /// `${DATABASE_URL}`: the password never appears in logs or in `status`.
+    pub url: Secret,
+    /// Most connections hookyard opens to the database. Default 16: one commits the event writes
+    /// of every request (grouped), the others serve deliveries, the admin API and the CLI.
+    #[serde(default = "default_pg_pool")]
+    pub pool: usize,
+    /// Schema that holds hookyard's tables, created if missing. Default `public`. Several
+    /// gateways (or tests) can share a database with one schema each.
+    #[serde(default = "default_pg_schema")]
+    pub schema: String,
+    /// Longest wait to open a connection. Default `5s`.
+    #[serde(default = "default_pg_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Longest a statement may run (the server cancels it; the request gets `503`). Default `30s`.
+    #[serde(default = "default_pg_statement_timeout")]
+    pub statement_timeout: Dur,
+}
+
+fn default_pg_pool() -> usize {
+    16
+}
+
+fn default_pg_schema() -> String {
+    "public".to_string()
+}
+
+fn default_pg_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+fn default_pg_statement_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 impl Default for StorageConfig {
@@ -161,6 +205,7 @@ impl Default for StorageConfig {
             retention: Dur(Duration::from_secs(7 * 86_400)),
             purge_interval: Dur(Duration::from_secs(3600)),
             commit_timeout: Dur(DEFAULT_COMMIT_TIMEOUT),
+            postgres: None,
         }
     }
 }

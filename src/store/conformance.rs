@@ -1,6 +1,6 @@
 //! The store's behaviours, written once against the boundary ([`Backend`]) and run on every
-//! backend: a backend's tests call [`conformance_suite!`] with a function that opens a fresh,
-//! empty store, which expands to one `#[test]` per behaviour (the SQLite backend's in
+//! backend: a backend's tests call [`conformance_suite!`] with an async function that opens a
+//! fresh, empty store, which expands to one `#[test]` per behaviour (the SQLite backend's in
 //! `sqlite/tests.rs`). What only one backend can show (SQLite: reopening a file, migrating each
 //! earlier schema version, the writer's group trace, a foreign write lock, the sync pragma) stays
 //! in that backend's own tests.
@@ -15,8 +15,9 @@ use super::{
     Settle, now_ms,
 };
 
-/// One `#[test]` per behaviour, each on a store `$fresh()` opens. Add a behaviour here and to the
-/// list below; every backend then runs it.
+/// One `#[test]` per behaviour, each on a store `$fresh().await` opens, which returns the store
+/// and a guard that removes what the store left behind (a PostgreSQL schema) when the test ends.
+/// Add a behaviour here and to the list below; every backend then runs it.
 macro_rules! conformance_suite {
     ($fresh:path) => {
         $crate::store::conformance::conformance_suite!(@each $fresh;
@@ -38,7 +39,8 @@ macro_rules! conformance_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                $crate::store::conformance::$name($fresh()).await
+                let (store, _guard) = $fresh().await;
+                $crate::store::conformance::$name(store).await
             }
         )*
     };

@@ -1,8 +1,8 @@
 //! The durable event log and delivery queue, behind one boundary: the [`Backend`] trait, whose
-//! types name no database. [`Store`] is what callers hold: an enum of backends (today SQLite,
-//! `sqlite/`), cheap to clone, that implements [`Backend`] by matching, so the per-event calls
-//! (accept, settle, due ids) are static calls with no boxing. A second backend (PostgreSQL) adds a
-//! variant and runs the same behaviours: the conformance suite (`conformance.rs`).
+//! types name no database. [`Store`] is what callers hold: an enum of backends (SQLite,
+//! `sqlite/`, the embedded default; PostgreSQL, `postgres/`), cheap to clone, that implements
+//! [`Backend`] by matching, so the per-event calls (accept, settle, due ids) are static calls with
+//! no boxing. Every backend runs the same behaviours: the conformance suite (`conformance.rs`).
 //!
 //! An event is acknowledged only after the commit that holds it returned (with `sync: full`,
 //! fsynced); a delivery is pending until an attempt's result is committed, so a crash at any point
@@ -12,8 +12,11 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+mod health;
+mod postgres;
 mod sqlite;
 
+pub use postgres::{PgStore, display_url as postgres_display_url, url_problem as postgres_url_problem};
 pub use sqlite::SqliteStore;
 
 use std::future::Future;
@@ -26,7 +29,7 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 pub use crate::clock::{system_now_ms as now_ms, to_ms};
-use crate::config::SyncMode;
+use crate::config::{StorageConfig, SyncMode};
 pub use crate::ids::{DeliveryId, DeliveryRef, DestinationName, EventId, MsgId, RouteName};
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +145,29 @@ pub struct DueDelivery {
     pub headers: Arc<Headers>,
     pub extra_headers: Option<Arc<Headers>>,
     pub body: Bytes,
+}
+
+/// The deliveries of a just committed event that are due now, given the id each planned
+/// delivery got (failed ones are kept in the store, not sent). For the backends' accepts.
+pub(crate) fn due_now(ev: NewEvent, deliveries: Vec<NewDelivery>, ids: Vec<i64>) -> Vec<DueDelivery> {
+    let event_id = ev.id;
+    let shared_headers = Arc::new(ev.headers);
+    deliveries
+        .into_iter()
+        .zip(ids)
+        .filter(|(d, _)| d.failed.is_none())
+        .map(|(d, id)| DueDelivery {
+            id: DeliveryId(id),
+            event_id: event_id.clone(),
+            route: d.route,
+            destination: d.destination,
+            msg_id: d.msg_id,
+            attempts: 0,
+            headers: shared_headers.clone(),
+            extra_headers: d.headers.map(Arc::new),
+            body: d.body.unwrap_or_else(|| ev.body.clone()),
+        })
+        .collect()
 }
 
 /// What [`Queue::accept`] did.
@@ -488,9 +514,37 @@ pub trait Inspect: Clone + Send + Sync + 'static {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Whether `name` is a plain lower-case SQL name (a schema name used unquoted).
+pub fn is_sql_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z' | '_'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+        && name.len() <= 63
 }
 
 impl Store {
+    /// Opens the store the `storage:` section names (`path` resolved): PostgreSQL when it has a
+    /// `postgres:` part, else the SQLite file.
+    pub async fn connect(storage: &StorageConfig, clock: Clock) -> Result<Store> {
+        let options = StoreOptions { sync: storage.sync, commit_timeout: storage.commit_timeout.0, clock };
+        match &storage.postgres {
+            Some(pg) => PgStore::open(pg, options).await.map(Store::Postgres),
+            None => Store::open_with(&storage.path, options),
+        }
+    }
+
+    /// How logs and `status` name the store: the SQLite file, or the PostgreSQL database without
+    /// its password.
+    pub fn describe(storage: &StorageConfig) -> String {
+        match &storage.postgres {
+            Some(pg) => format!("{} (schema {})", postgres_display_url(&pg.url.0), pg.schema),
+            None => storage.path.display().to_string(),
+        }
+    }
+
     /// Opens (creating it and its directory on first run) and migrates the SQLite database at
     /// `path`. `:memory:` keeps everything in a throw-away file (for tests and benchmarks).
     pub fn open(path: &Path, sync: SyncMode) -> Result<Store> {
@@ -508,6 +562,7 @@ macro_rules! on_backend {
     ($self:ident, $b:ident => $call:expr) => {
         match $self {
             Store::Sqlite($b) => $call,
+            Store::Postgres($b) => $call,
         }
     };
 }

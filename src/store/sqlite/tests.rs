@@ -13,8 +13,8 @@ use crate::store::{
     DeliveryId, DeliveryStatus, DestinationName, Inspect, MAX_RESPONSE_KEPT, Queue, Settle, StoreOptions, now_ms,
 };
 
-fn fresh() -> SqliteStore {
-    open(Path::new(":memory:"), SyncMode::Full)
+async fn fresh() -> (SqliteStore, ()) {
+    (open(Path::new(":memory:"), SyncMode::Full), ())
 }
 
 fn open(path: &Path, sync: SyncMode) -> SqliteStore {

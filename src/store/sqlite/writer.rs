@@ -21,8 +21,8 @@ use tracing::error;
 use super::db;
 use super::health::{Health, PROBE_INTERVAL};
 use crate::store::{
-    Accepted, AttemptRecord, DeliveryId, DueDelivery, EventId, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result,
-    Settle, StoreError, now_ms,
+    Accepted, AttemptRecord, DeliveryId, EventId, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle, StoreError,
+    now_ms,
 };
 
 /// Most operations in one transaction. Bounds commit latency under a flood.
@@ -382,7 +382,7 @@ fn reply(ops: Vec<Op>, written: Vec<Written>, commit_error: Option<&str>) {
                         Ok(Accepted::Duplicate { original })
                     }
                     Some(Written::Accept(Ok(AcceptRows::Stored(ids)))) => {
-                        Ok(Accepted::Stored(due(event, deliveries, ids)))
+                        Ok(Accepted::Stored(crate::store::due_now(event, deliveries, ids)))
                     }
                     Some(Written::Settle(_)) => unreachable!("written in the order of the operations"),
                 };
@@ -427,28 +427,6 @@ fn accept(
     let now = now_ms();
     let ids = deliveries.iter().map(|d| insert_delivery(t, &ev.id, d, now)).collect::<rusqlite::Result<_>>()?;
     Ok(AcceptRows::Stored(ids))
-}
-
-/// The deliveries of a committed event that are due now (failed ones are kept, not sent).
-fn due(ev: NewEvent, deliveries: Vec<NewDelivery>, ids: Vec<i64>) -> Vec<DueDelivery> {
-    let event_id = ev.id;
-    let shared_headers = Arc::new(ev.headers);
-    deliveries
-        .into_iter()
-        .zip(ids)
-        .filter(|(d, _)| d.failed.is_none())
-        .map(|(d, id)| DueDelivery {
-            id: DeliveryId(id),
-            event_id: event_id.clone(),
-            route: d.route,
-            destination: d.destination,
-            msg_id: d.msg_id,
-            attempts: 0,
-            headers: shared_headers.clone(),
-            extra_headers: d.headers.map(Arc::new),
-            body: d.body.unwrap_or_else(|| ev.body.clone()),
-        })
-        .collect()
 }
 
 pub fn insert_delivery(t: &Connection, event_id: &EventId, d: &NewDelivery, now: i64) -> rusqlite::Result<i64> {

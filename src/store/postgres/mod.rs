@@ -1,0 +1,162 @@
+//! The PostgreSQL backend: the store on a database the team already runs, backs up and
+//! replicates. Only this module names tokio-postgres.
+//!
+//! Why tokio-postgres with deadpool-postgres: the driver is the asynchronous one the Rust
+//! ecosystem's PostgreSQL clients are built on (sqlx excepted), with binary parameters, arrays
+//! (so a whole group of events is one `INSERT … SELECT FROM unnest(…)`) and pipelining; the pool
+//! is small, runtime-agnostic, recycles closed connections and bounds every wait, so a full pool
+//! or a database that went away is an error to answer `503` with, not a hang. sqlx would add a
+//! macro layer and its own pool for queries we write by hand anyway.
+//!
+//! Writes of events and attempts go through one writer task that groups the operations of
+//! concurrent requests into one transaction with multi-row statements (`writer.rs`): an event is
+//! acknowledged only after the commit that holds it returned, and throughput does not fall to a
+//! round trip per event. Reads and operator actions take their own pooled connection.
+//!
+//! `mod.rs`: connecting and the pool; `schema.rs`: migrations; `writer.rs`: the group commit;
+//! `queue.rs`: the per-event operations; `inspect.rs`: listing, replay, stats, pause, cancel and
+//! purge.
+
+mod inspect;
+mod queue;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use super::health::WriteHealth;
+use super::{Result, StoreError, StoreOptions};
+use crate::clock::Clock;
+use crate::config::PostgresConfig;
+use writer::Writer;
+
+/// How much longer than `commit_timeout` an accept waits for the writer's answer before giving
+/// up on its own (the writer answers by the deadline unless the database stops answering).
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// The PostgreSQL store. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    writer: Writer,
+    health: Arc<WriteHealth>,
+    commit_timeout: Duration,
+    clock: Clock,
+}
+
+/// A database error as the boundary carries it: the server's message (with its detail) or the
+/// driver's.
+fn db(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(describe(&e))
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => match d.detail() {
+            Some(detail) => format!("{}: {detail}", d.message()),
+            None => d.message().to_string(),
+        },
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    use deadpool_postgres::PoolError;
+    StoreError::Backend(match e {
+        PoolError::Timeout(_) => {
+            "no database connection within the wait (the pool is busy or the database does not answer)".to_string()
+        }
+        PoolError::Backend(e) => format!("cannot connect to the database: {}", describe(&e)),
+        other => other.to_string(),
+    })
+}
+
+/// Why `url` is not a usable connection string, if it is not.
+pub fn url_problem(url: &str) -> Option<String> {
+    match tokio_postgres::Config::from_str(url) {
+        Err(e) => Some(format!("not a PostgreSQL connection URL: {e}")),
+        Ok(c) if c.get_hosts().is_empty() => Some("names no host (postgres://user@host:5432/dbname)".to_string()),
+        Ok(c) if c.get_ssl_mode() == tokio_postgres::config::SslMode::Require => Some(
+            "sslmode=require: TLS to PostgreSQL is not supported yet; connect over a local or private network"
+                .to_string(),
+        ),
+        Ok(_) => None,
+    }
+}
+
+/// `postgres://user@host:port/dbname`, without the password: how logs and `status` name the store.
+pub fn display_url(url: &str) -> String {
+    let Ok(c) = tokio_postgres::Config::from_str(url) else { return "postgres://(invalid url)".to_string() };
+    let host = match c.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => String::new(),
+    };
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    format!("postgres://{}@{host}:{port}/{}", c.get_user().unwrap_or(""), c.get_dbname().unwrap_or(""))
+}
+
+impl PgStore {
+    /// Connects, creates the schema and applies the migrations this database has not seen.
+    pub async fn open(cfg: &PostgresConfig, options: StoreOptions) -> Result<PgStore> {
+        let StoreOptions { commit_timeout, clock, .. } = options;
+        let err = |message: String| StoreError::Open { path: display_url(&cfg.url.0).into(), message };
+        if let Some(problem) = url_problem(&cfg.url.0) {
+            return Err(err(problem));
+        }
+        let mut pg = tokio_postgres::Config::from_str(&cfg.url.0).map_err(|e| err(e.to_string()))?;
+        pg.connect_timeout(cfg.connect_timeout.0);
+        if pg.get_application_name().is_none() {
+            pg.application_name("hookyard");
+        }
+        // every pooled connection works in the schema, and no statement runs unbounded
+        let options =
+            format!("-c search_path={} -c statement_timeout={}", cfg.schema, cfg.statement_timeout.0.as_millis());
+        pg.options(match pg.get_options() {
+            Some(theirs) => format!("{theirs} {options}"),
+            None => options,
+        });
+        // migrations first, on a connection of their own (the schema may not exist yet)
+        {
+            let (mut client, conn) = pg.connect(NoTls).await.map_err(|e| err(describe(&e)))?;
+            let task = tokio::spawn(conn);
+            let migrated = schema::migrate(&mut client, &cfg.schema).await;
+            drop(client);
+            let _ = task.await;
+            migrated.map_err(|e| err(describe(&e)))?.map_err(err)?;
+        }
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(cfg.connect_timeout.0))
+            // a full pool answers within the commit timeout: the caller gets 503, not a hang
+            .wait_timeout(Some(commit_timeout))
+            .recycle_timeout(Some(cfg.connect_timeout.0))
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        let health = Arc::new(WriteHealth::default());
+        Ok(PgStore {
+            writer: Writer::start(pool.clone(), health.clone(), commit_timeout),
+            pool,
+            health,
+            commit_timeout,
+            clock,
+        })
+    }
+
+    /// A pooled connection (bounded wait).
+    async fn conn(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}

@@ -1,0 +1,165 @@
+//! The queue on PostgreSQL: accepts and settles through the group-committing writer, the due
+//! window and the loads on pooled connections, and the retention purge.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::writer::{self, Op};
+use super::{ANSWER_GRACE, PgStore, db};
+use crate::clock::Clock;
+use crate::store::{
+    Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, EventId, NewDelivery, NewEvent, Queue, Result,
+    Settle, StoreError, now_ms,
+};
+
+/// Destination names as statement parameters.
+fn names(names: &[DestinationName]) -> Vec<&str> {
+    names.iter().map(|n| &**n).collect()
+}
+
+impl Queue for PgStore {
+    async fn accept(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        dedupe_window: Option<Duration>,
+    ) -> Result<Accepted> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let deadline = Instant::now() + self.commit_timeout;
+        self.writer.send(Op::Accept { event, deliveries, dedupe_window, deadline, reply: tx })?;
+        // The writer answers by the deadline itself; the grace covers a database that stopped
+        // answering mid-commit.
+        match tokio::time::timeout(self.commit_timeout + ANSWER_GRACE, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(StoreError::WriterGone),
+            Err(_) => Err(StoreError::Timeout(self.commit_timeout)),
+        }
+    }
+
+    async fn settle(
+        &self,
+        delivery_id: DeliveryId,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+    ) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.send(Op::Settle { delivery_id, attempt, settle, error, reply: tx })?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    async fn due_ids(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        skip: Vec<DestinationName>,
+    ) -> Result<Vec<(DeliveryId, DestinationName)>> {
+        let c = self.conn().await?;
+        let st = c
+            .prepare_cached(
+                "SELECT id, destination FROM deliveries
+                 WHERE status = 'pending' AND next_at <= $1 AND destination <> ALL($3::text[])
+                 ORDER BY next_at LIMIT $2",
+            )
+            .await
+            .map_err(db)?;
+        let rows = c.query(&st, &[&now_ms, &(limit as i64), &names(&skip)]).await.map_err(db)?;
+        Ok(rows.iter().map(|r| (DeliveryId(r.get(0)), DestinationName::from(r.get::<_, &str>(1)))).collect())
+    }
+
+    async fn load_pending(&self, ids: Vec<DeliveryId>) -> Result<Vec<DueDelivery>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.conn().await?;
+        let st = c
+            .prepare_cached(
+                "SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers, COALESCE(b.body, e.body)
+                 FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
+                 WHERE d.id = ANY($1::int8[]) AND d.status = 'pending'",
+            )
+            .await
+            .map_err(db)?;
+        let wanted: Vec<i64> = ids.iter().map(|i| i.0).collect();
+        let rows = c.query(&st, &[&wanted]).await.map_err(db)?;
+        let mut by_id: std::collections::HashMap<i64, DueDelivery> = rows
+            .iter()
+            .map(|r| {
+                let headers: &str = r.get(6);
+                let extra: Option<&str> = r.get(7);
+                let d = DueDelivery {
+                    id: DeliveryId(r.get(0)),
+                    event_id: EventId::from(r.get::<_, &str>(1)),
+                    route: r.get::<_, &str>(2).into(),
+                    destination: r.get::<_, &str>(3).into(),
+                    msg_id: r.get::<_, &str>(4).into(),
+                    attempts: r.get::<_, i32>(5).max(0) as u32,
+                    headers: Arc::new(serde_json::from_str(headers).unwrap_or_default()),
+                    extra_headers: extra.map(|e| Arc::new(serde_json::from_str(e).unwrap_or_default())),
+                    body: Bytes::copy_from_slice(r.get::<_, &[u8]>(8)),
+                };
+                (d.id.0, d)
+            })
+            .collect();
+        // in the order asked for
+        Ok(ids.iter().filter_map(|id| by_id.remove(&id.0)).collect())
+    }
+
+    async fn next_due_ms(&self, skip: Vec<DestinationName>) -> Result<Option<i64>> {
+        let c = self.conn().await?;
+        let st = c
+            .prepare_cached(
+                "SELECT MIN(next_at) FROM deliveries WHERE status = 'pending' AND destination <> ALL($1::text[])",
+            )
+            .await
+            .map_err(db)?;
+        Ok(c.query_one(&st, &[&names(&skip)]).await.map_err(db)?.get(0))
+    }
+
+    async fn pending_count(&self) -> Result<usize> {
+        let c = self.conn().await?;
+        let row = c.query_one("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'", &[]).await.map_err(db)?;
+        Ok(row.get::<_, i64>(0) as usize)
+    }
+
+    async fn add_deliveries(&self, event_id: EventId, deliveries: Vec<NewDelivery>) -> Result<usize> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let n = deliveries.len() as i64;
+        let ids: Vec<i64> = tx
+            .query("SELECT nextval('deliveries_id_seq') FROM generate_series(1, $1::int8)", &[&n])
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let planned: Vec<(&EventId, &NewDelivery)> = deliveries.iter().map(|d| (&event_id, d)).collect();
+        writer::insert_deliveries(&tx, &planned, &ids, now_ms()).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(deliveries.len())
+    }
+
+    async fn purge(&self, before_ms: i64) -> Result<usize> {
+        let c = self.conn().await?;
+        let n = c
+            .execute(
+                "DELETE FROM events WHERE received_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.status = 'pending')",
+                &[&before_ms],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n as usize)
+    }
+
+    /// The last write of an event, or the writer's probe, failed.
+    fn health(&self) -> std::result::Result<(), String> {
+        self.health.status()
+    }
+
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+}

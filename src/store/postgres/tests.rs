@@ -1,0 +1,219 @@
+//! The PostgreSQL backend runs the conformance suite (`store/conformance.rs`) against the real
+//! server (`HOOKYARD_TEST_DATABASE_URL`, default the local `test` database), each test in a
+//! schema of its own that it drops at the end, and what only PostgreSQL can show: migrations
+//! racing from several instances, a database from a newer hookyard, a full pool, a table locked
+//! past the commit timeout, and connections killed by the server.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::{Dur, Secret};
+use crate::store::conformance::{conformance_suite, delivery, event, stored};
+use crate::store::{Inspect, Queue, StoreError, now_ms};
+
+/// The database the tests use.
+pub fn test_url() -> String {
+    std::env::var("HOOKYARD_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Drops its schema when dropped (on a thread of its own: drops cannot wait for async work).
+pub struct Schema(pub String);
+
+impl Schema {
+    pub fn new() -> Schema {
+        Schema(format!("hy_test_{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    pub fn config(&self) -> PostgresConfig {
+        PostgresConfig {
+            url: Secret(test_url()),
+            pool: 4,
+            schema: self.0.clone(),
+            connect_timeout: Dur(Duration::from_secs(5)),
+            statement_timeout: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.0);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(c) = client().await {
+                    let _ = c.batch_execute(&sql).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// A plain connection to the test database (for what the tests do behind the store's back).
+pub async fn client() -> std::result::Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (c, conn) = tokio_postgres::connect(&test_url(), NoTls).await?;
+    tokio::spawn(conn);
+    Ok(c)
+}
+
+fn options(commit_timeout: Duration) -> StoreOptions {
+    StoreOptions { commit_timeout, ..StoreOptions::default() }
+}
+
+async fn fresh() -> (PgStore, Schema) {
+    let schema = Schema::new();
+    let store = PgStore::open(&schema.config(), StoreOptions::default()).await.expect("open the test database");
+    (store, schema)
+}
+
+conformance_suite!(fresh);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_at_once_migrate_once() {
+    let schema = Schema::new();
+    let cfg = schema.config();
+    let opens = (0..4).map(|_| {
+        let cfg = cfg.clone();
+        async move { PgStore::open(&cfg, StoreOptions::default()).await.map(drop) }
+    });
+    for opened in futures_join_all(opens).await {
+        opened.expect("every instance opens the schema");
+    }
+    let c = client().await.unwrap();
+    let version: i32 =
+        c.query_one(&format!("SELECT version FROM {}.hookyard_schema", schema.0), &[]).await.unwrap().get(0);
+    assert_eq!(version as usize, schema::latest());
+    let rows: i64 =
+        c.query_one(&format!("SELECT COUNT(*) FROM {}.hookyard_schema", schema.0), &[]).await.unwrap().get(0);
+    assert_eq!(rows, 1);
+}
+
+/// Joins futures without another dependency.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_hookyard_is_refused() {
+    let schema = Schema::new();
+    drop(PgStore::open(&schema.config(), StoreOptions::default()).await.unwrap());
+    let c = client().await.unwrap();
+    c.batch_execute(&format!("UPDATE {}.hookyard_schema SET version = 99", schema.0)).await.unwrap();
+    let err = PgStore::open(&schema.config(), StoreOptions::default()).await.err().expect("refused");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot open the store at postgres://postgres@127.0.0.1:5432/test: the database schema \"{}\" has version 99, newer than this hookyard knows ({}); upgrade hookyard",
+            schema.0,
+            schema::latest()
+        )
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_clear_error_at_start() {
+    let cfg = PostgresConfig {
+        url: Secret("postgres://hookyard:s3cret@127.0.0.1:1/nowhere".into()),
+        connect_timeout: Dur(Duration::from_secs(2)),
+        ..Schema("unused".into()).config()
+    };
+    let err = PgStore::open(&cfg, StoreOptions::default()).await.err().expect("refused").to_string();
+    assert!(err.starts_with("cannot open the store at postgres://hookyard@127.0.0.1:1/nowhere: "), "{err}");
+    assert!(!err.contains("s3cret"), "the password never shows: {err}");
+}
+
+#[test]
+fn urls_are_checked_and_shown_without_their_password() {
+    assert_eq!(url_problem("postgres://u:p@db.internal:6543/hooks"), None);
+    assert_eq!(display_url("postgres://u:p@db.internal:6543/hooks"), "postgres://u@db.internal:6543/hooks");
+    assert_eq!(display_url("host=db user=u password=p dbname=hooks"), "postgres://u@db:5432/hooks");
+    assert!(url_problem("postgres://u@db/x?sslmode=require").unwrap().starts_with("sslmode=require: TLS"));
+    assert!(url_problem("mysql://x").unwrap().starts_with("not a PostgreSQL connection URL"));
+    assert_eq!(url_problem("postgres:///x").as_deref(), Some("names no host (postgres://user@host:5432/dbname)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_is_an_error_within_the_commit_timeout_not_a_hang() {
+    let schema = Schema::new();
+    let cfg = PostgresConfig { pool: 2, ..schema.config() };
+    let store = PgStore::open(&cfg, options(Duration::from_millis(500))).await.unwrap();
+    // every connection taken (by reads that never finish, say)
+    let held = [store.conn().await.unwrap(), store.conn().await.unwrap()];
+    let started = Instant::now();
+    let err = store.accept(event("evt_full", None, now_ms()), vec![delivery("a")], None).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "answered in {:?}", started.elapsed());
+    assert!(matches!(err, StoreError::Timeout(_) | StoreError::Commit(_)), "{err}");
+    assert!(store.health().is_err(), "not ready while events cannot be written");
+    let err = store.pending_count().await.unwrap_err().to_string();
+    assert!(err.contains("no database connection within the wait"), "{err}");
+    drop(held);
+    stored(store.accept(event("evt_after", None, now_ms()), vec![delivery("a")], None).await.unwrap());
+    assert_eq!(store.health(), Ok(()));
+    // the refused event was not written afterwards
+    assert!(store.raw_event("evt_full".into()).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_table_times_out_the_commit_and_the_store_recovers() {
+    let (store, schema) = {
+        let schema = Schema::new();
+        (PgStore::open(&schema.config(), options(Duration::from_millis(500))).await.unwrap(), schema)
+    };
+    let mut blocker = client().await.unwrap();
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute(&format!("LOCK TABLE {}.events IN ACCESS EXCLUSIVE MODE", schema.0)).await.unwrap();
+    let started = Instant::now();
+    let err = store.accept(event("evt_locked", None, now_ms()), vec![delivery("a")], None).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "answered in {:?}", started.elapsed());
+    assert!(matches!(err, StoreError::Timeout(_) | StoreError::Commit(_)), "{err}");
+    assert!(store.health().is_err());
+    tx.rollback().await.unwrap();
+    stored(store.accept(event("evt_free", None, now_ms()), vec![delivery("a")], None).await.unwrap());
+    assert_eq!(store.health(), Ok(()));
+    assert!(store.raw_event("evt_locked".into()).await.unwrap().is_none(), "a refused event never lands");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_are_replaced_without_a_restart() {
+    let schema = Schema::new();
+    let app = format!("hookyard-{}", schema.0);
+    let cfg = PostgresConfig { url: Secret(format!("{}?application_name={app}", test_url())), ..schema.config() };
+    let store = PgStore::open(&cfg, StoreOptions::default()).await.unwrap();
+    stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a")], None).await.unwrap());
+    let c = client().await.unwrap();
+    let killed: i64 = c
+        .query_one(
+            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1) k",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1, "the store's connections were found");
+    // the first operations may meet a dead connection; within a few seconds all is well again
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 2;
+    loop {
+        let id = format!("evt_{n}");
+        n += 1;
+        match store.accept(event(&id, None, now_ms()), vec![delivery("a")], None).await {
+            Ok(a) => {
+                stored(a);
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "still failing after 10s: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.pending_count().await.unwrap(), 2);
+    assert_eq!(store.health(), Ok(()));
+}

@@ -1,0 +1,479 @@
+//! The writer: one task that owns no connection of its own but takes one from the pool per group,
+//! and commits the accepts and settles of concurrent callers together, with a handful of
+//! multi-row statements per group whatever its size (`INSERT … SELECT FROM unnest($arrays)`,
+//! `UPDATE … FROM unnest(…)`), so a group of 200 events costs about what one does. Replies are
+//! sent only after COMMIT returned.
+//!
+//! Should a grouped statement fail (a duplicate event id, a settle of a delivery an operator
+//! purged), the transaction is rolled back and the group runs again with a savepoint per
+//! operation, so a failing operation never undoes the others. Accepts whose deadline passed
+//! before their group began are answered with [`StoreError::Timeout`] and not written, so an
+//! event refused with `503` does not land afterwards. While no event was written for
+//! [`PROBE_INTERVAL`] the writer probes the database (a write, as an accept would do), so
+//! readiness follows a database that went away or came back within a second or so.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Pool, Transaction};
+use tokio::sync::{mpsc, oneshot};
+use tracing::error;
+
+use super::{describe, pool_error};
+use crate::store::health::WriteHealth;
+use crate::store::{
+    Accepted, AttemptRecord, DeliveryId, EventId, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle, StoreError,
+    now_ms,
+};
+
+/// Most operations in one transaction. Bounds commit latency under a flood.
+pub const MAX_GROUP: usize = 1024;
+
+/// How long the writer goes without writing an event before it probes the database.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+pub enum Op {
+    Accept {
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        dedupe_window: Option<Duration>,
+        /// Not written once this has passed (its caller has been told `503` or is about to be).
+        deadline: Instant,
+        reply: oneshot::Sender<Result<Accepted>>,
+    },
+    Settle {
+        delivery_id: DeliveryId,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Op>,
+}
+
+impl Writer {
+    pub fn start(pool: Pool, health: Arc<WriteHealth>, commit_timeout: Duration) -> Writer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(pool, rx, health, commit_timeout));
+        Writer { tx }
+    }
+
+    pub fn send(&self, op: Op) -> Result<()> {
+        self.tx.send(op).map_err(|_| StoreError::WriterGone)
+    }
+}
+
+/// What one accept wrote.
+enum AcceptRows {
+    Duplicate {
+        original: EventId,
+    },
+    /// The id of each planned delivery, in order.
+    Stored(Vec<i64>),
+}
+
+/// The outcome of each operation of a group, in the order of the group.
+type Outcomes = Vec<std::result::Result<Written, String>>;
+
+enum Written {
+    Accept(AcceptRows),
+    Settle,
+}
+
+async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Op>, health: Arc<WriteHealth>, commit_timeout: Duration) {
+    let mut next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
+    loop {
+        let first = tokio::select! {
+            op = rx.recv() => match op {
+                Some(op) => op,
+                None => return,
+            },
+            _ = tokio::time::sleep_until(next_probe) => {
+                probe(&pool, &health).await;
+                next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
+                continue;
+            }
+        };
+        // let the request handlers that are mid-way hand over their events first (as SQLite's
+        // writer does), so one commit serves more of them
+        tokio::task::yield_now().await;
+        let mut ops = vec![first];
+        while ops.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        let (expired, ops): (Vec<Op>, Vec<Op>) =
+            ops.into_iter().partition(|op| matches!(op, Op::Accept { deadline, .. } if *deadline <= now));
+        let has_accepts = ops.iter().any(|op| matches!(op, Op::Accept { .. }));
+        let committed = match tokio::time::timeout(commit_timeout, write_group(&pool, &ops)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("the database did not commit within storage.commit_timeout ({commit_timeout:?})")),
+        };
+        if let Err(e) = &committed {
+            error!(error = %e, "store commit failed; the group's callers get an error");
+        }
+        if has_accepts || !expired.is_empty() {
+            let outcome = match &committed {
+                Err(e) => Err(e.as_str()),
+                Ok(_) if !expired.is_empty() => Err("events waited longer than storage.commit_timeout"),
+                Ok(_) => Ok(()),
+            };
+            health.record(outcome);
+            next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
+        } else if let Err(e) = &committed {
+            health.record(Err(e));
+        }
+        for op in expired {
+            if let Op::Accept { reply, .. } = op {
+                let _ = reply.send(Err(StoreError::Timeout(commit_timeout)));
+            }
+        }
+        reply(ops, committed);
+    }
+}
+
+/// Writes and removes a row of `events` in a transaction of its own, as an accept would,
+/// recording the outcome for readiness.
+async fn probe(pool: &Pool, health: &WriteHealth) {
+    let written = async {
+        let mut client = pool.get().await.map_err(|e| pool_error(e).to_string())?;
+        let tx = client.transaction().await.map_err(|e| describe(&e))?;
+        tx.batch_execute(
+            "INSERT INTO events (id, source, received_at, headers, body, routed) VALUES ('hookyard-probe', '', 0, '[]', '', false);
+             DELETE FROM events WHERE id = 'hookyard-probe'",
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+        tx.commit().await.map_err(|e| describe(&e))
+    };
+    match tokio::time::timeout(PROBE_INTERVAL * 5, written).await {
+        Ok(Ok(())) => health.record(Ok(())),
+        Ok(Err(e)) => health.record(Err(&e)),
+        Err(_) => health.record(Err("the database did not answer the writer's probe within 5s")),
+    }
+}
+
+/// Writes one group in one transaction: first all operations together; should that fail, again
+/// with a savepoint per operation. `Err` when the group as a whole could not be committed.
+async fn write_group(pool: &Pool, ops: &[Op]) -> std::result::Result<Outcomes, String> {
+    if ops.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut client = pool.get().await.map_err(|e| pool_error(e).to_string())?;
+    // two settles of one delivery cannot share an UPDATE: such a group runs one by one
+    let mut settled: Vec<i64> = ops
+        .iter()
+        .filter_map(|op| if let Op::Settle { delivery_id, .. } = op { Some(delivery_id.0) } else { None })
+        .collect();
+    let n = settled.len();
+    settled.sort_unstable();
+    settled.dedup();
+    if settled.len() == n {
+        let tx = client.transaction().await.map_err(|e| describe(&e))?;
+        match write_ops(&tx, ops).await {
+            Ok(outcomes) => {
+                tx.commit().await.map_err(|e| describe(&e))?;
+                return Ok(outcomes);
+            }
+            Err(e) if ops.len() == 1 => {
+                // nothing else to keep: answer the one operation with its own error
+                tx.rollback().await.map_err(|e| describe(&e))?;
+                return Ok(vec![Err(describe(&e))]);
+            }
+            Err(_) => tx.rollback().await.map_err(|e| describe(&e))?,
+        }
+    }
+    let mut tx = client.transaction().await.map_err(|e| describe(&e))?;
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for op in ops {
+        let sp = tx.savepoint("op").await.map_err(|e| describe(&e))?;
+        match write_ops(&sp, std::slice::from_ref(op)).await {
+            Ok(mut one) => {
+                sp.commit().await.map_err(|e| describe(&e))?;
+                outcomes.push(one.pop().expect("one outcome per operation"));
+            }
+            Err(e) => {
+                sp.rollback().await.map_err(|e| describe(&e))?;
+                outcomes.push(Err(describe(&e)));
+            }
+        }
+    }
+    tx.commit().await.map_err(|e| describe(&e))?;
+    Ok(outcomes)
+}
+
+/// Runs every operation of `ops` with grouped statements. Any failing statement fails the lot.
+async fn write_ops(tx: &Transaction<'_>, ops: &[Op]) -> std::result::Result<Outcomes, tokio_postgres::Error> {
+    let accepts: Vec<(&NewEvent, &[NewDelivery], Option<Duration>)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Accept { event, deliveries, dedupe_window, .. } => Some((event, &deliveries[..], *dedupe_window)),
+            Op::Settle { .. } => None,
+        })
+        .collect();
+    let settles: Vec<(&DeliveryId, &AttemptRecord, &Settle, Option<&str>)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Settle { delivery_id, attempt, settle, error, .. } => {
+                Some((delivery_id, attempt, settle, error.as_deref()))
+            }
+            Op::Accept { .. } => None,
+        })
+        .collect();
+    let mut accepted = if accepts.is_empty() { Vec::new() } else { accept_all(tx, &accepts).await? }.into_iter();
+    let mut settled = if settles.is_empty() { Vec::new() } else { settle_all(tx, &settles).await? }.into_iter();
+    Ok(ops
+        .iter()
+        .map(|op| match op {
+            Op::Accept { .. } => Ok(Written::Accept(accepted.next().expect("one per accept"))),
+            Op::Settle { .. } => settled.next().expect("one per settle").map(|()| Written::Settle),
+        })
+        .collect())
+}
+
+/// Records the events (unless a duplicate) and their deliveries: a dedupe lookup for the events
+/// that name a key, one id allocation for all deliveries, then one insert per table.
+async fn accept_all(
+    tx: &Transaction<'_>,
+    accepts: &[(&NewEvent, &[NewDelivery], Option<Duration>)],
+) -> std::result::Result<Vec<AcceptRows>, tokio_postgres::Error> {
+    // (source, key) -> the earliest event with it within the window, from the store...
+    let mut seen: HashMap<(&str, &str), (EventId, i64)> = HashMap::new();
+    let keyed: Vec<(&str, &str, i64)> = accepts
+        .iter()
+        .filter_map(|(ev, _, window)| {
+            let (key, window) = (ev.dedupe_key.as_deref()?, (*window)?);
+            Some((ev.source.as_str(), key, ev.received_at_ms - window.as_millis() as i64))
+        })
+        .collect();
+    if !keyed.is_empty() {
+        let sources: Vec<&str> = keyed.iter().map(|k| k.0).collect();
+        let keys: Vec<&str> = keyed.iter().map(|k| k.1).collect();
+        let since: Vec<i64> = keyed.iter().map(|k| k.2).collect();
+        let st = tx
+            .prepare_cached(
+                "SELECT DISTINCT ON (e.source, e.dedupe_key) e.source, e.dedupe_key, e.id, e.received_at
+                 FROM events e JOIN unnest($1::text[], $2::text[], $3::int8[]) AS k (source, key, since)
+                   ON e.source = k.source AND e.dedupe_key = k.key AND e.received_at >= k.since
+                 ORDER BY e.source, e.dedupe_key, e.received_at",
+            )
+            .await?;
+        for row in tx.query(&st, &[&sources, &keys, &since]).await? {
+            let (source, key): (&str, &str) = (row.get(0), row.get(1));
+            // borrow the names from the group's events, not the row
+            if let Some(&(s, k, _)) = keyed.iter().find(|(s, k, _)| *s == source && *k == key) {
+                seen.insert((s, k), (EventId::from(row.get::<_, &str>(2)), row.get(3)));
+            }
+        }
+    }
+    // ...or earlier in this group; then the stored ones
+    let mut rows = Vec::with_capacity(accepts.len());
+    let mut stored: Vec<usize> = Vec::with_capacity(accepts.len());
+    for (i, (ev, _, window)) in accepts.iter().enumerate() {
+        if let (Some(key), Some(window)) = (ev.dedupe_key.as_deref(), window) {
+            let since = ev.received_at_ms - window.as_millis() as i64;
+            match seen.get(&(ev.source.as_str(), key)) {
+                Some((original, at)) if *at >= since => {
+                    rows.push(Some(AcceptRows::Duplicate { original: original.clone() }));
+                    continue;
+                }
+                _ => {
+                    seen.insert((ev.source.as_str(), key), (ev.id.clone(), ev.received_at_ms));
+                }
+            }
+        }
+        rows.push(None);
+        stored.push(i);
+    }
+    let n_deliveries: i64 = stored.iter().map(|&i| accepts[i].1.len() as i64).sum();
+    let mut ids: Vec<i64> = if n_deliveries == 0 {
+        Vec::new()
+    } else {
+        let st = tx.prepare_cached("SELECT nextval('deliveries_id_seq') FROM generate_series(1, $1::int8)").await?;
+        tx.query(&st, &[&n_deliveries]).await?.iter().map(|r| r.get(0)).collect()
+    };
+    ids.sort_unstable();
+    if !stored.is_empty() {
+        let events: Vec<&NewEvent> = stored.iter().map(|&i| accepts[i].0).collect();
+        let id: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        let source: Vec<&str> = events.iter().map(|e| e.source.as_str()).collect();
+        let at: Vec<i64> = events.iter().map(|e| e.received_at_ms).collect();
+        let headers: Vec<String> =
+            events.iter().map(|e| serde_json::to_string(&e.headers).expect("headers serialize")).collect();
+        let body: Vec<&[u8]> = events.iter().map(|e| &e.body[..]).collect();
+        let key: Vec<Option<&str>> = events.iter().map(|e| e.dedupe_key.as_deref()).collect();
+        let routed: Vec<bool> = stored.iter().map(|&i| !accepts[i].1.is_empty()).collect();
+        let st = tx
+            .prepare_cached(
+                "INSERT INTO events (id, source, received_at, headers, body, dedupe_key, routed)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[], $6::text[], $7::bool[])",
+            )
+            .await?;
+        tx.execute(&st, &[&id, &source, &at, &headers, &body, &key, &routed]).await?;
+    }
+    let planned: Vec<(&EventId, &NewDelivery)> =
+        stored.iter().flat_map(|&i| accepts[i].1.iter().map(move |d| (&accepts[i].0.id, d))).collect();
+    insert_deliveries(tx, &planned, &ids, now_ms()).await?;
+    let mut ids = ids.into_iter();
+    Ok(rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, row)| match row {
+            Some(duplicate) => duplicate,
+            None => AcceptRows::Stored(ids.by_ref().take(accepts[i].1.len()).collect()),
+        })
+        .collect())
+}
+
+/// Inserts deliveries with the given ids (one per delivery, in order), and the transform outputs
+/// of those that have one.
+pub async fn insert_deliveries(
+    tx: &Transaction<'_>,
+    planned: &[(&EventId, &NewDelivery)],
+    ids: &[i64],
+    now: i64,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    if planned.is_empty() {
+        return Ok(());
+    }
+    let event: Vec<&str> = planned.iter().map(|(e, _)| e.as_str()).collect();
+    let route: Vec<&str> = planned.iter().map(|(_, d)| &*d.route).collect();
+    let destination: Vec<&str> = planned.iter().map(|(_, d)| &*d.destination).collect();
+    let msg: Vec<&str> = planned.iter().map(|(_, d)| &*d.msg_id).collect();
+    let status: Vec<&str> =
+        planned.iter().map(|(_, d)| if d.failed.is_some() { "failed" } else { "pending" }).collect();
+    let failed: Vec<Option<&str>> = planned.iter().map(|(_, d)| d.failed.as_deref()).collect();
+    let st = tx
+        .prepare_cached(
+            "INSERT INTO deliveries (id, event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at, last_error)
+             SELECT u.id, u.event_id, u.route, u.destination, u.msg_id, u.status, 0, $7, $7, $7, u.failed
+             FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[])
+               AS u (id, event_id, route, destination, msg_id, status, failed)",
+        )
+        .await?;
+    tx.execute(&st, &[&ids, &event, &route, &destination, &msg, &status, &now, &failed]).await?;
+    // a transform's output lives beside the delivery, which every settle rewrites
+    let with_body: Vec<(i64, &NewDelivery)> = planned
+        .iter()
+        .zip(ids)
+        .filter(|((_, d), _)| d.body.is_some() || d.headers.is_some())
+        .map(|((_, d), id)| (*id, *d))
+        .collect();
+    if !with_body.is_empty() {
+        let id: Vec<i64> = with_body.iter().map(|(id, _)| *id).collect();
+        let body: Vec<Option<&[u8]>> = with_body.iter().map(|(_, d)| d.body.as_deref()).collect();
+        let headers: Vec<Option<String>> = with_body
+            .iter()
+            .map(|(_, d)| d.headers.as_ref().map(|h| serde_json::to_string(h).expect("headers serialize")))
+            .collect();
+        let st = tx
+            .prepare_cached(
+                "INSERT INTO delivery_bodies (delivery_id, body, headers)
+                 SELECT * FROM unnest($1::int8[], $2::bytea[], $3::text[])",
+            )
+            .await?;
+        tx.execute(&st, &[&id, &body, &headers]).await?;
+    }
+    Ok(())
+}
+
+/// Records the attempts and the deliveries' new states: one update for all (only a pending
+/// delivery takes the new state; a cancelled one stays cancelled unless this attempt delivered
+/// it), then one insert of the attempt rows. A settle of an unknown delivery is an error of its
+/// own. The deliveries are distinct (see [`write_group`]).
+async fn settle_all(
+    tx: &Transaction<'_>,
+    settles: &[(&DeliveryId, &AttemptRecord, &Settle, Option<&str>)],
+) -> std::result::Result<Vec<std::result::Result<(), String>>, tokio_postgres::Error> {
+    let id: Vec<i64> = settles.iter().map(|s| s.0.0).collect();
+    let status: Vec<&str> = settles.iter().map(|s| s.2.status().as_str()).collect();
+    let next_at: Vec<i64> = settles
+        .iter()
+        .map(|s| match s.2 {
+            Settle::Retry { next_at_ms } => *next_at_ms,
+            _ => 0,
+        })
+        .collect();
+    let code: Vec<Option<i32>> = settles.iter().map(|s| s.1.status_code.map(i32::from)).collect();
+    let error: Vec<Option<&str>> = settles.iter().map(|s| s.3).collect();
+    let st = tx
+        .prepare_cached(
+            "UPDATE deliveries d SET attempts = d.attempts + 1,
+                    status = CASE WHEN d.status = 'pending' OR u.status = 'delivered' THEN u.status ELSE d.status END,
+                    next_at = CASE WHEN d.status = 'pending' THEN u.next_at ELSE d.next_at END,
+                    updated_at = $6, last_status = u.code, last_error = u.error
+             FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int4[], $5::text[]) AS u (id, status, next_at, code, error)
+             WHERE d.id = u.id
+             RETURNING d.id, d.attempts",
+        )
+        .await?;
+    let now = now_ms();
+    let attempts: HashMap<i64, i32> = tx
+        .query(&st, &[&id, &status, &next_at, &code, &error, &now])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let found: Vec<usize> = (0..settles.len()).filter(|i| attempts.contains_key(&id[*i])).collect();
+    if !found.is_empty() {
+        let a_id: Vec<i64> = found.iter().map(|&i| id[i]).collect();
+        let n: Vec<i32> = found.iter().map(|&i| attempts[&id[i]]).collect();
+        let at: Vec<i64> = found.iter().map(|&i| settles[i].1.at_ms).collect();
+        let a_code: Vec<Option<i32>> = found.iter().map(|&i| code[i]).collect();
+        let latency: Vec<i64> = found.iter().map(|&i| settles[i].1.latency_ms as i64).collect();
+        let response: Vec<&[u8]> = found
+            .iter()
+            .map(|&i| {
+                let r = &settles[i].1.response;
+                &r[..r.len().min(MAX_RESPONSE_KEPT)]
+            })
+            .collect();
+        let a_error: Vec<Option<&str>> = found.iter().map(|&i| settles[i].1.error.as_deref()).collect();
+        let st = tx
+            .prepare_cached(
+                "INSERT INTO attempts (delivery_id, n, at, status_code, latency_ms, response, error)
+                 SELECT * FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int4[], $5::int8[], $6::bytea[], $7::text[])
+                 ON CONFLICT (delivery_id, n) DO UPDATE SET at = excluded.at, status_code = excluded.status_code,
+                    latency_ms = excluded.latency_ms, response = excluded.response, error = excluded.error",
+            )
+            .await?;
+        tx.execute(&st, &[&a_id, &n, &at, &a_code, &latency, &response, &a_error]).await?;
+    }
+    Ok(id.iter().map(|i| if attempts.contains_key(i) { Ok(()) } else { Err(format!("no delivery {i}")) }).collect())
+}
+
+/// Tells each caller its outcome (an error for all if the group could not be committed).
+fn reply(ops: Vec<Op>, committed: std::result::Result<Outcomes, String>) {
+    let (mut outcomes, commit_error) = match committed {
+        Ok(outcomes) => (outcomes.into_iter(), None),
+        Err(e) => (Vec::new().into_iter(), Some(e)),
+    };
+    for op in ops {
+        let outcome = match &commit_error {
+            Some(e) => Err(StoreError::Commit(e.clone())),
+            None => outcomes.next().expect("one outcome per operation").map_err(StoreError::Backend),
+        };
+        match op {
+            Op::Accept { event, deliveries, reply, .. } => {
+                let _ = reply.send(outcome.map(|w| match w {
+                    Written::Accept(AcceptRows::Duplicate { original }) => Accepted::Duplicate { original },
+                    Written::Accept(AcceptRows::Stored(ids)) => {
+                        Accepted::Stored(crate::store::due_now(event, deliveries, ids))
+                    }
+                    Written::Settle => unreachable!("outcomes are in the order of the operations"),
+                }));
+            }
+            Op::Settle { reply, .. } => {
+                let _ = reply.send(outcome.map(|_| ()));
+            }
+        }
+    }
+}
