@@ -6,7 +6,7 @@
 //! Settings that cannot change live keep their running values and are reported as "needs
 //! restart" (the list is [`keep_restart_only_settings`]): the listeners (`server.listen`,
 //! `server.max_connections`, `server.max_header_bytes`, the `admin` listener settings; the admin
-//! token does change live), the store (`storage.path`, `storage.sync`, `storage.commit_timeout`)
+//! token does change live), the store (`storage.path`, `storage.sync`, `storage.postgres`, `storage.commit_timeout`)
 //! and the dispatcher's bounds (`delivery.max_in_flight`, `delivery.max_pending`). Everything
 //! else applies to the next request, the next delivery attempt and the next retention purge.
 
@@ -26,6 +26,9 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ReloadStatus {
     pub file: String,
+    /// The store in use: the SQLite file, or the PostgreSQL database and schema (never the
+    /// password). Fixed until a restart.
+    pub store: String,
     /// Content hash of the active config.
     pub version: String,
     /// When the active config was loaded (unix ms).
@@ -67,6 +70,7 @@ impl Reloader {
         let snap = state.snapshot.load();
         let status = ReloadStatus {
             file: snap.file.clone(),
+            store: crate::store::Store::describe(&snap.storage),
             version: snap.version.clone(),
             loaded_at_ms: crate::store::to_ms(snap.loaded_at),
             ..Default::default()
@@ -349,6 +353,10 @@ fn keep_restart_only_settings(old: &Snapshot, new: &mut Snapshot) -> Vec<String>
     if old.storage.path != new.storage.path || old.storage.sync != new.storage.sync {
         changed.push("storage.path / storage.sync".to_string());
         new.storage = old.storage.clone();
+    }
+    if old.storage.postgres != new.storage.postgres {
+        changed.push("storage.postgres".to_string());
+        new.storage.postgres = old.storage.postgres.clone();
     }
     if old.storage.commit_timeout.0 != new.storage.commit_timeout.0 {
         changed.push("storage.commit_timeout".to_string());

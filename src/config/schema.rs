@@ -158,7 +158,7 @@ pub struct StorageConfig {
 }
 
 /// `storage.postgres:` — a PostgreSQL database (version 12 or later) as the store.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Connection URL, `postgres://user:password@host:5432/dbname` (libpq's URL and `key=value`

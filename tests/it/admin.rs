@@ -146,6 +146,7 @@ async fn every_route_answers_with_the_token() {
     let version = status["version"].as_str().expect("version").to_string();
     assert_eq!(version.len(), 12, "a content hash: {status}");
     assert!(status["file"].as_str().unwrap().ends_with("routes.yaml"), "{status}");
+    assert!(status["store"].as_str().unwrap().ends_with("/hookyard.db"), "the SQLite file: {status}");
     assert_eq!(status["last_error"], Value::Null);
     assert_eq!(status["needs_restart"], json!([]));
     assert!(status["loaded_at_ms"].as_i64().unwrap() > 1_600_000_000_000, "{status}");

@@ -61,13 +61,25 @@ const SHOW_MISSING: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_kill_9_mid_load() {
+    kill_9_mid_load("storage: { path: hookyard.db, sync: full }\n".to_string()).await
+}
+
+/// The same on PostgreSQL (synchronous_commit on, the server's default), in a schema of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_kill_9_mid_load_on_postgres() {
+    let schema = crate::harness::postgres::PgSchema::new();
+    kill_9_mid_load(schema.storage_yaml()).await
+}
+
+/// The load, the kills and the count at the receivers, with the store `storage` (a config line).
+async fn kill_9_mid_load(storage: String) {
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
     // Which gateway process (0, 1, 2) sent a request: bumped between a kill and the next start.
     let run = Arc::new(AtomicUsize::new(0));
     let receivers = [Receiver::start("a", run.clone()).await, Receiver::start("b", run.clone()).await];
     let config = dir.path().join("hookyard.yaml");
-    std::fs::write(&config, config_yaml(&receivers)).expect("write config");
+    std::fs::write(&config, config_yaml(&receivers, &storage)).expect("write config");
 
     let mut logs = vec![dir.path().join("gateway-0.log")];
     let mut gateway = Gateway::start(&config, logs[0].clone()).await;
@@ -285,14 +297,13 @@ fn event_body(seq: u64) -> String {
     format!("{{\"seq\":{seq},\"kind\":\"order.paid\",\"pad\":\"{}\"}}", "x".repeat(64))
 }
 
-fn config_yaml(receivers: &[Receiver; 2]) -> String {
+fn config_yaml(receivers: &[Receiver; 2], storage: &str) -> String {
     let retry = "{ schedule: [100ms, 200ms, 400ms, 800ms, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s], \
                  jitter: 0.1, throttle_floor: 0s }";
     let mut yaml = String::from(
         "server: { listen: \"127.0.0.1:0\" }\n\
          admin: { enabled: false }\n\
          egress: { allow: [\"127.0.0.0/8\"] }\n\
-         storage: { path: hookyard.db, sync: full }\n\
          delivery: { max_in_flight: 64, max_pending: 100000 }\n\
          sources:\n  src: { path: /in, verify: { scheme: none } }\n\
          destinations:\n",
@@ -304,6 +315,7 @@ fn config_yaml(receivers: &[Receiver; 2]) -> String {
         ));
     }
     yaml.push_str("routes:\n  - { name: all, source: src, to: [a, b] }\n");
+    yaml.push_str(storage);
     yaml
 }
 

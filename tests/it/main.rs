@@ -13,6 +13,7 @@ mod delivery;
 mod ingress;
 mod logs;
 mod plugins;
+mod postgres;
 mod readme;
 mod reload;
 mod routing;

@@ -1,10 +1,51 @@
 //! The store commands of the CLI against a real gateway's store: `events`, `event`, `replay` (as
-//! planned, `--dead`, `--reroute`), `pause` and `resume`, `cancel` and `purge`.
+//! planned, `--dead`, `--reroute`), `pause` and `resume`, `cancel` and `purge`. Each test runs on
+//! both backends: the SQLite file and a PostgreSQL schema of its own.
 
 use std::time::Duration;
 
+use crate::harness::postgres::PgSchema;
 use crate::harness::*;
 use serde_json::Value;
+
+/// Where a test's gateway (and the CLI pointed at its config) keeps the store.
+enum Backend {
+    /// The default: a SQLite file beside the config.
+    Sqlite,
+    Postgres(PgSchema),
+}
+
+impl Backend {
+    fn yaml(&self) -> String {
+        match self {
+            Backend::Sqlite => String::new(),
+            Backend::Postgres(schema) => schema.storage_yaml(),
+        }
+    }
+}
+
+/// Each named test as `<name>::sqlite` and `<name>::postgres`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres(crate::harness::postgres::PgSchema::new())).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    dead_letters_are_listed_inspected_and_replayed,
+    a_paused_destination_holds_its_deliveries_until_resumed,
+    cancel_counts_first_keeps_who_and_why_and_the_cancelled_can_be_replayed,
+    purge_counts_first_then_deletes_dead_letters_and_events_left_empty,
+);
 
 async fn cli(gw: &App, args: &[&str]) -> Output {
     let mut cmd = hookyard();
@@ -17,8 +58,8 @@ fn rows(out: &Output) -> Vec<Value> {
     out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-fn config(sink: &Sink, other: &Sink) -> String {
-    format!(
+fn config(sink: &Sink, other: &Sink, backend: &Backend) -> String {
+    let yaml = format!(
         r#"
 server: {{ listen: "127.0.0.1:0" }}
 egress: {{ allow: ["127.0.0.0/8"] }}
@@ -37,15 +78,15 @@ routes:
 "#,
         out = sink.url("/out"),
         other = other.url("/other"),
-    )
+    );
+    yaml + &backend.yaml()
 }
 
-#[tokio::test]
-async fn dead_letters_are_listed_inspected_and_replayed() {
+async fn dead_letters_are_listed_inspected_and_replayed(backend: Backend) {
     // two 500s exhaust the schedule (one retry); then the destination recovers
     let sink = Sink::with_script(vec![Reply::status(500), Reply::status(500)]).await;
     let other = Sink::start().await;
-    let gw = App::start_yaml(&config(&sink, &other)).await;
+    let gw = App::start_yaml(&config(&sink, &other, &backend)).await;
     let id = gw.post("/in", &[("content-type", "application/json")], "{\"n\":1}").await.accepted_id();
     let first = sink.wait_for(2, WAIT).await;
     wait_for_status(&gw, &id, "out", "dead").await;
@@ -91,11 +132,10 @@ async fn dead_letters_are_listed_inspected_and_replayed() {
     assert!(unknown.stderr.contains("no deliveries for: evt_nope"), "{}", unknown.stderr);
 }
 
-#[tokio::test]
-async fn a_paused_destination_holds_its_deliveries_until_resumed() {
+async fn a_paused_destination_holds_its_deliveries_until_resumed(backend: Backend) {
     let sink = Sink::start().await;
     let other = Sink::start().await;
-    let mut gw = App::start_yaml(&config(&sink, &other)).await;
+    let mut gw = App::start_yaml(&config(&sink, &other, &backend)).await;
     gw.stop(None).await;
     let paused = cli(&gw, &["pause", "out", "--reason", "maintenance"]).await;
     assert!(paused.status.success(), "{}", paused.stderr);
@@ -152,11 +192,10 @@ async fn wait_for_status(gw: &App, id: &str, destination: &str, status: &str) {
     }
 }
 
-#[tokio::test]
-async fn cancel_counts_first_keeps_who_and_why_and_the_cancelled_can_be_replayed() {
+async fn cancel_counts_first_keeps_who_and_why_and_the_cancelled_can_be_replayed(backend: Backend) {
     let sink = Sink::start().await;
     let other = Sink::start().await;
-    let mut gw = App::start_yaml(&config(&sink, &other)).await;
+    let mut gw = App::start_yaml(&config(&sink, &other, &backend)).await;
     // `out` paused before the gateway reads the store, so its deliveries wait, pending
     gw.stop(None).await;
     assert!(cli(&gw, &["pause", "out"]).await.status.success());
@@ -220,12 +259,11 @@ async fn cancel_counts_first_keeps_who_and_why_and_the_cancelled_can_be_replayed
     assert_eq!(sink.requests().len(), 1, "only the replayed delivery was sent");
 }
 
-#[tokio::test]
-async fn purge_counts_first_then_deletes_dead_letters_and_events_left_empty() {
+async fn purge_counts_first_then_deletes_dead_letters_and_events_left_empty(backend: Backend) {
     // every attempt fails: one retry, then a dead letter
     let sink = Sink::with_script(vec![Reply::status(500); 4]).await;
     let other = Sink::start().await;
-    let yaml = config(&sink, &other).replace("  - { name: copy, source: app, to: [other] }\n", "");
+    let yaml = config(&sink, &other, &backend).replace("  - { name: copy, source: app, to: [other] }\n", "");
     let gw = App::start_yaml(&yaml).await;
     let a = gw.post("/in", &[], "{\"n\":1}").await.accepted_id();
     let b = gw.post("/in", &[], "{\"n\":2}").await.accepted_id();

@@ -119,9 +119,13 @@ impl PgStore {
         if pg.get_application_name().is_none() {
             pg.application_name("hookyard");
         }
-        // every pooled connection works in the schema, and no statement runs unbounded
-        let options =
-            format!("-c search_path={} -c statement_timeout={}", cfg.schema, cfg.statement_timeout.0.as_millis());
+        // every pooled connection works in the schema, no statement runs unbounded, and the
+        // server's notices ("schema already exists, skipping") stay out of hookyard's log
+        let options = format!(
+            "-c search_path={} -c statement_timeout={} -c client_min_messages=warning",
+            cfg.schema,
+            cfg.statement_timeout.0.as_millis()
+        );
         pg.options(match pg.get_options() {
             Some(theirs) => format!("{theirs} {options}"),
             None => options,

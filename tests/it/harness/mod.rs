@@ -19,6 +19,7 @@
 pub mod admin_api;
 pub mod app;
 pub mod config;
+pub mod postgres;
 
 pub use app::App;
 pub use config::{Config, Dest, Route, Source};
