@@ -177,7 +177,8 @@ fn storage_postgres_takes_its_url_from_the_environment_and_is_checked() {
         "postgres://hookyard@db.internal:5432/hooks (schema public)"
     );
 
-    let text = "storage:\n  postgres:\n    url: \"mysql://x\"\n    pool: 1\n    schema: Hooks-1\n    statement_timeout: 0s\n";
+    let text =
+        "storage:\n  postgres:\n    url: \"mysql://x\"\n    pool: 1\n    schema: Hooks-1\n    statement_timeout: 0s\n";
     let (_, errors) = parse(text);
     assert_eq!(
         errors,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use crate::harness::admin_api::try_post;
+use crate::harness::admin_api::{post_to, try_post};
 use crate::harness::postgres::{PgSchema, Relay};
 use crate::harness::*;
 
@@ -204,4 +204,87 @@ routes:
 
 fn seq_of(body: &[u8]) -> Option<u64> {
     serde_json::from_slice::<serde_json::Value>(body).ok()?["seq"].as_u64()
+}
+
+/// The two lines the docs give (`docs/delivery.md`, "PostgreSQL"), as written: the `storage:`
+/// line in a config and `DATABASE_URL` in the environment of `hookyard run`, on a database of its
+/// own (the default schema `public`), which the test drops at its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_two_lines_run_the_gateway_on_postgresql() {
+    let docs = std::fs::read_to_string(manifest_dir().join("docs/delivery.md")).unwrap();
+    let section = docs.split("\n## PostgreSQL\n").nth(1).expect("the PostgreSQL section");
+    let yaml_line = section.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).expect("its yaml");
+    assert_eq!(yaml_line, "storage: { postgres: { url: \"${DATABASE_URL}\" } }\n");
+    let sh = section.split("```sh\n").nth(1).and_then(|b| b.split("```").next()).expect("its command");
+    assert!(sh.starts_with("DATABASE_URL=") && sh.contains(" hookyard run --config routes.yaml"), "{sh}");
+
+    let database = Database::create().await;
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{ listen: \"127.0.0.1:0\" }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\negress: {{ allow: [\"127.0.0.0/8\"] }}\n{yaml_line}\
+             sources:\n  app: {{ path: /in, verify: {{ scheme: none }} }}\n\
+             destinations:\n  out: {{ url: \"{}\", sign: {{ scheme: none }} }}\n\
+             routes:\n  - {{ name: main, source: app, to: [out] }}\n",
+            sink.url("/out")
+        ),
+    )
+    .unwrap();
+    let mut cmd = hookyard();
+    cmd.arg("run").arg("--config").arg(&config).env("DATABASE_URL", &database.url);
+    let mut gw = Process::spawn(cmd, dir.path().join("stderr.log")).await;
+    let answer = post_to(gw.addr, "/in", &[], "{\"hello\":\"postgres\"}").await;
+    let id = answer.accepted_id();
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got[0].body, "{\"hello\":\"postgres\"}");
+    let started = gw.wait_for_log("hookyard listening", WAIT).await;
+    assert!(started.contains("store=postgres://postgres@"), "{started}");
+    gw.terminate(WAIT).await;
+    let stored: i64 = database
+        .client()
+        .await
+        .query_one("SELECT COUNT(*) FROM public.events WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1, "the event is in the database's public schema");
+}
+
+/// A database of its own, dropped at the end of the test.
+struct Database {
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create() -> Database {
+        let name = format!("hy_it_{}", uuid::Uuid::now_v7().simple());
+        crate::harness::postgres::client().await.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let base = crate::harness::postgres::url();
+        let url = match base.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("the test database URL {base} names no database"),
+        };
+        Database { name, url }
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async { crate::harness::postgres::client().await.batch_execute(&sql).await })
+        })
+        .join();
+    }
 }

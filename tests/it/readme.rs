@@ -250,7 +250,12 @@ fn every_documented_setting_is_in_the_reference() {
     for line in reference_yaml().lines() {
         if let Some(name) = line.strip_suffix(':').filter(|n| !n.starts_with([' ', '#'])) {
             current = sections.iter().find(|s| **s == name).copied().unwrap_or("");
-        } else if let Some(key) = line.strip_prefix("  ").and_then(|l| l.split_once(':')).map(|(k, _)| k)
+        } else if let Some(key) = line
+            .strip_prefix("  ")
+            // an optional part shown commented out (`  # postgres:`) is documented too
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .and_then(|l| l.split_once(':'))
+            .map(|(k, _)| k)
             && !current.is_empty()
             && !key.starts_with([' ', '#'])
         {
