@@ -14,6 +14,10 @@ use crate::store::{
     Settle, StoreError, now_ms,
 };
 
+/// Events one purge statement looks at, so a purge of a week's history is many short
+/// transactions, not one long one.
+const PURGE_BATCH: i64 = 5000;
+
 /// Destination names as statement parameters.
 fn names(names: &[DestinationName]) -> Vec<&str> {
     names.iter().map(|n| &**n).collect()
@@ -141,17 +145,38 @@ impl Queue for PgStore {
         Ok(deliveries.len())
     }
 
+    /// In batches of [`PURGE_BATCH`] events, each one statement: the finished deliveries of old
+    /// events are deleted first, each re-checked under its row lock (a replay that made one
+    /// pending meanwhile keeps it), then the events none of whose deliveries is left.
     async fn purge(&self, before_ms: i64) -> Result<usize> {
         let c = self.conn().await?;
-        let n = c
-            .execute(
-                "DELETE FROM events WHERE received_at < $1
-                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.status = 'pending')",
-                &[&before_ms],
+        let st = c
+            .prepare_cached(
+                "WITH old AS (
+                     SELECT id FROM events WHERE received_at < $1
+                       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.status = 'pending')
+                     LIMIT $2
+                 ), gone AS (
+                     DELETE FROM deliveries d USING old WHERE d.event_id = old.id AND d.status <> 'pending' RETURNING d.id
+                 ), purged AS (
+                     DELETE FROM events e USING old WHERE e.id = old.id
+                       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.id NOT IN (SELECT id FROM gone))
+                     RETURNING 1
+                 )
+                 SELECT (SELECT COUNT(*) FROM old), (SELECT COUNT(*) FROM purged)",
             )
             .await
             .map_err(db)?;
-        Ok(n as usize)
+        let mut purged = 0;
+        loop {
+            let row = c.query_one(&st, &[&before_ms, &PURGE_BATCH]).await.map_err(db)?;
+            let (seen, deleted): (i64, i64) = (row.get(0), row.get(1));
+            purged += deleted as usize;
+            // a batch that deleted nothing it saw would be seen again: stop
+            if seen < PURGE_BATCH || deleted == 0 {
+                return Ok(purged);
+            }
+        }
     }
 
     /// The last write of an event, or the writer's probe, failed.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::config::{Dur, Secret};
 use crate::store::conformance::{conformance_suite, delivery, event, stored};
-use crate::store::{Inspect, Queue, StoreError, now_ms};
+use crate::store::{Inspect, Queue, Settle, StoreError, now_ms};
 
 /// The database the tests use.
 pub fn test_url() -> String {
@@ -164,22 +164,35 @@ async fn a_full_pool_is_an_error_within_the_commit_timeout_not_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_table_times_out_the_commit_and_the_store_recovers() {
-    let (store, schema) = {
-        let schema = Schema::new();
-        (PgStore::open(&schema.config(), options(Duration::from_millis(500))).await.unwrap(), schema)
-    };
+    let schema = Schema::new();
+    let app = format!("hookyard-{}", schema.0);
+    let cfg = PostgresConfig { url: Secret(format!("{}?application_name={app}", test_url())), ..schema.config() };
+    let store = PgStore::open(&cfg, options(Duration::from_millis(500))).await.unwrap();
     let mut blocker = client().await.unwrap();
     let tx = blocker.transaction().await.unwrap();
     tx.batch_execute(&format!("LOCK TABLE {}.events IN ACCESS EXCLUSIVE MODE", schema.0)).await.unwrap();
-    let started = Instant::now();
-    let err = store.accept(event("evt_locked", None, now_ms()), vec![delivery("a")], None).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(3), "answered in {:?}", started.elapsed());
-    assert!(matches!(err, StoreError::Timeout(_) | StoreError::Commit(_)), "{err}");
-    assert!(store.health().is_err());
+    for n in 0..2 {
+        let started = Instant::now();
+        let ev = event(&format!("evt_locked_{n}"), None, now_ms());
+        let err = store.accept(ev, vec![delivery("a")], None).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3), "answered in {:?}", started.elapsed());
+        assert!(matches!(err, StoreError::Timeout(_) | StoreError::Commit(_)), "{err}");
+        assert!(store.health().is_err());
+    }
+    // the timed-out groups were cancelled on the server, not left waiting for the lock
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'";
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while tx.query_one(waiting, &[&app]).await.unwrap().get::<_, i64>(0) > 0 {
+        assert!(Instant::now() < deadline, "a cancelled group still waits for the lock");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tx.rollback().await.unwrap();
     stored(store.accept(event("evt_free", None, now_ms()), vec![delivery("a")], None).await.unwrap());
     assert_eq!(store.health(), Ok(()));
-    assert!(store.raw_event("evt_locked".into()).await.unwrap().is_none(), "a refused event never lands");
+    for n in 0..2 {
+        let id = format!("evt_locked_{n}");
+        assert!(store.raw_event(id.into()).await.unwrap().is_none(), "a refused event never lands");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,4 +229,42 @@ async fn killed_connections_are_replaced_without_a_restart() {
     }
     assert_eq!(store.pending_count().await.unwrap(), 2);
     assert_eq!(store.health(), Ok(()));
+}
+
+/// A replay that makes a finished delivery of an old event pending while the retention purge
+/// runs keeps both: the purge re-checks each delivery under its row lock. (SQLite writes one
+/// transaction at a time, so there the two cannot interleave.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_purge_keeps_what_a_concurrent_replay_made_pending() {
+    let schema = Schema::new();
+    let app = format!("hookyard-{}", schema.0);
+    let cfg = PostgresConfig { url: Secret(format!("{}?application_name={app}", test_url())), ..schema.config() };
+    let store = PgStore::open(&cfg, StoreOptions::default()).await.unwrap();
+    let old = now_ms() - 10 * 86_400_000;
+    let due = stored(store.accept(event("evt_old", None, old), vec![delivery("a")], None).await.unwrap());
+    store.settle(due[0].id, crate::store::conformance::attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+
+    // a replay in progress: the row is locked, not yet committed
+    let mut replayer = client().await.unwrap();
+    let replay = replayer.transaction().await.unwrap();
+    replay
+        .execute(&format!("UPDATE {}.deliveries SET status = 'pending' WHERE event_id = 'evt_old'", schema.0), &[])
+        .await
+        .unwrap();
+    let purging = tokio::spawn({
+        let store = store.clone();
+        async move { store.purge(now_ms() - 86_400_000).await }
+    });
+    // the purge reaches the locked row and waits for it
+    let observer = client().await.unwrap();
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while observer.query_one(waiting, &[&app]).await.unwrap().get::<_, i64>(0) == 0 {
+        assert!(Instant::now() < deadline, "the purge never waited for the replayed row");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replay.commit().await.unwrap();
+    assert_eq!(purging.await.unwrap().unwrap(), 0, "nothing purged");
+    assert!(store.raw_event("evt_old".into()).await.unwrap().is_some(), "the event is kept");
+    assert_eq!(store.pending_count().await.unwrap(), 1, "and its replayed delivery is pending");
 }

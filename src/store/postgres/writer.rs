@@ -113,10 +113,7 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Op>, health: Arc<WriteH
         let (expired, ops): (Vec<Op>, Vec<Op>) =
             ops.into_iter().partition(|op| matches!(op, Op::Accept { deadline, .. } if *deadline <= now));
         let has_accepts = ops.iter().any(|op| matches!(op, Op::Accept { .. }));
-        let committed = match tokio::time::timeout(commit_timeout, write_group(&pool, &ops)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("the database did not commit within storage.commit_timeout ({commit_timeout:?})")),
-        };
+        let committed = write_bounded(&pool, &ops, commit_timeout).await;
         if let Err(e) = &committed {
             error!(error = %e, "store commit failed; the group's callers get an error");
         }
@@ -161,13 +158,36 @@ async fn probe(pool: &Pool, health: &WriteHealth) {
     }
 }
 
-/// Writes one group in one transaction: first all operations together; should that fail, again
-/// with a savepoint per operation. `Err` when the group as a whole could not be committed.
-async fn write_group(pool: &Pool, ops: &[Op]) -> std::result::Result<Outcomes, String> {
+/// [`write_group`] on a pooled connection, given at most `limit` (a caller waits no longer for
+/// its commit). A group still running then (a lock wait, a database that stopped answering) is
+/// cancelled on the server and its connection closed, not put back in the pool, so the next
+/// group does not queue behind it; its transaction rolls back.
+async fn write_bounded(pool: &Pool, ops: &[Op], limit: Duration) -> std::result::Result<Outcomes, String> {
     if ops.is_empty() {
         return Ok(Vec::new());
     }
-    let mut client = pool.get().await.map_err(|e| pool_error(e).to_string())?;
+    let started = Instant::now();
+    let late = || format!("the database did not commit within storage.commit_timeout ({limit:?})");
+    let mut client = match tokio::time::timeout(limit, pool.get()).await {
+        Ok(got) => got.map_err(|e| pool_error(e).to_string())?,
+        Err(_) => return Err(late()),
+    };
+    let cancel = client.cancel_token();
+    let left = limit.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, write_group(&mut client, ops)).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            let _ = deadpool_postgres::Object::take(client);
+            // best effort, bounded: the server aborts the statement (and so the transaction)
+            let _ = tokio::time::timeout(Duration::from_secs(1), cancel.cancel_query(tokio_postgres::NoTls)).await;
+            Err(late())
+        }
+    }
+}
+
+/// Writes one group in one transaction: first all operations together; should that fail, again
+/// with a savepoint per operation. `Err` when the group as a whole could not be committed.
+async fn write_group(client: &mut deadpool_postgres::Client, ops: &[Op]) -> std::result::Result<Outcomes, String> {
     // two settles of one delivery cannot share an UPDATE: such a group runs one by one
     let mut settled: Vec<i64> = ops
         .iter()
