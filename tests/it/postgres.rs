@@ -200,6 +200,10 @@ routes:
         assert!(Instant::now() < deadline, "deliveries still pending in the store");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // and the admin API reads it from PostgreSQL: one delivered delivery per accepted event
+    let delivered = admin.all_deliveries("status=delivered", 100).await;
+    let events: BTreeSet<&str> = delivered.iter().filter_map(|d| d["event_id"].as_str()).collect();
+    assert_eq!((delivered.len(), events.len()), (accepted.len(), accepted.len()));
 }
 
 fn seq_of(body: &[u8]) -> Option<u64> {
