@@ -21,6 +21,8 @@ mod inspect;
 mod queue;
 mod schema;
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 mod writer;
 
