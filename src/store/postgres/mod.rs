@@ -15,8 +15,9 @@
 //!
 //! `mod.rs`: connecting and the pool; `schema.rs`: migrations; `writer.rs`: the group commit;
 //! `queue.rs`: the per-event operations; `inspect.rs`: listing, replay, stats, pause, cancel and
-//! purge.
+//! purge; `import.rs`: writing a store `hookyard migrate` copies in.
 
+mod import;
 mod inspect;
 mod queue;
 mod schema;
