@@ -39,8 +39,8 @@ pub const BATCH_ROWS: usize = 500;
 
 /// Most bytes of bodies, headers and responses in one batch, whatever its row count: events of
 /// up to `server.max_body_bytes` each would otherwise make a batch of 500 rows hundreds of MiB.
-/// With at most [`BATCHES_IN_FLIGHT`] batches queued and one being written, a copy holds about
-/// 50 MiB of rows at most.
+/// With at most [`BATCHES_IN_FLIGHT`] batches queued, one being read and one being written, a copy
+/// holds about 64 MiB of rows at most.
 pub const BATCH_BYTES: usize = 16 << 20;
 
 /// Batches read ahead of the one being written: reading and writing overlap, memory stays bounded.
@@ -60,7 +60,7 @@ pub enum MigrateError {
          or drop this one (DROP SCHEMA \"{schema}\" CASCADE) if nothing in it is needed"
     )]
     TargetNotEmpty { schema: String, events: i64, destinations: i64 },
-    /// A database refused (the source or the target: the message says which).
+    /// A database refused: the SQLite file (opening it names it) or PostgreSQL.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -90,7 +90,8 @@ pub(crate) struct BatchLimits {
 }
 
 /// Copies the SQLite store at `sqlite_path` into the PostgreSQL schema `target` names, which is
-/// created and migrated if need be and must hold no events. The gateway on the SQLite store must
+/// created and migrated if need be and must hold no store yet (no events, no destination state;
+/// a refused copy leaves it created and empty). The gateway on the SQLite store must
 /// be stopped first (see the module's documentation). Returns what was copied, once committed.
 pub async fn sqlite_to_postgres(sqlite_path: &Path, target: &PostgresConfig) -> Result<Copied, MigrateError> {
     copy(sqlite_path, target, BatchLimits { rows: BATCH_ROWS, bytes: BATCH_BYTES }).await
