@@ -3,6 +3,7 @@
 
 mod cancel;
 mod dry_run;
+mod migrate;
 mod ops;
 mod plugin;
 mod receive;
@@ -67,6 +68,9 @@ enum Command {
     /// Delete dead letters (of a destination, older than a time) and events left without
     /// deliveries. Counts first; acts with --yes.
     Purge(cancel::PurgeArgs),
+    /// Copy the SQLite store into the PostgreSQL database of the config's storage.postgres, pending
+    /// work included (stop the gateway first; the target schema must be empty).
+    Migrate(migrate::Args),
     /// WebAssembly transform plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -92,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Resume(args) => with_runtime(ops::resume(args)),
         Command::Cancel(args) => with_runtime(cancel::cancel(args)),
         Command::Purge(args) => with_runtime(cancel::purge(args)),
+        Command::Migrate(args) => with_runtime(migrate::run(args)),
         Command::Plugin(cmd) => with_runtime(plugin::run(cmd)),
         Command::Reload(args) => with_runtime(remote::call(args, http::Method::POST, "/api/v1/reload")),
         Command::Status(args) => with_runtime(remote::call(args, http::Method::GET, "/api/v1/status")),

@@ -313,7 +313,7 @@ impl Config {
         };
         // and the `null` such a value left, as its field's type sees it
         let null_of_unread =
-            |e: &ConfigError| e.message.starts_with("invalid type: null") && self.poisoned.iter().any(|p| *p == e.key);
+            |e: &ConfigError| e.message.starts_with("invalid type: null") && self.poisoned.contains(&e.key);
         let mut errors: Vec<ConfigError> =
             errors.into_iter().filter(|e| !follow_on(&e.key) && !null_of_unread(e)).collect();
         errors.sort_by_key(|e| e.mark.map(|m| (m.line, m.col)));

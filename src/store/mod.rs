@@ -13,6 +13,7 @@
 #[cfg(test)]
 pub(crate) mod conformance;
 mod health;
+pub mod migrate;
 mod postgres;
 mod sqlite;
 

@@ -12,6 +12,7 @@ mod crash;
 mod delivery;
 mod ingress;
 mod logs;
+mod migrate;
 mod plugins;
 mod postgres;
 mod readme;

@@ -225,6 +225,7 @@ fn the_commands_that_take_config_are_the_documented_ones() {
         "replay",
         "pause",
         "resume",
+        "migrate",
         "plugin test",
         "reload",
         "status",

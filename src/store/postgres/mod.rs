@@ -15,11 +15,14 @@
 //!
 //! `mod.rs`: connecting and the pool; `schema.rs`: migrations; `writer.rs`: the group commit;
 //! `queue.rs`: the per-event operations; `inspect.rs`: listing, replay, stats, pause, cancel and
-//! purge.
+//! purge; `import.rs`: writing a store `hookyard migrate` copies in.
 
+mod import;
 mod inspect;
 mod queue;
 mod schema;
+#[cfg(test)]
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 mod writer;

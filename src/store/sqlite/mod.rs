@@ -11,8 +11,9 @@
 //!
 //! `mod.rs`: opening and connection setup; `schema.rs`: migrations; `queue.rs`: the per-event
 //! operations; `inspect.rs`: listing, replay, stats, pause, cancel and purge; `health.rs`:
-//! readiness.
+//! readiness; `export.rs`: reading a whole store out for `hookyard migrate`.
 
+mod export;
 mod health;
 mod inspect;
 mod queue;
@@ -30,7 +31,10 @@ use rusqlite::Connection;
 use super::{Result, StoreError, StoreOptions};
 use crate::clock::{Clock, Waited};
 use crate::config::SyncMode;
+pub(crate) use export::Export;
 use health::Health;
+#[cfg(test)]
+pub(crate) use schema::create_at_version;
 use writer::{Op, Writer};
 
 /// How much longer than `commit_timeout` an accept waits for the writer's answer before giving

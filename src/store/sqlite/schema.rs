@@ -112,3 +112,15 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
     }
     Ok(Ok(()))
 }
+
+/// Creates a database at `path` as a hookyard of schema `version` left it (its first `version`
+/// migrations applied), then runs `rows` (SQL) in it: for tests of what reads old files.
+#[cfg(test)]
+pub(crate) fn create_at_version(path: &std::path::Path, version: usize, rows: &str) -> rusqlite::Result<()> {
+    let c = Connection::open(path)?;
+    for sql in &MIGRATIONS[..version] {
+        c.execute_batch(sql)?;
+    }
+    c.pragma_update(None, "user_version", version as i64)?;
+    c.execute_batch(rows)
+}

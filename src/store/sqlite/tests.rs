@@ -256,3 +256,19 @@ async fn a_database_of_every_earlier_schema_version_migrates_with_its_queue() {
         assert_eq!(schema_of(&Connection::open(&path).unwrap()), want, "version {version} ends as a fresh database");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_holds_the_write_lock_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let options = StoreOptions { commit_timeout: Duration::from_millis(300), ..StoreOptions::default() };
+    let store = SqliteStore::open(&path, options).unwrap();
+    stored(store.accept(event("evt_1", None, now_ms()), vec![delivery("a")], None).await.unwrap());
+    // `hookyard migrate` reading the file while a gateway was left running on it
+    let export = Export::open(&path).unwrap();
+    let err = store.accept(event("evt_2", None, now_ms()), vec![delivery("a")], None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Commit(_) | StoreError::Timeout(_)), "{err}");
+    drop(export);
+    stored(store.accept(event("evt_3", None, now_ms()), vec![delivery("a")], None).await.unwrap());
+    assert!(store.raw_event("evt_2".into()).await.unwrap().is_none(), "a refused event never lands");
+}
