@@ -23,7 +23,11 @@
 # accepted/s = wrk's 2xx responses (all 202 on this path) / wrk's duration; a
 # run with any non-2xx is flagged. After each run the script waits until the
 # sink has every accepted event; delivered/s = events the sink received from
-# wrk's start until its counter stopped, over that time. CPU per event =
+# wrk's start until its counter stopped, over that time. Deliveries trail
+# accepts (wrk and the sink share LOAD_CPU), so the backlog grows during a run:
+# the configs raise delivery.max_pending (default 100000) to MAX_PENDING, or a
+# run would end in 503s "delivery queue full" that cut accepted/s and bill
+# their CPU to the accepted events. CPU per event =
 # utime+stime during the wrk run / accepted events; "drain us/ev" counts until
 # the sink had every event, so it includes the deliveries (and their settles in
 # the store) still queued when wrk stopped. Prints a table and writes
@@ -53,7 +57,8 @@
 #   MODES="full normal pg" (any of full normal pg memory)
 #   HOOKYARD_WORKER_THREADS=2  LOAD_CPU=0  SUT_CPU=1
 #   HOOKYARD=target/release/hookyard (built with `cargo build --release` when
-#   missing or older than src/)  WORK_PARENT=target  DRAIN_MAX=30 (s)
+#   missing or older than src/)  WORK_PARENT=target  DRAIN_MAX=120 (s)
+#   MAX_PENDING=10000000 (the configs' delivery.max_pending, see below)
 #   RESULTS_DIR=bench/results  KEEP_WORKDIR=0
 #   PG_URL=postgres://postgres@127.0.0.1:5432/test (also used by psql; a
 #   superuser is not needed, CREATE on the database is)  PG_POOL=16
@@ -81,7 +86,8 @@ LOAD_CPU=${LOAD_CPU:-0}
 SUT_CPU=${SUT_CPU:-1}
 HOOKYARD=${HOOKYARD:-target/release/hookyard}
 WORK_PARENT=${WORK_PARENT:-$ROOT/target}
-DRAIN_MAX=${DRAIN_MAX:-30}             # s: longest wait for the sink after wrk stops
+DRAIN_MAX=${DRAIN_MAX:-120}            # s: longest wait for the sink after wrk stops
+MAX_PENDING=${MAX_PENDING:-10000000}   # delivery.max_pending of the generated configs
 DRAIN_STABLE_MS=${DRAIN_STABLE_MS:-300} # ms without sink growth, once all are in, that ends a drain
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
@@ -95,6 +101,7 @@ positive_int ROUNDS "$ROUNDS"
 positive_int CONNECTIONS "$CONNECTIONS"
 positive_int HOOKYARD_WORKER_THREADS "$WORKER_THREADS"
 positive_int PG_POOL "$PG_POOL"
+positive_int MAX_PENDING "$MAX_PENDING"
 [[ -n "${MODES// /}" ]] || die "MODES is empty"
 USE_PG=0
 for m in $MODES; do
@@ -304,6 +311,7 @@ write_config() {
 server: { listen: "127.0.0.1:0" }
 admin: { enabled: false }
 egress: { allow: ["127.0.0.0/8"] }
+delivery: { max_pending: $MAX_PENDING }
 storage: $storage
 sources:
   app: { path: /in, verify: { scheme: none } }
@@ -424,7 +432,8 @@ JSON="$RESULTS_DIR/durability-$TS.json"
 META=(
   "timestamp=$TS" "rounds=$ROUNDS" "duration_s=$DURATION_S" "warmup_s=$WARMUP_S"
   "connections=$CONNECTIONS" "worker_threads=$WORKER_THREADS" "load_cpu=$LOAD_CPU" "sut_cpu=$SUT_CPU"
-  "clk_tck=$CLK_TCK" "body_bytes=$BODY_BYTES" "store_fs=$STORE_FS"
+  "clk_tck=$CLK_TCK" "body_bytes=$BODY_BYTES" "store_fs=$STORE_FS" "max_pending=$MAX_PENDING"
+  "drain_max_s=$DRAIN_MAX"
   "hookyard=$HOOKYARD"
 )
 if ((USE_PG)); then
