@@ -48,9 +48,9 @@
 # (pg_ticks), to see whether anything else used it. PostgreSQL is not pinned:
 # it runs wherever the kernel puts it, on LOAD_CPU or SUT_CPU. The store's
 # size is the schema's tables with indexes and TOAST; the JSON also has the
-# WAL the server wrote, the commits in the database and the server's WAL
-# flushes from the start of the wrk run until hookyard stopped (pg_wal_bytes,
-# pg_commits, pg_wal_syncs).
+# WAL the server wrote, the transactions of the database (reads included) and
+# the server's WAL flushes (about one per write commit) from the start of the
+# wrk run until hookyard stopped (pg_wal_bytes, pg_commits, pg_wal_syncs).
 #
 # Parameters (environment):
 #   ROUNDS=3  DURATION=10s  CONNECTIONS=64  WARMUP=1s (0 = none)
@@ -153,14 +153,12 @@ PG_SCHEMAS=()   # schemas this run created and has not dropped yet
 PG_POSTMASTER="" # pid of the server's postmaster (pg_setup)
 
 # pg_sql SQL: runs SQL with psql on PG_URL, prints the rows unaligned.
-pg_sql() {
-  PGAPPNAME=hookyard-bench-psql PGOPTIONS="-c client_min_messages=warning" \
-    psql "$PG_URL" -X -q -At -v ON_ERROR_STOP=1 -c "$1"
-}
+pg_sql() { PGAPPNAME=hookyard-bench-psql psql "$PG_URL" -X -q -At -v ON_ERROR_STOP=1 -c "$1"; }
 
-# pg_counters: "LSN COMMITS WAL_SYNCS": the server's WAL position, the commits in this database
-# and the WAL flushes of the server (cumulative statistics: a backend reports its own at the
-# latest when it exits).
+# pg_counters: "LSN XACTS WAL_SYNCS": the server's WAL position, the transactions committed in
+# this database (read-only ones too: every statement outside a transaction is one) and the WAL
+# flushes of the server, about one per committed write (cumulative statistics: a backend reports
+# its own at the latest when it exits).
 pg_counters() {
   pg_sql "SELECT pg_current_wal_lsn(), (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
           (SELECT wal_sync FROM pg_stat_wal)" | tr '|' ' '
@@ -262,7 +260,8 @@ pg_schema_bytes() {
 # pg_drop_schema SCHEMA: drops it with all its tables (nothing may be using it).
 pg_drop_schema() {
   local s=$1 kept=() x
-  pg_sql "DROP SCHEMA IF EXISTS \"$s\" CASCADE" >/dev/null
+  # (SET: no NOTICE per dropped table; PGOPTIONS would lose to an options= in PG_URL)
+  pg_sql "SET client_min_messages = warning; DROP SCHEMA IF EXISTS \"$s\" CASCADE" >/dev/null
   for x in "${PG_SCHEMAS[@]}"; do [[ "$x" == "$s" ]] || kept+=("$x"); done
   PG_SCHEMAS=("${kept[@]+"${kept[@]}"}")
 }

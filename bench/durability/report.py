@@ -11,8 +11,9 @@ A raw row is tab-separated:
 sut_ticks and pg_ticks are the CPU of hookyard and of the whole PostgreSQL server during the wrk
 run, the *_drain ones until the sink had every event; pg_backend_ticks is that of the backends
 with hookyard's application_name; deliver_us runs from wrk's start until the sink's counter
-stopped; pg_wal_bytes, pg_commits (this database) and pg_wal_syncs (WAL flushes) run from wrk's
-start until hookyard stopped, so they cover the settles of the drain too; the pg_* fields are "-" when no PostgreSQL mode ran (for the SQLite modes they measure
+stopped; pg_wal_bytes, pg_commits (transactions of this database, read-only ones included) and
+pg_wal_syncs (WAL flushes, about one per committed write) run from wrk's start until hookyard
+stopped, so they cover the settles (and the reads) of the drain too; the pg_* fields are "-" when no PostgreSQL mode ran (for the SQLite modes they measure
 the idle server).
 """
 import json
@@ -88,8 +89,9 @@ def parse_row(line, clk_tck):
         # the same until the sink had every event (the deliveries' settles of the backlog too)
         "total_cpu_us_per_event_drain": us_per_event(r["sut_ticks_drain"] + (pg_ticks_drain or 0)),
         "pg_wal_bytes_per_event": r["pg_wal_bytes"] / accepted if is_pg and accepted and r["pg_wal_bytes"] is not None else None,
-        # store operations (an accept per event, a settle per delivery) per commit and per WAL flush
-        "pg_ops_per_commit": (accepted + r["sink_delta"]) / r["pg_commits"] if is_pg and r["pg_commits"] else None,
+        # store operations (an accept per event, a settle per delivery) per transaction (reads
+        # included) and per WAL flush (about one per write commit: the writer's group size)
+        "pg_ops_per_xact": (accepted + r["sink_delta"]) / r["pg_commits"] if is_pg and r["pg_commits"] else None,
         "pg_ops_per_wal_sync": (accepted + r["sink_delta"]) / r["pg_wal_syncs"] if is_pg and r["pg_wal_syncs"] else None,
         "pg_idle_cpu_cores": r["pg_ticks"] / clk_tck / secs if not is_pg and r["pg_ticks"] is not None else None,
     }
@@ -127,8 +129,8 @@ def row_summary(r):
         cpu = (f"hookyard {d['sut_cpu_cores']:.2f} + postgres {d['pg_cpu_cores']:.2f} cores "
                f"({fmt(d['sut_cpu_us_per_event'])} + {fmt(d['pg_cpu_us_per_event'])} us/ev, "
                f"backends {fmt(d['pg_backend_cpu_us_per_event'])}), "
-               f"WAL {fmt(d['pg_wal_bytes_per_event'], 0)} B/ev, {fmt(d['pg_ops_per_commit'])} accepts+settles "
-               f"per commit, {fmt(d['pg_ops_per_wal_sync'])} per WAL flush, "
+               f"WAL {fmt(d['pg_wal_bytes_per_event'], 0)} B/ev, accepts+settles {fmt(d['pg_ops_per_wal_sync'])} "
+               f"per WAL flush, {fmt(d['pg_ops_per_xact'])} per transaction (reads too), "
                f"CPU to drain {fmt(d['total_cpu_us_per_event_drain'])} us/ev")
     else:
         cpu = f"hookyard {d['sut_cpu_cores']:.2f} cores ({fmt(d['sut_cpu_us_per_event'])} us/ev)"
@@ -290,7 +292,8 @@ def summary(rows_path, out_path, meta_args):
         p = medians["pg"]
         print(f"pg: postgres backends of hookyard {fmt(p['pg_backend_cpu_us_per_event'])} us/ev of the server's "
               f"{fmt(p['pg_cpu_us_per_event'])}; WAL {fmt(p['pg_wal_bytes_per_event'], 0)} B/ev; "
-              f"{fmt(p['pg_ops_per_commit'])} accepts+settles per commit, {fmt(p['pg_ops_per_wal_sync'])} per WAL flush")
+              f"accepts+settles {fmt(p['pg_ops_per_wal_sync'])} per WAL flush (~ per write commit), "
+              f"{fmt(p['pg_ops_per_xact'])} per transaction (reads too)")
         idle = [medians[m]["pg_idle_cpu_cores"] for m in modes if m != "pg" and medians[m]["pg_idle_cpu_cores"] is not None]
         if idle and max(idle) > 0.02:
             print(f"note: PostgreSQL used {max(idle):.3f} cores during a SQLite run: something else uses the server")
