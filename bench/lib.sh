@@ -243,5 +243,5 @@ run_meta() {
     "wrk_version=$(wrk -v 2>&1 | head -n 1 | cut -d' ' -f2)" \
     "kernel=$(uname -r)" \
     "cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
-    "nproc=$(nproc)"
+    "nproc=$(getconf _NPROCESSORS_ONLN)" # not nproc: pin_cpus has already bound this shell to one CPU
 }
