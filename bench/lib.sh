@@ -64,13 +64,16 @@ stop_pid() {
   untrack "$pid"
 }
 
-# On exit: stop every tracked process (newest first), remove WORK unless the run failed or
-# KEEP_WORKDIR=1. Ctrl-C and SIGTERM exit through it too.
+# On exit: stop every tracked process (newest first), then run the sourcing script's
+# bench_cleanup if it defines one (e.g. to drop the database schemas it created, once nothing
+# uses them), remove WORK unless the run failed or KEEP_WORKDIR=1. Ctrl-C and SIGTERM exit
+# through it too.
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   local i
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}" "pid ${PIDS[i]}"; done
+  if declare -F bench_cleanup >/dev/null; then bench_cleanup || log "WARNING: bench_cleanup failed"; fi
   if [[ -n "$WORK" && -d "$WORK" ]]; then
     if [[ $rc -eq 0 && "$KEEP_WORKDIR" != 1 ]]; then
       rm -rf "$WORK"
@@ -240,5 +243,5 @@ run_meta() {
     "wrk_version=$(wrk -v 2>&1 | head -n 1 | cut -d' ' -f2)" \
     "kernel=$(uname -r)" \
     "cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
-    "nproc=$(nproc)"
+    "nproc=$(getconf _NPROCESSORS_ONLN)" # not nproc: pin_cpus has already bound this shell to one CPU
 }
