@@ -12,7 +12,7 @@
 //! [`PROBE_INTERVAL`] the writer probes the database (a write, as an accept would do), so
 //! readiness follows a database that went away or came back within a second or so.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -313,15 +313,19 @@ async fn accept_all(
         rows.push(None);
         stored.push(i);
     }
+    // the ids and the events' insert go out together (pipelined: one round trip's wait)
     let n_deliveries: i64 = stored.iter().map(|&i| accepts[i].1.len() as i64).sum();
-    let mut ids: Vec<i64> = if n_deliveries == 0 {
-        Vec::new()
-    } else {
+    let allocate = async {
+        if n_deliveries == 0 {
+            return Ok(Vec::new());
+        }
         let st = tx.prepare_cached("SELECT nextval('deliveries_id_seq') FROM generate_series(1, $1::int8)").await?;
-        tx.query(&st, &[&n_deliveries]).await?.iter().map(|r| r.get(0)).collect()
+        Ok::<Vec<i64>, tokio_postgres::Error>(tx.query(&st, &[&n_deliveries]).await?.iter().map(|r| r.get(0)).collect())
     };
-    ids.sort_unstable();
-    if !stored.is_empty() {
+    let insert_events = async {
+        if stored.is_empty() {
+            return Ok(());
+        }
         let events: Vec<&NewEvent> = stored.iter().map(|&i| accepts[i].0).collect();
         let id: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         let source: Vec<&str> = events.iter().map(|e| e.source.as_str()).collect();
@@ -337,8 +341,10 @@ async fn accept_all(
                  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[], $6::text[], $7::bool[])",
             )
             .await?;
-        tx.execute(&st, &[&id, &source, &at, &headers, &body, &key, &routed]).await?;
-    }
+        tx.execute(&st, &[&id, &source, &at, &headers, &body, &key, &routed]).await.map(drop)
+    };
+    let (mut ids, ()) = tokio::try_join!(allocate, insert_events)?;
+    ids.sort_unstable();
     let planned: Vec<(&EventId, &NewDelivery)> =
         stored.iter().flat_map(|&i| accepts[i].1.iter().map(move |d| (&accepts[i].0.id, d))).collect();
     insert_deliveries(tx, &planned, &ids, now_ms()).await?;
@@ -407,7 +413,7 @@ pub async fn insert_deliveries(
 
 /// Records the attempts and the deliveries' new states: one update for all (only a pending
 /// delivery takes the new state; a cancelled one stays cancelled unless this attempt delivered
-/// it), then one insert of the attempt rows. A settle of an unknown delivery is an error of its
+/// it), and one insert of the attempt rows numbered from the updated rows, sent together. A settle of an unknown delivery is an error of its
 /// own. The deliveries are distinct (see [`write_group`]).
 async fn settle_all(
     tx: &Transaction<'_>,
@@ -424,50 +430,48 @@ async fn settle_all(
         .collect();
     let code: Vec<Option<i32>> = settles.iter().map(|s| s.1.status_code.map(i32::from)).collect();
     let error: Vec<Option<&str>> = settles.iter().map(|s| s.3).collect();
-    let st = tx
-        .prepare_cached(
-            "UPDATE deliveries d SET attempts = d.attempts + 1,
-                    status = CASE WHEN d.status = 'pending' OR u.status = 'delivered' THEN u.status ELSE d.status END,
-                    next_at = CASE WHEN d.status = 'pending' THEN u.next_at ELSE d.next_at END,
-                    updated_at = $6, last_status = u.code, last_error = u.error
-             FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int4[], $5::text[]) AS u (id, status, next_at, code, error)
-             WHERE d.id = u.id
-             RETURNING d.id, d.attempts",
-        )
-        .await?;
-    let now = now_ms();
-    let attempts: HashMap<i64, i32> = tx
-        .query(&st, &[&id, &status, &next_at, &code, &error, &now])
-        .await?
+    let update = async {
+        let st = tx
+            .prepare_cached(
+                "UPDATE deliveries d SET attempts = d.attempts + 1,
+                        status = CASE WHEN d.status = 'pending' OR u.status = 'delivered' THEN u.status ELSE d.status END,
+                        next_at = CASE WHEN d.status = 'pending' THEN u.next_at ELSE d.next_at END,
+                        updated_at = $6, last_status = u.code, last_error = u.error
+                 FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int4[], $5::text[]) AS u (id, status, next_at, code, error)
+                 WHERE d.id = u.id
+                 RETURNING d.id",
+            )
+            .await?;
+        let rows = tx.query(&st, &[&id, &status, &next_at, &code, &error, &now_ms()]).await?;
+        Ok::<HashSet<i64>, tokio_postgres::Error>(rows.iter().map(|r| r.get(0)).collect())
+    };
+    // sent right behind the update, in the same transaction: it reads the new attempt count
+    let at: Vec<i64> = settles.iter().map(|s| s.1.at_ms).collect();
+    let latency: Vec<i64> = settles.iter().map(|s| s.1.latency_ms as i64).collect();
+    let response: Vec<&[u8]> = settles
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|s| {
+            let r = &s.1.response;
+            &r[..r.len().min(MAX_RESPONSE_KEPT)]
+        })
         .collect();
-    let found: Vec<usize> = (0..settles.len()).filter(|i| attempts.contains_key(&id[*i])).collect();
-    if !found.is_empty() {
-        let a_id: Vec<i64> = found.iter().map(|&i| id[i]).collect();
-        let n: Vec<i32> = found.iter().map(|&i| attempts[&id[i]]).collect();
-        let at: Vec<i64> = found.iter().map(|&i| settles[i].1.at_ms).collect();
-        let a_code: Vec<Option<i32>> = found.iter().map(|&i| code[i]).collect();
-        let latency: Vec<i64> = found.iter().map(|&i| settles[i].1.latency_ms as i64).collect();
-        let response: Vec<&[u8]> = found
-            .iter()
-            .map(|&i| {
-                let r = &settles[i].1.response;
-                &r[..r.len().min(MAX_RESPONSE_KEPT)]
-            })
-            .collect();
-        let a_error: Vec<Option<&str>> = found.iter().map(|&i| settles[i].1.error.as_deref()).collect();
+    let a_error: Vec<Option<&str>> = settles.iter().map(|s| s.1.error.as_deref()).collect();
+    let log = async {
         let st = tx
             .prepare_cached(
                 "INSERT INTO attempts (delivery_id, n, at, status_code, latency_ms, response, error)
-                 SELECT * FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int4[], $5::int8[], $6::bytea[], $7::text[])
+                 SELECT d.id, d.attempts, u.at, u.code, u.latency, u.response, u.error
+                 FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::int8[], $5::bytea[], $6::text[])
+                   AS u (id, at, code, latency, response, error)
+                 JOIN deliveries d ON d.id = u.id
                  ON CONFLICT (delivery_id, n) DO UPDATE SET at = excluded.at, status_code = excluded.status_code,
                     latency_ms = excluded.latency_ms, response = excluded.response, error = excluded.error",
             )
             .await?;
-        tx.execute(&st, &[&a_id, &n, &at, &a_code, &latency, &response, &a_error]).await?;
-    }
-    Ok(id.iter().map(|i| if attempts.contains_key(i) { Ok(()) } else { Err(format!("no delivery {i}")) }).collect())
+        tx.execute(&st, &[&id, &at, &code, &latency, &response, &a_error]).await.map(drop)
+    };
+    let (found, ()) = tokio::try_join!(update, log)?;
+    Ok(id.iter().map(|i| if found.contains(i) { Ok(()) } else { Err(format!("no delivery {i}")) }).collect())
 }
 
 /// Tells each caller its outcome (an error for all if the group could not be committed).
