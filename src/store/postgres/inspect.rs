@@ -368,6 +368,9 @@ impl Inspect for PgStore {
             .query_one(
                 &format!(
                     "WITH gone AS (DELETE FROM deliveries WHERE {DEAD} RETURNING id, event_id),
+                          attempts_gone AS (DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM gone)),
+                          bodies_gone AS (DELETE FROM delivery_bodies WHERE delivery_id IN (SELECT id FROM gone)),
+                          cancels_gone AS (DELETE FROM cancellations WHERE delivery_id IN (SELECT id FROM gone)),
                           emptied AS (
                               -- the statement sees the deliveries as they were before it: those
                               -- it deletes do not count as left

@@ -141,6 +141,16 @@ impl PgStore {
             let (mut client, conn) = pg.connect(NoTls).await.map_err(|e| err(describe(&e)))?;
             let task = tokio::spawn(conn);
             let migrated = schema::migrate(&mut client, &cfg.schema).await;
+            // the queue rewrites a delivery row with each attempt: without autovacuum its dead
+            // rows are never reclaimed and the due query wades through more of them every hour
+            if let Ok(row) = client.query_one("SHOW autovacuum", &[]).await
+                && row.get::<_, &str>(0) == "off"
+            {
+                tracing::warn!(
+                    store = %display_url(&cfg.url.0),
+                    "autovacuum is off on this PostgreSQL server: the delivery queue's dead rows are never reclaimed and its queries slow down over time; turn it on, or VACUUM the schema's tables regularly"
+                );
+            }
             drop(client);
             let _ = task.await;
             migrated.map_err(|e| err(describe(&e)))?.map_err(err)?;

@@ -146,8 +146,9 @@ impl Queue for PgStore {
     }
 
     /// In batches of [`PURGE_BATCH`] events, each one statement: the finished deliveries of old
-    /// events are deleted first, each re-checked under its row lock (a replay that made one
-    /// pending meanwhile keeps it), then the events none of whose deliveries is left.
+    /// events are deleted first (with their attempts, outputs and cancels), each re-checked under
+    /// its row lock (a replay that made one pending meanwhile keeps it), then the events none of
+    /// whose deliveries is left.
     async fn purge(&self, before_ms: i64) -> Result<usize> {
         let c = self.conn().await?;
         let st = c
@@ -158,6 +159,12 @@ impl Queue for PgStore {
                      LIMIT $2
                  ), gone AS (
                      DELETE FROM deliveries d USING old WHERE d.event_id = old.id AND d.status <> 'pending' RETURNING d.id
+                 ), attempts_gone AS (
+                     DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM gone)
+                 ), bodies_gone AS (
+                     DELETE FROM delivery_bodies WHERE delivery_id IN (SELECT id FROM gone)
+                 ), cancels_gone AS (
+                     DELETE FROM cancellations WHERE delivery_id IN (SELECT id FROM gone)
                  ), purged AS (
                      DELETE FROM events e USING old WHERE e.id = old.id
                        AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.id NOT IN (SELECT id FROM gone))
