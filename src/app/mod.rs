@@ -101,6 +101,9 @@ pub async fn start_with(config: &Path, plugins: Arc<Plugins>) -> Result<Running,
     log_budget(nofile, &budget);
     let storage = snapshot.storage.clone();
     let store = Store::connect(&storage, Clock::System).await?;
+    for problem in store.warnings() {
+        warn!(store = %Store::describe(&storage), %problem, "store warning");
+    }
     let dispatcher = Dispatcher::new(
         store.clone(),
         HttpTransport,

@@ -537,6 +537,14 @@ impl Store {
         }
     }
 
+    /// Problems of the store's setup that the gateway warns about at start.
+    pub fn warnings(&self) -> Vec<String> {
+        match self {
+            Store::Sqlite(_) => Vec::new(),
+            Store::Postgres(pg) => pg.warnings(),
+        }
+    }
+
     /// How logs and `status` name the store: the SQLite file, or the PostgreSQL database without
     /// its password.
     pub fn describe(storage: &StorageConfig) -> String {

@@ -246,6 +246,14 @@ async fn the_documented_two_lines_run_the_gateway_on_postgresql() {
     assert_eq!(got[0].body, "{\"hello\":\"postgres\"}");
     let started = gw.wait_for_log("hookyard listening", WAIT).await;
     assert!(started.contains("store=postgres://postgres@"), "{started}");
+    // a server without autovacuum is named at start (the machines' test server has it off)
+    let autovacuum: String = database.client().await.query_one("SHOW autovacuum", &[]).await.unwrap().get(0);
+    assert_eq!(
+        gw.logs_contain("autovacuum is off on this PostgreSQL server"),
+        autovacuum == "off",
+        "autovacuum is {autovacuum}; logs:\n{}",
+        gw.logs()
+    );
     gw.terminate(WAIT).await;
     let stored: i64 = database
         .client()

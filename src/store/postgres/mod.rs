@@ -52,6 +52,8 @@ pub struct PgStore {
     health: Arc<WriteHealth>,
     commit_timeout: Duration,
     clock: Clock,
+    /// The server's autovacuum is off (see [`PgStore::warnings`]).
+    autovacuum_off: bool,
 }
 
 /// A database error as the boundary carries it: the server's message (with its detail) or the
@@ -137,20 +139,15 @@ impl PgStore {
             None => options,
         });
         // migrations first, on a connection of their own (the schema may not exist yet)
+        let autovacuum_off;
         {
             let (mut client, conn) = pg.connect(NoTls).await.map_err(|e| err(describe(&e)))?;
             let task = tokio::spawn(conn);
             let migrated = schema::migrate(&mut client, &cfg.schema).await;
             // the queue rewrites a delivery row with each attempt: without autovacuum its dead
             // rows are never reclaimed and the due query wades through more of them every hour
-            if let Ok(row) = client.query_one("SHOW autovacuum", &[]).await
-                && row.get::<_, &str>(0) == "off"
-            {
-                tracing::warn!(
-                    store = %display_url(&cfg.url.0),
-                    "autovacuum is off on this PostgreSQL server: the delivery queue's dead rows are never reclaimed and its queries slow down over time; turn it on, or VACUUM the schema's tables regularly"
-                );
-            }
+            autovacuum_off =
+                matches!(client.query_one("SHOW autovacuum", &[]).await, Ok(row) if row.get::<_, &str>(0) == "off");
             drop(client);
             let _ = task.await;
             migrated.map_err(|e| err(describe(&e)))?.map_err(err)?;
@@ -172,7 +169,20 @@ impl PgStore {
             health,
             commit_timeout,
             clock,
+            autovacuum_off,
         })
+    }
+
+    /// What the gateway should warn about at start (a CLI command does not repeat it).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.autovacuum_off {
+            out.push(
+                "autovacuum is off on this PostgreSQL server: the delivery queue's dead rows are never reclaimed and its queries slow down over time; turn it on, or VACUUM the schema's tables regularly"
+                    .to_string(),
+            );
+        }
+        out
     }
 
     /// A pooled connection (bounded wait).
