@@ -232,7 +232,8 @@ async fn the_documented_two_lines_run_the_gateway_on_postgresql() {
             "server: {{ listen: \"127.0.0.1:0\" }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\negress: {{ allow: [\"127.0.0.0/8\"] }}\n{yaml_line}\
              sources:\n  app: {{ path: /in, verify: {{ scheme: none }} }}\n\
              destinations:\n  out: {{ url: \"{}\", sign: {{ scheme: none }} }}\n\
-             routes:\n  - {{ name: main, source: app, to: [out] }}\n",
+             \x20 down: {{ url: \"http://127.0.0.1:1/x\", sign: {{ scheme: none }}, retry: {{ schedule: [1h] }}, breaker: {{ enabled: false }} }}\n\
+             routes:\n  - {{ name: main, source: app, to: [out, down] }}\n",
             sink.url("/out")
         ),
     )
@@ -254,6 +255,15 @@ async fn the_documented_two_lines_run_the_gateway_on_postgresql() {
         "autovacuum is {autovacuum}; logs:\n{}",
         gw.logs()
     );
+    // the queue figures on /metrics come from PostgreSQL: `down` refuses connections, so its
+    // delivery waits in the store for its retry in an hour
+    let admin = crate::harness::admin_api::AdminApi::of(&gw).await;
+    admin
+        .wait_metrics("the queue depth of `down` from the store", |m| {
+            m.get("hookyard_queue_depth", &[("destination", "down")]) == 1.0
+                && m.get("hookyard_queue_depth", &[("destination", "out")]) == 0.0
+        })
+        .await;
     gw.terminate(WAIT).await;
     let stored: i64 = database
         .client()
