@@ -91,12 +91,26 @@ async fn shutdown_closes_both_listeners_and_keeps_what_was_accepted() {
 
 #[tokio::test]
 async fn the_retention_purge_follows_a_reload() {
+    retention_purge_follows_a_reload("path: hookyard.db").await
+}
+
+/// The same with the store in PostgreSQL (a schema of its own).
+#[tokio::test]
+async fn the_retention_purge_follows_a_reload_on_postgres() {
+    let schema = crate::harness::postgres::PgSchema::new();
+    let store = format!("postgres: {{ url: \"{}\", schema: {} }}", crate::harness::postgres::url(), schema.name);
+    retention_purge_follows_a_reload(&store).await
+}
+
+/// A finished event outlives purge rounds under a 1 h retention, and goes once a reload sets
+/// 1 ms; `store` is the rest of the `storage:` section.
+async fn retention_purge_follows_a_reload(store: &str) {
     let sink = Sink::start().await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = |retention: &str| {
         format!(
             "server: {{ listen: \"127.0.0.1:0\" }}\nadmin: {{ enabled: false }}\n\
-             storage: {{ path: hookyard.db, retention: {retention}, purge_interval: 200ms }}\n\
+             storage: {{ {store}, retention: {retention}, purge_interval: 200ms }}\n\
              sources:\n  s: {{ path: /hooks/s, verify: {{ scheme: none }} }}\negress: {{ allow: [127.0.0.1] }}\n\
              destinations:\n  d: {{ url: \"{}\", sign: {{ scheme: none }} }}\nroutes:\n  - {{ name: r, source: s, to: [d] }}\n",
             sink.url("/in")
