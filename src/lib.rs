@@ -15,4 +15,5 @@ pub mod server;
 pub mod sign;
 pub mod snapshot;
 pub mod store;
+pub mod tls;
 pub mod verify;

@@ -562,6 +562,12 @@ impl Config {
             if pg.statement_timeout.0.is_zero() {
                 errors.push(self.error("storage.postgres.statement_timeout", "must be greater than 0"));
             }
+            if pg.ca_file.is_some() && crate::store::postgres_sslmode_disabled(&pg.url.0) {
+                errors.push(self.error(
+                    "storage.postgres.ca_file",
+                    "the url says sslmode=disable, but a ca_file means TLS: remove one of them",
+                ));
+            }
         }
         let mut names: Vec<&str> = Vec::new();
         for (i, r) in &self.routes {

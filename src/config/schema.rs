@@ -162,8 +162,8 @@ pub struct StorageConfig {
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Connection URL, `postgres://user:password@host:5432/dbname` (libpq's URL and `key=value`
-    /// forms; `?sslmode=` is not supported: use a local or private network connection). Use
-    /// `${DATABASE_URL}`: the password never appears in logs or in `status`.
+    /// forms; `?sslmode=disable|prefer|require`, see `ca_file`). Use `${DATABASE_URL}`: the
+    /// password never appears in logs or in `status`.
     pub url: Secret,
     /// Most connections hookyard opens to the database. Default 16: one commits the event writes
     /// of every request (grouped), the others serve deliveries, the admin API and the CLI.
@@ -179,6 +179,12 @@ pub struct PostgresConfig {
     /// Longest a statement may run (the server cancels it; the request gets `503`). Default `30s`.
     #[serde(default = "default_pg_statement_timeout")]
     pub statement_timeout: Dur,
+    /// PEM file of the CA certificate(s) that signed the server's certificate, relative to this
+    /// file. Given, every connection is TLS and the server's certificate and host name are
+    /// verified against it (libpq's `verify-full`). Without it, `?sslmode=require` in the URL
+    /// verifies against the public (webpki) roots, and the default (`prefer`) connects without TLS.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_pg_pool() -> usize {

@@ -40,7 +40,7 @@ pub struct Snapshot {
     pub file: String,
     pub server: ServerConfig,
     pub delivery: DeliveryConfig,
-    /// `storage`, with `path` resolved against the config file's directory.
+    /// `storage`, with `path` and `postgres.ca_file` resolved against the config file's directory.
     pub storage: StorageConfig,
     pub sources: Vec<Source>,
     pub routes: Vec<Route>,
@@ -126,6 +126,17 @@ pub fn build_from_text(
         }
     }
 
+    // the PostgreSQL CA file, relative to the config file, read now so `check` reports it
+    let mut postgres = cfg.storage.postgres.clone();
+    if let Some(ca) = postgres.as_mut().and_then(|pg| pg.ca_file.as_mut()) {
+        *ca = cfg.base_dir.join(&*ca);
+        let read =
+            crate::tls::read_pem_file(ca).and_then(|pem| crate::tls::TlsRoots::empty().with_ca_pem(ca, &pem).map(drop));
+        if let Err(m) = read {
+            errors.push(cfg.error("storage.postgres.ca_file", m));
+        }
+    }
+
     let mut log_redact = Vec::new();
     for (i, p) in cfg.server.log_redact.iter().enumerate() {
         match JsonPath::parse_writable(p) {
@@ -151,6 +162,7 @@ pub fn build_from_text(
             } else {
                 cfg.base_dir.join(&cfg.storage.path)
             },
+            postgres,
             ..cfg.storage.clone()
         },
         sources,

@@ -17,7 +17,10 @@ pub mod migrate;
 mod postgres;
 mod sqlite;
 
-pub use postgres::{PgStore, display_url as postgres_display_url, url_problem as postgres_url_problem};
+pub use postgres::{
+    PgStore, display_url as postgres_display_url, sslmode_disabled as postgres_sslmode_disabled,
+    url_problem as postgres_url_problem,
+};
 pub use sqlite::SqliteStore;
 
 use std::future::Future;

@@ -1098,3 +1098,49 @@ async fn plugin_test_takes_settings_as_plugin_config() {
         assert_eq!(warnings, note.into_iter().collect::<Vec<_>>(), "{flag}");
     }
 }
+
+/// `check` reads `storage.postgres.ca_file` (relative to the config) and refuses one with
+/// `sslmode=disable`; it never connects to the database.
+#[tokio::test]
+async fn check_reads_the_postgres_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |url: &str| {
+        format!(
+            "storage:\n  postgres:\n    url: \"{url}\"\n    ca_file: certs/db-ca.pem\n\
+             sources:\n  s: {{ path: /in, verify: {{ scheme: none }} }}\n"
+        )
+    };
+    let path = write_config(dir.path(), "routes.yaml", &yaml("postgres://hookyard@db.internal:5432/hooks"));
+    let check = || {
+        let mut cmd = hookyard();
+        cmd.arg("check").arg("--config").arg(&path);
+        run_cli(cmd)
+    };
+    let out = check().await;
+    assert_eq!(out.code(), Some(1), "{}", out.stdout);
+    let ca = dir.path().join("certs/db-ca.pem");
+    assert_eq!(
+        out.stderr.lines().next().unwrap(),
+        format!(
+            "{}:4:5: storage.postgres.ca_file: cannot read {}: No such file or directory (os error 2)",
+            path.display(),
+            ca.display()
+        )
+    );
+    std::fs::create_dir_all(ca.parent().unwrap()).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["db.internal".to_string()]).unwrap();
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let out = check().await;
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+
+    std::fs::write(&path, yaml("postgres://hookyard@db.internal:5432/hooks?sslmode=disable")).unwrap();
+    let out = check().await;
+    assert_eq!(out.code(), Some(1));
+    assert_eq!(
+        out.stderr.lines().next().unwrap(),
+        format!(
+            "{}:4:5: storage.postgres.ca_file: the url says sslmode=disable, but a ca_file means TLS: remove one of them",
+            path.display()
+        )
+    );
+}

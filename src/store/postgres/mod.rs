@@ -86,17 +86,41 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     })
 }
 
+/// Whether `url` turns TLS off (`sslmode=disable`).
+pub fn sslmode_disabled(url: &str) -> bool {
+    tokio_postgres::Config::from_str(url).is_ok_and(|c| c.get_ssl_mode() == tokio_postgres::config::SslMode::Disable)
+}
+
 /// Why `url` is not a usable connection string, if it is not.
 pub fn url_problem(url: &str) -> Option<String> {
     match tokio_postgres::Config::from_str(url) {
         Err(e) => Some(format!("not a PostgreSQL connection URL: {e}")),
         Ok(c) if c.get_hosts().is_empty() => Some("names no host (postgres://user@host:5432/dbname)".to_string()),
-        Ok(c) if c.get_ssl_mode() == tokio_postgres::config::SslMode::Require => Some(
-            "sslmode=require: TLS to PostgreSQL is not supported yet; connect over a local or private network"
-                .to_string(),
-        ),
         Ok(_) => None,
     }
+}
+
+/// The TLS connector for `cfg`: verified against its `ca_file` (host name included), or against
+/// the webpki roots when the URL says `sslmode=require`; `None` (no TLS) otherwise.
+fn tls_for(
+    cfg: &PostgresConfig,
+    pg: &tokio_postgres::Config,
+) -> std::result::Result<Option<tokio_postgres_rustls::MakeRustlsConnect>, String> {
+    use crate::tls::{TlsRoots, read_pem_file};
+    let roots = match &cfg.ca_file {
+        Some(path) => {
+            let pem = read_pem_file(path).map_err(|e| format!("storage.postgres.ca_file: {e}"))?;
+            TlsRoots::empty().with_ca_pem(path, &pem).map_err(|e| format!("storage.postgres.ca_file: {e}"))?
+        }
+        None if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require => TlsRoots::webpki(),
+        None => return Ok(None),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots.0.clone())
+        .with_no_client_auth();
+    Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
 }
 
 /// `postgres://user@host:port/dbname`, without the password: how logs and `status` name the store.
@@ -138,11 +162,18 @@ impl PgStore {
             Some(theirs) => format!("{theirs} {options}"),
             None => options,
         });
+        let tls = tls_for(cfg, &pg).map_err(err)?;
+        if tls.is_some() {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         // migrations first, on a connection of their own (the schema may not exist yet)
         let autovacuum_off;
         {
-            let (mut client, conn) = pg.connect(NoTls).await.map_err(|e| err(describe(&e)))?;
-            let task = tokio::spawn(conn);
+            let (mut client, task) = match &tls {
+                Some(tls) => pg.connect(tls.clone()).await.map(|(c, conn)| (c, tokio::spawn(conn))),
+                None => pg.connect(NoTls).await.map(|(c, conn)| (c, tokio::spawn(conn))),
+            }
+            .map_err(|e| err(describe(&e)))?;
             let migrated = schema::migrate(&mut client, &cfg.schema).await;
             // the queue rewrites a delivery row with each attempt: without autovacuum its dead
             // rows are never reclaimed and the due query wades through more of them every hour
@@ -152,7 +183,11 @@ impl PgStore {
             let _ = task.await;
             migrated.map_err(|e| err(describe(&e)))?.map_err(err)?;
         }
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match tls {
+            Some(tls) => Manager::from_config(pg, tls, manager_config),
+            None => Manager::from_config(pg, NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(cfg.pool)
             .runtime(Runtime::Tokio1)

@@ -28,6 +28,7 @@ impl Schema {
             schema: self.0.clone(),
             connect_timeout: Dur(Duration::from_secs(5)),
             statement_timeout: Dur(Duration::from_secs(30)),
+            ca_file: None,
         }
     }
 }

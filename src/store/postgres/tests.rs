@@ -91,7 +91,9 @@ fn urls_are_checked_and_shown_without_their_password() {
     assert_eq!(url_problem("postgres://u:p@db.internal:6543/hooks"), None);
     assert_eq!(display_url("postgres://u:p@db.internal:6543/hooks"), "postgres://u@db.internal:6543/hooks");
     assert_eq!(display_url("host=db user=u password=p dbname=hooks"), "postgres://u@db:5432/hooks");
-    assert!(url_problem("postgres://u@db/x?sslmode=require").unwrap().starts_with("sslmode=require: TLS"));
+    assert_eq!(url_problem("postgres://u@db/x?sslmode=require"), None);
+    assert!(sslmode_disabled("postgres://u@db/x?sslmode=disable"));
+    assert!(!sslmode_disabled("postgres://u@db/x"));
     assert!(url_problem("mysql://x").unwrap().starts_with("not a PostgreSQL connection URL"));
     assert_eq!(url_problem("postgres:///x").as_deref(), Some("names no host (postgres://user@host:5432/dbname)"));
 }
@@ -271,4 +273,59 @@ async fn purges_leave_no_rows_behind_that_point_at_what_they_deleted() {
     assert_eq!(orphans, 0, "deliveries of deleted events");
     assert_eq!(count(format!("SELECT COUNT(*) FROM {s}.attempts")).await, 0, "every attempt went with its delivery");
     assert_eq!(count(format!("SELECT COUNT(*) FROM {s}.events")).await, 1, "only evt_p is left");
+}
+
+/// The test server's certificate (Debian's snakeoil, issued to `localhost`), which is its own CA.
+async fn server_certificate() -> std::path::PathBuf {
+    let c = client().await.unwrap();
+    let ssl: String = c.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    assert_eq!(ssl, "on", "the test server must have ssl = on (Debian's default) for the TLS tests");
+    let file: String = c.query_one("SHOW ssl_cert_file", &[]).await.unwrap().get(0);
+    file.into()
+}
+
+/// The test database's URL at `host`, with `query` appended.
+fn url_at(host: &str, query: &str) -> String {
+    let cfg: tokio_postgres::Config = test_url().parse().unwrap();
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}{query}",
+        cfg.get_user().unwrap_or("postgres"),
+        cfg.get_dbname().unwrap_or("test")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_ca_file_connections_are_tls_and_the_server_is_verified() {
+    let schema = Schema::new();
+    let ca = server_certificate().await;
+    let cfg = PostgresConfig { url: Secret(url_at("localhost", "")), ca_file: Some(ca.clone()), ..schema.config() };
+    let store = PgStore::open(&cfg, StoreOptions::default()).await.expect("TLS to localhost, verified");
+    stored(store.accept(event("evt_tls", None, now_ms()), vec![delivery("a")], None).await.unwrap());
+    let c = store.conn().await.unwrap();
+    let ssl: bool = c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0);
+    assert!(ssl, "the pooled connection is encrypted");
+
+    // the certificate names localhost, not 127.0.0.1: verify-full refuses
+    let wrong_host = PostgresConfig { url: Secret(url_at("127.0.0.1", "")), ..cfg.clone() };
+    let err = PgStore::open(&wrong_host, StoreOptions::default()).await.err().expect("refused").to_string();
+    assert!(err.contains("invalid peer certificate: certificate not valid for name \"127.0.0.1\""), "{err}");
+    // sslmode=require without a CA file trusts the public roots only, which did not sign it
+    let public = PostgresConfig { url: Secret(url_at("localhost", "?sslmode=require")), ca_file: None, ..cfg.clone() };
+    let err = PgStore::open(&public, StoreOptions::default()).await.err().expect("refused").to_string();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    // a CA file that holds no certificate
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("ca.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let bad = PostgresConfig { ca_file: Some(junk.clone()), ..cfg.clone() };
+    let err = PgStore::open(&bad, StoreOptions::default()).await.err().expect("refused").to_string();
+    assert_eq!(
+        err,
+        format!(
+            "cannot open the store at {}: storage.postgres.ca_file: {}: no certificate found (expected a PEM \"CERTIFICATE\" block)",
+            display_url(&url_at("localhost", "")),
+            junk.display()
+        )
+    );
 }
