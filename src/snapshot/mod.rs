@@ -126,15 +126,13 @@ pub fn build_from_text(
         }
     }
 
-    // the PostgreSQL CA file, relative to the config file, read now so `check` reports it
+    // PostgreSQL's URL and CA file (relative to the config file), checked now so `check` reports them
     let mut postgres = cfg.storage.postgres.clone();
-    if let Some(ca) = postgres.as_mut().and_then(|pg| pg.ca_file.as_mut()) {
-        *ca = cfg.base_dir.join(&*ca);
-        let read =
-            crate::tls::read_pem_file(ca).and_then(|pem| crate::tls::TlsRoots::empty().with_ca_pem(ca, &pem).map(drop));
-        if let Err(m) = read {
-            errors.push(cfg.error("storage.postgres.ca_file", m));
+    if let Some(pg) = postgres.as_mut() {
+        if let Some(ca) = pg.ca_file.as_mut() {
+            *ca = cfg.base_dir.join(&*ca);
         }
+        errors.extend(crate::store::check_postgres(pg).into_iter().map(|e| cfg.error_at("storage.postgres", e)));
     }
 
     let mut log_redact = Vec::new();
@@ -243,6 +241,39 @@ mod tests {
         );
         build_from_text("routes.yaml", Path::new("."), &text, &|_| None, &Plugins::default())
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `storage.postgres` as `check` reports it: the config's own checks and the store's (the URL)
+    /// in one list, in file order; the store is named without its password.
+    #[test]
+    fn storage_postgres_is_checked_with_the_url_and_named_without_its_password() {
+        let env =
+            |k: &str| (k == "DATABASE_URL").then(|| "postgres://hookyard:s3cret@db.internal:5432/hooks".to_string());
+        let snap = build_from_text(
+            "routes.yaml",
+            Path::new("."),
+            "storage:\n  postgres: { url: \"${DATABASE_URL}\" }\n",
+            &env,
+            &Plugins::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            crate::store::Store::describe(&snap.storage),
+            "postgres://hookyard@db.internal:5432/hooks (schema public)"
+        );
+
+        let text = "storage:\n  postgres:\n    url: \"mysql://x\"\n    pool: 1\n    schema: Hooks-1\n    statement_timeout: 0s\n";
+        let errors = build_from_text("routes.yaml", Path::new("."), text, &env, &Plugins::default()).err().unwrap();
+        let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [
+                "routes.yaml:3:5: storage.postgres.url: not a PostgreSQL connection URL: invalid connection string",
+                "routes.yaml:4:5: storage.postgres.pool: must be at least 2 (one connection commits events, the others read)",
+                "routes.yaml:5:5: storage.postgres.schema: must be a lower-case SQL name: a-z, 0-9 and _, not starting with a digit, at most 63 characters",
+                "routes.yaml:6:5: storage.postgres.statement_timeout: must be greater than 0",
+            ]
+        );
     }
 
     /// A reload must not refill a bucket a flood has emptied, unless the limit itself changed.

@@ -17,10 +17,7 @@ pub mod migrate;
 mod postgres;
 mod sqlite;
 
-pub use postgres::{
-    PgStore, display_url as postgres_display_url, sslmode_disabled as postgres_sslmode_disabled,
-    url_problem as postgres_url_problem,
-};
+pub use postgres::{PgStore, check as check_postgres, display_url as postgres_display_url};
 pub use sqlite::SqliteStore;
 
 use std::future::Future;
@@ -519,14 +516,6 @@ pub trait Inspect: Clone + Send + Sync + 'static {
 pub enum Store {
     Sqlite(SqliteStore),
     Postgres(PgStore),
-}
-
-/// Whether `name` is a plain lower-case SQL name (a schema name used unquoted).
-pub fn is_sql_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some('a'..='z' | '_'))
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
-        && name.len() <= 63
 }
 
 impl Store {

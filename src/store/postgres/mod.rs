@@ -37,7 +37,7 @@ use tokio_postgres::NoTls;
 use super::health::WriteHealth;
 use super::{Result, StoreError, StoreOptions};
 use crate::clock::Clock;
-use crate::config::PostgresConfig;
+use crate::config::{KeyError, PostgresConfig};
 use writer::Writer;
 
 /// How much longer than `commit_timeout` an accept waits for the writer's answer before giving
@@ -86,13 +86,38 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     })
 }
 
-/// Whether `url` turns TLS off (`sslmode=disable`).
-pub fn sslmode_disabled(url: &str) -> bool {
-    tokio_postgres::Config::from_str(url).is_ok_and(|c| c.get_ssl_mode() == tokio_postgres::config::SslMode::Disable)
+/// What is wrong with a `storage.postgres` section (its `ca_file` already resolved), as
+/// `check` and a reload report it: the URL, a CA file beside `sslmode=disable`, and the CA file
+/// itself (read and parsed). Needs no database.
+pub fn check(cfg: &PostgresConfig) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    if let Some(problem) = url_problem(&cfg.url.0) {
+        errors.push(KeyError::new(".url", problem));
+    }
+    if let Some(ca) = &cfg.ca_file {
+        let disabled = tokio_postgres::Config::from_str(&cfg.url.0)
+            .is_ok_and(|c| c.get_ssl_mode() == tokio_postgres::config::SslMode::Disable);
+        if disabled {
+            errors.push(KeyError::new(
+                ".ca_file",
+                "the url says sslmode=disable, but a ca_file means TLS: remove one of them",
+            ));
+        }
+        if let Err(m) = ca_roots(ca) {
+            errors.push(KeyError::new(".ca_file", m));
+        }
+    }
+    errors
+}
+
+/// The roots a `ca_file` names: every certificate in it, and nothing else.
+fn ca_roots(path: &std::path::Path) -> std::result::Result<crate::tls::TlsRoots, String> {
+    let pem = crate::tls::read_pem_file(path)?;
+    crate::tls::TlsRoots::empty().with_ca_pem(path, &pem)
 }
 
 /// Why `url` is not a usable connection string, if it is not.
-pub fn url_problem(url: &str) -> Option<String> {
+fn url_problem(url: &str) -> Option<String> {
     match tokio_postgres::Config::from_str(url) {
         Err(e) => Some(format!("not a PostgreSQL connection URL: {e}")),
         Ok(c) if c.get_hosts().is_empty() => Some("names no host (postgres://user@host:5432/dbname)".to_string()),
@@ -106,13 +131,9 @@ fn tls_for(
     cfg: &PostgresConfig,
     pg: &tokio_postgres::Config,
 ) -> std::result::Result<Option<tokio_postgres_rustls::MakeRustlsConnect>, String> {
-    use crate::tls::{TlsRoots, read_pem_file};
     let roots = match &cfg.ca_file {
-        Some(path) => {
-            let pem = read_pem_file(path).map_err(|e| format!("storage.postgres.ca_file: {e}"))?;
-            TlsRoots::empty().with_ca_pem(path, &pem).map_err(|e| format!("storage.postgres.ca_file: {e}"))?
-        }
-        None if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require => TlsRoots::webpki(),
+        Some(path) => ca_roots(path).map_err(|e| format!("storage.postgres.ca_file: {e}"))?,
+        None if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require => crate::tls::TlsRoots::webpki(),
         None => return Ok(None),
     };
     let config = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
