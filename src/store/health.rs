@@ -8,6 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::{error, info};
 
+/// How long a writer goes without writing an event before it probes the store (a write, as an
+/// accept would do), and so how long readiness may lag behind a store that went bad (or
+/// recovered) while no event arrived.
+pub const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug)]
 pub struct WriteHealth {
     /// Lock-free fast path of `error.is_none()`, so a healthy writer takes no lock.

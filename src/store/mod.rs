@@ -148,6 +148,16 @@ pub struct DueDelivery {
     pub body: Bytes,
 }
 
+/// Most operations a backend's writer commits in one transaction. Bounds commit latency under a
+/// flood.
+pub(crate) const MAX_GROUP: usize = 1024;
+
+/// How much longer than `commit_timeout` an accept waits for the writer's answer before giving
+/// up on its own: a writer answers by the deadline unless it is stuck in the disk or the database
+/// stopped answering mid-commit, and only then can an event be stored after its caller was told
+/// it was not (a duplicate once the sender retries; never a `202` without a commit).
+pub(crate) const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
 /// The deliveries of a just committed event that are due now, given the id each planned
 /// delivery got (failed ones are kept in the store, not sent). For the backends' accepts.
 pub(crate) fn due_now(ev: NewEvent, deliveries: Vec<NewDelivery>, ids: Vec<i64>) -> Vec<DueDelivery> {

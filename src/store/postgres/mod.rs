@@ -40,10 +40,6 @@ use crate::clock::Clock;
 use crate::config::{KeyError, PostgresConfig};
 use writer::Writer;
 
-/// How much longer than `commit_timeout` an accept waits for the writer's answer before giving
-/// up on its own (the writer answers by the deadline unless the database stops answering).
-const ANSWER_GRACE: Duration = Duration::from_secs(1);
-
 /// The PostgreSQL store. Cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {

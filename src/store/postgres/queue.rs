@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::writer::{self, Op};
-use super::{ANSWER_GRACE, PgStore, db};
+use super::{PgStore, db};
 use crate::clock::Clock;
 use crate::store::{
-    Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, EventId, NewDelivery, NewEvent, Queue, Result,
-    Settle, StoreError, now_ms,
+    ANSWER_GRACE, Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, EventId, NewDelivery, NewEvent,
+    Queue, Result, Settle, StoreError, now_ms,
 };
 
 /// Events one purge statement looks at, so a purge of a week's history is many short

@@ -21,17 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 
 use super::{describe, pool_error};
-use crate::store::health::WriteHealth;
+use crate::store::health::{PROBE_INTERVAL, WriteHealth};
 use crate::store::{
-    Accepted, AttemptRecord, DeliveryId, EventId, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle, StoreError,
-    now_ms,
+    Accepted, AttemptRecord, DeliveryId, EventId, MAX_GROUP, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle,
+    StoreError, now_ms,
 };
-
-/// Most operations in one transaction. Bounds commit latency under a flood.
-pub const MAX_GROUP: usize = 1024;
-
-/// How long the writer goes without writing an event before it probes the database.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub enum Op {
     Accept {

@@ -15,15 +15,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use tracing::{error, info};
 
+pub use crate::store::health::PROBE_INTERVAL;
 use crate::store::health::WriteHealth;
-
-/// How long the writer goes without writing an event before it probes the store, and so how long
-/// readiness may lag behind a store that went bad (or recovered) while no event arrived.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Device and inode: what the path must still point at.
 type FileId = (u64, u64);

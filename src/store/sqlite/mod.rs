@@ -37,12 +37,6 @@ use health::Health;
 pub(crate) use schema::create_at_version;
 use writer::{Op, Writer};
 
-/// How much longer than `commit_timeout` an accept waits for the writer's answer before giving
-/// up on its own: the writer answers by the deadline unless it is stuck in the disk (a commit or
-/// fsync that does not return), and only then can an event be stored after its caller was told
-/// it was not (a duplicate once the sender retries; never a `202` without a commit).
-const ANSWER_GRACE: Duration = Duration::from_secs(1);
-
 /// The SQLite store. Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore {

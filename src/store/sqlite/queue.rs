@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rusqlite::{OptionalExtension, params};
 
+use super::SqliteStore;
 use super::writer::{self, Op};
-use super::{ANSWER_GRACE, SqliteStore};
 use crate::clock::{Clock, Waited};
 use crate::store::{
-    Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, EventId, NewDelivery, NewEvent, Queue, Result,
-    Settle, StoreError, now_ms,
+    ANSWER_GRACE, Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, EventId, NewDelivery, NewEvent,
+    Queue, Result, Settle, StoreError, now_ms,
 };
 
 impl Queue for SqliteStore {

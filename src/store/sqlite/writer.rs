@@ -21,12 +21,9 @@ use tracing::error;
 use super::db;
 use super::health::{Health, PROBE_INTERVAL};
 use crate::store::{
-    Accepted, AttemptRecord, DeliveryId, EventId, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle, StoreError,
-    now_ms,
+    Accepted, AttemptRecord, DeliveryId, EventId, MAX_GROUP, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle,
+    StoreError, now_ms,
 };
-
-/// Most operations in one transaction. Bounds commit latency under a flood.
-pub const MAX_GROUP: usize = 1024;
 
 /// An administrative write: runs in the group's transaction and returns whether it succeeded and
 /// how to tell its caller, which is called after COMMIT (with the commit error, if any).
