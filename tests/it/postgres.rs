@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 
 use crate::harness::admin_api::{post_to, try_post};
-use crate::harness::postgres::{PgSchema, Relay};
+use crate::harness::postgres::{Database, PgSchema, Relay};
 use crate::harness::*;
 
 /// Senders posting at once, throughout.
@@ -273,40 +273,4 @@ async fn the_documented_two_lines_run_the_gateway_on_postgresql() {
         .unwrap()
         .get(0);
     assert_eq!(stored, 1, "the event is in the database's public schema");
-}
-
-/// A database of its own, dropped at the end of the test.
-struct Database {
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create() -> Database {
-        let name = format!("hy_it_{}", uuid::Uuid::now_v7().simple());
-        crate::harness::postgres::client().await.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        let base = crate::harness::postgres::url();
-        let url = match base.rsplit_once('/') {
-            Some((server, _)) => format!("{server}/{name}"),
-            None => panic!("the test database URL {base} names no database"),
-        };
-        Database { name, url }
-    }
-
-    async fn client(&self) -> tokio_postgres::Client {
-        let (c, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        c
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async { crate::harness::postgres::client().await.batch_execute(&sql).await })
-        })
-        .join();
-    }
 }

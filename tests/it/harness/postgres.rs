@@ -54,13 +54,50 @@ impl PgSchema {
 
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
-        // a drop cannot await: on a thread with a runtime of its own
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async { client().await.batch_execute(&sql).await })
-        })
-        .join();
+        execute_in_drop(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+    }
+}
+
+/// Runs `sql` on the test database from a `Drop` (which cannot await): on a thread with a
+/// runtime of its own, waited for.
+fn execute_in_drop(sql: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { client().await.batch_execute(&sql).await })
+    })
+    .join();
+}
+
+/// A database of its own (for what a schema cannot show, such as the default schema `public`),
+/// dropped with everything in it when this is dropped.
+pub struct Database {
+    pub name: String,
+    /// The test server's URL naming this database.
+    pub url: String,
+}
+
+impl Database {
+    pub async fn create() -> Database {
+        let name = format!("hy_it_{}", uuid::Uuid::now_v7().simple());
+        client().await.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let base = url();
+        let url = match base.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("the test database URL {base} names no database"),
+        };
+        Database { name, url }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        execute_in_drop(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
     }
 }
 
