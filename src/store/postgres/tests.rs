@@ -327,3 +327,22 @@ async fn with_a_ca_file_connections_are_tls_and_the_server_is_verified() {
         )
     );
 }
+
+/// A statement past `statement_timeout` is cancelled by the server and its event refused (the
+/// caller answers `503`), well before the commit timeout: a slow database is an error, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_the_statement_timeout_is_an_error_not_a_hang() {
+    let schema = Schema::new();
+    let cfg = PostgresConfig { statement_timeout: Dur(Duration::from_millis(300)), ..schema.config() };
+    let store = PgStore::open(&cfg, options(Duration::from_secs(10))).await.unwrap();
+    let mut blocker = client().await.unwrap();
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute(&format!("LOCK TABLE {}.events IN ACCESS EXCLUSIVE MODE", schema.0)).await.unwrap();
+    let started = Instant::now();
+    let err = store.accept(event("evt_slow", None, now_ms()), vec![delivery("a")], None).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "answered in {:?}", started.elapsed());
+    assert!(err.to_string().contains("canceling statement due to statement timeout"), "{err}");
+    tx.rollback().await.unwrap();
+    stored(store.accept(event("evt_fast", None, now_ms()), vec![delivery("a")], None).await.unwrap());
+    assert!(store.raw_event("evt_slow".into()).await.unwrap().is_none());
+}

@@ -253,6 +253,20 @@ async fn write_ops(tx: &Transaction<'_>, ops: &[Op]) -> std::result::Result<Outc
         .collect())
 }
 
+/// The outcome of two pipelined statements. When both failed, the one that failed first is the
+/// cause: the server then refuses the other only because the transaction is aborted, which would
+/// hide why (a lock, a statement timeout).
+fn both<A, B>(
+    (a, b): (std::result::Result<A, tokio_postgres::Error>, std::result::Result<B, tokio_postgres::Error>),
+) -> std::result::Result<(A, B), tokio_postgres::Error> {
+    use tokio_postgres::error::SqlState;
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (Err(aborted), Err(cause)) if aborted.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => Err(cause),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
 /// Records the events (unless a duplicate) and their deliveries: a dedupe lookup for the events
 /// that name a key, one id allocation for all deliveries, then one insert per table.
 async fn accept_all(
@@ -337,7 +351,7 @@ async fn accept_all(
             .await?;
         tx.execute(&st, &[&id, &source, &at, &headers, &body, &key, &routed]).await.map(drop)
     };
-    let (mut ids, ()) = tokio::try_join!(allocate, insert_events)?;
+    let (mut ids, ()) = both(tokio::join!(allocate, insert_events))?;
     ids.sort_unstable();
     let planned: Vec<(&EventId, &NewDelivery)> =
         stored.iter().flat_map(|&i| accepts[i].1.iter().map(move |d| (&accepts[i].0.id, d))).collect();
@@ -464,7 +478,7 @@ async fn settle_all(
             .await?;
         tx.execute(&st, &[&id, &at, &code, &latency, &response, &a_error]).await.map(drop)
     };
-    let (found, ()) = tokio::try_join!(update, log)?;
+    let (found, ()) = both(tokio::join!(update, log))?;
     Ok(id.iter().map(|i| if found.contains(i) { Ok(()) } else { Err(format!("no delivery {i}")) }).collect())
 }
 
