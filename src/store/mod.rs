@@ -558,11 +558,6 @@ impl Store {
 
     /// Opens (creating it and its directory on first run) and migrates the SQLite database at
     /// `path`. `:memory:` keeps everything in a throw-away file (for tests and benchmarks).
-    pub fn open(path: &Path, sync: SyncMode) -> Result<Store> {
-        Store::open_with(path, StoreOptions { sync, ..StoreOptions::default() })
-    }
-
-    /// [`Store::open`] with every option.
     pub fn open_with(path: &Path, options: StoreOptions) -> Result<Store> {
         SqliteStore::open(path, options).map(Store::Sqlite)
     }
