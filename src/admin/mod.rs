@@ -14,8 +14,8 @@
 //! | GET | `/healthz` | process up (no token) |
 //! | GET | `/readyz` | config loaded, store taking events, not shutting down (503 otherwise, with a `reason` and `store_error`; answered until the attempts in flight at shutdown have finished) |
 //! | GET | `/metrics` | Prometheus text format |
-//! | GET | `/api/v1/status` | active config version, load time, last reload error, needs-restart settings |
-//! | POST | `/api/v1/reload` | reload the config now |
+//! | GET | `/api/v1/status` | active config version, load time, last reload error, needs-restart settings; with PostgreSQL, `cluster`: every instance sharing the store (live, dead, stopped) and config drift |
+//! | POST | `/api/v1/reload` | reload the config now (with PostgreSQL, every instance sharing the store reloads its own file) |
 //! | GET | `/api/v1/deliveries?status=&destination=&source=&since=&until=&before=&limit=` | newest first; `next` is the cursor for `before` |
 //! | GET | `/api/v1/events/{id}` | one event, its deliveries and every attempt |
 //! | POST | `/api/v1/replay` | body `{"ids": [...]}` (as planned), `{"dead": true, "destination": "d", "since": "1d"}`, or `{"reroute": [...]}` |
@@ -43,6 +43,7 @@ use tracing::warn;
 use crate::app::State;
 use crate::ops::{self, OpsError};
 use crate::reload::Reloader;
+use crate::store::cluster::Signal;
 use crate::store::{DeliveryFilter, DeliveryId, DeliveryRef, DestinationName, EventId, Inspect, Queue};
 
 /// Largest admin request body (JSON commands are small).
@@ -130,9 +131,22 @@ impl Admin {
         match (&method, segments.as_slice()) {
             (&Method::GET, ["readyz"]) => self.ready(),
             (&Method::GET, ["metrics"]) => self.metrics().await,
-            (&Method::GET, ["api", "v1", "status"]) => reply(StatusCode::OK, json!(self.reloader.status())),
+            (&Method::GET, ["api", "v1", "status"]) => {
+                let mut status = json!(self.reloader.status());
+                let cluster = self.state.cluster.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some(cluster) = cluster {
+                    status["cluster"] = json!(cluster);
+                }
+                reply(StatusCode::OK, status)
+            }
             (&Method::POST, ["api", "v1", "reload"]) => {
                 let outcome = self.reloader.reload("admin api").await;
+                // every instance sharing the store reloads its own file too
+                if let Some(me) = store.node()
+                    && let Err(e) = store.signal(&Signal::Reload { from: me.to_string() }).await
+                {
+                    warn!(error = %e, "could not ask the other instances to reload");
+                }
                 let status = if matches!(outcome, crate::reload::ReloadOutcome::Failed { .. }) {
                     StatusCode::UNPROCESSABLE_ENTITY
                 } else {

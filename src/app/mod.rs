@@ -10,8 +10,10 @@
 //!
 //! `server`, `admin` and `reload` depend on [`State`], never on this module's wiring.
 
+mod cluster;
 mod state;
 
+pub use cluster::{ClusterView, NodeView};
 pub use state::State;
 
 use std::net::SocketAddr;
@@ -154,6 +156,18 @@ pub async fn start_with(config: &Path, plugins: Arc<Plugins>) -> Result<Running,
     if let Some(handle) = metrics.clone() {
         background.push(tokio::spawn(crate::metrics::upkeep(handle, stopped(stop_rx.clone()))));
     }
+    if let Some(pg) = &storage.postgres {
+        info!(node = store.node().unwrap_or_default(), "this instance's id among those sharing the database");
+        background.push(tokio::spawn(cluster::heartbeat(
+            state.clone(),
+            addr.to_string(),
+            admin_addr.map(|a| a.to_string()),
+            pg.heartbeat.0,
+            pg.node_timeout.0,
+            stopped(stop_rx.clone()),
+        )));
+        background.push(tokio::spawn(cluster::listen(state.clone(), reloader.clone(), stopped(stop_rx.clone()))));
+    }
     let purger = tokio::spawn(purge_loop(store, state.clone(), stopped(stop_rx.clone())));
     background.push(tokio::spawn(reloader.clone().on_sighup(stopped(stop_rx.clone()))));
     let plugin_files = state.snapshot.load().plugin_files.clone();
@@ -238,6 +252,15 @@ impl Running {
         if running > 0 {
             warn!(running, "attempts still running at the end of the grace period; they stay due in the store");
         }
+        // other instances sharing the store take what this one leased at once, not when the
+        // leases run out
+        match self.state.dispatcher.store().leave().await {
+            Ok(0) => {}
+            Ok(n) => info!(deliveries = n, "gave up the leases on deliveries not attempted; other instances take them"),
+            Err(e) => {
+                warn!(error = %e, "could not give up this instance's leases; other instances take its deliveries when they run out")
+            }
+        }
         let _ = self.stop_admin.send(Some(grace));
         if let Some(t) = self.admin.take() {
             let _ = t.await;
@@ -301,10 +324,11 @@ async fn purge_loop(store: Store, state: Arc<State>, stop: impl std::future::Fut
             let snap = state.snapshot.load();
             (snap.storage.retention.0, snap.storage.purge_interval.0)
         };
-        match store.purge(now_ms() - retention.as_millis() as i64).await {
-            Ok(0) => {}
-            Ok(n) => info!(events = n, "retention purge deleted finished events"),
-            Err(e) => error!(error = %e, "retention purge failed"),
+        // one instance at a time among those sharing the store
+        match store.exclusive("purge", store.purge(now_ms() - retention.as_millis() as i64)).await {
+            Ok(None) | Ok(Some(Ok(0))) => {}
+            Ok(Some(Ok(n))) => info!(events = n, "retention purge deleted finished events"),
+            Ok(Some(Err(e))) | Err(e) => error!(error = %e, "retention purge failed"),
         }
         tokio::select! {
             _ = &mut stop => return,

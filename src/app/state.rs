@@ -18,6 +18,9 @@ pub struct State {
     pub plugins: Arc<Plugins>,
     /// Set when shutdown begins: readiness answers 503 from then on.
     shutting_down: AtomicBool,
+    /// The instances sharing the store, as the last heartbeat saw them (`None`: SQLite, or no
+    /// heartbeat yet).
+    pub cluster: std::sync::Mutex<Option<super::cluster::ClusterView>>,
 }
 
 impl State {
@@ -27,6 +30,7 @@ impl State {
             dispatcher,
             plugins,
             shutting_down: AtomicBool::new(false),
+            cluster: std::sync::Mutex::new(None),
         })
     }
 

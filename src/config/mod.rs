@@ -561,6 +561,32 @@ impl Config {
             if pg.statement_timeout.0.is_zero() {
                 errors.push(self.error("storage.postgres.statement_timeout", "must be greater than 0"));
             }
+            if pg.heartbeat.0.is_zero() {
+                errors.push(self.error("storage.postgres.heartbeat", "must be greater than 0"));
+            } else if pg.node_timeout.0 < pg.heartbeat.0 * 3 {
+                errors.push(self.error(
+                    "storage.postgres.node_timeout",
+                    format!(
+                        "must be at least 3 heartbeats ({:?}): a live instance must not look dead for one late heartbeat",
+                        pg.heartbeat.0 * 3
+                    ),
+                ));
+            }
+            // an attempt never starts with less lease left than its timeout and this margin
+            let longest = self.destinations.iter().max_by_key(|(_, d)| d.timeout_ms);
+            if let Some((name, d)) = longest {
+                let needed = std::time::Duration::from_millis(d.timeout_ms) + LEASE_MARGIN;
+                if pg.lease.0 < needed {
+                    errors.push(self.error(
+                        "storage.postgres.lease",
+                        format!(
+                            "must be longer than the longest destination timeout (destinations.{name}.timeout_ms: {} ms) plus {}s, at least {needed:?}",
+                            d.timeout_ms,
+                            LEASE_MARGIN.as_secs()
+                        ),
+                    ));
+                }
+            }
         }
         let mut names: Vec<&str> = Vec::new();
         for (i, r) in &self.routes {
@@ -611,6 +637,11 @@ pub struct SecretFile {
 
 /// Largest `${file:PATH}` file read, in bytes. Default 64 KiB: secrets, tokens and even PEM
 /// bundles are a few KiB; a path mistyped to a log or a device is refused, not read whole.
+/// The least lease an attempt starts with beyond its destination's timeout (the lease is renewed
+/// first when less is left): covers recording its result. `storage.postgres.lease` must be
+/// longer than every destination's timeout plus this.
+pub const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub const MAX_SECRET_FILE_BYTES: u64 = 64 << 10;
 
 /// Reads a `${file:PATH}` file as Kubernetes secrets and systemd credentials deliver them: a

@@ -185,6 +185,34 @@ pub struct PostgresConfig {
     /// verifies against the public (webpki) roots, and the default (`prefer`) connects without TLS.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// How long an instance owns a delivery it is attempting, so that no other instance sharing
+    /// the database sends it at the same time. An instance that dies holding deliveries (killed,
+    /// its machine lost) gives them up when their lease ends: another instance sends them then.
+    /// Must be longer than every destination's `timeout_ms` plus 5 s (an attempt is never started
+    /// with less lease left than that; the lease is renewed first). Default `60s`.
+    #[serde(default = "default_pg_lease")]
+    pub lease: Dur,
+    /// How often an instance records that it is alive (`status` lists the instances), and learns
+    /// how many others are: a destination's `rate_limit` and `max_in_flight` are shared among the
+    /// live instances. Default `1s`.
+    #[serde(default = "default_pg_heartbeat")]
+    pub heartbeat: Dur,
+    /// An instance not heard from for this long is dead: `status` flags it, and the others take
+    /// its share of every destination's limits. At least 3 heartbeats. Default `10s`.
+    #[serde(default = "default_pg_node_timeout")]
+    pub node_timeout: Dur,
+}
+
+fn default_pg_lease() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+fn default_pg_heartbeat() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+
+fn default_pg_node_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 
 fn default_pg_pool() -> usize {

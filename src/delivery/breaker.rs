@@ -136,27 +136,113 @@ impl Breaker {
 }
 
 /// Spaces requests to at most `rate` per second (a GCRA without burst): a caller waits for its slot.
+/// Several instances sharing a store each take an equal share of the rate
+/// ([`RateLimiter::set_share`]), so their sum stays within it.
 #[derive(Debug)]
 pub struct RateLimiter {
-    interval: Duration,
+    per_second: f64,
+    /// Between two requests of this instance: `1 / (per_second / share)`.
+    interval: std::sync::Mutex<Duration>,
     next_free: std::sync::Mutex<Option<Instant>>,
 }
 
 impl RateLimiter {
     pub fn new(per_second: f64) -> Self {
-        RateLimiter { interval: Duration::from_secs_f64(1.0 / per_second), next_free: std::sync::Mutex::new(None) }
+        RateLimiter {
+            per_second,
+            interval: std::sync::Mutex::new(Duration::from_secs_f64(1.0 / per_second)),
+            next_free: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// This instance's share: `1/instances` of the configured rate.
+    pub fn set_share(&self, instances: usize) {
+        let per_second = self.per_second / instances.max(1) as f64;
+        *self.interval.lock().unwrap_or_else(|p| p.into_inner()) = Duration::from_secs_f64(1.0 / per_second);
     }
 
     /// Reserves the next slot and sleeps until it.
     pub async fn wait(&self) {
+        let interval = *self.interval.lock().unwrap_or_else(|p| p.into_inner());
         let slot = {
             let now = Instant::now();
             let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
             let slot = next.map_or(now, |n| n.max(now));
-            *next = Some(slot + self.interval);
+            *next = Some(slot + interval);
             slot
         };
         tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// A destination's `max_in_flight` on this instance: all of it alone, its share when several
+/// instances share the store ([`InFlightLimit::set_share`]). Attempts hold a permit from before
+/// their task is spawned to its end.
+#[derive(Debug)]
+pub struct InFlightLimit {
+    configured: usize,
+    permits: tokio::sync::Semaphore,
+    /// The permits this instance may hold now (its share).
+    allowed: std::sync::Mutex<usize>,
+    /// Permits held beyond a share that shrank while they were taken: not handed out again
+    /// when given back.
+    owed: std::sync::atomic::AtomicUsize,
+}
+
+impl InFlightLimit {
+    pub fn new(max_in_flight: usize) -> Self {
+        InFlightLimit {
+            configured: max_in_flight,
+            permits: tokio::sync::Semaphore::new(max_in_flight),
+            allowed: std::sync::Mutex::new(max_in_flight),
+            owed: Default::default(),
+        }
+    }
+
+    /// Takes a permit if one is free.
+    pub fn try_take(&self) -> bool {
+        self.permits.try_acquire().map(|p| p.forget()).is_ok()
+    }
+
+    /// Gives a permit back (unless the share shrank meanwhile: then it is gone).
+    pub fn give_back(&self) {
+        use std::sync::atomic::Ordering;
+        if self.owed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1)).is_err() {
+            self.permits.add_permits(1);
+        }
+    }
+
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    /// The permits this instance may hold now.
+    pub fn allowed(&self) -> usize {
+        *self.allowed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This instance's share of the configured limit among `instances`, this one being the
+    /// `rank`th (from 0) by id: the remainder goes to the first ones, and every instance gets at
+    /// least one (so the cluster's total is `max(max_in_flight, instances)`).
+    pub fn set_share(&self, instances: usize, rank: usize) {
+        use std::sync::atomic::Ordering;
+        let n = instances.max(1);
+        let share = (self.configured / n + usize::from(rank < self.configured % n)).max(1);
+        let mut allowed = self.allowed.lock().unwrap_or_else(|p| p.into_inner());
+        if share > *allowed {
+            let mut more = share - *allowed;
+            // permits owed are cancelled first
+            while more > 0 && self.owed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1)).is_ok()
+            {
+                more -= 1;
+            }
+            self.permits.add_permits(more);
+        } else if share < *allowed {
+            let fewer = *allowed - share;
+            let forgotten = self.permits.forget_permits(fewer);
+            self.owed.fetch_add(fewer - forgotten, Ordering::AcqRel);
+        }
+        *allowed = share;
     }
 }
 
@@ -226,6 +312,44 @@ mod tests {
             assert_eq!(b.record(t0, false), None);
         }
         assert!(b.allow(t0));
+    }
+
+    #[test]
+    fn in_flight_shares_add_up_to_the_limit_and_shrink_as_permits_come_back() {
+        let shares = |max: usize, n: usize| -> Vec<usize> {
+            (0..n)
+                .map(|rank| {
+                    let l = InFlightLimit::new(max);
+                    l.set_share(n, rank);
+                    l.allowed()
+                })
+                .collect()
+        };
+        assert_eq!(shares(32, 3), vec![11, 11, 10]);
+        assert_eq!(shares(2, 3), vec![1, 1, 1], "at least one each");
+        let l = InFlightLimit::new(4);
+        assert!((0..4).all(|_| l.try_take()));
+        l.set_share(2, 0); // 2 allowed, 4 taken: 2 owed
+        l.give_back();
+        l.give_back();
+        assert_eq!(l.available(), 0, "permits beyond the share are not handed out again");
+        l.give_back();
+        assert_eq!(l.available(), 1);
+        l.set_share(1, 0); // back to 4: 2 more
+        assert_eq!(l.available(), 3);
+        l.give_back();
+        assert_eq!((l.available(), l.allowed()), (4, 4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_rate_is_divided() {
+        let limiter = RateLimiter::new(30.0);
+        limiter.set_share(3);
+        let start = Instant::now();
+        for _ in 0..3 {
+            limiter.wait().await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(200), "30/s over 3 instances: 10/s here");
     }
 
     #[tokio::test(start_paused = true)]

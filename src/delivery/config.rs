@@ -10,8 +10,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::egress::EgressPolicy;
 use super::{
-    Backoff, BreakerSettings, ClientIdentity, Destination, HttpClient, IdentityError, NEVER_FORWARDED, RateLimiter,
-    RetryPolicy, TlsRoots, read_pem_file,
+    Backoff, BreakerSettings, ClientIdentity, Destination, HttpClient, IdentityError, InFlightLimit, NEVER_FORWARDED,
+    RateLimiter, RetryPolicy, TlsRoots, read_pem_file,
 };
 use crate::config::{DeliveryMethod, DestinationConfig, Inputs, KeyError, TlsConfig, default_schedule};
 use crate::sign::Signer;
@@ -90,7 +90,7 @@ impl Destination {
                 max_retry_after: d.retry.max_retry_after.0,
                 throttle_floor: d.retry.throttle_floor.0,
             },
-            limit: tokio::sync::Semaphore::new(d.max_in_flight),
+            limit: InFlightLimit::new(d.max_in_flight),
             client,
             breaker: BreakerSettings {
                 enabled: d.breaker.enabled,

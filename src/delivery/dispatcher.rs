@@ -128,6 +128,9 @@ struct Inner<T> {
     /// slot, so a backlog drains without a poll per delivery. At most `claimed + max_in_flight`.
     ready: Mutex<Ready>,
     handed: Mutex<Handed>,
+    /// Instances sharing the store that are alive, and this one's rank among them by id: each
+    /// destination's `max_in_flight` and `rate_limit` are shared among them.
+    share: Mutex<(usize, usize)>,
     /// Attempts running now (shutdown waits for them).
     attempting: AtomicUsize,
     idle: Notify,
@@ -180,7 +183,7 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(d) = &self.dest {
-            d.limit.add_permits(1);
+            d.limit.give_back();
         }
     }
 }
@@ -199,8 +202,10 @@ impl<T> Inner<T> {
             return Err(NoSlot::Held);
         }
         let global = self.in_flight.clone().try_acquire_owned().map_err(|_| NoSlot::Full)?;
-        if let Some(dest) = &dest {
-            dest.limit.try_acquire().map_err(|_| NoSlot::DestinationFull)?.forget();
+        if let Some(dest) = &dest
+            && !dest.limit.try_take()
+        {
+            return Err(NoSlot::DestinationFull);
         }
         Ok(Slot { _global: global, dest })
     }
@@ -241,9 +246,14 @@ impl<T> Inner<T> {
         }
         let queue = handed.by_destination.remove(&dest.name).unwrap_or_default();
         handed.count -= queue.len();
+        let mut leased = Vec::new();
         for d in queue {
             self.release(d.id, false);
+            if d.lease_until.is_some() {
+                leased.push(d.id);
+            }
         }
+        release_leases(&self.store, leased);
         self.backlog.store(true, Ordering::Release);
         None
     }
@@ -311,7 +321,7 @@ impl<T> Inner<T> {
             if read_at.elapsed() >= RELEASE_MEMORY || !self.claim(id, Some(read_at)) {
                 continue;
             }
-            match self.store.load_pending(vec![id]).await {
+            match self.store.load_pending(vec![id], self.clock.now_ms()).await {
                 Ok(mut v) if !v.is_empty() => return v.pop(),
                 Ok(_) => self.release(id, false), // no longer pending: someone finished it
                 Err(e) => {
@@ -356,6 +366,7 @@ impl<T: Transport> Dispatcher<T> {
                 backlog: AtomicBool::new(pending > 0),
                 ready: Mutex::new(Ready { by_destination: HashMap::new(), read_at: Instant::now() }),
                 handed: Mutex::new(Handed::default()),
+                share: Mutex::new((1, 0)),
                 attempting: AtomicUsize::new(0),
                 idle: Notify::new(),
                 attempts: AtomicU64::new(0),
@@ -373,6 +384,10 @@ impl<T: Transport> Dispatcher<T> {
     /// the next attempt; a destination that disappeared fails its deliveries as "destination
     /// removed" (kept for replay), whether it was paused, its breaker open or its rate limited.
     pub fn set_destinations(&self, destinations: &[Arc<Destination>]) {
+        let (instances, rank) = *self.inner.share.lock().unwrap_or_else(|p| p.into_inner());
+        for d in destinations {
+            share_limits(d, instances, rank);
+        }
         let map = destinations.iter().map(|d| (d.name.clone(), d.clone())).collect();
         self.inner.destinations.store(Arc::new(map));
         let mut breakers = self.inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
@@ -394,6 +409,24 @@ impl<T: Transport> Dispatcher<T> {
         &self.inner.store
     }
 
+    /// Shares every destination's `max_in_flight` and `rate_limit` among `instances` live
+    /// instances, this one being the `rank`th by id (from the store's heartbeats).
+    pub fn set_share(&self, instances: usize, rank: usize) {
+        let instances = instances.max(1);
+        {
+            let mut share = self.inner.share.lock().unwrap_or_else(|p| p.into_inner());
+            if *share == (instances, rank) {
+                return;
+            }
+            *share = (instances, rank);
+        }
+        for d in self.inner.destinations.load().values() {
+            share_limits(d, instances, rank);
+        }
+        // a larger share may let waiting work start
+        self.wake();
+    }
+
     /// Refuses `n` more deliveries when the queue is full. Call before committing an event.
     pub fn check_capacity(&self, n: usize) -> Result<(), QueueFull> {
         let pending = self.inner.pending.load(Ordering::Acquire);
@@ -406,7 +439,9 @@ impl<T: Transport> Dispatcher<T> {
     pub fn submit(&self, due: Vec<DueDelivery>) {
         self.inner.pending.fetch_add(due.len(), Ordering::AcqRel);
         let inner = &self.inner;
+        let mut given_back = Vec::new();
         for d in due {
+            let (id, leased) = (d.id, d.lease_until.is_some());
             let mut handed = inner.handed.lock().unwrap_or_else(|p| p.into_inner());
             let started = match inner.slot_for(&d.destination) {
                 Ok(slot) => {
@@ -424,8 +459,13 @@ impl<T: Transport> Dispatcher<T> {
             };
             if !started {
                 inner.backlog.store(true, Ordering::Release);
+                if leased {
+                    given_back.push(id);
+                }
             }
         }
+        // leased to this instance at accept: another may take them while this one is busy
+        release_leases(&inner.store, given_back);
     }
 
     /// Claims `d` and starts its task with `slot`, unless a task owns it or released it after
@@ -481,6 +521,13 @@ impl<T: Transport> Dispatcher<T> {
         v
     }
 
+    /// Reads the paused destinations and the pending count from the store at the next poll, now
+    /// (after missing other instances' signals).
+    pub fn refresh(&self) {
+        *self.inner.counted_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.wake();
+    }
+
     /// Wakes the poller now (after a replay or a resume in this process).
     pub fn wake(&self) {
         self.inner.backlog.store(true, Ordering::Release);
@@ -521,7 +568,7 @@ impl<T: Transport> Dispatcher<T> {
             .destinations
             .load()
             .values()
-            .filter(|d| inner.held(&d.name) || d.limit.available_permits() == 0)
+            .filter(|d| inner.held(&d.name) || d.limit.available() == 0)
             .map(|d| DestinationName(d.name.clone()))
             .collect()
     }
@@ -592,7 +639,7 @@ impl<T: Transport> Dispatcher<T> {
             return Ok(0);
         }
         let mut started = 0;
-        let loaded = inner.store.load_pending(slots.keys().copied().collect()).await;
+        let loaded = inner.store.load_pending(slots.keys().copied().collect(), inner.clock.now_ms()).await;
         let result = loaded.map(|rows| {
             for d in rows {
                 let Some(slot) = slots.remove(&d.id) else { continue };
@@ -638,6 +685,29 @@ impl<T: Transport> Dispatcher<T> {
     }
 }
 
+/// Sets `d`'s limits to this instance's share.
+fn share_limits(d: &Destination, instances: usize, rank: usize) {
+    d.limit.set_share(instances, rank);
+    if let Some(rate) = &d.rate {
+        rate.set_share(instances);
+    }
+}
+
+/// Ends this instance's leases on deliveries it gave up without attempting them, so another
+/// instance may take them now rather than when the leases run out (in the background: nothing
+/// waits for it, and a lease not ended runs out by itself).
+fn release_leases(store: &Store, ids: Vec<DeliveryId>) {
+    if ids.is_empty() || store.node().is_none() {
+        return;
+    }
+    let store = store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store.release(ids).await {
+            warn!(error = %e, "could not end leases on deliveries given back; they run out by themselves");
+        }
+    });
+}
+
 /// Which deliveries tasks own, and when recently finished tasks gave theirs up.
 #[derive(Default)]
 struct Claims {
@@ -655,6 +725,9 @@ async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery, mut slot: S
         // released before another claim, so a poll that read this row as pending before our
         // result committed cannot take it again
         inner.release(d.id, true);
+        if matches!(next, Next::Release) && d.lease_until.is_some() {
+            release_leases(&inner.store, vec![d.id]);
+        }
         if matches!(next, Next::Retry) {
             // a retry due soon: let the poller see its due time
             inner.wake.notify_one();
@@ -729,6 +802,23 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
         // a reload may have removed the destination while this attempt waited for its turn
         if !inner.destinations.load().contains_key(d.destination.as_str()) {
             return fail_removed(inner, d).await;
+        }
+    }
+    // Another instance may take the delivery once this one's lease ends: never start an attempt
+    // that could outlive it (plus the time to record the result).
+    if let Some(until) = d.lease_until
+        && until.saturating_duration_since(std::time::Instant::now()) < dest.timeout + crate::config::LEASE_MARGIN
+    {
+        match inner.store.renew(d.id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                info!(event_id = %d.event_id, destination = %dest.name, "lease on the delivery lost to another instance; not attempting it");
+                return Next::Release;
+            }
+            Err(e) => {
+                warn!(error = %e, delivery = d.id.0, "could not renew the lease on a delivery; not attempting it now");
+                return Next::Release;
+            }
         }
     }
     let report = {

@@ -20,7 +20,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
 
-pub use breaker::{BreakerSettings, RateLimiter};
+pub use breaker::{BreakerSettings, InFlightLimit, RateLimiter};
 pub use client::{AttemptReport, ClientIdentity, HttpClient, IdentityError, TlsRoots, read_pem_file};
 pub use config::Network;
 pub use dispatcher::{Dispatcher, DispatcherStats, HttpTransport, QueueFull, Transport};
@@ -44,8 +44,9 @@ pub struct Destination {
     pub signer: Signer,
     pub timeout: Duration,
     pub retry: RetryPolicy,
-    /// Bounds attempts in flight to this destination (`max_in_flight`).
-    pub limit: tokio::sync::Semaphore,
+    /// Bounds attempts in flight to this destination (`max_in_flight`, or this instance's share
+    /// of it).
+    pub limit: InFlightLimit,
     pub client: HttpClient,
     pub breaker: BreakerSettings,
     pub rate: Option<RateLimiter>,

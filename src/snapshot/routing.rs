@@ -164,6 +164,7 @@ impl Snapshot {
             headers: Arc::new(self.stored_headers(source, &event.headers)),
             extra_headers: d.headers.clone().map(Arc::new),
             body: d.body.clone().unwrap_or_else(|| event.body.clone()),
+            lease_until: None,
         }
     }
 

@@ -99,7 +99,7 @@ pub(crate) fn stored(a: Accepted) -> Vec<DueDelivery> {
 /// dispatcher's poll takes.
 pub(crate) async fn due(store: &impl Backend, now_ms: i64, limit: usize, skip: &[&str]) -> Vec<DueDelivery> {
     let ids = store.due_ids(now_ms, limit, skip.iter().map(|s| DestinationName::from(*s)).collect()).await.unwrap();
-    store.load_pending(ids.into_iter().map(|(id, _)| id).collect()).await.unwrap()
+    store.load_pending(ids.into_iter().map(|(id, _)| id).collect(), now_ms).await.unwrap()
 }
 
 async fn accept_to(store: &impl Backend, id: &str, source: &str, dests: &[&str]) -> Vec<DeliveryId> {
@@ -191,8 +191,12 @@ pub async fn due_ids_oldest_first_and_only_pending_loads(store: impl Backend) {
     assert_eq!(store.next_due_ms(vec!["b".into()]).await.unwrap(), Some(now + 20_000));
 
     store.settle(ids[1], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
-    let loaded: Vec<DeliveryId> = store.load_pending(ids.clone()).await.unwrap().iter().map(|d| d.id).collect();
+    let loaded: Vec<DeliveryId> =
+        store.load_pending(ids.clone(), now + 60_000).await.unwrap().iter().map(|d| d.id).collect();
     assert_eq!(loaded, [ids[0], ids[2]], "only pending rows load, in the order asked");
+    let loaded: Vec<DeliveryId> =
+        store.load_pending(ids.clone(), now + 25_000).await.unwrap().iter().map(|d| d.id).collect();
+    assert_eq!(loaded, [ids[2]], "and only those due (another process may have settled one as a retry)");
 }
 
 pub async fn dedupe_within_window_only(store: impl Backend) {
@@ -322,7 +326,7 @@ pub async fn a_cancel_survives_the_settle_of_an_attempt_in_flight(store: impl Ba
     let ids = accept_to(&store, "evt_1", "app", &["a", "b", "c", "keep"]).await;
     let (a, b, c, keep) = (ids[0], ids[1], ids[2], ids[3]);
     // the dispatcher has loaded all four for attempts in flight
-    assert_eq!(store.load_pending(ids.clone()).await.unwrap().len(), 4);
+    assert_eq!(store.load_pending(ids.clone(), now_ms()).await.unwrap().len(), 4);
 
     for d in ["a", "b", "c"] {
         assert_eq!(store.count_cancellable(by_destination(d)).await.unwrap(), 1);

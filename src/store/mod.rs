@@ -10,6 +10,7 @@
 //!
 //! Knows nothing of routing, plugins or HTTP.
 
+pub mod cluster;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod health;
@@ -23,7 +24,7 @@ pub use sqlite::SqliteStore;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -146,6 +147,10 @@ pub struct DueDelivery {
     pub headers: Arc<Headers>,
     pub extra_headers: Option<Arc<Headers>>,
     pub body: Bytes,
+    /// Until when this instance holds the delivery's lease (PostgreSQL, where several instances
+    /// may share the queue): no other instance attempts it before then. `None`: not leased (SQLite,
+    /// one process, whose in-memory claims suffice).
+    pub lease_until: Option<Instant>,
 }
 
 /// Most operations a backend's writer commits in one transaction. Bounds commit latency under a
@@ -160,7 +165,12 @@ pub(crate) const ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// The deliveries of a just committed event that are due now, given the id each planned
 /// delivery got (failed ones are kept in the store, not sent). For the backends' accepts.
-pub(crate) fn due_now(ev: NewEvent, deliveries: Vec<NewDelivery>, ids: Vec<i64>) -> Vec<DueDelivery> {
+pub(crate) fn due_now(
+    ev: NewEvent,
+    deliveries: Vec<NewDelivery>,
+    ids: Vec<i64>,
+    lease_until: Option<Instant>,
+) -> Vec<DueDelivery> {
     let event_id = ev.id;
     let shared_headers = Arc::new(ev.headers);
     deliveries
@@ -177,6 +187,7 @@ pub(crate) fn due_now(ev: NewEvent, deliveries: Vec<NewDelivery>, ids: Vec<i64>)
             headers: shared_headers.clone(),
             extra_headers: d.headers.map(Arc::new),
             body: d.body.unwrap_or_else(|| ev.body.clone()),
+            lease_until,
         })
         .collect()
 }
@@ -427,8 +438,11 @@ pub trait Queue: Clone + Send + Sync + 'static {
         skip: Vec<DestinationName>,
     ) -> impl Future<Output = Result<Vec<(DeliveryId, DestinationName)>>> + Send;
 
-    /// Loads the given deliveries if they are still pending.
-    fn load_pending(&self, ids: Vec<DeliveryId>) -> impl Future<Output = Result<Vec<DueDelivery>>> + Send;
+    /// Loads the given deliveries if they are still pending and due at `now_ms` (another process
+    /// may have attempted one since it was read as due). Where several processes share the
+    /// queue (PostgreSQL), this is also the claim: those loaded are leased to this one, and one
+    /// another process holds is not loaded.
+    fn load_pending(&self, ids: Vec<DeliveryId>, now_ms: i64) -> impl Future<Output = Result<Vec<DueDelivery>>> + Send;
 
     /// The earliest `next_at` of any pending delivery, except those of the `skip` destinations.
     fn next_due_ms(&self, skip: Vec<DestinationName>) -> impl Future<Output = Result<Option<i64>>> + Send;
@@ -556,6 +570,78 @@ impl Store {
         }
     }
 
+    /// This instance's id among those sharing the store (PostgreSQL); `None` for SQLite, which
+    /// one process uses.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(pg) => Some(pg.node()),
+        }
+    }
+
+    /// Ends this instance's leases on deliveries it will not attempt now, so that another
+    /// instance may (nothing to do on SQLite). Returns how many it held.
+    pub async fn release(&self, ids: Vec<DeliveryId>) -> Result<usize> {
+        match self {
+            Store::Sqlite(_) => Ok(0),
+            Store::Postgres(pg) => pg.release(ids).await,
+        }
+    }
+
+    /// Renews this instance's lease on a delivery it is about to attempt: the new deadline, or
+    /// `None` if it lost the lease (it must not attempt it). SQLite leases nothing: an hour.
+    pub async fn renew(&self, id: DeliveryId) -> Result<Option<Instant>> {
+        match self {
+            Store::Sqlite(_) => Ok(Some(Instant::now() + Duration::from_secs(3600))),
+            Store::Postgres(pg) => pg.renew(id).await,
+        }
+    }
+
+    /// Records that this instance is alive and returns every instance sharing the store (none
+    /// on SQLite).
+    pub async fn heartbeat(&self, me: &cluster::NodeUpdate) -> Result<Vec<cluster::NodeRow>> {
+        match self {
+            Store::Sqlite(_) => Ok(Vec::new()),
+            Store::Postgres(pg) => pg.heartbeat(me).await,
+        }
+    }
+
+    /// A clean shutdown: ends this instance's leases and marks it stopped. Returns how many
+    /// leases it ended.
+    pub async fn leave(&self) -> Result<usize> {
+        match self {
+            Store::Sqlite(_) => Ok(0),
+            Store::Postgres(pg) => pg.leave().await,
+        }
+    }
+
+    /// Sends `signal` to every instance sharing the store, this one included (a SQLite store
+    /// has no other: nothing is sent, the caller applies it itself).
+    pub async fn signal(&self, signal: &cluster::Signal) -> Result<()> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(pg) => pg.signal(signal).await,
+        }
+    }
+
+    /// The signals of every instance as they arrive (`None` in the stream: reconnected, some
+    /// may have been missed); `None` for SQLite.
+    pub fn listen(&self) -> Option<tokio::sync::mpsc::Receiver<Option<cluster::Signal>>> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(pg) => Some(pg.listen()),
+        }
+    }
+
+    /// Runs `work` unless another instance sharing the store runs work of the same `name` now
+    /// (then `None`). On SQLite, always runs it.
+    pub async fn exclusive<T>(&self, name: &str, work: impl Future<Output = T>) -> Result<Option<T>> {
+        match self {
+            Store::Sqlite(_) => Ok(Some(work.await)),
+            Store::Postgres(pg) => pg.exclusive(name, work).await,
+        }
+    }
+
     /// Opens (creating it and its directory on first run) and migrates the SQLite database at
     /// `path`. `:memory:` keeps everything in a throw-away file (for tests and benchmarks).
     pub fn open_with(path: &Path, options: StoreOptions) -> Result<Store> {
@@ -599,8 +685,8 @@ impl Queue for Store {
     ) -> Result<Vec<(DeliveryId, DestinationName)>> {
         on_backend!(self, b => b.due_ids(now_ms, limit, skip).await)
     }
-    async fn load_pending(&self, ids: Vec<DeliveryId>) -> Result<Vec<DueDelivery>> {
-        on_backend!(self, b => b.load_pending(ids).await)
+    async fn load_pending(&self, ids: Vec<DeliveryId>, now_ms: i64) -> Result<Vec<DueDelivery>> {
+        on_backend!(self, b => b.load_pending(ids, now_ms).await)
     }
     async fn next_due_ms(&self, skip: Vec<DestinationName>) -> Result<Option<i64>> {
         on_backend!(self, b => b.next_due_ms(skip).await)

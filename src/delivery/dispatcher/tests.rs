@@ -11,7 +11,7 @@ use http::{HeaderMap, StatusCode};
 use super::*;
 use crate::config::SyncMode;
 use crate::delivery::egress::EgressPolicy;
-use crate::delivery::{Backoff, BreakerSettings, HttpClient, RateLimiter, RetryPolicy, TlsRoots};
+use crate::delivery::{Backoff, BreakerSettings, HttpClient, InFlightLimit, RateLimiter, RetryPolicy, TlsRoots};
 use crate::sign::{SignScheme, Signer};
 use crate::store::{Accepted, EventId, Inspect, NewDelivery, NewEvent, StoreOptions};
 
@@ -60,7 +60,7 @@ fn destination(name: &str, s: &Setup) -> Arc<Destination> {
             max_retry_after: Duration::from_secs(3600),
             throttle_floor: Duration::from_secs(60),
         },
-        limit: Semaphore::new(4),
+        limit: InFlightLimit::new(4),
         client: HttpClient::new(
             Arc::new(EgressPolicy::default()),
             &TlsRoots::webpki(),

@@ -86,7 +86,11 @@ async fn view(store: &impl Backend, now: i64) -> String {
     out += &format!("stats: {:?}\n", store.destination_stats(now).await.unwrap());
     let due = store.due_ids(now + 120_000, 100, Vec::new()).await.unwrap();
     out += &format!("due: {due:?}\n");
-    let loaded = store.load_pending(due.into_iter().map(|(id, _)| id).collect()).await.unwrap();
+    let mut loaded = store.load_pending(due.into_iter().map(|(id, _)| id).collect(), now + 120_000).await.unwrap();
+    // a PostgreSQL load leases what it loads to this instance, a SQLite one leases nothing
+    for d in &mut loaded {
+        d.lease_until = None;
+    }
     out += &format!("loaded: {loaded:#?}\n");
     out += &format!("due but a's: {:?}\n", store.due_ids(now + 120_000, 100, vec!["a".into()]).await.unwrap());
     out += &format!("next due: {:?}\n", store.next_due_ms(Vec::new()).await.unwrap());

@@ -11,7 +11,7 @@ use crate::store::migrate::rows::{Batch, Read};
 use crate::store::migrate::{Copied, MigrateError};
 
 /// Every table of the store, in an order their foreign keys accept for the lock.
-const TABLES: &str = "events, deliveries, delivery_bodies, attempts, cancellations, destination_state";
+const TABLES: &str = "events, deliveries, delivery_bodies, attempts, cancellations, destination_state, dedupe";
 
 impl PgStore {
     /// Copies what `start`'s channel brings into this store's tables, in one transaction that is
@@ -49,6 +49,16 @@ impl PgStore {
         // the next delivery accepted gets an id past every copied one
         tx.execute(
             "SELECT setval(pg_get_serial_sequence('deliveries', 'id'), MAX(id)) FROM deliveries HAVING MAX(id) IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+        // the dedupe keys of the copied events, each held by its latest event
+        tx.execute(
+            "INSERT INTO dedupe (source, key, event_id, received_at, window_ms)
+             SELECT DISTINCT ON (source, dedupe_key) source, dedupe_key, id, received_at, 0
+             FROM events WHERE dedupe_key IS NOT NULL
+             ORDER BY source, dedupe_key, received_at DESC",
             &[],
         )
         .await

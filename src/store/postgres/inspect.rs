@@ -11,6 +11,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::{PgStore, db};
+use crate::store::cluster::Signal;
 use crate::store::{
     AttemptRow, Cancellation, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryRef, DeliveryRow, DeliverySelection,
     DeliveryStatus, DestinationName, DestinationStats, EventDetail, EventId, Inspect, Purged, RawEvent, Result,
@@ -230,6 +231,7 @@ impl Inspect for PgStore {
         if !unknown.is_empty() {
             return Err(not_found(unknown)); // rolled back
         }
+        self.notify_in(&tx, &Signal::Wake).await?;
         tx.commit().await.map_err(db)?;
         Ok(n)
     }
@@ -244,6 +246,9 @@ impl Inspect for PgStore {
             )
             .await
             .map_err(db)?;
+        if n > 0 {
+            self.notify_in(&c, &Signal::Wake).await?;
+        }
         Ok(n as usize)
     }
 
@@ -292,15 +297,20 @@ impl Inspect for PgStore {
         Ok(rows.iter().map(|r| (DestinationName::from(r.get::<_, &str>(0)), r.get(1))).collect())
     }
 
+    /// Every instance hears of it at once (and reads the pauses again each poll interval).
     async fn set_paused(&self, destination: &DestinationName, paused: bool, reason: Option<String>) -> Result<()> {
-        let c = self.conn().await?;
-        c.execute(
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        tx.execute(
             "INSERT INTO destination_state (name, paused, reason, updated_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, reason = excluded.reason, updated_at = excluded.updated_at",
             &[&&**destination, &paused, &reason, &now_ms()],
         )
         .await
         .map_err(db)?;
+        let name = destination.to_string();
+        self.notify_in(&tx, &if paused { Signal::Paused(name) } else { Signal::Resumed(name) }).await?;
+        tx.commit().await.map_err(db)?;
         Ok(())
     }
 

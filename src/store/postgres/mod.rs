@@ -17,6 +17,9 @@
 //! `queue.rs`: the per-event operations; `inspect.rs`: listing, replay, stats, pause, cancel and
 //! purge; `import.rs`: writing a store `hookyard migrate` copies in.
 
+mod cluster;
+#[cfg(test)]
+mod cluster_tests;
 mod import;
 mod inspect;
 mod queue;
@@ -38,18 +41,31 @@ use super::health::WriteHealth;
 use super::{Result, StoreError, StoreOptions};
 use crate::clock::Clock;
 use crate::config::{KeyError, PostgresConfig};
-use writer::Writer;
+use writer::{Lease, Writer};
 
 /// The PostgreSQL store. Cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
     writer: Writer,
+    /// This instance's id (`host-xxxxxxxx`, new at each start) and the length of its leases.
+    lease: Lease,
+    /// How to open a connection of its own (the LISTEN connection), and where.
+    connect: Arc<Connect>,
     health: Arc<WriteHealth>,
     commit_timeout: Duration,
     clock: Clock,
     /// The server's autovacuum is off (see [`PgStore::warnings`]).
     autovacuum_off: bool,
+}
+
+/// What opening a connection of its own takes (the pool's settings, for the LISTEN connection).
+struct Connect {
+    pg: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    /// The notification channel of this schema's instances.
+    channel: String,
+    schema: String,
 }
 
 /// A database error as the boundary carries it: the server's message (with its detail) or the
@@ -183,6 +199,12 @@ impl PgStore {
         if tls.is_some() {
             pg.ssl_mode(tokio_postgres::config::SslMode::Require);
         }
+        let connect = Arc::new(Connect {
+            pg: pg.clone(),
+            tls: tls.clone(),
+            channel: cluster::channel(&cfg.schema),
+            schema: cfg.schema.clone(),
+        });
         // migrations first, on a connection of their own (the schema may not exist yet)
         let autovacuum_off;
         {
@@ -215,8 +237,11 @@ impl PgStore {
             .build()
             .map_err(|e| err(e.to_string()))?;
         let health = Arc::new(WriteHealth::default());
+        let lease = Lease { owner: cluster::node_id().into(), duration: cfg.lease.0 };
         Ok(PgStore {
-            writer: Writer::start(pool.clone(), health.clone(), commit_timeout),
+            writer: Writer::start(pool.clone(), health.clone(), commit_timeout, lease.clone()),
+            lease,
+            connect,
             pool,
             health,
             commit_timeout,
@@ -235,6 +260,11 @@ impl PgStore {
             );
         }
         out
+    }
+
+    /// This instance's id among those sharing the database.
+    pub fn node(&self) -> &str {
+        &self.lease.owner
     }
 
     /// A pooled connection (bounded wait).

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::writer::{self, Op};
 use super::{PgStore, db};
 use crate::clock::Clock;
+use crate::store::cluster::Signal;
 use crate::store::{
     ANSWER_GRACE, Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, EventId, NewDelivery, NewEvent,
     Queue, Result, Settle, StoreError, now_ms,
@@ -61,33 +62,50 @@ impl Queue for PgStore {
         skip: Vec<DestinationName>,
     ) -> Result<Vec<(DeliveryId, DestinationName)>> {
         let c = self.conn().await?;
+        // another instance's lease hides a delivery until it ends; this instance's own leases
+        // do not (its claims in memory tell what it is attempting)
         let st = c
             .prepare_cached(
                 "SELECT id, destination FROM deliveries
                  WHERE status = 'pending' AND next_at <= $1 AND destination <> ALL($3::text[])
+                   AND (lease_until < hookyard_now_ms() OR lease_owner = $4)
                  ORDER BY next_at LIMIT $2",
             )
             .await
             .map_err(db)?;
-        let rows = c.query(&st, &[&now_ms, &(limit as i64), &names(&skip)]).await.map_err(db)?;
+        let rows = c.query(&st, &[&now_ms, &(limit as i64), &names(&skip), &&*self.lease.owner]).await.map_err(db)?;
         Ok(rows.iter().map(|r| (DeliveryId(r.get(0)), DestinationName::from(r.get::<_, &str>(1)))).collect())
     }
 
-    async fn load_pending(&self, ids: Vec<DeliveryId>) -> Result<Vec<DueDelivery>> {
+    /// Claims the deliveries that are still pending, due and not leased by another instance
+    /// (`FOR UPDATE SKIP LOCKED`: one another instance is claiming is passed over, not waited
+    /// for), leasing them to this one, and loads them.
+    async fn load_pending(&self, ids: Vec<DeliveryId>, now_ms: i64) -> Result<Vec<DueDelivery>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let c = self.conn().await?;
         let st = c
             .prepare_cached(
-                "SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers, COALESCE(b.body, e.body)
-                 FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
-                 WHERE d.id = ANY($1::int8[]) AND d.status = 'pending'",
+                "WITH claimable AS (
+                     SELECT id FROM deliveries
+                     WHERE id = ANY($1::int8[]) AND status = 'pending' AND next_at <= $4
+                       AND (lease_until < hookyard_now_ms() OR lease_owner = $2)
+                     FOR UPDATE SKIP LOCKED
+                 ), claimed AS (
+                     UPDATE deliveries d SET lease_owner = $2, lease_until = hookyard_now_ms() + $3
+                     FROM claimable WHERE d.id = claimable.id
+                     RETURNING d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts
+                 )
+                 SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers, COALESCE(b.body, e.body)
+                 FROM claimed d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id",
             )
             .await
             .map_err(db)?;
         let wanted: Vec<i64> = ids.iter().map(|i| i.0).collect();
-        let rows = c.query(&st, &[&wanted]).await.map_err(db)?;
+        let lease_ms = self.lease.duration.as_millis() as i64;
+        let leased_until = Some(Instant::now() + self.lease.duration);
+        let rows = c.query(&st, &[&wanted, &&*self.lease.owner, &lease_ms, &now_ms]).await.map_err(db)?;
         let mut by_id: std::collections::HashMap<i64, DueDelivery> = rows
             .iter()
             .map(|r| {
@@ -103,6 +121,7 @@ impl Queue for PgStore {
                     headers: Arc::new(serde_json::from_str(headers).unwrap_or_default()),
                     extra_headers: extra.map(|e| Arc::new(serde_json::from_str(e).unwrap_or_default())),
                     body: Bytes::copy_from_slice(r.get::<_, &[u8]>(8)),
+                    lease_until: leased_until,
                 };
                 (d.id.0, d)
             })
@@ -140,7 +159,9 @@ impl Queue for PgStore {
             .map(|r| r.get(0))
             .collect();
         let planned: Vec<(&EventId, &NewDelivery)> = deliveries.iter().map(|d| (&event_id, d)).collect();
-        writer::insert_deliveries(&tx, &planned, &ids, now_ms()).await.map_err(db)?;
+        writer::insert_deliveries(&tx, &planned, &ids, now_ms(), None).await.map_err(db)?;
+        // every instance looks at the queue now (the one that takes them leases them then)
+        self.notify_in(&tx, &Signal::Wake).await?;
         tx.commit().await.map_err(db)?;
         Ok(deliveries.len())
     }
@@ -181,9 +202,12 @@ impl Queue for PgStore {
             purged += deleted as usize;
             // a batch that deleted nothing it saw would be seen again: stop
             if seen < PURGE_BATCH || deleted == 0 {
-                return Ok(purged);
+                break;
             }
         }
+        // dedupe keys as old as the purged events (the events behind them are gone or going)
+        c.execute("DELETE FROM dedupe WHERE received_at < $1", &[&before_ms]).await.map_err(db)?;
+        Ok(purged)
     }
 
     /// The last write of an event, or the writer's probe, failed.

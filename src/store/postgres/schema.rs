@@ -75,6 +75,46 @@ pub(super) const MIGRATIONS: &[&str] = &[
         updated_at   BIGINT NOT NULL
     );
     "#,
+    // 2: several instances on one database. A pending delivery may be leased by one instance
+    // (`lease_owner`, until `lease_until`, the database's clock in unix ms): the others leave it
+    // alone until the lease ends, so one sender attempts it at a time and a dead instance's work
+    // comes back. The instances' heartbeats (`nodes`). Deduplication by a unique key
+    // (`dedupe`): two instances accepting one key at once cannot both store it; the lookup index
+    // on events goes.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN lease_owner TEXT, ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0;
+
+    CREATE TABLE nodes (
+        id              TEXT PRIMARY KEY,
+        host            TEXT NOT NULL,
+        address         TEXT NOT NULL,          -- ingress, as bound
+        admin           TEXT,                   -- the admin API, as bound
+        version         TEXT NOT NULL,          -- hookyard's
+        config_version  TEXT NOT NULL,
+        started_at      BIGINT NOT NULL,        -- unix ms, the database's clock
+        last_seen       BIGINT NOT NULL,
+        stopped_at      BIGINT                  -- a clean shutdown
+    );
+
+    CREATE TABLE dedupe (
+        source       TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        event_id     TEXT NOT NULL,             -- the event that holds the key
+        received_at  BIGINT NOT NULL,
+        window_ms    BIGINT NOT NULL,           -- the source's dedupe window when it took the key
+        PRIMARY KEY (source, key)
+    );
+    INSERT INTO dedupe (source, key, event_id, received_at, window_ms)
+        SELECT DISTINCT ON (source, dedupe_key) source, dedupe_key, id, received_at, 0
+        FROM events WHERE dedupe_key IS NOT NULL
+        ORDER BY source, dedupe_key, received_at DESC;
+    DROP INDEX events_dedupe;
+
+    -- the database's clock in unix ms: leases and heartbeats are compared with it, as the
+    -- instances' own clocks may disagree
+    CREATE FUNCTION hookyard_now_ms() RETURNS BIGINT LANGUAGE sql VOLATILE
+        AS $$ SELECT (extract(epoch from clock_timestamp()) * 1000)::int8 $$;
+    "#,
 ];
 
 /// The advisory lock key of a schema's migrations (one per schema in a database).

@@ -29,6 +29,9 @@ impl Schema {
             connect_timeout: Dur(Duration::from_secs(5)),
             statement_timeout: Dur(Duration::from_secs(30)),
             ca_file: None,
+            lease: Dur(Duration::from_secs(60)),
+            heartbeat: Dur(Duration::from_secs(1)),
+            node_timeout: Dur(Duration::from_secs(10)),
         }
     }
 }

@@ -45,7 +45,9 @@ async fn instances_starting_at_once_migrate_once() {
 }
 
 /// Joins futures without another dependency.
-async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+pub(super) async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
 where
     F::Output: Send + 'static,
 {

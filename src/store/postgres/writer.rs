@@ -45,15 +45,23 @@ pub enum Op {
     },
 }
 
+/// Who this instance is to the deliveries it leases, and for how long a lease runs
+/// (`storage.postgres.lease`).
+#[derive(Clone)]
+pub struct Lease {
+    pub owner: Arc<str>,
+    pub duration: Duration,
+}
+
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::UnboundedSender<Op>,
 }
 
 impl Writer {
-    pub fn start(pool: Pool, health: Arc<WriteHealth>, commit_timeout: Duration) -> Writer {
+    pub fn start(pool: Pool, health: Arc<WriteHealth>, commit_timeout: Duration, lease: Lease) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, rx, health, commit_timeout));
+        tokio::spawn(run(pool, rx, health, commit_timeout, lease));
         Writer { tx }
     }
 
@@ -79,7 +87,13 @@ enum Written {
     Settle,
 }
 
-async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Op>, health: Arc<WriteHealth>, commit_timeout: Duration) {
+async fn run(
+    pool: Pool,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    health: Arc<WriteHealth>,
+    commit_timeout: Duration,
+    lease: Lease,
+) {
     let mut next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
     loop {
         let first = tokio::select! {
@@ -107,7 +121,9 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Op>, health: Arc<WriteH
         let (expired, ops): (Vec<Op>, Vec<Op>) =
             ops.into_iter().partition(|op| matches!(op, Op::Accept { deadline, .. } if *deadline <= now));
         let has_accepts = ops.iter().any(|op| matches!(op, Op::Accept { .. }));
-        let committed = write_bounded(&pool, &ops, commit_timeout).await;
+        // the leases of the accepts' deliveries run from no earlier than this
+        let leased_until = Instant::now() + lease.duration;
+        let committed = write_bounded(&pool, &ops, commit_timeout, &lease).await;
         if let Err(e) = &committed {
             error!(error = %e, "store commit failed; the group's callers get an error");
         }
@@ -127,7 +143,7 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Op>, health: Arc<WriteH
                 let _ = reply.send(Err(StoreError::Timeout(commit_timeout)));
             }
         }
-        reply(ops, committed);
+        reply(ops, committed, leased_until);
     }
 }
 
@@ -156,7 +172,12 @@ async fn probe(pool: &Pool, health: &WriteHealth) {
 /// its commit). A group still running then (a lock wait, a database that stopped answering) is
 /// cancelled on the server and its connection closed, not put back in the pool, so the next
 /// group does not queue behind it; its transaction rolls back.
-async fn write_bounded(pool: &Pool, ops: &[Op], limit: Duration) -> std::result::Result<Outcomes, String> {
+async fn write_bounded(
+    pool: &Pool,
+    ops: &[Op],
+    limit: Duration,
+    lease: &Lease,
+) -> std::result::Result<Outcomes, String> {
     if ops.is_empty() {
         return Ok(Vec::new());
     }
@@ -168,7 +189,7 @@ async fn write_bounded(pool: &Pool, ops: &[Op], limit: Duration) -> std::result:
     };
     let cancel = client.cancel_token();
     let left = limit.saturating_sub(started.elapsed());
-    match tokio::time::timeout(left, write_group(&mut client, ops)).await {
+    match tokio::time::timeout(left, write_group(&mut client, ops, lease)).await {
         Ok(outcome) => outcome,
         Err(_) => {
             let _ = deadpool_postgres::Object::take(client);
@@ -181,7 +202,11 @@ async fn write_bounded(pool: &Pool, ops: &[Op], limit: Duration) -> std::result:
 
 /// Writes one group in one transaction: first all operations together; should that fail, again
 /// with a savepoint per operation. `Err` when the group as a whole could not be committed.
-async fn write_group(client: &mut deadpool_postgres::Client, ops: &[Op]) -> std::result::Result<Outcomes, String> {
+async fn write_group(
+    client: &mut deadpool_postgres::Client,
+    ops: &[Op],
+    lease: &Lease,
+) -> std::result::Result<Outcomes, String> {
     // two settles of one delivery cannot share an UPDATE: such a group runs one by one
     let mut settled: Vec<i64> = ops
         .iter()
@@ -192,7 +217,7 @@ async fn write_group(client: &mut deadpool_postgres::Client, ops: &[Op]) -> std:
     settled.dedup();
     if settled.len() == n {
         let tx = client.transaction().await.map_err(|e| describe(&e))?;
-        match write_ops(&tx, ops).await {
+        match write_ops(&tx, ops, lease).await {
             Ok(outcomes) => {
                 tx.commit().await.map_err(|e| describe(&e))?;
                 return Ok(outcomes);
@@ -209,7 +234,7 @@ async fn write_group(client: &mut deadpool_postgres::Client, ops: &[Op]) -> std:
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
         let sp = tx.savepoint("op").await.map_err(|e| describe(&e))?;
-        match write_ops(&sp, std::slice::from_ref(op)).await {
+        match write_ops(&sp, std::slice::from_ref(op), lease).await {
             Ok(mut one) => {
                 sp.commit().await.map_err(|e| describe(&e))?;
                 outcomes.push(one.pop().expect("one outcome per operation"));
@@ -225,7 +250,11 @@ async fn write_group(client: &mut deadpool_postgres::Client, ops: &[Op]) -> std:
 }
 
 /// Runs every operation of `ops` with grouped statements. Any failing statement fails the lot.
-async fn write_ops(tx: &Transaction<'_>, ops: &[Op]) -> std::result::Result<Outcomes, tokio_postgres::Error> {
+async fn write_ops(
+    tx: &Transaction<'_>,
+    ops: &[Op],
+    lease: &Lease,
+) -> std::result::Result<Outcomes, tokio_postgres::Error> {
     let accepts: Vec<(&NewEvent, &[NewDelivery], Option<Duration>)> = ops
         .iter()
         .filter_map(|op| match op {
@@ -242,8 +271,8 @@ async fn write_ops(tx: &Transaction<'_>, ops: &[Op]) -> std::result::Result<Outc
             Op::Accept { .. } => None,
         })
         .collect();
-    let mut accepted = if accepts.is_empty() { Vec::new() } else { accept_all(tx, &accepts).await? }.into_iter();
-    let mut settled = if settles.is_empty() { Vec::new() } else { settle_all(tx, &settles).await? }.into_iter();
+    let mut accepted = if accepts.is_empty() { Vec::new() } else { accept_all(tx, &accepts, lease).await? }.into_iter();
+    let mut settled = if settles.is_empty() { Vec::new() } else { settle_all(tx, &settles, lease).await? }.into_iter();
     Ok(ops
         .iter()
         .map(|op| match op {
@@ -267,60 +296,84 @@ fn both<A, B>(
     }
 }
 
-/// Records the events (unless a duplicate) and their deliveries: a dedupe lookup for the events
-/// that name a key, one id allocation for all deliveries, then one insert per table.
+/// Records the events (unless a duplicate) and their deliveries: the dedupe keys first (one
+/// insert into the unique `dedupe` table for the group, so two instances accepting one key at
+/// once cannot both store it), one id allocation for all deliveries, then one insert per table.
 async fn accept_all(
     tx: &Transaction<'_>,
     accepts: &[(&NewEvent, &[NewDelivery], Option<Duration>)],
+    lease: &Lease,
 ) -> std::result::Result<Vec<AcceptRows>, tokio_postgres::Error> {
-    // (source, key) -> the earliest event with it within the window, from the store...
-    let mut seen: HashMap<(&str, &str), (EventId, i64)> = HashMap::new();
-    let keyed: Vec<(&str, &str, i64)> = accepts
-        .iter()
-        .filter_map(|(ev, _, window)| {
-            let (key, window) = (ev.dedupe_key.as_deref()?, (*window)?);
-            Some((ev.source.as_str(), key, ev.received_at_ms - window.as_millis() as i64))
-        })
-        .collect();
-    if !keyed.is_empty() {
-        let sources: Vec<&str> = keyed.iter().map(|k| k.0).collect();
-        let keys: Vec<&str> = keyed.iter().map(|k| k.1).collect();
-        let since: Vec<i64> = keyed.iter().map(|k| k.2).collect();
+    // The first event of the group with each (source, key) tries to take the key; a later one
+    // within its window is a duplicate of it (or of what the first turns out to duplicate).
+    let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut rows: Vec<Option<AcceptRows>> = Vec::with_capacity(accepts.len());
+    let mut of_first: Vec<(usize, usize)> = Vec::new();
+    for (i, (ev, _, window)) in accepts.iter().enumerate() {
+        rows.push(None);
+        let (Some(key), Some(window)) = (ev.dedupe_key.as_deref(), window) else { continue };
+        match first.get(&(ev.source.as_str(), key)) {
+            Some(&f) if accepts[f].0.received_at_ms >= ev.received_at_ms - window.as_millis() as i64 => {
+                of_first.push((i, f))
+            }
+            Some(_) => {} // outside the window of the first: stored, the key stays the first's
+            None => {
+                first.insert((ev.source.as_str(), key), i);
+            }
+        }
+    }
+    if !first.is_empty() {
+        let mut firsts: Vec<usize> = first.values().copied().collect();
+        firsts.sort_unstable();
+        let source: Vec<&str> = firsts.iter().map(|&i| accepts[i].0.source.as_str()).collect();
+        let key: Vec<&str> = firsts.iter().map(|&i| accepts[i].0.dedupe_key.as_deref().unwrap_or_default()).collect();
+        let id: Vec<&str> = firsts.iter().map(|&i| accepts[i].0.id.as_str()).collect();
+        let at: Vec<i64> = firsts.iter().map(|&i| accepts[i].0.received_at_ms).collect();
+        let window: Vec<i64> = firsts.iter().map(|&i| accepts[i].2.map_or(0, |w| w.as_millis() as i64)).collect();
+        // A key held within the new event's window stays with its holder; an older one passes to
+        // the new event. Rows in key order, so two groups never wait for each other's keys in
+        // opposite orders (a deadlock).
         let st = tx
             .prepare_cached(
-                "SELECT DISTINCT ON (e.source, e.dedupe_key) e.source, e.dedupe_key, e.id, e.received_at
-                 FROM events e JOIN unnest($1::text[], $2::text[], $3::int8[]) AS k (source, key, since)
-                   ON e.source = k.source AND e.dedupe_key = k.key AND e.received_at >= k.since
-                 ORDER BY e.source, e.dedupe_key, e.received_at",
+                "INSERT INTO dedupe (source, key, event_id, received_at, window_ms)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[]) ORDER BY 1, 2
+                 ON CONFLICT (source, key) DO UPDATE SET event_id = excluded.event_id,
+                    received_at = excluded.received_at, window_ms = excluded.window_ms
+                 WHERE dedupe.received_at < excluded.received_at - excluded.window_ms
+                 RETURNING event_id",
             )
             .await?;
-        for row in tx.query(&st, &[&sources, &keys, &since]).await? {
-            let (source, key): (&str, &str) = (row.get(0), row.get(1));
-            // borrow the names from the group's events, not the row
-            if let Some(&(s, k, _)) = keyed.iter().find(|(s, k, _)| *s == source && *k == key) {
-                seen.insert((s, k), (EventId::from(row.get::<_, &str>(2)), row.get(3)));
+        let taken: HashSet<String> =
+            tx.query(&st, &[&source, &key, &id, &at, &window]).await?.iter().map(|r| r.get(0)).collect();
+        let held: Vec<usize> = firsts.into_iter().filter(|&i| !taken.contains(accepts[i].0.id.as_str())).collect();
+        if !held.is_empty() {
+            // duplicates of a stored event: which one
+            let source: Vec<&str> = held.iter().map(|&i| accepts[i].0.source.as_str()).collect();
+            let key: Vec<&str> = held.iter().map(|&i| accepts[i].0.dedupe_key.as_deref().unwrap_or_default()).collect();
+            let st = tx
+                .prepare_cached(
+                    "SELECT d.source, d.key, d.event_id FROM dedupe d
+                     JOIN unnest($1::text[], $2::text[]) AS k (source, key) ON d.source = k.source AND d.key = k.key",
+                )
+                .await?;
+            let originals: HashMap<(String, String), String> =
+                tx.query(&st, &[&source, &key]).await?.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
+            for i in held {
+                let ev = accepts[i].0;
+                let k = (ev.source.clone(), ev.dedupe_key.clone().unwrap_or_default());
+                let original = originals.get(&k).map_or_else(|| ev.id.clone(), |o| EventId::from(o.as_str()));
+                rows[i] = Some(AcceptRows::Duplicate { original });
             }
         }
     }
-    // ...or earlier in this group; then the stored ones
-    let mut rows = Vec::with_capacity(accepts.len());
-    let mut stored: Vec<usize> = Vec::with_capacity(accepts.len());
-    for (i, (ev, _, window)) in accepts.iter().enumerate() {
-        if let (Some(key), Some(window)) = (ev.dedupe_key.as_deref(), window) {
-            let since = ev.received_at_ms - window.as_millis() as i64;
-            match seen.get(&(ev.source.as_str(), key)) {
-                Some((original, at)) if *at >= since => {
-                    rows.push(Some(AcceptRows::Duplicate { original: original.clone() }));
-                    continue;
-                }
-                _ => {
-                    seen.insert((ev.source.as_str(), key), (ev.id.clone(), ev.received_at_ms));
-                }
-            }
-        }
-        rows.push(None);
-        stored.push(i);
+    for (i, f) in of_first {
+        let original = match &rows[f] {
+            Some(AcceptRows::Duplicate { original }) => original.clone(),
+            _ => accepts[f].0.id.clone(),
+        };
+        rows[i] = Some(AcceptRows::Duplicate { original });
     }
+    let stored: Vec<usize> = (0..accepts.len()).filter(|&i| rows[i].is_none()).collect();
     // the ids and the events' insert go out together (pipelined: one round trip's wait)
     let n_deliveries: i64 = stored.iter().map(|&i| accepts[i].1.len() as i64).sum();
     let allocate = async {
@@ -355,7 +408,7 @@ async fn accept_all(
     ids.sort_unstable();
     let planned: Vec<(&EventId, &NewDelivery)> =
         stored.iter().flat_map(|&i| accepts[i].1.iter().map(move |d| (&accepts[i].0.id, d))).collect();
-    insert_deliveries(tx, &planned, &ids, now_ms()).await?;
+    insert_deliveries(tx, &planned, &ids, now_ms(), Some(lease)).await?;
     let mut ids = ids.into_iter();
     Ok(rows
         .into_iter()
@@ -369,11 +422,13 @@ async fn accept_all(
 
 /// Inserts deliveries with the given ids (one per delivery, in order), and the transform outputs
 /// of those that have one.
+/// With a `lease`, the pending ones are leased to its owner (an accept's, for its own fast path).
 pub async fn insert_deliveries(
     tx: &Transaction<'_>,
     planned: &[(&EventId, &NewDelivery)],
     ids: &[i64],
     now: i64,
+    lease: Option<&Lease>,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     if planned.is_empty() {
         return Ok(());
@@ -387,13 +442,18 @@ pub async fn insert_deliveries(
     let failed: Vec<Option<&str>> = planned.iter().map(|(_, d)| d.failed.as_deref()).collect();
     let st = tx
         .prepare_cached(
-            "INSERT INTO deliveries (id, event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at, last_error)
-             SELECT u.id, u.event_id, u.route, u.destination, u.msg_id, u.status, 0, $7, $7, $7, u.failed
+            "INSERT INTO deliveries (id, event_id, route, destination, msg_id, status, attempts, next_at, created_at,
+                 updated_at, last_error, lease_owner, lease_until)
+             SELECT u.id, u.event_id, u.route, u.destination, u.msg_id, u.status, 0, $7, $7, $7, u.failed,
+                 CASE WHEN u.status = 'pending' THEN $9::text END,
+                 CASE WHEN u.status = 'pending' AND $9::text IS NOT NULL THEN hookyard_now_ms() + $10::int8 ELSE 0 END
              FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[])
                AS u (id, event_id, route, destination, msg_id, status, failed)",
         )
         .await?;
-    tx.execute(&st, &[&ids, &event, &route, &destination, &msg, &status, &now, &failed]).await?;
+    let owner: Option<&str> = lease.map(|l| &*l.owner);
+    let lease_ms: i64 = lease.map_or(0, |l| l.duration.as_millis() as i64);
+    tx.execute(&st, &[&ids, &event, &route, &destination, &msg, &status, &now, &failed, &owner, &lease_ms]).await?;
     // a transform's output lives beside the delivery, which every settle rewrites
     let with_body: Vec<(i64, &NewDelivery)> = planned
         .iter()
@@ -421,11 +481,13 @@ pub async fn insert_deliveries(
 
 /// Records the attempts and the deliveries' new states: one update for all (only a pending
 /// delivery takes the new state; a cancelled one stays cancelled unless this attempt delivered
-/// it), and one insert of the attempt rows numbered from the updated rows, sent together. A settle of an unknown delivery is an error of its
+/// it; this instance's lease on it ends, another's is left alone), and one insert of the attempt
+/// rows numbered from the updated rows, sent together. A settle of an unknown delivery is an error of its
 /// own. The deliveries are distinct (see [`write_group`]).
 async fn settle_all(
     tx: &Transaction<'_>,
     settles: &[(&DeliveryId, &AttemptRecord, &Settle, Option<&str>)],
+    lease: &Lease,
 ) -> std::result::Result<Vec<std::result::Result<(), String>>, tokio_postgres::Error> {
     let id: Vec<i64> = settles.iter().map(|s| s.0.0).collect();
     let status: Vec<&str> = settles.iter().map(|s| s.2.status().as_str()).collect();
@@ -444,13 +506,15 @@ async fn settle_all(
                 "UPDATE deliveries d SET attempts = d.attempts + 1,
                         status = CASE WHEN d.status = 'pending' OR u.status = 'delivered' THEN u.status ELSE d.status END,
                         next_at = CASE WHEN d.status = 'pending' THEN u.next_at ELSE d.next_at END,
-                        updated_at = $6, last_status = u.code, last_error = u.error
+                        updated_at = $6, last_status = u.code, last_error = u.error,
+                        lease_owner = CASE WHEN d.lease_owner = $7 THEN NULL ELSE d.lease_owner END,
+                        lease_until = CASE WHEN d.lease_owner = $7 THEN 0 ELSE d.lease_until END
                  FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int4[], $5::text[]) AS u (id, status, next_at, code, error)
                  WHERE d.id = u.id
                  RETURNING d.id",
             )
             .await?;
-        let rows = tx.query(&st, &[&id, &status, &next_at, &code, &error, &now_ms()]).await?;
+        let rows = tx.query(&st, &[&id, &status, &next_at, &code, &error, &now_ms(), &&*lease.owner]).await?;
         Ok::<HashSet<i64>, tokio_postgres::Error>(rows.iter().map(|r| r.get(0)).collect())
     };
     // sent right behind the update, in the same transaction: it reads the new attempt count
@@ -482,8 +546,9 @@ async fn settle_all(
     Ok(id.iter().map(|i| if found.contains(i) { Ok(()) } else { Err(format!("no delivery {i}")) }).collect())
 }
 
-/// Tells each caller its outcome (an error for all if the group could not be committed).
-fn reply(ops: Vec<Op>, committed: std::result::Result<Outcomes, String>) {
+/// Tells each caller its outcome (an error for all if the group could not be committed); an
+/// accept's deliveries are leased to this instance until `leased_until`.
+fn reply(ops: Vec<Op>, committed: std::result::Result<Outcomes, String>, leased_until: Instant) {
     let (mut outcomes, commit_error) = match committed {
         Ok(outcomes) => (outcomes.into_iter(), None),
         Err(e) => (Vec::new().into_iter(), Some(e)),
@@ -498,7 +563,7 @@ fn reply(ops: Vec<Op>, committed: std::result::Result<Outcomes, String>) {
                 let _ = reply.send(outcome.map(|w| match w {
                     Written::Accept(AcceptRows::Duplicate { original }) => Accepted::Duplicate { original },
                     Written::Accept(AcceptRows::Stored(ids)) => {
-                        Accepted::Stored(crate::store::due_now(event, deliveries, ids))
+                        Accepted::Stored(crate::store::due_now(event, deliveries, ids, Some(leased_until)))
                     }
                     Written::Settle => unreachable!("outcomes are in the order of the operations"),
                 }));

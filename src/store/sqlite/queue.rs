@@ -66,16 +66,16 @@ impl Queue for SqliteStore {
         .await
     }
 
-    async fn load_pending(&self, ids: Vec<DeliveryId>) -> Result<Vec<DueDelivery>> {
+    async fn load_pending(&self, ids: Vec<DeliveryId>, now_ms: i64) -> Result<Vec<DueDelivery>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers, COALESCE(b.body, e.body)
                  FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
-                 WHERE d.id = ?1 AND d.status = 'pending'",
+                 WHERE d.id = ?1 AND d.status = 'pending' AND d.next_at <= ?2",
             )?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some(d) = st.query_row([id.0], due_row).optional()? {
+                if let Some(d) = st.query_row([id.0, now_ms], due_row).optional()? {
                     out.push(d);
                 }
             }
@@ -151,5 +151,6 @@ fn due_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DueDelivery> {
         headers: Arc::new(serde_json::from_str(&headers).unwrap_or_default()),
         extra_headers: extra.map(|e| Arc::new(serde_json::from_str(&e).unwrap_or_default())),
         body: Bytes::from(r.get::<_, Vec<u8>>(8)?),
+        lease_until: None,
     })
 }

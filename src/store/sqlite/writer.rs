@@ -379,7 +379,7 @@ fn reply(ops: Vec<Op>, written: Vec<Written>, commit_error: Option<&str>) {
                         Ok(Accepted::Duplicate { original })
                     }
                     Some(Written::Accept(Ok(AcceptRows::Stored(ids)))) => {
-                        Ok(Accepted::Stored(crate::store::due_now(event, deliveries, ids)))
+                        Ok(Accepted::Stored(crate::store::due_now(event, deliveries, ids, None)))
                     }
                     Some(Written::Settle(_)) => unreachable!("written in the order of the operations"),
                 };
