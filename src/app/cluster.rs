@@ -99,6 +99,7 @@ pub(super) async fn heartbeat(
     let mut last_live: Vec<String> = Vec::new();
     let mut last_drift = false;
     let mut failing = false;
+    let mut first = true;
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -110,9 +111,11 @@ pub(super) async fn heartbeat(
             address: address.clone(),
             admin: admin.clone(),
             config_version: state.snapshot.load().version.clone(),
+            first,
         };
         let rows = match store.heartbeat(&update).await {
             Ok(rows) => {
+                first = false;
                 if failing {
                     info!("heartbeat recorded again");
                     failing = false;

@@ -101,7 +101,12 @@ pub async fn start_with(config: &Path, plugins: Arc<Plugins>) -> Result<Running,
         snapshot.admin.max_connections,
     );
     log_budget(nofile, &budget);
-    let storage = snapshot.storage.clone();
+    let mut storage = snapshot.storage.clone();
+    if let Some(pg) = &mut storage.postgres
+        && pg.node_id.is_none()
+    {
+        pg.node_id = crate::store::cluster::default_node_id(snapshot.server.listen);
+    }
     let store = Store::connect(&storage, Clock::System).await?;
     for problem in store.warnings() {
         warn!(store = %Store::describe(&storage), %problem, "store warning");

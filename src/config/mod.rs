@@ -572,6 +572,14 @@ impl Config {
                     ),
                 ));
             }
+            if let Some(id) = &pg.node_id
+                && (id.is_empty() || id.len() > 100 || id.chars().any(|c| c.is_control() || c.is_whitespace()))
+            {
+                errors.push(self.error(
+                    "storage.postgres.node_id",
+                    "must be 1 to 100 characters without spaces or control characters",
+                ));
+            }
             // an attempt never starts with less lease left than its timeout and this margin
             let longest = self.destinations.iter().max_by_key(|(_, d)| d.timeout_ms);
             if let Some((name, d)) = longest {

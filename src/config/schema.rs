@@ -201,6 +201,12 @@ pub struct PostgresConfig {
     /// its share of every destination's limits. At least 3 heartbeats. Default `10s`.
     #[serde(default = "default_pg_node_timeout")]
     pub node_timeout: Dur,
+    /// This instance's id among those sharing the database. Default: the host name and
+    /// `server.listen` (`web-1-0.0.0.0:8080`), so an instance restarted in place takes back the
+    /// deliveries it held at once, rather than when their leases run out; with port 0, the host
+    /// name and a random suffix. Two running instances must never share one.
+    #[serde(default)]
+    pub node_id: Option<String>,
 }
 
 fn default_pg_lease() -> Dur {

@@ -4,6 +4,22 @@
 
 use serde::Serialize;
 
+/// This machine's host name (for instance ids and `status`).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The id an instance takes when `storage.postgres.node_id` is not set: the host name and the
+/// listen address, stable across restarts in place; `None` for port 0 (a random one is taken).
+pub fn default_node_id(listen: std::net::SocketAddr) -> Option<String> {
+    (listen.port() != 0).then(|| format!("{}-{listen}", host_name()))
+}
+
 /// What an instance records of itself with each heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeUpdate {
@@ -13,6 +29,8 @@ pub struct NodeUpdate {
     pub admin: Option<String>,
     /// The config version in force (changes with a reload).
     pub config_version: String,
+    /// The first heartbeat of this process: an instance restarted under the same id starts anew.
+    pub first: bool,
 }
 
 /// An instance, as the store last heard of it.

@@ -8,6 +8,7 @@ mod harness;
 mod admin;
 mod app;
 mod cli;
+mod cluster;
 mod crash;
 mod delivery;
 mod ingress;

@@ -13,7 +13,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tracing::{debug, warn};
 
 use super::{Connect, PgStore, db, describe};
-use crate::store::cluster::{NodeRow, NodeUpdate, Signal};
+use crate::store::cluster::{NodeRow, NodeUpdate, Signal, host_name};
 use crate::store::{DeliveryId, Result};
 
 /// How long a stopped instance stays in `nodes` (and `status`); a dead one stays a day.
@@ -32,19 +32,11 @@ pub(super) fn channel(schema: &str) -> String {
     format!("hookyard_{}", hex::encode(&Sha256::digest(schema.as_bytes())[..8]))
 }
 
-/// A new instance id: the host name and 8 random hex digits, so a restarted instance is a new
-/// one (its predecessor's leases end by themselves) and two instances on one host differ.
-pub(super) fn node_id() -> String {
+/// An instance id when none is configured and none follows from a fixed listen address
+/// (`app` derives one from that): the host name and 8 random hex digits, so two instances on
+/// one host differ; a restarted one is a new one (its predecessor's leases end by themselves).
+pub(super) fn random_node_id() -> String {
     format!("{}-{:08x}", host_name(), fastrand::u32(..))
-}
-
-pub(super) fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 impl PgStore {
@@ -107,7 +99,10 @@ impl PgStore {
                      INSERT INTO nodes (id, host, address, admin, version, config_version, started_at, last_seen)
                      VALUES ($1, $2, $3, $4, $5, $6, hookyard_now_ms(), hookyard_now_ms())
                      ON CONFLICT (id) DO UPDATE SET address = excluded.address, admin = excluded.admin,
-                        config_version = excluded.config_version, last_seen = excluded.last_seen
+                        config_version = excluded.config_version, last_seen = excluded.last_seen,
+                        host = excluded.host, version = excluded.version,
+                        started_at = CASE WHEN $9 THEN excluded.started_at ELSE nodes.started_at END,
+                        stopped_at = CASE WHEN $9 THEN NULL ELSE nodes.stopped_at END
                      RETURNING id, host, address, admin, version, config_version, started_at, last_seen, stopped_at
                  ), forgotten AS (
                      DELETE FROM nodes WHERE id <> $1 AND (last_seen < hookyard_now_ms() - $8
@@ -135,6 +130,7 @@ impl PgStore {
                     &me.config_version,
                     &FORGET_STOPPED_MS,
                     &FORGET_DEAD_MS,
+                    &me.first,
                 ],
             )
             .await

@@ -84,6 +84,20 @@ async fn a_dead_instance_s_leases_run_out_and_another_takes_over() {
 }
 
 #[tokio::test]
+async fn an_instance_restarted_under_its_id_takes_back_its_leases_at_once() {
+    let schema = Schema::new();
+    let cfg = PostgresConfig { node_id: Some("web-1-0.0.0.0:8080".into()), ..schema.config() };
+    let first = PgStore::open(&cfg, StoreOptions::default()).await.unwrap();
+    let id = stored(first.accept(event("evt_1", None, now_ms()), vec![delivery("x")], None).await.unwrap())[0].id;
+    drop(first); // killed
+    let other = instances(&schema, 1, Duration::from_secs(60)).await;
+    assert!(other[0].due_ids(now_ms(), 10, vec![]).await.unwrap().is_empty(), "leased: not another's");
+    let again = PgStore::open(&cfg, StoreOptions::default()).await.unwrap();
+    assert_eq!(ids_of(&again, now_ms()).await, [id], "its own lease");
+    assert_eq!(again.load_pending(vec![id], now_ms()).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn claims_from_several_instances_at_once_never_overlap() {
     let schema = Schema::new();
     let s = instances(&schema, 3, Duration::from_secs(60)).await;
@@ -168,7 +182,8 @@ async fn heartbeats_list_every_instance_and_a_clean_stop_gives_its_leases_back()
     let schema = Schema::new();
     let s = instances(&schema, 2, Duration::from_secs(60)).await;
     let (a, b) = (&s[0], &s[1]);
-    let me = |v: &str| NodeUpdate { address: "127.0.0.1:8080".into(), admin: None, config_version: v.into() };
+    let me =
+        |v: &str| NodeUpdate { address: "127.0.0.1:8080".into(), admin: None, config_version: v.into(), first: false };
     a.heartbeat(&me("v1")).await.unwrap();
     let rows = b.heartbeat(&me("v2")).await.unwrap();
     assert_eq!(rows.len(), 2);

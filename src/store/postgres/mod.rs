@@ -237,7 +237,8 @@ impl PgStore {
             .build()
             .map_err(|e| err(e.to_string()))?;
         let health = Arc::new(WriteHealth::default());
-        let lease = Lease { owner: cluster::node_id().into(), duration: cfg.lease.0 };
+        let lease =
+            Lease { owner: cfg.node_id.clone().unwrap_or_else(cluster::random_node_id).into(), duration: cfg.lease.0 };
         Ok(PgStore {
             writer: Writer::start(pool.clone(), health.clone(), commit_timeout, lease.clone()),
             lease,

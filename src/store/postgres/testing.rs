@@ -32,6 +32,7 @@ impl Schema {
             lease: Dur(Duration::from_secs(60)),
             heartbeat: Dur(Duration::from_secs(1)),
             node_timeout: Dur(Duration::from_secs(10)),
+            node_id: None,
         }
     }
 }

@@ -265,6 +265,16 @@ impl Process {
         status
     }
 
+    /// SIGKILL (nothing runs after it: no shutdown, no log line), and waits for the process to be gone.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("kill -9");
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("a killed process is gone within 10 s")
+            .expect("wait for the process");
+        self.stopped = true;
+    }
+
     /// Stdout lines after the `listening on` line.
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()

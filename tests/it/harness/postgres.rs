@@ -44,6 +44,11 @@ impl PgSchema {
         self.storage_yaml_at(&url())
     }
 
+    /// [`PgSchema::storage_yaml`] with more `storage.postgres` keys (`key: value, ...`).
+    pub fn storage_yaml_with(&self, keys: &str) -> String {
+        format!("storage: {{ postgres: {{ url: \"{}\", pool: 4, schema: {}, {keys} }} }}\n", url(), self.name)
+    }
+
     /// Runs one query returning one number (a count, say) in this schema.
     pub async fn count(&self, sql: &str) -> i64 {
         let c = client().await;
