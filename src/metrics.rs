@@ -31,6 +31,8 @@ pub const RELOADS: &str = "hookyard_config_reloads_total";
 pub const CONFIG_INFO: &str = "hookyard_config_info";
 pub const PLUGIN_CALLS: &str = "hookyard_plugin_calls_total";
 pub const PLUGIN_SECONDS: &str = "hookyard_plugin_duration_seconds";
+pub const CLUSTER_INSTANCES: &str = "hookyard_cluster_instances";
+pub const CLUSTER_DRIFT: &str = "hookyard_cluster_config_drift";
 
 /// Installs the global Prometheus recorder, once per process: a later call (a second gateway
 /// in the same process, as in the integration tests) gets the same handle, or the same error.
@@ -137,6 +139,11 @@ fn describe() {
     describe_gauge!(CONFIG_INFO, "1, labelled with the active config version");
     describe_counter!(PLUGIN_CALLS, "Plugin calls, by plugin and outcome");
     describe_histogram!(PLUGIN_SECONDS, "Plugin call duration, by plugin");
+    describe_gauge!(
+        CLUSTER_INSTANCES,
+        "Instances sharing the PostgreSQL store as this one's heartbeat saw them, by state (live, dead, stopped)"
+    );
+    describe_gauge!(CLUSTER_DRIFT, "1 when two live instances sharing the store run different config versions");
 }
 
 pub fn event_received(source: &str, status: u16, seconds: f64) {
@@ -223,6 +230,14 @@ pub fn config_version(old: Option<&str>, new: &str) {
         gauge!(CONFIG_INFO, "version" => old.to_string()).set(0.0);
     }
     gauge!(CONFIG_INFO, "version" => new.to_string()).set(1.0);
+}
+
+/// What the last heartbeat saw of the instances sharing the store.
+pub fn cluster(live: usize, dead: usize, stopped: usize, drift: bool) {
+    for (state, n) in [("live", live), ("dead", dead), ("stopped", stopped)] {
+        gauge!(CLUSTER_INSTANCES, "state" => state).set(n as f64);
+    }
+    gauge!(CLUSTER_DRIFT).set(if drift { 1.0 } else { 0.0 });
 }
 
 pub fn plugin_call(plugin: &str, outcome: &'static str, seconds: f64) {

@@ -132,6 +132,8 @@ pub(super) async fn heartbeat(
         };
         let view = ClusterView::of(&me, rows, node_timeout);
         state.dispatcher.set_share(view.live, view.rank());
+        let stopped = view.nodes.iter().filter(|n| n.state == NodeState::Stopped).count();
+        crate::metrics::cluster(view.live, view.dead, stopped, view.config_drift);
         let live: Vec<String> =
             view.nodes.iter().filter(|n| n.state == NodeState::Live).map(|n| n.row.id.clone()).collect();
         if live != last_live {

@@ -206,6 +206,12 @@ async fn operator_actions_on_one_instance_take_effect_on_all() {
         "{status}"
     );
     assert_eq!(status["cluster"]["live"], 3, "{status}");
+    let metrics = cluster.nodes[0]
+        .admin
+        .wait_metrics("the drift in /metrics", |m| m.get("hookyard_cluster_config_drift", &[]) == 1.0)
+        .await;
+    assert_eq!(metrics.get("hookyard_cluster_instances", &[("state", "live")]), 3.0);
+    assert_eq!(metrics.get("hookyard_cluster_instances", &[("state", "dead")]), 0.0);
     cluster.check_logs();
 }
 
