@@ -82,73 +82,101 @@ impl ClusterView {
     }
 }
 
-/// Beats every `heartbeat` until `stop`: records this instance (its addresses and config
-/// version), reads the others, shares the destinations' limits among the live ones and keeps
-/// the view for `status`. Logs when the live set changes and when configs drift.
-pub(super) async fn heartbeat(
+/// This instance's heartbeat: records it (its addresses and config version), reads the others,
+/// shares the destinations' limits among the live ones and keeps the view for `status`; logs when
+/// the live set changes and when configs drift.
+pub(super) struct Heartbeat {
     state: Arc<State>,
+    me: String,
     address: String,
     admin: Option<String>,
-    every: Duration,
     node_timeout: Duration,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    let store = state.dispatcher.store().clone();
-    let Some(me) = store.node().map(str::to_string) else { return };
-    let mut last_live: Vec<String> = Vec::new();
-    let mut last_drift = false;
-    let mut failing = false;
-    let mut first = true;
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = interval.tick() => {}
-        }
+    last_live: Vec<String>,
+    last_drift: bool,
+    failing: bool,
+    first: bool,
+}
+
+impl Heartbeat {
+    /// `None` for a store one process uses (SQLite).
+    pub(super) fn new(
+        state: Arc<State>,
+        address: String,
+        admin: Option<String>,
+        node_timeout: Duration,
+    ) -> Option<Heartbeat> {
+        let me = state.dispatcher.store().node()?.to_string();
+        Some(Heartbeat {
+            state,
+            me,
+            address,
+            admin,
+            node_timeout,
+            last_live: Vec::new(),
+            last_drift: false,
+            failing: false,
+            first: true,
+        })
+    }
+
+    /// One beat.
+    pub(super) async fn beat(&mut self) {
+        let store = self.state.dispatcher.store();
         let update = NodeUpdate {
-            address: address.clone(),
-            admin: admin.clone(),
-            config_version: state.snapshot.load().version.clone(),
-            first,
+            address: self.address.clone(),
+            admin: self.admin.clone(),
+            config_version: self.state.snapshot.load().version.clone(),
+            first: self.first,
         };
         let rows = match store.heartbeat(&update).await {
             Ok(rows) => {
-                first = false;
-                if failing {
+                self.first = false;
+                if self.failing {
                     info!("heartbeat recorded again");
-                    failing = false;
+                    self.failing = false;
                 }
                 rows
             }
             Err(e) => {
-                if !failing {
+                if !self.failing {
                     error!(error = %e, "could not record this instance's heartbeat; the others will count it dead after storage.postgres.node_timeout");
-                    failing = true;
+                    self.failing = true;
                 }
-                continue;
+                return;
             }
         };
-        let view = ClusterView::of(&me, rows, node_timeout);
-        state.dispatcher.set_share(view.live, view.rank());
+        let view = ClusterView::of(&self.me, rows, self.node_timeout);
+        self.state.dispatcher.set_share(view.live, view.rank());
         let stopped = view.nodes.iter().filter(|n| n.state == NodeState::Stopped).count();
         crate::metrics::cluster(view.live, view.dead, stopped, view.config_drift);
         let live: Vec<String> =
             view.nodes.iter().filter(|n| n.state == NodeState::Live).map(|n| n.row.id.clone()).collect();
-        if live != last_live {
-            info!(node = %me, live = live.len(), instances = %live.join(","), "instances sharing the store changed; destination limits are shared among the live ones");
-            last_live = live;
+        if live != self.last_live {
+            info!(node = %self.me, live = live.len(), instances = %live.join(","), "instances sharing the store changed; destination limits are shared among the live ones");
+            self.last_live = live;
         }
-        if view.config_drift != last_drift {
+        if view.config_drift != self.last_drift {
             if view.config_drift {
                 warn!(problem = %view.warnings[0], "config drift");
             } else {
                 info!("every live instance runs the same config version again");
             }
-            last_drift = view.config_drift;
+            self.last_drift = view.config_drift;
         }
-        *state.cluster.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
+        *self.state.cluster.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
+    }
+
+    /// Beats every `every` until `stop`.
+    pub(super) async fn run(mut self, every: Duration, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = interval.tick() => self.beat().await,
+            }
+        }
     }
 }
 

@@ -149,28 +149,34 @@ pub async fn start_with(config: &Path, plugins: Arc<Plugins>) -> Result<Running,
     let state = State::new(snapshot, dispatcher.clone(), plugins);
     let reloader = Reloader::new(config, state.clone());
     let (stop_background, stop_rx) = watch::channel(false);
+    let mut background_first = Vec::new();
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // With other instances on the store: beat once before the first poll, so that this one starts
+    // with its share of each destination's limits, not all of them
+    if let Some(pg) = &storage.postgres
+        && let Some(mut beat) = cluster::Heartbeat::new(
+            state.clone(),
+            addr.to_string(),
+            admin_addr.map(|a| a.to_string()),
+            pg.node_timeout.0,
+        )
+    {
+        info!(node = store.node().unwrap_or_default(), "this instance's id among those sharing the database");
+        beat.beat().await;
+        background_first.push(tokio::spawn(beat.run(pg.heartbeat.0, stopped(stop_rx.clone()))));
+    }
     let poller = {
         let d = dispatcher.clone();
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { d.run(stop).await })
     };
-    let mut background = Vec::new();
+    let mut background = background_first;
     if let Some(handle) = metrics.clone() {
         background.push(tokio::spawn(crate::metrics::upkeep(handle, stopped(stop_rx.clone()))));
     }
-    if let Some(pg) = &storage.postgres {
-        info!(node = store.node().unwrap_or_default(), "this instance's id among those sharing the database");
-        background.push(tokio::spawn(cluster::heartbeat(
-            state.clone(),
-            addr.to_string(),
-            admin_addr.map(|a| a.to_string()),
-            pg.heartbeat.0,
-            pg.node_timeout.0,
-            stopped(stop_rx.clone()),
-        )));
+    if storage.postgres.is_some() {
         background.push(tokio::spawn(cluster::listen(state.clone(), reloader.clone(), stopped(stop_rx.clone()))));
     }
     let purger = tokio::spawn(purge_loop(store, state.clone(), stopped(stop_rx.clone())));

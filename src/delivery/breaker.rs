@@ -135,15 +135,18 @@ impl Breaker {
     }
 }
 
-/// Spaces requests to at most `rate` per second (a GCRA without burst): a caller waits for its slot.
-/// Several instances sharing a store each take an equal share of the rate
-/// ([`RateLimiter::set_share`]), so their sum stays within it.
+/// Spaces requests to at most `rate` per second, without burst: callers take turns (first come,
+/// first served), each waiting until an interval has passed since the previous one *went*, so a
+/// caller the scheduler woke late does not bring the next one closer. Several instances sharing a
+/// store each take an equal share of the rate ([`RateLimiter::set_share`]), so their sum stays
+/// within it.
 #[derive(Debug)]
 pub struct RateLimiter {
     per_second: f64,
     /// Between two requests of this instance: `1 / (per_second / share)`.
     interval: std::sync::Mutex<Duration>,
-    next_free: std::sync::Mutex<Option<Instant>>,
+    /// When the last caller went; held by the caller whose turn it is.
+    last: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl RateLimiter {
@@ -151,7 +154,7 @@ impl RateLimiter {
         RateLimiter {
             per_second,
             interval: std::sync::Mutex::new(Duration::from_secs_f64(1.0 / per_second)),
-            next_free: std::sync::Mutex::new(None),
+            last: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -161,17 +164,14 @@ impl RateLimiter {
         *self.interval.lock().unwrap_or_else(|p| p.into_inner()) = Duration::from_secs_f64(1.0 / per_second);
     }
 
-    /// Reserves the next slot and sleeps until it.
+    /// Waits for this caller's turn: an interval after the previous caller went.
     pub async fn wait(&self) {
-        let interval = *self.interval.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = {
-            let now = Instant::now();
-            let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = next.map_or(now, |n| n.max(now));
-            *next = Some(slot + interval);
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+        let mut last = self.last.lock().await;
+        if let Some(at) = *last {
+            let interval = *self.interval.lock().unwrap_or_else(|p| p.into_inner());
+            tokio::time::sleep_until(at + interval).await;
+        }
+        *last = Some(Instant::now());
     }
 }
 

@@ -119,6 +119,10 @@ struct Inner<T> {
     /// Set at shutdown: no new attempt starts.
     stopping: AtomicBool,
     paused: Mutex<HashSet<DestinationName>>,
+    /// Bumped (under `paused`'s lock) by every change of `paused` made in this process (an
+    /// operator, another instance's signal, a 410): a poll's read of the store's pauses that began
+    /// before such a change is older than it and is not applied.
+    paused_changes: AtomicU64,
     breakers: Mutex<HashMap<Arc<str>, Breaker>>,
     wake: Notify,
     /// Due work was left in the store for want of a slot: a finished attempt wakes the poller.
@@ -360,6 +364,7 @@ impl<T: Transport> Dispatcher<T> {
                 claims: Mutex::new(Claims::default()),
                 stopping: AtomicBool::new(false),
                 paused: Mutex::new(paused),
+                paused_changes: AtomicU64::new(0),
                 breakers: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 // whatever a previous run left pending may be due: let the first polls take it
@@ -585,8 +590,15 @@ impl<T: Transport> Dispatcher<T> {
         let refresh =
             inner.counted_at.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|at| at.elapsed() >= POLL_INTERVAL);
         if refresh {
+            let changes = inner.paused_changes.load(Ordering::Acquire);
             let paused: HashSet<DestinationName> = inner.store.paused().await?.into_iter().map(|(n, _)| n).collect();
-            *inner.paused.lock().unwrap_or_else(|p| p.into_inner()) = paused;
+            {
+                let mut set = inner.paused.lock().unwrap_or_else(|p| p.into_inner());
+                // a resume heard while this read ran must not be undone by it
+                if inner.paused_changes.load(Ordering::Acquire) == changes {
+                    *set = paused;
+                }
+            }
             inner.pending.store(inner.store.pending_count().await?, Ordering::Release);
             *inner.counted_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         }
@@ -660,6 +672,7 @@ impl<T: Transport> Dispatcher<T> {
     /// truth; the poller refreshes from it every second).
     pub fn set_paused(&self, destination: &DestinationName, paused: bool) {
         let mut set = self.inner.paused.lock().unwrap_or_else(|p| p.into_inner());
+        self.inner.paused_changes.fetch_add(1, Ordering::AcqRel);
         if paused {
             set.insert(destination.clone());
         } else {
@@ -890,7 +903,11 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
             // In memory after the store (a poll in between would read the store and undo it),
             // and logged after both, so the line is true when it appears: an event accepted
             // after it waits in the store.
-            inner.paused.lock().unwrap_or_else(|p| p.into_inner()).insert(name);
+            {
+                let mut set = inner.paused.lock().unwrap_or_else(|p| p.into_inner());
+                inner.paused_changes.fetch_add(1, Ordering::AcqRel);
+                set.insert(name);
+            }
             error!(event_id = %d.event_id, destination = %dest.name, "destination answered 410 Gone; paused it (resume with `hookyard resume`)");
             let settled =
                 inner.store.settle(d.id, record, Settle::Retry { next_at_ms: inner.clock.now_ms() }, error_text).await;

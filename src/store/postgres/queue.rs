@@ -132,13 +132,16 @@ impl Queue for PgStore {
 
     async fn next_due_ms(&self, skip: Vec<DestinationName>) -> Result<Option<i64>> {
         let c = self.conn().await?;
+        // a delivery another instance holds is due here no sooner than its lease ends (else an
+        // idle instance would poll at once, again and again, for what others are attempting)
         let st = c
             .prepare_cached(
-                "SELECT MIN(next_at) FROM deliveries WHERE status = 'pending' AND destination <> ALL($1::text[])",
+                "SELECT MIN(CASE WHEN lease_owner IS DISTINCT FROM $2 AND lease_until > next_at THEN lease_until ELSE next_at END)
+                 FROM deliveries WHERE status = 'pending' AND destination <> ALL($1::text[])",
             )
             .await
             .map_err(db)?;
-        Ok(c.query_one(&st, &[&names(&skip)]).await.map_err(db)?.get(0))
+        Ok(c.query_one(&st, &[&names(&skip), &&*self.lease.owner]).await.map_err(db)?.get(0))
     }
 
     async fn pending_count(&self) -> Result<usize> {
