@@ -128,14 +128,14 @@ impl Heartbeat {
             config_version: self.state.snapshot.load().version.clone(),
             first: self.first,
         };
-        let rows = match store.heartbeat(&update).await {
-            Ok(rows) => {
+        let (rows, shared) = match store.heartbeat(&update).await {
+            Ok(beat) => {
                 self.first = false;
                 if self.failing {
                     info!("heartbeat recorded again");
                     self.failing = false;
                 }
-                rows
+                beat
             }
             Err(e) => {
                 if !self.failing {
@@ -145,7 +145,15 @@ impl Heartbeat {
                 return;
             }
         };
-        let view = ClusterView::of(&self.me, rows, self.node_timeout);
+        let mut view = ClusterView::of(&self.me, rows, self.node_timeout);
+        if shared {
+            let problem = format!(
+                "another process beats as instance {}: two running instances share one id, so they may send the same delivery at once; give each its own storage.postgres.node_id",
+                self.me
+            );
+            error!(%problem, "instance id shared");
+            view.warnings.insert(0, problem);
+        }
         self.state.dispatcher.set_share(view.live, view.rank());
         let stopped = view.nodes.iter().filter(|n| n.state == NodeState::Stopped).count();
         crate::metrics::cluster(view.live, view.dead, stopped, view.config_drift);

@@ -181,6 +181,30 @@ fn storage_postgres_takes_its_url_from_the_environment_and_is_checked() {
 }
 
 #[test]
+fn the_cluster_settings_have_defaults_and_are_checked() {
+    let (cfg, errors) = parse("storage:\n  postgres: { url: \"${DATABASE_URL}\" }\n");
+    assert_eq!(errors, Vec::<String>::new());
+    let pg = cfg.storage.postgres.expect("postgres");
+    let secs = |d: crate::config::Dur| d.0.as_secs();
+    assert_eq!((secs(pg.lease), secs(pg.heartbeat), secs(pg.node_timeout)), (60, 1, 10));
+    assert_eq!(pg.node_id, None);
+    let (_, errors) = parse(
+        "storage:\n  postgres: { url: \"${DATABASE_URL}\", lease: 12s, heartbeat: 2s, node_timeout: 5s, node_id: \"web 1\" }\n\
+         destinations:\n  slow: { url: \"https://example.com/\", sign: { scheme: none }, timeout_ms: 10000 }\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "routes.yaml:2:39: storage.postgres.lease: must be longer than the longest destination timeout (destinations.slow.timeout_ms: 10000 ms) plus 5s, at least 15s",
+            "routes.yaml:2:66: storage.postgres.node_timeout: must be at least 3 heartbeats (6s): a live instance must not look dead for one late heartbeat",
+            "routes.yaml:2:84: storage.postgres.node_id: must be 1 to 100 characters without spaces or control characters",
+        ]
+    );
+    let (_, errors) = parse("storage:\n  postgres: { url: \"${DATABASE_URL}\", heartbeat: 0s }\n");
+    assert_eq!(errors, ["routes.yaml:2:39: storage.postgres.heartbeat: must be greater than 0"]);
+}
+
+#[test]
 fn source_guards_are_checked() {
     let text = r#"
 server: { trusted_proxies: [10.0.0.0/8, "proxy.internal"] }

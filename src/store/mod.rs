@@ -598,10 +598,10 @@ impl Store {
     }
 
     /// Records that this instance is alive and returns every instance sharing the store (none
-    /// on SQLite).
-    pub async fn heartbeat(&self, me: &cluster::NodeUpdate) -> Result<Vec<cluster::NodeRow>> {
+    /// on SQLite), and whether another process beats under this instance's id.
+    pub async fn heartbeat(&self, me: &cluster::NodeUpdate) -> Result<(Vec<cluster::NodeRow>, bool)> {
         match self {
-            Store::Sqlite(_) => Ok(Vec::new()),
+            Store::Sqlite(_) => Ok((Vec::new(), false)),
             Store::Postgres(pg) => pg.heartbeat(me).await,
         }
     }

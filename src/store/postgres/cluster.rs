@@ -90,15 +90,18 @@ impl PgStore {
     }
 
     /// Records that this instance is alive (with what it runs), forgets instances long gone, and
-    /// returns every instance's row, by id.
-    pub async fn heartbeat(&self, me: &NodeUpdate) -> Result<Vec<NodeRow>> {
+    /// returns every instance's row, by id, and whether another process beat under this
+    /// instance's id since its last beat (two instances share one id).
+    pub async fn heartbeat(&self, me: &NodeUpdate) -> Result<(Vec<NodeRow>, bool)> {
         let c = self.conn().await?;
         let st = c
             .prepare_cached(
-                "WITH me AS (
-                     INSERT INTO nodes (id, host, address, admin, version, config_version, started_at, last_seen)
-                     VALUES ($1, $2, $3, $4, $5, $6, hookyard_now_ms(), hookyard_now_ms())
-                     ON CONFLICT (id) DO UPDATE SET address = excluded.address, admin = excluded.admin,
+                "WITH prev AS (
+                     SELECT incarnation FROM nodes WHERE id = $1
+                 ), me AS (
+                     INSERT INTO nodes (id, host, address, admin, version, config_version, started_at, last_seen, incarnation)
+                     VALUES ($1, $2, $3, $4, $5, $6, hookyard_now_ms(), hookyard_now_ms(), $10)
+                     ON CONFLICT (id) DO UPDATE SET address = excluded.address, admin = excluded.admin, incarnation = excluded.incarnation,
                         config_version = excluded.config_version, last_seen = excluded.last_seen,
                         host = excluded.host, version = excluded.version,
                         started_at = CASE WHEN $9 THEN excluded.started_at ELSE nodes.started_at END,
@@ -109,9 +112,10 @@ impl PgStore {
                         OR (stopped_at IS NOT NULL AND stopped_at < hookyard_now_ms() - $7))
                  )
                  SELECT id, host, address, admin, version, config_version, started_at, last_seen, stopped_at,
-                        hookyard_now_ms() - last_seen FROM nodes WHERE id <> $1
+                        hookyard_now_ms() - last_seen, NULL FROM nodes WHERE id <> $1
                  UNION ALL
-                 SELECT id, host, address, admin, version, config_version, started_at, last_seen, stopped_at, 0::int8 FROM me
+                 SELECT id, host, address, admin, version, config_version, started_at, last_seen, stopped_at, 0::int8,
+                        (SELECT incarnation FROM prev) FROM me
                  ORDER BY 1",
             )
             .await
@@ -131,11 +135,16 @@ impl PgStore {
                     &FORGET_STOPPED_MS,
                     &FORGET_DEAD_MS,
                     &me.first,
+                    &&*self.incarnation,
                 ],
             )
             .await
             .map_err(db)?;
-        Ok(rows
+        let previous: Option<String> = rows.iter().find(|r| r.get::<_, &str>(0) == self.node()).and_then(|r| r.get(10));
+        // this process's own earlier beat left its token; a restart in place (first beat) may
+        // find its predecessor's
+        let shared = !me.first && previous.is_some_and(|p| p != *self.incarnation);
+        let rows = rows
             .iter()
             .map(|r| NodeRow {
                 id: r.get(0),
@@ -149,7 +158,8 @@ impl PgStore {
                 stopped_at_ms: r.get(8),
                 age_ms: r.get::<_, i64>(9).max(0),
             })
-            .collect())
+            .collect();
+        Ok((rows, shared))
     }
 
     /// A clean shutdown: ends every lease this instance holds (the others take those deliveries

@@ -185,7 +185,8 @@ async fn heartbeats_list_every_instance_and_a_clean_stop_gives_its_leases_back()
     let me =
         |v: &str| NodeUpdate { address: "127.0.0.1:8080".into(), admin: None, config_version: v.into(), first: false };
     a.heartbeat(&me("v1")).await.unwrap();
-    let rows = b.heartbeat(&me("v2")).await.unwrap();
+    let (rows, shared) = b.heartbeat(&me("v2")).await.unwrap();
+    assert!(!shared);
     assert_eq!(rows.len(), 2);
     let mut ids: Vec<&str> = vec![a.node(), b.node()];
     ids.sort();
@@ -197,8 +198,24 @@ async fn heartbeats_list_every_instance_and_a_clean_stop_gives_its_leases_back()
     let id = stored(a.accept(event("evt_1", None, now_ms()), vec![delivery("x")], None).await.unwrap())[0].id;
     assert_eq!(a.leave().await.unwrap(), 1, "its lease ended");
     assert_eq!(ids_of(b, now_ms() + 1).await, [id], "the other takes it at once");
-    let rows = b.heartbeat(&me("v2")).await.unwrap();
+    let (rows, _) = b.heartbeat(&me("v2")).await.unwrap();
     assert!(rows.iter().find(|r| r.id == a.node()).unwrap().stopped_at_ms.is_some(), "marked stopped");
+}
+
+#[tokio::test]
+async fn two_processes_beating_under_one_id_are_told_so() {
+    let schema = Schema::new();
+    let cfg = PostgresConfig { node_id: Some("web-1".into()), ..schema.config() };
+    let a = PgStore::open(&cfg, StoreOptions::default()).await.unwrap();
+    let beat = |first| NodeUpdate { address: "127.0.0.1:8080".into(), admin: None, config_version: "v1".into(), first };
+    assert!(!a.heartbeat(&beat(true)).await.unwrap().1);
+    assert!(!a.heartbeat(&beat(false)).await.unwrap().1, "its own beats");
+    // a restart in place under the same id: its first beat is not a conflict
+    let b = PgStore::open(&cfg, StoreOptions::default()).await.unwrap();
+    assert!(!b.heartbeat(&beat(true)).await.unwrap().1);
+    // ...but `a` still beating is
+    assert!(a.heartbeat(&beat(false)).await.unwrap().1, "a sees b's beat under its id");
+    assert!(b.heartbeat(&beat(false)).await.unwrap().1, "and b sees a's");
 }
 
 async fn ids_of(s: &PgStore, now: i64) -> Vec<DeliveryId> {

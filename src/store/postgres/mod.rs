@@ -50,6 +50,8 @@ pub struct PgStore {
     writer: Writer,
     /// This instance's id (`host-xxxxxxxx`, new at each start) and the length of its leases.
     lease: Lease,
+    /// Random per process: tells this process's heartbeats from another's under the same id.
+    incarnation: Arc<str>,
     /// How to open a connection of its own (the LISTEN connection), and where.
     connect: Arc<Connect>,
     health: Arc<WriteHealth>,
@@ -242,6 +244,7 @@ impl PgStore {
         Ok(PgStore {
             writer: Writer::start(pool.clone(), health.clone(), commit_timeout, lease.clone()),
             lease,
+            incarnation: format!("{:016x}", fastrand::u64(..)).into(),
             connect,
             pool,
             health,

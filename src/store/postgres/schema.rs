@@ -93,7 +93,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
         config_version  TEXT NOT NULL,
         started_at      BIGINT NOT NULL,        -- unix ms, the database's clock
         last_seen       BIGINT NOT NULL,
-        stopped_at      BIGINT                  -- a clean shutdown
+        stopped_at      BIGINT,                 -- a clean shutdown
+        incarnation     TEXT NOT NULL           -- random per process: two processes beating under one id show
     );
 
     CREATE TABLE dedupe (
