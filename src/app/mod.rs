@@ -265,7 +265,9 @@ impl Running {
         }
         // other instances sharing the store take what this one leased at once, not when the
         // leases run out
-        match self.state.dispatcher.store().leave().await {
+        // deliveries of attempts still running keep their leases (they run out by themselves)
+        let keep = if running > 0 { self.state.dispatcher.claimed() } else { Vec::new() };
+        match self.state.dispatcher.store().leave(keep).await {
             Ok(0) => {}
             Ok(n) => info!(deliveries = n, "gave up the leases on deliveries not attempted; other instances take them"),
             Err(e) => {

@@ -115,7 +115,7 @@ struct Inner<T> {
     pending: AtomicUsize,
     /// When the poller last read the paused destinations and the pending count from the store.
     counted_at: Mutex<Option<Instant>>,
-    claims: Mutex<Claims>,
+    claims: Arc<Mutex<Claims>>,
     /// Set at shutdown: no new attempt starts.
     stopping: AtomicBool,
     paused: Mutex<HashSet<DestinationName>>,
@@ -252,12 +252,13 @@ impl<T> Inner<T> {
         handed.count -= queue.len();
         let mut leased = Vec::new();
         for d in queue {
-            self.release(d.id, false);
             if d.lease_until.is_some() {
-                leased.push(d.id);
+                leased.push(d.id); // its claim goes once its lease has ended
+            } else {
+                self.release(d.id, false);
             }
         }
-        release_leases(&self.store, leased);
+        self.give_back(leased);
         self.backlog.store(true, Ordering::Release);
         None
     }
@@ -361,7 +362,7 @@ impl<T: Transport> Dispatcher<T> {
                 max_pending: AtomicUsize::new(max_pending),
                 pending: AtomicUsize::new(pending),
                 counted_at: Mutex::new(None),
-                claims: Mutex::new(Claims::default()),
+                claims: Arc::new(Mutex::new(Claims::default())),
                 stopping: AtomicBool::new(false),
                 paused: Mutex::new(paused),
                 paused_changes: AtomicU64::new(0),
@@ -446,7 +447,9 @@ impl<T: Transport> Dispatcher<T> {
         let inner = &self.inner;
         let mut given_back = Vec::new();
         for d in due {
-            let (id, leased) = (d.id, d.lease_until.is_some());
+            let id = d.id;
+            // leased to this instance at accept and not started: claimed while its lease ends
+            let give_back = d.lease_until.is_some();
             let mut handed = inner.handed.lock().unwrap_or_else(|p| p.into_inner());
             let started = match inner.slot_for(&d.destination) {
                 Ok(slot) => {
@@ -464,13 +467,14 @@ impl<T: Transport> Dispatcher<T> {
             };
             if !started {
                 inner.backlog.store(true, Ordering::Release);
-                if leased {
+                // (a delivery a task of this process has already is not claimable: its lease stays)
+                if give_back && inner.claim(id, None) {
                     given_back.push(id);
                 }
             }
         }
-        // leased to this instance at accept: another may take them while this one is busy
-        release_leases(&inner.store, given_back);
+        // another instance may take them while this one is busy
+        inner.give_back(given_back);
     }
 
     /// Claims `d` and starts its task with `slot`, unless a task owns it or released it after
@@ -510,6 +514,12 @@ impl<T: Transport> Dispatcher<T> {
             failed: i.failed.load(Ordering::Relaxed),
             dead: i.dead.load(Ordering::Relaxed),
         }
+    }
+
+    /// The deliveries held in memory now (claimed: attempted, or handed over to a busy
+    /// destination).
+    pub fn claimed(&self) -> Vec<DeliveryId> {
+        self.inner.claims.lock().unwrap_or_else(|p| p.into_inner()).claimed.iter().copied().collect()
     }
 
     /// Deliveries held in memory now (claimed: attempted, or handed over to a busy destination).
@@ -706,19 +716,28 @@ fn share_limits(d: &Destination, instances: usize, rank: usize) {
     }
 }
 
-/// Ends this instance's leases on deliveries it gave up without attempting them, so another
-/// instance may take them now rather than when the leases run out (in the background: nothing
-/// waits for it, and a lease not ended runs out by itself).
-fn release_leases(store: &Store, ids: Vec<DeliveryId>) {
-    if ids.is_empty() || store.node().is_none() {
-        return;
-    }
-    let store = store.clone();
-    tokio::spawn(async move {
-        if let Err(e) = store.release(ids).await {
-            warn!(error = %e, "could not end leases on deliveries given back; they run out by themselves");
+impl<T> Inner<T> {
+    /// Ends this instance's leases on deliveries it claimed (in memory) and gives up without
+    /// attempting them, so that another instance may take them now rather than when the leases
+    /// run out; then gives up the claims. In that order: were a claim given up first, this
+    /// instance's poller could take the delivery back (renewing the lease) and start an attempt
+    /// whose lease the release then ended under it. In the background: nothing waits for it, and
+    /// a lease not ended runs out by itself.
+    fn give_back(&self, ids: Vec<DeliveryId>) {
+        if ids.is_empty() {
+            return;
         }
-    });
+        let (store, claims) = (self.store.clone(), self.claims.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.release(ids.clone()).await {
+                warn!(error = %e, "could not end leases on deliveries given back; they run out by themselves");
+            }
+            let mut claims = claims.lock().unwrap_or_else(|p| p.into_inner());
+            for id in ids {
+                claims.claimed.remove(&id);
+            }
+        });
+    }
 }
 
 /// Which deliveries tasks own, and when recently finished tasks gave theirs up.
@@ -735,12 +754,15 @@ struct Claims {
 async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery, mut slot: Slot) {
     loop {
         let next = attempt_once(&inner, &d, &slot).await;
+        if matches!(next, Next::Release)
+            && d.lease_until.is_some()
+            && let Err(e) = inner.store.release(vec![d.id]).await
+        {
+            warn!(error = %e, "could not end the lease on a delivery given back; it runs out by itself");
+        }
         // released before another claim, so a poll that read this row as pending before our
         // result committed cannot take it again
         inner.release(d.id, true);
-        if matches!(next, Next::Release) && d.lease_until.is_some() {
-            release_leases(&inner.store, vec![d.id]);
-        }
         if matches!(next, Next::Retry) {
             // a retry due soon: let the poller see its due time
             inner.wake.notify_one();

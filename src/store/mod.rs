@@ -606,12 +606,12 @@ impl Store {
         }
     }
 
-    /// A clean shutdown: ends this instance's leases and marks it stopped. Returns how many
-    /// leases it ended.
-    pub async fn leave(&self) -> Result<usize> {
+    /// A clean shutdown: ends this instance's leases (but those of `keep`, attempts still
+    /// running) and marks it stopped. Returns how many leases it ended.
+    pub async fn leave(&self, keep: Vec<DeliveryId>) -> Result<usize> {
         match self {
             Store::Sqlite(_) => Ok(0),
-            Store::Postgres(pg) => pg.leave().await,
+            Store::Postgres(pg) => pg.leave(keep).await,
         }
     }
 

@@ -162,21 +162,23 @@ impl PgStore {
         Ok((rows, shared))
     }
 
-    /// A clean shutdown: ends every lease this instance holds (the others take those deliveries
-    /// at once rather than when the leases run out), marks it stopped and tells the others.
-    /// Returns how many leases it ended.
-    pub async fn leave(&self) -> Result<usize> {
+    /// A clean shutdown: ends every lease this instance holds but those of `keep` (attempts still
+    /// running: their leases run out by themselves), so the others take those deliveries at once
+    /// rather than when the leases run out; marks it stopped and tells the others. Returns how
+    /// many leases it ended.
+    pub async fn leave(&self, keep: Vec<DeliveryId>) -> Result<usize> {
         let c = self.conn().await?;
+        let keep: Vec<i64> = keep.iter().map(|i| i.0).collect();
         let row = c
             .query_one(
                 "WITH released AS (
                      UPDATE deliveries SET lease_owner = NULL, lease_until = 0
-                     WHERE status = 'pending' AND lease_owner = $1 RETURNING 1
+                     WHERE status = 'pending' AND lease_owner = $1 AND id <> ALL($2::int8[]) RETURNING 1
                  ), stopped AS (
                      UPDATE nodes SET stopped_at = hookyard_now_ms(), last_seen = hookyard_now_ms() WHERE id = $1
                  )
                  SELECT COUNT(*) FROM released",
-                &[&self.node()],
+                &[&self.node(), &keep],
             )
             .await
             .map_err(db)?;

@@ -196,7 +196,8 @@ async fn heartbeats_list_every_instance_and_a_clean_stop_gives_its_leases_back()
     assert!(row_a.stopped_at_ms.is_none() && row_a.age_ms < 5_000);
 
     let id = stored(a.accept(event("evt_1", None, now_ms()), vec![delivery("x")], None).await.unwrap())[0].id;
-    assert_eq!(a.leave().await.unwrap(), 1, "its lease ended");
+    let kept = stored(a.accept(event("evt_2", None, now_ms()), vec![delivery("x")], None).await.unwrap())[0].id;
+    assert_eq!(a.leave(vec![kept]).await.unwrap(), 1, "its lease ended, but that of an attempt still running");
     assert_eq!(ids_of(b, now_ms() + 1).await, [id], "the other takes it at once");
     let (rows, _) = b.heartbeat(&me("v2")).await.unwrap();
     assert!(rows.iter().find(|r| r.id == a.node()).unwrap().stopped_at_ms.is_some(), "marked stopped");
