@@ -244,7 +244,8 @@ async fn a_rate_limit_holds_for_the_cluster() {
     );
     let worst = seconds.iter().copied().max().unwrap_or(0);
     assert!(worst <= 22, "{worst} deliveries in one second of {seconds:?} (limit 20, 10% over allowed)");
-    assert!(mean >= 15.0, "the cluster sent only {mean:.1}/s: the share is too small");
+    // well below 20 only if the shares were wrong (a third of a third, say), not for a busy machine
+    assert!(mean >= 12.0, "the cluster sent only {mean:.1}/s: the share is too small");
     cluster.check_logs();
 }
 
