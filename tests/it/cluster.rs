@@ -82,12 +82,7 @@ async fn three_instances_lose_nothing_when_one_is_killed_mid_load() {
     eprintln!("cluster: {report}; accepted at the kill: {at_kill}");
     assert!(accepted.len() >= EVENTS * 95 / 100, "{report}");
     assert_eq!(load.refused(), Vec::<(usize, u16)>::new(), "no event refused: {report}");
-    for r in &receivers {
-        r.wait_for(&accepted, DRAIN_TIMEOUT).await;
-        eprintln!("cluster: receiver {}: {}", r.name, r.summary());
-        r.check_ids_stable_and_no_overlap(&load.retried_seqs());
-    }
-    check_attempt_log_has_no_overlap(&schema).await;
+    every_event_arrived_once_at_a_time(&receivers, &load, &schema).await;
     cluster.check_logs();
 }
 
@@ -119,12 +114,7 @@ async fn a_rolling_restart_under_load_loses_nothing_and_refuses_nothing() {
     assert_eq!(load.refused(), Vec::<(usize, u16)>::new(), "every answer was a 202: {report}");
     assert_eq!(load.unreachable(), 0, "every connection error found another instance: {report}");
     assert_eq!(accepted.len(), EVENTS, "{report}");
-    for r in &receivers {
-        r.wait_for(&accepted, DRAIN_TIMEOUT).await;
-        eprintln!("cluster: receiver {}: {}", r.name, r.summary());
-        r.check_ids_stable_and_no_overlap(&load.retried_seqs());
-    }
-    check_attempt_log_has_no_overlap(&schema).await;
+    every_event_arrived_once_at_a_time(&receivers, &load, &schema).await;
     cluster.check_logs();
 }
 
@@ -376,6 +366,18 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Every accepted event reaches every receiver (within [`DRAIN_TIMEOUT`]) with one `webhook-id`,
+/// and no two attempts of one delivery overlap, by the receivers' clocks and the attempt log.
+async fn every_event_arrived_once_at_a_time(receivers: &[Receiver], load: &Load, schema: &PgSchema) {
+    let accepted = load.accepted();
+    for r in receivers {
+        r.wait_for(&accepted, DRAIN_TIMEOUT).await;
+        eprintln!("cluster: receiver {}: {}", r.name, r.summary());
+        r.check_ids_stable_and_no_overlap(&load.retried_seqs());
+    }
+    check_attempt_log_has_no_overlap(schema).await;
 }
 
 /// From the attempt log: no two attempts of one delivery overlap in time (an attempt runs from
