@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Helpers shared by bench/e2e.sh and bench/durability.sh: logging, process tracking and cleanup,
-# installing tools, building the binaries under test, CPU pinning, CPU accounting, the sink's
-# counter, draining, wrk runs, and the run metadata. Sourced, never run:
+# Helpers shared by bench/e2e.sh, bench/durability.sh and bench/cluster.sh: logging, process
+# tracking and cleanup, installing tools, building the binaries under test, CPU pinning, CPU
+# accounting, the sink's counter, draining, wrk runs, and the run metadata. Sourced, never run:
 #
 #   BENCH_NAME=e2e; source "$BENCH_DIR/lib.sh"
 #
@@ -218,13 +218,14 @@ drain() {
   DRAIN_MS=$(((DRAIN_AT_US - DRAIN_START_US) / 1000))
 }
 
-# run_wrk URL SECONDS OUTFILE LUA MARKER [SCRIPT_ARG...]: one wrk run (-t1, CONNECTIONS
-# connections) on LOAD_CPU, bounded by a timeout; the Lua script must print a MARKER line.
+# run_wrk URL SECONDS OUTFILE LUA MARKER [SCRIPT_ARG...]: one wrk run (WRK_THREADS threads,
+# default 1; CONNECTIONS connections in all) on LOAD_CPU, bounded by a timeout; the Lua script
+# must print a MARKER line.
 run_wrk() {
   local url=$1 secs=$2 out=$3 lua=$4 marker=$5 pid rc=0
   shift 5
   timeout --kill-after=5 $((secs + 30)) \
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --timeout 5s \
+    taskset -c "$LOAD_CPU" wrk -t"${WRK_THREADS:-1}" -c"$CONNECTIONS" -d"${secs}s" --timeout 5s \
     -s "$lua" "$url" -- "$@" >"$out" 2>&1 &
   pid=$!
   track "$pid"
