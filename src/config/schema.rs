@@ -165,8 +165,10 @@ pub struct PostgresConfig {
     /// forms; `?sslmode=disable|prefer|require`, see `ca_file`). Use `${DATABASE_URL}`: the
     /// password never appears in logs or in `status`.
     pub url: Secret,
-    /// Most connections hookyard opens to the database. Default 16: one commits the event writes
-    /// of every request (grouped), the others serve deliveries, the admin API and the CLI.
+    /// Most connections hookyard opens to the database (and one more that listens for other
+    /// instances' signals). Default 16: one commits the event writes of every request (grouped),
+    /// a quarter (1 to 4) claims deliveries and records heartbeats without waiting for the WAL
+    /// flush, the others serve deliveries, the admin API and the CLI.
     #[serde(default = "default_pg_pool")]
     pub pool: usize,
     /// Schema that holds hookyard's tables, created if missing. Default `public`. Several

@@ -473,8 +473,15 @@ impl<T: Transport> Dispatcher<T> {
                 }
             }
         }
-        // another instance may take them while this one is busy
-        inner.give_back(given_back);
+        // another instance may take them while this one is busy (alone, nobody would: the
+        // writes are saved, and its own poller takes them, its own leases being no obstacle)
+        if inner.share.lock().unwrap_or_else(|p| p.into_inner()).0 > 1 {
+            inner.give_back(given_back);
+        } else {
+            for id in given_back {
+                inner.release(id, false);
+            }
+        }
     }
 
     /// Claims `d` and starts its task with `slot`, unless a task owns it or released it after

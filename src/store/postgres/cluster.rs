@@ -59,7 +59,7 @@ impl PgStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let c = self.conn().await?;
+        let c = self.lease_conn().await?;
         let ids: Vec<i64> = ids.iter().map(|i| i.0).collect();
         let st = c
             .prepare_cached(
@@ -76,7 +76,7 @@ impl PgStore {
     /// (nobody else claimed the delivery since it ran out, and it is still pending): the new
     /// deadline, or `None` if it must not be attempted.
     pub async fn renew(&self, id: DeliveryId) -> Result<Option<Instant>> {
-        let c = self.conn().await?;
+        let c = self.lease_conn().await?;
         let until = Instant::now() + self.lease.duration;
         let st = c
             .prepare_cached(
@@ -93,7 +93,7 @@ impl PgStore {
     /// returns every instance's row, by id, and whether another process beat under this
     /// instance's id since its last beat (two instances share one id).
     pub async fn heartbeat(&self, me: &NodeUpdate) -> Result<(Vec<NodeRow>, bool)> {
-        let c = self.conn().await?;
+        let c = self.lease_conn().await?;
         let st = c
             .prepare_cached(
                 "WITH prev AS (
@@ -167,7 +167,7 @@ impl PgStore {
     /// rather than when the leases run out; marks it stopped and tells the others. Returns how
     /// many leases it ended.
     pub async fn leave(&self, keep: Vec<DeliveryId>) -> Result<usize> {
-        let c = self.conn().await?;
+        let c = self.lease_conn().await?;
         let keep: Vec<i64> = keep.iter().map(|i| i.0).collect();
         let row = c
             .query_one(

@@ -68,7 +68,7 @@ impl Queue for PgStore {
             .prepare_cached(
                 "SELECT id, destination FROM deliveries
                  WHERE status = 'pending' AND next_at <= $1 AND destination <> ALL($3::text[])
-                   AND (lease_until < hookyard_now_ms() OR lease_owner = $4)
+                   AND (lease_until < (SELECT hookyard_now_ms()) OR lease_owner = $4)
                  ORDER BY next_at LIMIT $2",
             )
             .await
@@ -79,32 +79,45 @@ impl Queue for PgStore {
 
     /// Claims the deliveries that are still pending, due and not leased by another instance
     /// (`FOR UPDATE SKIP LOCKED`: one another instance is claiming is passed over, not waited
-    /// for), leasing them to this one, and loads them.
+    /// for), leasing them to this one, and loads them. One this instance still holds (an accept
+    /// leased it, and it could not start it at once) is only read: no other instance can take it
+    /// before its lease ends, the dispatcher renews a lease too short for an attempt before
+    /// starting it, and the claim's write (a new row version and its WAL) is saved.
     async fn load_pending(&self, ids: Vec<DeliveryId>, now_ms: i64) -> Result<Vec<DueDelivery>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let c = self.conn().await?;
+        let c = self.lease_conn().await?;
         let st = c
             .prepare_cached(
-                "WITH claimable AS (
+                "WITH held AS (
+                     SELECT id, event_id, route, destination, msg_id, attempts,
+                            lease_until - (SELECT hookyard_now_ms()) AS left_ms
+                     FROM deliveries
+                     WHERE id = ANY($1::int8[]) AND status = 'pending' AND next_at <= $4
+                       AND lease_owner = $2 AND lease_until > (SELECT hookyard_now_ms())
+                 ), claimable AS (
                      SELECT id FROM deliveries
                      WHERE id = ANY($1::int8[]) AND status = 'pending' AND next_at <= $4
-                       AND (lease_until < hookyard_now_ms() OR lease_owner = $2)
+                       AND (lease_until < (SELECT hookyard_now_ms()) OR lease_owner = $2)
+                       AND id NOT IN (SELECT id FROM held)
                      FOR UPDATE SKIP LOCKED
                  ), claimed AS (
-                     UPDATE deliveries d SET lease_owner = $2, lease_until = hookyard_now_ms() + $3
+                     UPDATE deliveries d SET lease_owner = $2, lease_until = (SELECT hookyard_now_ms()) + $3::int8
                      FROM claimable WHERE d.id = claimable.id
-                     RETURNING d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts
+                     RETURNING d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, $3::int8 AS left_ms
+                 ), got AS (
+                     SELECT * FROM held UNION ALL SELECT * FROM claimed
                  )
-                 SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers, COALESCE(b.body, e.body)
-                 FROM claimed d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id",
+                 SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers,
+                        COALESCE(b.body, e.body), d.left_ms
+                 FROM got d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id",
             )
             .await
             .map_err(db)?;
         let wanted: Vec<i64> = ids.iter().map(|i| i.0).collect();
         let lease_ms = self.lease.duration.as_millis() as i64;
-        let leased_until = Some(Instant::now() + self.lease.duration);
+        let asked = Instant::now();
         let rows = c.query(&st, &[&wanted, &&*self.lease.owner, &lease_ms, &now_ms]).await.map_err(db)?;
         let mut by_id: std::collections::HashMap<i64, DueDelivery> = rows
             .iter()
@@ -121,7 +134,8 @@ impl Queue for PgStore {
                     headers: Arc::new(serde_json::from_str(headers).unwrap_or_default()),
                     extra_headers: extra.map(|e| Arc::new(serde_json::from_str(e).unwrap_or_default())),
                     body: Bytes::copy_from_slice(r.get::<_, &[u8]>(8)),
-                    lease_until: leased_until,
+                    // from when it was asked: never later than the database's deadline
+                    lease_until: Some(asked + Duration::from_millis(r.get::<_, i64>(9).max(0) as u64)),
                 };
                 (d.id.0, d)
             })
@@ -132,16 +146,20 @@ impl Queue for PgStore {
 
     async fn next_due_ms(&self, skip: Vec<DestinationName>) -> Result<Option<i64>> {
         let c = self.conn().await?;
-        // a delivery another instance holds is due here no sooner than its lease ends (else an
-        // idle instance would poll at once, again and again, for what others are attempting)
+        // The first due time of a delivery no other instance holds a lease on: an idle instance
+        // does not poll again and again for what others are attempting (their settles or the
+        // poll interval tell when those are due again). In due order on the due index, stopping
+        // at the first such row: one row read when no other instance holds any.
         let st = c
             .prepare_cached(
-                "SELECT MIN(CASE WHEN lease_owner IS DISTINCT FROM $2 AND lease_until > next_at THEN lease_until ELSE next_at END)
-                 FROM deliveries WHERE status = 'pending' AND destination <> ALL($1::text[])",
+                "SELECT next_at FROM deliveries
+                 WHERE status = 'pending' AND destination <> ALL($1::text[])
+                   AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < (SELECT hookyard_now_ms()))
+                 ORDER BY next_at LIMIT 1",
             )
             .await
             .map_err(db)?;
-        Ok(c.query_one(&st, &[&names(&skip), &&*self.lease.owner]).await.map_err(db)?.get(0))
+        Ok(c.query_opt(&st, &[&names(&skip), &&*self.lease.owner]).await.map_err(db)?.map(|r| r.get(0)))
     }
 
     async fn pending_count(&self) -> Result<usize> {

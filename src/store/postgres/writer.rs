@@ -446,7 +446,7 @@ pub async fn insert_deliveries(
                  updated_at, last_error, lease_owner, lease_until)
              SELECT u.id, u.event_id, u.route, u.destination, u.msg_id, u.status, 0, $7, $7, $7, u.failed,
                  CASE WHEN u.status = 'pending' THEN $9::text END,
-                 CASE WHEN u.status = 'pending' AND $9::text IS NOT NULL THEN hookyard_now_ms() + $10::int8 ELSE 0 END
+                 CASE WHEN u.status = 'pending' AND $9::text IS NOT NULL THEN (SELECT hookyard_now_ms()) + $10::int8 ELSE 0 END
              FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[])
                AS u (id, event_id, route, destination, msg_id, status, failed)",
         )
