@@ -150,21 +150,6 @@ ROWS="$WORK/rows.txt"
 PG_SCHEMAS=()    # schemas created and not dropped yet
 PG_POSTMASTER="" # pid of the server's postmaster (pg_setup)
 
-# pg_sql SQL: runs SQL with psql on PG_URL, prints the rows unaligned.
-pg_sql() { PGAPPNAME=hookyard-bench-psql psql "$PG_URL" -X -q -At -v ON_ERROR_STOP=1 -c "$1"; }
-
-# pg_display_url: PG_URL without a password.
-pg_display_url() { sed -e 's#^\(postgres\(ql\)\{0,1\}://[^:@/]*\):[^@/]*@#\1@#' -e 's/password=[^ ]*/password=***/' <<<"$PG_URL"; }
-
-# pg_url_app NAME: PG_URL with application_name=NAME (URL or key=value form).
-pg_url_app() {
-  case "$PG_URL" in
-    postgres://*\?* | postgresql://*\?*) echo "$PG_URL&application_name=$1" ;;
-    postgres://* | postgresql://*) echo "$PG_URL?application_name=$1" ;;
-    *) echo "$PG_URL application_name=$1" ;;
-  esac
-}
-
 # pg_setup: checks the connection and finds the server's postmaster on this machine (the
 # parent of the checkpointer); dies if the server is not local, as its CPU could not be counted.
 pg_setup() {
@@ -184,56 +169,11 @@ pg_setup() {
   log "postgres: $PG_VERSION at $(pg_display_url), postmaster pid $PG_POSTMASTER, synchronous_commit=$PG_SYNC_COMMIT"
 }
 
-# pg_cpu_snapshot FILE: "PID TICKS" for the postmaster and each child, and "reaped TICKS" (the
-# postmaster's cutime+cstime: children that exited).
-pg_cpu_snapshot() {
-  local pid stat rest f kids
-  kids=$(cat "/proc/$PG_POSTMASTER"/task/*/children 2>/dev/null || true)
-  for pid in "$PG_POSTMASTER" $kids; do
-    { read -r stat <"/proc/$pid/stat"; } 2>/dev/null || continue
-    rest=${stat##*) }
-    read -ra f <<<"$rest"
-    echo "$pid $((f[11] + f[12]))"
-    if [[ "$pid" == "$PG_POSTMASTER" ]]; then echo "reaped $((f[13] + f[14]))"; fi
-  done >"$1"
-}
-
-# pg_ticks_all BEFORE AFTER: the server's CPU ticks between two snapshots.
-pg_ticks_all() {
-  awk 'FNR == NR { a[$1] = $2; next }
-       { b[$1] = $2 }
-       END {
-         t = 0
-         for (p in b) t += b[p] - ((p in a) ? a[p] : 0)
-         for (p in a) if (!(p in b)) t -= a[p]
-         print t
-       }' "$1" "$2"
-}
-
 # pg_checkpoints: checkpoints the server has started (timed + requested), "-" if unknown; a
 # checkpoint during a run makes its WAL heavier (full-page writes) and so costs the server more.
 pg_checkpoints() {
   pg_sql "SELECT num_timed + num_requested FROM pg_stat_checkpointer" 2>/dev/null \
     || pg_sql "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter" 2>/dev/null || echo -
-}
-
-# pg_ticks_of BEFORE AFTER PID...: CPU ticks of the given server processes between two
-# snapshots (those that started in between: since their start).
-pg_ticks_of() {
-  local before=$1 after=$2
-  shift 2
-  awk -v pids="$*" 'BEGIN { n = split(pids, x, " "); for (i = 1; i <= n; i++) want[x[i]] = 1 }
-       FNR == NR { a[$1] = $2; next }
-       ($1 in want) { t += $2 - (($1 in a) ? a[$1] : 0) }
-       END { print t + 0 }' "$before" "$after"
-}
-
-# pg_drop_schema SCHEMA: drops it with all its tables (nothing may be using it).
-pg_drop_schema() {
-  local s=$1 kept=() x
-  pg_sql "SET client_min_messages = warning; DROP SCHEMA IF EXISTS \"$s\" CASCADE" >/dev/null
-  for x in "${PG_SCHEMAS[@]}"; do [[ "$x" == "$s" ]] || kept+=("$x"); done
-  PG_SCHEMAS=("${kept[@]+"${kept[@]}"}")
 }
 
 # Called by lib.sh's cleanup once every process has stopped: drops the schemas still left.

@@ -246,3 +246,71 @@ run_meta() {
     "cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
     "nproc=$(getconf _NPROCESSORS_ONLN)" # not nproc: pin_cpus has already bound this shell to one CPU
 }
+
+# ---------------------------------------------------------------- PostgreSQL
+# What the scripts that measure a PostgreSQL store share (durability.sh, cluster.sh). They set
+# PG_URL, PG_POSTMASTER (their pg_setup) and PG_SCHEMAS (the schemas to drop at exit).
+
+# pg_sql SQL: runs SQL with psql on PG_URL, prints the rows unaligned.
+pg_sql() { PGAPPNAME=hookyard-bench-psql psql "$PG_URL" -X -q -At -v ON_ERROR_STOP=1 -c "$1"; }
+
+# pg_url_app NAME: PG_URL with application_name=NAME (URL or key=value form).
+pg_url_app() {
+  case "$PG_URL" in
+    postgres://*\?* | postgresql://*\?*) echo "$PG_URL&application_name=$1" ;;
+    postgres://* | postgresql://*) echo "$PG_URL?application_name=$1" ;;
+    *) echo "$PG_URL application_name=$1" ;;
+  esac
+}
+
+# pg_display_url: PG_URL without a password.
+pg_display_url() { sed -e 's#^\(postgres\(ql\)\{0,1\}://[^:@/]*\):[^@/]*@#\1@#' -e 's/password=[^ ]*/password=***/' <<<"$PG_URL"; }
+
+# pg_cpu_snapshot FILE: "PID TICKS" (utime+stime) for the postmaster and each of its children,
+# and "reaped TICKS", the postmaster's cutime+cstime (children that exited and were waited for).
+pg_cpu_snapshot() {
+  local pid stat rest f kids
+  kids=$(cat "/proc/$PG_POSTMASTER"/task/*/children 2>/dev/null || true)
+  for pid in "$PG_POSTMASTER" $kids; do
+    { read -r stat <"/proc/$pid/stat"; } 2>/dev/null || continue # exited meanwhile
+    rest=${stat##*) }
+    read -ra f <<<"$rest"
+    echo "$pid $((f[11] + f[12]))"
+    if [[ "$pid" == "$PG_POSTMASTER" ]]; then echo "reaped $((f[13] + f[14]))"; fi
+  done >"$1"
+}
+
+# pg_ticks_all BEFORE AFTER: the server's CPU ticks between two snapshots: what every process
+# present afterwards used since (all of it if it started in between), plus what the children
+# that exited in between used (their whole life is in "reaped"; the part before BEFORE is
+# subtracted).
+pg_ticks_all() {
+  awk 'FNR == NR { a[$1] = $2; next }
+       { b[$1] = $2 }
+       END {
+         t = 0
+         for (p in b) t += b[p] - ((p in a) ? a[p] : 0)
+         for (p in a) if (!(p in b)) t -= a[p]
+         print t
+       }' "$1" "$2"
+}
+
+# pg_ticks_of BEFORE AFTER PID...: CPU ticks of the given server processes between two
+# snapshots (those that started in between: since their start).
+pg_ticks_of() {
+  local before=$1 after=$2
+  shift 2
+  awk -v pids="$*" 'BEGIN { n = split(pids, x, " "); for (i = 1; i <= n; i++) want[x[i]] = 1 }
+       FNR == NR { a[$1] = $2; next }
+       ($1 in want) { t += $2 - (($1 in a) ? a[$1] : 0) }
+       END { print t + 0 }' "$before" "$after"
+}
+
+# pg_drop_schema SCHEMA: drops it with all its tables (nothing may be using it).
+pg_drop_schema() {
+  local s=$1 kept=() x
+  # (SET: no NOTICE per dropped table; PGOPTIONS would lose to an options= in PG_URL)
+  pg_sql "SET client_min_messages = warning; DROP SCHEMA IF EXISTS \"$s\" CASCADE" >/dev/null
+  for x in "${PG_SCHEMAS[@]}"; do [[ "$x" == "$s" ]] || kept+=("$x"); done
+  PG_SCHEMAS=("${kept[@]+"${kept[@]}"}")
+}
