@@ -170,6 +170,11 @@ pub async fn retries_dead_letters_and_replay(store: impl Backend) {
     store.settle(id, attempt(Some(400)), Settle::Failed, None).await.unwrap();
     assert_eq!(store.replay(vec![DeliveryRef::Delivery(id)]).await.unwrap(), 1);
     assert_eq!(store.pending_count().await.unwrap(), 1);
+    // every attempt has its own row, numbered in order (PostgreSQL once numbered a row from the
+    // count before its own update, overwriting the attempt before it)
+    let ev = store.event("evt_1".into()).await.unwrap().unwrap();
+    let log: Vec<(u32, Option<u16>)> = ev.deliveries[0].attempt_log.iter().map(|a| (a.n, a.status_code)).collect();
+    assert_eq!(log, [(1, Some(503)), (2, None), (3, Some(400)), (4, Some(400))]);
 }
 
 /// The due window is the oldest due first, bounded, ids only; a load returns only what is still

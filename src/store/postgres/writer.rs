@@ -481,9 +481,9 @@ pub async fn insert_deliveries(
 
 /// Records the attempts and the deliveries' new states: one update for all (only a pending
 /// delivery takes the new state; a cancelled one stays cancelled unless this attempt delivered
-/// it; this instance's lease on it ends, another's is left alone), and one insert of the attempt
-/// rows numbered from the updated rows, sent together. A settle of an unknown delivery is an error of its
-/// own. The deliveries are distinct (see [`write_group`]).
+/// it; this instance's lease on it ends, another's is left alone) and the insert of the attempt
+/// rows numbered from the updated rows, in one statement. A settle of an unknown delivery is an
+/// error of its own. The deliveries are distinct (see [`write_group`]).
 async fn settle_all(
     tx: &Transaction<'_>,
     settles: &[(&DeliveryId, &AttemptRecord, &Settle, Option<&str>)],
@@ -500,24 +500,6 @@ async fn settle_all(
         .collect();
     let code: Vec<Option<i32>> = settles.iter().map(|s| s.1.status_code.map(i32::from)).collect();
     let error: Vec<Option<&str>> = settles.iter().map(|s| s.3).collect();
-    let update = async {
-        let st = tx
-            .prepare_cached(
-                "UPDATE deliveries d SET attempts = d.attempts + 1,
-                        status = CASE WHEN d.status = 'pending' OR u.status = 'delivered' THEN u.status ELSE d.status END,
-                        next_at = CASE WHEN d.status = 'pending' THEN u.next_at ELSE d.next_at END,
-                        updated_at = $6, last_status = u.code, last_error = u.error,
-                        lease_owner = CASE WHEN d.lease_owner = $7 THEN NULL ELSE d.lease_owner END,
-                        lease_until = CASE WHEN d.lease_owner = $7 THEN 0 ELSE d.lease_until END
-                 FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int4[], $5::text[]) AS u (id, status, next_at, code, error)
-                 WHERE d.id = u.id
-                 RETURNING d.id",
-            )
-            .await?;
-        let rows = tx.query(&st, &[&id, &status, &next_at, &code, &error, &now_ms(), &&*lease.owner]).await?;
-        Ok::<HashSet<i64>, tokio_postgres::Error>(rows.iter().map(|r| r.get(0)).collect())
-    };
-    // sent right behind the update, in the same transaction: it reads the new attempt count
     let at: Vec<i64> = settles.iter().map(|s| s.1.at_ms).collect();
     let latency: Vec<i64> = settles.iter().map(|s| s.1.latency_ms as i64).collect();
     let response: Vec<&[u8]> = settles
@@ -528,21 +510,42 @@ async fn settle_all(
         })
         .collect();
     let a_error: Vec<Option<&str>> = settles.iter().map(|s| s.1.error.as_deref()).collect();
-    let log = async {
-        let st = tx
-            .prepare_cached(
-                "INSERT INTO attempts (delivery_id, n, at, status_code, latency_ms, response, error)
-                 SELECT d.id, d.attempts, u.at, u.code, u.latency, u.response, u.error
-                 FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::int8[], $5::bytea[], $6::text[])
-                   AS u (id, at, code, latency, response, error)
-                 JOIN deliveries d ON d.id = u.id
-                 ON CONFLICT (delivery_id, n) DO UPDATE SET at = excluded.at, status_code = excluded.status_code,
-                    latency_ms = excluded.latency_ms, response = excluded.response, error = excluded.error",
-            )
-            .await?;
-        tx.execute(&st, &[&id, &at, &code, &latency, &response, &a_error]).await.map(drop)
-    };
-    let (found, ()) = both(tokio::join!(update, log))?;
+    // One statement: the attempt row is numbered from the count the update returns. (Two
+    // pipelined statements raced: `join!` may send the insert first, which then read the old
+    // count and overwrote the previous attempt's row.)
+    let st = tx
+        .prepare_cached(
+            "WITH u AS (
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int4[], $5::text[],
+                                      $8::int8[], $9::int8[], $10::bytea[], $11::text[])
+                   AS u (id, status, next_at, code, error, at, latency, response, a_error)
+             ), updated AS (
+                 UPDATE deliveries d SET attempts = d.attempts + 1,
+                        status = CASE WHEN d.status = 'pending' OR u.status = 'delivered' THEN u.status ELSE d.status END,
+                        next_at = CASE WHEN d.status = 'pending' THEN u.next_at ELSE d.next_at END,
+                        updated_at = $6, last_status = u.code, last_error = u.error,
+                        lease_owner = CASE WHEN d.lease_owner = $7 THEN NULL ELSE d.lease_owner END,
+                        lease_until = CASE WHEN d.lease_owner = $7 THEN 0 ELSE d.lease_until END
+                 FROM u WHERE d.id = u.id
+                 RETURNING d.id, d.attempts
+             )
+             INSERT INTO attempts (delivery_id, n, at, status_code, latency_ms, response, error)
+             SELECT updated.id, updated.attempts, u.at, u.code, u.latency, u.response, u.a_error
+             FROM updated JOIN u ON u.id = updated.id
+             ON CONFLICT (delivery_id, n) DO UPDATE SET at = excluded.at, status_code = excluded.status_code,
+                latency_ms = excluded.latency_ms, response = excluded.response, error = excluded.error
+             RETURNING delivery_id",
+        )
+        .await?;
+    let found: HashSet<i64> = tx
+        .query(
+            &st,
+            &[&id, &status, &next_at, &code, &error, &now_ms(), &&*lease.owner, &at, &latency, &response, &a_error],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     Ok(id.iter().map(|i| if found.contains(i) { Ok(()) } else { Err(format!("no delivery {i}")) }).collect())
 }
 
