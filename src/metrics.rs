@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const EVENTS_RECEIVED: &str = "hookyard_events_received_total";
 pub const VERIFY_FAILURES: &str = "hookyard_verification_failures_total";
+pub const HANDSHAKES: &str = "hookyard_handshakes_total";
 pub const INGRESS_REFUSED: &str = "hookyard_ingress_refused_total";
 /// [`INGRESS_REFUSED`]'s reasons: the source key that refused.
 pub const REFUSED_ALLOW_IPS: &str = "allow_ips";
@@ -119,6 +120,10 @@ fn describe() {
     describe_counter!(EVENTS_RECEIVED, "Ingress requests at a source path, by source and response status");
     describe_counter!(VERIFY_FAILURES, "Requests refused with 401, by source and reason");
     describe_counter!(
+        HANDSHAKES,
+        "Provider handshakes (Slack, Zoom, Meta, X, Graph, Dropbox) answered or refused by the gateway, by source, handshake and result"
+    );
+    describe_counter!(
         INGRESS_REFUSED,
         "Requests refused by a source's guards before their body was read, by source and reason (allow_ips: 403, rate_limit: 429)"
     );
@@ -159,6 +164,11 @@ pub fn event_received(source: &str, status: u16, seconds: f64) {
 
 pub fn verify_failed(source: &str, reason: &'static str) {
     counter!(VERIFY_FAILURES, "source" => source.to_string(), "reason" => reason).increment(1);
+}
+
+/// A provider handshake answered (`result` "answered") or refused ("refused", a 401).
+pub fn handshake(source: &str, handshake: &'static str, result: &'static str) {
+    counter!(HANDSHAKES, "source" => source.to_string(), "handshake" => handshake, "result" => result).increment(1);
 }
 
 /// A request refused by a source's guard (`reason`: [`REFUSED_ALLOW_IPS`], [`REFUSED_RATE_LIMIT`]).

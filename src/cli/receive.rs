@@ -45,7 +45,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None
     } else {
         Some(
-            Verifier::new(Scheme::StandardWebhooks, &args.secret, Duration::from_secs(300))
+            Verifier::new(Scheme::preset("standard-webhooks"), &args.secret, Duration::from_secs(300))
                 .map_err(|e| anyhow::anyhow!("--secret: {e}"))?,
         )
     };

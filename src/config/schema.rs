@@ -325,28 +325,27 @@ fn default_dedupe_window() -> Dur {
     Dur(Duration::from_secs(86_400))
 }
 
-/// Inbound verification schemes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VerifySchemeName {
-    /// No verification (anyone who can reach the path can post).
-    None,
-    /// `X-Hub-Signature-256: sha256=<hex>` (GitHub).
-    Github,
-    /// `Stripe-Signature: t=…,v1=…` (Stripe), with timestamp tolerance.
-    Stripe,
-    /// `X-Shopify-Hmac-Sha256: <base64>` (Shopify).
-    Shopify,
-    /// `X-Slack-Signature: v0=…` over `v0:{ts}:{body}` (Slack), with timestamp tolerance.
-    Slack,
-    /// `webhook-id`, `webhook-timestamp`, `webhook-signature` (standardwebhooks.com), `whsec_` secrets.
-    StandardWebhooks,
-    /// Generic HMAC of the body in a header of your choice.
-    Hmac,
-    /// HTTP Basic auth; secrets are `user:password`.
-    Basic,
-    /// A static key in a header.
-    ApiKey,
+/// `verify.scheme`: a name of [`crate::verify::catalogue::SCHEME_NAMES`], checked as it is read
+/// (so a typo is reported at its line, with the names it could be).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifySchemeName(pub String);
+
+impl VerifySchemeName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for VerifySchemeName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use crate::verify::catalogue::SCHEME_NAMES;
+        let name = String::deserialize(deserializer)?;
+        if SCHEME_NAMES.contains(&name.as_str()) {
+            Ok(VerifySchemeName(name))
+        } else {
+            Err(serde::de::Error::unknown_variant(&name, SCHEME_NAMES))
+        }
+    }
 }
 
 /// MAC algorithm of the generic `hmac` scheme.
@@ -371,7 +370,9 @@ pub enum EncodingName {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyConfig {
-    /// One of `none`, `github`, `stripe`, `shopify`, `slack`, `standard-webhooks`, `hmac`, `basic`, `api-key`.
+    /// A provider of the catalogue (`github`, `stripe`, `slack`, `twilio`, …: `hookyard
+    /// providers` lists them, docs/providers.md shows each) or a generic scheme: `none`, `hmac`,
+    /// `basic`, `api-key`.
     pub scheme: VerifySchemeName,
     /// The shared secret (use `${ENV_VAR}`). For `standard-webhooks` a `whsec_…` secret, for `basic`
     /// `user:password`, for `api-key` the key.
@@ -391,6 +392,12 @@ pub struct VerifyConfig {
     pub encoding: Option<EncodingName>,
     /// `hmac`: text before the encoded MAC in the header, e.g. `sha256=`. Default empty.
     pub prefix: Option<String>,
+    /// `twilio`, `square`, `hubspot`: the public URL the provider calls (its signature covers it;
+    /// a proxy in front may rewrite what the gateway sees), without a query string: the
+    /// request's own query is appended.
+    pub url: Option<String>,
+    /// `meta`: the verify token you gave Meta; its `hub.challenge` handshake must carry it.
+    pub verify_token: Option<Secret>,
 }
 
 /// `destinations.<name>:` — one receiver of deliveries.

@@ -82,7 +82,7 @@ egress: { allow: [not-a-net] }
         "routes.yaml:3:3: server.listn: unknown field `listn`, expected one of `listen`, `max_body_bytes`, `max_header_bytes`, `max_connections`, `request_timeout`, `shutdown_grace`, `log_redact`, `trusted_proxies`",
         "routes.yaml:6:5: sources.github.path: must start with '/', got \"hooks/github\"",
         "routes.yaml:7:39: sources.github.verify.secret: environment variable MISSING_SECRET is not set (write ${MISSING_SECRET:-default} to give a default)",
-        "routes.yaml:10:15: sources.stripe.verify.scheme: unknown variant `stripey`, expected one of `none`, `github`, `stripe`, `shopify`, `slack`, `standard-webhooks`, `hmac`, `basic`, `api-key`",
+        "routes.yaml:10:15: sources.stripe.verify.scheme: unknown variant `stripey`, expected one of `none`, `hmac`, `basic`, `api-key`, `github`, `gitlab`, `bitbucket`, `stripe`, `shopify`, `slack`, `standard-webhooks`, `svix`, `zoom`, `meta`, `x`, `microsoft-graph`, `dropbox`, `twilio`, `sendgrid`, `paddle`, `linear`, `intercom`, `square`, `mailgun`, `pagerduty`, `typeform`, `calendly`, `hubspot`",
         "routes.yaml:13:5: destinations.chat.url: \"ftp://example.com/x\" must be an absolute http:// or https:// URL",
         "routes.yaml:17:5: routes[0].source: unknown source \"githb\" (did you mean \"github\"?)",
         "routes.yaml:18:10: routes[0].to[0]: unknown destination \"chta\" (did you mean \"chat\"?)",

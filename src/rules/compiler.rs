@@ -54,6 +54,9 @@ fn compile_list(list: &[ConditionConfig], at: &str, errors: &mut Vec<RuleError>)
 }
 
 fn compile_one(c: &ConditionConfig, at: &str, errors: &mut Vec<RuleError>) -> Option<Condition> {
+    if let Some(names) = &c.event_type {
+        return compile_event_type(c, names, at, errors);
+    }
     let combinators: Vec<&str> = [("any", c.any.is_some()), ("all", c.all.is_some()), ("not", c.not.is_some())]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -62,6 +65,31 @@ fn compile_one(c: &ConditionConfig, at: &str, errors: &mut Vec<RuleError>) -> Op
         Some(first) => compile_combinator(c, first, &combinators[1..], at, errors),
         None => compile_test(c, at, errors),
     }
+}
+
+/// `event_type: name` or `event_type: [name, ..]`, alone in its condition.
+fn compile_event_type(c: &ConditionConfig, names: &Value, at: &str, errors: &mut Vec<RuleError>) -> Option<Condition> {
+    let before = errors.len();
+    let combinators = [("any", c.any.is_some()), ("all", c.all.is_some()), ("not", c.not.is_some())];
+    for stray in test_keys(c).chain(combinators.into_iter().filter_map(|(n, set)| set.then_some(n))) {
+        error(
+            errors,
+            key(at, stray),
+            format!(
+                "`{stray}` cannot be combined with `event_type` in one condition; give it its own item in the list"
+            ),
+        );
+    }
+    let list: Option<Vec<String>> = match names {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(items) if !items.is_empty() => items.iter().map(|v| v.as_str().map(str::to_owned)).collect(),
+        _ => None,
+    };
+    let Some(list) = list else {
+        error(errors, key(at, "event_type"), "expected an event type name or a non-empty list of names");
+        return None;
+    };
+    if errors.len() > before { None } else { Some(Condition::EventType(list.into_boxed_slice())) }
 }
 
 /// A condition holding `any`, `all` or `not` (`first` is the first of them given).

@@ -18,6 +18,10 @@ pub struct ConditionConfig {
     /// selects several values, the condition holds when any of them satisfies the operator. It
     /// selects nothing when the body is not JSON.
     pub path: Option<String>,
+    /// A test of its own: the event's type, as the source's provider preset finds it (GitHub's
+    /// `X-GitHub-Event`, Stripe's `$.type`, …), is this name (`event_type: push`) or one of these
+    /// (`event_type: [push, pull_request]`). Stands alone in its condition.
+    pub event_type: Option<Value>,
     /// Operator: the subject equals this value. Numbers compare by value (`1` equals `1.0`); a
     /// header is compared with the value's text (`equals: 5` matches the header `5`).
     #[serde(default, deserialize_with = "present")]

@@ -14,6 +14,9 @@ pub struct EventView<'a> {
     /// The parsed JSON body; `None` when the body is not JSON or was not parsed (see
     /// [`Rule::needs_body`]). Every `path:` subject then selects nothing.
     pub body: Option<&'a Value>,
+    /// The event's type as its source's provider preset finds it (`None`: the preset names none,
+    /// or the event does not carry it).
+    pub event_type: Option<&'a str>,
 }
 
 /// A compiled `when:` list: holds when every condition holds. Built by [`super::compile`];
@@ -36,11 +39,24 @@ impl Rule {
         self.needs_body
     }
 
+    /// Whether any condition tests `event_type`.
+    pub fn reads_event_type(&self) -> bool {
+        fn visit(c: &Condition) -> bool {
+            match c {
+                Condition::EventType(_) => true,
+                Condition::Header { .. } | Condition::Body { .. } => false,
+                Condition::Any(all) | Condition::All(all) => all.iter().any(visit),
+                Condition::Not(inner) => visit(inner),
+            }
+        }
+        self.conditions.iter().any(visit)
+    }
+
     /// Adds what this rule's `path:` subjects can read of a body to `projection`.
     pub fn read_by(&self, projection: &mut super::Projection) {
         fn visit(c: &Condition, p: &mut super::Projection) {
             match c {
-                Condition::Header { .. } => {}
+                Condition::Header { .. } | Condition::EventType(_) => {}
                 Condition::Body { path, .. } => p.add(path),
                 Condition::Any(all) | Condition::All(all) => all.iter().for_each(|c| visit(c, p)),
                 Condition::Not(inner) => visit(inner, p),
@@ -52,8 +68,16 @@ impl Rule {
 
 #[derive(Debug, Clone)]
 pub(super) enum Condition {
-    Header { name: HeaderName, check: Check },
-    Body { path: BodyPath, check: Check },
+    Header {
+        name: HeaderName,
+        check: Check,
+    },
+    Body {
+        path: BodyPath,
+        check: Check,
+    },
+    /// The event's type is one of these.
+    EventType(Box<[String]>),
     Any(Box<[Condition]>),
     All(Box<[Condition]>),
     Not(Box<Condition>),
@@ -91,7 +115,7 @@ pub(super) enum Comparison {
 impl Condition {
     pub(super) fn reads_body(&self) -> bool {
         match self {
-            Condition::Header { .. } => false,
+            Condition::Header { .. } | Condition::EventType(_) => false,
             Condition::Body { .. } => true,
             Condition::Any(all) | Condition::All(all) => all.iter().any(Condition::reads_body),
             Condition::Not(inner) => inner.reads_body(),
@@ -119,6 +143,7 @@ impl Condition {
                     Check::Value(operator) => path.any(body, |value| operator.holds_for(value)),
                 }
             }
+            Condition::EventType(names) => event.event_type.is_some_and(|t| names.iter().any(|n| n == t)),
             Condition::Any(any) => any.iter().any(|c| c.holds(event)),
             Condition::All(all) => all.iter().all(|c| c.holds(event)),
             Condition::Not(inner) => !inner.holds(event),

@@ -64,7 +64,7 @@ fn check(cases: &[(Value, bool)]) {
     let mut failures = Vec::new();
     for (condition, expected) in cases {
         let rule = rule(json!([condition]));
-        let event = EventView { headers: &headers, body: Some(&body) };
+        let event = EventView { headers: &headers, body: Some(&body), event_type: None };
         if rule.matches(&event) != *expected {
             failures.push(format!("{condition} should be {expected}"));
         }
@@ -336,7 +336,7 @@ fn missing_body_values_match_nothing() {
 
     // A body that is not JSON (`None`): only `exists: false` holds.
     let headers = HeaderMap::new();
-    let no_body = EventView { headers: &headers, body: None };
+    let no_body = EventView { headers: &headers, body: None, event_type: None };
     let cases = [
         (json!({"path": "$", "exists": true}), false),
         (json!({"path": "$", "exists": false}), true),
@@ -351,7 +351,7 @@ fn missing_body_values_match_nothing() {
 
     // A body that is JSON but not an object.
     let scalar = json!("just a string");
-    let event = EventView { headers: &headers, body: Some(&scalar) };
+    let event = EventView { headers: &headers, body: Some(&scalar), event_type: None };
     assert!(rule(json!([{"path": "$", "matches": "string"}])).matches(&event));
     assert!(!rule(json!([{"path": "$.a", "exists": true}])).matches(&event));
 }
@@ -400,7 +400,7 @@ fn combinators_nest() {
 fn a_when_list_is_a_conjunction() {
     let headers = fixture_headers();
     let body = fixture_body();
-    let event = EventView { headers: &headers, body: Some(&body) };
+    let event = EventView { headers: &headers, body: Some(&body), event_type: None };
     let cases = [
         (json!([]), true),
         (json!([{"header": "X-GitHub-Event", "equals": "push"}, {"path": "$.ref", "equals": "refs/heads/main"}]), true),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -26,6 +26,7 @@ use crate::app::State;
 use crate::metrics;
 use crate::snapshot::{Event, EventId, Snapshot, Source};
 use crate::store::{Accepted, NewEvent, Queue, to_ms};
+use crate::verify::{HandshakeOutcome, Inbound};
 use tracing::Instrument;
 
 type Resp = Response<Full<Bytes>>;
@@ -80,9 +81,18 @@ impl State {
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(refused.retry_after_secs()));
             return r;
         }
+        // a provider's handshake that comes before any body: a GET (Meta, X, Dropbox) or
+        // Graph's POST ?validationToken=; only a source whose preset declares one answers it
+        if let Some(outcome) = source.verifier.handshake_by_query(req.method(), req.uri().query()) {
+            return body_unread(handshake_response(&source.name, outcome));
+        }
         if req.method() != Method::POST {
+            let allow = match source.verifier.handshake() {
+                Some(h) if h.is_get() => "GET, POST",
+                _ => "POST",
+            };
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            r.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
             return r;
         }
         let limit = snap.server.max_body_bytes;
@@ -109,10 +119,16 @@ impl State {
             }
             Ok(Ok(collected)) => collected.to_bytes(),
         };
-        if let Err(e) = source.verifier.verify(&parts.headers, &body, SystemTime::now()) {
+        let inbound =
+            Inbound { method: parts.method.as_str(), query: parts.uri.query(), headers: &parts.headers, body: &body };
+        if let Err(e) = source.verifier.verify_request(&inbound, SystemTime::now()) {
             warn!(source = %source.name, reason = e.reason(), error = %e, "verification failed");
             metrics::verify_failed(&source.name, e.reason());
             return error(StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+        // Slack's and Zoom's handshakes are signed POSTs: answered once verified, never stored
+        if let Some(answer) = source.verifier.handshake_by_body(&parts.headers, &body) {
+            return handshake_response(&source.name, HandshakeOutcome::Answer(answer));
         }
         let event = Event {
             id: EventId::generate(),
@@ -170,6 +186,29 @@ impl State {
                 r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
                 r
             }
+        }
+    }
+}
+
+/// The response to a provider handshake: its answer (a text echo is `text/plain` with
+/// `nosniff`, so a browser never renders it), or 401 when it fails the provider's check.
+fn handshake_response(source: &str, outcome: HandshakeOutcome) -> Resp {
+    match outcome {
+        HandshakeOutcome::Answer(answer) => {
+            info!(source, handshake = answer.handshake.name(), "handshake answered");
+            metrics::handshake(source, answer.handshake.name(), "answered");
+            let text = answer.is_text();
+            let mut r = Response::new(Full::new(answer.body));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+            if text {
+                r.headers_mut().insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            }
+            r
+        }
+        HandshakeOutcome::Refused { handshake, why } => {
+            warn!(source, handshake = handshake.name(), reason = why, "handshake refused with 401");
+            metrics::handshake(source, handshake.name(), "refused");
+            error(StatusCode::UNAUTHORIZED, "unauthorized")
         }
     }
 }

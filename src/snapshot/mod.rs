@@ -24,7 +24,7 @@ pub use event::{Event, EventId};
 pub use plugins::Plugins;
 pub use route::Route;
 pub use routing::{RouteNote, Routed};
-pub use source::{Dedupe, DedupeKey, Source};
+pub use source::{Dedupe, DedupeKey, EventTypeAt, Source};
 
 use crate::config::{
     AdminConfig, Config, ConfigErrors, DeliveryConfig, Inputs, ServerConfig, StorageConfig, parse_net,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use super::{DedupeKey, Event, Route, Snapshot, Source};
+use super::{DedupeKey, Event, EventTypeAt, Route, Snapshot, Source};
 use crate::config::OnError;
 use crate::delivery::{forwardable, message_id};
 use crate::plugin::{EventRef, Outcome, run_chain};
@@ -27,6 +27,9 @@ pub struct Routed {
     pub deliveries: Vec<NewDelivery>,
     /// What transforms did (dropped, failed), per route.
     pub notes: Vec<RouteNote>,
+    /// The event's type, as the source's provider preset finds it (header, or a JSONPath when the
+    /// body was parsed).
+    pub event_type: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -42,15 +45,22 @@ impl Snapshot {
     /// `webhook-id`s: the event id, or a fresh key when re-routing, so receivers do not take the
     /// new deliveries for duplicates.
     pub async fn route(&self, source: &Source, event: &Event, id_key: &str) -> Routed {
-        let json = if source.needs_body { source.projection.parse(&event.body) } else { None };
-        let view = EventView { headers: &event.headers, body: json.as_ref() };
+        let json = if !source.needs_body {
+            None
+        } else if crate::verify::is_form(&event.headers) {
+            Some(form_json(&event.body))
+        } else {
+            source.projection.parse(&event.body)
+        };
+        let event_type = event_type(source, event, json.as_ref());
+        let view = EventView { headers: &event.headers, body: json.as_ref(), event_type: event_type.as_deref() };
         let matched: Vec<usize> =
             source.routes.iter().copied().filter(|i| self.routes[*i].rule.matches(&view)).collect();
         let dedupe_key = dedupe_key(source, event, json.as_ref());
         drop(json);
         // computed once: stored with the event and handed to plugins
         let stored_headers = self.stored_headers(source, &event.headers);
-        let mut routed = Routed { stored_headers, dedupe_key, ..Routed::default() };
+        let mut routed = Routed { stored_headers, dedupe_key, event_type, ..Routed::default() };
         for &r in &matched {
             self.plan_route(&self.routes[r], source, event, id_key, &mut routed).await;
         }
@@ -181,6 +191,42 @@ impl Snapshot {
         }
         v.to_string()
     }
+}
+
+/// A form-encoded body as a JSON object of strings (a name given several times: an array of its
+/// values, in order), so that `path:` conditions read it as they read JSON.
+pub fn form_json(body: &[u8]) -> serde_json::Value {
+    use serde_json::Value;
+    let mut map = serde_json::Map::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        let v = Value::String(v.into_owned());
+        match map.entry(k.into_owned()) {
+            serde_json::map::Entry::Vacant(e) => {
+                e.insert(v);
+            }
+            serde_json::map::Entry::Occupied(mut e) => match e.get_mut() {
+                Value::Array(values) => values.push(v),
+                first => {
+                    let first = first.take();
+                    *e.get_mut() = Value::Array(vec![first, v]);
+                }
+            },
+        }
+    }
+    Value::Object(map)
+}
+
+/// The event's type: the first place of the source's preset that the event fills with a string
+/// (a number is taken as its text).
+fn event_type(source: &Source, event: &Event, json: Option<&serde_json::Value>) -> Option<String> {
+    source.event_type.iter().find_map(|at| match at {
+        EventTypeAt::Header(h) => event.headers.get(h)?.to_str().ok().map(str::to_owned),
+        EventTypeAt::Path(p) => match p.first(json?)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        },
+    })
 }
 
 /// The source's own id of this event, if it names one and the event carries it.

@@ -11,6 +11,7 @@ use crate::delivery::NEVER_FORWARDED;
 use crate::rules::{JsonPath, Projection};
 use crate::server::guard::{AllowList, RateLimit};
 use crate::verify::Verifier;
+use crate::verify::catalogue::Field;
 
 use super::Route;
 
@@ -27,6 +28,9 @@ pub struct Source {
     /// Sender headers not forwarded to destinations (nor stored).
     pub never_forward: Vec<HeaderName>,
     pub dedupe: Option<Dedupe>,
+    /// Where the provider puts the event type (the preset's; empty for generic schemes): the
+    /// first of these the event has is its `event_type`.
+    pub event_type: Vec<EventTypeAt>,
     /// `allow_ips`: who may post here (`None`: everyone).
     pub allow_ips: Option<AllowList>,
     /// `rate_limit`; shared with the previous snapshot's source across a reload that keeps it.
@@ -40,6 +44,12 @@ pub struct Dedupe {
 }
 
 pub enum DedupeKey {
+    Header(HeaderName),
+    Path(JsonPath),
+}
+
+/// One place a provider may put the event type.
+pub enum EventTypeAt {
     Header(HeaderName),
     Path(JsonPath),
 }
@@ -79,12 +89,47 @@ impl Source {
         if let Some(h) = s.verify.header.as_deref().and_then(|h| HeaderName::try_from(h).ok()) {
             never_forward.push(h);
         }
+        let preset = verifier.preset();
+        for h in preset.map(|p| p.signature_headers()).unwrap_or_default() {
+            if !never_forward.contains(&h) {
+                never_forward.push(h);
+            }
+        }
+        let event_type: Vec<EventTypeAt> = preset
+            .map(|p| p.event_type)
+            .unwrap_or_default()
+            .iter()
+            .map(|f| match f {
+                Field::Header(h) => EventTypeAt::Header(HeaderName::from_static(h)),
+                Field::Path(p) => EventTypeAt::Path(JsonPath::parse(p).expect("the catalogue's paths parse")),
+            })
+            .collect();
+        let reads_event_type = mine.iter().any(|i| routes[*i].rule.reads_event_type());
+        if reads_event_type && event_type.is_empty() {
+            return Err(vec![KeyError::new(
+                ".verify.scheme",
+                format!(
+                    "routes of this source use `event_type`, but scheme {} names no event type; use `header:` or `path:` conditions",
+                    verifier.scheme_name()
+                ),
+            )]);
+        }
         let dedupe_path = match &dedupe {
             Some(Dedupe { key: DedupeKey::Path(p), .. }) => Some(p),
             _ => None,
         };
-        let needs_body = mine.iter().any(|i| routes[*i].rule.needs_body()) || dedupe_path.is_some();
+        let type_paths: Vec<&JsonPath> = event_type
+            .iter()
+            .filter_map(|t| match t {
+                EventTypeAt::Path(p) => Some(p),
+                EventTypeAt::Header(_) => None,
+            })
+            .collect();
+        let needs_body = mine.iter().any(|i| routes[*i].rule.needs_body())
+            || dedupe_path.is_some()
+            || (reads_event_type && !type_paths.is_empty());
         let mut projection = Projection::default();
+        type_paths.iter().for_each(|p| p.read_by(&mut projection));
         mine.iter().for_each(|i| routes[*i].rule.read_by(&mut projection));
         if let Some(p) = dedupe_path {
             p.read_by(&mut projection);
@@ -98,6 +143,7 @@ impl Source {
             projection,
             never_forward,
             dedupe,
+            event_type,
             // entries that do not parse are reported by config
             allow_ips: s.allow_ips.as_ref().map(|n| AllowList::new(n.iter().filter_map(|n| parse_net(n)).collect())),
             rate_limit: s.rate_limit.map(|r| Arc::new(RateLimit::new(r.per_second, r.burst()))),

@@ -2,8 +2,9 @@
 
 use http::HeaderName;
 
-use super::{Algorithm, Encoding, Scheme, Verifier};
-use crate::config::{AlgorithmName, EncodingName, KeyError, VerifyConfig, VerifySchemeName};
+use super::catalogue::{self, Handshake};
+use super::{Algorithm, Encoding, Options, Scheme, Verifier};
+use crate::config::{AlgorithmName, EncodingName, KeyError, VerifyConfig};
 
 /// Default clock tolerance for timestamped verification schemes.
 pub const DEFAULT_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(300);
@@ -40,45 +41,79 @@ pub(crate) fn header_name(h: Option<&str>, default: Option<&'static str>) -> Res
 impl Verifier {
     /// Compiles `sources.<name>.verify`; the error's key is relative to it.
     pub fn from_config(v: &VerifyConfig) -> Result<Verifier, KeyError> {
-        let scheme = match v.scheme {
-            VerifySchemeName::None => Scheme::None,
-            VerifySchemeName::Github => Scheme::Github,
-            VerifySchemeName::Stripe => Scheme::Stripe,
-            VerifySchemeName::Shopify => Scheme::Shopify,
-            VerifySchemeName::Slack => Scheme::Slack,
-            VerifySchemeName::StandardWebhooks => Scheme::StandardWebhooks,
-            VerifySchemeName::Hmac => Scheme::Hmac {
+        let name = v.scheme.as_str();
+        let scheme = match name {
+            "none" => Scheme::None,
+            "hmac" => Scheme::Hmac {
                 header: header_name(v.header.as_deref(), None)?,
                 algorithm: v.algorithm.into(),
                 encoding: v.encoding.into(),
                 prefix: v.prefix.clone().unwrap_or_default(),
             },
-            VerifySchemeName::Basic => Scheme::Basic,
-            VerifySchemeName::ApiKey => Scheme::ApiKey { header: header_name(v.header.as_deref(), Some("x-api-key"))? },
+            "basic" => Scheme::Basic,
+            "api-key" => Scheme::ApiKey { header: header_name(v.header.as_deref(), Some("x-api-key"))? },
+            _ => match catalogue::preset(name) {
+                Some(p) => Scheme::Preset(p),
+                None => unreachable!("config checked that {name} is one of SCHEME_NAMES"),
+            },
         };
         let hmac_only =
             [(v.algorithm.is_some(), "algorithm"), (v.encoding.is_some(), "encoding"), (v.prefix.is_some(), "prefix")];
         for (set, key) in hmac_only {
-            if set && v.scheme != VerifySchemeName::Hmac {
+            if set && name != "hmac" {
                 return Err(KeyError::new(format!(".{key}"), "only the hmac scheme takes this key"));
             }
         }
-        if v.header.is_some() && !matches!(v.scheme, VerifySchemeName::Hmac | VerifySchemeName::ApiKey) {
+        if v.header.is_some() && !matches!(name, "hmac" | "api-key") {
             return Err(KeyError::new(".header", "only the hmac and api-key schemes take this key"));
         }
-        let timestamped =
-            matches!(v.scheme, VerifySchemeName::Stripe | VerifySchemeName::Slack | VerifySchemeName::StandardWebhooks);
-        if v.tolerance.is_some() && !timestamped {
+        if v.tolerance.is_some() && !scheme.timestamped() {
+            let timestamped: Vec<&str> =
+                catalogue::PRESETS.iter().filter(|p| p.tolerance.is_some()).map(|p| p.name).collect();
             return Err(KeyError::new(
                 ".tolerance",
-                "only timestamped schemes (stripe, slack, standard-webhooks) take a tolerance",
+                format!("only timestamped schemes ({}) take a tolerance", timestamped.join(", ")),
             ));
         }
+        if let Scheme::Preset(p) = &scheme {
+            if v.url.is_some() && !p.needs_url {
+                return Err(KeyError::new(".url", format!("scheme {name} takes no url (it does not sign one)")));
+            }
+            if v.url.is_none() && p.needs_url {
+                return Err(KeyError::new(
+                    ".url",
+                    format!(
+                        "scheme {name} signs the public URL the provider calls: give it here (e.g. https://hooks.example.com{})",
+                        "/path"
+                    ),
+                ));
+            }
+            if v.verify_token.is_some() && p.handshake != Some(Handshake::MetaHub) {
+                return Err(KeyError::new(
+                    ".verify_token",
+                    format!("scheme {name} takes no verify_token (only meta does)"),
+                ));
+            }
+            if v.verify_token.is_none() && p.handshake == Some(Handshake::MetaHub) {
+                return Err(KeyError::new(
+                    ".verify_token",
+                    "scheme meta needs the token its hub.challenge handshake must carry",
+                ));
+            }
+        } else if v.url.is_some() {
+            return Err(KeyError::new(".url", format!("scheme {name} takes no url")));
+        } else if v.verify_token.is_some() {
+            return Err(KeyError::new(".verify_token", format!("scheme {name} takes no verify_token")));
+        }
         let secrets: Vec<String> = v.secret.iter().chain(v.secrets.iter()).map(|s| s.0.clone()).collect();
-        if v.scheme == VerifySchemeName::None && !secrets.is_empty() {
+        if name == "none" && !secrets.is_empty() {
             return Err(KeyError::new(".secret", "scheme none takes no secret"));
         }
-        let tolerance = v.tolerance.map(|d| d.0).unwrap_or(DEFAULT_TOLERANCE);
-        Verifier::new(scheme, &secrets, tolerance).map_err(|m| KeyError::new("", m))
+        let options = Options {
+            tolerance: v.tolerance.map(|d| d.0),
+            url: v.url.clone(),
+            verify_token: v.verify_token.as_ref().map(|t| t.0.clone()),
+        };
+        Verifier::with_options(scheme, &secrets, options).map_err(|m| KeyError::new("", m))
     }
 }

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
 use http::HeaderValue;
+use sha1::Sha1;
 use sha2::{Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
@@ -28,6 +29,7 @@ impl Algorithm {
     /// Length in bytes of this algorithm's HMAC output.
     pub(crate) const fn output_len(self) -> usize {
         match self {
+            Algorithm::Sha1 => 20,
             Algorithm::Sha256 => 32,
             Algorithm::Sha512 => 64,
         }
@@ -38,6 +40,7 @@ impl Algorithm {
 /// request only clones the keyed state instead of re-hashing the key.
 #[derive(Clone)]
 pub(crate) enum MacKey {
+    Sha1(Hmac<Sha1>),
     Sha256(Hmac<Sha256>),
     Sha512(Hmac<Sha512>),
 }
@@ -46,6 +49,7 @@ impl fmt::Debug for MacKey {
     /// Names the algorithm only: the keyed state is derived from a secret.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            MacKey::Sha1(_) => f.write_str("MacKey(Sha1)"),
             MacKey::Sha256(_) => f.write_str("MacKey(Sha256)"),
             MacKey::Sha512(_) => f.write_str("MacKey(Sha512)"),
         }
@@ -58,6 +62,7 @@ impl MacKey {
         // cannot fail here; the `Result` exists for fixed-key-size MACs.
         const ANY_LEN: &str = "HMAC accepts keys of any length";
         match algorithm {
+            Algorithm::Sha1 => MacKey::Sha1(Hmac::new_from_slice(key).expect(ANY_LEN)),
             Algorithm::Sha256 => MacKey::Sha256(Hmac::new_from_slice(key).expect(ANY_LEN)),
             Algorithm::Sha512 => MacKey::Sha512(Hmac::new_from_slice(key).expect(ANY_LEN)),
         }
@@ -77,6 +82,7 @@ impl MacKey {
             tag
         }
         match self {
+            MacKey::Sha1(key) => run(key, parts),
             MacKey::Sha256(key) => run(key, parts),
             MacKey::Sha512(key) => run(key, parts),
         }

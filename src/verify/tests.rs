@@ -139,7 +139,7 @@ fn github() {
     let upper = format!("sha256={}", GITHUB_SIG.to_uppercase());
     let h = "X-Hub-Signature-256";
     check(
-        Scheme::Github,
+        Scheme::preset("github"),
         &[
             case("valid", &[SECRET], [(h, &valid)]),
             case("upper-case hex", &[SECRET], [(h, &upper)]),
@@ -160,7 +160,8 @@ fn github() {
 // python3 -c 'import hmac,hashlib;print(hmac.new(b"It'"'"'s a Secret to Everybody",b"Hello, World!",hashlib.sha256).hexdigest())'
 #[test]
 fn github_documented_vector() {
-    let verifier = Verifier::new(Scheme::Github, &secrets(&["It's a Secret to Everybody"]), TOLERANCE).expect("valid");
+    let verifier =
+        Verifier::new(Scheme::preset("github"), &secrets(&["It's a Secret to Everybody"]), TOLERANCE).expect("valid");
     let headers = header_map([(
         "X-Hub-Signature-256",
         "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
@@ -173,7 +174,7 @@ fn stripe() {
     let valid = format!("t={T},v1={STRIPE_SIG}");
     let h = "Stripe-Signature";
     check(
-        Scheme::Stripe,
+        Scheme::preset("stripe"),
         &[
             case("valid", &[SECRET], [(h, &valid)]),
             case(
@@ -205,7 +206,7 @@ fn stripe() {
 fn shopify() {
     let h = "X-Shopify-Hmac-Sha256";
     check(
-        Scheme::Shopify,
+        Scheme::preset("shopify"),
         &[
             case("valid", &[SECRET], [(h, SHOPIFY_SIG)]),
             case("wrong secret", &[OTHER], [(h, SHOPIFY_SIG)]).fails("mismatch"),
@@ -226,7 +227,7 @@ fn slack() {
     let ts = T.to_string();
     let (s, t) = ("X-Slack-Signature", "X-Slack-Request-Timestamp");
     check(
-        Scheme::Slack,
+        Scheme::preset("slack"),
         &[
             case("valid", &[SECRET], [(s, &sig), (t, &ts)]),
             case("wrong secret", &[OTHER], [(s, &sig), (t, &ts)]).fails("mismatch"),
@@ -250,16 +251,21 @@ fn standard_webhooks() {
     let ts = T.to_string();
     let (i, t, s) = ("Webhook-Id", "Webhook-Timestamp", "Webhook-Signature");
     check(
-        Scheme::StandardWebhooks,
+        Scheme::preset("standard-webhooks"),
         &[
             case("valid", &[WHSEC], [(i, "msg_1"), (t, &ts), (s, &sig)]),
             case(
-                "any v1 may match, other versions ignored",
+                "any v1 may match, a v1a of no configured key and other versions are ignored",
                 &[WHSEC],
                 [
                     (i, "msg_1"),
                     (t, &ts),
-                    (s, &format!("v1a,bm90IGFuIGVkMjU1MTkgc2ln  v1,{STDWH_SIG_OTHER} v1,{STDWH_SIG}")),
+                    (
+                        s,
+                        &format!(
+                            "v1a,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA== v2,bm90IGFuIGVkMjU1MTkgc2ln  v1,{STDWH_SIG_OTHER} v1,{STDWH_SIG}"
+                        ),
+                    ),
                 ],
             ),
             case("wrong secret", &[WHSEC_OTHER], [(i, "msg_1"), (t, &ts), (s, &sig)]).fails("mismatch"),
@@ -286,9 +292,12 @@ fn standard_webhooks() {
 // python3 -c 'import hmac,hashlib,base64;print(base64.b64encode(hmac.new(base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),b"msg_p5jXN8AQM9LWM0D4loKWxJek.1614265330.{\"test\": 2432232314}",hashlib.sha256).digest()).decode())'
 #[test]
 fn standard_webhooks_spec_vector() {
-    let verifier =
-        Verifier::new(Scheme::StandardWebhooks, &secrets(&["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]), TOLERANCE)
-            .expect("valid");
+    let verifier = Verifier::new(
+        Scheme::preset("standard-webhooks"),
+        &secrets(&["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]),
+        TOLERANCE,
+    )
+    .expect("valid");
     let headers = header_map([
         ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
         ("webhook-timestamp", "1614265330"),
@@ -408,12 +417,12 @@ fn provider_headers_round_trip() {
     type Row<'a> = (Scheme, &'a str, Vec<(&'a str, &'a str)>);
     let table: Vec<Row> = vec![
         (Scheme::None, "", vec![]),
-        (Scheme::Github, SECRET, vec![("x-hub-signature-256", &github)]),
-        (Scheme::Stripe, SECRET, vec![("stripe-signature", &stripe)]),
-        (Scheme::Shopify, SECRET, vec![("x-shopify-hmac-sha256", SHOPIFY_SIG)]),
-        (Scheme::Slack, SECRET, vec![("x-slack-request-timestamp", &ts), ("x-slack-signature", &slack)]),
+        (Scheme::preset("github"), SECRET, vec![("x-hub-signature-256", &github)]),
+        (Scheme::preset("stripe"), SECRET, vec![("stripe-signature", &stripe)]),
+        (Scheme::preset("shopify"), SECRET, vec![("x-shopify-hmac-sha256", SHOPIFY_SIG)]),
+        (Scheme::preset("slack"), SECRET, vec![("x-slack-request-timestamp", &ts), ("x-slack-signature", &slack)]),
         (
-            Scheme::StandardWebhooks,
+            Scheme::preset("standard-webhooks"),
             WHSEC,
             vec![("webhook-id", "msg_1"), ("webhook-timestamp", &ts), ("webhook-signature", &stdwh)],
         ),
@@ -458,19 +467,44 @@ fn new_rejects_bad_configuration() {
     let api_key = Scheme::ApiKey { header: HeaderName::from_static("x-api-key") };
     let table: Vec<(Scheme, &[&str], &[&str])> = vec![
         (Scheme::None, &["leftover-secret"], &["takes no secrets"]),
-        (Scheme::Github, &[], &["scheme github needs at least one secret"]),
-        (Scheme::StandardWebhooks, &[], &["scheme standard-webhooks needs at least one secret"]),
-        (Scheme::Shopify, &[SECRET, ""], &["secret 2 is empty"]),
+        (Scheme::preset("github"), &[], &["scheme github needs at least one secret"]),
+        (Scheme::preset("standard-webhooks"), &[], &["scheme standard-webhooks needs at least one secret"]),
+        (Scheme::preset("shopify"), &[SECRET, ""], &["secret 2 is empty"]),
         (
-            Scheme::StandardWebhooks,
+            Scheme::preset("standard-webhooks"),
             &[WHSEC, "c2VjcmV0LXdpdGhvdXQtcHJlZml4"],
-            &["secret 2 is not a valid whsec_ secret: does not start with \"whsec_\""],
+            &["secret 2 is not a valid whsec_ (or whpk_) secret: does not start with \"whsec_\""],
         ),
-        (Scheme::StandardWebhooks, &["whsec_not*base64"], &["secret 1 is not a valid whsec_ secret: the part after"]),
-        (Scheme::StandardWebhooks, &["whsec_"], &["secret 1 is not a valid whsec_ secret: the key after"]),
+        (
+            Scheme::preset("standard-webhooks"),
+            &["whsec_not*base64"],
+            &["secret 1 is not a valid whsec_ (or whpk_) secret: the part after"],
+        ),
+        (
+            Scheme::preset("standard-webhooks"),
+            &["whsec_"],
+            &["secret 1 is not a valid whsec_ (or whpk_) secret: the key after"],
+        ),
         (Scheme::Basic, &["alice-without-colon"], &["secret 1 is not of the form user:password"]),
         (api_key, &["key with\ttab\u{7f}"], &["secret 1 cannot be sent in a header"]),
         (hmac_bad_prefix, &[SECRET], &["signature prefix"]),
+        (
+            Scheme::preset("standard-webhooks"),
+            &["whpk_AAAA"],
+            &["secret 1 is not a valid whpk_ key: an ed25519 public key is 32 bytes"],
+        ),
+        (
+            Scheme::preset("sendgrid"),
+            &["bm90IGEga2V5"],
+            &["secret 1 is not an ECDSA P-256 public key (PEM, or base64 of DER)"],
+        ),
+        (
+            Scheme::preset("twilio"),
+            &[SECRET],
+            &["scheme twilio signs the public URL the provider calls: give it as verify.url"],
+        ),
+        (Scheme::preset("meta"), &[SECRET], &["scheme meta needs verify.verify_token"]),
+        (Scheme::preset("gitlab"), &["token\nwith newline"], &["secret 1 cannot be sent in a header"]),
         // Every problem is reported, not just the first.
         (Scheme::Basic, &["", "bob:builder", "carol"], &["secret 1 is empty", "secret 3 is not of the form"]),
     ];
@@ -511,7 +545,7 @@ fn display_names_the_problem_without_values() {
 
 #[test]
 fn debug_does_not_show_secrets() {
-    let verifier = Verifier::new(Scheme::Github, &secrets(&[SECRET]), TOLERANCE).expect("valid");
+    let verifier = Verifier::new(Scheme::preset("github"), &secrets(&[SECRET]), TOLERANCE).expect("valid");
     let debug = format!("{verifier:?}");
     assert!(!debug.contains(SECRET), "{debug}");
     assert!(debug.contains("secrets: 1"), "{debug}");
@@ -528,11 +562,11 @@ fn scheme_names() {
     };
     let table = [
         (Scheme::None, &[][..], "none"),
-        (Scheme::Github, &[SECRET][..], "github"),
-        (Scheme::Stripe, &[SECRET][..], "stripe"),
-        (Scheme::Shopify, &[SECRET][..], "shopify"),
-        (Scheme::Slack, &[SECRET][..], "slack"),
-        (Scheme::StandardWebhooks, &[WHSEC][..], "standard-webhooks"),
+        (Scheme::preset("github"), &[SECRET][..], "github"),
+        (Scheme::preset("stripe"), &[SECRET][..], "stripe"),
+        (Scheme::preset("shopify"), &[SECRET][..], "shopify"),
+        (Scheme::preset("slack"), &[SECRET][..], "slack"),
+        (Scheme::preset("standard-webhooks"), &[WHSEC][..], "standard-webhooks"),
         (hmac, &[SECRET][..], "hmac"),
         (Scheme::Basic, &["a:b"][..], "basic"),
         (api_key, &[API_KEY][..], "api-key"),
