@@ -61,6 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let id = args.event_id.map(|s| EventId(s.into())).unwrap_or_else(EventId::generate);
     let event = Event { id, source: source.name.clone(), received_at: now, headers, body };
     let routed = super::runtime()?.block_on(snap.route(source, &event, &event.id.0));
+    let routed_event_type = routed.event_type.clone();
     let routes: Vec<Value> = source
         .routes
         .iter()
@@ -90,8 +91,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         deliveries.push(delivery);
     }
     let body_is_json = serde_json::from_slice::<Value>(&event.body).is_ok();
+    let event_type = routed_event_type.or_else(|| snap.event_type(source, &event));
     let out = json!({
-        "event": {"id": event.id.to_string(), "source": &*source.name, "body_is_json": body_is_json},
+        "event": {"id": event.id.to_string(), "source": &*source.name, "body_is_json": body_is_json, "event_type": event_type},
         "routes": routes,
         "transforms": routed.notes,
         "deliveries": deliveries,

@@ -6,6 +6,7 @@ mod dry_run;
 mod migrate;
 mod ops;
 mod plugin;
+mod providers;
 mod receive;
 mod remote;
 mod run;
@@ -49,6 +50,8 @@ enum Command {
     DryRun(dry_run::Args),
     /// Sign a file the way the source's provider would and POST it to the running gateway.
     Send(send::Args),
+    /// List the provider presets `verify.scheme` can name, with what each expects.
+    Providers(providers::Args),
     /// A local receiver that prints each incoming webhook and whether its Standard Webhooks
     /// signature verifies.
     Receive(receive::Args),
@@ -88,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::DryRun(args) => dry_run::run(args),
         Command::Send(args) => with_runtime(send::run(args)),
+        Command::Providers(args) => providers::run(args),
         Command::Receive(args) => with_runtime(receive::run(args)),
         Command::Events(args) => with_runtime(ops::events(args)),
         Command::Event(args) => with_runtime(ops::event(args)),

@@ -23,7 +23,13 @@ pub struct Args {
     /// An extra request header, `'Name: value'`; repeatable (e.g. `-H 'X-GitHub-Event: push'`).
     #[arg(long = "header", short = 'H', value_parser = super::parse_header)]
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// File holding the request body.
+    /// A private key for providers that sign asymmetrically, whose configured secret is the public
+    /// key: a `whsk_…` ed25519 key (Standard Webhooks v1a) or a PKCS#8 PEM P-256 key (SendGrid).
+    #[arg(long)]
+    private_key: Option<PathBuf>,
+    /// File holding the request body. A form body needs
+    /// `-H 'content-type: application/x-www-form-urlencoded'` (signed as a form by Twilio and
+    /// Mailgun).
     file: PathBuf,
 }
 
@@ -45,16 +51,41 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             format!("http://{addr}")
         }
     };
-    let url = format!("{base}{}", source.path);
     let msg_id = format!("msg_{}", uuid::Uuid::now_v7().simple());
-    let mut req = http::Request::post(&url).body(Full::new(Bytes::from(body.clone())))?;
+    let mut extra = http::HeaderMap::new();
+    for (k, v) in args.headers {
+        extra.insert(k, v);
+    }
+    let form = hookyard::verify::is_form(&extra);
+    let key = match &args.private_key {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(
+                hookyard::verify::keys::PrivateKey::decode(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let signed = source
+        .verifier
+        .provider_request(&body, SystemTime::now(), &msg_id, form, key.as_ref())
+        .map_err(|e| anyhow::anyhow!("cannot sign as {}: {e}", source.verifier.scheme_name()))?;
+    let body = signed.body.unwrap_or(body);
+    let url = match &signed.query {
+        Some(q) => format!("{base}{}?{q}", source.path),
+        None => format!("{base}{}", source.path),
+    };
+    let mut req = http::Request::post(&url).body(Full::new(Bytes::from(body)))?;
     let h = req.headers_mut();
     h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    for (k, v) in source.verifier.provider_headers(&body, SystemTime::now(), &msg_id) {
+    for (k, v) in signed.headers {
         h.insert(k, v);
     }
-    for (k, v) in args.headers {
-        h.insert(k, v);
+    for (k, v) in extra {
+        if let Some(k) = k {
+            h.insert(k, v);
+        }
     }
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let resp =

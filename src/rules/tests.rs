@@ -726,3 +726,39 @@ fn jsonpath_function_arguments_are_well_typed() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+#[test]
+fn event_type_matches_a_name_or_one_of_a_list() {
+    let headers = HeaderMap::new();
+    let view = |t: Option<&'static str>| EventView { headers: &headers, body: None, event_type: t };
+    let push = rule(json!([{ "event_type": "push" }]));
+    let either = rule(json!([{ "event_type": ["issues", "pull_request"] }]));
+    let not_push = rule(json!([{ "not": { "event_type": "push" } }]));
+    assert!(push.matches(&view(Some("push"))));
+    assert!(!push.matches(&view(Some("pushed"))));
+    assert!(!push.matches(&view(None)), "an event without a type matches no name");
+    assert!(either.matches(&view(Some("pull_request"))) && !either.matches(&view(Some("push"))));
+    assert!(not_push.matches(&view(None)) && !not_push.matches(&view(Some("push"))));
+    assert!(push.reads_event_type() && not_push.reads_event_type());
+    assert!(!push.needs_body(), "the type is found by the source, not by the rule");
+    assert!(!rule(json!([{ "header": "x", "exists": true }])).reads_event_type());
+}
+
+#[test]
+fn event_type_errors() {
+    let errors = |when: Value| -> Vec<String> {
+        compile(&conditions(when)).expect_err("does not compile").iter().map(|e| e.to_string()).collect()
+    };
+    assert_eq!(
+        errors(json!([{ "event_type": "push", "equals": "x" }, { "event_type": [] }, { "event_type": 5 }])),
+        [
+            "[0].equals: `equals` cannot be combined with `event_type` in one condition; give it its own item in the list",
+            "[1].event_type: expected an event type name or a non-empty list of names",
+            "[2].event_type: expected an event type name or a non-empty list of names",
+        ]
+    );
+    assert_eq!(
+        errors(json!([{ "event_type": "push", "any": [{ "header": "x", "exists": true }] }])),
+        ["[0].any: `any` cannot be combined with `event_type` in one condition; give it its own item in the list"]
+    );
+}

@@ -216,6 +216,19 @@ pub fn form_json(body: &[u8]) -> serde_json::Value {
     Value::Object(map)
 }
 
+impl Snapshot {
+    /// The event's type as the source's preset finds it, parsing the body whatever the routes
+    /// read (for `dry-run`; routing itself reads it only when a route tests it).
+    pub fn event_type(&self, source: &Source, event: &Event) -> Option<String> {
+        let json = if crate::verify::is_form(&event.headers) {
+            Some(form_json(&event.body))
+        } else {
+            serde_json::from_slice(&event.body).ok()
+        };
+        event_type(source, event, json.as_ref())
+    }
+}
+
 /// The event's type: the first place of the source's preset that the event fills with a string
 /// (a number is taken as its text).
 fn event_type(source: &Source, event: &Event, json: Option<&serde_json::Value>) -> Option<String> {
@@ -239,5 +252,20 @@ fn dedupe_key(source: &Source, event: &Event, json: Option<&serde_json::Value>) 
             serde_json::Value::Null => None,
             other => Some(other.to_string()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::form_json;
+    use serde_json::json;
+
+    #[test]
+    fn a_form_body_reads_as_a_json_object_of_strings() {
+        assert_eq!(
+            form_json(b"From=%2B15551230000&Body=Hello+there&To=1&To=2&To=3&Empty=&flag"),
+            json!({"From": "+15551230000", "Body": "Hello there", "To": ["1", "2", "3"], "Empty": "", "flag": ""})
+        );
+        assert_eq!(form_json(b""), json!({}));
     }
 }

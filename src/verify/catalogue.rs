@@ -30,7 +30,12 @@ pub struct Preset {
     pub event_type: &'static [Field],
     /// Where the provider's own event id is (for `dedupe:`).
     pub event_id: Option<Field>,
+    /// Whether the provider sends only JSON objects, so that anything else is refused before its
+    /// signature is checked (X: its CRC answer is an HMAC of a token the caller chooses, in the
+    /// signature's own format; a token can never start with `{`, so no answer signs an event).
+    pub json_object_only: bool,
     /// Whether the signature covers the public URL, which `verify.url` must then give.
+    /// ([`Part::Url`] or [`Part::HubspotUrl`] in the recipe.)
     pub needs_url: bool,
 }
 
@@ -82,6 +87,9 @@ pub enum Part {
     Body,
     /// `verify.url`, then `?` and the request's query when it has one.
     Url,
+    /// [`Part::Url`] with HubSpot's list of percent-escapes decoded (`%3A` `%2F` `%3F` `%40`
+    /// `%21` `%24` `%27` `%28` `%29` `%2A` `%2C` `%3B`), as its v3 signature takes the URI.
+    HubspotUrl,
     /// The request method.
     Method,
     /// Twilio: a form body's parameters sorted by name, each name then value (decoded); nothing for
@@ -149,7 +157,7 @@ const fn h(name: &'static str) -> Hdr {
 }
 
 use Field::{Header as H, Path as P};
-use Part::{Body, Lit, Method, Timestamp, TwilioParams, Url};
+use Part::{Body, HubspotUrl, Lit, Method, Timestamp, TwilioParams, Url};
 
 /// An HMAC-SHA256 of the body alone.
 const fn body_mac(encoding: Encoding, name: &'static str, prefix: &'static str) -> Check {
@@ -173,6 +181,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[H("x-github-event")],
         event_id: Some(H("x-github-delivery")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -184,6 +193,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[H("x-gitlab-event")],
         event_id: Some(H("x-gitlab-event-uuid")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -195,6 +205,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[H("x-event-key")],
         event_id: Some(H("x-request-uuid")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -212,6 +223,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[P("$.type")],
         event_id: Some(P("$.id")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -223,6 +235,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[H("x-shopify-topic")],
         event_id: Some(H("x-shopify-webhook-id")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -240,6 +253,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: Some(Handshake::SlackChallenge),
         event_type: &[P("$.event.type"), P("$.type"), P("$.command")],
         event_id: Some(P("$.event_id")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -255,6 +269,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[P("$.type")],
         event_id: Some(H("webhook-id")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -266,6 +281,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[P("$.type")],
         event_id: Some(H("svix-id")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -283,6 +299,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: Some(Handshake::ZoomValidation),
         event_type: &[P("$.event")],
         event_id: None,
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -294,6 +311,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: Some(Handshake::MetaHub),
         event_type: &[P("$.object")],
         event_id: None,
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -305,6 +323,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: Some(Handshake::XCrc),
         event_type: &[],
         event_id: None,
+        json_object_only: true,
         needs_url: false,
     },
     Preset {
@@ -316,6 +335,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: Some(Handshake::GraphValidation),
         event_type: &[P("$.value[0].changeType")],
         event_id: None,
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -327,6 +347,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: Some(Handshake::DropboxChallenge),
         event_type: &[],
         event_id: None,
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -344,6 +365,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[],
         event_id: Some(H("i-twilio-idempotency-token")),
+        json_object_only: false,
         needs_url: true,
     },
     Preset {
@@ -358,6 +380,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[P("$[0].event")],
         event_id: None,
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -375,6 +398,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[P("$.event_type")],
         event_id: Some(P("$.event_id")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -392,6 +416,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[H("linear-event")],
         event_id: Some(H("linear-delivery")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -409,6 +434,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[P("$.topic")],
         event_id: Some(P("$.id")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -426,6 +452,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[P("$.type")],
         event_id: Some(P("$.event_id")),
+        json_object_only: false,
         needs_url: true,
     },
     Preset {
@@ -437,6 +464,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[P("$['event-data'].event"), P("$.event")],
         event_id: Some(P("$.signature.token")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -454,6 +482,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[P("$.event.event_type")],
         event_id: Some(P("$.event.id")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -465,6 +494,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[P("$.event_type")],
         event_id: Some(P("$.event_id")),
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -482,6 +512,7 @@ pub static PRESETS: &[Preset] = &[
         handshake: None,
         event_type: &[P("$.event")],
         event_id: None,
+        json_object_only: false,
         needs_url: false,
     },
     Preset {
@@ -492,16 +523,59 @@ pub static PRESETS: &[Preset] = &[
             algorithm: Algorithm::Sha256,
             encoding: Encoding::Base64,
             sig: Sig::Header { name: h("x-hubspot-signature-v3"), prefix: "" },
-            signed: &[Method, Url, Body, Timestamp],
+            signed: &[Method, HubspotUrl, Body, Timestamp],
             time: Time::Header(h("x-hubspot-request-timestamp"), Unit::Millis),
         },
         tolerance: Some(300),
         handshake: None,
         event_type: &[P("$[0].subscriptionType")],
         event_id: None,
+        json_object_only: false,
         needs_url: true,
     },
 ];
+
+/// HubSpot's v3 URI: the URL with these escapes decoded.
+pub fn hubspot_uri(url: &str) -> String {
+    const DECODED: [(&str, &str); 12] = [
+        ("%3A", ":"),
+        ("%2F", "/"),
+        ("%3F", "?"),
+        ("%40", "@"),
+        ("%21", "!"),
+        ("%24", "$"),
+        ("%27", "'"),
+        ("%28", "("),
+        ("%29", ")"),
+        ("%2A", "*"),
+        ("%2C", ","),
+        ("%3B", ";"),
+    ];
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let escape = rest.get(i..i + 3).unwrap_or(&rest[i..]);
+        match DECODED.iter().find(|(e, _)| e.eq_ignore_ascii_case(escape)) {
+            Some((_, c)) => {
+                out.push_str(c);
+                rest = &rest[i + 3..];
+            }
+            None => {
+                out.push('%');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+#[test]
+fn hubspot_uri_decodes_only_its_list() {
+    assert_eq!(hubspot_uri("https://x.io/h?a=%3A%2f%40%20%25&b=%2C%3B%"), "https://x.io/h?a=:/@%20%25&b=,;%");
+}
 
 /// The preset named `name`.
 pub fn preset(name: &str) -> Option<&'static Preset> {
@@ -581,6 +655,7 @@ impl Preset {
                     Timestamp => "timestamp".into(),
                     Body => "body".into(),
                     Url => "url".into(),
+                    HubspotUrl => "url (HubSpot's escapes decoded)".into(),
                     Method => "method".into(),
                     TwilioParams => "sorted form params".into(),
                 })

@@ -425,6 +425,9 @@ impl Verifier {
                 let digest = mac::sha256(header_bytes(headers, header)?);
                 self.match_credential(&digest)
             }
+            Scheme::Preset(p) if p.json_object_only && req.body.trim_ascii_start().first() != Some(&b'{') => {
+                Err(VerifyError::MalformedBody(format!("{} sends JSON objects only", p.name)))
+            }
             Scheme::Preset(p) => match &p.check {
                 Check::Mac { algorithm, encoding, sig, signed, time } => {
                     self.verify_mac(req, now, *algorithm, *encoding, sig, signed, time)
@@ -480,7 +483,11 @@ impl Verifier {
                 None
             }
         };
-        let url = signed.contains(&Part::Url).then(|| self.public_url(req.query));
+        let url = if signed.contains(&Part::HubspotUrl) {
+            Some(catalogue::hubspot_uri(&self.public_url(req.query)))
+        } else {
+            signed.contains(&Part::Url).then(|| self.public_url(req.query))
+        };
         let params =
             if signed.contains(&Part::TwilioParams) { Some(twilio_params(req, url.as_deref())?) } else { None };
         let mut parts: [&[u8]; 8] = [&[]; 8];
@@ -489,7 +496,7 @@ impl Verifier {
                 Part::Lit(s) => s.as_bytes(),
                 Part::Timestamp => timestamp.unwrap_or_default().as_bytes(),
                 Part::Body => req.body,
-                Part::Url => url.as_deref().unwrap_or_default().as_bytes(),
+                Part::Url | Part::HubspotUrl => url.as_deref().unwrap_or_default().as_bytes(),
                 Part::Method => req.method.as_bytes(),
                 Part::TwilioParams => params.as_deref().unwrap_or_default(),
             };

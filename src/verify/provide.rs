@@ -177,7 +177,10 @@ impl Verifier {
         if signed.contains(&Part::TwilioParams) && !form {
             out.query = Some(format!("bodySHA256={}", hex::encode(mac::sha256(&body))));
         }
-        let url = self.public_url(out.query.as_deref());
+        let mut url = self.public_url(out.query.as_deref());
+        if signed.contains(&Part::HubspotUrl) {
+            url = super::catalogue::hubspot_uri(&url);
+        }
         let params = if signed.contains(&Part::TwilioParams) && form {
             let mut pairs: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
             pairs.sort();
@@ -191,7 +194,7 @@ impl Verifier {
                 Part::Lit(s) => s.as_bytes(),
                 Part::Timestamp => ts.as_bytes(),
                 Part::Body => &body[..],
-                Part::Url => url.as_bytes(),
+                Part::Url | Part::HubspotUrl => url.as_bytes(),
                 Part::Method => b"POST",
                 Part::TwilioParams => &params[..],
             })

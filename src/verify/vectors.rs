@@ -208,3 +208,23 @@ MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgkYe6bUNE5zxvBA8D
 yqg/4imtq5gzTbIJlve7tbnYi4+hRANCAARu5Erg5O42QgMDhuJrJNcd3JpRXa9U
 V6LjyE/BbFjXxmDLAW+TAxWmX7uiMXSWzKxJKwRA2O26F6dRmtiOqHfu
 -----END PRIVATE KEY-----";
+
+/// X's CRC answer is `sha256=<base64 HMAC(secret, token)>`, the format of its event signatures:
+/// a token signed that way must never pass as an event. Tokens cannot start with `{`; bodies must.
+#[test]
+fn an_x_crc_answer_never_signs_an_event() {
+    let verifier = verifier("x", &["consumer-secret".to_owned()], None, None);
+    let token = "AbC123_-+/=";
+    let Some(HandshakeOutcome::Answer(answer)) =
+        verifier.handshake_by_query(&Method::GET, Some(&format!("crc_token={}", token.replace('+', "%2B"))))
+    else {
+        panic!("a CRC is answered")
+    };
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-twitter-webhooks-signature", body["response_token"].as_str().unwrap().parse().unwrap());
+    let err = verifier.verify(&headers, token.as_bytes(), at(1)).unwrap_err();
+    assert_eq!(err.to_string(), "malformed body: x sends JSON objects only");
+    let refused = verifier.handshake_by_query(&Method::GET, Some("crc_token=%7B%22a%22%3A1%7D"));
+    assert!(matches!(refused, Some(HandshakeOutcome::Refused { .. })), "{refused:?}");
+}

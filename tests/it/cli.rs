@@ -824,6 +824,131 @@ sources:
     assert!(failures.is_empty(), "{}\n\ngateway logs:\n{}", failures.join("\n"), gw.logs());
 }
 
+/// `send` signs as every provider of the catalogue does (asymmetric ones with `--private-key`,
+/// form bodies as forms), and the gateway, verifying with the same config, accepts each: every
+/// preset has a local round trip. `providers` lists the same catalogue.
+#[tokio::test]
+async fn send_signs_as_every_provider_of_the_catalogue() {
+    let dir = tempfile::tempdir().unwrap();
+    let ed_key = write_config(dir.path(), "ed.key", "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n");
+    let p256_key = write_config(dir.path(), "p256.pem", P256_PEM);
+    let graph =
+        write_config(dir.path(), "graph.json", r#"{"value":[{"changeType":"created","resource":"me/messages"}]}"#);
+    let array =
+        write_config(dir.path(), "array.json", r#"[{"event":"delivered","subscriptionType":"contact.creation"}]"#);
+    let form = write_config(dir.path(), "form.txt", "From=%2B15551230000&To=%2B15559870000&Body=Hello+there");
+    let sw = format!("whsec_{}", b64(b"send standard webhooks"));
+    let url = "https://hooks.example.com/in";
+    let gw = Gateway::start(&format!(
+        r#"
+server: {{ listen: "127.0.0.1:0" }}
+sources:
+  github: {{ path: /github, verify: {{ scheme: github, secret: s }} }}
+  gitlab: {{ path: /gitlab, verify: {{ scheme: gitlab, secret: s }} }}
+  bitbucket: {{ path: /bitbucket, verify: {{ scheme: bitbucket, secret: s }} }}
+  stripe: {{ path: /stripe, verify: {{ scheme: stripe, secret: whsec_s }} }}
+  shopify: {{ path: /shopify, verify: {{ scheme: shopify, secret: s }} }}
+  slack: {{ path: /slack, verify: {{ scheme: slack, secret: s }} }}
+  standard-webhooks: {{ path: /sw, verify: {{ scheme: standard-webhooks, secret: "{sw}" }} }}
+  v1a: {{ path: /v1a, verify: {{ scheme: standard-webhooks, secret: "whpk_A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=" }} }}
+  svix: {{ path: /svix, verify: {{ scheme: svix, secret: "{sw}" }} }}
+  zoom: {{ path: /zoom, verify: {{ scheme: zoom, secret: s }} }}
+  meta: {{ path: /meta, verify: {{ scheme: meta, secret: s, verify_token: t }} }}
+  x: {{ path: /x, verify: {{ scheme: x, secret: s }} }}
+  microsoft-graph: {{ path: /graph, verify: {{ scheme: microsoft-graph, secret: s }} }}
+  dropbox: {{ path: /dropbox, verify: {{ scheme: dropbox, secret: s }} }}
+  twilio: {{ path: /twilio, verify: {{ scheme: twilio, secret: s, url: "{url}" }} }}
+  twilio-form: {{ path: /twilio-form, verify: {{ scheme: twilio, secret: s, url: "{url}" }} }}
+  sendgrid: {{ path: /sendgrid, verify: {{ scheme: sendgrid, secret: "{P256_PUBLIC}" }} }}
+  paddle: {{ path: /paddle, verify: {{ scheme: paddle, secret: s }} }}
+  linear: {{ path: /linear, verify: {{ scheme: linear, secret: s }} }}
+  intercom: {{ path: /intercom, verify: {{ scheme: intercom, secret: s }} }}
+  square: {{ path: /square, verify: {{ scheme: square, secret: s, url: "{url}" }} }}
+  mailgun: {{ path: /mailgun, verify: {{ scheme: mailgun, secret: s }} }}
+  mailgun-form: {{ path: /mailgun-form, verify: {{ scheme: mailgun, secret: s }} }}
+  pagerduty: {{ path: /pagerduty, verify: {{ scheme: pagerduty, secret: s }} }}
+  typeform: {{ path: /typeform, verify: {{ scheme: typeform, secret: s }} }}
+  calendly: {{ path: /calendly, verify: {{ scheme: calendly, secret: s }} }}
+  hubspot: {{ path: /hubspot, verify: {{ scheme: hubspot, secret: s, url: "{url}" }} }}
+"#
+    ))
+    .await;
+    let json = example("github-push.json");
+    let form_type = "content-type: application/x-www-form-urlencoded";
+    let ed = ed_key.to_str().unwrap();
+    let p256 = p256_key.to_str().unwrap();
+    let sources: Vec<(&str, &Path, Vec<&str>)> = vec![
+        ("github", &json, vec![]),
+        ("gitlab", &json, vec![]),
+        ("bitbucket", &json, vec![]),
+        ("stripe", &json, vec![]),
+        ("shopify", &json, vec![]),
+        ("slack", &json, vec![]),
+        ("standard-webhooks", &json, vec![]),
+        ("v1a", &json, vec!["--private-key", ed]),
+        ("svix", &json, vec![]),
+        ("zoom", &json, vec![]),
+        ("meta", &json, vec![]),
+        ("x", &json, vec![]),
+        ("microsoft-graph", &graph, vec![]),
+        ("dropbox", &json, vec![]),
+        ("twilio", &json, vec![]),
+        ("twilio-form", &form, vec!["-H", form_type]),
+        ("sendgrid", &array, vec!["--private-key", p256]),
+        ("paddle", &json, vec![]),
+        ("linear", &json, vec![]),
+        ("intercom", &json, vec![]),
+        ("square", &json, vec![]),
+        ("mailgun", &json, vec![]),
+        ("mailgun-form", &form, vec!["-H", form_type]),
+        ("pagerduty", &json, vec![]),
+        ("typeform", &json, vec![]),
+        ("calendly", &json, vec![]),
+        ("hubspot", &array, vec![]),
+    ];
+    let mut failures = Vec::new();
+    for (source, body, extra) in &sources {
+        let mut cmd = hookyard();
+        cmd.arg("send")
+            .arg("--config")
+            .arg(&gw.config_path)
+            .args(["--source", source, "--gateway", &gw.url("")])
+            .args(extra)
+            .arg(body);
+        let out = run_cli(cmd).await;
+        if out.code() != Some(0) || !out.stdout.starts_with("202 {\"id\":\"evt_") {
+            failures.push(format!("{source}: exit {:?}, stdout {:?}, stderr {:?}", out.code(), out.stdout, out.stderr));
+        }
+    }
+    assert!(failures.is_empty(), "{}\n\ngateway logs:\n{}", failures.join("\n"), gw.logs());
+
+    // without its private key, an asymmetric preset says what it needs
+    let mut cmd = hookyard();
+    cmd.arg("send").arg("--config").arg(&gw.config_path);
+    cmd.args(["--source", "sendgrid", "--gateway", &gw.url("")]).arg(&array);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1));
+    assert_eq!(
+        out.stderr.trim(),
+        "error: cannot sign as sendgrid: sendgrid signs with a private key: give --private-key (PKCS#8 PEM)"
+    );
+
+    let mut cmd = hookyard();
+    cmd.args(["providers", "--json"]);
+    let out = run_cli(cmd).await;
+    let listed: Vec<String> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["scheme"].as_str().unwrap().to_owned())
+        .collect();
+    let configured: Vec<&str> =
+        sources.iter().map(|s| s.0).filter(|s| !["v1a", "twilio-form", "mailgun-form"].contains(s)).collect();
+    assert_eq!(listed, configured, "providers lists the catalogue, in order");
+}
+
+const P256_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgkYe6bUNE5zxvBA8D\nyqg/4imtq5gzTbIJlve7tbnYi4+hRANCAARu5Erg5O42QgMDhuJrJNcd3JpRXa9U\nV6LjyE/BbFjXxmDLAW+TAxWmX7uiMXSWzKxJKwRA2O26F6dRmtiOqHfu\n-----END PRIVATE KEY-----";
+const P256_PUBLIC: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEbuRK4OTuNkIDA4biayTXHdyaUV2vVFei48hPwWxY18ZgywFvkwMVpl+7ojF0lsysSSsEQNjtuhenUZrYjqh37g==";
+
 // --- reload / status with a broken config ----------------------------------------------------
 
 /// A port that was free a moment ago: the admin address has to be written in the file for the

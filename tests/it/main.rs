@@ -16,6 +16,7 @@ mod logs;
 mod migrate;
 mod plugins;
 mod postgres;
+mod providers;
 mod readme;
 mod reload;
 mod routing;
