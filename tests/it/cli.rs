@@ -89,7 +89,7 @@ fn broken_lines(path: &Path) -> Vec<String> {
             "{f}:6:39: sources.github.verify.secret: environment variable HOOKYARD_TEST_NEVER_SET is not set (write ${{HOOKYARD_TEST_NEVER_SET:-default}} to give a default)"
         ),
         format!(
-            "{f}:16:9: routes[0].when[0].equal: unknown field `equal`, expected one of `header`, `path`, `equals`, `not_equals`, `in`, `gt`, `gte`, `lt`, `lte`, `matches`, `exists`, `contains`, `any`, `all`, `not`"
+            "{f}:16:9: routes[0].when[0].equal: unknown field `equal`, expected one of `header`, `path`, `event_type`, `equals`, `not_equals`, `in`, `gt`, `gte`, `lt`, `lte`, `matches`, `exists`, `contains`, `any`, `all`, `not`"
         ),
         format!("{f}:19:5: routes[1].source: unknown source \"githbu\" (did you mean \"github\"?)"),
         format!("{f}:22:9: routes[1].when[0].matches: invalid regex `refs/heads/(main`: unclosed group"),
@@ -476,6 +476,8 @@ struct DryRun {
     headers: &'static [&'static str],
     body: &'static str,
     body_is_json: bool,
+    /// What the source's provider preset reads as the event's type.
+    event_type: Option<&'static str>,
     /// `(route, matched)` for every route of the source, in file order.
     routes: &'static [(&'static str, bool)],
     /// `(route, destination, url)`.
@@ -488,6 +490,7 @@ const DRY_RUNS: &[DryRun] = &[
         headers: &["X-GitHub-Event: push", "X-GitHub-Delivery: 72d3162e"],
         body: "github-push.json",
         body_is_json: true,
+        event_type: Some("push"),
         routes: &[("pushes-to-main", true), ("pull-requests-opened", false)],
         deliveries: &[
             ("pushes-to-main", "deploys", "http://127.0.0.1:9000/deploys"),
@@ -499,6 +502,7 @@ const DRY_RUNS: &[DryRun] = &[
         headers: &["X-GitHub-Event: pull_request"],
         body: "github-pull_request.json",
         body_is_json: true,
+        event_type: Some("pull_request"),
         routes: &[("pushes-to-main", false), ("pull-requests-opened", true)],
         deliveries: &[("pull-requests-opened", "reviews", "http://127.0.0.1:9000/reviews")],
     },
@@ -507,6 +511,7 @@ const DRY_RUNS: &[DryRun] = &[
         headers: &["X-GitHub-Event: issues"],
         body: "github-push.json",
         body_is_json: true,
+        event_type: Some("issues"),
         routes: &[("pushes-to-main", false), ("pull-requests-opened", false)],
         deliveries: &[],
     },
@@ -515,6 +520,7 @@ const DRY_RUNS: &[DryRun] = &[
         headers: &[],
         body: "stripe-invoice.paid.json",
         body_is_json: true,
+        event_type: Some("invoice.paid"),
         routes: &[("paid-invoices", true)],
         deliveries: &[("paid-invoices", "billing", "http://127.0.0.1:9000/billing")],
     },
@@ -523,6 +529,7 @@ const DRY_RUNS: &[DryRun] = &[
         headers: &["X-Shopify-Topic: orders/create"],
         body: "shopify-orders-create.json",
         body_is_json: true,
+        event_type: Some("orders/create"),
         routes: &[("large-orders", true), ("all-orders", true)],
         deliveries: &[
             ("large-orders", "orders", "http://127.0.0.1:9000/orders"),
@@ -535,6 +542,7 @@ const DRY_RUNS: &[DryRun] = &[
         headers: &[],
         body: "slack-app_mention.json",
         body_is_json: true,
+        event_type: Some("app_mention"),
         routes: &[("slack-mentions", true)],
         deliveries: &[("slack-mentions", "chat", "http://127.0.0.1:9000/chat")],
     },
@@ -543,6 +551,7 @@ const DRY_RUNS: &[DryRun] = &[
         headers: &["Content-Type: text/plain"],
         body: "NOT-JSON",
         body_is_json: false,
+        event_type: None,
         routes: &[("slack-mentions", false)],
         deliveries: &[],
     },
@@ -575,7 +584,7 @@ async fn dry_run_prints_matched_routes_and_exact_requests() {
 
         assert_eq!(
             v["event"],
-            json!({"id": "evt_dryrun", "source": case.source, "body_is_json": case.body_is_json}),
+            json!({"id": "evt_dryrun", "source": case.source, "body_is_json": case.body_is_json, "event_type": case.event_type}),
             "{label}"
         );
         let routes: Vec<Value> = case.routes.iter().map(|(n, m)| json!({"name": n, "matched": m})).collect();

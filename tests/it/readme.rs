@@ -371,3 +371,66 @@ fn the_readme_excerpt_of_routes_yaml_is_in_it() {
         assert!(bundled.contains(line), "the README quotes a line routes.yaml does not have: {line:?}");
     }
 }
+
+/// docs/providers.md shows one ```yaml block per preset of the catalogue, in its order, each a
+/// whole config that `check` accepts with its `${ENV}` variables set, and `dedupe:` on the
+/// provider's event id where the preset names one; its table lists the presets in the same order
+/// with their tolerances.
+#[test]
+fn every_provider_block_is_a_valid_config() {
+    use hookyard::verify::catalogue::{Field, PRESETS};
+    // SendGrid's secret is an ECDSA P-256 public key, base64 of its DER SubjectPublicKeyInfo
+    // (made once with python3 `cryptography`); any other variable may hold a `whsec_` secret
+    // (destinations' `sign.secret` and the Standard Webhooks and Svix sources need one).
+    const SENDGRID_KEY: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE613Ioyyi7zSaW1l2bdxav7d5tAnYcZoUvFYvxtlAc1U7JhLH017CRN2N2kJBduLqL+pi5P/iwVdMqT3DV5I/Aw==";
+    const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let text = std::fs::read_to_string(crate::harness::manifest_dir().join("docs/providers.md")).unwrap();
+    let blocks: Vec<&str> = text.split("```yaml\n").skip(1).map(|rest| rest.split("```").next().unwrap()).collect();
+    let variable = regex::Regex::new(r"\$\{([A-Za-z0-9_]+)\}").unwrap();
+    let scheme = regex::Regex::new(r"scheme: ([a-z0-9-]+)").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut shown = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        let name = &scheme.captures(block).unwrap_or_else(|| panic!("block {i} names no scheme:\n{block}"))[1];
+        let config = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&config, block).unwrap();
+        let mut check = Command::new(crate::harness::bin());
+        check.args(["check", "--config"]).arg(&config);
+        for var in variable.captures_iter(block) {
+            check.env(&var[1], if &var[1] == "SENDGRID_VERIFICATION_KEY" { SENDGRID_KEY } else { WHSEC });
+        }
+        let out = check.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "docs/providers.md: the {name} block does not pass `check`:\n{stderr}\n{block}");
+        assert!(stderr.is_empty(), "docs/providers.md: `check` warns about the {name} block:\n{stderr}");
+        if let Some(preset) = PRESETS.iter().find(|p| p.name == name) {
+            let dedupe = match preset.event_id {
+                Some(Field::Header(h)) => Some(format!("dedupe: {{ header: {h} }}")),
+                Some(Field::Path(p)) => Some(format!("dedupe: {{ path: {p} }}")),
+                None => None,
+            };
+            match dedupe {
+                Some(d) => assert!(
+                    block.to_lowercase().contains(&d.to_lowercase()),
+                    "docs/providers.md: the {name} block should have `{d}`:\n{block}"
+                ),
+                None => assert!(!block.contains("dedupe:"), "{name} names no event id, yet its block dedupes"),
+            }
+        }
+        shown.push(name.to_string());
+    }
+    let presets: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+    assert_eq!(shown, presets, "docs/providers.md: one block per preset, in catalogue order");
+    // the summary table: `| [`github`](#…) | … | tolerance | …`
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.starts_with("| [`"))
+        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+        .collect();
+    let listed: Vec<&str> = rows.iter().map(|r| r[0].split('`').nth(1).unwrap()).collect();
+    assert_eq!(listed, presets, "docs/providers.md: the table lists every preset, in catalogue order");
+    for (row, preset) in rows.iter().zip(PRESETS) {
+        let tolerance = preset.tolerance.map_or("—".to_string(), |s| format!("{s} s"));
+        assert_eq!(row[4], tolerance, "docs/providers.md: the tolerance of {}", preset.name);
+    }
+}
