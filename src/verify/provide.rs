@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue};
 use super::catalogue::{Check, Part, Sig, Time, Unit};
 use super::keys::PrivateKey;
 use super::mac::{self, Decimal, Tag};
-use super::{Algorithm, Encoding, Keys, Scheme, Verifier, standard_webhooks_signed, unix_seconds};
+use super::{Encoding, Keys, Scheme, Verifier, standard_webhooks_signed, unix_seconds};
 
 /// What a provider would send: headers, a query string to add to the URL (Twilio's `bodySHA256`),
 /// and the body when the provider signs inside it (Mailgun, Graph's clientState, Linear's
@@ -139,9 +139,9 @@ impl Verifier {
                     out.headers.push((HeaderName::from_static(timestamp), value(&ts)?));
                     out.headers.push((HeaderName::from_static(signature), value(&sig)?));
                 }
-                (Check::Mac { algorithm, encoding, sig, signed, time }, Keys::Mac(k)) => {
+                (Check::Mac { encoding, sig, signed, time, .. }, Keys::Mac(k)) => {
                     let key = k.first().ok_or("no secret")?;
-                    self.sign_mac(&mut out, key, body, secs, form, (*algorithm, *encoding), sig, signed, time)?;
+                    self.sign_mac(&mut out, key, body, secs, form, *encoding, sig, signed, time)?;
                 }
                 _ => return Err(format!("scheme {} cannot sign with these secrets", p.name)),
             },
@@ -158,7 +158,7 @@ impl Verifier {
         body: &[u8],
         secs: i64,
         form: bool,
-        (_, encoding): (Algorithm, Encoding),
+        encoding: Encoding,
         sig: &Sig,
         signed: &[Part],
         time: &Time,
