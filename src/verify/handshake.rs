@@ -43,6 +43,16 @@ pub enum Outcome {
     },
 }
 
+impl Verifier {
+    /// Of Zoom's secrets, the first whose `v0` signature of the request matches.
+    fn signing_key<'k>(&self, headers: &HeaderMap, body: &[u8], keys: &'k [mac::MacKey]) -> Option<&'k mac::MacKey> {
+        let timestamp = headers.get("x-zm-request-timestamp")?.as_bytes();
+        let presented = headers.get("x-zm-signature")?.as_bytes().strip_prefix(b"v0=")?;
+        let presented = Tag::decode(Encoding::Hex, presented, 32)?;
+        keys.iter().find(|k| k.tag(&[b"v0:", timestamp, b":", body]).matches(&presented))
+    }
+}
+
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
@@ -137,7 +147,10 @@ impl Verifier {
                 }
                 let plain = json.get("payload")?.get("plainToken")?.as_str()?;
                 let Keys::Mac(keys) = &self.keys else { return None };
-                let tag = keys.first()?.tag(&[plain.as_bytes()]);
+                // the secret that signed this request (while a secret rolls, Zoom signs with one
+                // of two and expects the answer from the same one)
+                let key = self.signing_key(headers, body, keys)?;
+                let tag = key.tag(&[plain.as_bytes()]);
                 let encrypted = tag.header_value("", Encoding::Hex);
                 format!(
                     "{{\"plainToken\":{},\"encryptedToken\":{}}}",

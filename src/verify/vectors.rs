@@ -228,3 +228,25 @@ fn an_x_crc_answer_never_signs_an_event() {
     let refused = verifier.handshake_by_query(&Method::GET, Some("crc_token=%7B%22a%22%3A1%7D"));
     assert!(matches!(refused, Some(HandshakeOutcome::Refused { .. })), "{refused:?}");
 }
+
+/// While Zoom's secret rolls, the validation is answered with the secret that signed it.
+#[test]
+fn zoom_answers_with_the_secret_that_signed_the_validation() {
+    use hmac::{Hmac, Mac};
+    let hex_mac = |key: &str, parts: &[&[u8]]| {
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+        parts.iter().for_each(|p| m.update(p));
+        hex::encode(m.finalize().into_bytes())
+    };
+    let verifier = verifier("zoom", &["old-secret".to_owned(), "new-secret".to_owned()], None, None);
+    let body = br#"{"payload":{"plainToken":"P1"},"event_ts":1,"event":"endpoint.url_validation"}"#;
+    let ts = "1764770000";
+    let mut headers = HeaderMap::new();
+    headers.insert("x-zm-request-timestamp", ts.parse().unwrap());
+    let signature = format!("v0={}", hex_mac("new-secret", &[b"v0:", ts.as_bytes(), b":", body]));
+    headers.insert("x-zm-signature", signature.parse().unwrap());
+    verifier.verify(&headers, body, at(1_764_770_000)).unwrap();
+    let answer = verifier.handshake_by_body(&headers, body).unwrap();
+    let expected = format!(r#"{{"plainToken":"P1","encryptedToken":"{}"}}"#, hex_mac("new-secret", &[b"P1"]));
+    assert_eq!(String::from_utf8(answer.body.to_vec()).unwrap(), expected);
+}
