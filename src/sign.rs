@@ -9,8 +9,9 @@
 
 use std::fmt;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::verify::keys;
 use crate::verify::mac::{self, Decimal, MacKey};
 use crate::verify::{self, Algorithm, Encoding};
 
@@ -20,7 +21,9 @@ pub enum SignScheme {
     /// No signature header.
     None,
     /// Standard Webhooks: `webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`
-    /// with a `whsec_<base64 key>` secret.
+    /// with a `whsec_<base64 key>` secret, or `v1a,<base64 ed25519 signature>` of the same string
+    /// with a `whsk_` key (the receiver verifies with its `whpk_` public key). During a rotation
+    /// the header carries one signature per key, space-separated.
     StandardWebhooks,
     /// GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`.
     Github,
@@ -40,11 +43,32 @@ impl SignScheme {
     }
 }
 
+/// A decoded signing key.
+enum SignKey {
+    Mac(MacKey),
+    Ed25519(ed25519_dalek::SigningKey),
+}
+
+impl SignKey {
+    /// The Standard Webhooks entry (`v1,…` or `v1a,…`) for the signed string's parts.
+    fn standard_webhooks_entry(&self, signed: &[&[u8]]) -> String {
+        match self {
+            SignKey::Mac(key) => {
+                let value = key.tag(signed).header_value(verify::STANDARD_WEBHOOKS_PREFIX, Encoding::Base64);
+                value.to_str().expect("base64 is ASCII").to_owned()
+            }
+            SignKey::Ed25519(key) => format!("v1a,{}", keys::sign_v1a(key, signed)),
+        }
+    }
+}
+
 /// A sign scheme with its decoded secret.
 pub struct Signer {
     scheme: SignScheme,
     /// Present for every scheme but `None`.
-    key: Option<MacKey>,
+    key: Option<SignKey>,
+    /// Standard Webhooks only: keys being rotated out, each signing too until its Unix time.
+    previous: Vec<(SignKey, i64)>,
 }
 
 impl fmt::Debug for Signer {
@@ -74,7 +98,20 @@ impl Signer {
         {
             return Err(KeyError::new("", "header, algorithm, encoding and prefix apply to the hmac scheme only"));
         }
-        Signer::new(scheme, s.secret.as_ref().map(|s| s.0.as_str())).map_err(|m| KeyError::new("", m))
+        let signer = Signer::new(scheme, s.secret.as_ref().map(|s| s.0.as_str())).map_err(|m| KeyError::new("", m))?;
+        let mut previous = Vec::with_capacity(s.previous.len());
+        for (i, p) in s.previous.iter().enumerate() {
+            let until = time::OffsetDateTime::parse(&p.until, &time::format_description::well_known::Rfc3339).map_err(
+                |_| {
+                    KeyError::new(
+                        format!(".previous[{i}].until"),
+                        format!("{:?} is not an RFC 3339 time such as 2026-12-01T00:00:00Z", p.until),
+                    )
+                },
+            )?;
+            previous.push((p.secret.0.clone(), until.unix_timestamp()));
+        }
+        signer.with_previous(&previous).map_err(|(i, m)| KeyError::new(format!(".previous[{i}].secret"), m))
     }
 }
 
@@ -91,18 +128,31 @@ impl Signer {
             }
             (_, None) => return Err(format!("sign scheme {name} needs a secret")),
             (_, Some("")) => return Err(format!("the {name} signing secret is empty")),
-            (SignScheme::StandardWebhooks, Some(secret)) => {
-                let key = mac::decode_whsec(secret)
-                    .map_err(|why| format!("the signing secret is not a valid whsec_ secret: {why}"))?;
-                Some(MacKey::new(Algorithm::Sha256, &key))
-            }
-            (SignScheme::Github, Some(secret)) => Some(MacKey::new(Algorithm::Sha256, secret.as_bytes())),
+            (SignScheme::StandardWebhooks, Some(secret)) => Some(standard_webhooks_key(secret)?),
+            (SignScheme::Github, Some(secret)) => Some(SignKey::Mac(MacKey::new(Algorithm::Sha256, secret.as_bytes()))),
             (SignScheme::Hmac { algorithm, prefix, .. }, Some(secret)) => {
                 mac::check_prefix(prefix)?;
-                Some(MacKey::new(*algorithm, secret.as_bytes()))
+                Some(SignKey::Mac(MacKey::new(*algorithm, secret.as_bytes())))
             }
         };
-        Ok(Signer { scheme, key })
+        Ok(Signer { scheme, key, previous: Vec::new() })
+    }
+
+    /// Adds keys being rotated out, `(secret, until Unix seconds)`: until then each request
+    /// carries their signatures beside the current one (Standard Webhooks only, whose header
+    /// holds several). The error names the entry (from 0) and never quotes the secret.
+    pub fn with_previous(mut self, previous: &[(String, i64)]) -> Result<Signer, (usize, String)> {
+        if !previous.is_empty() && self.scheme != SignScheme::StandardWebhooks {
+            let why = format!(
+                "only standard-webhooks signs with several keys at once (its header carries several signatures); {} carries one",
+                self.scheme.name()
+            );
+            return Err((0, why));
+        }
+        for (i, (secret, until)) in previous.iter().enumerate() {
+            self.previous.push((standard_webhooks_key(secret).map_err(|m| (i, m))?, *until));
+        }
+        Ok(self)
     }
 
     /// Adds the signature header to `out`, replacing any header of that name (such as the original
@@ -115,17 +165,37 @@ impl Signer {
         match &self.scheme {
             SignScheme::None => {}
             SignScheme::StandardWebhooks => {
-                let timestamp = Decimal::new(timestamp);
-                let signed = verify::standard_webhooks_signed(msg_id.as_bytes(), timestamp.as_bytes(), body);
-                let value = key.tag(&signed).header_value(verify::STANDARD_WEBHOOKS_PREFIX, Encoding::Base64);
+                let ts = Decimal::new(timestamp);
+                let signed = verify::standard_webhooks_signed(msg_id.as_bytes(), ts.as_bytes(), body);
+                let value = match (key, self.previous.is_empty()) {
+                    // the usual case: one HMAC, no string built
+                    (SignKey::Mac(mac), true) => {
+                        mac.tag(&signed).header_value(verify::STANDARD_WEBHOOKS_PREFIX, Encoding::Base64)
+                    }
+                    _ => {
+                        let mut entries = vec![key.standard_webhooks_entry(&signed)];
+                        // a rotated-out key signs until its time (the attempt's timestamp decides)
+                        for (old, until) in &self.previous {
+                            if timestamp < *until {
+                                entries.push(old.standard_webhooks_entry(&signed));
+                            }
+                        }
+                        HeaderValue::try_from(entries.join(" ")).expect("base64 entries are a valid header value")
+                    }
+                };
                 out.insert(verify::WEBHOOK_SIGNATURE, value);
             }
-            SignScheme::Github => {
-                let value = key.tag(&[body]).header_value(verify::GITHUB_PREFIX, Encoding::Hex);
-                out.insert(verify::GITHUB_SIGNATURE, value);
-            }
-            SignScheme::Hmac { header, encoding, prefix, .. } => {
-                out.insert(header.clone(), key.tag(&[body]).header_value(prefix, *encoding));
+            SignScheme::Github | SignScheme::Hmac { .. } => {
+                let SignKey::Mac(key) = key else { return };
+                let (name, value) = match &self.scheme {
+                    SignScheme::Hmac { header, encoding, prefix, .. } => {
+                        (header.clone(), key.tag(&[body]).header_value(prefix, *encoding))
+                    }
+                    _ => {
+                        (verify::GITHUB_SIGNATURE, key.tag(&[body]).header_value(verify::GITHUB_PREFIX, Encoding::Hex))
+                    }
+                };
+                out.insert(name, value);
             }
         }
     }
@@ -135,13 +205,23 @@ impl Signer {
     }
 }
 
+/// A Standard Webhooks signing key: `whsec_` (HMAC) or `whsk_` (ed25519).
+fn standard_webhooks_key(secret: &str) -> Result<SignKey, String> {
+    if secret.starts_with(keys::WHSK_PREFIX) {
+        return keys::decode_whsk(secret)
+            .map(SignKey::Ed25519)
+            .map_err(|why| format!("the signing key is not a valid whsk_ key: {why}"));
+    }
+    let key = mac::decode_whsec(secret)
+        .map_err(|why| format!("the signing secret is not a valid whsec_ (or whsk_) secret: {why}"))?;
+    Ok(SignKey::Mac(MacKey::new(Algorithm::Sha256, &key)))
+}
+
 #[cfg(test)]
 mod tests {
     //! Expected values are Python-computed literals (one-liner next to each), never our own output.
 
     use std::time::{Duration, UNIX_EPOCH};
-
-    use http::HeaderValue;
 
     use super::*;
     use crate::verify::{Scheme, Verifier};
@@ -292,8 +372,8 @@ mod tests {
             (SignScheme::None, Some(SECRET), "takes no secret"),
             (SignScheme::Github, None, "sign scheme github needs a secret"),
             (hmac512(), Some(""), "the hmac signing secret is empty"),
-            (SignScheme::StandardWebhooks, Some(SECRET), "not a valid whsec_ secret: does not start with"),
-            (SignScheme::StandardWebhooks, Some("whsec_%%%%"), "not a valid whsec_ secret: the part after"),
+            (SignScheme::StandardWebhooks, Some(SECRET), "not a valid whsec_ (or whsk_) secret: does not start with"),
+            (SignScheme::StandardWebhooks, Some("whsec_%%%%"), "not a valid whsec_ (or whsk_) secret: the part after"),
             (bad_prefix, Some(SECRET), "signature prefix"),
         ];
         for (scheme, secret, want) in table {
@@ -302,6 +382,86 @@ mod tests {
             assert!(error.contains(want), "{name}: {error:?} lacks {want:?}");
             assert!(!error.contains(SECRET), "{name}: {error:?} quotes the secret");
         }
+    }
+
+    // seed bytes 0..32; python3 -c 'from cryptography.hazmat.primitives.asymmetric import ed25519;import base64;print(base64.b64encode(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32))).sign(b"msg_1.1700000000.{\"event\":\"ping\",\"id\":42}")).decode())'
+    const WHSK: &str = "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const WHPK: &str = "whpk_A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
+    const V1A: &str = "v1a,MYBx4uubUMNKkJ3GxqXbubdgEmoVYqmtENofaU+0DHkIyBxSvwAcOiNjorE9rapBQNv3HHAygLpz0j0PKtwiBw==";
+    const V1: &str = "v1,ls1mZFpTn5QzzwtpZRT0+RotSQnz48CkjmzDYNt+7k4=";
+
+    fn signed(signer: &Signer, timestamp: i64) -> HeaderMap {
+        let mut out = HeaderMap::new();
+        out.insert("webhook-id", HeaderValue::from_static("msg_1"));
+        out.insert("webhook-timestamp", HeaderValue::from(timestamp));
+        signer.sign("msg_1", timestamp, BODY, &mut out);
+        out
+    }
+
+    /// A `whsk_` key signs `v1a` (ed25519, deterministic: Python's `cryptography` gives the same
+    /// bytes); a receiver with the `whpk_` key verifies it.
+    #[test]
+    fn a_whsk_key_signs_v1a() {
+        let signer = Signer::new(SignScheme::StandardWebhooks, Some(WHSK)).unwrap();
+        let out = signed(&signer, T);
+        assert_eq!(out["webhook-signature"], V1A);
+        let verifier =
+            Verifier::new(Scheme::preset("standard-webhooks"), &[WHPK.to_owned()], Duration::from_secs(300)).unwrap();
+        assert!(verifier.verify(&out, BODY, UNIX_EPOCH + Duration::from_secs(T as u64)).is_ok());
+        // the 64-byte layout (seed + public key) is the same key
+        // python3: "whsk_" + base64(seed + the public key's raw 32 bytes)
+        let seed_and_public =
+            "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8DoQe/884Qvh1w3RjnS8CZZ+TWMJulDV8d3IZkElUxuA==".to_owned();
+        let signer = Signer::new(SignScheme::StandardWebhooks, Some(&seed_and_public)).unwrap();
+        assert_eq!(signed(&signer, T)["webhook-signature"], V1A);
+        let mut wrong = seed_and_public.clone();
+        wrong.replace_range(wrong.len() - 4.., "AA==");
+        let err = Signer::new(SignScheme::StandardWebhooks, Some(&wrong)).err().unwrap();
+        assert_eq!(
+            err,
+            "the signing key is not a valid whsk_ key: the whsk_ key's public half does not belong to its seed"
+        );
+    }
+
+    /// During the overlap each request carries the new and the old signature; after `until`,
+    /// only the new one. Each verifies for a receiver holding only its own key.
+    #[test]
+    fn a_rotated_out_secret_signs_until_its_time() {
+        let signer = Signer::new(SignScheme::StandardWebhooks, Some(WHSK))
+            .unwrap()
+            .with_previous(&[(WHSEC.to_owned(), T + 10)])
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let during = signed(&signer, T);
+        assert_eq!(during["webhook-signature"], format!("{V1A} {V1}"));
+        for key in [WHPK, WHSEC] {
+            let verifier =
+                Verifier::new(Scheme::preset("standard-webhooks"), &[key.to_owned()], Duration::from_secs(300))
+                    .unwrap();
+            assert!(verifier.verify(&during, BODY, UNIX_EPOCH + Duration::from_secs(T as u64)).is_ok(), "{key}");
+        }
+        let after = signed(&signer, T + 10);
+        assert!(!after["webhook-signature"].to_str().unwrap().contains(' '), "only the new key after until");
+        assert!(after["webhook-signature"].to_str().unwrap().starts_with("v1a,"));
+
+        let github = Signer::new(SignScheme::Github, Some(SECRET)).unwrap();
+        let err = github.with_previous(&[(SECRET.to_owned(), T)]).err().unwrap();
+        assert_eq!(
+            err.1,
+            "only standard-webhooks signs with several keys at once (its header carries several signatures); github carries one"
+        );
+        let err = Signer::new(SignScheme::StandardWebhooks, Some(WHSEC))
+            .unwrap()
+            .with_previous(&[(WHSEC.to_owned(), T), ("nope".to_owned(), T)])
+            .err()
+            .unwrap();
+        assert_eq!(
+            err,
+            (
+                1,
+                "the signing secret is not a valid whsec_ (or whsk_) secret: does not start with \"whsec_\"".to_owned()
+            )
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod cancel;
 mod dry_run;
+mod keys;
 mod migrate;
 mod ops;
 mod plugin;
@@ -52,6 +53,9 @@ enum Command {
     Send(send::Args),
     /// List the provider presets `verify.scheme` can name, with what each expects.
     Providers(providers::Args),
+    /// Signing keys: `keys generate` makes an ed25519 pair for Standard Webhooks `v1a`.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// A local receiver that prints each incoming webhook and whether its Standard Webhooks
     /// signature verifies.
     Receive(receive::Args),
@@ -92,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::DryRun(args) => dry_run::run(args),
         Command::Send(args) => with_runtime(send::run(args)),
         Command::Providers(args) => providers::run(args),
+        Command::Keys(cmd) => keys::run(cmd),
         Command::Receive(args) => with_runtime(receive::run(args)),
         Command::Events(args) => with_runtime(ops::events(args)),
         Command::Event(args) => with_runtime(ops::event(args)),

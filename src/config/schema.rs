@@ -540,8 +540,16 @@ pub struct SignConfig {
     /// `standard-webhooks` (default), `github`, `hmac` or `none`.
     #[serde(default)]
     pub scheme: SignSchemeName,
-    /// Signing secret (use `${ENV_VAR}`); `whsec_…` for `standard-webhooks`.
+    /// Signing secret (use `${ENV_VAR}`); for `standard-webhooks` a `whsec_…` secret (HMAC, `v1`)
+    /// or a `whsk_…` ed25519 key (`v1a`; `hookyard keys generate` makes one and prints the
+    /// `whpk_…` public key to give the receiver).
     pub secret: Option<Secret>,
+    /// `standard-webhooks`: secrets being rotated out. Until its `until`, each request also
+    /// carries the signature of each (space-separated, as the spec allows), so receivers can
+    /// move to the new secret at their pace; after it, only `secret` signs. Retries are signed
+    /// with the keys current at the attempt.
+    #[serde(default)]
+    pub previous: Vec<PreviousSecret>,
     /// `hmac`: header to put the signature in (required).
     pub header: Option<String>,
     /// `hmac`: `sha256` (default) or `sha512`.
@@ -550,6 +558,15 @@ pub struct SignConfig {
     pub encoding: Option<EncodingName>,
     /// `hmac`: text before the encoded MAC. Default empty.
     pub prefix: Option<String>,
+}
+
+/// `destinations.<name>.sign.previous[]`: a secret being rotated out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousSecret {
+    pub secret: Secret,
+    /// When it stops signing: an RFC 3339 time, e.g. `2026-12-01T00:00:00Z`.
+    pub until: String,
 }
 
 /// `destinations.<name>.retry:` — either a `schedule` or `exponential`.

@@ -80,17 +80,31 @@ pub enum PrivateKey {
 }
 
 impl PrivateKey {
-    /// `whsk_<base64 32-byte seed>` (ed25519), or a PKCS#8 PEM P-256 key.
+    /// `whsk_<base64>` of an ed25519 key: its 32-byte seed, or the 64 bytes seed + public key
+    /// (libsodium's layout; the public half must match); or a PKCS#8 PEM P-256 key.
     pub fn decode(text: &str) -> Result<PrivateKey, String> {
         let text = text.trim();
-        if let Some(encoded) = text.strip_prefix(WHSK_PREFIX) {
-            let seed = BASE64.decode(encoded).map_err(|e| format!("the whsk_ key is not base64 ({e})"))?;
-            let seed: [u8; 32] = seed.try_into().map_err(|_| "a whsk_ key is 32 bytes".to_owned())?;
-            return Ok(PrivateKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed)));
+        if text.starts_with(WHSK_PREFIX) {
+            return Ok(PrivateKey::Ed25519(decode_whsk(text)?));
         }
         p256::ecdsa::SigningKey::from_pkcs8_pem(text)
             .map(PrivateKey::P256)
             .map_err(|e| format!("neither whsk_… nor a PKCS#8 PEM P-256 key: {e}"))
+    }
+
+    /// A new ed25519 key from the operating system's randomness.
+    pub fn generate_ed25519() -> Result<PrivateKey, String> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| format!("no randomness from the operating system: {e}"))?;
+        Ok(PrivateKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed)))
+    }
+
+    /// `whsk_<base64 seed>` of an ed25519 key.
+    pub fn whsk(&self) -> Option<String> {
+        match self {
+            PrivateKey::Ed25519(k) => Some(format!("{WHSK_PREFIX}{}", BASE64.encode(k.to_bytes()))),
+            PrivateKey::P256(_) => None,
+        }
     }
 
     /// The `v1a` signature (base64) of `message`, for ed25519 keys.
@@ -123,4 +137,26 @@ impl PrivateKey {
             }
         }
     }
+}
+
+/// An ed25519 signing key `whsk_<base64>`: the 32-byte seed, or seed + public key (64 bytes).
+/// The error never quotes the key.
+pub fn decode_whsk(text: &str) -> Result<ed25519_dalek::SigningKey, String> {
+    let encoded =
+        text.trim().strip_prefix(WHSK_PREFIX).ok_or_else(|| format!("does not start with {WHSK_PREFIX:?}"))?;
+    let bytes = BASE64.decode(encoded).map_err(|e| format!("the whsk_ key is not base64 ({e})"))?;
+    let seed: [u8; 32] =
+        bytes.get(..32).and_then(|s| s.try_into().ok()).filter(|_| matches!(bytes.len(), 32 | 64)).ok_or_else(
+            || format!("a whsk_ key is 32 bytes (the seed) or 64 (seed and public key), not {}", bytes.len()),
+        )?;
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    if bytes.len() == 64 && key.verifying_key().as_bytes() != &bytes[32..] {
+        return Err("the whsk_ key's public half does not belong to its seed".to_owned());
+    }
+    Ok(key)
+}
+
+/// The `v1a` signature (base64) of `parts` joined, with an ed25519 key.
+pub fn sign_v1a(key: &ed25519_dalek::SigningKey, parts: &[&[u8]]) -> String {
+    BASE64.encode(key.sign(&parts.concat()).to_bytes())
 }

@@ -1278,3 +1278,26 @@ async fn check_reads_the_postgres_ca_file() {
         )
     );
 }
+
+/// `keys generate` prints a fresh ed25519 pair: the public key is the secret key's own, and two
+/// runs differ.
+#[tokio::test]
+async fn keys_generate_prints_a_matching_ed25519_pair() {
+    use base64::Engine as _;
+    let mut pairs = Vec::new();
+    for _ in 0..2 {
+        let mut cmd = hookyard();
+        cmd.args(["keys", "generate"]);
+        let out = run_cli(cmd).await;
+        assert_eq!(out.code(), Some(0), "{}", out.stderr);
+        let field = |prefix: &str| {
+            out.stdout.split_whitespace().find(|w| w.starts_with(prefix)).unwrap_or_else(|| panic!("{}", out.stdout))
+        };
+        let decode = |w: &str| base64::engine::general_purpose::STANDARD.decode(&w[5..]).unwrap();
+        let seed: [u8; 32] = decode(field("whsk_")).try_into().unwrap();
+        let public = decode(field("whpk_"));
+        assert_eq!(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes(), &public[..]);
+        pairs.push(seed);
+    }
+    assert_ne!(pairs[0], pairs[1]);
+}

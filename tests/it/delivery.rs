@@ -906,3 +906,80 @@ routes:
     eprintln!("8 x {} bytes in flight: peak RSS +{} MiB ({ratio:.1}x the bytes)", body.len(), grown / 1024);
     assert!(ratio < 4.0, "peak RSS grew by {} MiB, {ratio:.1}x the {} MiB in flight", grown / 1024, in_flight / 1024);
 }
+
+/// A `whsk_` key signs `v1a` (ed25519); during a rotation each attempt, retries included, also
+/// carries the signature of each secret whose `until` has not passed, and a secret past its
+/// `until` signs no more. Checked with ed25519-dalek and the harness's own HMAC, not our signer.
+#[tokio::test]
+async fn an_ed25519_key_signs_v1a_and_a_rotated_out_secret_signs_until_its_time() {
+    use base64::Engine as _;
+    let sink = Sink::with_script(vec![Reply::status(503), Reply::ok()]).await;
+    // seed bytes 0..32 and its public key (python3 cryptography)
+    let whsk = "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let public =
+        base64::engine::general_purpose::STANDARD.decode("A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=").unwrap();
+    let public = ed25519_dalek::VerifyingKey::from_bytes(&public.try_into().unwrap()).unwrap();
+    let (old, expired) = (secret("rotating out"), secret("long gone"));
+    let gw = gateway(
+        true,
+        &[(
+            "rotating",
+            sink.url("/rotating"),
+            &format!(
+                r#"sign: {{ secret: "{whsk}", previous: [{{ secret: "{old}", until: "2099-01-01T00:00:00Z" }}, {{ secret: "{expired}", until: "2000-01-01T00:00:00Z" }}] }}
+            retry: {{ schedule: [100ms], jitter: 0 }}"#
+            ),
+        )],
+    )
+    .await;
+    send_to(&gw, &["rotating"], "rotation").await;
+    let got = sink.wait_for(2, WAIT).await;
+    for r in &got {
+        let (id, t) = (r.must("webhook-id"), r.must("webhook-timestamp"));
+        let entries: Vec<&str> = r.must("webhook-signature").split(' ').collect();
+        assert_eq!(entries.len(), 2, "the new key and the one still in its overlap: {entries:?}");
+        let v1a = entries[0].strip_prefix("v1a,").expect("the current key first");
+        let sig = base64::engine::general_purpose::STANDARD.decode(v1a).unwrap();
+        let signed = [id.as_bytes(), b".", t.as_bytes(), b".", &r.body].concat();
+        public.verify_strict(&signed, &ed25519_dalek::Signature::from_slice(&sig).unwrap()).expect("v1a verifies");
+        assert_eq!(entries[1], standard_webhooks_signature(&old, id, t, &r.body));
+    }
+    assert_eq!(got[0].must("webhook-id"), got[1].must("webhook-id"), "the retry is the same message");
+}
+
+/// `until` must be an RFC 3339 time; rotation is for standard-webhooks only.
+#[tokio::test]
+async fn check_refuses_a_bad_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"sources:
+  app: {{ path: /in, verify: {{ scheme: none }} }}
+destinations:
+  a: {{ url: "https://a.example.com/", sign: {{ secret: "{s}", previous: [{{ secret: "{s}", until: "next tuesday" }}] }} }}
+  b: {{ url: "https://b.example.com/", sign: {{ scheme: github, secret: x, previous: [{{ secret: y, until: "2030-01-01T00:00:00Z" }}] }} }}
+routes:
+  - {{ name: r, source: app, to: [a, b] }}
+"#,
+            s = secret("check")
+        ),
+    )
+    .unwrap();
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&config);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "{}", out.stdout);
+    let lines: Vec<&str> = out.stderr.lines().map(|l| l.split_once(": ").map_or(l, |(_, rest)| rest)).collect();
+    assert!(
+        lines.contains(&"destinations.a.sign.previous[0].until: \"next tuesday\" is not an RFC 3339 time such as 2026-12-01T00:00:00Z"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        lines.contains(&"destinations.b.sign.previous[0].secret: only standard-webhooks signs with several keys at once (its header carries several signatures); github carries one"),
+        "{}",
+        out.stderr
+    );
+}
