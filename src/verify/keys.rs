@@ -110,7 +110,7 @@ impl PrivateKey {
     /// The `v1a` signature (base64) of `message`, for ed25519 keys.
     pub fn sign_v1a(&self, message: &[u8]) -> Option<String> {
         match self {
-            PrivateKey::Ed25519(k) => Some(BASE64.encode(k.sign(message).to_bytes())),
+            PrivateKey::Ed25519(k) => Some(sign_v1a(k, &[message])),
             PrivateKey::P256(_) => None,
         }
     }

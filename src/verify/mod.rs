@@ -483,11 +483,7 @@ impl Verifier {
                 None
             }
         };
-        let url = if signed.contains(&Part::HubspotUrl) {
-            Some(catalogue::hubspot_uri(&self.public_url(req.query)))
-        } else {
-            signed.contains(&Part::Url).then(|| self.public_url(req.query))
-        };
+        let url = self.recipe_url(signed, req.query);
         let params =
             if signed.contains(&Part::TwilioParams) { Some(twilio_params(req, url.as_deref())?) } else { None };
         let mut parts: [&[u8]; 8] = [&[]; 8];
@@ -502,6 +498,15 @@ impl Verifier {
             };
         }
         self.match_any(&parts[..signed.len()], &presented)
+    }
+
+    /// The URL a recipe signs, if it signs one: [`Part::Url`] or [`Part::HubspotUrl`].
+    fn recipe_url(&self, signed: &[Part], query: Option<&str>) -> Option<String> {
+        if signed.contains(&Part::HubspotUrl) {
+            Some(catalogue::hubspot_uri(&self.public_url(query)))
+        } else {
+            signed.contains(&Part::Url).then(|| self.public_url(query))
+        }
     }
 
     /// `verify.url`, then `?query` when the request has one.
@@ -913,18 +918,19 @@ fn body_millis(body: &[u8], key: &str) -> Result<i64, VerifyError> {
         .ok_or_else(|| VerifyError::MalformedBody(format!("no {key} (Unix milliseconds)")))
 }
 
+/// A form body's parameters sorted by name (then value), each name followed by its value
+/// (decoded): what Twilio signs after the URL.
+fn sorted_form_params(body: &[u8]) -> Vec<u8> {
+    let mut pairs: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    pairs.sort();
+    pairs.into_iter().flat_map(|(k, v)| [k, v]).collect::<String>().into_bytes()
+}
+
 /// Twilio's signed parameters: a form body's, sorted by name (then value), each name followed by
 /// its value; for another body nothing, and the URL's `bodySHA256` must be the body's SHA-256.
 fn twilio_params(req: &Inbound<'_>, url: Option<&str>) -> Result<Vec<u8>, VerifyError> {
     if req.is_form() {
-        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(req.body).into_owned().collect();
-        pairs.sort();
-        let mut out = Vec::new();
-        for (k, v) in pairs {
-            out.extend_from_slice(k.as_bytes());
-            out.extend_from_slice(v.as_bytes());
-        }
-        return Ok(out);
+        return Ok(sorted_form_params(req.body));
     }
     let query = url.and_then(|u| u.split_once('?')).map(|(_, q)| q).unwrap_or_default();
     let declared = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "bodySHA256").map(|(_, v)| v);

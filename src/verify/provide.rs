@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue};
 use super::catalogue::{Check, Part, Sig, Time, Unit};
 use super::keys::PrivateKey;
 use super::mac::{self, Decimal, Tag};
-use super::{Encoding, Keys, Scheme, Verifier, standard_webhooks_signed, unix_seconds};
+use super::{Encoding, Keys, Scheme, Verifier, sorted_form_params, standard_webhooks_signed, unix_seconds};
 
 /// What a provider would send: headers, a query string to add to the URL (Twilio's `bodySHA256`),
 /// and the body when the provider signs inside it (Mailgun, Graph's clientState, Linear's
@@ -177,17 +177,8 @@ impl Verifier {
         if signed.contains(&Part::TwilioParams) && !form {
             out.query = Some(format!("bodySHA256={}", hex::encode(mac::sha256(&body))));
         }
-        let mut url = self.public_url(out.query.as_deref());
-        if signed.contains(&Part::HubspotUrl) {
-            url = super::catalogue::hubspot_uri(&url);
-        }
-        let params = if signed.contains(&Part::TwilioParams) && form {
-            let mut pairs: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-            pairs.sort();
-            pairs.into_iter().flat_map(|(k, v)| [k, v]).collect::<String>().into_bytes()
-        } else {
-            Vec::new()
-        };
+        let url = self.recipe_url(signed, out.query.as_deref()).unwrap_or_default();
+        let params = if signed.contains(&Part::TwilioParams) && form { sorted_form_params(&body) } else { Vec::new() };
         let parts: Vec<&[u8]> = signed
             .iter()
             .map(|p| match p {
