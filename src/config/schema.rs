@@ -438,6 +438,68 @@ pub struct DestinationConfig {
     /// Most requests per second to this destination; excess deliveries are delayed, never dropped.
     /// Default: no limit.
     pub rate_limit: Option<f64>,
+    /// Ordered delivery: per key, one delivery in flight at a time and never a later event before
+    /// an earlier one. Default: none (deliveries go in parallel, in any order).
+    pub ordering: Option<OrderingConfig>,
+}
+
+/// `destinations.<name>.ordering:` — `destination` (one order for every delivery), or a map
+/// `{ key: "$.customer.id" | "header:X-Shop", on_dead: block | skip }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderingConfig {
+    /// `None`: one order for the whole destination.
+    pub key: Option<String>,
+    pub on_dead: OnDead,
+}
+
+/// What a key's order does when its head ends undelivered (dead letter, or failed for good).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDead {
+    /// The key stops until an operator replays or skips the head (the default: never a later
+    /// event before an earlier one was delivered).
+    #[default]
+    Block,
+    /// The key moves on to its next delivery.
+    Skip,
+}
+
+impl<'de> Deserialize<'de> for OrderingConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Keyed {
+            key: String,
+            #[serde(default)]
+            on_dead: OnDead,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Whole {
+            #[serde(default)]
+            on_dead: OnDead,
+        }
+        let v = serde_json::Value::deserialize(d)?;
+        match &v {
+            serde_json::Value::String(s) if s == "destination" => {
+                Ok(OrderingConfig { key: None, on_dead: OnDead::default() })
+            }
+            serde_json::Value::String(s) => Err(serde::de::Error::custom(format!(
+                "ordering \"{s}\" is not known: write `ordering: destination`, or `ordering: {{ key: \"$.path\" }}` (or `key: \"header:Name\"`)"
+            ))),
+            serde_json::Value::Object(m) if m.contains_key("key") => {
+                let k: Keyed = serde_json::from_value(v).map_err(serde::de::Error::custom)?;
+                Ok(OrderingConfig { key: Some(k.key), on_dead: k.on_dead })
+            }
+            serde_json::Value::Object(_) => {
+                let w: Whole = serde_json::from_value(v).map_err(serde::de::Error::custom)?;
+                Ok(OrderingConfig { key: None, on_dead: w.on_dead })
+            }
+            _ => Err(serde::de::Error::custom(
+                "ordering must be `destination` or a map with `key` (a JSONPath or \"header:Name\") and `on_dead`",
+            )),
+        }
+    }
 }
 
 /// `destinations.<name>.breaker:`

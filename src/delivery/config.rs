@@ -10,10 +10,11 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::egress::EgressPolicy;
 use super::{
-    Backoff, BreakerSettings, ClientIdentity, Destination, HttpClient, IdentityError, InFlightLimit, NEVER_FORWARDED,
-    RateLimiter, RetryPolicy, TlsRoots, read_pem_file,
+    Backoff, BreakerSettings, ClientIdentity, Destination, HttpClient, IdentityError, InFlightLimit, KeyOrder,
+    NEVER_FORWARDED, OrderKey, RateLimiter, RetryPolicy, TlsRoots, read_pem_file,
 };
 use crate::config::{DeliveryMethod, DestinationConfig, Inputs, KeyError, TlsConfig, default_schedule};
+use crate::rules::{JsonPath, Projection};
 use crate::sign::Signer;
 
 /// What every destination of a config shares: the egress policy (`egress.allow`) and the
@@ -58,10 +59,18 @@ impl Destination {
         network: &Network,
         inputs: &mut Inputs,
     ) -> Result<Destination, Vec<KeyError>> {
-        let ((url, headers, signer), (roots, identity)) = match (basics(d), tls(&d.tls, &network.roots, inputs)) {
-            (Ok(basics), Ok(tls)) => (basics, tls),
-            (basics, tls) => return Err(basics.err().into_iter().chain(tls.err().into_iter().flatten()).collect()),
-        };
+        let ((url, headers, signer), (roots, identity), ordering) =
+            match (basics(d), tls(&d.tls, &network.roots, inputs), ordering(d)) {
+                (Ok(basics), Ok(tls), Ok(ordering)) => (basics, tls, ordering),
+                (basics, tls, ordering) => {
+                    return Err(basics
+                        .err()
+                        .into_iter()
+                        .chain(tls.err().into_iter().flatten())
+                        .chain(ordering.err())
+                        .collect());
+                }
+            };
         let timeout = Duration::from_millis(d.timeout_ms);
         let client = HttpClient::new(network.policy.clone(), &roots, identity.as_ref(), d.max_in_flight, timeout)
             .map_err(|m| vec![KeyError::new(".tls", m)])?;
@@ -100,8 +109,36 @@ impl Destination {
                 cooldown: d.breaker.cooldown.0,
             },
             rate: d.rate_limit.map(RateLimiter::new),
+            ordering,
         })
     }
+}
+
+/// `ordering`: its key, a JSONPath (only what it reads of a body is parsed) or `header:Name`.
+fn ordering(d: &DestinationConfig) -> Result<Option<KeyOrder>, KeyError> {
+    let Some(o) = &d.ordering else { return Ok(None) };
+    let key =
+        match o.key.as_deref() {
+            None => OrderKey::Destination,
+            Some(k) => match k.strip_prefix("header:") {
+                Some(h) => OrderKey::Header(HeaderName::try_from(h.trim()).map_err(|_| {
+                    KeyError::new(".ordering.key", format!("\"{}\" is not a valid header name", h.trim()))
+                })?),
+                None if k.starts_with('$') => {
+                    let path = JsonPath::parse(k).map_err(|m| KeyError::new(".ordering.key", m))?;
+                    let mut projection = Projection::default();
+                    path.read_by(&mut projection);
+                    OrderKey::Path(path, projection)
+                }
+                None => {
+                    return Err(KeyError::new(
+                        ".ordering.key",
+                        format!("\"{k}\" is neither a JSONPath (starting with `$`) nor `header:Name`"),
+                    ));
+                }
+            },
+        };
+    Ok(Some(KeyOrder { key, on_dead: o.on_dead }))
 }
 
 /// `url`, `headers` and `sign`.

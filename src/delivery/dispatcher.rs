@@ -49,6 +49,10 @@ use super::{Destination, build_request};
 use crate::clock::Clock;
 use crate::store::{AttemptRecord, DeliveryId, DestinationName, DueDelivery, Inspect, Queue, Settle, Store};
 
+/// How often keys of ordered destinations left without a head are looked for (see
+/// [`Dispatcher::sweep_stalled`]); also once at start.
+pub const STALL_SWEEP: Duration = Duration::from_secs(30);
+
 /// Shortest pause between two polls.
 const MIN_POLL_GAP: Duration = Duration::from_millis(50);
 
@@ -348,6 +352,42 @@ impl<T> Inner<T> {
     }
 }
 
+impl<T> Inner<T> {
+    /// Moves `key`'s order on after its head ended (see [`crate::store::OrderSpec`]) and returns
+    /// the new head, claimed and loaded, if `slot`'s destination may take it now; else the
+    /// poller takes it (woken here).
+    async fn advance_order(&self, destination: &DestinationName, key: &str, slot: &Slot) -> Option<DueDelivery> {
+        let asked = Instant::now();
+        let head = match self.store.advance(destination.clone(), key.to_string()).await {
+            Ok(head) => head?,
+            Err(e) => {
+                // the next sweep of stalled keys advances it
+                warn!(error = %e, destination = %destination, "could not advance an ordered key; the next sweep will");
+                return None;
+            }
+        };
+        let takes = slot.dest.as_ref().is_some_and(|dest| self.may_continue(dest));
+        if !takes || !self.claim(head, Some(asked)) {
+            self.backlog.store(true, Ordering::Release);
+            self.wake.notify_one();
+            return None;
+        }
+        match self.store.load_pending(vec![head], self.clock.now_ms()).await {
+            Ok(mut v) if !v.is_empty() => v.pop(),
+            Ok(_) => {
+                self.release(head, false);
+                None
+            }
+            Err(e) => {
+                error!(error = %e, "loading the next ordered delivery failed; the poller takes it");
+                self.release(head, false);
+                self.backlog.store(true, Ordering::Release);
+                None
+            }
+        }
+    }
+}
+
 impl<T: Transport> Dispatcher<T> {
     /// A dispatcher over `store`, sending to `destinations` (replace them with
     /// [`Dispatcher::set_destinations`] on reload).
@@ -568,10 +608,16 @@ impl<T: Transport> Dispatcher<T> {
         self.inner.wake.notify_one();
     }
 
-    /// Polls the store for due work until `shutdown` resolves.
+    /// Polls the store for due work until `shutdown` resolves; sweeps stalled ordered keys at
+    /// start and every [`STALL_SWEEP`].
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut next_sweep = Instant::now();
         loop {
+            if Instant::now() >= next_sweep {
+                self.sweep_stalled().await;
+                next_sweep = Instant::now() + STALL_SWEEP;
+            }
             if let Err(e) = self.poll_once().await {
                 error!(error = %e, "polling the store for due deliveries failed");
             }
@@ -589,6 +635,25 @@ impl<T: Transport> Dispatcher<T> {
                 _ = &mut shutdown => return,
                 _ = self.inner.wake.notified() => {}
                 _ = tokio::time::sleep(wait.max(MIN_POLL_GAP)) => {}
+            }
+        }
+    }
+
+    /// Advances the ordered keys left with no head (a process stopped between a head's settle and
+    /// its key's advance): one instance at a time where several share the store.
+    pub async fn sweep_stalled(&self) {
+        let store = &self.inner.store;
+        match store.exclusive("ordering-sweep", store.advance_stalled()).await {
+            Ok(Some(Ok(0))) | Ok(None) => {}
+            Ok(Some(Ok(n))) => {
+                info!(
+                    keys = n,
+                    "ordered keys with no head were advanced (a process stopped between a settle and its key's advance)"
+                );
+                self.wake();
+            }
+            Ok(Some(Err(e))) | Err(e) => {
+                warn!(error = %e, "sweeping stalled ordered keys failed; retried at the next sweep")
             }
         }
     }
@@ -786,11 +851,20 @@ async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery, mut slot: S
             // a retry due soon: let the poller see its due time
             inner.wake.notify_one();
         }
+        // An ordered delivery that ended lets the next of its key go: that one next, with this
+        // slot (one store read, not a poll per delivery).
+        let ordered_next = match (&next, &d.order_key) {
+            (Next::Done, Some(key)) => inner.advance_order(&d.destination, key, &slot).await,
+            _ => None,
+        };
         // next: a fresh delivery handed over in memory, else an id a poll left waiting, else
         // give the slot back (unless one was handed over meanwhile)
-        let handed = {
-            let mut handed = inner.handed.lock().unwrap_or_else(|p| p.into_inner());
-            inner.take_handed(&mut handed, &slot)
+        let handed = match ordered_next {
+            Some(n) => Some(n),
+            None => {
+                let mut handed = inner.handed.lock().unwrap_or_else(|p| p.into_inner());
+                inner.take_handed(&mut handed, &slot)
+            }
         };
         let n = match handed {
             Some(n) => n,

@@ -50,6 +50,46 @@ pub struct Destination {
     pub client: HttpClient,
     pub breaker: BreakerSettings,
     pub rate: Option<RateLimiter>,
+    /// `ordering:`: per key, one delivery at a time, in accept order.
+    pub ordering: Option<KeyOrder>,
+}
+
+/// A destination's `ordering:`, compiled: what a delivery's order key is, and what a head that
+/// ends undelivered does to its key.
+pub struct KeyOrder {
+    pub key: OrderKey,
+    pub on_dead: crate::config::OnDead,
+}
+
+pub enum OrderKey {
+    /// One order for every delivery of the destination.
+    Destination,
+    /// A request header of the event.
+    Header(http::HeaderName),
+    /// A JSONPath into the delivered body, and the part of a body it reads (only that is parsed).
+    Path(crate::rules::JsonPath, crate::rules::Projection),
+}
+
+impl KeyOrder {
+    /// The order key of a delivery of `body` (as delivered) for an event that came with
+    /// `headers`. An event without the key (no such header, no such value, a body that is not
+    /// JSON) is ordered under the empty key, with every other such event: never out of order.
+    pub fn key_of(&self, headers: &http::HeaderMap, body: &[u8]) -> String {
+        match &self.key {
+            OrderKey::Destination => String::new(),
+            OrderKey::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+            OrderKey::Path(path, projection) => match projection.parse(body).as_ref().and_then(|v| path.first(v)) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            },
+        }
+    }
+
+    /// Whether a head that ends undelivered holds its key (`on_dead: block`).
+    pub fn blocks(&self) -> bool {
+        self.on_dead == crate::config::OnDead::Block
+    }
 }
 
 /// `msg_` + 24 hex digits of SHA-256(event id, route, destination): deterministic, so a retry or

@@ -11,7 +11,7 @@ use crate::config::OnError;
 use crate::delivery::{forwardable, message_id};
 use crate::plugin::{EventRef, Outcome, run_chain};
 use crate::rules::EventView;
-use crate::store::{DestinationName, DueDelivery, NewDelivery, RouteName};
+use crate::store::{DestinationName, DueDelivery, NewDelivery, OrderSpec, RouteName};
 
 /// Everything routing decided for one event.
 #[derive(Debug, Default)]
@@ -64,6 +64,7 @@ impl Snapshot {
         for &r in &matched {
             self.plan_route(&self.routes[r], source, event, id_key, &mut routed).await;
         }
+        self.place_in_order(event, &mut routed.deliveries);
         routed.matched = matched;
         routed
     }
@@ -113,6 +114,7 @@ impl Snapshot {
                             body: body.cloned(),
                             headers: headers.cloned(),
                             failed: None,
+                            order: None,
                         });
                     }
                 }
@@ -142,6 +144,21 @@ impl Snapshot {
         }
     }
 
+    /// Gives each delivery to an ordered destination its order key, read from the body it
+    /// delivers (a transform's output, else the event's) or the event's headers.
+    fn place_in_order(&self, event: &Event, deliveries: &mut [NewDelivery]) {
+        if self.destinations.iter().all(|d| d.ordering.is_none()) {
+            return;
+        }
+        for d in deliveries {
+            let Some(ordering) = self.destination(&d.destination).and_then(|dest| dest.ordering.as_ref()) else {
+                continue;
+            };
+            let body = d.body.as_deref().unwrap_or(&event.body);
+            d.order = Some(OrderSpec { key: ordering.key_of(&event.headers, body), block: ordering.blocks() });
+        }
+    }
+
     /// The deliveries of a route without transforms: one per destination.
     fn plan_plain(&self, route: &Route, id_key: &str, out: &mut Vec<NewDelivery>) {
         for &d in &route.destinations {
@@ -153,6 +170,7 @@ impl Snapshot {
                 body: None,
                 headers: None,
                 failed: None,
+                order: None,
             });
         }
     }
@@ -174,6 +192,7 @@ impl Snapshot {
             headers: Arc::new(self.stored_headers(source, &event.headers)),
             extra_headers: d.headers.clone().map(Arc::new),
             body: d.body.clone().unwrap_or_else(|| event.body.clone()),
+            order_key: d.order.as_ref().map(|o| o.key.clone()),
             lease_until: None,
         }
     }

@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use super::{
     Accepted, AttemptRecord, Backend, Cancellation, DeliveryFilter, DeliveryId, DeliveryRef, DeliverySelection,
-    DeliveryStatus, DestinationName, DestinationStats, DueDelivery, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Purged,
-    Settle, now_ms,
+    DeliveryStatus, DestinationName, DestinationStats, DueDelivery, MAX_RESPONSE_KEPT, NewDelivery, NewEvent,
+    OrderSpec, Purged, Settle, now_ms,
 };
 
 /// One `#[test]` per behaviour, each on a store `$fresh().await` opens, which returns the store
@@ -33,6 +33,10 @@ macro_rules! conformance_suite {
             a_cancel_survives_the_settle_of_an_attempt_in_flight,
             selections_name_pending_deliveries_by_id_event_or_filter,
             purging_dead_letters_deletes_them_and_events_left_empty,
+            ordered_deliveries_go_one_at_a_time_per_key_in_accept_order,
+            a_held_key_waits_for_a_replay_or_a_skip,
+            a_replayed_ordered_delivery_goes_back_to_its_place,
+            cancelling_a_head_and_sweeping_stalled_keys_advance_them,
         );
     };
     (@each $fresh:path; $($name:ident),* $(,)?) => {
@@ -75,6 +79,7 @@ pub(crate) fn delivery(dest: &str) -> NewDelivery {
         body: None,
         headers: None,
         failed: None,
+        order: None,
     }
 }
 
@@ -317,7 +322,7 @@ pub async fn destination_stats_count_pending_dead_and_failed_per_destination(sto
     assert!((500..=1_000).contains(&oldest), "oldest due {oldest} ms");
     assert_eq!(
         stats,
-        [DestinationStats { destination: "a".into(), pending: 2, oldest_due_ms: oldest, dead: 2, failed: 1 }]
+        [DestinationStats { destination: "a".into(), pending: 2, oldest_due_ms: oldest, dead: 2, failed: 1, held: 0 }]
     );
     store.replay_dead(Some("a".into()), None).await.unwrap();
     let stats = store.destination_stats(now + 1_000).await.unwrap();
@@ -419,4 +424,140 @@ pub async fn purging_dead_letters_deletes_them_and_events_left_empty(store: impl
     assert_eq!(ev2.deliveries.len(), 1);
     assert_eq!(store.count_dead(None, None).await.unwrap(), 1);
     assert_eq!(store.pending_count().await.unwrap(), 1, "pending work is never purged");
+}
+
+fn ordered(dest: &str, key: &str, block: bool) -> NewDelivery {
+    NewDelivery { order: Some(OrderSpec { key: key.into(), block }), ..delivery(dest) }
+}
+
+/// Accepts event `id` with one delivery per (key, block) to destination "o"; returns their ids
+/// and which were due at once.
+async fn accept_ordered(store: &impl Backend, id: &str, keys: &[(&str, bool)]) -> (Vec<DeliveryId>, Vec<DeliveryId>) {
+    let planned = keys.iter().map(|(k, b)| ordered("o", k, *b)).collect();
+    let due_now: Vec<DeliveryId> =
+        stored(store.accept(event_from(id, "app"), planned, None).await.unwrap()).iter().map(|d| d.id).collect();
+    let ev = store.event(id.into()).await.unwrap().unwrap();
+    (ev.deliveries.iter().map(|d| d.delivery.id).collect(), due_now)
+}
+
+async fn due_ids_now(store: &impl Backend) -> Vec<DeliveryId> {
+    let mut ids: Vec<DeliveryId> = due(store, now_ms() + 1, 100, &[]).await.iter().map(|d| d.id).collect();
+    ids.sort();
+    ids
+}
+
+async fn advance(store: &impl Backend, key: &str) -> Option<DeliveryId> {
+    store.advance("o".into(), key.into()).await.unwrap()
+}
+
+/// Of a key's pending deliveries only the first accepted is due (the fast path gets only it);
+/// the next one becomes due when the key is advanced after the head ended; keys are independent.
+pub async fn ordered_deliveries_go_one_at_a_time_per_key_in_accept_order(store: impl Backend) {
+    let (a1, due1) = accept_ordered(&store, "evt_1", &[("A", false)]).await;
+    let (a2, due2) = accept_ordered(&store, "evt_2", &[("A", false)]).await;
+    let (b1, due3) = accept_ordered(&store, "evt_3", &[("B", false)]).await;
+    let (a3, _) = accept_ordered(&store, "evt_4", &[("A", false)]).await;
+    // two deliveries of one key in one accept (two routes to one destination)
+    let (c, due5) = accept_ordered(&store, "evt_5", &[("C", false), ("C", false)]).await;
+    assert_eq!((due1, due2, due3, due5), (a1.clone(), vec![], b1.clone(), vec![c[0]]), "only heads are due at once");
+    assert_eq!(due_ids_now(&store).await, [a1[0], b1[0], c[0]]);
+    assert_eq!(store.pending_count().await.unwrap(), 6, "waiting deliveries are pending");
+    let rows = store.list_deliveries(DeliveryFilter { limit: 100, ..Default::default() }).await.unwrap();
+    let waiting: Vec<DeliveryId> = rows.iter().filter(|r| r.waiting()).map(|r| r.id).rev().collect();
+    assert_eq!(waiting, [a2[0], a3[0], c[1]]);
+    assert!(rows.iter().all(|r| r.order_key.is_some() && !r.held));
+    // a retrying head keeps its key: nothing moves on
+    let later = now_ms() + 60_000;
+    store.settle(a1[0], attempt(Some(503)), Settle::Retry { next_at_ms: later }, None).await.unwrap();
+    assert_eq!(advance(&store, "A").await, None);
+    assert_eq!(due_ids_now(&store).await, [b1[0], c[0]]);
+    store.settle(a1[0], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    assert_eq!(advance(&store, "A").await, Some(a2[0]), "the next of the key is its head, due now");
+    assert_eq!(advance(&store, "A").await, Some(a2[0]), "advancing again changes nothing");
+    // skip (the default on_dead): a dead head lets its key move on
+    store.settle(a2[0], attempt(Some(503)), Settle::Dead, None).await.unwrap();
+    assert_eq!(advance(&store, "A").await, Some(a3[0]));
+    store.settle(c[0], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    assert_eq!(advance(&store, "C").await, Some(c[1]));
+    assert_eq!(due_ids_now(&store).await, [b1[0], a3[0], c[1]]);
+    assert_eq!(advance(&store, "nokey").await, None);
+}
+
+/// `on_dead: block`: a head that ends dead or failed holds its key (counted per destination)
+/// until a skip or a replay; a held head's event outlives the retention purge.
+pub async fn a_held_key_waits_for_a_replay_or_a_skip(store: impl Backend) {
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(accept_ordered(&store, &format!("evt_{i}"), &[("A", true)]).await.0[0]);
+    }
+    store.settle(ids[0], attempt(Some(503)), Settle::Dead, None).await.unwrap();
+    assert_eq!(advance(&store, "A").await, None, "held");
+    assert!(due_ids_now(&store).await.is_empty());
+    let stats = store.destination_stats(now_ms()).await.unwrap();
+    assert_eq!((stats[0].held, stats[0].dead, stats[0].pending), (1, 1, 3));
+    assert_eq!(store.purge(now_ms() + 1).await.unwrap(), 0, "the purge keeps a held head");
+    let err = store.skip(vec![DeliveryId(999_999)]).await.unwrap_err();
+    assert_eq!(err.to_string(), "no deliveries for: 999999");
+    assert_eq!(store.skip(vec![ids[1]]).await.unwrap(), 0, "a waiting delivery holds nothing");
+    assert_eq!(store.skip(vec![ids[0]]).await.unwrap(), 1);
+    assert_eq!(due_ids_now(&store).await, [ids[1]], "the skip moved the key on");
+    let rows = store.list_deliveries(DeliveryFilter { limit: 100, ..Default::default() }).await.unwrap();
+    let first = rows.iter().find(|r| r.id == ids[0]).unwrap();
+    assert_eq!((first.status, first.held), (DeliveryStatus::Dead, false), "a skipped head stays dead");
+    // a 4xx holds too; a replay lets it go again, first
+    store.settle(ids[1], attempt(Some(422)), Settle::Failed, None).await.unwrap();
+    assert_eq!(advance(&store, "A").await, None);
+    assert_eq!(store.replay(vec![DeliveryRef::Delivery(ids[1])]).await.unwrap(), 1);
+    assert_eq!(due_ids_now(&store).await, [ids[1]]);
+    store.settle(ids[1], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    assert_eq!(advance(&store, "A").await, Some(ids[2]));
+    // replaying dead letters releases their keys too
+    store.settle(ids[2], attempt(None), Settle::Dead, None).await.unwrap();
+    assert_eq!(advance(&store, "A").await, None);
+    assert_eq!(store.replay_dead(Some("o".into()), None).await.unwrap(), 2, "both dead letters of the key");
+    assert_eq!(due_ids_now(&store).await, [ids[0]], "the oldest replayed goes first");
+    assert_eq!(store.destination_stats(now_ms()).await.unwrap()[0].held, 0);
+}
+
+/// A replay of an ordered delivery waits for the delivery of its key in flight, then goes before
+/// every later one (its place is its accept order).
+pub async fn a_replayed_ordered_delivery_goes_back_to_its_place(store: impl Backend) {
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(accept_ordered(&store, &format!("evt_{i}"), &[("A", false)]).await.0[0]);
+    }
+    store.settle(ids[0], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    assert_eq!(advance(&store, "A").await, Some(ids[1]));
+    // ids[1] is the head (in flight, say) when ids[0] is replayed
+    assert_eq!(store.replay(vec!["evt_0".into()]).await.unwrap(), 1);
+    assert_eq!(due_ids_now(&store).await, [ids[1]], "the replay waits for the head");
+    store.settle(ids[1], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    assert_eq!(advance(&store, "A").await, Some(ids[0]), "then goes before the later ones");
+    store.settle(ids[0], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    assert_eq!(advance(&store, "A").await, Some(ids[2]));
+    // replaying the head itself makes it due now, and nothing else
+    store.settle(ids[2], attempt(Some(503)), Settle::Retry { next_at_ms: now_ms() + 60_000 }, None).await.unwrap();
+    assert_eq!(store.replay(vec![DeliveryRef::Delivery(ids[2])]).await.unwrap(), 1);
+    assert_eq!(due_ids_now(&store).await, [ids[2]]);
+}
+
+/// A cancelled head lets its key move on; a key left with no head (its process stopped between
+/// the head's settle and the advance) is advanced by the sweep.
+pub async fn cancelling_a_head_and_sweeping_stalled_keys_advance_them(store: impl Backend) {
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(accept_ordered(&store, &format!("evt_{i}"), &[("A", true)]).await.0[0]);
+    }
+    let (b, _) = accept_ordered(&store, "evt_b1", &[("B", true)]).await;
+    let (b2, _) = accept_ordered(&store, "evt_b2", &[("B", true)]).await;
+    let selection = DeliverySelection { ids: vec![DeliveryRef::Delivery(ids[0])], ..Default::default() };
+    assert_eq!(store.cancel(selection, "operator".into(), None).await.unwrap(), 1);
+    assert_eq!(due_ids_now(&store).await, [ids[1], b[0]]);
+    // settled, and the process "stops" before advancing either key
+    store.settle(ids[1], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    store.settle(b[0], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    assert!(due_ids_now(&store).await.is_empty());
+    assert_eq!(store.advance_stalled().await.unwrap(), 2);
+    assert_eq!(due_ids_now(&store).await, [ids[2], b2[0]]);
+    assert_eq!(store.advance_stalled().await.unwrap(), 0, "every key has its head");
 }

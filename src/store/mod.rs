@@ -131,7 +131,25 @@ pub struct NewDelivery {
     /// Stored as `failed` with this error instead of pending (a transform failed and the route's
     /// `on_error` is `fail`): kept for `replay --reroute`, never sent as is.
     pub failed: Option<String>,
+    /// Its place in an order (the destination's `ordering:`); `None`: unordered.
+    pub order: Option<OrderSpec>,
 }
+
+/// Where an ordered delivery stands in line: its key (per destination), and whether it holds the
+/// key when it ends undelivered (`on_dead: block`).
+///
+/// The order is the store's: of the pending deliveries of one (destination, key), only the first
+/// accepted (the *head*) is ever due; the others wait with `next_at` = [`WAITING`], outside every
+/// due window, until [`Queue::advance`] makes the next one the head. A head that ended dead or
+/// failed with `block` stays *held*: its key advances only once an operator replays or skips it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderSpec {
+    pub key: String,
+    pub block: bool,
+}
+
+/// `next_at` of an ordered delivery waiting for its turn: never due.
+pub const WAITING: i64 = i64::MAX;
 
 /// A pending delivery with everything needed to send it.
 #[derive(Debug, Clone)]
@@ -147,6 +165,8 @@ pub struct DueDelivery {
     pub headers: Arc<Headers>,
     pub extra_headers: Option<Arc<Headers>>,
     pub body: Bytes,
+    /// Its order key, if its destination orders its deliveries (see [`OrderSpec`]).
+    pub order_key: Option<String>,
     /// Until when this instance holds the delivery's lease (PostgreSQL, where several instances
     /// may share the queue): no other instance attempts it before then. `None`: not leased (SQLite,
     /// one process, whose in-memory claims suffice).
@@ -164,11 +184,12 @@ pub(crate) const MAX_GROUP: usize = 1024;
 pub(crate) const ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// The deliveries of a just committed event that are due now, given the id each planned
-/// delivery got (failed ones are kept in the store, not sent). For the backends' accepts.
+/// delivery got and whether it waits for its turn in an order (failed ones are kept in the store,
+/// not sent; waiting ones become due when their key advances). For the backends' accepts.
 pub(crate) fn due_now(
     ev: NewEvent,
     deliveries: Vec<NewDelivery>,
-    ids: Vec<i64>,
+    ids: Vec<(i64, bool)>,
     lease_until: Option<Instant>,
 ) -> Vec<DueDelivery> {
     let event_id = ev.id;
@@ -176,8 +197,8 @@ pub(crate) fn due_now(
     deliveries
         .into_iter()
         .zip(ids)
-        .filter(|(d, _)| d.failed.is_none())
-        .map(|(d, id)| DueDelivery {
+        .filter(|(d, (_, waiting))| d.failed.is_none() && !waiting)
+        .map(|(d, (id, _))| DueDelivery {
             id: DeliveryId(id),
             event_id: event_id.clone(),
             route: d.route,
@@ -187,6 +208,7 @@ pub(crate) fn due_now(
             headers: shared_headers.clone(),
             extra_headers: d.headers.map(Arc::new),
             body: d.body.unwrap_or_else(|| ev.body.clone()),
+            order_key: d.order.map(|o| o.key),
             lease_until,
         })
         .collect()
@@ -274,6 +296,17 @@ pub struct DeliveryRow {
     pub last_error: Option<String>,
     /// Who cancelled it and why, while it is `cancelled`.
     pub cancelled: Option<Cancellation>,
+    /// Its order key, if its destination orders its deliveries.
+    pub order_key: Option<String>,
+    /// Dead or failed, it holds its key (`on_dead: block`) until replayed or skipped.
+    pub held: bool,
+}
+
+impl DeliveryRow {
+    /// Pending, but waiting for the deliveries before it in its key's order.
+    pub fn waiting(&self) -> bool {
+        self.status == DeliveryStatus::Pending && self.next_at_ms == WAITING
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -325,6 +358,8 @@ pub struct DestinationStats {
     pub oldest_due_ms: u64,
     pub dead: u64,
     pub failed: u64,
+    /// Keys held by a dead or failed head (`ordering.on_dead: block`).
+    pub held: u64,
 }
 
 /// Which pending deliveries to cancel. Ids, filters and `all` are exclusive (see
@@ -449,6 +484,19 @@ pub trait Queue: Clone + Send + Sync + 'static {
 
     fn pending_count(&self) -> impl Future<Output = Result<usize>> + Send;
 
+    /// Moves the order of `key` at `destination` on after its head ended: makes the first
+    /// delivery waiting for its turn the head, unless the key still has a pending head or is
+    /// held (see [`OrderSpec`]). Returns the key's head if it is due now (to be attempted next).
+    fn advance(
+        &self,
+        destination: DestinationName,
+        key: String,
+    ) -> impl Future<Output = Result<Option<DeliveryId>>> + Send;
+
+    /// Advances every key that has deliveries waiting for their turn but no head and no hold
+    /// (the process that settled the head stopped before advancing its key). Returns how many.
+    fn advance_stalled(&self) -> impl Future<Output = Result<usize>> + Send;
+
     /// Adds deliveries to an existing event (re-routing with the current config). Due now.
     fn add_deliveries(
         &self,
@@ -518,6 +566,11 @@ pub trait Inspect: Clone + Send + Sync + 'static {
         by: String,
         reason: Option<String>,
     ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Lets held heads (dead or failed under `on_dead: block`) hold their keys no more, leaving
+    /// them as they are: their keys move on. Ids that match no delivery are an error naming them;
+    /// ids of deliveries that hold nothing count for nothing. Returns how many were held.
+    fn skip(&self, ids: Vec<DeliveryId>) -> impl Future<Output = Result<usize>> + Send;
 
     /// How many dead letters [`Inspect::purge_dead`] would delete now.
     fn count_dead(
@@ -694,6 +747,12 @@ impl Queue for Store {
     async fn pending_count(&self) -> Result<usize> {
         on_backend!(self, b => b.pending_count().await)
     }
+    async fn advance(&self, destination: DestinationName, key: String) -> Result<Option<DeliveryId>> {
+        on_backend!(self, b => b.advance(destination, key).await)
+    }
+    async fn advance_stalled(&self) -> Result<usize> {
+        on_backend!(self, b => b.advance_stalled().await)
+    }
     async fn add_deliveries(&self, event_id: EventId, deliveries: Vec<NewDelivery>) -> Result<usize> {
         on_backend!(self, b => b.add_deliveries(event_id, deliveries).await)
     }
@@ -738,6 +797,9 @@ impl Inspect for Store {
     }
     async fn cancel(&self, selection: DeliverySelection, by: String, reason: Option<String>) -> Result<usize> {
         on_backend!(self, b => b.cancel(selection, by, reason).await)
+    }
+    async fn skip(&self, ids: Vec<DeliveryId>) -> Result<usize> {
+        on_backend!(self, b => b.skip(ids).await)
     }
     async fn count_dead(&self, destination: Option<DestinationName>, before_ms: Option<i64>) -> Result<usize> {
         on_backend!(self, b => b.count_dead(destination, before_ms).await)

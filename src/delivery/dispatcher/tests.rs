@@ -77,6 +77,7 @@ fn destination(name: &str, s: &Setup) -> Arc<Destination> {
             cooldown: Duration::from_secs(30),
         },
         rate: s.rate.map(RateLimiter::new),
+        ordering: None,
     })
 }
 
@@ -111,6 +112,7 @@ async fn accept(store: &Store, id: &str, dest: &str) -> Vec<DueDelivery> {
         body: None,
         headers: None,
         failed: None,
+        order: None,
     };
     match store.accept(ev, vec![d], None).await.unwrap() {
         Accepted::Stored(due) => due,

@@ -31,6 +31,9 @@ pub struct Delivery {
     pub updated_at: i64,
     pub last_status: Option<i32>,
     pub last_error: Option<String>,
+    pub order_key: Option<String>,
+    pub order_block: bool,
+    pub held: bool,
 }
 
 /// A row of `delivery_bodies`: a transform's output.

@@ -104,12 +104,16 @@ async fn insert(
             let updated_at: Vec<i64> = rows.iter().map(|r| r.updated_at).collect();
             let last_status: Vec<Option<i32>> = rows.iter().map(|r| r.last_status).collect();
             let last_error: Vec<Option<&str>> = rows.iter().map(|r| r.last_error.as_deref()).collect();
+            let order_key: Vec<Option<&str>> = rows.iter().map(|r| r.order_key.as_deref()).collect();
+            let order_block: Vec<bool> = rows.iter().map(|r| r.order_block).collect();
+            let held: Vec<bool> = rows.iter().map(|r| r.held).collect();
             copied.deliveries += tx
                 .execute(
                     "INSERT INTO deliveries (id, event_id, route, destination, msg_id, status, attempts, next_at,
-                                             created_at, updated_at, last_status, last_error)
+                                             created_at, updated_at, last_status, last_error, order_key, order_block, held)
                      SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                          $7::int4[], $8::int8[], $9::int8[], $10::int8[], $11::int4[], $12::text[])",
+                                          $7::int4[], $8::int8[], $9::int8[], $10::int8[], $11::int4[], $12::text[],
+                                          $13::text[], $14::bool[], $15::bool[])",
                     &[
                         &id,
                         &event,
@@ -123,6 +127,9 @@ async fn insert(
                         &updated_at,
                         &last_status,
                         &last_error,
+                        &order_key,
+                        &order_block,
+                        &held,
                     ],
                 )
                 .await?;

@@ -14,8 +14,8 @@ use super::{PgStore, db};
 use crate::store::cluster::Signal;
 use crate::store::{
     AttemptRow, Cancellation, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryRef, DeliveryRow, DeliverySelection,
-    DeliveryStatus, DestinationName, DestinationStats, EventDetail, EventId, Inspect, Purged, RawEvent, Result,
-    StoreError, now_ms,
+    DeliveryStatus, DestinationName, DestinationStats, EventDetail, EventId, Inspect, Purged, Queue, RawEvent, Result,
+    StoreError, WAITING, now_ms,
 };
 
 /// The pending deliveries a selection names (`$1`: delivery ids, NULL when selecting by filter,
@@ -31,7 +31,7 @@ const DEAD: &str = "status = 'dead' AND ($1::text IS NULL OR destination = $1::t
      AND updated_at < COALESCE($2::int8, 9223372036854775807)";
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts,
-     d.next_at, d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at";
+     d.next_at, d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, d.order_key, d.held";
 
 /// The statement parameters of a selection.
 struct Selected {
@@ -179,7 +179,7 @@ impl Inspect for PgStore {
                     error: a.get(6),
                 })
                 .collect();
-            let transformed_body = r.get::<_, Option<&[u8]>>(16).map(Bytes::copy_from_slice);
+            let transformed_body = r.get::<_, Option<&[u8]>>(18).map(Bytes::copy_from_slice);
             ev.deliveries.push(DeliveryDetail { delivery: row, transformed_body, attempt_log });
         }
         Ok(Some(ev))
@@ -205,51 +205,66 @@ impl Inspect for PgStore {
         let mut n = 0;
         let mut unknown = Vec::new();
         let now = now_ms();
+        let mut keys = Vec::new();
         for id in &ids {
-            let changed = match id {
+            let rows = match id {
                 DeliveryRef::Delivery(num) => {
-                    tx.execute(
-                        "UPDATE deliveries SET status = 'pending', next_at = $2, updated_at = $2 WHERE id = $1",
-                        &[&num.0, &now],
+                    tx.query(
+                        &format!(
+                            "UPDATE deliveries SET {} WHERE id = $1 RETURNING destination, order_key",
+                            replayed("$2", "$3")
+                        ),
+                        &[&num.0, &now, &WAITING],
                     )
                     .await
                 }
                 DeliveryRef::Event(e) => {
-                    tx.execute(
-                        "UPDATE deliveries SET status = 'pending', next_at = $2, updated_at = $2 WHERE event_id = $1",
-                        &[&e.as_str(), &now],
+                    tx.query(
+                        &format!(
+                            "UPDATE deliveries SET {} WHERE event_id = $1 RETURNING destination, order_key",
+                            replayed("$2", "$3")
+                        ),
+                        &[&e.as_str(), &now, &WAITING],
                     )
                     .await
                 }
             }
             .map_err(db)?;
-            if changed == 0 {
+            if rows.is_empty() {
                 unknown.push(id.clone());
             }
-            n += changed as usize;
+            n += rows.len();
+            keys.extend(order_keys(&rows));
         }
         if !unknown.is_empty() {
             return Err(not_found(unknown)); // rolled back
         }
         self.notify_in(&tx, &Signal::Wake).await?;
         tx.commit().await.map_err(db)?;
+        self.advance_all(keys).await?;
         Ok(n)
     }
 
     async fn replay_dead(&self, destination: Option<DestinationName>, since_ms: Option<i64>) -> Result<usize> {
         let c = self.conn().await?;
-        let n = c
-            .execute(
-                "UPDATE deliveries SET status = 'pending', next_at = $3, updated_at = $3
-                 WHERE status = 'dead' AND ($1::text IS NULL OR destination = $1::text) AND updated_at >= COALESCE($2::int8, 0)",
-                &[&opt_name(&destination), &since_ms, &now_ms()],
+        let rows = c
+            .query(
+                &format!(
+                    "UPDATE deliveries SET {}
+                     WHERE status = 'dead' AND ($1::text IS NULL OR destination = $1::text) AND updated_at >= COALESCE($2::int8, 0)
+                     RETURNING destination, order_key",
+                    replayed("$3", "$4")
+                ),
+                &[&opt_name(&destination), &since_ms, &now_ms(), &WAITING],
             )
             .await
             .map_err(db)?;
-        if n > 0 {
+        if !rows.is_empty() {
             self.notify_in(&c, &Signal::Wake).await?;
         }
-        Ok(n as usize)
+        drop(c);
+        self.advance_all(order_keys(&rows)).await?;
+        Ok(rows.len())
     }
 
     async fn destination_stats(&self, now_ms: i64) -> Result<Vec<DestinationStats>> {
@@ -263,7 +278,9 @@ impl Inspect for PgStore {
                  UNION ALL
                  SELECT destination, 'dead', COUNT(*), NULL FROM deliveries WHERE status = 'dead' GROUP BY destination
                  UNION ALL
-                 SELECT destination, 'failed', COUNT(*), NULL FROM deliveries WHERE status = 'failed' GROUP BY destination",
+                 SELECT destination, 'failed', COUNT(*), NULL FROM deliveries WHERE status = 'failed' GROUP BY destination
+                 UNION ALL
+                 SELECT destination, 'held', COUNT(DISTINCT order_key), NULL FROM deliveries WHERE held GROUP BY destination",
             )
             .await
             .map_err(db)?;
@@ -276,6 +293,7 @@ impl Inspect for PgStore {
                 oldest_due_ms: 0,
                 dead: 0,
                 failed: 0,
+                held: 0,
             });
             let n = r.get::<_, i64>(2) as u64;
             match r.get::<_, &str>(1) {
@@ -284,6 +302,7 @@ impl Inspect for PgStore {
                     s.oldest_due_ms = r.get::<_, Option<i64>>(3).map_or(0, |t| (now_ms - t).max(0) as u64);
                 }
                 "dead" => s.dead = n,
+                "held" => s.held = n,
                 _ => s.failed = n,
             }
         }
@@ -345,21 +364,47 @@ impl Inspect for PgStore {
             .query_one(
                 &format!(
                     "WITH cancelled AS (
-                         UPDATE deliveries d SET status = 'cancelled', updated_at = $6 WHERE {SELECTED} RETURNING d.id
+                         UPDATE deliveries d SET status = 'cancelled', updated_at = $6 WHERE {SELECTED}
+                         RETURNING d.id, d.destination, d.order_key
                      ), recorded AS (
                          INSERT INTO cancellations (delivery_id, at, actor, reason)
                          SELECT id, $6, $7, $8 FROM cancelled
                          ON CONFLICT (delivery_id) DO UPDATE SET at = excluded.at, actor = excluded.actor, reason = excluded.reason
                          RETURNING 1
                      )
-                     SELECT COUNT(*) FROM cancelled"
+                     SELECT (SELECT COUNT(*) FROM cancelled), k.destinations, k.keys
+                     FROM (SELECT COALESCE(array_agg(destination), '{{}}') AS destinations, COALESCE(array_agg(order_key), '{{}}') AS keys
+                           FROM (SELECT DISTINCT destination, order_key FROM cancelled WHERE order_key IS NOT NULL) AS o) AS k"
                 ),
                 &params,
             )
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        // a cancelled head lets its key move on
+        self.advance_all(zip_keys(row.get(1), row.get(2))).await?;
         Ok(row.get::<_, i64>(0) as usize)
+    }
+
+    async fn skip(&self, ids: Vec<DeliveryId>) -> Result<usize> {
+        let refs: Vec<DeliveryRef> = ids.iter().map(|id| DeliveryRef::Delivery(*id)).collect();
+        let c = self.conn().await?;
+        let unknown = unknown_ids(&**c, &refs).await?;
+        if !unknown.is_empty() {
+            return Err(not_found(unknown));
+        }
+        let numbers: Vec<i64> = ids.iter().map(|i| i.0).collect();
+        let rows = c
+            .query(
+                "UPDATE deliveries SET held = false, updated_at = $2 WHERE held AND id = ANY($1::int8[])
+                 RETURNING destination, order_key",
+                &[&numbers, &now_ms()],
+            )
+            .await
+            .map_err(db)?;
+        drop(c);
+        self.advance_all(order_keys(&rows)).await?;
+        Ok(rows.len())
     }
 
     async fn count_dead(&self, destination: Option<DestinationName>, before_ms: Option<i64>) -> Result<usize> {
@@ -377,7 +422,7 @@ impl Inspect for PgStore {
         let row = tx
             .query_one(
                 &format!(
-                    "WITH gone AS (DELETE FROM deliveries WHERE {DEAD} RETURNING id, event_id),
+                    "WITH gone AS (DELETE FROM deliveries WHERE {DEAD} RETURNING id, event_id, destination, order_key, held),
                           attempts_gone AS (DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM gone)),
                           bodies_gone AS (DELETE FROM delivery_bodies WHERE delivery_id IN (SELECT id FROM gone)),
                           cancels_gone AS (DELETE FROM cancellations WHERE delivery_id IN (SELECT id FROM gone)),
@@ -389,14 +434,55 @@ impl Inspect for PgStore {
                                                 AND d.id NOT IN (SELECT id FROM gone))
                               RETURNING 1
                           )
-                     SELECT (SELECT COUNT(*) FROM gone), (SELECT COUNT(*) FROM emptied)"
+                     SELECT (SELECT COUNT(*) FROM gone), (SELECT COUNT(*) FROM emptied), k.destinations, k.keys
+                     FROM (SELECT COALESCE(array_agg(destination), '{{}}') AS destinations, COALESCE(array_agg(order_key), '{{}}') AS keys
+                           FROM (SELECT DISTINCT destination, order_key FROM gone WHERE held) AS o) AS k"
                 ),
                 &[&opt_name(&destination), &before_ms],
             )
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        // a purged head holds its key no more
+        self.advance_all(zip_keys(row.get(2), row.get(3))).await?;
         Ok(Purged { deliveries: row.get::<_, i64>(0) as usize, events: row.get::<_, i64>(1) as usize })
+    }
+}
+
+/// What a replay sets (`now`, `waiting`: the parameters of the time and of [`WAITING`]): pending,
+/// due now, unless it is ordered: then it waits for its turn (its key is advanced after), and a
+/// held head holds its key no more. A pending head is due now; a delivery waiting still waits.
+fn replayed(now: &str, waiting: &str) -> String {
+    format!(
+        "status = 'pending', held = false, updated_at = {now},
+         next_at = CASE WHEN order_key IS NULL THEN {now}
+                        WHEN status = 'pending' AND next_at < {waiting}::int8 THEN {now}
+                        WHEN status = 'pending' THEN next_at
+                        ELSE {waiting}::int8 END"
+    )
+}
+
+/// The order keys of rows of (destination, order_key).
+fn order_keys(rows: &[Row]) -> Vec<(String, String)> {
+    let mut keys: Vec<(String, String)> =
+        rows.iter().filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, Option<String>>(1)?))).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Keys aggregated as an array of destinations and one of their keys.
+fn zip_keys(destinations: Vec<String>, keys: Vec<String>) -> Vec<(String, String)> {
+    destinations.into_iter().zip(keys).collect()
+}
+
+impl PgStore {
+    /// Advances each key (see [`Queue::advance`]), each in a transaction of its own.
+    async fn advance_all(&self, keys: Vec<(String, String)>) -> Result<()> {
+        for (destination, key) in keys {
+            self.advance(DestinationName::from(destination.as_str()), key).await?;
+        }
+        Ok(())
     }
 }
 
@@ -418,5 +504,7 @@ fn delivery_row(r: &Row) -> Result<DeliveryRow> {
         last_status: r.get::<_, Option<i32>>(11).map(|c| c as u16),
         last_error: r.get(12),
         cancelled: r.get::<_, Option<String>>(13).map(|by| Cancellation { by, reason: r.get(14), at_ms: r.get(15) }),
+        order_key: r.get(16),
+        held: r.get(17),
     })
 }

@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::store::cluster::Signal;
 use crate::store::{
     ANSWER_GRACE, Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, EventId, NewDelivery, NewEvent,
-    Queue, Result, Settle, StoreError, now_ms,
+    Queue, Result, Settle, StoreError, WAITING, now_ms,
 };
 
 /// Events one purge statement looks at, so a purge of a week's history is many short
@@ -92,7 +92,7 @@ impl Queue for PgStore {
             .prepare_cached(
                 "WITH held AS (
                      SELECT id, event_id, route, destination, msg_id, attempts,
-                            lease_until - (SELECT hookyard_now_ms()) AS left_ms
+                            lease_until - (SELECT hookyard_now_ms()) AS left_ms, order_key
                      FROM deliveries
                      WHERE id = ANY($1::int8[]) AND status = 'pending' AND next_at <= $4
                        AND lease_owner = $2 AND lease_until > (SELECT hookyard_now_ms())
@@ -105,12 +105,13 @@ impl Queue for PgStore {
                  ), claimed AS (
                      UPDATE deliveries d SET lease_owner = $2, lease_until = (SELECT hookyard_now_ms()) + $3::int8
                      FROM claimable WHERE d.id = claimable.id
-                     RETURNING d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, $3::int8 AS left_ms
+                     RETURNING d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, $3::int8 AS left_ms,
+                               d.order_key
                  ), got AS (
                      SELECT * FROM held UNION ALL SELECT * FROM claimed
                  )
                  SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers,
-                        COALESCE(b.body, e.body), d.left_ms
+                        COALESCE(b.body, e.body), d.left_ms, d.order_key
                  FROM got d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id",
             )
             .await
@@ -134,6 +135,7 @@ impl Queue for PgStore {
                     headers: Arc::new(serde_json::from_str(headers).unwrap_or_default()),
                     extra_headers: extra.map(|e| Arc::new(serde_json::from_str(e).unwrap_or_default())),
                     body: Bytes::copy_from_slice(r.get::<_, &[u8]>(8)),
+                    order_key: r.get(10),
                     // from when it was asked: never later than the database's deadline
                     lease_until: Some(asked + Duration::from_millis(r.get::<_, i64>(9).max(0) as u64)),
                 };
@@ -168,6 +170,39 @@ impl Queue for PgStore {
         Ok(row.get::<_, i64>(0) as usize)
     }
 
+    async fn advance(&self, destination: DestinationName, key: String) -> Result<Option<DeliveryId>> {
+        let mut c = self.lease_conn().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let head = writer::advance_key(&tx, &destination, &key, now_ms()).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(head.map(DeliveryId))
+    }
+
+    /// Under an advisory lock of its own (one instance sweeps at a time), each stalled key in a
+    /// transaction of its own (one key lock at a time).
+    async fn advance_stalled(&self) -> Result<usize> {
+        let stalled = {
+            let c = self.conn().await?;
+            let st = c
+                .prepare_cached(
+                    "SELECT DISTINCT w.destination, w.order_key FROM deliveries w
+                     WHERE w.status = 'pending' AND w.order_key IS NOT NULL AND w.next_at = $1
+                       AND NOT EXISTS (SELECT 1 FROM deliveries h WHERE h.destination = w.destination
+                                         AND h.order_key = w.order_key AND h.status = 'pending' AND h.next_at < $1)
+                       AND NOT EXISTS (SELECT 1 FROM deliveries h WHERE h.destination = w.destination
+                                         AND h.order_key = w.order_key AND h.held)",
+                )
+                .await
+                .map_err(db)?;
+            let rows = c.query(&st, &[&WAITING]).await.map_err(db)?;
+            rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>()
+        };
+        for (destination, key) in &stalled {
+            self.advance(DestinationName::from(destination.as_str()), key.clone()).await?;
+        }
+        Ok(stalled.len())
+    }
+
     async fn add_deliveries(&self, event_id: EventId, deliveries: Vec<NewDelivery>) -> Result<usize> {
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(db)?;
@@ -198,6 +233,7 @@ impl Queue for PgStore {
                 "WITH old AS (
                      SELECT id FROM events WHERE received_at < $1
                        AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.status = 'pending')
+                       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.held)
                      LIMIT $2
                  ), gone AS (
                      DELETE FROM deliveries d USING old WHERE d.event_id = old.id AND d.status <> 'pending' RETURNING d.id

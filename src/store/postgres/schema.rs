@@ -116,6 +116,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE FUNCTION hookyard_now_ms() RETURNS BIGINT LANGUAGE sql VOLATILE
         AS $$ SELECT (extract(epoch from clock_timestamp()) * 1000)::int8 $$;
     "#,
+    // 3: ordered delivery (as SQLite's migration 4). Of the pending deliveries of a key only the
+    // head is due; the others wait with next_at = 9223372036854775807 (store::WAITING). A head
+    // that ended dead or failed under `on_dead: block` is `held`.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN order_key TEXT,
+        ADD COLUMN order_block BOOLEAN NOT NULL DEFAULT false,
+        ADD COLUMN held BOOLEAN NOT NULL DEFAULT false;
+    CREATE INDEX deliveries_order ON deliveries (destination, order_key, next_at, id)
+        WHERE status = 'pending' AND order_key IS NOT NULL;
+    CREATE INDEX deliveries_held ON deliveries (destination, order_key) WHERE held;
+    "#,
 ];
 
 /// The advisory lock key of a schema's migrations (one per schema in a database).

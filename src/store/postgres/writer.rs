@@ -24,7 +24,7 @@ use super::{describe, pool_error};
 use crate::store::health::{PROBE_INTERVAL, WriteHealth};
 use crate::store::{
     Accepted, AttemptRecord, DeliveryId, EventId, MAX_GROUP, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle,
-    StoreError, now_ms,
+    StoreError, WAITING, now_ms,
 };
 
 pub enum Op {
@@ -76,7 +76,7 @@ enum AcceptRows {
         original: EventId,
     },
     /// The id of each planned delivery, in order.
-    Stored(Vec<i64>),
+    Stored(Vec<(i64, bool)>),
 }
 
 /// The outcome of each operation of a group, in the order of the group.
@@ -408,8 +408,8 @@ async fn accept_all(
     ids.sort_unstable();
     let planned: Vec<(&EventId, &NewDelivery)> =
         stored.iter().flat_map(|&i| accepts[i].1.iter().map(move |d| (&accepts[i].0.id, d))).collect();
-    insert_deliveries(tx, &planned, &ids, now_ms(), Some(lease)).await?;
-    let mut ids = ids.into_iter();
+    let waiting = insert_deliveries(tx, &planned, &ids, now_ms(), Some(lease)).await?;
+    let mut ids = ids.into_iter().zip(waiting);
     Ok(rows
         .into_iter()
         .enumerate()
@@ -421,17 +421,20 @@ async fn accept_all(
 }
 
 /// Inserts deliveries with the given ids (one per delivery, in order), and the transform outputs
-/// of those that have one.
-/// With a `lease`, the pending ones are leased to its owner (an accept's, for its own fast path).
+/// of those that have one. Returns, per delivery, whether it waits for its turn in its key's order
+/// (see [`crate::store::OrderSpec`]): the keys of ordered deliveries are locked first (advisory
+/// locks until commit, taken in one statement in a fixed order, so no two transactions wait for
+/// each other), as [`advance_key`] does, so a key's head is decided by one transaction at a time.
+/// With a `lease`, the pending ones due now are leased to its owner (an accept's, for its own fast path).
 pub async fn insert_deliveries(
     tx: &Transaction<'_>,
     planned: &[(&EventId, &NewDelivery)],
     ids: &[i64],
     now: i64,
     lease: Option<&Lease>,
-) -> std::result::Result<(), tokio_postgres::Error> {
+) -> std::result::Result<Vec<bool>, tokio_postgres::Error> {
     if planned.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let event: Vec<&str> = planned.iter().map(|(e, _)| e.as_str()).collect();
     let route: Vec<&str> = planned.iter().map(|(_, d)| &*d.route).collect();
@@ -440,20 +443,87 @@ pub async fn insert_deliveries(
     let status: Vec<&str> =
         planned.iter().map(|(_, d)| if d.failed.is_some() { "failed" } else { "pending" }).collect();
     let failed: Vec<Option<&str>> = planned.iter().map(|(_, d)| d.failed.as_deref()).collect();
-    let st = tx
-        .prepare_cached(
-            "INSERT INTO deliveries (id, event_id, route, destination, msg_id, status, attempts, next_at, created_at,
-                 updated_at, last_error, lease_owner, lease_until)
-             SELECT u.id, u.event_id, u.route, u.destination, u.msg_id, u.status, 0, $7, $7, $7, u.failed,
-                 CASE WHEN u.status = 'pending' THEN $9::text END,
-                 CASE WHEN u.status = 'pending' AND $9::text IS NOT NULL THEN (SELECT hookyard_now_ms()) + $10::int8 ELSE 0 END
-             FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[])
-               AS u (id, event_id, route, destination, msg_id, status, failed)",
-        )
-        .await?;
     let owner: Option<&str> = lease.map(|l| &*l.owner);
     let lease_ms: i64 = lease.map_or(0, |l| l.duration.as_millis() as i64);
-    tx.execute(&st, &[&ids, &event, &route, &destination, &msg, &status, &now, &failed, &owner, &lease_ms]).await?;
+    let mut waiting = vec![false; planned.len()];
+    if planned.iter().all(|(_, d)| d.order.is_none()) {
+        let st = tx
+            .prepare_cached(
+                "INSERT INTO deliveries (id, event_id, route, destination, msg_id, status, attempts, next_at, created_at,
+                     updated_at, last_error, lease_owner, lease_until)
+                 SELECT u.id, u.event_id, u.route, u.destination, u.msg_id, u.status, 0, $7, $7, $7, u.failed,
+                     CASE WHEN u.status = 'pending' THEN $9::text END,
+                     CASE WHEN u.status = 'pending' AND $9::text IS NOT NULL THEN (SELECT hookyard_now_ms()) + $10::int8 ELSE 0 END
+                 FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[])
+                   AS u (id, event_id, route, destination, msg_id, status, failed)",
+            )
+            .await?;
+        tx.execute(&st, &[&ids, &event, &route, &destination, &msg, &status, &now, &failed, &owner, &lease_ms]).await?;
+    } else {
+        let order_key: Vec<Option<&str>> =
+            planned.iter().map(|(_, d)| d.order.as_ref().map(|o| o.key.as_str())).collect();
+        let block: Vec<bool> = planned.iter().map(|(_, d)| d.order.as_ref().is_some_and(|o| o.block)).collect();
+        // a second delivery of one key in this batch waits for the first (the statement's
+        // EXISTS does not see the rows it inserts itself)
+        let mut seen = HashSet::new();
+        let must_wait: Vec<bool> = planned
+            .iter()
+            .map(|(_, d)| match &d.order {
+                Some(o) if d.failed.is_none() => !seen.insert((&*d.destination, o.key.as_str())),
+                _ => false,
+            })
+            .collect();
+        lock_keys(tx, seen.into_iter()).await?;
+        let st = tx
+            .prepare_cached(
+                "WITH u AS (
+                     SELECT u.*, (u.order_key IS NOT NULL AND u.status = 'pending' AND (u.must_wait
+                         OR EXISTS (SELECT 1 FROM deliveries o WHERE o.destination = u.destination
+                                      AND o.order_key = u.order_key AND o.status = 'pending')
+                         OR EXISTS (SELECT 1 FROM deliveries o WHERE o.destination = u.destination
+                                      AND o.order_key = u.order_key AND o.held))) AS wait
+                     FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[],
+                                 $11::text[], $12::bool[], $13::bool[])
+                       AS u (id, event_id, route, destination, msg_id, status, failed, order_key, block, must_wait)
+                 )
+                 INSERT INTO deliveries (id, event_id, route, destination, msg_id, status, attempts, next_at, created_at,
+                     updated_at, last_error, lease_owner, lease_until, order_key, order_block)
+                 SELECT u.id, u.event_id, u.route, u.destination, u.msg_id, u.status, 0,
+                     CASE WHEN u.wait THEN $14::int8 ELSE $7 END, $7, $7, u.failed,
+                     CASE WHEN u.status = 'pending' AND NOT u.wait THEN $9::text END,
+                     CASE WHEN u.status = 'pending' AND NOT u.wait AND $9::text IS NOT NULL
+                          THEN (SELECT hookyard_now_ms()) + $10::int8 ELSE 0 END,
+                     u.order_key, u.block
+                 FROM u
+                 RETURNING id, next_at = $14::int8",
+            )
+            .await?;
+        let rows = tx
+            .query(
+                &st,
+                &[
+                    &ids,
+                    &event,
+                    &route,
+                    &destination,
+                    &msg,
+                    &status,
+                    &now,
+                    &failed,
+                    &owner,
+                    &lease_ms,
+                    &order_key,
+                    &block,
+                    &must_wait,
+                    &WAITING,
+                ],
+            )
+            .await?;
+        let waits: HashMap<i64, bool> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        for (w, id) in waiting.iter_mut().zip(ids) {
+            *w = waits.get(id).copied().unwrap_or(false);
+        }
+    }
     // a transform's output lives beside the delivery, which every settle rewrites
     let with_body: Vec<(i64, &NewDelivery)> = planned
         .iter()
@@ -476,7 +546,70 @@ pub async fn insert_deliveries(
             .await?;
         tx.execute(&st, &[&id, &body, &headers]).await?;
     }
-    Ok(())
+    Ok(waiting)
+}
+
+/// The advisory lock of an order key (the whole database's lock space: a collision only makes
+/// two keys wait for each other).
+fn key_lock(destination: &str, key: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"hookyard-order\0")
+        .chain_update(destination.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(key.as_bytes())
+        .finalize();
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// Locks order keys until the transaction ends, in ascending order of their locks: transactions
+/// that lock several keys never wait for each other in a cycle.
+async fn lock_keys<'a>(
+    tx: &Transaction<'_>,
+    keys: impl Iterator<Item = (&'a str, &'a str)>,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let mut locks: Vec<i64> = keys.map(|(d, k)| key_lock(d, k)).collect();
+    if locks.is_empty() {
+        return Ok(());
+    }
+    locks.sort_unstable();
+    locks.dedup();
+    let st = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest($1::int8[]) AS k ORDER BY 1) AS s")
+        .await?;
+    tx.execute(&st, &[&locks]).await.map(drop)
+}
+
+/// Makes the first delivery waiting for its turn in a key's order its head (due at `now`), unless
+/// the key has a pending head or a held one, under the key's lock (see [`insert_deliveries`]).
+/// Returns the key's head if it is due at `now`.
+pub async fn advance_key(
+    tx: &Transaction<'_>,
+    destination: &str,
+    key: &str,
+    now: i64,
+) -> std::result::Result<Option<i64>, tokio_postgres::Error> {
+    lock_keys(tx, std::iter::once((destination, key))).await?;
+    let st = tx
+        .prepare_cached(
+            "WITH promoted AS (
+                 UPDATE deliveries SET next_at = $3
+                 WHERE id = (SELECT MIN(id) FROM deliveries
+                             WHERE destination = $1 AND order_key = $2 AND status = 'pending' AND next_at = $4)
+                   AND NOT EXISTS (SELECT 1 FROM deliveries
+                                   WHERE destination = $1 AND order_key = $2 AND status = 'pending' AND next_at < $4)
+                   AND NOT EXISTS (SELECT 1 FROM deliveries WHERE destination = $1 AND order_key = $2 AND held)
+                 RETURNING id
+             )
+             SELECT id FROM promoted
+             UNION ALL
+             (SELECT id FROM deliveries
+              WHERE destination = $1 AND order_key = $2 AND status = 'pending' AND next_at <= $3
+              ORDER BY next_at, id LIMIT 1)
+             LIMIT 1",
+        )
+        .await?;
+    Ok(tx.query_opt(&st, &[&destination, &key, &now, &WAITING]).await?.map(|r| r.get(0)))
 }
 
 /// Records the attempts and the deliveries' new states: one update for all (only a pending
@@ -523,6 +656,7 @@ async fn settle_all(
                  UPDATE deliveries d SET attempts = d.attempts + 1,
                         status = CASE WHEN d.status = 'pending' OR u.status = 'delivered' THEN u.status ELSE d.status END,
                         next_at = CASE WHEN d.status = 'pending' THEN u.next_at ELSE d.next_at END,
+                        held = d.held OR (d.status = 'pending' AND d.order_block AND u.status IN ('dead', 'failed')),
                         updated_at = $6, last_status = u.code, last_error = u.error,
                         lease_owner = CASE WHEN d.lease_owner = $7 THEN NULL ELSE d.lease_owner END,
                         lease_until = CASE WHEN d.lease_owner = $7 THEN 0 ELSE d.lease_until END

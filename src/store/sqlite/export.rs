@@ -69,8 +69,11 @@ impl Export {
                 updated_at: r.get(9)?,
                 last_status: r.get(10)?,
                 last_error: r.get(11)?,
+                order_key: r.get(12)?,
+                order_block: r.get(13)?,
+                held: r.get(14)?,
             };
-            Ok((d.last_error.as_ref().map_or(0, String::len), d))
+            Ok((d.last_error.as_ref().map_or(0, String::len) + d.order_key.as_ref().map_or(0, String::len), d))
         })?;
         table(c, limits, &mut send, Batch::Bodies, BODIES, |r| {
             let b = Body { delivery_id: r.get(0)?, body: bytes(r, 1)?, headers: r.get(2)? };
@@ -107,7 +110,7 @@ impl Drop for Export {
 
 const EVENTS: &str = "SELECT id, source, received_at, headers, body, dedupe_key, routed FROM events";
 const DELIVERIES: &str = "SELECT id, event_id, route, destination, msg_id, status, attempts, next_at, created_at, \
-     updated_at, last_status, last_error FROM deliveries ORDER BY id";
+     updated_at, last_status, last_error, order_key, order_block, held FROM deliveries ORDER BY id";
 const BODIES: &str = "SELECT delivery_id, body, headers FROM delivery_bodies ORDER BY delivery_id";
 const ATTEMPTS: &str =
     "SELECT delivery_id, n, at, status_code, latency_ms, response, error FROM attempts ORDER BY delivery_id, n";

@@ -9,10 +9,11 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
+use super::writer;
 use crate::store::{
-    AttemptRow, Cancellation, DeliveryDetail, DeliveryFilter, DeliveryRef, DeliveryRow, DeliverySelection,
+    AttemptRow, Cancellation, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryRef, DeliveryRow, DeliverySelection,
     DeliveryStatus, DestinationName, DestinationStats, EventDetail, EventId, Inspect, Purged, RawEvent, Result,
-    StoreError, now_ms,
+    StoreError, WAITING, now_ms,
 };
 
 /// The pending deliveries a selection names (`?1`: delivery ids as JSON or NULL when selecting
@@ -26,6 +27,27 @@ const SELECTED: &str = "d.status = 'pending'
 /// The dead letters a purge names (`?1` destination, `?2` updated before).
 const DEAD: &str =
     "status = 'dead' AND (?1 IS NULL OR destination = ?1) AND updated_at < COALESCE(?2, 9223372036854775807)";
+
+/// What a replay sets (`now`, `waiting`: the parameters of the time and of [`WAITING`]): pending,
+/// due now, unless it is ordered: then it waits for its turn (its key is advanced after), and a
+/// held head holds its key no more. A pending head is due now; a delivery waiting still waits.
+fn replayed(now: &str, waiting: &str) -> String {
+    format!(
+        "status = 'pending', held = 0, updated_at = {now},
+         next_at = CASE WHEN order_key IS NULL THEN {now}
+                        WHEN status = 'pending' AND next_at < {waiting} THEN {now}
+                        WHEN status = 'pending' THEN next_at
+                        ELSE {waiting} END"
+    )
+}
+
+/// Advances each of `keys` (see [`writer::advance_key`]).
+fn advance_all(t: &Connection, keys: Vec<(String, String)>, now: i64) -> rusqlite::Result<()> {
+    for (destination, key) in keys {
+        writer::advance_key(t, &destination, &key, now)?;
+    }
+    Ok(())
+}
 
 /// The statement parameters of a selection.
 fn selection_params(
@@ -74,7 +96,7 @@ impl Inspect for SqliteStore {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts, d.next_at,
-                        d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at
+                        d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, d.order_key, d.held
                  FROM deliveries d JOIN events e ON e.id = d.event_id
                    LEFT JOIN cancellations c ON c.delivery_id = d.id AND d.status = 'cancelled'
                  WHERE (?1 IS NULL OR d.status = ?1) AND (?2 IS NULL OR d.destination = ?2) AND (?3 IS NULL OR e.source = ?3)
@@ -115,13 +137,14 @@ impl Inspect for SqliteStore {
             let Some(mut ev) = ev else { return Ok(None) };
             let mut st = c.prepare_cached(
                 "SELECT d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts, d.next_at,
-                        d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, b.body
+                        d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, d.order_key, d.held,
+                        b.body
                  FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
                    LEFT JOIN cancellations c ON c.delivery_id = d.id AND d.status = 'cancelled'
                  WHERE d.event_id = ?1 ORDER BY d.id",
             )?;
             let rows: Vec<(DeliveryRow, Option<Vec<u8>>)> =
-                st.query_map([&id], |r| Ok((delivery_row(r)?, r.get(16)?)))?.collect::<rusqlite::Result<_>>()?;
+                st.query_map([&id], |r| Ok((delivery_row(r)?, r.get(18)?)))?.collect::<rusqlite::Result<_>>()?;
             let mut at = c.prepare_cached(
                 "SELECT n, at, status_code, latency_ms, response, error FROM attempts WHERE delivery_id = ?1 ORDER BY n",
             )?;
@@ -166,22 +189,24 @@ impl Inspect for SqliteStore {
         self.write(move |t| {
             let mut n = 0;
             let mut unknown = Vec::new();
+            let mut keys = Vec::new();
+            let now = now_ms();
             for id in &ids {
-                let changed = match id {
-                    DeliveryRef::Delivery(num) => t.execute(
-                        "UPDATE deliveries SET status = 'pending', next_at = ?2, updated_at = ?2 WHERE id = ?1",
-                        params![num, now_ms()],
-                    )?,
-                    DeliveryRef::Event(id) => t.execute(
-                        "UPDATE deliveries SET status = 'pending', next_at = ?2, updated_at = ?2 WHERE event_id = ?1",
-                        params![id, now_ms()],
-                    )?,
+                let (by, value): (&str, &dyn rusqlite::ToSql) = match id {
+                    DeliveryRef::Delivery(num) => ("id", num),
+                    DeliveryRef::Event(id) => ("event_id", id),
                 };
+                keys.extend(writer::keys_of(t, &format!("{by} = ?1"), [value])?);
+                let changed = t.execute(
+                    &format!("UPDATE deliveries SET {} WHERE {by} = ?1", replayed("?2", "?3")),
+                    params![value, now, WAITING],
+                )?;
                 if changed == 0 {
                     unknown.push(id.clone());
                 }
                 n += changed;
             }
+            advance_all(t, keys, now)?;
             Ok((n, unknown))
         })
         .await
@@ -190,11 +215,16 @@ impl Inspect for SqliteStore {
 
     async fn replay_dead(&self, destination: Option<DestinationName>, since_ms: Option<i64>) -> Result<usize> {
         self.write(move |t| {
-            t.execute(
-                "UPDATE deliveries SET status = 'pending', next_at = ?3, updated_at = ?3
-                 WHERE status = 'dead' AND (?1 IS NULL OR destination = ?1) AND updated_at >= COALESCE(?2, 0)",
-                params![destination, since_ms, now_ms()],
-            )
+            const DEAD_SINCE: &str =
+                "status = 'dead' AND (?1 IS NULL OR destination = ?1) AND updated_at >= COALESCE(?2, 0)";
+            let now = now_ms();
+            let keys = writer::keys_of(t, DEAD_SINCE, params![destination, since_ms])?;
+            let n = t.execute(
+                &format!("UPDATE deliveries SET {} WHERE {DEAD_SINCE}", replayed("?3", "?4")),
+                params![destination, since_ms, now, WAITING],
+            )?;
+            advance_all(t, keys, now)?;
+            Ok(n)
         })
         .await
     }
@@ -230,9 +260,38 @@ impl Inspect for SqliteStore {
                     }
                 }
             }
+            let mut st = c.prepare_cached(
+                "SELECT destination, COUNT(DISTINCT order_key) FROM deliveries WHERE held = 1 GROUP BY destination",
+            )?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                stats_entry(&mut by_name, r.get(0)?).held = r.get::<_, i64>(1)? as u64;
+            }
             Ok(by_name.into_values().collect())
         })
         .await
+    }
+
+    async fn skip(&self, ids: Vec<DeliveryId>) -> Result<usize> {
+        let (n, unknown) = self
+            .write(move |t| {
+                let unknown = unknown_ids(t, &ids.iter().map(|id| DeliveryRef::Delivery(*id)).collect::<Vec<_>>())?;
+                if !unknown.is_empty() {
+                    return Ok((0, unknown));
+                }
+                let list =
+                    serde_json::to_string(&ids.iter().map(|i| i.0).collect::<Vec<_>>()).expect("numbers serialize");
+                const HELD: &str = "held = 1 AND id IN (SELECT value FROM json_each(?1))";
+                let keys = writer::keys_of(t, HELD, [&list])?;
+                let n = t.execute(
+                    &format!("UPDATE deliveries SET held = 0, updated_at = ?2 WHERE {HELD}"),
+                    params![list, now_ms()],
+                )?;
+                advance_all(t, keys, now_ms())?;
+                Ok((n, unknown))
+            })
+            .await?;
+        if unknown.is_empty() { Ok(n) } else { Err(not_found(unknown)) }
     }
 
     async fn paused(&self) -> Result<Vec<(DestinationName, Option<String>)>> {
@@ -296,10 +355,17 @@ impl Inspect for SqliteStore {
                     ),
                     params![a, b, d, s, since, now, by, reason],
                 )?;
+                let keys = writer::keys_of(
+                    t,
+                    &format!("id IN (SELECT d.id FROM deliveries d WHERE {SELECTED})"),
+                    params![a, b, d, s, since],
+                )?;
                 let n = t.execute(
                     &format!("UPDATE deliveries AS d SET status = 'cancelled', updated_at = ?6 WHERE {SELECTED}"),
                     params![a, b, d, s, since, now],
                 )?;
+                // a cancelled head lets its key move on
+                advance_all(t, keys, now)?;
                 Ok((unknown, n))
             })
             .await?;
@@ -327,8 +393,11 @@ impl Inspect for SqliteStore {
                 let mut st = t.prepare(&format!("SELECT DISTINCT event_id FROM deliveries WHERE {DEAD}"))?;
                 st.query_map(params![destination, before_ms], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
             };
+            let keys = writer::keys_of(t, &format!("held = 1 AND {DEAD}"), params![destination, before_ms])?;
             let deliveries =
                 t.execute(&format!("DELETE FROM deliveries WHERE {DEAD}"), params![destination, before_ms])?;
+            // a purged head holds its key no more
+            advance_all(t, keys, now_ms())?;
             let events = t.execute(
                 "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?1))
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
@@ -366,6 +435,8 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
             Some(by) => Some(Cancellation { by, reason: r.get(14)?, at_ms: r.get(15)? }),
             None => None,
         },
+        order_key: r.get(16)?,
+        held: r.get(17)?,
     })
 }
 
@@ -379,5 +450,6 @@ fn stats_entry(
         oldest_due_ms: 0,
         dead: 0,
         failed: 0,
+        held: 0,
     })
 }

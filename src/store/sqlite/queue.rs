@@ -69,7 +69,8 @@ impl Queue for SqliteStore {
     async fn load_pending(&self, ids: Vec<DeliveryId>, now_ms: i64) -> Result<Vec<DueDelivery>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers, COALESCE(b.body, e.body)
+                "SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers, COALESCE(b.body, e.body),
+                        d.order_key
                  FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
                  WHERE d.id = ?1 AND d.status = 'pending' AND d.next_at <= ?2",
             )?;
@@ -116,11 +117,23 @@ impl Queue for SqliteStore {
         .await
     }
 
+    async fn advance(&self, destination: DestinationName, key: String) -> Result<Option<DeliveryId>> {
+        let now = self.clock.now_ms();
+        self.write(move |t| writer::advance_key(t, &destination, &key, now)).await.map(|id| id.map(DeliveryId))
+    }
+
+    async fn advance_stalled(&self) -> Result<usize> {
+        let now = self.clock.now_ms();
+        self.write(move |t| writer::advance_stalled(t, now)).await
+    }
+
     async fn purge(&self, before_ms: i64) -> Result<usize> {
         self.write(move |t| {
+            // a held head is kept: deleting it would let its key move on
             t.execute(
                 "DELETE FROM events WHERE received_at < ?1
-                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.status = 'pending')",
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.status = 'pending')
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.held = 1)",
                 params![before_ms],
             )
         })
@@ -151,6 +164,7 @@ fn due_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DueDelivery> {
         headers: Arc::new(serde_json::from_str(&headers).unwrap_or_default()),
         extra_headers: extra.map(|e| Arc::new(serde_json::from_str(&e).unwrap_or_default())),
         body: Bytes::from(r.get::<_, Vec<u8>>(8)?),
+        order_key: r.get(9)?,
         lease_until: None,
     })
 }

@@ -93,6 +93,18 @@ pub(super) const MIGRATIONS: &[&str] = &[
         reason       TEXT
     );
     "#,
+    // 4: ordered delivery. An ordered delivery has its key (per destination); of the pending ones
+    // of a key only the head is due, the others wait with next_at = i64::MAX (store::WAITING). A
+    // head that ended dead or failed under `on_dead: block` is `held`: its key waits for an
+    // operator. Both indexes cover only what is queued or held, never the delivered history.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN order_key TEXT;                        -- NULL: unordered
+    ALTER TABLE deliveries ADD COLUMN order_block INTEGER NOT NULL DEFAULT 0; -- on_dead: block when it was planned
+    ALTER TABLE deliveries ADD COLUMN held INTEGER NOT NULL DEFAULT 0;        -- 1: a dead or failed head holding its key
+    CREATE INDEX deliveries_order ON deliveries(destination, order_key, next_at, id)
+        WHERE status = 'pending' AND order_key IS NOT NULL;
+    CREATE INDEX deliveries_held ON deliveries(destination, order_key) WHERE held = 1;
+    "#,
 ];
 
 /// Applies the migrations this database has not seen. Refuses a database from a newer Hookyard.

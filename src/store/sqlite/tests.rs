@@ -204,7 +204,17 @@ async fn a_version_1_database_is_migrated_with_its_queue() {
         })
         .await
         .unwrap();
-    assert_eq!(indexes, ["deliveries_dead", "deliveries_due", "deliveries_event", "deliveries_failed"]);
+    assert_eq!(
+        indexes,
+        [
+            "deliveries_dead",
+            "deliveries_due",
+            "deliveries_event",
+            "deliveries_failed",
+            "deliveries_held",
+            "deliveries_order"
+        ]
+    );
     // a purge takes the moved bodies with their deliveries
     store.write(|t| t.execute("UPDATE deliveries SET status = 'delivered'", [])).await.unwrap();
     assert_eq!(store.purge(now_ms()).await.unwrap(), 1);

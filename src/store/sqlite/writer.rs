@@ -22,7 +22,7 @@ use super::db;
 use super::health::{Health, PROBE_INTERVAL};
 use crate::store::{
     Accepted, AttemptRecord, DeliveryId, EventId, MAX_GROUP, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle,
-    StoreError, now_ms,
+    StoreError, WAITING, now_ms,
 };
 
 /// An administrative write: runs in the group's transaction and returns whether it succeeded and
@@ -128,8 +128,8 @@ enum AcceptRows {
     Duplicate {
         original: EventId,
     },
-    /// The row id of each planned delivery, in order.
-    Stored(Vec<i64>),
+    /// The row id of each planned delivery, in order, and whether it waits for its turn.
+    Stored(Vec<(i64, bool)>),
 }
 
 fn run(mut conn: Connection, rx: Receiver<Op>, ctx: Ctx) {
@@ -426,11 +426,18 @@ fn accept(
     Ok(AcceptRows::Stored(ids))
 }
 
-pub fn insert_delivery(t: &Connection, event_id: &EventId, d: &NewDelivery, now: i64) -> rusqlite::Result<i64> {
+/// Inserts a planned delivery; returns its id and whether it waits for its turn (an ordered
+/// delivery whose key has a pending or held delivery already).
+pub fn insert_delivery(t: &Connection, event_id: &EventId, d: &NewDelivery, now: i64) -> rusqlite::Result<(i64, bool)> {
     let extra = d.headers.as_ref().map(|h| serde_json::to_string(h).expect("headers serialize"));
+    let waiting = match &d.order {
+        Some(o) if d.failed.is_none() => key_taken(t, &d.destination, &o.key)?,
+        _ => false,
+    };
     t.prepare_cached(
-        "INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at, last_error)
-         VALUES (?1, ?2, ?3, ?4, ?6, 0, ?5, ?5, ?5, ?7)",
+        "INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at,
+             last_error, order_key, order_block)
+         VALUES (?1, ?2, ?3, ?4, ?6, 0, ?8, ?5, ?5, ?7, ?9, ?10)",
     )?
     .execute(params![
         event_id,
@@ -439,7 +446,10 @@ pub fn insert_delivery(t: &Connection, event_id: &EventId, d: &NewDelivery, now:
         d.msg_id,
         now,
         if d.failed.is_some() { "failed" } else { "pending" },
-        d.failed
+        d.failed,
+        if waiting { WAITING } else { now },
+        d.order.as_ref().map(|o| &o.key),
+        d.order.as_ref().is_some_and(|o| o.block),
     ])?;
     let id = t.last_insert_rowid();
     // a transform's output lives beside the delivery, which every settle rewrites
@@ -447,7 +457,69 @@ pub fn insert_delivery(t: &Connection, event_id: &EventId, d: &NewDelivery, now:
         t.prepare_cached("INSERT INTO delivery_bodies (delivery_id, body, headers) VALUES (?1, ?2, ?3)")?
             .execute(params![id, d.body.as_deref(), extra])?;
     }
-    Ok(id)
+    Ok((id, waiting))
+}
+
+/// Whether a key of a destination has a pending delivery (its head, or ones waiting) or a held one.
+fn key_taken(t: &Connection, destination: &str, key: &str) -> rusqlite::Result<bool> {
+    t.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE destination = ?1 AND order_key = ?2 AND status = 'pending')
+             OR EXISTS (SELECT 1 FROM deliveries WHERE destination = ?1 AND order_key = ?2 AND held = 1)",
+    )?
+    .query_row(params![destination, key], |r| r.get(0))
+}
+
+/// Makes the first waiting delivery of a key its head, due at `now`, unless the key has a head
+/// (pending, not waiting) or is held. Returns the key's head if it is due at `now` (the one just
+/// made head, or one that already was).
+pub fn advance_key(t: &Connection, destination: &str, key: &str, now: i64) -> rusqlite::Result<Option<i64>> {
+    t.prepare_cached(
+        "UPDATE deliveries SET next_at = ?3
+         WHERE id = (SELECT MIN(id) FROM deliveries
+                     WHERE destination = ?1 AND order_key = ?2 AND status = 'pending' AND next_at = ?4)
+           AND NOT EXISTS (SELECT 1 FROM deliveries
+                           WHERE destination = ?1 AND order_key = ?2 AND status = 'pending' AND next_at < ?4)
+           AND NOT EXISTS (SELECT 1 FROM deliveries WHERE destination = ?1 AND order_key = ?2 AND held = 1)",
+    )?
+    .execute(params![destination, key, now, WAITING])?;
+    t.prepare_cached(
+        "SELECT id FROM deliveries
+         WHERE destination = ?1 AND order_key = ?2 AND status = 'pending' AND next_at <= ?3
+         ORDER BY next_at, id LIMIT 1",
+    )?
+    .query_row(params![destination, key, now], |r| r.get(0))
+    .optional()
+}
+
+/// The keys (destination, key) of the ordered deliveries that `selection` (an SQL condition on
+/// `deliveries`, with `params`) selects.
+pub fn keys_of(
+    t: &Connection,
+    selection: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut st = t.prepare(&format!(
+        "SELECT DISTINCT destination, order_key FROM deliveries WHERE order_key IS NOT NULL AND ({selection})"
+    ))?;
+    st.query_map(params, |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+}
+
+/// Keys with deliveries waiting but neither a head nor a hold (the process stopped between a
+/// head's settle and its key's advance), each advanced. Returns how many keys were.
+pub fn advance_stalled(t: &Connection, now: i64) -> rusqlite::Result<usize> {
+    let keys = keys_of(
+        t,
+        "status = 'pending' AND next_at = ?1
+         AND NOT EXISTS (SELECT 1 FROM deliveries h WHERE h.destination = deliveries.destination
+                           AND h.order_key = deliveries.order_key AND h.status = 'pending' AND h.next_at < ?1)
+         AND NOT EXISTS (SELECT 1 FROM deliveries h WHERE h.destination = deliveries.destination
+                           AND h.order_key = deliveries.order_key AND h.held = 1)",
+        [WAITING],
+    )?;
+    for (destination, key) in &keys {
+        advance_key(t, destination, key, now)?;
+    }
+    Ok(keys.len())
 }
 
 fn settle_delivery(
@@ -470,6 +542,7 @@ fn settle_delivery(
             "UPDATE deliveries SET attempts = attempts + 1,
                     status = CASE WHEN status = 'pending' OR ?2 = 'delivered' THEN ?2 ELSE status END,
                     next_at = CASE WHEN status = 'pending' THEN ?3 ELSE next_at END,
+                    held = CASE WHEN status = 'pending' AND order_block = 1 AND ?2 IN ('dead', 'failed') THEN 1 ELSE held END,
                     updated_at = ?4, last_status = ?5, last_error = ?6
              WHERE id = ?1",
         )?
