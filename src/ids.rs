@@ -129,7 +129,7 @@ impl EventId {
 }
 
 /// A delivery's number in the store (one per event, route and destination).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct DeliveryId(pub i64);
 

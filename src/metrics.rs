@@ -26,6 +26,7 @@ pub const DELIVERY_SECONDS: &str = "hookyard_delivery_latency_seconds";
 pub const QUEUE_DEPTH: &str = "hookyard_queue_depth";
 pub const OLDEST_DUE: &str = "hookyard_oldest_due_age_seconds";
 pub const DEAD_LETTERS: &str = "hookyard_dead_letters";
+pub const HELD_KEYS: &str = "hookyard_ordering_held_keys";
 pub const BREAKER_STATE: &str = "hookyard_circuit_breaker_state";
 pub const PAUSED: &str = "hookyard_destination_paused";
 pub const RELOADS: &str = "hookyard_config_reloads_total";
@@ -259,9 +260,22 @@ pub fn plugin_call(plugin: &str, outcome: &'static str, seconds: f64) {
         .record(seconds);
 }
 
+/// A destination's gauges, computed at scrape time from the store and the dispatcher.
+pub struct DestinationGauges<'a> {
+    pub pending: u64,
+    pub oldest_due_ms: u64,
+    pub dead: u64,
+    /// Ordered keys held by a dead or failed head.
+    pub held_keys: u64,
+    pub breaker: &'a str,
+    pub paused: bool,
+}
+
 /// Gauges computed at scrape time from the store and the dispatcher.
-pub fn destination_gauges(destination: &str, pending: u64, oldest_due_ms: u64, dead: u64, breaker: &str, paused: bool) {
+pub fn destination_gauges(destination: &str, g: DestinationGauges<'_>) {
+    let DestinationGauges { pending, oldest_due_ms, dead, held_keys, breaker, paused } = g;
     let d = destination.to_string();
+    gauge!(HELD_KEYS, "destination" => d.clone()).set(held_keys as f64);
     gauge!(QUEUE_DEPTH, "destination" => d.clone()).set(pending as f64);
     gauge!(OLDEST_DUE, "destination" => d.clone()).set(oldest_due_ms as f64 / 1000.0);
     gauge!(DEAD_LETTERS, "destination" => d.clone()).set(dead as f64);

@@ -61,6 +61,15 @@ pub async fn replay(store: &Store, ids: Vec<DeliveryRef>) -> Result<usize, OpsEr
     Ok(store.replay(ids).await?)
 }
 
+/// Lets held heads of ordered keys (dead or failed under `on_dead: block`) go: they stay as they
+/// are, and the next delivery of each key is sent. Returns how many held their key.
+pub async fn skip(store: &Store, ids: Vec<DeliveryId>) -> Result<usize, OpsError> {
+    if ids.is_empty() {
+        return Err(OpsError::Invalid("name at least one delivery id".into()));
+    }
+    Ok(store.skip(ids).await?)
+}
+
 /// Re-sends dead letters, optionally of one destination and since a time.
 pub async fn replay_dead(
     store: &Store,
@@ -189,7 +198,8 @@ pub struct DeliveryView {
     /// How many attempts were made (a count; the attempts themselves are a delivery's
     /// `attempt_log` in [`EventView`]).
     pub attempts: u32,
-    pub next_at_ms: i64,
+    /// When it is due (pending); `null` while it waits for its turn in its key's order.
+    pub next_at_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub last_status: Option<u16>,
@@ -197,6 +207,15 @@ pub struct DeliveryView {
     /// Who cancelled it and why, while it is `cancelled`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancelled: Option<CancellationView>,
+    /// Its order key, when its destination orders its deliveries (`ordering:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_key: Option<String>,
+    /// Pending, waiting for the deliveries before it in its key's order.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
+    /// Dead or failed, it holds its key (`on_dead: block`) until replayed or skipped.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -244,6 +263,7 @@ pub struct DeliveryDetailView {
 
 impl From<DeliveryRow> for DeliveryView {
     fn from(r: DeliveryRow) -> Self {
+        let waiting = r.waiting();
         DeliveryView {
             id: r.id,
             event_id: r.event_id,
@@ -253,12 +273,15 @@ impl From<DeliveryRow> for DeliveryView {
             msg_id: r.msg_id,
             status: r.status,
             attempts: r.attempts,
-            next_at_ms: r.next_at_ms,
+            next_at_ms: (!waiting).then_some(r.next_at_ms),
             created_at_ms: r.created_at_ms,
             updated_at_ms: r.updated_at_ms,
             last_status: r.last_status,
             last_error: r.last_error,
             cancelled: r.cancelled.map(|c| CancellationView { by: c.by, reason: c.reason, at_ms: c.at_ms }),
+            waiting,
+            held: r.held,
+            order_key: r.order_key,
         }
     }
 }

@@ -19,7 +19,8 @@
 //! | GET | `/api/v1/deliveries?status=&destination=&source=&since=&until=&before=&limit=` | newest first; `next` is the cursor for `before` |
 //! | GET | `/api/v1/events/{id}` | one event, its deliveries and every attempt |
 //! | POST | `/api/v1/replay` | body `{"ids": [...]}` (as planned), `{"dead": true, "destination": "d", "since": "1d"}`, or `{"reroute": [...]}` |
-//! | GET | `/api/v1/destinations` | each destination: paused, breaker state, queue depth, oldest due, dead letters |
+//! | POST | `/api/v1/skip` | body `{"ids": [delivery ids]}`: ordered keys held by these dead or failed heads move on; answers `{"released": n}` |
+//! | GET | `/api/v1/destinations` | each destination: paused, breaker state, queue depth, oldest due, dead letters, keys held (ordered) |
 //! | POST | `/api/v1/destinations/{name}/pause` | body `{"reason": "..."}` optional |
 //! | POST | `/api/v1/destinations/{name}/resume` | |
 //! | POST | `/api/v1/cancel` | body `{"ids": [...]}`, `{"destination": "d", "source": "s", "since": "1h"}` or `{"all": true}`, with `"reason"`; counts only unless `"dry_run": false` |
@@ -174,6 +175,7 @@ impl Admin {
             },
             (&Method::POST, ["api", "v1", "replay"]) => self.replay(&body).await,
             (&Method::POST, ["api", "v1", "cancel"]) => self.cancel(&body).await,
+            (&Method::POST, ["api", "v1", "skip"]) => self.skip(&body).await,
             (&Method::POST, ["api", "v1", "purge"]) => self.purge(&body).await,
             (&Method::GET, ["api", "v1", "destinations"]) => self.destinations().await,
             (&Method::POST, ["api", "v1", "destinations", name, action @ ("pause" | "resume")]) => {
@@ -236,7 +238,15 @@ impl Admin {
     async fn refresh_gauges(&self) {
         let Ok(rows) = self.destination_rows().await else { return };
         for r in rows {
-            crate::metrics::destination_gauges(&r.name, r.pending, r.oldest_due_ms, r.dead, r.breaker, r.paused);
+            let gauges = crate::metrics::DestinationGauges {
+                pending: r.pending,
+                oldest_due_ms: r.oldest_due_ms,
+                dead: r.dead,
+                held_keys: r.held_keys,
+                breaker: r.breaker,
+                paused: r.paused,
+            };
+            crate::metrics::destination_gauges(&r.name, gauges);
         }
     }
 
@@ -261,6 +271,7 @@ impl Admin {
                     oldest_due_ms: s.map_or(0, |s| s.oldest_due_ms),
                     dead: s.map_or(0, |s| s.dead),
                     failed: s.map_or(0, |s| s.failed),
+                    held_keys: s.map_or(0, |s| s.held),
                 }
             })
             .collect())
@@ -302,6 +313,26 @@ impl Admin {
             Ok(n) => {
                 self.state.dispatcher.wake();
                 reply(StatusCode::OK, json!({"queued": n}))
+            }
+            Err(e) => ops_error(e),
+        }
+    }
+}
+
+impl Admin {
+    async fn skip(&self, body: &[u8]) -> Resp {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct SkipCommand {
+            ids: Vec<DeliveryId>,
+        }
+        let Ok(cmd) = serde_json::from_slice::<SkipCommand>(body) else {
+            return error(StatusCode::BAD_REQUEST, "expected {\"ids\": [delivery ids]}");
+        };
+        match ops::skip(self.state.dispatcher.store(), cmd.ids).await {
+            Ok(n) => {
+                self.state.dispatcher.wake();
+                reply(StatusCode::OK, json!({"released": n}))
             }
             Err(e) => ops_error(e),
         }
@@ -417,6 +448,8 @@ struct DestinationRow {
     oldest_due_ms: u64,
     dead: u64,
     failed: u64,
+    /// Ordered keys held by a dead or failed head (`on_dead: block`).
+    held_keys: u64,
 }
 
 fn parse_filter(query: &str) -> Result<DeliveryFilter, OpsError> {

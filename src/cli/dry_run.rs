@@ -88,6 +88,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             // kept as failed (on_error: fail): stored, never sent as is
             delivery["failed"] = Value::String(reason.clone());
         }
+        if let Some(order) = &planned.order {
+            // the key it would wait in line under (ordering:)
+            delivery["order_key"] = Value::String(order.key.clone());
+        }
         deliveries.push(delivery);
     }
     let body_is_json = serde_json::from_slice::<Value>(&event.body).is_ok();

@@ -65,6 +65,9 @@ enum Command {
     Event(ops::EventArgs),
     /// Re-send deliveries as planned, all dead letters, or route events again (--reroute).
     Replay(ops::ReplayArgs),
+    /// Let ordered keys held by a dead or failed head (`on_dead: block`) move on: the head stays
+    /// as it is, the next delivery of its key is sent.
+    Skip(ops::SkipArgs),
     /// Hold a destination's deliveries in the store.
     Pause(ops::PauseArgs),
     /// Let a paused destination's deliveries go again.
@@ -101,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::Events(args) => with_runtime(ops::events(args)),
         Command::Event(args) => with_runtime(ops::event(args)),
         Command::Replay(args) => with_runtime(ops::replay(args)),
+        Command::Skip(args) => with_runtime(ops::skip(args)),
         Command::Pause(args) => with_runtime(ops::pause(args)),
         Command::Resume(args) => with_runtime(ops::resume(args)),
         Command::Cancel(args) => with_runtime(cancel::cancel(args)),

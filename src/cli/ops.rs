@@ -66,6 +66,15 @@ pub struct ReplayArgs {
 }
 
 #[derive(clap::Args)]
+pub struct SkipArgs {
+    #[arg(long, short, default_value = "routes.yaml")]
+    config: PathBuf,
+    /// Delivery ids of held heads (`hookyard events --status dead` lists them, marked `held`).
+    #[arg(required = true)]
+    ids: Vec<i64>,
+}
+
+#[derive(clap::Args)]
 pub struct PauseArgs {
     #[arg(long, short, default_value = "routes.yaml")]
     config: PathBuf,
@@ -139,14 +148,20 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
             "DELIVERY", "EVENT", "SOURCE", "ROUTE", "DESTINATION", "STATUS", "TRY"
         );
         for r in &rows {
+            // an ordered delivery waiting for its turn, and a head holding its key, say so
+            let status = if r.waiting { "waiting".to_string() } else { r.status.to_string() };
+            let held = match (&r.order_key, r.held) {
+                (Some(key), true) => format!(" [holds key \"{key}\": `hookyard skip {}` or replay it]", r.id),
+                _ => String::new(),
+            };
             println!(
-                "{:>8}  {:<36}  {:<10}  {:<20}  {:<14}  {:<9}  {:>3}  {}",
+                "{:>8}  {:<36}  {:<10}  {:<20}  {:<14}  {:<9}  {:>3}  {}{held}",
                 r.id,
                 r.event_id,
                 r.source,
                 r.route,
                 r.destination,
-                r.status,
+                status,
                 r.attempts,
                 r.last_error.as_deref().unwrap_or("")
             );
@@ -188,6 +203,13 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         ops::replay(&store, a.ids.iter().map(|id| DeliveryRef::parse(id)).collect()).await?
     };
     println!("{n} deliver{} queued", if n == 1 { "y" } else { "ies" });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn skip(a: SkipArgs) -> anyhow::Result<ExitCode> {
+    let (_, store) = open(&a.config).await?;
+    let n = ops::skip(&store, a.ids.iter().map(|id| DeliveryId(*id)).collect()).await?;
+    println!("{n} held key{} released: the next delivery of each is sent", if n == 1 { "" } else { "s" });
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1301,3 +1301,96 @@ async fn keys_generate_prints_a_matching_ed25519_pair() {
     }
     assert_ne!(pairs[0], pairs[1]);
 }
+
+/// `ordering:` is checked at its key (the forms it takes, a JSONPath, a header name), and
+/// `dry-run` shows the key each delivery would wait in line under: from the delivered body, from
+/// a header, or the one order of a destination; an event without the key is ordered under "".
+#[tokio::test]
+async fn ordering_is_checked_and_dry_run_shows_each_order_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = |name: &str, ordering: &str| {
+        format!(
+            "  {name}:\n    url: http://127.0.0.1:9/{name}\n    sign: {{ scheme: none }}\n    ordering: {ordering}\n"
+        )
+    };
+    let broken = format!(
+        "sources:\n  app: {{ path: /app, verify: {{ scheme: none }} }}\ndestinations:\n{}{}{}{}routes:\n  - {{ name: r, source: app, to: [a, b, c, d] }}\n",
+        dest("a", "\"$.customer[\""),
+        dest("b", "{ key: \"header:Bad Name\" }"),
+        dest("c", "customer"),
+        dest("d", "{ key: \"$.x\", on_dead: retry }"),
+    );
+    let path = write_config(dir.path(), "broken.yaml", &broken);
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "{}", out.stdout);
+    let f = path.display();
+    let lines: Vec<String> = out.stderr.lines().map(|l| l.replace(&f.to_string(), "F")).collect();
+    assert_eq!(
+        lines,
+        [
+            "F:7:5: destinations.a.ordering: ordering \"$.customer[\" is not known: write `ordering: destination`, or `ordering: { key: \"$.path\" }` (or `key: \"header:Name\"`)",
+            "F:11:17: destinations.b.ordering.key: \"Bad Name\" is not a valid header name",
+            "F:15:5: destinations.c.ordering: ordering \"customer\" is not known: write `ordering: destination`, or `ordering: { key: \"$.path\" }` (or `key: \"header:Name\"`)",
+            "F:19:5: destinations.d.ordering: unknown variant `retry`, expected `block` or `skip`",
+            "4 problems found",
+        ],
+        "{}",
+        out.stderr
+    );
+    let broken = format!(
+        "sources:\n  app: {{ path: /app, verify: {{ scheme: none }} }}\ndestinations:\n{}{}routes:\n  - {{ name: r, source: app, to: [a, b] }}\n",
+        dest("a", "{ key: \"$.customer[\" }"),
+        dest("b", "{ key: \"customer\" }"),
+    );
+    let path = write_config(dir.path(), "broken2.yaml", &broken);
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "{}", out.stdout);
+    let lines: Vec<String> = out.stderr.lines().map(|l| l.replace(&path.display().to_string(), "F")).collect();
+    assert!(lines[0].starts_with("F:7:17: destinations.a.ordering.key: "), "{}", out.stderr);
+    assert_eq!(
+        lines[1],
+        "F:11:17: destinations.b.ordering.key: \"customer\" is neither a JSONPath (starting with `$`) nor `header:Name`"
+    );
+
+    let good = format!(
+        "sources:\n  app: {{ path: /app, verify: {{ scheme: none }} }}\ndestinations:\n{}{}{}{}routes:\n  - {{ name: r, source: app, to: [by_path, by_header, whole, plain] }}\n",
+        dest("by_path", "{ key: \"$.customer.id\", on_dead: skip }"),
+        dest("by_header", "{ key: \"header:X-Shop\" }"),
+        dest("whole", "destination"),
+        "  plain:\n    url: http://127.0.0.1:9/plain\n    sign: { scheme: none }\n",
+    );
+    let path = write_config(dir.path(), "routes.yaml", &good);
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&path);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    for (body, header, want) in [
+        (r#"{"customer": {"id": "cus_42"}}"#, "X-Shop: shop-7", ["cus_42", "shop-7", ""]),
+        (r#"{"customer": {"id": 42}}"#, "X-Other: 1", ["42", "", ""]),
+        ("not json", "X-Shop: s", ["", "s", ""]),
+    ] {
+        let body_path = write_config(dir.path(), "body.json", body);
+        let mut cmd = hookyard();
+        cmd.arg("dry-run").arg("--config").arg(&path).arg("--source").arg("app").arg("-H").arg(header);
+        cmd.arg("--body").arg(&body_path);
+        let out = run_cli(cmd).await;
+        assert_eq!(out.code(), Some(0), "{}", out.stderr);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        let keys: Vec<(String, Option<String>)> = v["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["destination"].as_str().unwrap().to_string(), d["order_key"].as_str().map(str::to_string)))
+            .collect();
+        let want: Vec<(String, Option<String>)> =
+            [("by_path", Some(want[0])), ("by_header", Some(want[1])), ("whole", Some(want[2])), ("plain", None)]
+                .iter()
+                .map(|(d, k)| (d.to_string(), k.map(str::to_string)))
+                .collect();
+        assert_eq!(keys, want, "{body}");
+    }
+}
