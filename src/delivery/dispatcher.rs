@@ -51,7 +51,7 @@ use crate::store::{AttemptRecord, DeliveryId, DestinationName, DueDelivery, Insp
 
 /// How often keys of ordered destinations left without a head are looked for (see
 /// [`Dispatcher::sweep_stalled`]); also once at start.
-pub const STALL_SWEEP: Duration = Duration::from_secs(30);
+pub const STALL_SWEEP: Duration = Duration::from_secs(10);
 
 /// Shortest pause between two polls.
 const MIN_POLL_GAP: Duration = Duration::from_millis(50);

@@ -550,6 +550,9 @@ pub async fn cancelling_a_head_and_sweeping_stalled_keys_advance_them(store: imp
     }
     let (b, _) = accept_ordered(&store, "evt_b1", &[("B", true)]).await;
     let (b2, _) = accept_ordered(&store, "evt_b2", &[("B", true)]).await;
+    let (c, _) = accept_ordered(&store, "evt_c1", &[("C", true)]).await;
+    accept_ordered(&store, "evt_c2", &[("C", true)]).await;
+    store.settle(c[0], attempt(Some(503)), Settle::Dead, None).await.unwrap();
     let selection = DeliverySelection { ids: vec![DeliveryRef::Delivery(ids[0])], ..Default::default() };
     assert_eq!(store.cancel(selection, "operator".into(), None).await.unwrap(), 1);
     assert_eq!(due_ids_now(&store).await, [ids[1], b[0]]);
@@ -557,7 +560,7 @@ pub async fn cancelling_a_head_and_sweeping_stalled_keys_advance_them(store: imp
     store.settle(ids[1], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
     store.settle(b[0], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
     assert!(due_ids_now(&store).await.is_empty());
-    assert_eq!(store.advance_stalled().await.unwrap(), 2);
+    assert_eq!(store.advance_stalled().await.unwrap(), 2, "A and B; C is held");
     assert_eq!(due_ids_now(&store).await, [ids[2], b2[0]]);
     assert_eq!(store.advance_stalled().await.unwrap(), 0, "every key has its head");
 }

@@ -178,29 +178,30 @@ impl Queue for PgStore {
         Ok(head.map(DeliveryId))
     }
 
-    /// Under an advisory lock of its own (one instance sweeps at a time), each stalled key in a
-    /// transaction of its own (one key lock at a time).
+    /// Each stalled key in a transaction of its own (one key lock at a time); the dispatcher runs
+    /// it under an advisory lock (one instance sweeps at a time).
     async fn advance_stalled(&self) -> Result<usize> {
         let stalled = {
             let c = self.conn().await?;
             let st = c
                 .prepare_cached(
-                    "SELECT DISTINCT w.destination, w.order_key FROM deliveries w
-                     WHERE w.status = 'pending' AND w.order_key IS NOT NULL AND w.next_at = $1
-                       AND NOT EXISTS (SELECT 1 FROM deliveries h WHERE h.destination = w.destination
-                                         AND h.order_key = w.order_key AND h.status = 'pending' AND h.next_at < $1)
-                       AND NOT EXISTS (SELECT 1 FROM deliveries h WHERE h.destination = w.destination
-                                         AND h.order_key = w.order_key AND h.held)",
+                    "SELECT destination, order_key FROM deliveries
+                     WHERE status = 'pending' AND order_key IS NOT NULL
+                     GROUP BY destination, order_key HAVING MIN(next_at) = $1",
                 )
                 .await
                 .map_err(db)?;
             let rows = c.query(&st, &[&WAITING]).await.map_err(db)?;
             rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>()
         };
+        let mut advanced = 0;
         for (destination, key) in &stalled {
-            self.advance(DestinationName::from(destination.as_str()), key.clone()).await?;
+            // a held key stays as it is
+            if self.advance(DestinationName::from(destination.as_str()), key.clone()).await?.is_some() {
+                advanced += 1;
+            }
         }
-        Ok(stalled.len())
+        Ok(advanced)
     }
 
     async fn add_deliveries(&self, event_id: EventId, deliveries: Vec<NewDelivery>) -> Result<usize> {

@@ -505,21 +505,25 @@ pub fn keys_of(
 }
 
 /// Keys with deliveries waiting but neither a head nor a hold (the process stopped between a
-/// head's settle and its key's advance), each advanced. Returns how many keys were.
+/// head's settle and its key's advance), each advanced. Returns how many keys were. One walk of
+/// the pending ordered rows, grouped by key (a key all of whose pending rows wait has no head).
 pub fn advance_stalled(t: &Connection, now: i64) -> rusqlite::Result<usize> {
-    let keys = keys_of(
-        t,
-        "status = 'pending' AND next_at = ?1
-         AND NOT EXISTS (SELECT 1 FROM deliveries h WHERE h.destination = deliveries.destination
-                           AND h.order_key = deliveries.order_key AND h.status = 'pending' AND h.next_at < ?1)
-         AND NOT EXISTS (SELECT 1 FROM deliveries h WHERE h.destination = deliveries.destination
-                           AND h.order_key = deliveries.order_key AND h.held = 1)",
-        [WAITING],
-    )?;
+    let keys: Vec<(String, String)> = {
+        let mut st = t.prepare_cached(
+            "SELECT destination, order_key FROM deliveries
+             WHERE status = 'pending' AND order_key IS NOT NULL
+             GROUP BY destination, order_key HAVING MIN(next_at) = ?1",
+        )?;
+        st.query_map([WAITING], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?
+    };
+    let mut advanced = 0;
     for (destination, key) in &keys {
-        advance_key(t, destination, key, now)?;
+        // a held key stays as it is
+        if advance_key(t, destination, key, now)?.is_some() {
+            advanced += 1;
+        }
     }
-    Ok(keys.len())
+    Ok(advanced)
 }
 
 fn settle_delivery(
