@@ -87,6 +87,7 @@ const PROTECTED: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/destinations/out/resume", ""),
     ("POST", "/api/v1/cancel", r#"{"destination":"out"}"#),
     ("POST", "/api/v1/purge", r#"{"destination":"out"}"#),
+    ("POST", "/api/v1/skip", r#"{"ids":[1]}"#),
     // unknown paths too: no probing of what exists without the token
     ("GET", "/api/v1/nope", ""),
 ];
@@ -248,6 +249,10 @@ async fn every_route_answers_with_the_token() {
         ("POST", "/api/v1/cancel", r#"{"all":true,"since":"yesterday"}"#, 400),
         ("POST", "/api/v1/purge", r#"{"older_than":"soon"}"#, 400),
         ("POST", "/api/v1/purge", r#"{"everything":true}"#, 400),
+        ("POST", "/api/v1/skip", "not json", 400),
+        ("POST", "/api/v1/skip", r#"{"ids":[]}"#, 400),
+        ("POST", "/api/v1/skip", r#"{"ids":["evt_1"]}"#, 400),
+        ("POST", "/api/v1/skip", r#"{"ids":[999999]}"#, 404),
         ("GET", "/api/v1/cancel", "", 405),
         ("POST", "/api/v1/status", "", 405),
         ("GET", "/api/v1/reload", "", 405),
@@ -397,6 +402,64 @@ async fn replaying_dead_letters_of_a_destination_delivers_them_as_the_same_messa
         .wait_metrics("d's dead letter gone", |m| m.get("hookyard_dead_letters", &[("destination", "d")]) == 0.0)
         .await;
     assert_eq!(m.get("hookyard_dead_letters", &[("destination", "e")]), 1.0);
+}
+
+/// An ordered destination with `on_dead: block` (the default): the key's head dies, the rest of
+/// the key waits (shown as waiting, counted as a held key, nothing sent), and `POST /api/v1/skip`
+/// lets the key go on, in order; another key was never held up.
+#[tokio::test]
+async fn a_key_held_by_a_dead_head_waits_for_a_skip_and_other_keys_go_on() {
+    let o = Sink::with_script(vec![Reply::status(500); 3]).await;
+    let (gw, admin) = start_process(&[("o", o.url("/o"), "ordering: { key: \"$.case\" }")]).await;
+    let head = send(&gw, &["o"], "k").await;
+    let dead = admin
+        .wait_json("/api/v1/deliveries?status=dead", "the head dead", WAIT, |v| {
+            v["items"].as_array().is_some_and(|i| i.len() == 1)
+        })
+        .await;
+    let head_delivery = dead["items"][0]["id"].as_i64().unwrap();
+    assert_eq!(dead["items"][0]["event_id"], head.as_str());
+    assert_eq!((dead["items"][0]["held"].clone(), dead["items"][0]["order_key"].clone()), (json!(true), json!("k")));
+    let later = [send(&gw, &["o"], "k").await, send(&gw, &["o"], "k").await];
+    send(&gw, &["o"], "other").await;
+    let got = o.wait_for(4, WAIT).await;
+    assert_eq!(got[3].must("x-case"), "other", "another key is not held up");
+    let list = admin.get_json("/api/v1/deliveries?status=pending").await;
+    let waiting: Vec<(Value, Value, Value)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| later.iter().any(|l| d["event_id"] == l.as_str()))
+        .map(|d| (d["event_id"].clone(), d["waiting"].clone(), d["next_at_ms"].clone()))
+        .collect();
+    assert_eq!(
+        waiting,
+        [(json!(later[1]), json!(true), Value::Null), (json!(later[0]), json!(true), Value::Null)],
+        "{list:#}"
+    );
+    let destinations = admin.get_json("/api/v1/destinations").await;
+    assert_eq!(destinations["items"][0]["held_keys"], 1, "{destinations}");
+    assert_eq!(admin.metrics().await.get("hookyard_ordering_held_keys", &[("destination", "o")]), 1.0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(o.requests().len(), 4, "nothing more of the held key was sent");
+
+    let r = admin.post_json("/api/v1/skip", &json!({"ids": [head_delivery]}).to_string()).await;
+    assert_eq!(r, json!({"released": 1}));
+    let got = o.wait_for(6, WAIT).await;
+    let events: Vec<String> =
+        got[4..].iter().map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["case"].to_string()).collect();
+    assert_eq!(events, ["\"k\"", "\"k\""]);
+    let first = admin.get_json(&format!("/api/v1/events/{}", later[0])).await;
+    let second = admin.get_json(&format!("/api/v1/events/{}", later[1])).await;
+    assert_eq!(got[4].must("webhook-id"), first["deliveries"][0]["msg_id"].as_str().unwrap(), "in accept order");
+    assert_eq!(got[5].must("webhook-id"), second["deliveries"][0]["msg_id"].as_str().unwrap());
+    let skipped = admin.get_json(&format!("/api/v1/events/{head}")).await;
+    assert_eq!(
+        (skipped["deliveries"][0]["status"].clone(), skipped["deliveries"][0].get("held")),
+        (json!("dead"), None)
+    );
+    let r = admin.post_json("/api/v1/skip", &json!({"ids": [head_delivery]}).to_string()).await;
+    assert_eq!(r, json!({"released": 0}), "it holds nothing any more");
 }
 
 // --- cancel and purge -------------------------------------------------------------------------
