@@ -501,6 +501,29 @@ impl Config {
                 errors
                     .push(self.error(&format!("{key}.rate_limit"), "must be a positive number of requests per second"));
             }
+            if let Some(b) = &d.batch {
+                if !(1..=MAX_BATCH_EVENTS).contains(&b.max_events) {
+                    errors.push(self.error(
+                        &format!("{key}.batch.max_events"),
+                        format!("must be between 1 and {MAX_BATCH_EVENTS}"),
+                    ));
+                }
+                if !(1..=MAX_BATCH_BYTES).contains(&b.max_bytes.0) {
+                    errors.push(self.error(
+                        &format!("{key}.batch.max_bytes"),
+                        format!("must be between 1 byte and {} MiB", MAX_BATCH_BYTES >> 20),
+                    ));
+                }
+                if b.max_wait.0.is_zero() || b.max_wait.0 > MAX_BATCH_WAIT {
+                    errors.push(self.error(&format!("{key}.batch.max_wait"), "must be more than 0 and at most 1h"));
+                }
+                if d.ordering.is_some() {
+                    errors.push(self.error(
+                        &format!("{key}.batch"),
+                        "batch and ordering cannot be combined on one destination (yet): choose one",
+                    ));
+                }
+            }
             if !(d.breaker.failure_rate > 0.0 && d.breaker.failure_rate <= 1.0) {
                 errors.push(self.error(&format!("{key}.breaker.failure_rate"), "must be in (0, 1]"));
             }
@@ -687,6 +710,13 @@ impl Config {
         }
     }
 }
+
+/// Most deliveries one batch may carry (`batch.max_events`).
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+/// Largest `batch.max_bytes`: 64 MiB.
+pub const MAX_BATCH_BYTES: u64 = 64 << 20;
+/// Longest `batch.max_wait`.
+pub const MAX_BATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Smallest `sources.<name>.rate_limit.per_second`: one request a day.
 pub const MIN_SOURCE_RATE: f64 = 1.0 / 86_400.0;

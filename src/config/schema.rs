@@ -441,6 +441,75 @@ pub struct DestinationConfig {
     /// Ordered delivery: per key, one delivery in flight at a time and never a later event before
     /// an earlier one. Default: none (deliveries go in parallel, in any order).
     pub ordering: Option<OrderingConfig>,
+    /// Batched delivery: deliveries grouped into one signed request. Default: none (one request
+    /// per delivery).
+    pub batch: Option<BatchConfig>,
+}
+
+/// `destinations.<name>.batch:` — a batch closes at whichever limit comes first.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Most deliveries in one request. Default 100.
+    pub max_events: usize,
+    /// Most bytes of bodies in one request (a single larger body goes alone). Default `1MiB`.
+    pub max_bytes: ByteSize,
+    /// Longest a delivery waits for its batch to fill. Default `1s`.
+    pub max_wait: Dur,
+    /// `json_array` (the default): `[body,body,…]`; `ndjson`: one body per line.
+    pub format: BatchFormat,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: 100,
+            max_bytes: ByteSize(1 << 20),
+            max_wait: Dur(Duration::from_secs(1)),
+            format: BatchFormat::JsonArray,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchFormat {
+    #[default]
+    JsonArray,
+    Ndjson,
+}
+
+/// A number of bytes: a number, or a string with a unit (`512KiB`, `1MiB`, `1MB`, `100B`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        if let Some(n) = v.as_u64() {
+            return Ok(ByteSize(n));
+        }
+        let invalid = || {
+            serde::de::Error::custom(format!(
+                "expected a number of bytes, or one with a unit such as \"512KiB\" or \"1MiB\", found {v}"
+            ))
+        };
+        let text = v.as_str().ok_or_else(invalid)?.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (num, unit) = text.split_at(split);
+        let n: u64 = num.parse().map_err(|_| invalid())?;
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            _ => return Err(invalid()),
+        };
+        n.checked_mul(scale).map(ByteSize).ok_or_else(invalid)
+    }
 }
 
 /// `destinations.<name>.ordering:` — `destination` (one order for every delivery), or a map

@@ -110,6 +110,7 @@ impl Destination {
             },
             rate: d.rate_limit.map(RateLimiter::new),
             ordering,
+            batch: d.batch.clone(),
         })
     }
 }

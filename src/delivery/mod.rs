@@ -52,6 +52,8 @@ pub struct Destination {
     pub rate: Option<RateLimiter>,
     /// `ordering:`: per key, one delivery at a time, in accept order.
     pub ordering: Option<KeyOrder>,
+    /// `batch:`: deliveries go in batches.
+    pub batch: Option<crate::config::BatchConfig>,
 }
 
 /// A destination's `ordering:`, compiled: what a delivery's order key is, and what a head that

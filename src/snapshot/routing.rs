@@ -115,6 +115,7 @@ impl Snapshot {
                             headers: headers.cloned(),
                             failed: None,
                             order: None,
+                            batch: false,
                         });
                     }
                 }
@@ -145,17 +146,19 @@ impl Snapshot {
     }
 
     /// Gives each delivery to an ordered destination its order key, read from the body it
-    /// delivers (a transform's output, else the event's) or the event's headers.
+    /// delivers (a transform's output, else the event's) or the event's headers, and marks those
+    /// of batched destinations.
     fn place_in_order(&self, event: &Event, deliveries: &mut [NewDelivery]) {
-        if self.destinations.iter().all(|d| d.ordering.is_none()) {
+        if self.destinations.iter().all(|d| d.ordering.is_none() && d.batch.is_none()) {
             return;
         }
         for d in deliveries {
-            let Some(ordering) = self.destination(&d.destination).and_then(|dest| dest.ordering.as_ref()) else {
-                continue;
-            };
-            let body = d.body.as_deref().unwrap_or(&event.body);
-            d.order = Some(OrderSpec { key: ordering.key_of(&event.headers, body), block: ordering.blocks() });
+            let Some(dest) = self.destination(&d.destination) else { continue };
+            d.batch = dest.batch.is_some();
+            if let Some(ordering) = &dest.ordering {
+                let body = d.body.as_deref().unwrap_or(&event.body);
+                d.order = Some(OrderSpec { key: ordering.key_of(&event.headers, body), block: ordering.blocks() });
+            }
         }
     }
 
@@ -171,6 +174,7 @@ impl Snapshot {
                 headers: None,
                 failed: None,
                 order: None,
+                batch: false,
             });
         }
     }

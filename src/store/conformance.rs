@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::{
     Accepted, AttemptRecord, Backend, Cancellation, DeliveryFilter, DeliveryId, DeliveryRef, DeliverySelection,
     DeliveryStatus, DestinationName, DestinationStats, DueDelivery, MAX_RESPONSE_KEPT, NewDelivery, NewEvent,
-    OrderSpec, Purged, Settle, now_ms,
+    BatchLimits, Formation, OrderSpec, Purged, Settle, now_ms,
 };
 
 /// One `#[test]` per behaviour, each on a store `$fresh().await` opens, which returns the store
@@ -37,6 +37,7 @@ macro_rules! conformance_suite {
             a_held_key_waits_for_a_replay_or_a_skip,
             a_replayed_ordered_delivery_goes_back_to_its_place,
             cancelling_a_head_and_sweeping_stalled_keys_advance_them,
+            batches_close_at_the_first_limit_and_settle_their_members,
         );
     };
     (@each $fresh:path; $($name:ident),* $(,)?) => {
@@ -80,6 +81,7 @@ pub(crate) fn delivery(dest: &str) -> NewDelivery {
         headers: None,
         failed: None,
         order: None,
+        batch: false,
     }
 }
 
@@ -563,4 +565,89 @@ pub async fn cancelling_a_head_and_sweeping_stalled_keys_advance_them(store: imp
     assert_eq!(store.advance_stalled().await.unwrap(), 2, "A and B; C is held");
     assert_eq!(due_ids_now(&store).await, [ids[2], b2[0]]);
     assert_eq!(store.advance_stalled().await.unwrap(), 0, "every key has its head");
+}
+
+/// Deliveries of a batched destination are never due alone; a batch takes the oldest, closed by
+/// `max_events`, `max_bytes` (a larger one alone) or the oldest's `max_wait`; it is due with its
+/// own `webhook-id`, kept across its retries; its members take its outcome, each with its own
+/// attempt log; a replayed member goes in a new batch; `unbatch` sends the rest one by one.
+pub async fn batches_close_at_the_first_limit_and_settle_their_members(store: impl Backend) {
+    let batched = || NewDelivery { batch: true, ..delivery("b") };
+    let mut events = Vec::new();
+    for i in 0..5 {
+        let id = format!("evt_{i}");
+        assert!(stored(store.accept(event_from(&id, "app"), vec![batched()], None).await.unwrap()).is_empty());
+        events.push(id);
+    }
+    assert!(due(&store, now_ms() + 1, 10, &[]).await.is_empty(), "never due alone");
+    let now = now_ms();
+    let limits = BatchLimits { max_events: 3, max_bytes: 1000, max_wait_ms: 60_000 };
+    let Formation::Formed { batch: b1, events: 3 } = store.form_batch("b".into(), limits, now).await.unwrap() else {
+        panic!("max_events closes the first batch")
+    };
+    let Formation::NotYet { due_at_ms } = store.form_batch("b".into(), limits, now).await.unwrap() else {
+        panic!("two left, neither full nor old")
+    };
+    assert!(due_at_ms > now + 59_000 && due_at_ms <= now + 60_000, "{due_at_ms}");
+    let Formation::Formed { batch: b2, events: 2 } =
+        store.form_batch("b".into(), limits, now + 60_000).await.unwrap()
+    else {
+        panic!("max_wait closes the second")
+    };
+    assert_eq!(store.form_batch("b".into(), limits, now + 60_000).await.unwrap(), Formation::Empty);
+    // a batch is due from when it was formed
+    let t = now + 60_000;
+    assert_eq!(store.due_batches(t, 10, vec![]).await.unwrap(), [(b1, "b".into()), (b2, "b".into())]);
+    assert!(store.due_batches(t, 10, vec!["b".into()]).await.unwrap().is_empty(), "skipped");
+    let first = store.load_batch(b1, now_ms() + 1).await.unwrap().unwrap();
+    assert_eq!(first.members.len(), 3);
+    assert!(first.members.iter().all(|(_, body)| &body[..] == b"{}"));
+    assert!(first.msg_id.starts_with("msg_") && first.msg_id.len() == 28, "{}", first.msg_id);
+    let members: Vec<DeliveryId> = first.members.iter().map(|m| m.0).collect();
+    let later = now + 120_000;
+    store.settle_batch(b1, members.clone(), attempt(Some(503)), Settle::Retry { next_at_ms: later }, None).await.unwrap();
+    assert_eq!(store.due_batches(t, 10, vec![]).await.unwrap(), [(b2, "b".into())]);
+    assert_eq!(store.next_due_ms(vec![]).await.unwrap(), Some(t), "b2 is due next");
+    assert!(due(&store, later, 10, &[]).await.is_empty(), "a retried member is not due alone");
+    let again = store.load_batch(b1, later).await.unwrap().unwrap();
+    assert_eq!((again.attempts, &again.msg_id), (1, &first.msg_id), "the same webhook-id");
+    store.settle_batch(b1, members.clone(), attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    let ev = store.event(events[0].as_str().into()).await.unwrap().unwrap();
+    let d = &ev.deliveries[0];
+    assert_eq!((d.delivery.status, d.delivery.batch_id), (DeliveryStatus::Delivered, Some(b1)));
+    assert_eq!(d.delivery.batch_msg_id.as_ref(), Some(&first.msg_id));
+    let codes: Vec<Option<u16>> = d.attempt_log.iter().map(|a| a.status_code).collect();
+    assert_eq!(codes, [Some(503), Some(200)], "each member has the batch's attempts");
+    assert!(store.load_batch(b1, later).await.unwrap().is_none(), "delivered: no longer due");
+
+    // a replayed member awaits a new batch
+    assert_eq!(store.replay(vec![DeliveryRef::Delivery(members[0])]).await.unwrap(), 1);
+    assert!(due(&store, now_ms() + 1, 10, &[]).await.is_empty());
+    let t = now_ms() + 60_000;
+    let Formation::Formed { batch: b3, events: 1 } = store.form_batch("b".into(), limits, t).await.unwrap() else {
+        panic!("the replayed member in a batch of its own")
+    };
+    let third = store.load_batch(b3, t).await.unwrap().unwrap();
+    assert_ne!(third.msg_id, first.msg_id);
+    store.settle_batch(b3, vec![members[0]], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+
+    // max_bytes: "{}" is 2 bytes; 3 bytes fit one
+    for i in 5..7 {
+        stored(store.accept(event_from(&format!("evt_{i}"), "app"), vec![batched()], None).await.unwrap());
+    }
+    let tight = BatchLimits { max_events: 100, max_bytes: 3, max_wait_ms: 60_000 };
+    assert!(matches!(store.form_batch("b".into(), tight, now_ms()).await.unwrap(), Formation::Formed { events: 1, .. }));
+    // one is left awaiting: without `batch:` any more, it goes alone
+    assert_eq!(store.unbatch("b".into()).await.unwrap(), 1);
+    assert_eq!(due(&store, now_ms() + 1, 10, &[]).await.len(), 1);
+    // a batch whose members were all cancelled is not sent
+    stored(store.accept(event_from("evt_9", "app"), vec![batched()], None).await.unwrap());
+    let t = now_ms() + 60_000;
+    let Formation::Formed { batch: b4, .. } = store.form_batch("b".into(), limits, t).await.unwrap() else {
+        panic!("formed")
+    };
+    let selection = DeliverySelection { ids: vec!["evt_9".into()], ..Default::default() };
+    assert_eq!(store.cancel(selection, "operator".into(), None).await.unwrap(), 1);
+    assert!(store.load_batch(b4, t).await.unwrap().is_none(), "nothing left to send");
+    assert!(!store.due_batches(t, 10, vec![]).await.unwrap().iter().any(|(b, _)| *b == b4), "and it is no longer due");
 }

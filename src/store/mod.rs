@@ -133,6 +133,9 @@ pub struct NewDelivery {
     pub failed: Option<String>,
     /// Its place in an order (the destination's `ordering:`); `None`: unordered.
     pub order: Option<OrderSpec>,
+    /// Its destination batches its deliveries (`batch:`): stored awaiting a batch
+    /// ([`Queue::form_batch`]), never sent alone.
+    pub batch: bool,
 }
 
 /// Where an ordered delivery stands in line: its key (per destination), and whether it holds the
@@ -148,8 +151,46 @@ pub struct OrderSpec {
     pub block: bool,
 }
 
-/// `next_at` of an ordered delivery waiting for its turn: never due.
+/// `next_at` of an ordered delivery waiting for its turn, and of a delivery awaiting or in a
+/// batch (the batch has the due time): never due alone.
 pub const WAITING: i64 = i64::MAX;
+
+/// `batch_id` of a delivery awaiting a batch.
+pub const AWAITING_BATCH: i64 = 0;
+
+/// When a batch of a destination closes: at whichever limit comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_events: usize,
+    /// Bodies' bytes (a single larger body goes alone).
+    pub max_bytes: u64,
+    /// Longest wait of a delivery for its batch, in ms.
+    pub max_wait_ms: i64,
+}
+
+/// What [`Queue::form_batch`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Formation {
+    /// A batch was formed of the oldest deliveries awaiting one (more may await).
+    Formed { batch: i64, events: usize },
+    /// Deliveries await a batch that no limit closes yet: the wait of the oldest ends then.
+    NotYet { due_at_ms: i64 },
+    /// None awaits a batch.
+    Empty,
+}
+
+/// A pending batch with what it carries: its pending members, in accept order.
+#[derive(Debug, Clone)]
+pub struct DueBatch {
+    pub id: i64,
+    pub destination: DestinationName,
+    /// The batch's `webhook-id`, the same for every attempt.
+    pub msg_id: MsgId,
+    pub attempts: u32,
+    pub members: Vec<(DeliveryId, Bytes)>,
+    /// As [`DueDelivery::lease_until`].
+    pub lease_until: Option<Instant>,
+}
 
 /// A pending delivery with everything needed to send it.
 #[derive(Debug, Clone)]
@@ -212,6 +253,36 @@ pub(crate) fn due_now(
             lease_until,
         })
         .collect()
+}
+
+/// How many of the oldest deliveries awaiting a batch (`(id, body bytes, created)`, at most
+/// `max_events`) the batch takes, their bytes, and whether a limit closes it now: it has
+/// `max_events`, or the next would pass `max_bytes` (a single larger one goes alone).
+pub(crate) fn close_batch(rows: &[(i64, u64, i64)], limits: BatchLimits) -> (usize, u64, bool) {
+    let mut bytes = 0u64;
+    let mut taken = 0;
+    for (_, len, _) in rows {
+        if taken > 0 && bytes + len > limits.max_bytes {
+            return (taken, bytes, true);
+        }
+        bytes += len;
+        taken += 1;
+    }
+    (taken, bytes, taken >= limits.max_events || bytes >= limits.max_bytes)
+}
+
+/// A batch's `webhook-id`: `msg_` + 24 hex digits of SHA-256 of its destination, its number and
+/// its first member's (deterministic, so the same across its retries, and distinct from every
+/// delivery's).
+pub(crate) fn batch_msg_id(destination: &str, batch: i64, first_member: i64) -> MsgId {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"hookyard-batch\0")
+        .chain_update(destination.as_bytes())
+        .chain_update(batch.to_be_bytes())
+        .chain_update(first_member.to_be_bytes())
+        .finalize();
+    MsgId(format!("msg_{}", hex::encode(&digest[..12])).into())
 }
 
 /// What [`Queue::accept`] did.
@@ -300,10 +371,15 @@ pub struct DeliveryRow {
     pub order_key: Option<String>,
     /// Dead or failed, it holds its key (`on_dead: block`) until replayed or skipped.
     pub held: bool,
+    /// The batch that carries it (`batch:`): [`AWAITING_BATCH`] while it awaits one.
+    pub batch_id: Option<i64>,
+    /// That batch's `webhook-id`.
+    pub batch_msg_id: Option<MsgId>,
 }
 
 impl DeliveryRow {
-    /// Pending, but waiting for the deliveries before it in its key's order.
+    /// Pending, but waiting: for the deliveries before it in its key's order, or for (or in) a
+    /// batch.
     pub fn waiting(&self) -> bool {
         self.status == DeliveryStatus::Pending && self.next_at_ms == WAITING
     }
@@ -496,6 +572,45 @@ pub trait Queue: Clone + Send + Sync + 'static {
     /// Advances every key that has deliveries waiting for their turn but no head and no hold
     /// (the process that settled the head stopped before advancing its key). Returns how many.
     fn advance_stalled(&self) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Forms one batch of the oldest deliveries of `destination` awaiting one, if a limit closes
+    /// it at `now_ms`: `max_events` of them, or the next would pass `max_bytes` (a single larger
+    /// one goes alone), or the oldest has waited `max_wait`. Members belong to one batch; the
+    /// batch is pending, due now, with its own `webhook-id`.
+    fn form_batch(
+        &self,
+        destination: DestinationName,
+        limits: BatchLimits,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Formation>> + Send;
+
+    /// Ids and destinations of pending batches due at `now_ms` (oldest due first, at most
+    /// `limit`), but those of the `skip` destinations.
+    fn due_batches(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        skip: Vec<DestinationName>,
+    ) -> impl Future<Output = Result<Vec<(i64, DestinationName)>>> + Send;
+
+    /// Loads a batch if it is still pending and due (claimed as [`Queue::load_pending`] claims).
+    fn load_batch(&self, id: i64, now_ms: i64) -> impl Future<Output = Result<Option<DueBatch>>> + Send;
+
+    /// Records an attempt of a batch: the batch takes the new state, and so does each of the
+    /// `members` sent (as [`Queue::settle`] would, each with its own attempt row), except that a
+    /// retry keeps them in the batch (the batch is due again, not they).
+    fn settle_batch(
+        &self,
+        id: i64,
+        members: Vec<DeliveryId>,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Sends the deliveries of `destination` awaiting a batch one by one (its `batch:` is gone).
+    /// Returns how many.
+    fn unbatch(&self, destination: DestinationName) -> impl Future<Output = Result<usize>> + Send;
 
     /// Adds deliveries to an existing event (re-routing with the current config). Due now.
     fn add_deliveries(
@@ -752,6 +867,28 @@ impl Queue for Store {
     }
     async fn advance_stalled(&self) -> Result<usize> {
         on_backend!(self, b => b.advance_stalled().await)
+    }
+    async fn form_batch(&self, destination: DestinationName, limits: BatchLimits, now_ms: i64) -> Result<Formation> {
+        on_backend!(self, b => b.form_batch(destination, limits, now_ms).await)
+    }
+    async fn due_batches(&self, now_ms: i64, limit: usize, skip: Vec<DestinationName>) -> Result<Vec<(i64, DestinationName)>> {
+        on_backend!(self, b => b.due_batches(now_ms, limit, skip).await)
+    }
+    async fn load_batch(&self, id: i64, now_ms: i64) -> Result<Option<DueBatch>> {
+        on_backend!(self, b => b.load_batch(id, now_ms).await)
+    }
+    async fn settle_batch(
+        &self,
+        id: i64,
+        members: Vec<DeliveryId>,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+    ) -> Result<()> {
+        on_backend!(self, b => b.settle_batch(id, members, attempt, settle, error).await)
+    }
+    async fn unbatch(&self, destination: DestinationName) -> Result<usize> {
+        on_backend!(self, b => b.unbatch(destination).await)
     }
     async fn add_deliveries(&self, event_id: EventId, deliveries: Vec<NewDelivery>) -> Result<usize> {
         on_backend!(self, b => b.add_deliveries(event_id, deliveries).await)

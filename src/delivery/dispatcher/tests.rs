@@ -78,6 +78,7 @@ fn destination(name: &str, s: &Setup) -> Arc<Destination> {
         },
         rate: s.rate.map(RateLimiter::new),
         ordering: None,
+        batch: None,
     })
 }
 
@@ -113,6 +114,7 @@ async fn accept(store: &Store, id: &str, dest: &str) -> Vec<DueDelivery> {
         headers: None,
         failed: None,
         order: None,
+        batch: false,
     };
     match store.accept(ev, vec![d], None).await.unwrap() {
         Accepted::Stored(due) => due,

@@ -34,6 +34,24 @@ pub struct Delivery {
     pub order_key: Option<String>,
     pub order_block: bool,
     pub held: bool,
+    pub batch_id: Option<i64>,
+}
+
+/// A row of `batches`: deliveries sent as one request.
+#[derive(Debug, Clone)]
+pub struct DeliveryBatch {
+    pub id: i64,
+    pub destination: String,
+    pub msg_id: String,
+    pub status: String,
+    pub attempts: i32,
+    pub next_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub events: i32,
+    pub bytes: i64,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
 }
 
 /// A row of `delivery_bodies`: a transform's output.
@@ -80,6 +98,7 @@ pub struct DestinationState {
 #[derive(Debug, Clone)]
 pub enum Batch {
     Events(Vec<Event>),
+    DeliveryBatches(Vec<DeliveryBatch>),
     Deliveries(Vec<Delivery>),
     Bodies(Vec<Body>),
     Attempts(Vec<Attempt>),

@@ -11,7 +11,8 @@ use crate::store::migrate::rows::{Batch, Read};
 use crate::store::migrate::{Copied, MigrateError};
 
 /// Every table of the store, in an order their foreign keys accept for the lock.
-const TABLES: &str = "events, deliveries, delivery_bodies, attempts, cancellations, destination_state, dedupe";
+const TABLES: &str =
+    "events, batches, deliveries, delivery_bodies, attempts, cancellations, destination_state, dedupe";
 
 impl PgStore {
     /// Copies what `start`'s channel brings into this store's tables, in one transaction that is
@@ -49,6 +50,12 @@ impl PgStore {
         // the next delivery accepted gets an id past every copied one
         tx.execute(
             "SELECT setval(pg_get_serial_sequence('deliveries', 'id'), MAX(id)) FROM deliveries HAVING MAX(id) IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            "SELECT setval(pg_get_serial_sequence('batches', 'id'), MAX(id)) FROM batches HAVING MAX(id) IS NOT NULL",
             &[],
         )
         .await
@@ -107,13 +114,15 @@ async fn insert(
             let order_key: Vec<Option<&str>> = rows.iter().map(|r| r.order_key.as_deref()).collect();
             let order_block: Vec<bool> = rows.iter().map(|r| r.order_block).collect();
             let held: Vec<bool> = rows.iter().map(|r| r.held).collect();
+            let batch_id: Vec<Option<i64>> = rows.iter().map(|r| r.batch_id).collect();
             copied.deliveries += tx
                 .execute(
                     "INSERT INTO deliveries (id, event_id, route, destination, msg_id, status, attempts, next_at,
-                                             created_at, updated_at, last_status, last_error, order_key, order_block, held)
+                                             created_at, updated_at, last_status, last_error, order_key, order_block, held,
+                                             batch_id)
                      SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                           $7::int4[], $8::int8[], $9::int8[], $10::int8[], $11::int4[], $12::text[],
-                                          $13::text[], $14::bool[], $15::bool[])",
+                                          $13::text[], $14::bool[], $15::bool[], $16::int8[])",
                     &[
                         &id,
                         &event,
@@ -130,10 +139,46 @@ async fn insert(
                         &order_key,
                         &order_block,
                         &held,
+                        &batch_id,
                     ],
                 )
                 .await?;
             copied.pending += rows.iter().filter(|r| r.status == "pending").count() as u64;
+        }
+        Batch::DeliveryBatches(rows) => {
+            let id: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            let destination: Vec<&str> = rows.iter().map(|r| r.destination.as_str()).collect();
+            let msg_id: Vec<&str> = rows.iter().map(|r| r.msg_id.as_str()).collect();
+            let status: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+            let attempts: Vec<i32> = rows.iter().map(|r| r.attempts).collect();
+            let next_at: Vec<i64> = rows.iter().map(|r| r.next_at).collect();
+            let created_at: Vec<i64> = rows.iter().map(|r| r.created_at).collect();
+            let updated_at: Vec<i64> = rows.iter().map(|r| r.updated_at).collect();
+            let events: Vec<i32> = rows.iter().map(|r| r.events).collect();
+            let bytes: Vec<i64> = rows.iter().map(|r| r.bytes).collect();
+            let last_status: Vec<Option<i32>> = rows.iter().map(|r| r.last_status).collect();
+            let last_error: Vec<Option<&str>> = rows.iter().map(|r| r.last_error.as_deref()).collect();
+            tx.execute(
+                "INSERT INTO batches (id, destination, msg_id, status, attempts, next_at, created_at, updated_at, events,
+                                      bytes, last_status, last_error)
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::int8[],
+                                      $8::int8[], $9::int4[], $10::int8[], $11::int4[], $12::text[])",
+                &[
+                    &id,
+                    &destination,
+                    &msg_id,
+                    &status,
+                    &attempts,
+                    &next_at,
+                    &created_at,
+                    &updated_at,
+                    &events,
+                    &bytes,
+                    &last_status,
+                    &last_error,
+                ],
+            )
+            .await?;
         }
         Batch::Bodies(rows) => {
             let id: Vec<i64> = rows.iter().map(|r| r.delivery_id).collect();

@@ -31,7 +31,8 @@ const DEAD: &str = "status = 'dead' AND ($1::text IS NULL OR destination = $1::t
      AND updated_at < COALESCE($2::int8, 9223372036854775807)";
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts,
-     d.next_at, d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, d.order_key, d.held";
+     d.next_at, d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, d.order_key, d.held,
+     d.batch_id, (SELECT bt.msg_id FROM batches bt WHERE bt.id = d.batch_id)";
 
 /// The statement parameters of a selection.
 struct Selected {
@@ -179,7 +180,7 @@ impl Inspect for PgStore {
                     error: a.get(6),
                 })
                 .collect();
-            let transformed_body = r.get::<_, Option<&[u8]>>(18).map(Bytes::copy_from_slice);
+            let transformed_body = r.get::<_, Option<&[u8]>>(20).map(Bytes::copy_from_slice);
             ev.deliveries.push(DeliveryDetail { delivery: row, transformed_body, attempt_log });
         }
         Ok(Some(ev))
@@ -455,7 +456,9 @@ impl Inspect for PgStore {
 fn replayed(now: &str, waiting: &str) -> String {
     format!(
         "status = 'pending', held = false, updated_at = {now},
-         next_at = CASE WHEN order_key IS NULL THEN {now}
+         batch_id = CASE WHEN batch_id IS NULL THEN NULL ELSE 0 END,
+         next_at = CASE WHEN batch_id IS NOT NULL THEN {waiting}::int8
+                        WHEN order_key IS NULL THEN {now}
                         WHEN status = 'pending' AND next_at < {waiting}::int8 THEN {now}
                         WHEN status = 'pending' THEN next_at
                         ELSE {waiting}::int8 END"
@@ -506,5 +509,7 @@ fn delivery_row(r: &Row) -> Result<DeliveryRow> {
         cancelled: r.get::<_, Option<String>>(13).map(|by| Cancellation { by, reason: r.get(14), at_ms: r.get(15) }),
         order_key: r.get(16),
         held: r.get(17),
+        batch_id: r.get(18),
+        batch_msg_id: r.get::<_, Option<&str>>(19).map(Into::into),
     })
 }

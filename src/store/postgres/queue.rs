@@ -14,6 +14,7 @@ use crate::store::{
     ANSWER_GRACE, Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, EventId, NewDelivery, NewEvent,
     Queue, Result, Settle, StoreError, WAITING, now_ms,
 };
+use crate::store::{BatchLimits, DueBatch, Formation};
 
 /// Events one purge statement looks at, so a purge of a week's history is many short
 /// transactions, not one long one.
@@ -154,14 +155,19 @@ impl Queue for PgStore {
         // at the first such row: one row read when no other instance holds any.
         let st = c
             .prepare_cached(
-                "SELECT next_at FROM deliveries
-                 WHERE status = 'pending' AND destination <> ALL($1::text[])
-                   AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < (SELECT hookyard_now_ms()))
-                 ORDER BY next_at LIMIT 1",
+                "SELECT LEAST(
+                     (SELECT next_at FROM deliveries
+                      WHERE status = 'pending' AND destination <> ALL($1::text[])
+                        AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < (SELECT hookyard_now_ms()))
+                      ORDER BY next_at LIMIT 1),
+                     (SELECT next_at FROM batches
+                      WHERE status = 'pending' AND destination <> ALL($1::text[])
+                        AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < (SELECT hookyard_now_ms()))
+                      ORDER BY next_at LIMIT 1))",
             )
             .await
             .map_err(db)?;
-        Ok(c.query_opt(&st, &[&names(&skip), &&*self.lease.owner]).await.map_err(db)?.map(|r| r.get(0)))
+        Ok(c.query_one(&st, &[&names(&skip), &&*self.lease.owner]).await.map_err(db)?.get(0))
     }
 
     async fn pending_count(&self) -> Result<usize> {
@@ -202,6 +208,199 @@ impl Queue for PgStore {
             }
         }
         Ok(advanced)
+    }
+
+    /// The candidates are locked (`SKIP LOCKED`: another instance forming a batch of the same
+    /// destination takes others), so a delivery joins one batch.
+    async fn form_batch(&self, destination: DestinationName, limits: BatchLimits, now_ms: i64) -> Result<Formation> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let rows: Vec<(i64, u64, i64)> = tx
+            .query(
+                "SELECT d.id, octet_length(COALESCE(b.body, e.body)), d.created_at
+                 FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
+                 WHERE d.destination = $1 AND d.batch_id = 0 AND d.status = 'pending'
+                 ORDER BY d.id LIMIT $2 FOR UPDATE OF d SKIP LOCKED",
+                &[&&*destination, &(limits.max_events as i64)],
+            )
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, i32>(1).max(0) as u64, r.get::<_, i64>(2)))
+            .collect();
+        let Some(&(first, _, oldest)) = rows.first() else { return Ok(Formation::Empty) };
+        let (members, bytes, full) = crate::store::close_batch(&rows, limits);
+        if !full && oldest + limits.max_wait_ms > now_ms {
+            return Ok(Formation::NotYet { due_at_ms: oldest + limits.max_wait_ms });
+        }
+        let batch: i64 = tx
+            .query_one("SELECT nextval('batches_id_seq')", &[])
+            .await
+            .map_err(db)?
+            .get(0);
+        let msg_id = crate::store::batch_msg_id(&destination, batch, first);
+        tx.execute(
+            "INSERT INTO batches (id, destination, msg_id, status, attempts, next_at, created_at, updated_at, events, bytes)
+             VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4, $5, $6)",
+            &[&batch, &&*destination, &msg_id.as_str(), &now_ms, &(members as i32), &(bytes as i64)],
+        )
+        .await
+        .map_err(db)?;
+        let ids: Vec<i64> = rows[..members].iter().map(|r| r.0).collect();
+        tx.execute("UPDATE deliveries SET batch_id = $2 WHERE id = ANY($1::int8[])", &[&ids, &batch])
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Formation::Formed { batch, events: members })
+    }
+
+    async fn due_batches(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        skip: Vec<DestinationName>,
+    ) -> Result<Vec<(i64, DestinationName)>> {
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT id, destination FROM batches
+                 WHERE status = 'pending' AND next_at <= $1 AND destination <> ALL($3::text[])
+                   AND (lease_until < (SELECT hookyard_now_ms()) OR lease_owner = $4)
+                 ORDER BY next_at LIMIT $2",
+                &[&now_ms, &(limit as i64), &names(&skip), &&*self.lease.owner],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| (r.get(0), DestinationName::from(r.get::<_, &str>(1)))).collect())
+    }
+
+    /// Leases the batch to this instance (as [`Queue::load_pending`] leases a delivery).
+    async fn load_batch(&self, id: i64, now_ms: i64) -> Result<Option<DueBatch>> {
+        let c = self.lease_conn().await?;
+        let lease_ms = self.lease.duration.as_millis() as i64;
+        let asked = Instant::now();
+        let Some(head) = c
+            .query_opt(
+                "UPDATE batches SET lease_owner = $2, lease_until = (SELECT hookyard_now_ms()) + $3::int8
+                 WHERE id = $1 AND status = 'pending' AND next_at <= $4
+                   AND (lease_until < (SELECT hookyard_now_ms()) OR lease_owner = $2)
+                 RETURNING destination, msg_id, attempts",
+                &[&id, &&*self.lease.owner, &lease_ms, &now_ms],
+            )
+            .await
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        drop(c);
+        let c = self.conn().await?;
+        let members: Vec<(DeliveryId, Bytes)> = c
+            .query(
+                "SELECT d.id, COALESCE(b.body, e.body)
+                 FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
+                 WHERE d.batch_id = $1 AND d.batch_id > 0 AND d.status = 'pending' ORDER BY d.id",
+                &[&id],
+            )
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| (DeliveryId(r.get(0)), Bytes::copy_from_slice(r.get::<_, &[u8]>(1))))
+            .collect();
+        if members.is_empty() {
+            // every member was cancelled or replayed into another batch: nothing left to send
+            c.execute("UPDATE batches SET status = 'cancelled', updated_at = $2 WHERE id = $1", &[&id, &now_ms])
+                .await
+                .map_err(db)?;
+            return Ok(None);
+        }
+        Ok(Some(DueBatch {
+            id,
+            destination: DestinationName::from(head.get::<_, &str>(0)),
+            msg_id: head.get::<_, &str>(1).into(),
+            attempts: head.get::<_, i32>(2).max(0) as u32,
+            members,
+            lease_until: Some(asked + self.lease.duration),
+        }))
+    }
+
+    async fn settle_batch(
+        &self,
+        id: i64,
+        members: Vec<DeliveryId>,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+    ) -> Result<()> {
+        let next_at = match settle {
+            Settle::Retry { next_at_ms } => next_at_ms,
+            _ => 0,
+        };
+        let status = settle.status().as_str();
+        let code = attempt.status_code.map(i32::from);
+        let now = now_ms();
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let n = tx
+            .execute(
+                "UPDATE batches SET attempts = attempts + 1,
+                        status = CASE WHEN status = 'pending' THEN $2 ELSE status END,
+                        next_at = CASE WHEN status = 'pending' THEN $3 ELSE next_at END,
+                        updated_at = $4, last_status = $5, last_error = $6,
+                        lease_owner = CASE WHEN lease_owner = $7 THEN NULL ELSE lease_owner END,
+                        lease_until = CASE WHEN lease_owner = $7 THEN 0 ELSE lease_until END
+                 WHERE id = $1",
+                &[&id, &status, &next_at, &now, &code, &error, &&*self.lease.owner],
+            )
+            .await
+            .map_err(db)?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no batch {id}")));
+        }
+        let ids: Vec<i64> = members.iter().map(|m| m.0).collect();
+        let response = &attempt.response[..attempt.response.len().min(crate::store::MAX_RESPONSE_KEPT)];
+        // each member as a delivery would be, but a retry keeps it in the batch (never due alone)
+        tx.execute(
+            "WITH m AS (
+                 UPDATE deliveries d SET attempts = d.attempts + 1,
+                        status = CASE WHEN d.status = 'pending' OR $2 = 'delivered' THEN $2 ELSE d.status END,
+                        updated_at = $3, last_status = $4, last_error = $5
+                 WHERE d.id = ANY($1::int8[]) AND d.batch_id = $6
+                 RETURNING d.id, d.attempts
+             )
+             INSERT INTO attempts (delivery_id, n, at, status_code, latency_ms, response, error)
+             SELECT id, attempts, $7, $4, $8, $9, $10 FROM m
+             ON CONFLICT (delivery_id, n) DO UPDATE SET at = excluded.at, status_code = excluded.status_code,
+                latency_ms = excluded.latency_ms, response = excluded.response, error = excluded.error",
+            &[
+                &ids,
+                &status,
+                &now,
+                &code,
+                &error,
+                &id,
+                &attempt.at_ms,
+                &(attempt.latency_ms as i64),
+                &response,
+                &attempt.error,
+            ],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn unbatch(&self, destination: DestinationName) -> Result<usize> {
+        let c = self.conn().await?;
+        let n = c
+            .execute(
+                "UPDATE deliveries SET batch_id = NULL, next_at = $2
+                 WHERE destination = $1 AND batch_id = 0 AND status = 'pending'",
+                &[&&*destination, &now_ms()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n as usize)
     }
 
     async fn add_deliveries(&self, event_id: EventId, deliveries: Vec<NewDelivery>) -> Result<usize> {
@@ -263,6 +462,14 @@ impl Queue for PgStore {
                 break;
             }
         }
+        // batches none of whose members is left
+        c.execute(
+            "DELETE FROM batches WHERE status <> 'pending'
+               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.batch_id = batches.id AND d.batch_id > 0)",
+            &[],
+        )
+        .await
+        .map_err(db)?;
         // dedupe keys as old as the purged events (the events behind them are gone or going)
         c.execute("DELETE FROM dedupe WHERE received_at < $1", &[&before_ms]).await.map_err(db)?;
         Ok(purged)

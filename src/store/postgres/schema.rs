@@ -127,6 +127,29 @@ pub(super) const MIGRATIONS: &[&str] = &[
         WHERE status = 'pending' AND order_key IS NOT NULL;
     CREATE INDEX deliveries_held ON deliveries (destination, order_key) WHERE held;
     "#,
+    // 4: batched delivery (as SQLite's migration 5), with leases on batches as on deliveries.
+    r#"
+    CREATE TABLE batches (
+        id           BIGSERIAL PRIMARY KEY,
+        destination  TEXT NOT NULL,
+        msg_id       TEXT NOT NULL,             -- the batch's webhook-id, stable across its retries
+        status       TEXT NOT NULL,             -- pending | delivered | failed | dead | cancelled
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      BIGINT NOT NULL,
+        created_at   BIGINT NOT NULL,
+        updated_at   BIGINT NOT NULL,
+        events       INTEGER NOT NULL,
+        bytes        BIGINT NOT NULL,
+        last_status  INTEGER,
+        last_error   TEXT,
+        lease_owner  TEXT,
+        lease_until  BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX batches_due ON batches (next_at, destination) WHERE status = 'pending';
+    ALTER TABLE deliveries ADD COLUMN batch_id BIGINT;       -- NULL: not batched; 0: awaiting a batch
+    CREATE INDEX deliveries_awaiting ON deliveries (destination, id) WHERE batch_id = 0 AND status = 'pending';
+    CREATE INDEX deliveries_batch ON deliveries (batch_id) WHERE batch_id > 0;
+    "#,
 ];
 
 /// The advisory lock key of a schema's migrations (one per schema in a database).

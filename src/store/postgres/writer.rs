@@ -446,7 +446,7 @@ pub async fn insert_deliveries(
     let owner: Option<&str> = lease.map(|l| &*l.owner);
     let lease_ms: i64 = lease.map_or(0, |l| l.duration.as_millis() as i64);
     let mut waiting = vec![false; planned.len()];
-    if planned.iter().all(|(_, d)| d.order.is_none()) {
+    if planned.iter().all(|(_, d)| d.order.is_none() && !d.batch) {
         let st = tx
             .prepare_cached(
                 "INSERT INTO deliveries (id, event_id, route, destination, msg_id, status, attempts, next_at, created_at,
@@ -463,6 +463,7 @@ pub async fn insert_deliveries(
         let order_key: Vec<Option<&str>> =
             planned.iter().map(|(_, d)| d.order.as_ref().map(|o| o.key.as_str())).collect();
         let block: Vec<bool> = planned.iter().map(|(_, d)| d.order.as_ref().is_some_and(|o| o.block)).collect();
+        let batch: Vec<bool> = planned.iter().map(|(_, d)| d.batch).collect();
         // a second delivery of one key in this batch waits for the first (the statement's
         // EXISTS does not see the rows it inserts itself)
         let mut seen = HashSet::new();
@@ -477,23 +478,24 @@ pub async fn insert_deliveries(
         let st = tx
             .prepare_cached(
                 "WITH u AS (
-                     SELECT u.*, (u.order_key IS NOT NULL AND u.status = 'pending' AND (u.must_wait
+                     SELECT u.*, (u.status = 'pending' AND u.batch) AS batched,
+                            (u.status = 'pending' AND u.batch) OR (u.order_key IS NOT NULL AND u.status = 'pending' AND (u.must_wait
                          OR EXISTS (SELECT 1 FROM deliveries o WHERE o.destination = u.destination
                                       AND o.order_key = u.order_key AND o.status = 'pending')
                          OR EXISTS (SELECT 1 FROM deliveries o WHERE o.destination = u.destination
                                       AND o.order_key = u.order_key AND o.held))) AS wait
                      FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[],
-                                 $11::text[], $12::bool[], $13::bool[])
-                       AS u (id, event_id, route, destination, msg_id, status, failed, order_key, block, must_wait)
+                                 $11::text[], $12::bool[], $13::bool[], $15::bool[])
+                       AS u (id, event_id, route, destination, msg_id, status, failed, order_key, block, must_wait, batch)
                  )
                  INSERT INTO deliveries (id, event_id, route, destination, msg_id, status, attempts, next_at, created_at,
-                     updated_at, last_error, lease_owner, lease_until, order_key, order_block)
+                     updated_at, last_error, lease_owner, lease_until, order_key, order_block, batch_id)
                  SELECT u.id, u.event_id, u.route, u.destination, u.msg_id, u.status, 0,
                      CASE WHEN u.wait THEN $14::int8 ELSE $7 END, $7, $7, u.failed,
                      CASE WHEN u.status = 'pending' AND NOT u.wait THEN $9::text END,
                      CASE WHEN u.status = 'pending' AND NOT u.wait AND $9::text IS NOT NULL
                           THEN (SELECT hookyard_now_ms()) + $10::int8 ELSE 0 END,
-                     u.order_key, u.block
+                     u.order_key, u.block, CASE WHEN u.batched THEN 0 END
                  FROM u
                  RETURNING id, next_at = $14::int8",
             )
@@ -516,6 +518,7 @@ pub async fn insert_deliveries(
                     &block,
                     &must_wait,
                     &WAITING,
+                    &batch,
                 ],
             )
             .await?;

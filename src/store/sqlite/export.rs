@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags, Row};
 
 use super::{db, schema};
 use crate::store::migrate::BatchLimits;
-use crate::store::migrate::rows::{Attempt, Batch, Body, Cancellation, Delivery, DestinationState, Event};
+use crate::store::migrate::rows::{Attempt, Batch, Body, Cancellation, Delivery, DeliveryBatch, DestinationState, Event};
 use crate::store::{Result, StoreError};
 
 /// How long opening waits for a write lock another process holds (a gateway's commit takes
@@ -55,6 +55,23 @@ impl Export {
             };
             Ok((e.headers.len() + e.body.len(), e))
         })?;
+        table(c, limits, &mut send, Batch::DeliveryBatches, BATCHES, |r| {
+            let b = DeliveryBatch {
+                id: r.get(0)?,
+                destination: r.get(1)?,
+                msg_id: r.get(2)?,
+                status: r.get(3)?,
+                attempts: r.get(4)?,
+                next_at: r.get(5)?,
+                created_at: r.get(6)?,
+                updated_at: r.get(7)?,
+                events: r.get(8)?,
+                bytes: r.get(9)?,
+                last_status: r.get(10)?,
+                last_error: r.get(11)?,
+            };
+            Ok((b.last_error.as_ref().map_or(0, String::len), b))
+        })?;
         table(c, limits, &mut send, Batch::Deliveries, DELIVERIES, |r| {
             let d = Delivery {
                 id: r.get(0)?,
@@ -72,6 +89,7 @@ impl Export {
                 order_key: r.get(12)?,
                 order_block: r.get(13)?,
                 held: r.get(14)?,
+                batch_id: r.get(15)?,
             };
             Ok((d.last_error.as_ref().map_or(0, String::len) + d.order_key.as_ref().map_or(0, String::len), d))
         })?;
@@ -110,7 +128,9 @@ impl Drop for Export {
 
 const EVENTS: &str = "SELECT id, source, received_at, headers, body, dedupe_key, routed FROM events";
 const DELIVERIES: &str = "SELECT id, event_id, route, destination, msg_id, status, attempts, next_at, created_at, \
-     updated_at, last_status, last_error, order_key, order_block, held FROM deliveries ORDER BY id";
+     updated_at, last_status, last_error, order_key, order_block, held, batch_id FROM deliveries ORDER BY id";
+const BATCHES: &str = "SELECT id, destination, msg_id, status, attempts, next_at, created_at, updated_at, events, bytes, \
+     last_status, last_error FROM batches ORDER BY id";
 const BODIES: &str = "SELECT delivery_id, body, headers FROM delivery_bodies ORDER BY delivery_id";
 const ATTEMPTS: &str =
     "SELECT delivery_id, n, at, status_code, latency_ms, response, error FROM attempts ORDER BY delivery_id, n";

@@ -31,10 +31,14 @@ const DEAD: &str =
 /// What a replay sets (`now`, `waiting`: the parameters of the time and of [`WAITING`]): pending,
 /// due now, unless it is ordered: then it waits for its turn (its key is advanced after), and a
 /// held head holds its key no more. A pending head is due now; a delivery waiting still waits.
+/// A delivery of a batched destination awaits a batch again (a new one, with its own
+/// `webhook-id`).
 fn replayed(now: &str, waiting: &str) -> String {
     format!(
         "status = 'pending', held = 0, updated_at = {now},
-         next_at = CASE WHEN order_key IS NULL THEN {now}
+         batch_id = CASE WHEN batch_id IS NULL THEN NULL ELSE 0 END,
+         next_at = CASE WHEN batch_id IS NOT NULL THEN {waiting}
+                        WHEN order_key IS NULL THEN {now}
                         WHEN status = 'pending' AND next_at < {waiting} THEN {now}
                         WHEN status = 'pending' THEN next_at
                         ELSE {waiting} END"
@@ -96,9 +100,11 @@ impl Inspect for SqliteStore {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts, d.next_at,
-                        d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, d.order_key, d.held
+                        d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, d.order_key, d.held,
+                        d.batch_id, bt.msg_id
                  FROM deliveries d JOIN events e ON e.id = d.event_id
                    LEFT JOIN cancellations c ON c.delivery_id = d.id AND d.status = 'cancelled'
+                   LEFT JOIN batches bt ON bt.id = d.batch_id
                  WHERE (?1 IS NULL OR d.status = ?1) AND (?2 IS NULL OR d.destination = ?2) AND (?3 IS NULL OR e.source = ?3)
                    AND d.created_at >= COALESCE(?4, 0) AND d.created_at <= COALESCE(?5, 9223372036854775807)
                    AND (?6 IS NULL OR d.id < ?6)
@@ -138,13 +144,14 @@ impl Inspect for SqliteStore {
             let mut st = c.prepare_cached(
                 "SELECT d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts, d.next_at,
                         d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, d.order_key, d.held,
-                        b.body
+                        d.batch_id, bt.msg_id, b.body
                  FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
                    LEFT JOIN cancellations c ON c.delivery_id = d.id AND d.status = 'cancelled'
+                   LEFT JOIN batches bt ON bt.id = d.batch_id
                  WHERE d.event_id = ?1 ORDER BY d.id",
             )?;
             let rows: Vec<(DeliveryRow, Option<Vec<u8>>)> =
-                st.query_map([&id], |r| Ok((delivery_row(r)?, r.get(18)?)))?.collect::<rusqlite::Result<_>>()?;
+                st.query_map([&id], |r| Ok((delivery_row(r)?, r.get(20)?)))?.collect::<rusqlite::Result<_>>()?;
             let mut at = c.prepare_cached(
                 "SELECT n, at, status_code, latency_ms, response, error FROM attempts WHERE delivery_id = ?1 ORDER BY n",
             )?;
@@ -437,6 +444,8 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
         },
         order_key: r.get(16)?,
         held: r.get(17)?,
+        batch_id: r.get(18)?,
+        batch_msg_id: r.get(19)?,
     })
 }
 

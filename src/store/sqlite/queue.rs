@@ -14,6 +14,7 @@ use crate::store::{
     ANSWER_GRACE, Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, EventId, NewDelivery, NewEvent,
     Queue, Result, Settle, StoreError, now_ms,
 };
+use crate::store::{BatchLimits, DueBatch, Formation};
 
 impl Queue for SqliteStore {
     async fn accept(
@@ -89,8 +90,12 @@ impl Queue for SqliteStore {
         let skip = serde_json::to_string(&skip).expect("a list of strings serializes");
         self.read(move |c| {
             c.query_row(
-                "SELECT MIN(next_at) FROM deliveries WHERE status = 'pending'
-                   AND destination NOT IN (SELECT value FROM json_each(?1))",
+                "SELECT MIN(m) FROM (
+                     SELECT MIN(next_at) AS m FROM deliveries WHERE status = 'pending'
+                       AND destination NOT IN (SELECT value FROM json_each(?1))
+                     UNION ALL
+                     SELECT MIN(next_at) FROM batches WHERE status = 'pending'
+                       AND destination NOT IN (SELECT value FROM json_each(?1)))",
                 [skip],
                 |r| r.get(0),
             )
@@ -127,8 +132,95 @@ impl Queue for SqliteStore {
         self.write(move |t| writer::advance_stalled(t, now)).await
     }
 
+    async fn form_batch(&self, destination: DestinationName, limits: BatchLimits, now_ms: i64) -> Result<Formation> {
+        self.write(move |t| writer::form_batch(t, &destination, limits, now_ms)).await
+    }
+
+    async fn due_batches(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        skip: Vec<DestinationName>,
+    ) -> Result<Vec<(i64, DestinationName)>> {
+        let skip = serde_json::to_string(&skip).expect("a list of strings serializes");
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, destination FROM batches
+                 WHERE status = 'pending' AND next_at <= ?1 AND destination NOT IN (SELECT value FROM json_each(?3))
+                 ORDER BY next_at LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![now_ms, limit as i64, skip], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn load_batch(&self, id: i64, now_ms: i64) -> Result<Option<DueBatch>> {
+        let batch = self
+            .read(move |c| {
+                let head = c
+                    .prepare_cached(
+                        "SELECT destination, msg_id, attempts FROM batches
+                         WHERE id = ?1 AND status = 'pending' AND next_at <= ?2",
+                    )?
+                    .query_row(params![id, now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                let Some((destination, msg_id, attempts)) = head else { return Ok(None) };
+                let mut st = c.prepare_cached(
+                    "SELECT d.id, COALESCE(b.body, e.body)
+                     FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
+                     WHERE d.batch_id = ?1 AND d.batch_id > 0 AND d.status = 'pending' ORDER BY d.id",
+                )?;
+                let members = st
+                    .query_map([id], |r| Ok((DeliveryId(r.get(0)?), Bytes::from(r.get::<_, Vec<u8>>(1)?))))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(Some(DueBatch { id, destination, msg_id, attempts, members, lease_until: None }))
+            })
+            .await?;
+        match batch {
+            // every member was cancelled or replayed into another batch: nothing left to send
+            Some(b) if b.members.is_empty() => {
+                self.write(move |t| {
+                    t.execute("UPDATE batches SET status = 'cancelled', updated_at = ?2 WHERE id = ?1", params![id, now_ms])
+                })
+                .await?;
+                Ok(None)
+            }
+            other => Ok(other),
+        }
+    }
+
+    async fn settle_batch(
+        &self,
+        id: i64,
+        members: Vec<DeliveryId>,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+    ) -> Result<()> {
+        self.write(move |t| writer::settle_batch(t, id, &members, &attempt, &settle, error.as_deref())).await
+    }
+
+    async fn unbatch(&self, destination: DestinationName) -> Result<usize> {
+        let now = self.clock.now_ms();
+        self.write(move |t| {
+            t.execute(
+                "UPDATE deliveries SET batch_id = NULL, next_at = ?2
+                 WHERE destination = ?1 AND batch_id = 0 AND status = 'pending'",
+                params![destination, now],
+            )
+        })
+        .await
+    }
+
     async fn purge(&self, before_ms: i64) -> Result<usize> {
         self.write(move |t| {
+            // batches none of whose members is left (their events were purged before)
+            t.execute(
+                "DELETE FROM batches WHERE status <> 'pending'
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.batch_id = batches.id AND d.batch_id > 0)",
+                [],
+            )?;
             // a held head is kept: deleting it would let its key move on
             t.execute(
                 "DELETE FROM events WHERE received_at < ?1

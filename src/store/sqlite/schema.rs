@@ -105,6 +105,30 @@ pub(super) const MIGRATIONS: &[&str] = &[
         WHERE status = 'pending' AND order_key IS NOT NULL;
     CREATE INDEX deliveries_held ON deliveries(destination, order_key) WHERE held = 1;
     "#,
+    // 5: batched delivery. A delivery of a batched destination awaits a batch (batch_id 0, never
+    // due alone), then belongs to one (batch_id = batches.id), whose row carries the schedule, the
+    // attempts count and the webhook-id of the requests that carry it; each member keeps its own
+    // status and attempt log.
+    r#"
+    CREATE TABLE batches (
+        id           INTEGER PRIMARY KEY,
+        destination  TEXT NOT NULL,
+        msg_id       TEXT NOT NULL,             -- the batch's webhook-id, stable across its retries
+        status       TEXT NOT NULL,             -- pending | delivered | failed | dead | cancelled
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      INTEGER NOT NULL,          -- unix ms when due (pending only)
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        events       INTEGER NOT NULL,          -- members when formed
+        bytes        INTEGER NOT NULL,          -- their bodies' bytes
+        last_status  INTEGER,
+        last_error   TEXT
+    );
+    CREATE INDEX batches_due ON batches(next_at, destination) WHERE status = 'pending';
+    ALTER TABLE deliveries ADD COLUMN batch_id INTEGER;      -- NULL: not batched; 0: awaiting a batch
+    CREATE INDEX deliveries_awaiting ON deliveries(destination, id) WHERE batch_id = 0 AND status = 'pending';
+    CREATE INDEX deliveries_batch ON deliveries(batch_id) WHERE batch_id > 0;
+    "#,
 ];
 
 /// Applies the migrations this database has not seen. Refuses a database from a newer Hookyard.

@@ -207,6 +207,8 @@ async fn a_version_1_database_is_migrated_with_its_queue() {
     assert_eq!(
         indexes,
         [
+            "deliveries_awaiting",
+            "deliveries_batch",
             "deliveries_dead",
             "deliveries_due",
             "deliveries_event",

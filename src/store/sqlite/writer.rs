@@ -24,6 +24,7 @@ use crate::store::{
     Accepted, AttemptRecord, DeliveryId, EventId, MAX_GROUP, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle,
     StoreError, WAITING, now_ms,
 };
+use crate::store::{AWAITING_BATCH, BatchLimits, Formation, batch_msg_id};
 
 /// An administrative write: runs in the group's transaction and returns whether it succeeded and
 /// how to tell its caller, which is called after COMMIT (with the commit error, if any).
@@ -430,14 +431,16 @@ fn accept(
 /// delivery whose key has a pending or held delivery already).
 pub fn insert_delivery(t: &Connection, event_id: &EventId, d: &NewDelivery, now: i64) -> rusqlite::Result<(i64, bool)> {
     let extra = d.headers.as_ref().map(|h| serde_json::to_string(h).expect("headers serialize"));
-    let waiting = match &d.order {
-        Some(o) if d.failed.is_none() => key_taken(t, &d.destination, &o.key)?,
-        _ => false,
-    };
+    let batched = d.batch && d.failed.is_none();
+    let waiting = batched
+        || match &d.order {
+            Some(o) if d.failed.is_none() => key_taken(t, &d.destination, &o.key)?,
+            _ => false,
+        };
     t.prepare_cached(
         "INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at,
-             last_error, order_key, order_block)
-         VALUES (?1, ?2, ?3, ?4, ?6, 0, ?8, ?5, ?5, ?7, ?9, ?10)",
+             last_error, order_key, order_block, batch_id)
+         VALUES (?1, ?2, ?3, ?4, ?6, 0, ?8, ?5, ?5, ?7, ?9, ?10, ?11)",
     )?
     .execute(params![
         event_id,
@@ -450,6 +453,7 @@ pub fn insert_delivery(t: &Connection, event_id: &EventId, d: &NewDelivery, now:
         if waiting { WAITING } else { now },
         d.order.as_ref().map(|o| &o.key),
         d.order.as_ref().is_some_and(|o| o.block),
+        batched.then_some(AWAITING_BATCH),
     ])?;
     let id = t.last_insert_rowid();
     // a transform's output lives beside the delivery, which every settle rewrites
@@ -524,6 +528,84 @@ pub fn advance_stalled(t: &Connection, now: i64) -> rusqlite::Result<usize> {
         }
     }
     Ok(advanced)
+}
+
+/// See [`crate::store::Queue::form_batch`].
+pub fn form_batch(t: &Connection, destination: &str, limits: BatchLimits, now: i64) -> rusqlite::Result<Formation> {
+    let rows: Vec<(i64, u64, i64)> = {
+        let mut st = t.prepare_cached(
+            "SELECT d.id, length(COALESCE(b.body, e.body)), d.created_at
+             FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
+             WHERE d.destination = ?1 AND d.batch_id = 0 AND d.status = 'pending'
+             ORDER BY d.id LIMIT ?2",
+        )?;
+        st.query_map(params![destination, limits.max_events as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    let Some(&(first, _, oldest)) = rows.first() else { return Ok(Formation::Empty) };
+    let (members, bytes, full) = crate::store::close_batch(&rows, limits);
+    if !full && oldest + limits.max_wait_ms > now {
+        return Ok(Formation::NotYet { due_at_ms: oldest + limits.max_wait_ms });
+    }
+    t.prepare_cached(
+        "INSERT INTO batches (destination, msg_id, status, attempts, next_at, created_at, updated_at, events, bytes)
+         VALUES (?1, '', 'pending', 0, ?2, ?2, ?2, ?3, ?4)",
+    )?
+    .execute(params![destination, now, members as i64, bytes as i64])?;
+    let batch = t.last_insert_rowid();
+    t.prepare_cached("UPDATE batches SET msg_id = ?2 WHERE id = ?1")?
+        .execute(params![batch, batch_msg_id(destination, batch, first).as_str()])?;
+    let mut join = t.prepare_cached("UPDATE deliveries SET batch_id = ?2 WHERE id = ?1")?;
+    for (id, _, _) in &rows[..members] {
+        join.execute(params![id, batch])?;
+    }
+    Ok(Formation::Formed { batch, events: members })
+}
+
+/// See [`crate::store::Queue::settle_batch`].
+pub fn settle_batch(
+    t: &Connection,
+    batch: i64,
+    members: &[crate::store::DeliveryId],
+    a: &AttemptRecord,
+    s: &Settle,
+    error: Option<&str>,
+) -> rusqlite::Result<()> {
+    let next_at = match s {
+        Settle::Retry { next_at_ms } => *next_at_ms,
+        _ => 0,
+    };
+    let now = now_ms();
+    let changed = t
+        .prepare_cached(
+            "UPDATE batches SET attempts = attempts + 1,
+                    status = CASE WHEN status = 'pending' THEN ?2 ELSE status END,
+                    next_at = CASE WHEN status = 'pending' THEN ?3 ELSE next_at END,
+                    updated_at = ?4, last_status = ?5, last_error = ?6
+             WHERE id = ?1",
+        )?
+        .execute(params![batch, s.status().as_str(), next_at, now, a.status_code, error])?;
+    if changed == 0 {
+        return Err(rusqlite::Error::QueryReturnedNoRows);
+    }
+    // each member as a delivery would be, but a retry keeps it in the batch (never due alone)
+    let mut member = t.prepare_cached(
+        "UPDATE deliveries SET attempts = attempts + 1,
+                status = CASE WHEN status = 'pending' OR ?2 = 'delivered' THEN ?2 ELSE status END,
+                updated_at = ?3, last_status = ?4, last_error = ?5
+         WHERE id = ?1 AND batch_id = ?6 AND batch_id > 0",
+    )?;
+    let mut log = t.prepare_cached(
+        "INSERT OR REPLACE INTO attempts (delivery_id, n, at, status_code, latency_ms, response, error)
+         SELECT id, attempts, ?2, ?3, ?4, ?5, ?6 FROM deliveries WHERE id = ?1",
+    )?;
+    let response = &a.response[..a.response.len().min(MAX_RESPONSE_KEPT)];
+    for id in members {
+        if member.execute(params![id.0, s.status().as_str(), now, a.status_code, error, batch])? > 0 {
+            log.execute(params![id.0, a.at_ms, a.status_code, a.latency_ms as i64, response, a.error])?;
+        }
+    }
+    Ok(())
 }
 
 fn settle_delivery(
