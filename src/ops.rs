@@ -216,6 +216,12 @@ pub struct DeliveryView {
     /// Dead or failed, it holds its key (`on_dead: block`) until replayed or skipped.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub held: bool,
+    /// The batch that carries it (`batch:`), and that batch's `webhook-id` (what its receiver
+    /// saw); `0` with no `batch_msg_id` while it awaits a batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_msg_id: Option<MsgId>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -282,6 +288,8 @@ impl From<DeliveryRow> for DeliveryView {
             waiting,
             held: r.held,
             order_key: r.order_key,
+            batch_id: r.batch_id,
+            batch_msg_id: r.batch_msg_id,
         }
     }
 }

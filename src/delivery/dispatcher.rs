@@ -139,6 +139,12 @@ struct Inner<T> {
     /// Instances sharing the store that are alive, and this one's rank among them by id: each
     /// destination's `max_in_flight` and `rate_limit` are shared among them.
     share: Mutex<(usize, usize)>,
+    /// Batched deliveries accepted per destination since its batches were last formed.
+    awaiting: Mutex<batches::Awaiting>,
+    /// Batches a task owns (attempting one).
+    batch_claims: Mutex<HashSet<i64>>,
+    /// The first destinations were set.
+    started: AtomicBool,
     /// Attempts running now (shutdown waits for them).
     attempting: AtomicUsize,
     idle: Notify,
@@ -422,6 +428,9 @@ impl<T: Transport> Dispatcher<T> {
                 ready: Mutex::new(Ready { by_destination: HashMap::new(), read_at: Instant::now() }),
                 handed: Mutex::new(Handed::default()),
                 share: Mutex::new((1, 0)),
+                awaiting: Mutex::new(Default::default()),
+                batch_claims: Mutex::new(HashSet::new()),
+                started: AtomicBool::new(false),
                 attempting: AtomicUsize::new(0),
                 idle: Notify::new(),
                 attempts: AtomicU64::new(0),
@@ -443,8 +452,21 @@ impl<T: Transport> Dispatcher<T> {
         for d in destinations {
             share_limits(d, instances, rank);
         }
-        let map = destinations.iter().map(|d| (d.name.clone(), d.clone())).collect();
+        let map: HashMap<Arc<str>, Arc<Destination>> =
+            destinations.iter().map(|d| (d.name.clone(), d.clone())).collect();
+        let batched = |m: &HashMap<Arc<str>, Arc<Destination>>| -> Vec<DestinationName> {
+            let mut names: Vec<DestinationName> =
+                m.values().filter(|d| d.batch.is_some()).map(|d| DestinationName(d.name.clone())).collect();
+            names.sort();
+            names
+        };
+        let (before, after) = (batched(&self.inner.destinations.load()), batched(&map));
         self.inner.destinations.store(Arc::new(map));
+        // deliveries awaiting a batch of a destination that no longer batches (or is gone) go
+        // one by one; at start, whatever a previous config left awaiting
+        if before != after || !self.inner.started.swap(true, Ordering::AcqRel) {
+            self.unbatch_all(after);
+        }
         let mut breakers = self.inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
         // a removed destination's breaker goes with it (a destination re-added later starts closed)
         breakers.retain(|name, _| destinations.iter().any(|d| d.name == *name));
@@ -621,10 +643,16 @@ impl<T: Transport> Dispatcher<T> {
             if let Err(e) = self.poll_once().await {
                 error!(error = %e, "polling the store for due deliveries failed");
             }
-            // Sleep until the next due time of a destination that can take work, at most a
-            // poll interval (for resumed destinations, closing breakers and other processes'
-            // replays); finished attempts wake it sooner while a backlog waits for slots.
+            let batch_closes = self.poll_batches().await;
+            // Sleep until the next due time of a destination that can take work, or the next
+            // batch closing by its wait, at most a poll interval (for resumed destinations,
+            // closing breakers and other processes' replays); finished attempts wake it sooner
+            // while a backlog waits for slots.
             let next = self.inner.store.next_due_ms(self.blocked_destinations()).await.ok().flatten();
+            let next = match (next, batch_closes) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let wait = match next {
                 Some(at) if at > self.inner.clock.now_ms() => {
                     Duration::from_millis((at - self.inner.clock.now_ms()) as u64).min(POLL_INTERVAL)
@@ -1090,6 +1118,8 @@ async fn finish<T>(
         }
     }
 }
+
+mod batches;
 
 #[cfg(test)]
 mod tests;

@@ -154,6 +154,9 @@ impl State {
         }
         let routes = routed.matched;
         let deliveries = routed.deliveries;
+        // deliveries awaiting a batch are not due: the batcher is told of them
+        let batched: Vec<crate::store::DestinationName> =
+            deliveries.iter().filter(|d| d.batch).map(|d| d.destination.clone()).collect();
         let record = NewEvent {
             id: event.id.clone(),
             source: source.name.to_string(),
@@ -174,6 +177,9 @@ impl State {
                     info!(event_id = %event.id, source = %source.name, bytes = event.body.len(), routes = ?names, deliveries = count, "event accepted");
                 }
                 self.dispatcher.submit(due);
+                if !batched.is_empty() {
+                    self.dispatcher.batched(&batched);
+                }
                 json(StatusCode::ACCEPTED, format!("{{\"id\":\"{}\"}}", event.id))
             }
             Ok(Accepted::Duplicate { original }) => {

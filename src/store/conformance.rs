@@ -10,9 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    Accepted, AttemptRecord, Backend, Cancellation, DeliveryFilter, DeliveryId, DeliveryRef, DeliverySelection,
-    DeliveryStatus, DestinationName, DestinationStats, DueDelivery, MAX_RESPONSE_KEPT, NewDelivery, NewEvent,
-    BatchLimits, Formation, OrderSpec, Purged, Settle, now_ms,
+    Accepted, AttemptRecord, Backend, BatchLimits, Cancellation, DeliveryFilter, DeliveryId, DeliveryRef,
+    DeliverySelection, DeliveryStatus, DestinationName, DestinationStats, DueDelivery, Formation, MAX_RESPONSE_KEPT,
+    NewDelivery, NewEvent, OrderSpec, Purged, Settle, now_ms,
 };
 
 /// One `#[test]` per behaviour, each on a store `$fresh().await` opens, which returns the store
@@ -585,12 +585,11 @@ pub async fn batches_close_at_the_first_limit_and_settle_their_members(store: im
     let Formation::Formed { batch: b1, events: 3 } = store.form_batch("b".into(), limits, now).await.unwrap() else {
         panic!("max_events closes the first batch")
     };
-    let Formation::NotYet { due_at_ms } = store.form_batch("b".into(), limits, now).await.unwrap() else {
+    let Formation::NotYet { due_at_ms, awaiting: 2 } = store.form_batch("b".into(), limits, now).await.unwrap() else {
         panic!("two left, neither full nor old")
     };
     assert!(due_at_ms > now + 59_000 && due_at_ms <= now + 60_000, "{due_at_ms}");
-    let Formation::Formed { batch: b2, events: 2 } =
-        store.form_batch("b".into(), limits, now + 60_000).await.unwrap()
+    let Formation::Formed { batch: b2, events: 2 } = store.form_batch("b".into(), limits, now + 60_000).await.unwrap()
     else {
         panic!("max_wait closes the second")
     };
@@ -605,7 +604,10 @@ pub async fn batches_close_at_the_first_limit_and_settle_their_members(store: im
     assert!(first.msg_id.starts_with("msg_") && first.msg_id.len() == 28, "{}", first.msg_id);
     let members: Vec<DeliveryId> = first.members.iter().map(|m| m.0).collect();
     let later = now + 120_000;
-    store.settle_batch(b1, members.clone(), attempt(Some(503)), Settle::Retry { next_at_ms: later }, None).await.unwrap();
+    store
+        .settle_batch(b1, members.clone(), attempt(Some(503)), Settle::Retry { next_at_ms: later }, None)
+        .await
+        .unwrap();
     assert_eq!(store.due_batches(t, 10, vec![]).await.unwrap(), [(b2, "b".into())]);
     assert_eq!(store.next_due_ms(vec![]).await.unwrap(), Some(t), "b2 is due next");
     assert!(due(&store, later, 10, &[]).await.is_empty(), "a retried member is not due alone");
@@ -636,9 +638,13 @@ pub async fn batches_close_at_the_first_limit_and_settle_their_members(store: im
         stored(store.accept(event_from(&format!("evt_{i}"), "app"), vec![batched()], None).await.unwrap());
     }
     let tight = BatchLimits { max_events: 100, max_bytes: 3, max_wait_ms: 60_000 };
-    assert!(matches!(store.form_batch("b".into(), tight, now_ms()).await.unwrap(), Formation::Formed { events: 1, .. }));
+    assert!(matches!(
+        store.form_batch("b".into(), tight, now_ms()).await.unwrap(),
+        Formation::Formed { events: 1, .. }
+    ));
     // one is left awaiting: without `batch:` any more, it goes alone
-    assert_eq!(store.unbatch("b".into()).await.unwrap(), 1);
+    assert_eq!(store.unbatch(vec!["b".into()]).await.unwrap(), 0, "b still batches");
+    assert_eq!(store.unbatch(vec!["other".into()]).await.unwrap(), 1);
     assert_eq!(due(&store, now_ms() + 1, 10, &[]).await.len(), 1);
     // a batch whose members were all cancelled is not sent
     stored(store.accept(event_from("evt_9", "app"), vec![batched()], None).await.unwrap());

@@ -173,8 +173,9 @@ pub struct BatchLimits {
 pub enum Formation {
     /// A batch was formed of the oldest deliveries awaiting one (more may await).
     Formed { batch: i64, events: usize },
-    /// Deliveries await a batch that no limit closes yet: the wait of the oldest ends then.
-    NotYet { due_at_ms: i64 },
+    /// `awaiting` deliveries await a batch that no limit closes yet: the wait of the oldest ends
+    /// at `due_at_ms`.
+    NotYet { due_at_ms: i64, awaiting: usize },
     /// None awaits a batch.
     Empty,
 }
@@ -608,9 +609,9 @@ pub trait Queue: Clone + Send + Sync + 'static {
         error: Option<String>,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Sends the deliveries of `destination` awaiting a batch one by one (its `batch:` is gone).
-    /// Returns how many.
-    fn unbatch(&self, destination: DestinationName) -> impl Future<Output = Result<usize>> + Send;
+    /// Sends the deliveries awaiting a batch of every destination but the `batched` ones one by
+    /// one (their `batch:` is gone, or they are). Returns how many.
+    fn unbatch(&self, batched: Vec<DestinationName>) -> impl Future<Output = Result<usize>> + Send;
 
     /// Adds deliveries to an existing event (re-routing with the current config). Due now.
     fn add_deliveries(
@@ -871,7 +872,12 @@ impl Queue for Store {
     async fn form_batch(&self, destination: DestinationName, limits: BatchLimits, now_ms: i64) -> Result<Formation> {
         on_backend!(self, b => b.form_batch(destination, limits, now_ms).await)
     }
-    async fn due_batches(&self, now_ms: i64, limit: usize, skip: Vec<DestinationName>) -> Result<Vec<(i64, DestinationName)>> {
+    async fn due_batches(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        skip: Vec<DestinationName>,
+    ) -> Result<Vec<(i64, DestinationName)>> {
         on_backend!(self, b => b.due_batches(now_ms, limit, skip).await)
     }
     async fn load_batch(&self, id: i64, now_ms: i64) -> Result<Option<DueBatch>> {
@@ -887,8 +893,8 @@ impl Queue for Store {
     ) -> Result<()> {
         on_backend!(self, b => b.settle_batch(id, members, attempt, settle, error).await)
     }
-    async fn unbatch(&self, destination: DestinationName) -> Result<usize> {
-        on_backend!(self, b => b.unbatch(destination).await)
+    async fn unbatch(&self, batched: Vec<DestinationName>) -> Result<usize> {
+        on_backend!(self, b => b.unbatch(batched).await)
     }
     async fn add_deliveries(&self, event_id: EventId, deliveries: Vec<NewDelivery>) -> Result<usize> {
         on_backend!(self, b => b.add_deliveries(event_id, deliveries).await)

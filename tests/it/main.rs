@@ -7,6 +7,7 @@ mod harness;
 
 mod admin;
 mod app;
+mod batching;
 mod cli;
 mod cluster;
 mod crash;
@@ -14,6 +15,7 @@ mod delivery;
 mod ingress;
 mod logs;
 mod migrate;
+mod ordering;
 mod plugins;
 mod postgres;
 mod providers;

@@ -11,8 +11,7 @@ use crate::store::migrate::rows::{Batch, Read};
 use crate::store::migrate::{Copied, MigrateError};
 
 /// Every table of the store, in an order their foreign keys accept for the lock.
-const TABLES: &str =
-    "events, batches, deliveries, delivery_bodies, attempts, cancellations, destination_state, dedupe";
+const TABLES: &str = "events, batches, deliveries, delivery_bodies, attempts, cancellations, destination_state, dedupe";
 
 impl PgStore {
     /// Copies what `start`'s channel brings into this store's tables, in one transaction that is

@@ -231,13 +231,9 @@ impl Queue for PgStore {
         let Some(&(first, _, oldest)) = rows.first() else { return Ok(Formation::Empty) };
         let (members, bytes, full) = crate::store::close_batch(&rows, limits);
         if !full && oldest + limits.max_wait_ms > now_ms {
-            return Ok(Formation::NotYet { due_at_ms: oldest + limits.max_wait_ms });
+            return Ok(Formation::NotYet { due_at_ms: oldest + limits.max_wait_ms, awaiting: rows.len() });
         }
-        let batch: i64 = tx
-            .query_one("SELECT nextval('batches_id_seq')", &[])
-            .await
-            .map_err(db)?
-            .get(0);
+        let batch: i64 = tx.query_one("SELECT nextval('batches_id_seq')", &[]).await.map_err(db)?.get(0);
         let msg_id = crate::store::batch_msg_id(&destination, batch, first);
         tx.execute(
             "INSERT INTO batches (id, destination, msg_id, status, attempts, next_at, created_at, updated_at, events, bytes)
@@ -390,13 +386,13 @@ impl Queue for PgStore {
         Ok(())
     }
 
-    async fn unbatch(&self, destination: DestinationName) -> Result<usize> {
+    async fn unbatch(&self, batched: Vec<DestinationName>) -> Result<usize> {
         let c = self.conn().await?;
         let n = c
             .execute(
                 "UPDATE deliveries SET batch_id = NULL, next_at = $2
-                 WHERE destination = $1 AND batch_id = 0 AND status = 'pending'",
-                &[&&*destination, &now_ms()],
+                 WHERE batch_id = 0 AND status = 'pending' AND destination <> ALL($1::text[])",
+                &[&names(&batched), &now_ms()],
             )
             .await
             .map_err(db)?;

@@ -11,7 +11,9 @@ use rusqlite::{Connection, OpenFlags, Row};
 
 use super::{db, schema};
 use crate::store::migrate::BatchLimits;
-use crate::store::migrate::rows::{Attempt, Batch, Body, Cancellation, Delivery, DeliveryBatch, DestinationState, Event};
+use crate::store::migrate::rows::{
+    Attempt, Batch, Body, Cancellation, Delivery, DeliveryBatch, DestinationState, Event,
+};
 use crate::store::{Result, StoreError};
 
 /// How long opening waits for a write lock another process holds (a gateway's commit takes

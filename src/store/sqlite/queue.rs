@@ -181,7 +181,10 @@ impl Queue for SqliteStore {
             // every member was cancelled or replayed into another batch: nothing left to send
             Some(b) if b.members.is_empty() => {
                 self.write(move |t| {
-                    t.execute("UPDATE batches SET status = 'cancelled', updated_at = ?2 WHERE id = ?1", params![id, now_ms])
+                    t.execute(
+                        "UPDATE batches SET status = 'cancelled', updated_at = ?2 WHERE id = ?1",
+                        params![id, now_ms],
+                    )
                 })
                 .await?;
                 Ok(None)
@@ -201,13 +204,14 @@ impl Queue for SqliteStore {
         self.write(move |t| writer::settle_batch(t, id, &members, &attempt, &settle, error.as_deref())).await
     }
 
-    async fn unbatch(&self, destination: DestinationName) -> Result<usize> {
+    async fn unbatch(&self, batched: Vec<DestinationName>) -> Result<usize> {
         let now = self.clock.now_ms();
+        let batched = serde_json::to_string(&batched).expect("a list of strings serializes");
         self.write(move |t| {
             t.execute(
                 "UPDATE deliveries SET batch_id = NULL, next_at = ?2
-                 WHERE destination = ?1 AND batch_id = 0 AND status = 'pending'",
-                params![destination, now],
+                 WHERE batch_id = 0 AND status = 'pending' AND destination NOT IN (SELECT value FROM json_each(?1))",
+                params![batched, now],
             )
         })
         .await

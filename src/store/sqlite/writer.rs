@@ -20,11 +20,11 @@ use tracing::error;
 
 use super::db;
 use super::health::{Health, PROBE_INTERVAL};
+use crate::store::{AWAITING_BATCH, BatchLimits, Formation, batch_msg_id};
 use crate::store::{
     Accepted, AttemptRecord, DeliveryId, EventId, MAX_GROUP, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle,
     StoreError, WAITING, now_ms,
 };
-use crate::store::{AWAITING_BATCH, BatchLimits, Formation, batch_msg_id};
 
 /// An administrative write: runs in the group's transaction and returns whether it succeeded and
 /// how to tell its caller, which is called after COMMIT (with the commit error, if any).
@@ -545,7 +545,7 @@ pub fn form_batch(t: &Connection, destination: &str, limits: BatchLimits, now: i
     let Some(&(first, _, oldest)) = rows.first() else { return Ok(Formation::Empty) };
     let (members, bytes, full) = crate::store::close_batch(&rows, limits);
     if !full && oldest + limits.max_wait_ms > now {
-        return Ok(Formation::NotYet { due_at_ms: oldest + limits.max_wait_ms });
+        return Ok(Formation::NotYet { due_at_ms: oldest + limits.max_wait_ms, awaiting: rows.len() });
     }
     t.prepare_cached(
         "INSERT INTO batches (destination, msg_id, status, attempts, next_at, created_at, updated_at, events, bytes)
