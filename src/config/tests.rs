@@ -336,3 +336,37 @@ fn every_problem_of_an_item_is_reported() {
     let (_, errors) = parse("destinations:\n  d: { sign: { scheme: none } }\n");
     assert_eq!(errors, ["routes.yaml:2:3: destinations.d: missing field `url`"]);
 }
+
+#[test]
+fn batch_settings_have_defaults_and_are_checked() {
+    let dest = |name: &str, batch: &str| {
+        format!("  {name}:\n    url: http://127.0.0.1:9/\n    sign: {{ scheme: none }}\n    batch: {batch}\n")
+    };
+    let text = format!(
+        "destinations:\n{}{}{}{}{}",
+        dest("defaults", "{}"),
+        dest("units", "{ max_events: 10, max_bytes: 512KiB, max_wait: 250ms, format: ndjson }"),
+        dest("zero", "{ max_events: 0, max_bytes: 0, max_wait: 0s }"),
+        dest("bad", "{ max_bytes: 1 MiB, format: xml }"),
+        "  both:\n    url: http://127.0.0.1:9/\n    sign: { scheme: none }\n    ordering: destination\n    batch: {}\n",
+    );
+    let (cfg, errors) = parse(&text);
+    assert_eq!(
+        errors,
+        [
+            "routes.yaml:13:14: destinations.zero.batch.max_events: must be between 1 and 10000",
+            "routes.yaml:13:29: destinations.zero.batch.max_bytes: must be between 1 byte and 64 MiB",
+            "routes.yaml:13:43: destinations.zero.batch.max_wait: must be more than 0 and at most 1h",
+            "routes.yaml:17:32: destinations.bad.batch.format: unknown variant `xml`, expected `json_array` or `ndjson`",
+            "routes.yaml:22:5: destinations.both.batch: batch and ordering cannot be combined on one destination (yet): choose one",
+        ]
+    );
+    let batch = |name: &str| cfg.destinations.iter().find(|(n, _)| n == name).unwrap().1.batch.clone().unwrap();
+    assert_eq!(batch("defaults"), BatchConfig::default());
+    assert_eq!(
+        (batch("defaults").max_events, batch("defaults").max_bytes, batch("defaults").max_wait.0),
+        (100, ByteSize(1 << 20), std::time::Duration::from_secs(1))
+    );
+    let units = batch("units");
+    assert_eq!((units.max_events, units.max_bytes, units.format), (10, ByteSize(512 << 10), BatchFormat::Ndjson));
+}
