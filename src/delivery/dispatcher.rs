@@ -359,19 +359,10 @@ impl<T> Inner<T> {
 }
 
 impl<T> Inner<T> {
-    /// Moves `key`'s order on after its head ended (see [`crate::store::OrderSpec`]) and returns
-    /// the new head, claimed and loaded, if `slot`'s destination may take it now; else the
-    /// poller takes it (woken here).
-    async fn advance_order(&self, destination: &DestinationName, key: &str, slot: &Slot) -> Option<DueDelivery> {
+    /// The new head of an ordered key whose head this task just settled, claimed and loaded, if
+    /// `slot`'s destination may take it now; else the poller takes it (woken here).
+    async fn take_head(&self, head: DeliveryId, slot: &Slot) -> Option<DueDelivery> {
         let asked = Instant::now();
-        let head = match self.store.advance(destination.clone(), key.to_string()).await {
-            Ok(head) => head?,
-            Err(e) => {
-                // the next sweep of stalled keys advances it
-                warn!(error = %e, destination = %destination, "could not advance an ordered key; the next sweep will");
-                return None;
-            }
-        };
         let takes = slot.dest.as_ref().is_some_and(|dest| self.may_continue(dest));
         if !takes || !self.claim(head, Some(asked)) {
             self.backlog.store(true, Ordering::Release);
@@ -881,8 +872,8 @@ async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery, mut slot: S
         }
         // An ordered delivery that ended lets the next of its key go: that one next, with this
         // slot (one store read, not a poll per delivery).
-        let ordered_next = match (&next, &d.order_key) {
-            (Next::Done, Some(key)) => inner.advance_order(&d.destination, key, &slot).await,
+        let ordered_next = match next {
+            Next::Done(Some(head)) => inner.take_head(head, &slot).await,
             _ => None,
         };
         // next: a fresh delivery handed over in memory, else an id a poll left waiting, else
@@ -919,8 +910,9 @@ async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery, mut slot: S
 enum Next {
     /// Attempted and recorded; due again later (in the store).
     Retry,
-    /// Finished: delivered, failed or dead.
-    Done,
+    /// Finished: delivered, failed or dead; for an ordered delivery, its key's next head if it
+    /// is due now (the settle advanced the key).
+    Done(Option<DeliveryId>),
     /// Not attempted (paused, breaker open, stopping) or not recorded: leave it to the poller.
     Release,
 }
@@ -1106,11 +1098,19 @@ async fn finish<T>(
     settle: Settle,
     error: Option<String>,
 ) -> Next {
-    match inner.store.settle(d.id, record, settle, error).await {
-        Ok(()) => {
+    let settled = match &d.order_key {
+        // the key moves on with the settle (one commit on SQLite)
+        Some(key) => {
+            let (destination, key) = (d.destination.clone(), key.clone());
+            inner.store.settle_and_advance(d.id, record, settle, error, destination, key).await
+        }
+        None => inner.store.settle(d.id, record, settle, error).await.map(|()| None),
+    };
+    match settled {
+        Ok(head) => {
             // the poller also resets the count from the store, so never wrap below zero
             let _ = inner.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
-            Next::Done
+            Next::Done(head)
         }
         Err(e) => {
             error!(error = %e, delivery = d.id.0, "could not record the attempt; the delivery stays due");

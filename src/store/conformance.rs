@@ -479,8 +479,9 @@ pub async fn ordered_deliveries_go_one_at_a_time_per_key_in_accept_order(store: 
     // skip (the default on_dead): a dead head lets its key move on
     store.settle(a2[0], attempt(Some(503)), Settle::Dead, None).await.unwrap();
     assert_eq!(advance(&store, "A").await, Some(a3[0]));
-    store.settle(c[0], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
-    assert_eq!(advance(&store, "C").await, Some(c[1]));
+    // the settle and the advance in one go (one commit on SQLite)
+    let head = store.settle_and_advance(c[0], attempt(Some(200)), Settle::Delivered, None, "o".into(), "C".into());
+    assert_eq!(head.await.unwrap(), Some(c[1]));
     assert_eq!(due_ids_now(&store).await, [b1[0], a3[0], c[1]]);
     assert_eq!(advance(&store, "nokey").await, None);
 }

@@ -539,6 +539,20 @@ pub trait Queue: Clone + Send + Sync + 'static {
         error: Option<String>,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Settles an ordered delivery to a final state (as [`Queue::settle`]) and advances its key
+    /// (as [`Queue::advance`]), in one commit where the backend can (SQLite: one operation of its
+    /// writer, so a delivery costs one commit, and no crash falls between the two). Returns the
+    /// key's due head.
+    fn settle_and_advance(
+        &self,
+        delivery_id: DeliveryId,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+        destination: DestinationName,
+        key: String,
+    ) -> impl Future<Output = Result<Option<DeliveryId>>> + Send;
+
     /// Ids and destinations of pending deliveries due at `now_ms` (oldest due first, at most
     /// `limit`), except those of the `skip` destinations. Ids only: the poller skips what it owns
     /// before loading bodies. The pause flag is not applied here (a paused destination that a
@@ -845,6 +859,17 @@ impl Queue for Store {
         error: Option<String>,
     ) -> Result<()> {
         on_backend!(self, b => b.settle(id, attempt, settle, error).await)
+    }
+    async fn settle_and_advance(
+        &self,
+        id: DeliveryId,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+        destination: DestinationName,
+        key: String,
+    ) -> Result<Option<DeliveryId>> {
+        on_backend!(self, b => b.settle_and_advance(id, attempt, settle, error, destination, key).await)
     }
     async fn due_ids(
         &self,

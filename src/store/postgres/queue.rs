@@ -56,6 +56,27 @@ impl Queue for PgStore {
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
+    /// The settle, then the key's advance in a transaction of its own (under the key's lock); a
+    /// failed advance is left to the sweep of stalled keys.
+    async fn settle_and_advance(
+        &self,
+        delivery_id: DeliveryId,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+        destination: DestinationName,
+        key: String,
+    ) -> Result<Option<DeliveryId>> {
+        self.settle(delivery_id, attempt, settle, error).await?;
+        match self.advance(destination.clone(), key).await {
+            Ok(head) => Ok(head),
+            Err(e) => {
+                tracing::warn!(error = %e, destination = %destination, "could not advance an ordered key; the next sweep will");
+                Ok(None)
+            }
+        }
+    }
+
     async fn due_ids(
         &self,
         now_ms: i64,

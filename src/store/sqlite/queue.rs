@@ -42,8 +42,24 @@ impl Queue for SqliteStore {
         error: Option<String>,
     ) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(Op::Settle { delivery_id, attempt, settle, error, reply: tx })?;
-        self.wait_for_writer(rx).await
+        self.writer.send(Op::Settle { delivery_id, attempt, settle, error, advance: None, reply: tx })?;
+        self.wait_for_writer(rx).await.map(drop)
+    }
+
+    /// One operation of the writer: the settle and the key's advance commit together.
+    async fn settle_and_advance(
+        &self,
+        delivery_id: DeliveryId,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+        destination: DestinationName,
+        key: String,
+    ) -> Result<Option<DeliveryId>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let advance = Some((destination.to_string(), key));
+        self.writer.send(Op::Settle { delivery_id, attempt, settle, error, advance, reply: tx })?;
+        self.wait_for_writer(rx).await.map(|head| head.map(DeliveryId))
     }
 
     async fn due_ids(

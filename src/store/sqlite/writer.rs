@@ -47,7 +47,10 @@ pub enum Op {
         attempt: AttemptRecord,
         settle: Settle,
         error: Option<String>,
-        reply: oneshot::Sender<Result<()>>,
+        /// The order key (destination, key) to advance in the same transaction: the reply is
+        /// the key's due head.
+        advance: Option<(String, String)>,
+        reply: oneshot::Sender<Result<Option<i64>>>,
     },
     /// An administrative write; returns whether it succeeded (its result travels in its closure).
     Exec(Job),
@@ -122,7 +125,7 @@ impl Writer {
 /// What one accept or settle wrote, before its caller is told.
 enum Written {
     Accept(rusqlite::Result<AcceptRows>),
-    Settle(rusqlite::Result<()>),
+    Settle(rusqlite::Result<Option<i64>>),
 }
 
 enum AcceptRows {
@@ -347,8 +350,13 @@ fn write_one(t: &Connection, op: &Op) -> Written {
         Op::Accept { event, deliveries, dedupe_window, .. } => {
             Written::Accept(accept(t, event, deliveries, *dedupe_window))
         }
-        Op::Settle { delivery_id, attempt, settle, error, .. } => {
-            Written::Settle(settle_delivery(t, delivery_id.0, attempt, settle, error.as_deref()))
+        Op::Settle { delivery_id, attempt, settle, error, advance, .. } => {
+            Written::Settle(settle_delivery(t, delivery_id.0, attempt, settle, error.as_deref()).and_then(|()| {
+                match advance {
+                    Some((destination, key)) => advance_key(t, destination, key, now_ms()),
+                    None => Ok(None),
+                }
+            }))
         }
         Op::Exec(_) => unreachable!("administrative jobs are written by write_group"),
     }
