@@ -502,6 +502,12 @@ impl<T: Transport> Dispatcher<T> {
         if n > 0 && pending.saturating_add(n) > limit { Err(QueueFull { pending, limit }) } else { Ok(()) }
     }
 
+    /// Counts `n` deliveries just committed that are not due now (ordered ones waiting for their
+    /// turn, batched ones awaiting a batch) as pending, for `delivery.max_pending`.
+    pub fn waiting(&self, n: usize) {
+        self.inner.pending.fetch_add(n, Ordering::AcqRel);
+    }
+
     /// Starts committed, due deliveries now (the fast path after an accept) where a slot is free;
     /// the rest stay in the store for the poller.
     pub fn submit(&self, due: Vec<DueDelivery>) {

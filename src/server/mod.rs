@@ -157,6 +157,7 @@ impl State {
         // deliveries awaiting a batch are not due: the batcher is told of them
         let batched: Vec<crate::store::DestinationName> =
             deliveries.iter().filter(|d| d.batch).map(|d| d.destination.clone()).collect();
+        let pending = deliveries.iter().filter(|d| d.failed.is_none()).count();
         let record = NewEvent {
             id: event.id.clone(),
             source: source.name.to_string(),
@@ -176,6 +177,8 @@ impl State {
                 } else {
                     info!(event_id = %event.id, source = %source.name, bytes = event.body.len(), routes = ?names, deliveries = count, "event accepted");
                 }
+                // ordered deliveries waiting for their turn and batched ones are pending, not due
+                self.dispatcher.waiting(pending.saturating_sub(due.len()));
                 self.dispatcher.submit(due);
                 if !batched.is_empty() {
                     self.dispatcher.batched(&batched);

@@ -28,9 +28,21 @@ use crate::store::{
 /// Most batches one destination forms in one poll (a backlog is formed over several polls).
 const MAX_FORMED_PER_POLL: usize = 64;
 
-/// Deliveries accepted for each batched destination since the poller last formed its batches.
+/// What the poller knows of each batched destination's deliveries awaiting a batch, so that it
+/// asks the store to form one (a write) only when one may close: `max_events` are awaiting, the
+/// oldest's wait has ended, or a poll interval passed (replays by another process, which this one
+/// does not count).
 #[derive(Default)]
-pub(super) struct Awaiting(HashMap<Arc<str>, usize>);
+pub(super) struct Awaiting(HashMap<Arc<str>, Known>);
+
+#[derive(Clone, Copy)]
+pub(super) struct Known {
+    /// Awaiting (at most `max_events`, as the store counted them, plus those accepted since).
+    count: usize,
+    /// When the oldest's wait ends (unix ms); 0: not known yet.
+    closes_at: i64,
+    checked: tokio::time::Instant,
+}
 
 impl<T: Transport> Dispatcher<T> {
     /// Counts batched deliveries just accepted (their destinations' names); wakes the poller for
@@ -44,9 +56,16 @@ impl<T: Transport> Dispatcher<T> {
                 let Some(limit) = current.get(&**name).and_then(|d| d.batch.as_ref()).map(|b| b.max_events) else {
                     continue;
                 };
-                let n = awaiting.0.entry(name.0.clone()).or_insert(0);
-                *n += 1;
-                wake |= *n == 1 || *n == limit;
+                let known = awaiting.0.entry(name.0.clone()).or_insert(Known {
+                    count: 0,
+                    closes_at: 0,
+                    checked: tokio::time::Instant::now(),
+                });
+                known.count += 1;
+                if known.count == 1 {
+                    known.closes_at = 0; // the poller learns the new oldest's deadline
+                }
+                wake |= known.count == 1 || known.count == limit;
             }
         }
         if wake {
@@ -70,22 +89,35 @@ impl<T: Transport> Dispatcher<T> {
             if inner.held(&d.name) {
                 continue;
             }
+            // ask the store only when a batch may close (forming is a write)
+            let known = inner.awaiting.lock().unwrap_or_else(|p| p.into_inner()).0.get(&d.name).copied();
+            if let Some(k) = known
+                && k.count < b.max_events
+                && (k.count == 0 || k.closes_at > now)
+                && k.checked.elapsed() < super::POLL_INTERVAL
+            {
+                if k.count > 0 {
+                    next_close = Some(next_close.map_or(k.closes_at, |t| t.min(k.closes_at)));
+                }
+                continue;
+            }
             let limits = limits(b);
             for _ in 0..MAX_FORMED_PER_POLL {
                 let formed = inner.store.form_batch(DestinationName(d.name.clone()), limits, now).await;
-                let left = match formed {
+                let (count, closes_at) = match formed {
                     Ok(Formation::Formed { .. }) => continue,
                     Ok(Formation::NotYet { due_at_ms, awaiting }) => {
                         next_close = Some(next_close.map_or(due_at_ms, |t| t.min(due_at_ms)));
-                        awaiting
+                        (awaiting, due_at_ms)
                     }
-                    Ok(Formation::Empty) => 0,
+                    Ok(Formation::Empty) => (0, 0),
                     Err(e) => {
                         error!(error = %e, destination = %d.name, "forming a batch failed; retried at the next poll");
-                        0
+                        (1, 0)
                     }
                 };
-                inner.awaiting.lock().unwrap_or_else(|p| p.into_inner()).0.insert(d.name.clone(), left);
+                let known = Known { count, closes_at, checked: tokio::time::Instant::now() };
+                inner.awaiting.lock().unwrap_or_else(|p| p.into_inner()).0.insert(d.name.clone(), known);
                 break;
             }
         }

@@ -249,3 +249,73 @@ async fn operator_actions_reach_every_instance_as_signals() {
     a.signal(&Signal::Reload { from: a.node().to_string() }).await.unwrap();
     assert_eq!(next(&mut heard).await, Some(Signal::Reload { from: a.node().to_string() }));
 }
+
+/// Two instances forming batches of one destination at once take disjoint deliveries (each
+/// delivery in one batch), and a batch one has loaded (leased) is not loaded by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_forming_batches_at_once_never_share_a_delivery() {
+    use crate::store::{BatchLimits, Formation, NewDelivery};
+    let schema = Schema::new();
+    let s = instances(&schema, 2, Duration::from_secs(60)).await;
+    for i in 0..200 {
+        let batched = NewDelivery { batch: true, ..delivery("b") };
+        stored(s[i % 2].accept(event(&format!("evt_{i}"), None, now_ms()), vec![batched], None).await.unwrap());
+    }
+    let limits = BatchLimits { max_events: 7, max_bytes: 1 << 20, max_wait_ms: 0 };
+    let form_all = |store: PgStore| async move {
+        let mut batches = Vec::new();
+        loop {
+            match store.form_batch("b".into(), limits, now_ms()).await.unwrap() {
+                Formation::Formed { batch, .. } => batches.push(batch),
+                Formation::Empty => return batches,
+                Formation::NotYet { .. } => unreachable!("max_wait 0 closes every batch"),
+            }
+        }
+    };
+    let (a, b) = tokio::join!(tokio::spawn(form_all(s[0].clone())), tokio::spawn(form_all(s[1].clone())));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(!a.is_empty() && !b.is_empty(), "both formed batches: {} and {}", a.len(), b.len());
+    let mut members = std::collections::HashSet::new();
+    for id in a.iter().chain(&b) {
+        let batch = s[0].load_batch(*id, now_ms() + 1).await.unwrap().expect("due");
+        assert!(s[1].load_batch(*id, now_ms() + 1).await.unwrap().is_none(), "leased by the first");
+        for (m, _) in batch.members {
+            assert!(members.insert(m), "delivery {m} is in two batches");
+        }
+    }
+    assert_eq!(members.len(), 200, "every delivery in a batch");
+}
+
+/// Two instances accepting deliveries of one ordered key at the same time: the key still has one
+/// head (each accept group decides under the key's lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_accepting_one_key_at_once_keep_one_head() {
+    use crate::store::{NewDelivery, OrderSpec};
+    let schema = Schema::new();
+    let s = instances(&schema, 2, Duration::from_secs(60)).await;
+    let accept_all = |store: PgStore, from: usize| async move {
+        let mut heads = 0;
+        for i in from..from + 50 {
+            let d = NewDelivery { order: Some(OrderSpec { key: "k".into(), block: false }), ..delivery("o") };
+            heads +=
+                stored(store.accept(event(&format!("evt_{i}"), None, now_ms()), vec![d], None).await.unwrap()).len();
+        }
+        heads
+    };
+    let (a, b) = tokio::join!(tokio::spawn(accept_all(s[0].clone(), 0)), tokio::spawn(accept_all(s[1].clone(), 100)));
+    assert_eq!(a.unwrap() + b.unwrap(), 1, "one delivery of the key was due at once");
+    let c = super::testing::client().await.unwrap();
+    let due: i64 = c
+        .query_one(
+            &format!(
+                "SELECT COUNT(*) FROM \"{}\".deliveries WHERE status = 'pending' AND next_at < {}",
+                schema.0,
+                i64::MAX
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(due, 1, "one head in the store");
+}
