@@ -1,32 +1,42 @@
 #!/usr/bin/env bash
-# Ordering benchmark: how fast one destination drains a backlog with `ordering: { key: "$.key" }`
-# (per key, one delivery in flight at a time, in accept order) against the same destination
-# without ordering, in one run with the rounds interleaved (unordered, ordered, unordered, ...)
-# so that drift of the machine hits both modes alike. Same machine, same binary, same sink.
+# Ordering and batching benchmark: how fast one destination drains a backlog with
+# `ordering: { key: "$.key" }` (per key, one delivery in flight at a time, in accept order) and
+# with `batch: { max_events: 100, max_wait: 1s }` (one request carries up to 100 events, a JSON
+# array) against the same destination with neither, in one run with the rounds interleaved
+# (unordered, ordered, batched, unordered, ...) so that drift of the machine hits every mode
+# alike. Same machine, same binary, same sink.
 #
 #   bench/ordering.sh                            # 20,000 events over 100 keys, 3 rounds per mode
 #   EVENTS=5000 ROUNDS=2 bench/ordering.sh       # quick look
+#   MODES="unordered ordered batched" bench/ordering.sh
 #
 # Each run: a fresh `hookyard run` (fresh SQLite store, default sync) with one unsigned source and
 # one route to one destination, `hookyard receive --quiet` (the sink); the destination is paused
 # (admin API), wrk posts exactly EVENTS events (bench/ordering/post_keyed.lua: keys round-robin
 # over KEYS, `{"key":"k042","seq":N,"pad":"..."}`), the script checks that every one was answered
 # 202, that the store holds them all as pending and that the sink got none; then it resumes the
-# destination (admin API) and waits until the sink has counted all of them. deliveries/s =
-# EVENTS / (time from the resume to the sink's last count); the gateway's CPU (utime+stime from
-# /proc) over the same time, per delivery. So this measures the backlog path (due deliveries read
-# from the store, settled back to it), where ordering does its work: which deliveries are heads of
-# their key, and advancing a key when its head settles. Both modes get the same
-# destination max_in_flight (DEST_IN_FLIGHT), so with KEYS >= DEST_IN_FLIGHT ordering costs
-# nothing in parallelism and any gap is the ordering's own cost. The issue's target: ordered at
-# least 0.8x unordered deliveries/s (paired median over the rounds).
+# destination (admin API) and waits until the sink's request counter has stopped growing and the
+# gateway has counted every event delivered (hookyard_deliveries_total{destination="sink",
+# outcome="delivered"} at the admin listener's /metrics, one per event, also for an event that
+# went in a batch: `hookyard receive` counts requests, and a batch is one request). deliveries/s =
+# events delivered (that metric) / (time from the resume to the sink's last request), the same
+# measure in every mode; the gateway's CPU (utime+stime from /proc) over the same time, per
+# delivered event; the sink's requests are reported beside it. Afterwards (not timed) the script
+# waits for the store's pending count of the destination to reach 0. So this measures the backlog
+# path (due deliveries read from the store, settled back to it), where ordering does its work
+# (which deliveries are heads of their key, advancing a key when its head settles) and batching
+# its own (forming batches in the store, settling each batch onto its members). Every mode gets
+# the same destination max_in_flight (DEST_IN_FLIGHT), so with KEYS >= DEST_IN_FLIGHT ordering
+# costs nothing in parallelism and any gap is the ordering's own cost. The targets: ordered at
+# least 0.8x unordered deliveries/s, batched at least 5x (paired medians over the rounds).
 #
 # The gateway runs on SUT_CPU, wrk and the sink (and this script) on LOAD_CPU (taskset), the
 # gateway with HOOKYARD_WORKER_THREADS worker threads and RUST_LOG=warn. Loopback only.
 #
 # Parameters (environment):
-#   EVENTS=20000  KEYS=100  ROUNDS=3  MODES="unordered ordered"  CONNECTIONS=32 (wrk, posting)
-#   PAD_BYTES=200 (padding in each body)  DEST_IN_FLIGHT=32 (the destination's max_in_flight)
+#   EVENTS=20000  KEYS=100  ROUNDS=3  MODES="unordered ordered" (any of unordered ordered batched)
+#   CONNECTIONS=32 (wrk, posting)  PAD_BYTES=200 (padding in each body)
+#   DEST_IN_FLIGHT=32 (the destination's max_in_flight)  BATCH_MAX_EVENTS=100  BATCH_MAX_WAIT=1s
 #   HOOKYARD_WORKER_THREADS=2  LOAD_CPU=0  SUT_CPU=1  STORAGE_SYNC= (hookyard's default, full)
 #   HOOKYARD=target/release/hookyard (built with `cargo build --release` when missing or older than
 #   src/; a path outside target/ is used as it is)  WORK_PARENT=target  DRAIN_MAX=300 (s)
@@ -54,6 +64,8 @@ MODES=${MODES:-"unordered ordered"}
 CONNECTIONS=${CONNECTIONS:-32}
 PAD_BYTES=${PAD_BYTES:-200}
 DEST_IN_FLIGHT=${DEST_IN_FLIGHT:-32}
+BATCH_MAX_EVENTS=${BATCH_MAX_EVENTS:-100}
+BATCH_MAX_WAIT=${BATCH_MAX_WAIT:-1s}
 WORKER_THREADS=${HOOKYARD_WORKER_THREADS:-2}
 LOAD_CPU=${LOAD_CPU:-0}
 SUT_CPU=${SUT_CPU:-1}
@@ -72,16 +84,19 @@ REPORT="$HERE/report.py"
 ADMIN_TOKEN=bench-ordering-admin-token # loopback only; set so that no "admin API has no token" warning
 
 case "$HOOKYARD" in /*) ;; *) HOOKYARD="$ROOT/$HOOKYARD" ;; esac
-for v in EVENTS KEYS ROUNDS CONNECTIONS DEST_IN_FLIGHT WORKER_THREADS DRAIN_MAX DRAIN_STABLE_MS POST_MAX MAX_PENDING; do
+for v in EVENTS KEYS ROUNDS CONNECTIONS DEST_IN_FLIGHT BATCH_MAX_EVENTS WORKER_THREADS DRAIN_MAX DRAIN_STABLE_MS \
+  POST_MAX MAX_PENDING; do
   positive_int "$v" "${!v}"
 done
 [[ "$PAD_BYTES" =~ ^[0-9]+$ ]] || die "PAD_BYTES must be a number (got '$PAD_BYTES')"
 ((KEYS <= 1000)) || die "KEYS must be at most 1000 (keys are k000 .. k999)"
 [[ -z "$STORAGE_SYNC" || "$STORAGE_SYNC" == full || "$STORAGE_SYNC" == normal ]] \
   || die "STORAGE_SYNC must be full or normal (got '$STORAGE_SYNC')"
+[[ "$BATCH_MAX_WAIT" =~ ^[0-9]+(ms|s|m)$ ]] \
+  || die "BATCH_MAX_WAIT must be a duration like 1s or 500ms (got '$BATCH_MAX_WAIT')"
 [[ -n "${MODES// /}" ]] || die "MODES is empty"
 for m in $MODES; do
-  [[ "$m" == unordered || "$m" == ordered ]] || die "unknown mode '$m' (unordered, ordered)"
+  [[ "$m" == unordered || "$m" == ordered || "$m" == batched ]] || die "unknown mode '$m' (unordered, ordered, batched)"
 done
 
 # ------------------------------------------------------------- dependencies
@@ -121,10 +136,11 @@ start_sink() {
 }
 
 # write_config FILE MODE: one unsigned source, one route to the sink; `ordering` when MODE is
-# ordered. The store is hookyard.db beside FILE.
+# ordered, `batch` when it is batched. The store is hookyard.db beside FILE.
 write_config() {
   local ordering="" storage="storage: { path: hookyard.db }"
   [[ "$2" == ordered ]] && ordering='    ordering: { key: "$.key" }'
+  [[ "$2" == batched ]] && ordering="    batch: { max_events: $BATCH_MAX_EVENTS, max_wait: $BATCH_MAX_WAIT }"
   [[ -n "$STORAGE_SYNC" ]] && storage="storage: { path: hookyard.db, sync: $STORAGE_SYNC }"
   cat >"$1" <<EOF
 server: { listen: "127.0.0.1:0" }
@@ -169,10 +185,74 @@ admin_post() {
     --data "$3" "http://$1$2" >/dev/null || die "admin POST $2 failed"
 }
 
+# delivered_events ADMIN: sets DRAIN_EVENTS and DRAIN_OTHER to the gateway's
+# hookyard_deliveries_total{destination="sink"} with outcome delivered, and with any other outcome
+# (retry, failed, dead, gone), from /metrics: one per event, also for an event sent in a batch.
+delivered_events() {
+  local kv
+  kv=$(admin_get "$1" /metrics | python3 "$REPORT" outcomes sink) || die "GET /metrics failed"
+  DRAIN_EVENTS=$(sed -n 's/.*\bdelivered=\([0-9]*\).*/\1/p' <<<"$kv")
+  DRAIN_OTHER=$(sed -n 's/.*\bother=\([0-9]*\).*/\1/p' <<<"$kv")
+  [[ -n "$DRAIN_EVENTS" && -n "$DRAIN_OTHER" ]] || die "cannot read the delivered events from /metrics: $kv"
+}
+
+# drain_events ADMIN WANT_REQUESTS WANT_EVENTS PID: polls the sink (as lib.sh's drain does) until
+# it has received at least WANT_REQUESTS requests and its counter has not grown for
+# DRAIN_STABLE_MS; then reads the CPU ticks of the gateway (PID), the sink and the machine
+# (END_HY, END_SINK, END_BUSY) and asks the gateway (delivered_events) whether WANT_EVENTS events
+# were delivered. If not, it polls on (the gateway's /metrics again only once the sink has been
+# still for another DRAIN_STABLE_MS), until DRAIN_MAX s have passed since the call. Sets
+# DRAIN_COUNT (the sink's final count), DRAIN_EVENTS, DRAIN_OTHER, DRAIN_AT_US (when the sink's
+# final count was first seen) and DRAIN_TIMEOUT (1 if cut short). A request count alone is not an
+# event count (a batch is one request); the gateway counts an event once its request has been
+# answered, so the sink sees the last request first, and polling the sink (on LOAD_CPU) rather
+# than the gateway's /metrics (a store read on SUT_CPU each time) keeps the poll off the gateway.
+# So the end is the sink's last request, once the gateway has counted every event delivered.
+drain_events() {
+  local admin=$1 want_req=$2 want_ev=$3 pid=$4 c last deadline checked_at=-1
+  now_us
+  DRAIN_AT_US=$NOW_US deadline=$((NOW_US + DRAIN_MAX * 1000000))
+  last=$(sink_count)
+  DRAIN_TIMEOUT=0
+  while :; do
+    now_us
+    if ((last >= want_req && NOW_US - DRAIN_AT_US >= DRAIN_STABLE_MS * 1000 \
+      && (checked_at < DRAIN_AT_US || NOW_US - checked_at >= DRAIN_STABLE_MS * 1000))) \
+      || ((NOW_US >= deadline)); then
+      ((NOW_US >= deadline)) && DRAIN_TIMEOUT=1
+      END_HY=$(cpu_ticks "$pid") END_SINK=$(cpu_ticks "$SINK_PID") END_BUSY=$(busy_ticks)
+      delivered_events "$admin"
+      ((DRAIN_EVENTS >= want_ev || DRAIN_TIMEOUT)) && break
+      now_us
+      checked_at=$NOW_US
+    fi
+    sleep 0.05
+    c=$(sink_count)
+    if ((c != last)); then
+      last=$c
+      now_us
+      DRAIN_AT_US=$NOW_US
+    fi
+  done
+  DRAIN_COUNT=$last
+}
+
+# settled ADMIN: waits (up to 30 s) until the store has no pending delivery for the sink; prints
+# the pending count it last saw. Not timed: the deliveries' settles trail the sink's last request.
+settled() {
+  local i p
+  for ((i = 0; i < 300; i++)); do
+    p=$(admin_get "$1" /api/v1/destinations | python3 "$REPORT" pending sink) || die "GET /api/v1/destinations failed"
+    ((p == 0)) && break
+    sleep 0.1
+  done
+  echo "$p"
+}
+
 # measure ROUND MODE: one run (start, pause, post, resume, drain, stop); appends a row.
 measure() {
-  local round=$1 mode=$2 dir pid addr admin out c0 c1 pending hy0 hy1 hy2 hy3 sink0 sink1 busy0 busy1 t0
-  local kv posts answered accepted warn
+  local round=$1 mode=$2 dir pid addr admin out c0 c1 pending hy0 hy1 hy2 sink0 busy0 t0
+  local kv posts answered accepted warn want_req pending_after
   dir="$WORK/$mode-r$round"
   mkdir -p "$dir"
   write_config "$dir/hookyard.yaml" "$mode"
@@ -199,7 +279,13 @@ measure() {
   pending=$(admin_get "$admin" /api/v1/destinations | python3 "$REPORT" pending sink) \
     || die "GET /api/v1/destinations failed"
   c1=$(sink_count)
-  ((c1 == c0)) || die "the sink got $((c1 - c0)) deliveries while the destination was paused"
+  ((c1 == c0)) || die "the sink got $((c1 - c0)) requests while the destination was paused"
+  delivered_events "$admin"
+  ((DRAIN_EVENTS == 0 && DRAIN_OTHER == 0)) \
+    || die "the gateway counts $DRAIN_EVENTS deliveries ($DRAIN_OTHER other outcomes) while the destination was paused"
+  # the sink's requests to wait for: one per event, or (batched) at least one per full batch
+  want_req=$accepted
+  [[ "$mode" == batched ]] && want_req=$(((accepted + BATCH_MAX_EVENTS - 1) / BATCH_MAX_EVENTS))
 
   # drain it
   sink0=$(cpu_ticks "$SINK_PID")
@@ -208,23 +294,23 @@ measure() {
   now_us
   t0=$NOW_US
   admin_post "$admin" /api/v1/destinations/sink/resume '{"reason":"bench/ordering.sh: drain"}'
-  drain $((c0 + accepted))
-  hy3=$(cpu_ticks "$pid")
-  busy1=$(busy_ticks)
-  sink1=$(cpu_ticks "$SINK_PID")
+  drain_events "$admin" $((c0 + want_req)) "$accepted" "$pid"
   kill -0 "$SINK_PID" 2>/dev/null || die "sink died"
   kill -0 "$pid" 2>/dev/null || die "hookyard run ($mode) died; log: $dir/hookyard.err"
+  pending_after=$(settled "$admin")
   stop_pid "$pid" "hookyard run ($mode)"
   warn=$(grep -cv '^[[:space:]]*$' "$dir/hookyard.err" || true)
   echo "round=$round mode=$mode events=$EVENTS keys=$KEYS pending=$pending sink_delta=$((DRAIN_COUNT - c0))" \
+    "delivered=$DRAIN_EVENTS other_outcomes=$DRAIN_OTHER pending_after=$pending_after" \
     "drain_us=$((DRAIN_AT_US - t0)) drain_timeout=$DRAIN_TIMEOUT hy_ticks_post=$((hy1 - hy0))" \
-    "hy_ticks_drain=$((hy3 - hy2)) sink_ticks_drain=$((sink1 - sink0)) busy_ticks_drain=$((busy1 - busy0))" \
+    "hy_ticks_drain=$((END_HY - hy2)) sink_ticks_drain=$((END_SINK - sink0)) busy_ticks_drain=$((END_BUSY - busy0))" \
     "log_warn=$warn $kv" >>"$ROWS"
   python3 "$REPORT" row "$CLK_TCK" "$(tail -n 1 "$ROWS")" >&2
 }
 
 # -------------------------------------------------------------------- main
 log "events=$EVENTS keys=$KEYS rounds=$ROUNDS modes=[$MODES] destination max_in_flight=$DEST_IN_FLIGHT" \
+  "batch: max_events $BATCH_MAX_EVENTS, max_wait $BATCH_MAX_WAIT" \
   "cpus: load=$LOAD_CPU gateway=$SUT_CPU ($WORKER_THREADS worker threads)"
 start_sink
 for m in $MODES; do
@@ -243,7 +329,8 @@ stop_pid "$SINK_PID" sink
 JSON="$RESULTS_DIR/ordering-$TS.json"
 META=(
   "timestamp=$TS" "events=$EVENTS" "keys=$KEYS" "rounds=$ROUNDS" "connections=$CONNECTIONS"
-  "pad_bytes=$PAD_BYTES" "dest_in_flight=$DEST_IN_FLIGHT" "worker_threads=$WORKER_THREADS"
+  "pad_bytes=$PAD_BYTES" "dest_in_flight=$DEST_IN_FLIGHT" "batch_max_events=$BATCH_MAX_EVENTS"
+  "batch_max_wait=$BATCH_MAX_WAIT" "worker_threads=$WORKER_THREADS"
   "load_cpu=$LOAD_CPU" "sut_cpu=$SUT_CPU" "clk_tck=$CLK_TCK" "storage_sync=${STORAGE_SYNC:-default}"
   "max_pending=$MAX_PENDING" "drain_max_s=$DRAIN_MAX" "hookyard=$HOOKYARD"
 )
