@@ -665,7 +665,8 @@ impl<T: Transport> Dispatcher<T> {
     }
 
     /// Advances the ordered keys left with no head (a process stopped between a head's settle and
-    /// its key's advance): one instance at a time where several share the store.
+    /// its key's advance): one instance at a time where several share the store. Also sends one by
+    /// one what awaits a batch of a destination that no longer batches.
     pub async fn sweep_stalled(&self) {
         let store = &self.inner.store;
         match store.exclusive("ordering-sweep", store.advance_stalled()).await {
@@ -680,6 +681,24 @@ impl<T: Transport> Dispatcher<T> {
             Ok(Some(Err(e))) | Err(e) => {
                 warn!(error = %e, "sweeping stalled ordered keys failed; retried at the next sweep")
             }
+        }
+        // a delivery replayed into a batch of a destination that no longer batches (the replay
+        // does not know the config) goes one by one
+        let batched: Vec<DestinationName> = self
+            .inner
+            .destinations
+            .load()
+            .values()
+            .filter(|d| d.batch.is_some())
+            .map(|d| DestinationName(d.name.clone()))
+            .collect();
+        match store.unbatch(batched).await {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(deliveries = n, "deliveries awaiting a batch of a destination that no longer batches go one by one");
+                self.wake();
+            }
+            Err(e) => warn!(error = %e, "could not release deliveries awaiting a batch; retried at the next sweep"),
         }
     }
 
