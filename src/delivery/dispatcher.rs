@@ -695,7 +695,10 @@ impl<T: Transport> Dispatcher<T> {
         match store.unbatch(batched).await {
             Ok(0) => {}
             Ok(n) => {
-                info!(deliveries = n, "deliveries awaiting a batch of a destination that no longer batches go one by one");
+                info!(
+                    deliveries = n,
+                    "deliveries awaiting a batch of a destination that no longer batches go one by one"
+                );
                 self.wake();
             }
             Err(e) => warn!(error = %e, "could not release deliveries awaiting a batch; retried at the next sweep"),
