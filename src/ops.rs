@@ -198,7 +198,7 @@ pub struct DeliveryView {
     /// How many attempts were made (a count; the attempts themselves are a delivery's
     /// `attempt_log` in [`EventView`]).
     pub attempts: u32,
-    /// When it is due (pending); `null` while it waits for its turn in its key's order.
+    /// When it is due (pending); `null` while it waits (see `waiting`).
     pub next_at_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -210,7 +210,8 @@ pub struct DeliveryView {
     /// Its order key, when its destination orders its deliveries (`ordering:`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_key: Option<String>,
-    /// Pending, waiting for the deliveries before it in its key's order.
+    /// Pending, but not due by itself: waiting for the deliveries before it in its key's order
+    /// (`ordering:`), or awaiting (or in) a batch (`batch:`, see `batch_id`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub waiting: bool,
     /// Dead or failed, it holds its key (`on_dead: block`) until replayed or skipped.
