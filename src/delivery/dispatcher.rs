@@ -359,6 +359,67 @@ impl<T> Inner<T> {
 }
 
 impl<T> Inner<T> {
+    /// Whether `dest`'s circuit breaker lets an attempt through now.
+    fn admit(&self, dest: &Destination) -> bool {
+        let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        breakers.entry(dest.name.clone()).or_insert_with(|| Breaker::new(dest.breaker.clone())).allow(Instant::now())
+    }
+
+    /// Records an attempt's success or failure in `dest`'s breaker, and logs a change of state.
+    fn record_in_breaker(&self, dest: &Destination, success: bool) {
+        let changed = self
+            .breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&dest.name)
+            .and_then(|b| b.record(Instant::now(), success));
+        match changed {
+            Some(BreakerState::Open { .. }) => {
+                warn!(destination = %dest.name, cooldown_ms = dest.breaker.cooldown.as_millis() as u64, "circuit breaker opened; deliveries wait in the store")
+            }
+            Some(BreakerState::Closed) => info!(destination = %dest.name, "circuit breaker closed"),
+            _ => {}
+        }
+    }
+
+    /// Pauses `dest` after a `410 Gone`: in the store, then in memory (a poll in between would
+    /// read the store and undo it), so a log line written after this is true when it appears: an
+    /// event accepted after it waits in the store.
+    async fn pause_gone(&self, dest: &Destination) {
+        let name = DestinationName(dest.name.clone());
+        let reason = Some("the destination answered 410 Gone".to_string());
+        if let Err(e) = self.store.set_paused(&name, true, reason).await {
+            error!(error = %e, "could not record the pause");
+        }
+        let mut set = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        self.paused_changes.fetch_add(1, Ordering::AcqRel);
+        set.insert(name);
+    }
+
+    /// Counts an attempt as running and sends `request`, unless a shutdown or a pause came while
+    /// its task waited for its turn (then `None`, and nothing counted). With `Some`, the caller
+    /// ends the attempt with [`Inner::attempt_ended`] once its result is recorded.
+    async fn send(&self, dest: &Destination, request: &DueDelivery) -> Option<AttemptReport>
+    where
+        T: Transport,
+    {
+        self.attempting.fetch_add(1, Ordering::AcqRel);
+        if self.stopping.load(Ordering::Acquire)
+            || self.paused.lock().unwrap_or_else(|p| p.into_inner()).contains(&*request.destination)
+        {
+            self.attempt_ended();
+            return None;
+        }
+        Some(self.transport.attempt(dest, request).await)
+    }
+
+    /// An attempt counted by [`Inner::send`] ended (shutdown waits for none to run).
+    fn attempt_ended(&self) {
+        if self.attempting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
     /// The new head of an ordered key whose head this task just settled, claimed and loaded, if
     /// `slot`'s destination may take it now; else the poller takes it (woken here).
     async fn take_head(&self, head: DeliveryId, slot: &Slot) -> Option<DueDelivery> {
@@ -445,18 +506,13 @@ impl<T: Transport> Dispatcher<T> {
         }
         let map: HashMap<Arc<str>, Arc<Destination>> =
             destinations.iter().map(|d| (d.name.clone(), d.clone())).collect();
-        let batched = |m: &HashMap<Arc<str>, Arc<Destination>>| -> Vec<DestinationName> {
-            let mut names: Vec<DestinationName> =
-                m.values().filter(|d| d.batch.is_some()).map(|d| DestinationName(d.name.clone())).collect();
-            names.sort();
-            names
-        };
-        let (before, after) = (batched(&self.inner.destinations.load()), batched(&map));
+        let changed = batches::batched_names(&self.inner.destinations.load()) != batches::batched_names(&map);
         self.inner.destinations.store(Arc::new(map));
         // deliveries awaiting a batch of a destination that no longer batches (or is gone) go
         // one by one; at start, whatever a previous config left awaiting
-        if before != after || !self.inner.started.swap(true, Ordering::AcqRel) {
-            self.unbatch_all(after);
+        if changed || !self.inner.started.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::spawn(async move { this.release_unbatched().await });
         }
         let mut breakers = self.inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
         // a removed destination's breaker goes with it (a destination re-added later starts closed)
@@ -684,25 +740,7 @@ impl<T: Transport> Dispatcher<T> {
         }
         // a delivery replayed into a batch of a destination that no longer batches (the replay
         // does not know the config) goes one by one
-        let batched: Vec<DestinationName> = self
-            .inner
-            .destinations
-            .load()
-            .values()
-            .filter(|d| d.batch.is_some())
-            .map(|d| DestinationName(d.name.clone()))
-            .collect();
-        match store.unbatch(batched).await {
-            Ok(0) => {}
-            Ok(n) => {
-                info!(
-                    deliveries = n,
-                    "deliveries awaiting a batch of a destination that no longer batches go one by one"
-                );
-                self.wake();
-            }
-            Err(e) => warn!(error = %e, "could not release deliveries awaiting a batch; retried at the next sweep"),
-        }
+        self.release_unbatched().await;
     }
 
     /// Destinations whose due deliveries cannot start now: paused (while in the config: the
@@ -966,11 +1004,7 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
     let (Some(dest), Some(_)) = (current, &slot.dest) else {
         return fail_removed(inner, d).await;
     };
-    let admitted = {
-        let mut breakers = inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
-        breakers.entry(dest.name.clone()).or_insert_with(|| Breaker::new(dest.breaker.clone())).allow(Instant::now())
-    };
-    if !admitted {
+    if !inner.admit(&dest) {
         return Next::Release;
     }
     if let Some(rate) = &dest.rate {
@@ -997,18 +1031,8 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
             }
         }
     }
-    let report = {
-        inner.attempting.fetch_add(1, Ordering::AcqRel);
-        // while this task waited for its turn, a shutdown or a pause may have come
-        if inner.stopping.load(Ordering::Acquire)
-            || inner.paused.lock().unwrap_or_else(|p| p.into_inner()).contains(&*d.destination)
-        {
-            if inner.attempting.fetch_sub(1, Ordering::AcqRel) == 1 {
-                inner.idle.notify_waiters();
-            }
-            return Next::Release;
-        }
-        inner.transport.attempt(&dest, d).await
+    let Some(report) = inner.send(&dest, d).await else {
+        return Next::Release;
     };
     inner.attempts.fetch_add(1, Ordering::Relaxed);
     crate::metrics::attempt(&dest.name, report.latency.as_secs_f64());
@@ -1018,13 +1042,7 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
     );
     let attempt = d.attempts + 1;
     let latency_ms = report.latency.as_millis() as u64;
-    let (status_code, error_text) = match &report.outcome {
-        AttemptOutcome::Delivered { status } => (Some(status.as_u16()), None),
-        AttemptOutcome::Retryable { status, reason, .. } | AttemptOutcome::Failed { status, reason } => {
-            (status.map(|s| s.as_u16()), Some(reason.clone()))
-        }
-        AttemptOutcome::Gone => (Some(410), Some("HTTP 410 Gone: destination paused".to_string())),
-    };
+    let (status_code, error_text) = report.outcome.status_and_error();
     let record = AttemptRecord {
         at_ms: inner.clock.now_ms(),
         status_code,
@@ -1032,20 +1050,7 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
         response: report.response_body.clone(),
         error: error_text.clone(),
     };
-    let success = !matches!(report.outcome, AttemptOutcome::Retryable { .. });
-    let changed = inner
-        .breakers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get_mut(&dest.name)
-        .and_then(|b| b.record(Instant::now(), success));
-    match changed {
-        Some(BreakerState::Open { .. }) => {
-            warn!(destination = %dest.name, cooldown_ms = dest.breaker.cooldown.as_millis() as u64, "circuit breaker opened; deliveries wait in the store")
-        }
-        Some(BreakerState::Closed) => info!(destination = %dest.name, "circuit breaker closed"),
-        _ => {}
-    }
+    inner.record_in_breaker(&dest, !matches!(report.outcome, AttemptOutcome::Retryable { .. }));
     let next = match report.outcome {
         AttemptOutcome::Delivered { status } => {
             info!(event_id = %d.event_id, route = %d.route, destination = %dest.name, status = status.as_u16(), attempt, latency_ms, "delivered");
@@ -1058,19 +1063,7 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
             finish(inner, d, record, Settle::Failed, error_text).await
         }
         AttemptOutcome::Gone => {
-            let reason = Some("the destination answered 410 Gone".to_string());
-            let name = DestinationName(dest.name.clone());
-            if let Err(e) = inner.store.set_paused(&name, true, reason).await {
-                error!(error = %e, "could not record the pause");
-            }
-            // In memory after the store (a poll in between would read the store and undo it),
-            // and logged after both, so the line is true when it appears: an event accepted
-            // after it waits in the store.
-            {
-                let mut set = inner.paused.lock().unwrap_or_else(|p| p.into_inner());
-                inner.paused_changes.fetch_add(1, Ordering::AcqRel);
-                set.insert(name);
-            }
+            inner.pause_gone(&dest).await;
             error!(event_id = %d.event_id, destination = %dest.name, "destination answered 410 Gone; paused it (resume with `hookyard resume`)");
             let settled =
                 inner.store.settle(d.id, record, Settle::Retry { next_at_ms: inner.clock.now_ms() }, error_text).await;
@@ -1101,9 +1094,7 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
             }
         }
     };
-    if inner.attempting.fetch_sub(1, Ordering::AcqRel) == 1 {
-        inner.idle.notify_waiters();
-    }
+    inner.attempt_ended();
     next
 }
 

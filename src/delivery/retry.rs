@@ -22,6 +22,17 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    /// The status code and the error an attempt's record keeps.
+    pub fn status_and_error(&self) -> (Option<u16>, Option<String>) {
+        match self {
+            AttemptOutcome::Delivered { status } => (Some(status.as_u16()), None),
+            AttemptOutcome::Retryable { status, reason, .. } | AttemptOutcome::Failed { status, reason } => {
+                (status.map(|s| s.as_u16()), Some(reason.clone()))
+            }
+            AttemptOutcome::Gone => (Some(410), Some("HTTP 410 Gone: destination paused".to_string())),
+        }
+    }
+
     /// Judges a response status. `retry_after` is the parsed `Retry-After` header, if any.
     pub fn from_status(status: StatusCode, retry_after: Option<Duration>) -> Self {
         if status.is_success() {

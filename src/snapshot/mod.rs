@@ -45,6 +45,9 @@ pub struct Snapshot {
     pub sources: Vec<Source>,
     pub routes: Vec<Route>,
     pub destinations: Vec<Arc<Destination>>,
+    /// Some destination orders (`ordering:`) or batches (`batch:`) its deliveries: only then does
+    /// routing look each planned delivery's destination up again.
+    pub orders_or_batches: bool,
     pub admin: AdminConfig,
     /// `server.log_redact`, compiled.
     pub log_redact: Vec<JsonPath>,
@@ -165,6 +168,7 @@ pub fn build_from_text(
         },
         sources,
         routes,
+        orders_or_batches: destinations.iter().any(|d| d.ordering.is_some() || d.batch.is_some()),
         destinations,
         admin: cfg.admin.clone(),
         log_redact,

@@ -149,7 +149,7 @@ impl Snapshot {
     /// delivers (a transform's output, else the event's) or the event's headers, and marks those
     /// of batched destinations.
     fn place_in_order(&self, event: &Event, deliveries: &mut [NewDelivery]) {
-        if self.destinations.iter().all(|d| d.ordering.is_none() && d.batch.is_none()) {
+        if !self.orders_or_batches {
             return;
         }
         for d in deliveries {

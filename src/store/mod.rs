@@ -324,6 +324,14 @@ pub enum Settle {
 }
 
 impl Settle {
+    /// The `next_at` it stores: a retry's due time; 0 for a final state (never read).
+    pub fn next_at_ms(&self) -> i64 {
+        match self {
+            Settle::Retry { next_at_ms } => *next_at_ms,
+            _ => 0,
+        }
+    }
+
     /// The status the delivery takes (if it is still pending).
     pub fn status(&self) -> DeliveryStatus {
         match self {

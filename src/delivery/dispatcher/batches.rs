@@ -19,10 +19,10 @@ use tracing::{error, info, warn};
 
 use super::{Dispatcher, Inner, NoSlot, Slot, Transport};
 use crate::config::{BatchConfig, BatchFormat};
-use crate::delivery::breaker::BreakerState;
+use crate::delivery::Destination;
 use crate::delivery::retry::AttemptOutcome;
 use crate::store::{
-    AttemptRecord, BatchLimits, DeliveryId, DestinationName, DueBatch, DueDelivery, Formation, Inspect, Queue, Settle,
+    AttemptRecord, BatchLimits, DeliveryId, DestinationName, DueBatch, DueDelivery, Formation, Queue, Settle,
 };
 
 /// Most batches one destination forms in one poll (a backlog is formed over several polls).
@@ -152,24 +152,30 @@ impl<T: Transport> Dispatcher<T> {
         next_close
     }
 
-    /// Deliveries awaiting a batch of a destination other than `batched` (it no longer batches,
-    /// or is gone) are sent one by one (or failed as removed), in the background.
-    pub(super) fn unbatch_all(&self, batched: Vec<DestinationName>) {
-        let (store, this) = (self.inner.store.clone(), self.clone());
-        tokio::spawn(async move {
-            match store.unbatch(batched).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    info!(
-                        deliveries = n,
-                        "deliveries awaiting a batch of a destination that no longer batches go one by one"
-                    );
-                    this.wake();
-                }
-                Err(e) => warn!(error = %e, "could not release deliveries awaiting a batch"),
+    /// Deliveries awaiting a batch of a destination that does not batch in the current config
+    /// (it no longer does, or is gone) are sent one by one (or failed as removed).
+    pub(super) async fn release_unbatched(&self) {
+        let batched = batched_names(&self.inner.destinations.load());
+        match self.inner.store.unbatch(batched).await {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(
+                    deliveries = n,
+                    "deliveries awaiting a batch of a destination that no longer batches go one by one"
+                );
+                self.wake();
             }
-        });
+            Err(e) => warn!(error = %e, "could not release deliveries awaiting a batch; retried at the next sweep"),
+        }
     }
+}
+
+/// The destinations of `destinations` that batch, by name.
+pub(super) fn batched_names(destinations: &HashMap<Arc<str>, Arc<Destination>>) -> Vec<DestinationName> {
+    let mut names: Vec<DestinationName> =
+        destinations.values().filter(|d| d.batch.is_some()).map(|d| DestinationName(d.name.clone())).collect();
+    names.sort();
+    names
 }
 
 fn limits(b: &BatchConfig) -> BatchLimits {
@@ -244,14 +250,7 @@ async fn attempt<T: Transport>(inner: &Inner<T>, id: i64, slot: &Slot) {
         inner.failed.fetch_add(n, Ordering::Relaxed);
         return;
     };
-    let admitted = {
-        let mut breakers = inner.breakers.lock().unwrap_or_else(|p| p.into_inner());
-        breakers
-            .entry(dest.name.clone())
-            .or_insert_with(|| super::Breaker::new(dest.breaker.clone()))
-            .allow(tokio::time::Instant::now())
-    };
-    if !admitted {
+    if !inner.admit(&dest) {
         return;
     }
     if let Some(rate) = &dest.rate {
@@ -275,18 +274,7 @@ async fn attempt<T: Transport>(inner: &Inner<T>, id: i64, slot: &Slot) {
         order_key: None,
         lease_until: batch.lease_until,
     };
-    let report = {
-        inner.attempting.fetch_add(1, Ordering::AcqRel);
-        if inner.stopping.load(Ordering::Acquire)
-            || inner.paused.lock().unwrap_or_else(|p| p.into_inner()).contains(&*batch.destination)
-        {
-            if inner.attempting.fetch_sub(1, Ordering::AcqRel) == 1 {
-                inner.idle.notify_waiters();
-            }
-            return;
-        }
-        inner.transport.attempt(&dest, &request).await
-    };
+    let Some(report) = inner.send(&dest, &request).await else { return };
     inner.attempts.fetch_add(1, Ordering::Relaxed);
     crate::metrics::attempt(&dest.name, report.latency.as_secs_f64());
     let number = batch.attempts + 1;
@@ -294,25 +282,10 @@ async fn attempt<T: Transport>(inner: &Inner<T>, id: i64, slot: &Slot) {
     for _ in 0..n {
         crate::metrics::delivery(&dest.name, super::outcome_label(&report.outcome, can_retry));
     }
-    let (code, error_text) = match &report.outcome {
-        AttemptOutcome::Delivered { status } => (Some(status.as_u16()), None),
-        AttemptOutcome::Retryable { status, reason, .. } | AttemptOutcome::Failed { status, reason } => {
-            (status.map(|s| s.as_u16()), Some(reason.clone()))
-        }
-        AttemptOutcome::Gone => (Some(410), Some("HTTP 410 Gone: destination paused".to_string())),
-    };
+    let (code, error_text) = report.outcome.status_and_error();
     let latency_ms = report.latency.as_millis() as u64;
     let attempt = record(inner, code, latency_ms, report.response_body.clone(), error_text.clone());
-    let success = !matches!(report.outcome, AttemptOutcome::Retryable { .. });
-    let changed = inner
-        .breakers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get_mut(&dest.name)
-        .and_then(|b| b.record(tokio::time::Instant::now(), success));
-    if let Some(BreakerState::Open { .. }) = changed {
-        warn!(destination = %dest.name, "circuit breaker opened; batches wait in the store");
-    }
+    inner.record_in_breaker(&dest, !matches!(report.outcome, AttemptOutcome::Retryable { .. }));
     let settled = match report.outcome {
         AttemptOutcome::Delivered { status } => {
             info!(batch = id, msg_id = %batch.msg_id, destination = %dest.name, events = n, status = status.as_u16(), attempt = number, latency_ms, "batch delivered");
@@ -325,16 +298,7 @@ async fn attempt<T: Transport>(inner: &Inner<T>, id: i64, slot: &Slot) {
             Settle::Failed
         }
         AttemptOutcome::Gone => {
-            let name = DestinationName(dest.name.clone());
-            if let Err(e) = inner.store.set_paused(&name, true, Some("the destination answered 410 Gone".into())).await
-            {
-                error!(error = %e, "could not record the pause");
-            }
-            {
-                let mut set = inner.paused.lock().unwrap_or_else(|p| p.into_inner());
-                inner.paused_changes.fetch_add(1, Ordering::AcqRel);
-                set.insert(name);
-            }
+            inner.pause_gone(&dest).await;
             error!(batch = id, destination = %dest.name, "destination answered 410 Gone; paused it (resume with `hookyard resume`)");
             Settle::Retry { next_at_ms: inner.clock.now_ms() }
         }
@@ -354,9 +318,7 @@ async fn attempt<T: Transport>(inner: &Inner<T>, id: i64, slot: &Slot) {
         }
     };
     settle(inner, &batch, members, attempt, settled, error_text).await;
-    if inner.attempting.fetch_sub(1, Ordering::AcqRel) == 1 {
-        inner.idle.notify_waiters();
-    }
+    inner.attempt_ended();
 }
 
 fn record<T>(

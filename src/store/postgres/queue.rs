@@ -348,10 +348,7 @@ impl Queue for PgStore {
         settle: Settle,
         error: Option<String>,
     ) -> Result<()> {
-        let next_at = match settle {
-            Settle::Retry { next_at_ms } => next_at_ms,
-            _ => 0,
-        };
+        let next_at = settle.next_at_ms();
         let status = settle.status().as_str();
         let code = attempt.status_code.map(i32::from);
         let now = now_ms();

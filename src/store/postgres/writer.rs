@@ -627,13 +627,7 @@ async fn settle_all(
 ) -> std::result::Result<Vec<std::result::Result<(), String>>, tokio_postgres::Error> {
     let id: Vec<i64> = settles.iter().map(|s| s.0.0).collect();
     let status: Vec<&str> = settles.iter().map(|s| s.2.status().as_str()).collect();
-    let next_at: Vec<i64> = settles
-        .iter()
-        .map(|s| match s.2 {
-            Settle::Retry { next_at_ms } => *next_at_ms,
-            _ => 0,
-        })
-        .collect();
+    let next_at: Vec<i64> = settles.iter().map(|s| s.2.next_at_ms()).collect();
     let code: Vec<Option<i32>> = settles.iter().map(|s| s.1.status_code.map(i32::from)).collect();
     let error: Vec<Option<&str>> = settles.iter().map(|s| s.3).collect();
     let at: Vec<i64> = settles.iter().map(|s| s.1.at_ms).collect();

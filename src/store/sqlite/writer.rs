@@ -579,10 +579,7 @@ pub fn settle_batch(
     s: &Settle,
     error: Option<&str>,
 ) -> rusqlite::Result<()> {
-    let next_at = match s {
-        Settle::Retry { next_at_ms } => *next_at_ms,
-        _ => 0,
-    };
+    let next_at = s.next_at_ms();
     let now = now_ms();
     let changed = t
         .prepare_cached(
@@ -623,10 +620,7 @@ fn settle_delivery(
     s: &Settle,
     error: Option<&str>,
 ) -> rusqlite::Result<()> {
-    let next_at = match s {
-        Settle::Retry { next_at_ms } => *next_at_ms,
-        _ => 0,
-    };
+    let next_at = s.next_at_ms();
     // No RETURNING: SQLite buffers its rows in a temporary table, which made this statement the
     // dearest of the settle. The attempt row reads the new count back instead.
     // Only a pending delivery takes the new state: one an operator cancelled while this attempt
