@@ -15,5 +15,6 @@ pub mod server;
 pub mod sign;
 pub mod snapshot;
 pub mod store;
+pub mod template;
 pub mod tls;
 pub mod verify;

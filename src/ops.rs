@@ -211,7 +211,8 @@ pub struct DeliveryView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_key: Option<String>,
     /// Pending, but not due by itself: waiting for the deliveries before it in its key's order
-    /// (`ordering:`), or awaiting (or in) a batch (`batch:`, see `batch_id`).
+    /// (`ordering:`), awaiting (or in) a batch (`batch:`, see `batch_id`), or waiting for the
+    /// step before it in a chain (`then:`, see `after`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub waiting: bool,
     /// Dead or failed, it holds its key (`on_dead: block`) until replayed or skipped.
@@ -223,6 +224,14 @@ pub struct DeliveryView {
     pub batch_id: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_msg_id: Option<MsgId>,
+    /// A chain's later step (`then:`): the delivery it follows. While that one is pending it
+    /// waits; once it is delivered this one is sent (if its conditions hold), otherwise it is
+    /// `skipped` with the reason in `last_error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<DeliveryId>,
+    /// The URL rendered for it from its destination's `url` template.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -291,6 +300,8 @@ impl From<DeliveryRow> for DeliveryView {
             order_key: r.order_key,
             batch_id: r.batch_id,
             batch_msg_id: r.batch_msg_id,
+            after: r.after,
+            url: r.url,
         }
     }
 }

@@ -129,6 +129,7 @@ impl Reloader {
                 let version = new.version.clone();
                 crate::metrics::register_known(new.plugin_chains());
                 self.state.dispatcher.set_destinations(&new.destinations);
+                self.state.dispatcher.set_steps(new.step_rules());
                 self.state.snapshot.store(Arc::new(new));
                 crate::metrics::reload("reloaded");
                 crate::metrics::config_version(Some(&old.version), &version);

@@ -94,7 +94,9 @@ fn route_and_plan(c: &mut Criterion) {
             assert_eq!(routed.deliveries.len(), 2);
             for d in &routed.deliveries {
                 let dest = snap.destination(&d.destination).unwrap();
-                black_box(hookyard::delivery::build_request(dest, &snap.preview(source, &event, d), SystemTime::now()));
+                let due = snap.preview(source, &event, d);
+                let uri = dest.target(&due).unwrap();
+                black_box(hookyard::delivery::build_request(dest, &due, uri, SystemTime::now()));
             }
         })
     });

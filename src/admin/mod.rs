@@ -76,6 +76,7 @@ fn ops_error(e: OpsError) -> Resp {
         OpsError::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
         OpsError::NoEvent(id) => error(StatusCode::NOT_FOUND, format!("no event {id}")),
         OpsError::Store(crate::store::StoreError::NotFound(m)) => error(StatusCode::NOT_FOUND, m),
+        OpsError::Store(crate::store::StoreError::Refused(m)) => error(StatusCode::CONFLICT, m),
         OpsError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

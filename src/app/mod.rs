@@ -119,6 +119,7 @@ pub async fn start_with(config: &Path, plugins: Arc<Plugins>) -> Result<Running,
         snapshot.delivery.max_pending,
     )
     .await?;
+    dispatcher.set_steps(snapshot.step_rules());
     let listen = snapshot.server.listen;
     let ingress_listener =
         listener::bind(listen).map_err(|source| StartError::Bind { addr: listen, what: "server.listen", source })?;

@@ -68,22 +68,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|r| json!({"name": &*snap.routes[*r].name, "matched": routed.matched.contains(r)}))
         .collect();
     let mut deliveries = Vec::new();
+    let names: Vec<String> = routed.deliveries.iter().map(|d| d.destination.to_string()).collect();
     for planned in routed.deliveries {
         let dest = snap.destination(&planned.destination).expect("planned destinations exist");
         let due = snap.preview(source, &event, &planned);
-        let req = hookyard::delivery::build_request(dest, &due, now);
-        let mut headers = Map::new();
-        for (k, v) in req.headers() {
-            headers.insert(k.as_str().to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()));
-        }
-        let mut request = json!({"method": "POST", "url": req.uri().to_string(), "headers": headers});
-        match std::str::from_utf8(&due.body) {
-            Ok(s) => request["body"] = Value::String(s.to_string()),
-            Err(_) => {
-                request["body_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(&due.body))
+        let templated_step = planned.after.is_some() && !dest.templates.is_empty();
+        // a later step's templates read the response before it: rendered only once it answers
+        let request = match dest.target(&due) {
+            Ok(uri) if !templated_step => {
+                let req = hookyard::delivery::build_request(dest, &due, uri, now);
+                let mut headers = Map::new();
+                for (k, v) in req.headers() {
+                    headers.insert(
+                        k.as_str().to_string(),
+                        Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                    );
+                }
+                let mut request = json!({"method": "POST", "url": req.uri().to_string(), "headers": headers});
+                match std::str::from_utf8(&due.body) {
+                    Ok(s) => request["body"] = Value::String(s.to_string()),
+                    Err(_) => {
+                        request["body_base64"] =
+                            Value::String(base64::engine::general_purpose::STANDARD.encode(&due.body))
+                    }
+                }
+                request
             }
-        }
+            _ => Value::Null,
+        };
         let mut delivery = json!({"route": planned.route, "destination": planned.destination, "request": request});
+        if let Some(a) = planned.after {
+            // a later step: sent once the delivery to `after` answered 2xx (and its conditions hold)
+            delivery["after"] = Value::String(names[a].clone());
+        }
         if let Some(reason) = &planned.failed {
             // kept as failed (on_error: fail): stored, never sent as is
             delivery["failed"] = Value::String(reason.clone());

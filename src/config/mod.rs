@@ -467,13 +467,34 @@ impl Config {
         }
         for (name, d) in &self.destinations {
             let key = format!("destinations.{name}");
-            match d.url.parse::<http::Uri>() {
-                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
-                Ok(_) => errors.push(self.error(
-                    &format!("{key}.url"),
-                    format!("\"{}\" must be an absolute http:// or https:// URL", d.url),
-                )),
-                Err(e) => errors.push(self.error(&format!("{key}.url"), format!("invalid URL \"{}\": {e}", d.url))),
+            if crate::template::is_template(&d.url) {
+                if let Err(e) = crate::template::Template::url(&d.url) {
+                    errors.push(self.error(&format!("{key}.url"), e));
+                }
+            } else {
+                match d.url.parse::<http::Uri>() {
+                    Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+                    Ok(_) => errors.push(self.error(
+                        &format!("{key}.url"),
+                        format!("\"{}\" must be an absolute http:// or https:// URL", d.url),
+                    )),
+                    Err(e) => errors.push(self.error(&format!("{key}.url"), format!("invalid URL \"{}\": {e}", d.url))),
+                }
+            }
+            for (h, v) in &d.headers {
+                if crate::template::is_template(v)
+                    && let Err(e) = crate::template::Template::header(v)
+                {
+                    errors.push(self.error(&format!("{key}.headers.{h}"), e));
+                }
+            }
+            if let Some(b) = &d.body
+                && let Err(e) = crate::template::Template::body(b)
+            {
+                errors.push(self.error(&format!("{key}.body"), e));
+            }
+            if d.max_hosts == 0 {
+                errors.push(self.error(&format!("{key}.max_hosts"), "must be greater than 0"));
             }
             if d.timeout_ms == 0 {
                 errors.push(self.error(&format!("{key}.timeout_ms"), "must be greater than 0"));
@@ -521,6 +542,15 @@ impl Config {
                     errors.push(self.error(
                         &format!("{key}.batch"),
                         "batch and ordering cannot be combined on one destination (yet): choose one",
+                    ));
+                }
+                let templated = crate::template::is_template(&d.url)
+                    || d.body.is_some()
+                    || d.headers.values().any(|v| crate::template::is_template(v));
+                if templated {
+                    errors.push(self.error(
+                        &format!("{key}.batch"),
+                        "a batch is one request: its url, headers and body cannot be templates",
                     ));
                 }
             }
@@ -645,8 +675,132 @@ impl Config {
                     errors.push(self.error(&k, format!("destination \"{dest}\" is listed twice")));
                 }
             }
+            self.check_steps(&key, r, errors);
         }
     }
+
+    fn destination_config(&self, name: &str) -> Option<&DestinationConfig> {
+        self.destinations.iter().find(|(n, _)| n == name).map(|(_, d)| d)
+    }
+
+    /// `routes[i].then`: each step names a declared destination not already in the chain, follows
+    /// one that is, has sensible statuses, and may be ordered or batched neither itself nor where
+    /// it follows; a destination whose templates read a step's response is only ever a step after
+    /// that one.
+    fn check_steps(&self, key: &str, r: &RouteConfig, errors: &mut Vec<ConfigError>) {
+        // each destination of the chain, with the destinations before it (its ancestors)
+        let mut chain: Vec<(&str, Vec<&str>)> = r.to.iter().map(|t| (t.as_str(), Vec::new())).collect();
+        let mut previous: Option<&str> = None;
+        for (j, step) in r.then.iter().enumerate() {
+            let k = format!("{key}.then[{j}]");
+            let dest = step.destination.as_str();
+            if !self.declared_destinations.contains(&step.destination) {
+                let hint = did_you_mean(dest, self.declared_destinations.iter().map(String::as_str));
+                errors.push(self.error(&format!("{k}.destination"), format!("unknown destination \"{dest}\"{hint}")));
+                continue;
+            }
+            if chain.iter().any(|(d, _)| *d == dest) {
+                errors.push(self.error(
+                    &format!("{k}.destination"),
+                    format!(
+                        "destination \"{dest}\" is already in this route's chain (each destination takes one place)"
+                    ),
+                ));
+                continue;
+            }
+            let after = match (&step.after, previous) {
+                (Some(a), _) => a.as_str(),
+                (None, Some(p)) => p,
+                (None, None) if r.to.len() == 1 => r.to[0].as_str(),
+                (None, None) => {
+                    errors.push(self.error(
+                        &format!("{k}.after"),
+                        "the route sends to several destinations: name the one this step follows",
+                    ));
+                    continue;
+                }
+            };
+            let Some(ancestors) = chain.iter().find(|(d, _)| *d == after).map(|(d, a)| {
+                let mut a = a.clone();
+                a.push(d);
+                a
+            }) else {
+                errors.push(self.error(
+                    &format!("{k}.after"),
+                    format!("\"{after}\" is neither one of this route's `to` nor an earlier step"),
+                ));
+                continue;
+            };
+            if let Some(codes) = &step.status {
+                if codes.is_empty() {
+                    errors.push(self.error(&format!("{k}.status"), "must list at least one status"));
+                }
+                if let Some(c) = codes.iter().find(|c| !(200..=299).contains(*c)) {
+                    errors.push(self.error(
+                        &format!("{k}.status"),
+                        format!("{c} is not a 2xx status (a step follows a delivered step only)"),
+                    ));
+                }
+            }
+            for (name, what) in [(dest, "a step"), (after, "a step's predecessor")] {
+                if let Some(d) = self.destination_config(name)
+                    && (d.ordering.is_some() || d.batch.is_some())
+                {
+                    errors.push(
+                        self.error(
+                            &k,
+                            format!("destination \"{name}\" is {what} and cannot be ordered or batched (yet)"),
+                        ),
+                    );
+                }
+            }
+            if let Some(d) = self.destination_config(dest) {
+                for read in response_steps(d) {
+                    if !ancestors.contains(&read.as_str()) {
+                        errors.push(self.error(
+                            &format!("{k}.destination"),
+                            format!(
+                                "destination \"{dest}\" reads the response of \"{read}\", which is not a step before it in this route"
+                            ),
+                        ));
+                    }
+                }
+            }
+            chain.push((dest, ancestors));
+            previous = Some(dest);
+        }
+        for (j, t) in r.to.iter().enumerate() {
+            if let Some(read) = self.destination_config(t).and_then(|d| response_steps(d).into_iter().next()) {
+                errors.push(self.error(
+                    &format!("{key}.to[{j}]"),
+                    format!(
+                        "destination \"{t}\" reads the response of \"{read}\": it can only be a step after it (then:), not a first destination"
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// The steps whose responses a destination's templates read (those that compile).
+fn response_steps(d: &DestinationConfig) -> Vec<String> {
+    use crate::template::Template;
+    let mut steps: Vec<String> = Vec::new();
+    let mut add = |t: Result<Template, String>| {
+        if let Ok(t) = t {
+            steps.extend(t.steps().map(str::to_string));
+        }
+    };
+    add(Template::url(&d.url));
+    for v in d.headers.values() {
+        add(Template::header(v));
+    }
+    if let Some(b) = &d.body {
+        add(Template::body(b).map(|(t, _)| t));
+    }
+    steps.sort();
+    steps.dedup();
+    steps
 }
 
 /// Whether `name` is a plain lower-case SQL name (a schema name hookyard uses unquoted).

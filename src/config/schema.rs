@@ -404,7 +404,12 @@ pub struct VerifyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
-    /// `http://` or `https://` URL the event is sent to (with `method`).
+    /// `http://` or `https://` URL the event is sent to (with `method`). May be a template that
+    /// takes values from the event (`https://{{ $.tenant }}.hooks.example.com/in`, `{{
+    /// header:X-Account }}`) or, for a chain's later step, from an earlier step's response (`{{
+    /// response.crm:$.id }}`): rendered when the delivery is planned and stored, each value escaped
+    /// for its place (a host takes one DNS label; a path segment or query value is
+    /// percent-encoded). Not in the scheme, user info, port or fragment.
     pub url: String,
     /// HTTP method of every delivery: `POST` (default) or `PUT`, for receivers that take each
     /// event as a resource put at the URL. Both carry the body and its signature unchanged. Others
@@ -416,9 +421,19 @@ pub struct DestinationConfig {
     /// Default 10000.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Extra headers set on every delivery. Signature, hop-by-hop and `webhook-*` headers are reserved.
+    /// Extra headers set on every delivery. Signature, hop-by-hop and `webhook-*` headers are
+    /// reserved. A value may be a template (`"{{ header:X-Account }}"`, see `url`).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// A body template that replaces the body as delivered (no plugin needed): JSON when it reads
+    /// as JSON (`'{"account": "{{ $.account.id }}", "amount": {{ $.amount }}}'`: a placeholder in a
+    /// string is escaped into it, elsewhere the value goes in as JSON; sent as
+    /// `application/json`), else text (`text/plain`). Rendered when the delivery is planned.
+    pub body: Option<String>,
+    /// Most hosts a templated `url` keeps connection pools for; the least recently used host's
+    /// pool is closed beyond that. Default 64.
+    #[serde(default = "default_max_hosts")]
+    pub max_hosts: usize,
     /// How deliveries are signed. Required; write `scheme: none` to send unsigned.
     pub sign: SignConfig,
     /// When failed attempts are retried.
@@ -608,6 +623,10 @@ fn default_destination_in_flight() -> usize {
     32
 }
 
+fn default_max_hosts() -> usize {
+    64
+}
+
 /// `destinations.<name>.tls:` — PEM files of at most 1 MiB each (the whole Mozilla root bundle is
 /// about 220 KB; a path naming a log or a device by mistake costs no more than that to refuse).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -790,8 +809,31 @@ pub struct RouteConfig {
     /// again), `deliver_original` (deliver the untransformed event) or `drop`.
     #[serde(default)]
     pub on_error: OnError,
+    /// Later steps (orchestration): each is sent only after the step it follows (`after`)
+    /// answered 2xx, and only if its conditions on that response hold; it may use that response
+    /// (and every earlier step's) in its destination's templates. A step whose predecessor ends
+    /// undelivered, or whose conditions do not hold, is `skipped` with the reason.
+    #[serde(default)]
+    pub then: Vec<StepConfig>,
     /// Free text for humans.
     pub description: Option<String>,
+}
+
+/// `routes[].then[]`: one later step of a chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    /// The destination this step delivers to (not one of the route's `to`, nor an earlier step's).
+    pub destination: String,
+    /// The destination whose delivery this step waits for: one of `to`, or an earlier step.
+    /// Default: the step before (the only `to` destination for the first step).
+    pub after: Option<String>,
+    /// The statuses of that response that let this step go. Default: any 2xx.
+    pub status: Option<Vec<u16>>,
+    /// Conditions on that response (as a route's `when:`): `path:` reads its JSON body, `header:`
+    /// its headers. Every one must hold.
+    #[serde(default)]
+    pub when: Vec<ConditionConfig>,
 }
 
 /// `routes[].on_error`

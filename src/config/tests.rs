@@ -86,7 +86,7 @@ egress: { allow: [not-a-net] }
         "routes.yaml:13:5: destinations.chat.url: \"ftp://example.com/x\" must be an absolute http:// or https:// URL",
         "routes.yaml:17:5: routes[0].source: unknown source \"githb\" (did you mean \"github\"?)",
         "routes.yaml:18:10: routes[0].to[0]: unknown destination \"chta\" (did you mean \"chat\"?)",
-        "routes.yaml:22:5: routes[1].bogus: unknown field `bogus`, expected one of `name`, `source`, `when`, `to`, `transform`, `on_error`, `description`",
+        "routes.yaml:22:5: routes[1].bogus: unknown field `bogus`, expected one of `name`, `source`, `when`, `to`, `transform`, `on_error`, `then`, `description`",
         "routes.yaml:26:19: egress.allow[0]: \"not-a-net\" is not a CIDR network or IP address",
     ];
     assert_eq!(errors, want);
@@ -369,4 +369,38 @@ fn batch_settings_have_defaults_and_are_checked() {
     );
     let units = batch("units");
     assert_eq!((units.max_events, units.max_bytes, units.format), (10, ByteSize(512 << 10), BatchFormat::Ndjson));
+}
+
+#[test]
+fn chains_and_templates_are_checked_with_their_keys() {
+    let text = r#"
+sources:
+  app: { path: /hooks/app, verify: { scheme: none } }
+destinations:
+  crm: { url: "https://crm.example.com/{{ $.tenant }}/in", headers: { X-Account: "{{ header:X-Account }}" }, sign: { scheme: none } }
+  billing: { url: "https://billing.example.com/link/{{ response.crm:$.id }}", sign: { scheme: none } }
+  port: { url: "https://example.com:{{ $.port }}/", sign: { scheme: none } }
+  audit: { url: "https://audit.example.com/", body: '{"a": {{ $.a }', sign: { scheme: none } }
+  queue: { url: "https://q.example.com/{{ $.x }}", sign: { scheme: none }, batch: { max_events: 10 } }
+  notify: { url: "https://n.example.com/", sign: { scheme: none }, ordering: { key: "$.k" } }
+routes:
+  - { name: ok, source: app, to: [crm], then: [{ destination: billing, status: [201] }] }
+  - { name: first, source: app, to: [billing] }
+  - { name: two, source: app, to: [crm, audit], then: [{ destination: billing }] }
+  - { name: bad, source: app, to: [crm], then: [{ destination: crm }, { destination: billing, after: nope, status: [404] }, { destination: notify }] }
+"#;
+    let (_, errors) = parse(text);
+    assert_eq!(
+        errors,
+        [
+            "routes.yaml:7:11: destinations.port.url: {{ $.port }}: the port cannot be a placeholder",
+            "routes.yaml:8:47: destinations.audit.body: a placeholder opened at byte 6 is not closed with }}",
+            "routes.yaml:9:76: destinations.queue.batch: a batch is one request: its url, headers and body cannot be templates",
+            "routes.yaml:13:38: routes[1].to[0]: destination \"billing\" reads the response of \"crm\": it can only be a step after it (then:), not a first destination",
+            "routes.yaml:14:56: routes[2].then[0].after: the route sends to several destinations: name the one this step follows",
+            "routes.yaml:15:51: routes[3].then[0].destination: destination \"crm\" is already in this route's chain (each destination takes one place)",
+            "routes.yaml:15:95: routes[3].then[1].after: \"nope\" is neither one of this route's `to` nor an earlier step",
+            "routes.yaml:15:125: routes[3].then[2]: destination \"notify\" is a step and cannot be ordered or batched (yet)",
+        ]
+    );
 }

@@ -27,6 +27,9 @@ use crate::tls::{crypto_provider, parse_certificates, pem_problem};
 /// the connection): responses are only kept for diagnostics.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
+/// What an exchange got: the outcome, the start of the body, the headers.
+type Exchanged = (AttemptOutcome, Bytes, Vec<(String, String)>);
+
 /// The certificate chain and private key a destination's client presents when the server asks
 /// for one (mutual TLS). Checked when built, so `check` finds a key that is not the certificate's.
 #[derive(Clone)]
@@ -96,6 +99,66 @@ pub struct HttpClient {
     has_identity: bool,
 }
 
+/// The connection pools of a destination whose URL is a template: one [`HttpClient`] per host
+/// (scheme, host, port), at most `max` of them; the least recently used one is dropped (its idle
+/// connections close) when another host comes. Bounded memory and sockets however many hosts the
+/// events name.
+pub struct HostPools {
+    max: usize,
+    make: Box<dyn Fn() -> Result<HttpClient, String> + Send + Sync>,
+    pools: std::sync::Mutex<HostLru>,
+}
+
+#[derive(Default)]
+struct HostLru {
+    tick: u64,
+    clients: std::collections::HashMap<String, (HttpClient, u64)>,
+}
+
+impl HostPools {
+    pub fn new(
+        max: usize,
+        policy: Arc<EgressPolicy>,
+        roots: &TlsRoots,
+        identity: Option<&ClientIdentity>,
+        pool_size: usize,
+        connect_timeout: Duration,
+    ) -> Result<HostPools, String> {
+        let (roots, identity) = (roots.clone(), identity.cloned());
+        let make = move || HttpClient::new(policy.clone(), &roots, identity.as_ref(), pool_size, connect_timeout);
+        make()?; // the TLS setup is checked once, when the config is built
+        Ok(HostPools { max: max.max(1), make: Box::new(make), pools: Default::default() })
+    }
+
+    /// The client of `uri`'s host, made (and the least recently used dropped) if need be.
+    pub fn client(&self, uri: &http::Uri) -> Result<HttpClient, String> {
+        let host = format!("{}://{}", uri.scheme_str().unwrap_or("http"), uri.authority().map_or("", |a| a.as_str()));
+        let mut lru = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        lru.tick += 1;
+        let tick = lru.tick;
+        if let Some((client, used)) = lru.clients.get_mut(&host) {
+            *used = tick;
+            return Ok(client.clone());
+        }
+        if lru.clients.len() >= self.max
+            && let Some(oldest) = lru.clients.iter().min_by_key(|(_, (_, used))| *used).map(|(h, _)| h.clone())
+        {
+            lru.clients.remove(&oldest);
+        }
+        let client = (self.make)()?;
+        lru.clients.insert(host, (client.clone(), tick));
+        Ok(client)
+    }
+
+    /// The hosts with a pool, least recently used first.
+    pub fn hosts(&self) -> Vec<String> {
+        let lru = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hosts: Vec<(&String, u64)> = lru.clients.iter().map(|(h, (_, used))| (h, *used)).collect();
+        hosts.sort_by_key(|(_, used)| *used);
+        hosts.into_iter().map(|(h, _)| h.clone()).collect()
+    }
+}
+
 /// What an attempt saw, for logs (and, later, the attempt log of the store).
 #[derive(Debug, Clone)]
 pub struct AttemptReport {
@@ -103,6 +166,24 @@ pub struct AttemptReport {
     pub latency: Duration,
     /// Start of the response body (at most [`MAX_RESPONSE_BYTES`]).
     pub response_body: Bytes,
+    /// The response's headers (at most [`MAX_RESPONSE_HEADERS`]): a later step of a chain may
+    /// read them.
+    pub response_headers: Vec<(String, String)>,
+}
+
+/// Most response headers an attempt keeps.
+pub const MAX_RESPONSE_HEADERS: usize = 64;
+
+impl AttemptReport {
+    /// An attempt that was not made: no request left, for `reason`.
+    pub fn refused(reason: String) -> AttemptReport {
+        AttemptReport {
+            outcome: AttemptOutcome::Failed { status: None, reason },
+            latency: Duration::ZERO,
+            response_body: Bytes::new(),
+            response_headers: Vec::new(),
+        }
+    }
 }
 
 impl HttpClient {
@@ -149,14 +230,14 @@ impl HttpClient {
                 Ok(r) => r,
             },
         };
-        let (outcome, response_body) = match outcome {
-            Ok(pair) => pair,
-            Err(o) => (o, Bytes::new()),
+        let (outcome, response_body, response_headers) = match outcome {
+            Ok(got) => got,
+            Err(o) => (o, Bytes::new(), Vec::new()),
         };
-        AttemptReport { outcome, latency: started.elapsed(), response_body }
+        AttemptReport { outcome, latency: started.elapsed(), response_body, response_headers }
     }
 
-    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<(AttemptOutcome, Bytes), AttemptOutcome> {
+    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<Exchanged, AttemptOutcome> {
         let resp = self.client.request(req).await.map_err(|e| classify_error(&e, self.has_identity))?;
         let status = resp.status();
         let retry_after = resp
@@ -164,6 +245,12 @@ impl HttpClient {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let headers = resp
+            .headers()
+            .iter()
+            .take(MAX_RESPONSE_HEADERS)
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
         let mut body = resp.into_body();
         let mut kept = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -180,7 +267,7 @@ impl HttpClient {
                 Err(_) => break, // the status already tells the outcome
             }
         }
-        Ok((AttemptOutcome::from_status(status, retry_after), Bytes::from(kept)))
+        Ok((AttemptOutcome::from_status(status, retry_after), Bytes::from(kept), headers))
     }
 
     /// IP-literal URLs do not go through the resolver, so they are checked here.
@@ -262,6 +349,22 @@ mod tests {
     fn identity(cert: &str, key: &str) -> Result<ClientIdentity, Vec<IdentityError>> {
         let ((cp, c), (kp, k)) = (fixture(cert), fixture(key));
         ClientIdentity::from_pem(&cp, &c, &kp, &k)
+    }
+
+    #[test]
+    fn host_pools_keep_the_most_recently_used_hosts() {
+        let policy = std::sync::Arc::new(super::EgressPolicy::new(Vec::new()));
+        let pools =
+            super::HostPools::new(2, policy, &super::TlsRoots::webpki(), None, 4, std::time::Duration::from_secs(1))
+                .unwrap();
+        let uri = |u: &str| u.parse::<http::Uri>().unwrap();
+        pools.client(&uri("https://a.example.com/x")).unwrap();
+        pools.client(&uri("https://b.example.com/y")).unwrap();
+        pools.client(&uri("https://a.example.com/z")).unwrap(); // a is used again: b is the oldest
+        pools.client(&uri("https://c.example.com:8443/")).unwrap();
+        assert_eq!(pools.hosts(), ["https://a.example.com", "https://c.example.com:8443"]);
+        pools.client(&uri("http://a.example.com/")).unwrap(); // another scheme is another pool
+        assert_eq!(pools.hosts(), ["https://c.example.com:8443", "http://a.example.com"]);
     }
 
     #[test]

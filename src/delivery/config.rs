@@ -10,12 +10,13 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::egress::EgressPolicy;
 use super::{
-    Backoff, BreakerSettings, ClientIdentity, Destination, HttpClient, IdentityError, InFlightLimit, KeyOrder,
-    NEVER_FORWARDED, OrderKey, RateLimiter, RetryPolicy, TlsRoots, read_pem_file,
+    Backoff, BreakerSettings, ClientIdentity, Destination, HostPools, HttpClient, IdentityError, InFlightLimit,
+    KeyOrder, NEVER_FORWARDED, OrderKey, RateLimiter, RetryPolicy, TlsRoots, read_pem_file,
 };
 use crate::config::{DeliveryMethod, DestinationConfig, Inputs, KeyError, TlsConfig, default_schedule};
 use crate::rules::{JsonPath, Projection};
 use crate::sign::Signer;
+use crate::template::{Template, Templates, is_template};
 
 /// What every destination of a config shares: the egress policy (`egress.allow`) and the
 /// trusted roots its TLS settings start from.
@@ -59,7 +60,7 @@ impl Destination {
         network: &Network,
         inputs: &mut Inputs,
     ) -> Result<Destination, Vec<KeyError>> {
-        let ((url, headers, signer), (roots, identity), ordering) =
+        let ((url, headers, signer, templates), (roots, identity), ordering) =
             match (basics(d), tls(&d.tls, &network.roots, inputs), ordering(d)) {
                 (Ok(basics), Ok(tls), Ok(ordering)) => (basics, tls, ordering),
                 (basics, tls, ordering) => {
@@ -74,9 +75,25 @@ impl Destination {
         let timeout = Duration::from_millis(d.timeout_ms);
         let client = HttpClient::new(network.policy.clone(), &roots, identity.as_ref(), d.max_in_flight, timeout)
             .map_err(|m| vec![KeyError::new(".tls", m)])?;
+        let hosts = match (&url, &templates.url) {
+            (None, Some(_)) => Some(
+                HostPools::new(
+                    d.max_hosts,
+                    network.policy.clone(),
+                    &roots,
+                    identity.as_ref(),
+                    d.max_in_flight,
+                    timeout,
+                )
+                .map_err(|m| vec![KeyError::new(".tls", m)])?,
+            ),
+            _ => None,
+        };
         Ok(Destination {
             name: name.into(),
             url,
+            templates,
+            hosts,
             method: match d.method {
                 DeliveryMethod::Post => http::Method::POST,
                 DeliveryMethod::Put => http::Method::PUT,
@@ -142,9 +159,15 @@ fn ordering(d: &DestinationConfig) -> Result<Option<KeyOrder>, KeyError> {
     Ok(Some(KeyOrder { key, on_dead: o.on_dead }))
 }
 
-/// `url`, `headers` and `sign`.
-fn basics(d: &DestinationConfig) -> Result<(http::Uri, HeaderMap, Signer), KeyError> {
-    let url: http::Uri = d.url.parse().map_err(|e| KeyError::new(".url", format!("invalid URL: {e}")))?;
+/// `url`, `headers`, `body` and `sign`: the static URL and headers, and the templates.
+fn basics(d: &DestinationConfig) -> Result<(Option<http::Uri>, HeaderMap, Signer, Templates), KeyError> {
+    let mut templates = Templates::default();
+    let url = if is_template(&d.url) {
+        templates.url = Some(Template::url(&d.url).map_err(|e| KeyError::new(".url", e))?);
+        None
+    } else {
+        Some(d.url.parse().map_err(|e| KeyError::new(".url", format!("invalid URL: {e}")))?)
+    };
     let mut headers = HeaderMap::new();
     for (k, v) in &d.headers {
         let key = format!(".headers.{k}");
@@ -153,11 +176,27 @@ fn basics(d: &DestinationConfig) -> Result<(http::Uri, HeaderMap, Signer), KeyEr
         if NEVER_FORWARDED.contains(&n.as_str()) || n == http::header::CONTENT_TYPE {
             return Err(KeyError::new(key, format!("\"{k}\" is set by hookyard itself and cannot be configured")));
         }
+        if is_template(v) {
+            templates.headers.push((n, Template::header(v).map_err(|e| KeyError::new(&key, e))?));
+            continue;
+        }
         let v = HeaderValue::from_str(v).map_err(|_| KeyError::new(&key, "header values must be visible ASCII"))?;
         headers.insert(n, v);
     }
+    if let Some(b) = &d.body {
+        templates.body = Some(Template::body(b).map_err(|e| KeyError::new(".body", e))?);
+    }
+    for t in templates
+        .url
+        .iter()
+        .chain(templates.headers.iter().map(|(_, t)| t))
+        .chain(templates.body.iter().map(|(t, _)| t))
+    {
+        t.read_by(&mut templates.projection);
+    }
+    templates.reads_body = !templates.projection.is_empty();
     let signer = Signer::from_config(&d.sign).map_err(|e| KeyError::new(format!(".sign{}", e.key), e.message))?;
-    Ok((url, headers, signer))
+    Ok((url, headers, signer, templates))
 }
 
 /// `tls`: the trusted roots and the client certificate, each file read and parsed here so `check`

@@ -45,9 +45,11 @@ use tracing::{error, info, warn};
 use super::breaker::{Breaker, BreakerState};
 use super::client::AttemptReport;
 use super::retry::AttemptOutcome;
-use super::{Destination, build_request};
+use super::{Destination, StepRules, build_request};
 use crate::clock::Clock;
-use crate::store::{AttemptRecord, DeliveryId, DestinationName, DueDelivery, Inspect, Queue, Settle, Store};
+use crate::store::{
+    AttemptRecord, DeliveryId, DestinationName, DueDelivery, Inspect, Queue, Settle, StepDecision, Store, WaitingStep,
+};
 
 /// How often keys of ordered destinations left without a head are looked for (see
 /// [`Dispatcher::sweep_stalled`]); also once at start.
@@ -71,7 +73,12 @@ pub struct HttpTransport;
 
 impl Transport for HttpTransport {
     async fn attempt(&self, dest: &Destination, d: &DueDelivery) -> AttemptReport {
-        dest.client.send(build_request(dest, d, SystemTime::now()), dest.timeout).await
+        // a templated URL's host has its own pool; the egress guard checks it at every attempt
+        let target = dest.target(d).and_then(|uri| Ok((dest.client_for(&uri)?, uri)));
+        match target {
+            Ok((client, uri)) => client.send(build_request(dest, d, uri, SystemTime::now()), dest.timeout).await,
+            Err(reason) => AttemptReport::refused(reason),
+        }
     }
 }
 
@@ -112,6 +119,8 @@ struct Inner<T> {
     clock: Clock,
     transport: T,
     destinations: ArcSwap<HashMap<Arc<str>, Arc<Destination>>>,
+    /// The routes' later steps (`then:`), replaced on reload.
+    steps: ArcSwap<StepRules>,
     /// `delivery.max_in_flight`: a task holds one permit from before it is spawned to its end.
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
@@ -464,6 +473,7 @@ impl<T: Transport> Dispatcher<T> {
                 store,
                 transport,
                 destinations: ArcSwap::from_pointee(HashMap::new()),
+                steps: ArcSwap::from_pointee(HashMap::new()),
                 in_flight: Arc::new(Semaphore::new(max_in_flight)),
                 max_in_flight,
                 max_pending: AtomicUsize::new(max_pending),
@@ -527,6 +537,12 @@ impl<T: Transport> Dispatcher<T> {
         // deliveries of a destination that is gone are now failed by the poller
         self.inner.backlog.store(true, Ordering::Release);
         self.inner.wake.notify_one();
+    }
+
+    /// The routes' later steps: a delivery that steps follow decides them, when it ends, by the
+    /// rules current then.
+    pub fn set_steps(&self, steps: StepRules) {
+        self.inner.steps.store(Arc::new(steps));
     }
 
     pub fn store(&self) -> &Store {
@@ -995,7 +1011,7 @@ async fn fail_removed<T>(inner: &Inner<T>, d: &DueDelivery) -> Next {
     };
     warn!(event_id = %d.event_id, route = %d.route, destination = %d.destination, "destination removed; delivery kept as failed for replay");
     inner.failed.fetch_add(1, Ordering::Relaxed);
-    finish(inner, d, record, Settle::Failed, Some(reason)).await
+    finish(inner, d, record, Settle::Failed, Some(reason), &[]).await
 }
 
 async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Slot) -> Next {
@@ -1055,12 +1071,12 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
         AttemptOutcome::Delivered { status } => {
             info!(event_id = %d.event_id, route = %d.route, destination = %dest.name, status = status.as_u16(), attempt, latency_ms, "delivered");
             inner.delivered.fetch_add(1, Ordering::Relaxed);
-            finish(inner, d, record, Settle::Delivered, None).await
+            finish(inner, d, record, Settle::Delivered, None, &report.response_headers).await
         }
         AttemptOutcome::Failed { reason, .. } => {
             error!(event_id = %d.event_id, route = %d.route, destination = %dest.name, attempt, %reason, "delivery failed; not retryable (kept as failed)");
             inner.failed.fetch_add(1, Ordering::Relaxed);
-            finish(inner, d, record, Settle::Failed, error_text).await
+            finish(inner, d, record, Settle::Failed, error_text, &report.response_headers).await
         }
         AttemptOutcome::Gone => {
             inner.pause_gone(&dest).await;
@@ -1089,7 +1105,7 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
                 None => {
                     error!(event_id = %d.event_id, route = %d.route, destination = %dest.name, attempt, %reason, "delivery failed; retries exhausted (dead letter)");
                     inner.dead.fetch_add(1, Ordering::Relaxed);
-                    finish(inner, d, record, Settle::Dead, error_text).await
+                    finish(inner, d, record, Settle::Dead, error_text, &report.response_headers).await
                 }
             }
         }
@@ -1109,13 +1125,14 @@ fn outcome_label(o: &AttemptOutcome, can_retry: bool) -> &'static str {
     }
 }
 
-/// Records a final state.
+/// Records a final state (with the response's headers, which later steps may read).
 async fn finish<T>(
     inner: &Inner<T>,
     d: &DueDelivery,
     record: AttemptRecord,
     settle: Settle,
     error: Option<String>,
+    response_headers: &[(String, String)],
 ) -> Next {
     let settled = match &d.order_key {
         // the key moves on with the settle (one commit on SQLite)
@@ -1123,6 +1140,21 @@ async fn finish<T>(
             let (destination, key) = (d.destination.clone(), key.clone());
             inner.store.settle_and_advance(d.id, record, settle, error, destination, key).await
         }
+        // the later steps are decided with the settle (one commit)
+        None if d.leads => match inner.store.steps_after(d.id).await {
+            Ok(steps) => {
+                let decisions = steps
+                    .iter()
+                    .map(|s| decide_step(inner, d, s, &record, &settle, error.as_deref(), response_headers));
+                let decisions = decisions.collect();
+                let settled = inner.store.settle_steps(d.id, record, settle, error, decisions).await;
+                // released steps are due now
+                inner.backlog.store(true, Ordering::Release);
+                inner.wake.notify_one();
+                settled.map(|()| None)
+            }
+            Err(e) => Err(e),
+        },
         None => inner.store.settle(d.id, record, settle, error).await.map(|()| None),
     };
     match settled {
@@ -1135,6 +1167,92 @@ async fn finish<T>(
             error!(error = %e, delivery = d.id.0, "could not record the attempt; the delivery stays due");
             Next::Release
         }
+    }
+}
+
+/// What becomes of a later step once `d`, the delivery it follows, ended with `settle` after
+/// `record`: released (its destination's templates rendered from the event, the step's body and
+/// the responses so far), skipped (`d` ended undelivered, or the step's status or conditions on
+/// `d`'s response do not hold, or the current config has no such step), or failed (a template
+/// cannot be rendered).
+fn decide_step<T>(
+    inner: &Inner<T>,
+    d: &DueDelivery,
+    step: &WaitingStep,
+    record: &AttemptRecord,
+    settle: &Settle,
+    error: Option<&str>,
+    response_headers: &[(String, String)],
+) -> StepDecision {
+    let id = step.id;
+    let before = format!("{} (delivery {})", d.destination, d.id.0);
+    if *settle != Settle::Delivered {
+        let why = error.map(|e| format!(": {e}")).unwrap_or_default();
+        return StepDecision::Skip { id, reason: format!("{before} ended {}{why}", settle.status()) };
+    }
+    let rules = inner.steps.load();
+    let Some(rule) = rules.get(&(Arc::from(d.route.as_str()), Arc::from(step.destination.as_str()))) else {
+        let reason = format!(
+            "route {} of the current config has no step to {} after {}",
+            d.route, step.destination, d.destination
+        );
+        return StepDecision::Skip { id, reason };
+    };
+    if let Some(codes) = &rule.status
+        && !record.status_code.is_some_and(|c| codes.contains(&c))
+    {
+        let status = record.status_code.map_or_else(|| "none".to_string(), |c| c.to_string());
+        return StepDecision::Skip {
+            id,
+            reason: format!("{before} answered {status}, not one of {codes:?} (then.status)"),
+        };
+    }
+    let json: Option<serde_json::Value> =
+        if rule.rule.needs_body() { serde_json::from_slice(&record.response).ok() } else { None };
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in response_headers {
+        if let (Ok(k), Ok(v)) = (http::HeaderName::try_from(k.as_str()), http::HeaderValue::from_str(v)) {
+            headers.append(k, v);
+        }
+    }
+    let view = crate::rules::EventView { headers: &headers, body: json.as_ref(), event_type: None };
+    if !rule.rule.matches(&view) {
+        return StepDecision::Skip {
+            id,
+            reason: format!("the conditions on the response of {before} (then.when) do not hold"),
+        };
+    }
+    // the responses so far, this one added: what this step's templates and its own steps read
+    let mut responses = d
+        .context
+        .as_deref()
+        .and_then(|c| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(c).ok())
+        .unwrap_or_default();
+    responses.insert(
+        d.destination.to_string(),
+        crate::template::response_entry(record.status_code, response_headers, &record.response),
+    );
+    let responses = serde_json::Value::Object(responses);
+    let context = bytes::Bytes::from(responses.to_string());
+    let keep = StepDecision::Release { id, url: None, headers: None, body: None, context: context.clone() };
+    if step.rendered {
+        return keep; // replayed: sent as it was rendered
+    }
+    let Some(dest) = inner.destinations.load().get(step.destination.as_str()).cloned() else {
+        return keep; // its attempt fails it as "not in the current config"
+    };
+    if dest.templates.is_empty() {
+        return keep;
+    }
+    match dest.templates.render(&d.headers, &step.body, Some(&responses)) {
+        Ok(r) => StepDecision::Release {
+            id,
+            url: r.url,
+            headers: (!r.headers.is_empty()).then(|| super::merge_headers(step.extra_headers.clone(), r.headers)),
+            body: r.body,
+            context,
+        },
+        Err(e) => StepDecision::Fail { id, reason: format!("destinations.{}: {e}", dest.name) },
     }
 }
 

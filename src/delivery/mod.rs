@@ -21,7 +21,7 @@ use http_body_util::Full;
 use sha2::{Digest, Sha256};
 
 pub use breaker::{BreakerSettings, InFlightLimit, RateLimiter};
-pub use client::{AttemptReport, ClientIdentity, HttpClient, IdentityError, TlsRoots, read_pem_file};
+pub use client::{AttemptReport, ClientIdentity, HostPools, HttpClient, IdentityError, TlsRoots, read_pem_file};
 pub use config::Network;
 pub use dispatcher::{Dispatcher, DispatcherStats, HttpTransport, QueueFull, Transport};
 pub use retry::{AttemptOutcome, Backoff, RetryPolicy};
@@ -36,7 +36,12 @@ pub const USER_AGENT_VALUE: &str = concat!("Hookyard/", env!("CARGO_PKG_VERSION"
 /// A configured destination, compiled: parsed URL, headers, signer, its own connection pool.
 pub struct Destination {
     pub name: Arc<str>,
-    pub url: Uri,
+    /// The URL; `None` when it is a template (each delivery carries its rendered URL).
+    pub url: Option<Uri>,
+    /// Its `url`, `headers` and `body` templates (empty: none).
+    pub templates: crate::template::Templates,
+    /// The connection pools of a templated URL, one per host (see [`HostPools`]).
+    pub hosts: Option<HostPools>,
     /// `POST` or `PUT` (`method:`); a standard method, so cloning it allocates nothing.
     pub method: Method,
     /// Extra headers from the config, set on every delivery.
@@ -55,6 +60,16 @@ pub struct Destination {
     /// `batch:`: deliveries go in batches.
     pub batch: Option<crate::config::BatchConfig>,
 }
+
+/// A chain step's conditions on the response of the delivery it follows (`routes[].then[]`),
+/// compiled: which 2xx statuses let it go (`None`: any), and its `when:` on that response.
+pub struct StepRule {
+    pub status: Option<Vec<u16>>,
+    pub rule: crate::rules::Rule,
+}
+
+/// The steps of every route, by (route, step destination).
+pub type StepRules = std::collections::HashMap<(Arc<str>, Arc<str>), Arc<StepRule>>;
 
 /// A destination's `ordering:`, compiled: what a delivery's order key is, and what a head that
 /// ends undelivered does to its key.
@@ -94,6 +109,17 @@ impl KeyOrder {
     }
 }
 
+/// A transform's headers with a template's over them (same name: the template's value).
+pub fn merge_headers(base: Option<Vec<(String, String)>>, over: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut merged: Vec<(String, String)> = base
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| !over.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)))
+        .collect();
+    merged.extend(over);
+    merged
+}
+
 /// `msg_` + 24 hex digits of SHA-256(event id, route, destination): deterministic, so a retry or
 /// replay carries the same id and receivers can deduplicate, while two routes delivering one
 /// event to one destination carry different ids (both are meant to arrive).
@@ -107,10 +133,36 @@ pub fn message_id(event_id: &str, route: &str, destination: &str) -> MsgId {
     MsgId(format!("msg_{}", hex::encode(&digest[..12])).into())
 }
 
-/// The exact request an attempt sends at `now`: the event's forwarded headers, a transform's
-/// headers, the destination's headers, then `webhook-id`, `webhook-timestamp` and the signature,
-/// which always win.
-pub fn build_request(dest: &Destination, d: &DueDelivery, now: SystemTime) -> Request<Full<Bytes>> {
+impl Destination {
+    /// Where a delivery goes: the URL rendered for it when it was planned (a templated URL), else
+    /// the destination's. One planned before the URL became a template, or whose rendering failed
+    /// and that an operator replayed as planned, has none to go to.
+    pub fn target(&self, d: &DueDelivery) -> Result<Uri, String> {
+        match (&d.url, &self.url) {
+            (Some(rendered), _) => {
+                rendered.parse().map_err(|e| format!("the stored URL \"{rendered}\" is not a valid URL: {e}"))
+            }
+            (None, Some(url)) => Ok(url.clone()),
+            (None, None) => Err(format!(
+                "no URL was rendered for this delivery, and destinations.{}.url is a template: `hookyard replay --reroute EVENT` plans it again",
+                self.name
+            )),
+        }
+    }
+
+    /// The client (connection pool) for `uri`: the destination's own, or its host's.
+    pub fn client_for(&self, uri: &Uri) -> Result<HttpClient, String> {
+        match &self.hosts {
+            Some(hosts) => hosts.client(uri),
+            None => Ok(self.client.clone()),
+        }
+    }
+}
+
+/// The exact request an attempt sends at `now` to `uri` (see [`Destination::target`]): the
+/// event's forwarded headers, a transform's (or a template's) headers, the destination's headers,
+/// then `webhook-id`, `webhook-timestamp` and the signature, which always win.
+pub fn build_request(dest: &Destination, d: &DueDelivery, uri: Uri, now: SystemTime) -> Request<Full<Bytes>> {
     let mut headers = HeaderMap::with_capacity(d.headers.len() + dest.headers.len() + 4);
     let extra = d.extra_headers.as_deref().map(Vec::as_slice).unwrap_or_default();
     // the sender's headers keep every value of a repeated header; a transform's headers replace
@@ -137,7 +189,7 @@ pub fn build_request(dest: &Destination, d: &DueDelivery, now: SystemTime) -> Re
     dest.signer.sign(&d.msg_id, timestamp, &d.body, &mut headers);
     let mut req = Request::new(Full::new(d.body.clone()));
     *req.method_mut() = dest.method.clone();
-    *req.uri_mut() = dest.url.clone();
+    *req.uri_mut() = uri;
     *req.headers_mut() = headers;
     req
 }

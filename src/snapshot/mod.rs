@@ -45,8 +45,8 @@ pub struct Snapshot {
     pub sources: Vec<Source>,
     pub routes: Vec<Route>,
     pub destinations: Vec<Arc<Destination>>,
-    /// Some destination orders (`ordering:`) or batches (`batch:`) its deliveries: only then does
-    /// routing look each planned delivery's destination up again.
+    /// Some destination orders (`ordering:`) or batches (`batch:`) its deliveries, or has
+    /// templates: only then does routing look each planned delivery's destination up again.
     pub orders_or_batches: bool,
     pub admin: AdminConfig,
     /// `server.log_redact`, compiled.
@@ -168,7 +168,9 @@ pub fn build_from_text(
         },
         sources,
         routes,
-        orders_or_batches: destinations.iter().any(|d| d.ordering.is_some() || d.batch.is_some()),
+        orders_or_batches: destinations
+            .iter()
+            .any(|d| d.ordering.is_some() || d.batch.is_some() || !d.templates.is_empty()),
         destinations,
         admin: cfg.admin.clone(),
         log_redact,
@@ -210,6 +212,18 @@ impl Snapshot {
 
     pub fn destination(&self, name: &str) -> Option<&Arc<Destination>> {
         self.destinations.iter().find(|d| &*d.name == name)
+    }
+
+    /// Every route's later steps, by (route, step destination), for the dispatcher.
+    pub fn step_rules(&self) -> crate::delivery::StepRules {
+        self.routes
+            .iter()
+            .flat_map(|r| {
+                r.steps
+                    .iter()
+                    .map(|s| ((r.name.clone(), self.destinations[s.destination].name.clone()), s.rule.clone()))
+            })
+            .collect()
     }
 
     /// The label of each route's plugin chain (`a+b`), for routes with a transform.

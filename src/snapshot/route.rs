@@ -20,6 +20,17 @@ pub struct Route {
     /// Label of the chain in metrics and logs (`a+b` for two plugins).
     pub chain_label: String,
     pub on_error: OnError,
+    /// `then:`: later steps, in order, each with the destination it follows.
+    pub steps: Vec<Step>,
+}
+
+/// One later step of a route's chain.
+pub struct Step {
+    /// Index into `Snapshot::destinations`.
+    pub destination: usize,
+    /// The destination whose delivery it follows (an index into `Snapshot::destinations`).
+    pub after: usize,
+    pub rule: Arc<crate::delivery::StepRule>,
 }
 
 impl Route {
@@ -65,6 +76,29 @@ impl Route {
                 Err(m) => errors.push(KeyError::new(key, m)),
             }
         }
+        let mut steps = Vec::new();
+        let position = |name: &str| destinations.iter().position(|d| &*d.name == name);
+        for (j, st) in r.then.iter().enumerate() {
+            let rule = crate::rules::compile(&st.when).map_err(|errs| {
+                errs.into_iter()
+                    .map(|e| KeyError::new(format!(".then[{j}].when{}", e.path), e.message))
+                    .collect::<Vec<_>>()
+            });
+            // config reported names that are unknown, and where `after` is missing
+            let after = st
+                .after
+                .as_deref()
+                .or_else(|| if j == 0 { r.to.first().map(String::as_str) } else { Some(&r.then[j - 1].destination) });
+            match (rule, position(&st.destination), after.and_then(position)) {
+                (Ok(rule), Some(destination), Some(after)) => steps.push(Step {
+                    destination,
+                    after,
+                    rule: Arc::new(crate::delivery::StepRule { status: st.status.clone(), rule }),
+                }),
+                (Err(e), _, _) => errors.extend(e),
+                _ => {}
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -76,6 +110,7 @@ impl Route {
             plugins: chain,
             chain_label,
             on_error: r.on_error,
+            steps,
         })
     }
 }

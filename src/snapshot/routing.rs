@@ -8,7 +8,7 @@ use http::HeaderMap;
 
 use super::{DedupeKey, Event, EventTypeAt, Route, Snapshot, Source};
 use crate::config::OnError;
-use crate::delivery::{forwardable, message_id};
+use crate::delivery::{forwardable, merge_headers, message_id};
 use crate::plugin::{EventRef, Outcome, run_chain};
 use crate::rules::EventView;
 use crate::store::{DestinationName, DueDelivery, NewDelivery, OrderSpec, RouteName};
@@ -64,7 +64,7 @@ impl Snapshot {
         for &r in &matched {
             self.plan_route(&self.routes[r], source, event, id_key, &mut routed).await;
         }
-        self.place_in_order(event, &mut routed.deliveries);
+        self.place_in_order(event, &routed.stored_headers, &mut routed.deliveries);
         routed.matched = matched;
         routed
     }
@@ -101,6 +101,7 @@ impl Snapshot {
                     // body is the event's, no headers is none
                     let body = (output.body != event.body).then_some(&output.body);
                     let headers = (!output.headers.is_empty()).then_some(&output.headers);
+                    let first = out.deliveries.len();
                     for &d in &route.destinations {
                         let destination = &self.destinations[d].name;
                         if output.destinations.as_ref().is_some_and(|names| !names.iter().any(|n| n == &**destination))
@@ -116,8 +117,11 @@ impl Snapshot {
                             failed: None,
                             order: None,
                             batch: false,
+                            url: None,
+                            after: None,
                         });
                     }
+                    self.plan_steps(route, id_key, &route_key, first, &mut out.deliveries);
                 }
             }
             Ok(Outcome::Drop(reason)) => {
@@ -146,14 +150,38 @@ impl Snapshot {
     }
 
     /// Gives each delivery to an ordered destination its order key, read from the body it
-    /// delivers (a transform's output, else the event's) or the event's headers, and marks those
-    /// of batched destinations.
-    fn place_in_order(&self, event: &Event, deliveries: &mut [NewDelivery]) {
+    /// delivers (a transform's output, else the event's) or the event's headers, marks those
+    /// of batched destinations, and renders the templates of a first step's destination (a later
+    /// step's are rendered when the step before it answered). A template that cannot be rendered
+    /// fails its delivery with the reason: it is never sent half-rendered.
+    fn place_in_order(&self, event: &Event, stored_headers: &[(String, String)], deliveries: &mut [NewDelivery]) {
         if !self.orders_or_batches {
             return;
         }
-        for d in deliveries {
+        for i in 0..deliveries.len() {
+            // a step after one that cannot be sent is not sent either (steps come after theirs)
+            if let Some(reason) = deliveries[i].after.and_then(|a| deliveries[a].failed.clone())
+                && deliveries[i].failed.is_none()
+            {
+                deliveries[i].failed = Some(format!("the step before it was not sent: {reason}"));
+            }
+            let d = &mut deliveries[i];
             let Some(dest) = self.destination(&d.destination) else { continue };
+            if !dest.templates.is_empty() && d.after.is_none() && d.failed.is_none() {
+                let body = d.body.as_deref().unwrap_or(&event.body);
+                match dest.templates.render(stored_headers, body, None) {
+                    Ok(r) => {
+                        d.url = r.url;
+                        if !r.headers.is_empty() {
+                            d.headers = Some(merge_headers(d.headers.take(), r.headers));
+                        }
+                        if r.body.is_some() {
+                            d.body = r.body;
+                        }
+                    }
+                    Err(e) => d.failed = Some(format!("destinations.{}: {e}", dest.name)),
+                }
+            }
             d.batch = dest.batch.is_some();
             if let Some(ordering) = &dest.ordering {
                 let body = d.body.as_deref().unwrap_or(&event.body);
@@ -162,8 +190,35 @@ impl Snapshot {
         }
     }
 
+    /// The later steps of `route` for the deliveries of one output, `out[first..]`: each follows
+    /// its predecessor's delivery with the same body and headers (a step whose predecessor this
+    /// output does not deliver to is not planned), and is failed with it.
+    fn plan_steps(&self, route: &Route, id_key: &str, route_key: &str, first: usize, out: &mut Vec<NewDelivery>) {
+        for step in &route.steps {
+            let after = &self.destinations[step.after].name;
+            let Some(parent) = out[first..].iter().position(|d| *d.destination == **after).map(|i| first + i) else {
+                continue;
+            };
+            let destination = &self.destinations[step.destination].name;
+            let p = &out[parent];
+            out.push(NewDelivery {
+                route: p.route.clone(),
+                destination: DestinationName(destination.clone()),
+                msg_id: message_id(id_key, route_key, destination),
+                body: p.body.clone(),
+                headers: p.headers.clone(),
+                failed: p.failed.clone(),
+                order: None,
+                batch: false,
+                url: None,
+                after: Some(parent),
+            });
+        }
+    }
+
     /// The deliveries of a route without transforms: one per destination.
     fn plan_plain(&self, route: &Route, id_key: &str, out: &mut Vec<NewDelivery>) {
+        let first = out.len();
         for &d in &route.destinations {
             let destination = &self.destinations[d].name;
             out.push(NewDelivery {
@@ -175,8 +230,11 @@ impl Snapshot {
                 failed: None,
                 order: None,
                 batch: false,
+                url: None,
+                after: None,
             });
         }
+        self.plan_steps(route, id_key, &route.name, first, out);
     }
 
     /// The headers of an event that are stored and forwarded.
@@ -197,6 +255,9 @@ impl Snapshot {
             extra_headers: d.headers.clone().map(Arc::new),
             body: d.body.clone().unwrap_or_else(|| event.body.clone()),
             order_key: d.order.as_ref().map(|o| o.key.clone()),
+            url: d.url.as_deref().map(Arc::from),
+            leads: false,
+            context: None,
             lease_until: None,
         }
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::{
     Accepted, AttemptRecord, Backend, BatchLimits, Cancellation, DeliveryFilter, DeliveryId, DeliveryRef,
     DeliverySelection, DeliveryStatus, DestinationName, DestinationStats, DueDelivery, Formation, MAX_RESPONSE_KEPT,
-    NewDelivery, NewEvent, OrderSpec, Purged, Settle, now_ms,
+    NewDelivery, NewEvent, OrderSpec, Purged, Settle, StepDecision, StoreError, now_ms,
 };
 
 /// One `#[test]` per behaviour, each on a store `$fresh().await` opens, which returns the store
@@ -38,6 +38,9 @@ macro_rules! conformance_suite {
             a_replayed_ordered_delivery_goes_back_to_its_place,
             cancelling_a_head_and_sweeping_stalled_keys_advance_them,
             batches_close_at_the_first_limit_and_settle_their_members,
+            a_later_step_waits_for_the_one_before_and_is_released_with_its_request,
+            a_step_that_does_not_go_on_skips_the_chain_after_it_and_a_replay_resumes_it,
+            replaying_or_cancelling_a_chain,
         );
     };
     (@each $fresh:path; $($name:ident),* $(,)?) => {
@@ -82,6 +85,8 @@ pub(crate) fn delivery(dest: &str) -> NewDelivery {
         failed: None,
         order: None,
         batch: false,
+        url: None,
+        after: None,
     }
 }
 
@@ -657,4 +662,168 @@ pub async fn batches_close_at_the_first_limit_and_settle_their_members(store: im
     assert_eq!(store.cancel(selection, "operator".into(), None).await.unwrap(), 1);
     assert!(store.load_batch(b4, t).await.unwrap().is_none(), "nothing left to send");
     assert!(!store.due_batches(t, 10, vec![]).await.unwrap().iter().any(|(b, _)| *b == b4), "and it is no longer due");
+}
+
+/// An event to crm, then billing after crm, then notify after billing (`then:`), with crm's URL
+/// rendered; returns the three deliveries' ids and what was due at once.
+async fn accept_chain(store: &impl Backend, id: &str) -> (Vec<DeliveryId>, Vec<DueDelivery>) {
+    let planned = vec![
+        NewDelivery { url: Some("https://crm.example.com/t/acme".into()), ..delivery("crm") },
+        NewDelivery { after: Some(0), ..delivery("billing") },
+        NewDelivery { after: Some(1), ..delivery("notify") },
+    ];
+    let due_now = stored(store.accept(event(id, None, now_ms()), planned, None).await.unwrap());
+    let rows = store.event(id.into()).await.unwrap().unwrap().deliveries;
+    (rows.iter().map(|d| d.delivery.id).collect(), due_now)
+}
+
+async fn row(store: &impl Backend, id: DeliveryId) -> super::DeliveryRow {
+    let rows = store.list_deliveries(DeliveryFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    rows.into_iter().find(|r| r.id == id).unwrap()
+}
+
+fn release(id: DeliveryId, url: &str, context: &str) -> StepDecision {
+    StepDecision::Release {
+        id,
+        url: Some(url.into()),
+        headers: Some(vec![("x-contact".into(), "c_1".into())]),
+        body: Some(Bytes::from_static(b"{\"contact\":\"c_1\"}")),
+        context: Bytes::from(context.to_string()),
+    }
+}
+
+pub async fn a_later_step_waits_for_the_one_before_and_is_released_with_its_request(store: impl Backend) {
+    let (ids, due_now) = accept_chain(&store, "evt_c").await;
+    assert_eq!(due_now.iter().map(|d| d.id).collect::<Vec<_>>(), [ids[0]], "only the first step is due");
+    assert!(due_now[0].leads, "later steps follow it");
+    assert_eq!(due_now[0].url.as_deref(), Some("https://crm.example.com/t/acme"));
+    assert_eq!(due(&store, now_ms() + 1, 10, &[]).await.iter().map(|d| d.id).collect::<Vec<_>>(), [ids[0]]);
+    let billing = row(&store, ids[1]).await;
+    assert_eq!((billing.status, billing.waiting(), billing.after), (DeliveryStatus::Pending, true, Some(ids[0])));
+    assert_eq!(row(&store, ids[0]).await.url.as_deref(), Some("https://crm.example.com/t/acme"));
+    assert_eq!(store.steps_after(ids[0]).await.unwrap().iter().map(|s| s.id).collect::<Vec<_>>(), [ids[1]]);
+    // a retry of the first decides nothing
+    store.settle(ids[0], attempt(Some(503)), Settle::Retry { next_at_ms: now_ms() }, None).await.unwrap();
+    assert!(row(&store, ids[1]).await.waiting());
+    // delivered: billing goes, with its request; notify still waits for billing
+    let context = r#"{"crm":{"status":201}}"#;
+    let decisions = vec![release(ids[1], "https://billing.example.com/c_1", context)];
+    store.settle_steps(ids[0], attempt(Some(201)), Settle::Delivered, None, decisions).await.unwrap();
+    let due_now = due(&store, now_ms() + 1, 10, &[]).await;
+    assert_eq!(due_now.iter().map(|d| d.id).collect::<Vec<_>>(), [ids[1]]);
+    let b = &due_now[0];
+    assert_eq!(b.url.as_deref(), Some("https://billing.example.com/c_1"));
+    assert_eq!(&b.body[..], b"{\"contact\":\"c_1\"}");
+    assert_eq!(b.extra_headers.as_deref().unwrap(), &[("x-contact".to_string(), "c_1".to_string())]);
+    assert_eq!(b.context.as_deref(), Some(context.as_bytes()), "the responses its own later steps read");
+    assert!(b.leads);
+    assert!(row(&store, ids[2]).await.waiting());
+    // a decision on a step no longer waiting changes nothing
+    let again = vec![StepDecision::Skip { id: ids[1], reason: "late".into() }];
+    store.settle_steps(ids[0], attempt(Some(200)), Settle::Delivered, None, again).await.unwrap();
+    assert_eq!(row(&store, ids[1]).await.status, DeliveryStatus::Pending);
+    assert!(!row(&store, ids[1]).await.waiting());
+}
+
+pub async fn a_step_that_does_not_go_on_skips_the_chain_after_it_and_a_replay_resumes_it(store: impl Backend) {
+    let (ids, _) = accept_chain(&store, "evt_c").await;
+    let decisions = vec![StepDecision::Skip { id: ids[1], reason: "crm (delivery 1) ended dead".into() }];
+    store.settle_steps(ids[0], attempt(Some(503)), Settle::Dead, None, decisions).await.unwrap();
+    let (billing, notify) = (row(&store, ids[1]).await, row(&store, ids[2]).await);
+    assert_eq!(
+        (billing.status, billing.last_error.as_deref()),
+        (DeliveryStatus::Skipped, Some("crm (delivery 1) ended dead"))
+    );
+    assert_eq!(notify.status, DeliveryStatus::Skipped);
+    assert_eq!(
+        notify.last_error.unwrap(),
+        format!("the step before it (delivery {}) was not sent: crm (delivery 1) ended dead", ids[1].0)
+    );
+    assert!(due(&store, now_ms() + 1, 10, &[]).await.is_empty());
+    assert_eq!(store.purge(now_ms() + 1).await.unwrap(), 1, "skipped is final: the event's history may go");
+    let (ids, _) = accept_chain(&store, "evt_d").await;
+    store
+        .settle_steps(
+            ids[0],
+            attempt(None),
+            Settle::Dead,
+            None,
+            vec![StepDecision::Skip { id: ids[1], reason: "dead".into() }],
+        )
+        .await
+        .unwrap();
+    // a skipped step cannot be replayed alone: it has no request without crm's answer
+    let err = store.replay(vec![DeliveryRef::Delivery(ids[1])]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Refused(_)));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "delivery {b} is a later step that was never sent (skipped): it needs the answer of delivery {c}; replay {c} to resume the chain",
+            b = ids[1].0,
+            c = ids[0].0
+        )
+    );
+    // replaying crm makes its skipped steps wait for its new answer
+    assert_eq!(store.replay(vec![DeliveryRef::Delivery(ids[0])]).await.unwrap(), 3);
+    assert_eq!(due(&store, now_ms() + 1, 10, &[]).await.iter().map(|d| d.id).collect::<Vec<_>>(), [ids[0]]);
+    for id in &ids[1..] {
+        let r = row(&store, *id).await;
+        assert_eq!((r.status, r.waiting(), r.last_error), (DeliveryStatus::Pending, true, None));
+    }
+    // a step whose request cannot be rendered is failed, and the ones after it skipped
+    let failing = vec![StepDecision::Fail { id: ids[1], reason: "url: {{ response.crm:$.id }}: missing".into() }];
+    store.settle_steps(ids[0], attempt(Some(200)), Settle::Delivered, None, failing).await.unwrap();
+    assert_eq!(row(&store, ids[1]).await.status, DeliveryStatus::Failed);
+    assert_eq!(row(&store, ids[2]).await.status, DeliveryStatus::Skipped);
+    // dead letters replayed bring their skipped steps back too
+    let (ids, _) = accept_chain(&store, "evt_e").await;
+    store
+        .settle_steps(
+            ids[0],
+            attempt(None),
+            Settle::Dead,
+            None,
+            vec![StepDecision::Skip { id: ids[1], reason: "dead".into() }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.replay_dead(Some("crm".into()), None).await.unwrap(), 1);
+    assert!(row(&store, ids[1]).await.waiting() && row(&store, ids[2]).await.waiting());
+}
+
+pub async fn replaying_or_cancelling_a_chain(store: impl Backend) {
+    let (ids, _) = accept_chain(&store, "evt_c").await;
+    store
+        .settle_steps(ids[0], attempt(Some(201)), Settle::Delivered, None, vec![release(ids[1], "https://b/1", "{}")])
+        .await
+        .unwrap();
+    store
+        .settle_steps(ids[1], attempt(Some(200)), Settle::Delivered, None, vec![release(ids[2], "https://n/1", "{}")])
+        .await
+        .unwrap();
+    store.settle(ids[2], attempt(Some(200)), Settle::Delivered, None).await.unwrap();
+    // an event replayed: its first step is due, the later ones wait for theirs again
+    assert_eq!(store.replay(vec![DeliveryRef::Event("evt_c".into())]).await.unwrap(), 3);
+    assert_eq!(due(&store, now_ms() + 1, 10, &[]).await.iter().map(|d| d.id).collect::<Vec<_>>(), [ids[0]]);
+    assert!(row(&store, ids[1]).await.waiting() && row(&store, ids[2]).await.waiting());
+    // a rendered step keeps its request (and is known as rendered)
+    let steps = store.steps_after(ids[0]).await.unwrap();
+    assert!(steps[0].rendered);
+    // a released step, replayed alone, is sent again as it was rendered
+    store
+        .settle_steps(ids[0], attempt(Some(201)), Settle::Delivered, None, vec![release(ids[1], "https://b/1", "{}")])
+        .await
+        .unwrap();
+    store.settle(ids[1], attempt(Some(500)), Settle::Dead, None).await.unwrap();
+    assert_eq!(store.replay(vec![DeliveryRef::Delivery(ids[1])]).await.unwrap(), 1);
+    let due_now = due(&store, now_ms() + 1, 10, &[]).await;
+    assert_eq!((due_now[0].id, due_now[0].url.as_deref()), (ids[1], Some("https://b/1")));
+    // cancelling a step that others follow skips them
+    let (ids, _) = accept_chain(&store, "evt_x").await;
+    let sel = DeliverySelection { ids: vec![DeliveryRef::Delivery(ids[0])], ..Default::default() };
+    assert_eq!(store.cancel(sel, "cli:test".into(), None).await.unwrap(), 1);
+    let (billing, notify) = (row(&store, ids[1]).await, row(&store, ids[2]).await);
+    assert_eq!(billing.status, DeliveryStatus::Skipped);
+    assert_eq!(billing.last_error.unwrap(), format!("the step before it (delivery {}) was cancelled", ids[0].0));
+    assert_eq!(notify.status, DeliveryStatus::Skipped);
 }

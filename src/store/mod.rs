@@ -54,6 +54,9 @@ pub enum StoreError {
     WriterGone,
     #[error("{0}")]
     NotFound(String),
+    /// The operation cannot be done on what it names (the message says why and what to do).
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -73,15 +76,20 @@ pub enum DeliveryStatus {
     Dead,
     /// An operator cancelled it: never attempted again, replayable.
     Cancelled,
+    /// A chain's later step that was never sent: the step before it ended undelivered, or its
+    /// conditions on that step's response did not hold (the reason is its `last_error`).
+    /// Replaying the step before resumes it.
+    Skipped,
 }
 
 impl DeliveryStatus {
-    pub const ALL: [DeliveryStatus; 5] = [
+    pub const ALL: [DeliveryStatus; 6] = [
         DeliveryStatus::Pending,
         DeliveryStatus::Delivered,
         DeliveryStatus::Failed,
         DeliveryStatus::Dead,
         DeliveryStatus::Cancelled,
+        DeliveryStatus::Skipped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +99,7 @@ impl DeliveryStatus {
             DeliveryStatus::Failed => "failed",
             DeliveryStatus::Dead => "dead",
             DeliveryStatus::Cancelled => "cancelled",
+            DeliveryStatus::Skipped => "skipped",
         }
     }
 
@@ -136,6 +145,11 @@ pub struct NewDelivery {
     /// Its destination batches its deliveries (`batch:`): stored awaiting a batch
     /// ([`Queue::form_batch`]), never sent alone.
     pub batch: bool,
+    /// The URL rendered from its destination's `url` template; `None`: the destination's URL.
+    pub url: Option<String>,
+    /// A chain's later step: the index, among the deliveries planned with it, of the one it
+    /// follows. Stored waiting (never due) until that one is settled (see [`StepDecision`]).
+    pub after: Option<usize>,
 }
 
 /// Where an ordered delivery stands in line: its key (per destination), and whether it holds the
@@ -209,6 +223,14 @@ pub struct DueDelivery {
     pub body: Bytes,
     /// Its order key, if its destination orders its deliveries (see [`OrderSpec`]).
     pub order_key: Option<String>,
+    /// The URL rendered for it from its destination's template.
+    pub url: Option<Arc<str>>,
+    /// Later steps of a chain wait for it: its final settle decides them
+    /// ([`Queue::steps_after`], [`Queue::settle_steps`]).
+    pub leads: bool,
+    /// The responses of the steps before it (a chain's later step), as its own later steps'
+    /// templates read them: JSON `{"<destination>": response_entry, …}`.
+    pub context: Option<Bytes>,
     /// Until when this instance holds the delivery's lease (PostgreSQL, where several instances
     /// may share the queue): no other instance attempts it before then. `None`: not leased (SQLite,
     /// one process, whose in-memory claims suffice).
@@ -236,11 +258,13 @@ pub(crate) fn due_now(
 ) -> Vec<DueDelivery> {
     let event_id = ev.id;
     let shared_headers = Arc::new(ev.headers);
+    let leads = leaders(&deliveries);
     deliveries
         .into_iter()
         .zip(ids)
-        .filter(|(d, (_, waiting))| d.failed.is_none() && !waiting)
-        .map(|(d, (id, _))| DueDelivery {
+        .zip(leads)
+        .filter(|((d, (_, waiting)), _)| d.failed.is_none() && !waiting)
+        .map(|((d, (id, _)), leads)| DueDelivery {
             id: DeliveryId(id),
             event_id: event_id.clone(),
             route: d.route,
@@ -251,9 +275,50 @@ pub(crate) fn due_now(
             extra_headers: d.headers.map(Arc::new),
             body: d.body.unwrap_or_else(|| ev.body.clone()),
             order_key: d.order.map(|o| o.key),
+            url: d.url.map(Arc::from),
+            leads,
+            context: None,
             lease_until,
         })
         .collect()
+}
+
+/// Which of the planned `deliveries` later steps follow (their `after`).
+pub(crate) fn leaders(deliveries: &[NewDelivery]) -> Vec<bool> {
+    let mut leads = vec![false; deliveries.len()];
+    for i in deliveries.iter().filter_map(|d| d.after) {
+        if let Some(l) = leads.get_mut(i) {
+            *l = true;
+        }
+    }
+    leads
+}
+
+/// A chain's later step waiting for the delivery it follows, as [`Queue::steps_after`] reads it.
+#[derive(Debug, Clone)]
+pub struct WaitingStep {
+    pub id: DeliveryId,
+    pub route: RouteName,
+    pub destination: DestinationName,
+    /// The body it delivers before its templates (a transform's output, else the event's).
+    pub body: Bytes,
+    /// Headers a transform set.
+    pub extra_headers: Option<Headers>,
+    /// Rendered already (its step was released before, and it is being replayed): sent as it was.
+    pub rendered: bool,
+}
+
+/// What becomes of a waiting step once the delivery it follows is settled
+/// ([`Queue::settle_steps`]). A step that does not go on takes its own later steps with it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepDecision {
+    /// Due now, with its request rendered from the event and the responses before it (`None`
+    /// parts keep what is stored) and the responses its own later steps will read.
+    Release { id: DeliveryId, url: Option<String>, headers: Option<Headers>, body: Option<Bytes>, context: Bytes },
+    /// Never sent: `skipped` with this reason.
+    Skip { id: DeliveryId, reason: String },
+    /// Its request could not be rendered: `failed` with this reason.
+    Fail { id: DeliveryId, reason: String },
 }
 
 /// How many of the oldest deliveries awaiting a batch (`(id, body bytes, created)`, at most
@@ -284,6 +349,13 @@ pub(crate) fn batch_msg_id(destination: &str, batch: i64, first_member: i64) -> 
         .chain_update(first_member.to_be_bytes())
         .finalize();
     MsgId(format!("msg_{}", hex::encode(&digest[..12])).into())
+}
+
+/// Why a later step (`id`, following `parent`) cannot be replayed by itself.
+pub(crate) fn step_refusal(id: i64, parent: i64, status: &str) -> String {
+    format!(
+        "delivery {id} is a later step that was never sent ({status}): it needs the answer of delivery {parent}; replay {parent} to resume the chain"
+    )
 }
 
 /// What [`Queue::accept`] did.
@@ -382,13 +454,17 @@ pub struct DeliveryRow {
     pub held: bool,
     /// The batch that carries it (`batch:`): [`AWAITING_BATCH`] while it awaits one.
     pub batch_id: Option<i64>,
+    /// A chain's later step: the delivery it follows.
+    pub after: Option<DeliveryId>,
+    /// The URL rendered for it from its destination's template.
+    pub url: Option<String>,
     /// That batch's `webhook-id`.
     pub batch_msg_id: Option<MsgId>,
 }
 
 impl DeliveryRow {
-    /// Pending, but waiting: for the deliveries before it in its key's order, or for (or in) a
-    /// batch.
+    /// Pending, but waiting: for the deliveries before it in its key's order, for (or in) a
+    /// batch, or for the step before it in a chain.
     pub fn waiting(&self) -> bool {
         self.status == DeliveryStatus::Pending && self.next_at_ms == WAITING
     }
@@ -560,6 +636,22 @@ pub trait Queue: Clone + Send + Sync + 'static {
         destination: DestinationName,
         key: String,
     ) -> impl Future<Output = Result<Option<DeliveryId>>> + Send;
+
+    /// The later steps waiting for `delivery` (a chain's), oldest first.
+    fn steps_after(&self, delivery: DeliveryId) -> impl Future<Output = Result<Vec<WaitingStep>>> + Send;
+
+    /// Settles a delivery that later steps follow (as [`Queue::settle`]) and, in the same commit,
+    /// decides its waiting steps: those released are due now; those skipped or failed take every
+    /// step after them along (`skipped`, naming why). Steps no longer waiting are left alone;
+    /// a retry decides nothing.
+    fn settle_steps(
+        &self,
+        delivery_id: DeliveryId,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+        decisions: Vec<StepDecision>,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Ids and destinations of pending deliveries due at `now_ms` (oldest due first, at most
     /// `limit`), except those of the `skip` destinations. Ids only: the poller skips what it owns
@@ -878,6 +970,19 @@ impl Queue for Store {
         key: String,
     ) -> Result<Option<DeliveryId>> {
         on_backend!(self, b => b.settle_and_advance(id, attempt, settle, error, destination, key).await)
+    }
+    async fn steps_after(&self, delivery: DeliveryId) -> Result<Vec<WaitingStep>> {
+        on_backend!(self, b => b.steps_after(delivery).await)
+    }
+    async fn settle_steps(
+        &self,
+        id: DeliveryId,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+        decisions: Vec<StepDecision>,
+    ) -> Result<()> {
+        on_backend!(self, b => b.settle_steps(id, attempt, settle, error, decisions).await)
     }
     async fn due_ids(
         &self,

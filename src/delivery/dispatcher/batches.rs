@@ -272,6 +272,9 @@ async fn attempt<T: Transport>(inner: &Inner<T>, id: i64, slot: &Slot) {
         extra_headers: Some(Arc::new(vec![("x-hookyard-batch-events".into(), n.to_string())])),
         body: batch_body(&batch.members, format),
         order_key: None,
+        url: None,
+        leads: false,
+        context: None,
         lease_until: batch.lease_until,
     };
     let Some(report) = inner.send(&dest, &request).await else { return };

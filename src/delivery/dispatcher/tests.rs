@@ -33,7 +33,12 @@ impl Transport for Arc<Script> {
         }
         let outcome =
             self.replies.lock().unwrap().pop_front().unwrap_or(AttemptOutcome::Delivered { status: StatusCode::OK });
-        AttemptReport { outcome, latency: Duration::from_millis(1), response_body: Bytes::from_static(b"ok") }
+        AttemptReport {
+            outcome,
+            latency: Duration::from_millis(1),
+            response_body: Bytes::from_static(b"ok"),
+            response_headers: Vec::new(),
+        }
     }
 }
 
@@ -49,7 +54,9 @@ struct Setup {
 fn destination(name: &str, s: &Setup) -> Arc<Destination> {
     Arc::new(Destination {
         name: name.into(),
-        url: "http://example.com/".parse().unwrap(),
+        url: Some("http://example.com/".parse().unwrap()),
+        templates: Default::default(),
+        hosts: None,
         method: http::Method::POST,
         headers: HeaderMap::new(),
         signer: Signer::new(SignScheme::None, None).unwrap(),
@@ -115,6 +122,8 @@ async fn accept(store: &Store, id: &str, dest: &str) -> Vec<DueDelivery> {
         failed: None,
         order: None,
         batch: false,
+        url: None,
+        after: None,
     };
     match store.accept(ev, vec![d], None).await.unwrap() {
         Accepted::Stored(due) => due,
@@ -527,7 +536,12 @@ impl Transport for Arc<Overlap> {
             *self.delivered.lock().unwrap().entry(d.id).or_default() += 1;
             AttemptOutcome::Delivered { status: StatusCode::OK }
         };
-        AttemptReport { outcome, latency: Duration::from_millis(1), response_body: Bytes::new() }
+        AttemptReport {
+            outcome,
+            latency: Duration::from_millis(1),
+            response_body: Bytes::new(),
+            response_headers: Vec::new(),
+        }
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Delivery {
     pub order_block: bool,
     pub held: bool,
     pub batch_id: Option<i64>,
+    pub parent_id: Option<i64>,
+    pub leads: bool,
 }
 
 /// A row of `batches`: deliveries sent as one request.
@@ -61,6 +63,8 @@ pub struct Body {
     pub body: Option<Vec<u8>>,
     /// JSON of the headers the transform set.
     pub headers: Option<String>,
+    pub url: Option<String>,
+    pub context: Option<Vec<u8>>,
 }
 
 /// A row of `attempts`.

@@ -114,14 +114,16 @@ async fn insert(
             let order_block: Vec<bool> = rows.iter().map(|r| r.order_block).collect();
             let held: Vec<bool> = rows.iter().map(|r| r.held).collect();
             let batch_id: Vec<Option<i64>> = rows.iter().map(|r| r.batch_id).collect();
+            let parent_id: Vec<Option<i64>> = rows.iter().map(|r| r.parent_id).collect();
+            let leads: Vec<bool> = rows.iter().map(|r| r.leads).collect();
             copied.deliveries += tx
                 .execute(
                     "INSERT INTO deliveries (id, event_id, route, destination, msg_id, status, attempts, next_at,
                                              created_at, updated_at, last_status, last_error, order_key, order_block, held,
-                                             batch_id)
+                                             batch_id, parent_id, leads)
                      SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                           $7::int4[], $8::int8[], $9::int8[], $10::int8[], $11::int4[], $12::text[],
-                                          $13::text[], $14::bool[], $15::bool[], $16::int8[])",
+                                          $13::text[], $14::bool[], $15::bool[], $16::int8[], $17::int8[], $18::bool[])",
                     &[
                         &id,
                         &event,
@@ -139,6 +141,8 @@ async fn insert(
                         &order_block,
                         &held,
                         &batch_id,
+                        &parent_id,
+                        &leads,
                     ],
                 )
                 .await?;
@@ -183,11 +187,13 @@ async fn insert(
             let id: Vec<i64> = rows.iter().map(|r| r.delivery_id).collect();
             let body: Vec<Option<&[u8]>> = rows.iter().map(|r| r.body.as_deref()).collect();
             let headers: Vec<Option<&str>> = rows.iter().map(|r| r.headers.as_deref()).collect();
+            let url: Vec<Option<&str>> = rows.iter().map(|r| r.url.as_deref()).collect();
+            let context: Vec<Option<&[u8]>> = rows.iter().map(|r| r.context.as_deref()).collect();
             copied.bodies += tx
                 .execute(
-                    "INSERT INTO delivery_bodies (delivery_id, body, headers)
-                     SELECT * FROM unnest($1::int8[], $2::bytea[], $3::text[])",
-                    &[&id, &body, &headers],
+                    "INSERT INTO delivery_bodies (delivery_id, body, headers, url, context)
+                     SELECT * FROM unnest($1::int8[], $2::bytea[], $3::text[], $4::text[], $5::bytea[])",
+                    &[&id, &body, &headers, &url, &context],
                 )
                 .await?;
         }

@@ -15,7 +15,7 @@ use crate::store::cluster::Signal;
 use crate::store::{
     AttemptRow, Cancellation, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryRef, DeliveryRow, DeliverySelection,
     DeliveryStatus, DestinationName, DestinationStats, EventDetail, EventId, Inspect, Purged, Queue, RawEvent, Result,
-    StoreError, WAITING, now_ms,
+    StoreError, WAITING, now_ms, step_refusal,
 };
 
 /// The pending deliveries a selection names (`$1`: delivery ids, NULL when selecting by filter,
@@ -32,7 +32,8 @@ const DEAD: &str = "status = 'dead' AND ($1::text IS NULL OR destination = $1::t
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts,
      d.next_at, d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, d.order_key, d.held,
-     d.batch_id, (SELECT bt.msg_id FROM batches bt WHERE bt.id = d.batch_id)";
+     d.batch_id, (SELECT bt.msg_id FROM batches bt WHERE bt.id = d.batch_id), d.parent_id,
+     (SELECT bb.url FROM delivery_bodies bb WHERE bb.delivery_id = d.id)";
 
 /// The statement parameters of a selection.
 struct Selected {
@@ -180,7 +181,7 @@ impl Inspect for PgStore {
                     error: a.get(6),
                 })
                 .collect();
-            let transformed_body = r.get::<_, Option<&[u8]>>(20).map(Bytes::copy_from_slice);
+            let transformed_body = r.get::<_, Option<&[u8]>>(22).map(Bytes::copy_from_slice);
             ev.deliveries.push(DeliveryDetail { delivery: row, transformed_body, attempt_log });
         }
         Ok(Some(ev))
@@ -207,6 +208,25 @@ impl Inspect for PgStore {
         let mut unknown = Vec::new();
         let now = now_ms();
         let mut keys = Vec::new();
+        // a later step never sent has no request without the answer of the step before it
+        let mut refused = Vec::new();
+        for id in &ids {
+            let DeliveryRef::Delivery(num) = id else { continue };
+            let row = tx
+                .query_opt(
+                    "SELECT d.parent_id, d.status FROM deliveries d LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
+                     WHERE d.id = $1 AND d.parent_id IS NOT NULL AND b.context IS NULL",
+                    &[&num.0],
+                )
+                .await
+                .map_err(db)?;
+            if let Some(r) = row {
+                refused.push(step_refusal(num.0, r.get(0), r.get(1)));
+            }
+        }
+        if !refused.is_empty() {
+            return Err(StoreError::Refused(refused.join("; ")));
+        }
         for id in &ids {
             let rows = match id {
                 DeliveryRef::Delivery(num) => {
@@ -219,10 +239,11 @@ impl Inspect for PgStore {
                     )
                     .await
                 }
+                // an event's later steps wait for the steps before them again
                 DeliveryRef::Event(e) => {
                     tx.query(
                         &format!(
-                            "UPDATE deliveries SET {} WHERE event_id = $1 RETURNING destination, order_key",
+                            "UPDATE deliveries SET {} WHERE event_id = $1 AND parent_id IS NULL RETURNING destination, order_key",
                             replayed("$2", "$3")
                         ),
                         &[&e.as_str(), &now, &WAITING],
@@ -231,10 +252,23 @@ impl Inspect for PgStore {
                 }
             }
             .map_err(db)?;
-            if rows.is_empty() {
+            let steps = match id {
+                DeliveryRef::Event(e) => tx
+                    .execute(
+                        "UPDATE deliveries SET status = 'pending', next_at = $3, updated_at = $2, last_error = NULL,
+                             lease_owner = NULL, lease_until = 0
+                         WHERE event_id = $1 AND parent_id IS NOT NULL",
+                        &[&e.as_str(), &now, &WAITING],
+                    )
+                    .await
+                    .map_err(db)?,
+                // its skipped later steps wait for its new answer
+                DeliveryRef::Delivery(num) => super::writer::rearm_steps_after(&tx, num.0, now).await.map_err(db)?,
+            };
+            if rows.is_empty() && steps == 0 {
                 unknown.push(id.clone());
             }
-            n += rows.len();
+            n += rows.len() + steps as usize;
             keys.extend(order_keys(&rows));
         }
         if !unknown.is_empty() {
@@ -247,22 +281,29 @@ impl Inspect for PgStore {
     }
 
     async fn replay_dead(&self, destination: Option<DestinationName>, since_ms: Option<i64>) -> Result<usize> {
-        let c = self.conn().await?;
-        let rows = c
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let now = now_ms();
+        let rows = tx
             .query(
                 &format!(
                     "UPDATE deliveries SET {}
                      WHERE status = 'dead' AND ($1::text IS NULL OR destination = $1::text) AND updated_at >= COALESCE($2::int8, 0)
-                     RETURNING destination, order_key",
+                     RETURNING destination, order_key, id, leads",
                     replayed("$3", "$4")
                 ),
-                &[&opt_name(&destination), &since_ms, &now_ms(), &WAITING],
+                &[&opt_name(&destination), &since_ms, &now, &WAITING],
             )
             .await
             .map_err(db)?;
-        if !rows.is_empty() {
-            self.notify_in(&c, &Signal::Wake).await?;
+        // their skipped later steps wait for their new answers
+        for r in rows.iter().filter(|r| r.get::<_, bool>(3)) {
+            super::writer::rearm_steps_after(&tx, r.get(2), now).await.map_err(db)?;
         }
+        if !rows.is_empty() {
+            self.notify_in(&tx, &Signal::Wake).await?;
+        }
+        tx.commit().await.map_err(db)?;
         drop(c);
         self.advance_all(order_keys(&rows)).await?;
         Ok(rows.len())
@@ -366,14 +407,15 @@ impl Inspect for PgStore {
                 &format!(
                     "WITH cancelled AS (
                          UPDATE deliveries d SET status = 'cancelled', updated_at = $6 WHERE {SELECTED}
-                         RETURNING d.id, d.destination, d.order_key
+                         RETURNING d.id, d.destination, d.order_key, d.leads
                      ), recorded AS (
                          INSERT INTO cancellations (delivery_id, at, actor, reason)
                          SELECT id, $6, $7, $8 FROM cancelled
                          ON CONFLICT (delivery_id) DO UPDATE SET at = excluded.at, actor = excluded.actor, reason = excluded.reason
                          RETURNING 1
                      )
-                     SELECT (SELECT COUNT(*) FROM cancelled), k.destinations, k.keys
+                     SELECT (SELECT COUNT(*) FROM cancelled), k.destinations, k.keys,
+                            (SELECT COALESCE(array_agg(id), '{{}}') FROM cancelled WHERE leads)
                      FROM (SELECT COALESCE(array_agg(destination), '{{}}') AS destinations, COALESCE(array_agg(order_key), '{{}}') AS keys
                            FROM (SELECT DISTINCT destination, order_key FROM cancelled WHERE order_key IS NOT NULL) AS o) AS k"
                 ),
@@ -381,6 +423,11 @@ impl Inspect for PgStore {
             )
             .await
             .map_err(db)?;
+        // the later steps of a cancelled delivery are not sent
+        for id in row.get::<_, Vec<i64>>(3) {
+            let why = format!("the step before it (delivery {id}) was cancelled");
+            super::writer::skip_steps_after(&tx, id, &why, now).await.map_err(db)?;
+        }
         tx.commit().await.map_err(db)?;
         // a cancelled head lets its key move on
         self.advance_all(zip_keys(row.get(1), row.get(2))).await?;
@@ -511,5 +558,7 @@ fn delivery_row(r: &Row) -> Result<DeliveryRow> {
         held: r.get(17),
         batch_id: r.get(18),
         batch_msg_id: r.get::<_, Option<&str>>(19).map(Into::into),
+        after: r.get::<_, Option<i64>>(20).map(DeliveryId),
+        url: r.get(21),
     })
 }

@@ -14,7 +14,7 @@ use crate::store::{
     ANSWER_GRACE, Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, EventId, NewDelivery, NewEvent,
     Queue, Result, Settle, StoreError, WAITING, now_ms,
 };
-use crate::store::{BatchLimits, DueBatch, Formation};
+use crate::store::{BatchLimits, DueBatch, Formation, StepDecision, WaitingStep};
 
 /// Events one purge statement looks at, so a purge of a week's history is many short
 /// transactions, not one long one.
@@ -52,8 +52,46 @@ impl Queue for PgStore {
         error: Option<String>,
     ) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(Op::Settle { delivery_id, attempt, settle, error, reply: tx })?;
+        self.writer.send(Op::Settle { delivery_id, attempt, settle, error, steps: Vec::new(), reply: tx })?;
         rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// One transaction of the writer: the settle and its steps' decisions.
+    async fn settle_steps(
+        &self,
+        delivery_id: DeliveryId,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+        steps: Vec<StepDecision>,
+    ) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.send(Op::Settle { delivery_id, attempt, settle, error, steps, reply: tx })?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    async fn steps_after(&self, delivery: DeliveryId) -> Result<Vec<WaitingStep>> {
+        let c = self.conn().await?;
+        let st = c
+            .prepare_cached(
+                "SELECT d.id, d.route, d.destination, COALESCE(b.body, e.body), b.context IS NOT NULL, b.headers
+                 FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
+                 WHERE d.parent_id = $1 AND d.status = 'pending' AND d.next_at = $2 ORDER BY d.id",
+            )
+            .await
+            .map_err(db)?;
+        let rows = c.query(&st, &[&delivery.0, &WAITING]).await.map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| WaitingStep {
+                id: DeliveryId(r.get(0)),
+                route: r.get::<_, &str>(1).into(),
+                destination: r.get::<_, &str>(2).into(),
+                body: Bytes::copy_from_slice(r.get::<_, &[u8]>(3)),
+                rendered: r.get(4),
+                extra_headers: r.get::<_, Option<&str>>(5).and_then(|h| serde_json::from_str(h).ok()),
+            })
+            .collect())
     }
 
     /// The settle, then the key's advance in a transaction of its own (under the key's lock); a
@@ -114,7 +152,7 @@ impl Queue for PgStore {
             .prepare_cached(
                 "WITH held AS (
                      SELECT id, event_id, route, destination, msg_id, attempts,
-                            lease_until - (SELECT hookyard_now_ms()) AS left_ms, order_key
+                            lease_until - (SELECT hookyard_now_ms()) AS left_ms, order_key, leads
                      FROM deliveries
                      WHERE id = ANY($1::int8[]) AND status = 'pending' AND next_at <= $4
                        AND lease_owner = $2 AND lease_until > (SELECT hookyard_now_ms())
@@ -128,12 +166,12 @@ impl Queue for PgStore {
                      UPDATE deliveries d SET lease_owner = $2, lease_until = (SELECT hookyard_now_ms()) + $3::int8
                      FROM claimable WHERE d.id = claimable.id
                      RETURNING d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, $3::int8 AS left_ms,
-                               d.order_key
+                               d.order_key, d.leads
                  ), got AS (
                      SELECT * FROM held UNION ALL SELECT * FROM claimed
                  )
                  SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers,
-                        COALESCE(b.body, e.body), d.left_ms, d.order_key
+                        COALESCE(b.body, e.body), d.left_ms, d.order_key, b.url, d.leads, b.context
                  FROM got d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id",
             )
             .await
@@ -158,6 +196,9 @@ impl Queue for PgStore {
                     extra_headers: extra.map(|e| Arc::new(serde_json::from_str(e).unwrap_or_default())),
                     body: Bytes::copy_from_slice(r.get::<_, &[u8]>(8)),
                     order_key: r.get(10),
+                    url: r.get::<_, Option<&str>>(11).map(Arc::from),
+                    leads: r.get(12),
+                    context: r.get::<_, Option<&[u8]>>(13).map(Bytes::copy_from_slice),
                     // from when it was asked: never later than the database's deadline
                     lease_until: Some(asked + Duration::from_millis(r.get::<_, i64>(9).max(0) as u64)),
                 };

@@ -150,6 +150,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_awaiting ON deliveries (destination, id) WHERE batch_id = 0 AND status = 'pending';
     CREATE INDEX deliveries_batch ON deliveries (batch_id) WHERE batch_id > 0;
     "#,
+    // 5: chains and dynamic endpoints (as SQLite's migration 6).
+    r#"
+    ALTER TABLE deliveries ADD COLUMN parent_id BIGINT,
+        ADD COLUMN leads BOOLEAN NOT NULL DEFAULT false;
+    CREATE INDEX deliveries_parent ON deliveries (parent_id) WHERE parent_id IS NOT NULL;
+    ALTER TABLE delivery_bodies ADD COLUMN url TEXT, ADD COLUMN context BYTEA;
+    "#,
 ];
 
 /// The advisory lock key of a schema's migrations (one per schema in a database).

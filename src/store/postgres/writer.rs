@@ -24,7 +24,7 @@ use super::{describe, pool_error};
 use crate::store::health::{PROBE_INTERVAL, WriteHealth};
 use crate::store::{
     Accepted, AttemptRecord, DeliveryId, EventId, MAX_GROUP, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle,
-    StoreError, WAITING, now_ms,
+    StepDecision, StoreError, WAITING, now_ms,
 };
 
 pub enum Op {
@@ -41,6 +41,8 @@ pub enum Op {
         attempt: AttemptRecord,
         settle: Settle,
         error: Option<String>,
+        /// What becomes of the later steps that follow it, decided in the same transaction.
+        steps: Vec<StepDecision>,
         reply: oneshot::Sender<Result<()>>,
     },
 }
@@ -272,7 +274,15 @@ async fn write_ops(
         })
         .collect();
     let mut accepted = if accepts.is_empty() { Vec::new() } else { accept_all(tx, &accepts, lease).await? }.into_iter();
-    let mut settled = if settles.is_empty() { Vec::new() } else { settle_all(tx, &settles, lease).await? }.into_iter();
+    let settled = if settles.is_empty() { Vec::new() } else { settle_all(tx, &settles, lease).await? };
+    for (op, outcome) in ops.iter().filter(|op| matches!(op, Op::Settle { .. })).zip(&settled) {
+        if let (Op::Settle { delivery_id, steps, .. }, Ok(())) = (op, outcome)
+            && !steps.is_empty()
+        {
+            decide_steps(tx, delivery_id.0, steps, now_ms()).await?;
+        }
+    }
+    let mut settled = settled.into_iter();
     Ok(ops
         .iter()
         .map(|op| match op {
@@ -446,7 +456,20 @@ pub async fn insert_deliveries(
     let owner: Option<&str> = lease.map(|l| &*l.owner);
     let lease_ms: i64 = lease.map_or(0, |l| l.duration.as_millis() as i64);
     let mut waiting = vec![false; planned.len()];
-    if planned.iter().all(|(_, d)| d.order.is_none() && !d.batch) {
+    // a later step's parent: `after` counts among its own event's deliveries, which are adjacent
+    let mut parent: Vec<Option<i64>> = Vec::with_capacity(planned.len());
+    let mut leads = vec![false; planned.len()];
+    let mut start = 0;
+    for (i, (event, d)) in planned.iter().enumerate() {
+        if i > 0 && planned[i - 1].0 != *event {
+            start = i;
+        }
+        parent.push(d.after.map(|a| ids[start + a]));
+        if let Some(a) = d.after {
+            leads[start + a] = true;
+        }
+    }
+    if planned.iter().all(|(_, d)| d.order.is_none() && !d.batch && d.after.is_none()) {
         let st = tx
             .prepare_cached(
                 "INSERT INTO deliveries (id, event_id, route, destination, msg_id, status, attempts, next_at, created_at,
@@ -479,23 +502,24 @@ pub async fn insert_deliveries(
             .prepare_cached(
                 "WITH u AS (
                      SELECT u.*, (u.status = 'pending' AND u.batch) AS batched,
-                            (u.status = 'pending' AND u.batch) OR (u.order_key IS NOT NULL AND u.status = 'pending' AND (u.must_wait
+                            (u.status = 'pending' AND (u.batch OR u.parent_id IS NOT NULL)) OR (u.order_key IS NOT NULL AND u.status = 'pending' AND (u.must_wait
                          OR EXISTS (SELECT 1 FROM deliveries o WHERE o.destination = u.destination
                                       AND o.order_key = u.order_key AND o.status = 'pending')
                          OR EXISTS (SELECT 1 FROM deliveries o WHERE o.destination = u.destination
                                       AND o.order_key = u.order_key AND o.held))) AS wait
                      FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[],
-                                 $11::text[], $12::bool[], $13::bool[], $15::bool[])
-                       AS u (id, event_id, route, destination, msg_id, status, failed, order_key, block, must_wait, batch)
+                                 $11::text[], $12::bool[], $13::bool[], $15::bool[], $16::int8[], $17::bool[])
+                       AS u (id, event_id, route, destination, msg_id, status, failed, order_key, block, must_wait, batch,
+                             parent_id, leads)
                  )
                  INSERT INTO deliveries (id, event_id, route, destination, msg_id, status, attempts, next_at, created_at,
-                     updated_at, last_error, lease_owner, lease_until, order_key, order_block, batch_id)
+                     updated_at, last_error, lease_owner, lease_until, order_key, order_block, batch_id, parent_id, leads)
                  SELECT u.id, u.event_id, u.route, u.destination, u.msg_id, u.status, 0,
                      CASE WHEN u.wait THEN $14::int8 ELSE $7 END, $7, $7, u.failed,
                      CASE WHEN u.status = 'pending' AND NOT u.wait THEN $9::text END,
                      CASE WHEN u.status = 'pending' AND NOT u.wait AND $9::text IS NOT NULL
                           THEN (SELECT hookyard_now_ms()) + $10::int8 ELSE 0 END,
-                     u.order_key, u.block, CASE WHEN u.batched THEN 0 END
+                     u.order_key, u.block, CASE WHEN u.batched THEN 0 END, u.parent_id, u.leads
                  FROM u
                  RETURNING id, next_at = $14::int8",
             )
@@ -519,6 +543,8 @@ pub async fn insert_deliveries(
                     &must_wait,
                     &WAITING,
                     &batch,
+                    &parent,
+                    &leads,
                 ],
             )
             .await?;
@@ -531,7 +557,7 @@ pub async fn insert_deliveries(
     let with_body: Vec<(i64, &NewDelivery)> = planned
         .iter()
         .zip(ids)
-        .filter(|((_, d), _)| d.body.is_some() || d.headers.is_some())
+        .filter(|((_, d), _)| d.body.is_some() || d.headers.is_some() || d.url.is_some())
         .map(|((_, d), id)| (*id, *d))
         .collect();
     if !with_body.is_empty() {
@@ -541,15 +567,102 @@ pub async fn insert_deliveries(
             .iter()
             .map(|(_, d)| d.headers.as_ref().map(|h| serde_json::to_string(h).expect("headers serialize")))
             .collect();
+        let url: Vec<Option<&str>> = with_body.iter().map(|(_, d)| d.url.as_deref()).collect();
         let st = tx
             .prepare_cached(
-                "INSERT INTO delivery_bodies (delivery_id, body, headers)
-                 SELECT * FROM unnest($1::int8[], $2::bytea[], $3::text[])",
+                "INSERT INTO delivery_bodies (delivery_id, body, headers, url)
+                 SELECT * FROM unnest($1::int8[], $2::bytea[], $3::text[], $4::text[])",
             )
             .await?;
-        tx.execute(&st, &[&id, &body, &headers]).await?;
+        tx.execute(&st, &[&id, &body, &headers, &url]).await?;
     }
     Ok(waiting)
+}
+
+/// Applies the decisions on the later steps following `parent` (see
+/// [`crate::store::Queue::settle_steps`]): only steps still waiting for it change.
+pub async fn decide_steps(
+    tx: &Transaction<'_>,
+    parent: i64,
+    steps: &[StepDecision],
+    now: i64,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    for step in steps {
+        let (id, status, reason) = match step {
+            StepDecision::Release { id, url, headers, body, context } => {
+                let st = tx
+                    .prepare_cached(
+                        "UPDATE deliveries SET next_at = $3, updated_at = $3
+                         WHERE id = $1 AND parent_id = $2 AND status = 'pending' AND next_at = $4",
+                    )
+                    .await?;
+                if tx.execute(&st, &[&id.0, &parent, &now, &WAITING]).await? > 0 {
+                    let headers = headers.as_ref().map(|h| serde_json::to_string(h).expect("headers serialize"));
+                    let st = tx
+                        .prepare_cached(
+                            "INSERT INTO delivery_bodies (delivery_id, body, headers, url, context) VALUES ($1, $2, $3, $4, $5)
+                             ON CONFLICT (delivery_id) DO UPDATE SET body = COALESCE(excluded.body, delivery_bodies.body),
+                                 headers = COALESCE(excluded.headers, delivery_bodies.headers),
+                                 url = COALESCE(excluded.url, delivery_bodies.url), context = excluded.context",
+                        )
+                        .await?;
+                    tx.execute(&st, &[&id.0, &body.as_deref(), &headers, url, &&context[..]]).await?;
+                }
+                continue;
+            }
+            StepDecision::Skip { id, reason } => (id, "skipped", reason),
+            StepDecision::Fail { id, reason } => (id, "failed", reason),
+        };
+        let st = tx
+            .prepare_cached(
+                "UPDATE deliveries SET status = $3, last_error = $4, updated_at = $5
+                 WHERE id = $1 AND parent_id = $2 AND status = 'pending' AND next_at = $6",
+            )
+            .await?;
+        if tx.execute(&st, &[&id.0, &parent, &status, reason, &now, &WAITING]).await? > 0 {
+            let why = format!("the step before it (delivery {}) was not sent: {reason}", id.0);
+            skip_steps_after(tx, id.0, &why, now).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Skips every later step still waiting in the chain after `delivery`, with `reason`.
+pub async fn skip_steps_after(
+    tx: &Transaction<'_>,
+    delivery: i64,
+    reason: &str,
+    now: i64,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let st = tx
+        .prepare_cached(
+            "WITH RECURSIVE chain(id) AS (
+                 SELECT id FROM deliveries WHERE parent_id = $1
+                 UNION ALL SELECT d.id FROM deliveries d JOIN chain c ON d.parent_id = c.id)
+             UPDATE deliveries SET status = 'skipped', last_error = $2, updated_at = $3
+             WHERE id IN (SELECT id FROM chain) AND status = 'pending' AND next_at = $4",
+        )
+        .await?;
+    tx.execute(&st, &[&delivery, &reason, &now, &WAITING]).await
+}
+
+/// Makes the skipped later steps after `delivery` (through skipped ones only) wait for it again.
+pub async fn rearm_steps_after(
+    tx: &Transaction<'_>,
+    delivery: i64,
+    now: i64,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let st = tx
+        .prepare_cached(
+            "WITH RECURSIVE chain(id) AS (
+                 SELECT id FROM deliveries WHERE parent_id = $1 AND status = 'skipped'
+                 UNION ALL SELECT d.id FROM deliveries d JOIN chain c ON d.parent_id = c.id WHERE d.status = 'skipped')
+             UPDATE deliveries SET status = 'pending', next_at = $3, last_error = NULL, updated_at = $2,
+                 lease_owner = NULL, lease_until = 0
+             WHERE id IN (SELECT id FROM chain)",
+        )
+        .await?;
+    tx.execute(&st, &[&delivery, &now, &WAITING]).await
 }
 
 /// The advisory lock of an order key (the whole database's lock space: a collision only makes

@@ -92,12 +92,27 @@ impl Export {
                 order_block: r.get(13)?,
                 held: r.get(14)?,
                 batch_id: r.get(15)?,
+                parent_id: r.get(16)?,
+                leads: r.get(17)?,
             };
             Ok((d.last_error.as_ref().map_or(0, String::len) + d.order_key.as_ref().map_or(0, String::len), d))
         })?;
         table(c, limits, &mut send, Batch::Bodies, BODIES, |r| {
-            let b = Body { delivery_id: r.get(0)?, body: bytes(r, 1)?, headers: r.get(2)? };
-            Ok((b.body.as_ref().map_or(0, Vec::len) + b.headers.as_ref().map_or(0, String::len), b))
+            let b = Body {
+                delivery_id: r.get(0)?,
+                body: bytes(r, 1)?,
+                headers: r.get(2)?,
+                url: r.get(3)?,
+                context: bytes(r, 4)?,
+            };
+            let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+            Ok((
+                b.body.as_ref().map_or(0, Vec::len)
+                    + len(&b.headers)
+                    + len(&b.url)
+                    + b.context.as_ref().map_or(0, Vec::len),
+                b,
+            ))
         })?;
         table(c, limits, &mut send, Batch::Attempts, ATTEMPTS, |r| {
             let a = Attempt {
@@ -130,10 +145,10 @@ impl Drop for Export {
 
 const EVENTS: &str = "SELECT id, source, received_at, headers, body, dedupe_key, routed FROM events";
 const DELIVERIES: &str = "SELECT id, event_id, route, destination, msg_id, status, attempts, next_at, created_at, \
-     updated_at, last_status, last_error, order_key, order_block, held, batch_id FROM deliveries ORDER BY id";
+     updated_at, last_status, last_error, order_key, order_block, held, batch_id, parent_id, leads FROM deliveries ORDER BY id";
 const BATCHES: &str = "SELECT id, destination, msg_id, status, attempts, next_at, created_at, updated_at, events, bytes, \
      last_status, last_error FROM batches ORDER BY id";
-const BODIES: &str = "SELECT delivery_id, body, headers FROM delivery_bodies ORDER BY delivery_id";
+const BODIES: &str = "SELECT delivery_id, body, headers, url, context FROM delivery_bodies ORDER BY delivery_id";
 const ATTEMPTS: &str =
     "SELECT delivery_id, n, at, status_code, latency_ms, response, error FROM attempts ORDER BY delivery_id, n";
 const CANCELLATIONS: &str = "SELECT delivery_id, at, actor, reason FROM cancellations ORDER BY delivery_id";

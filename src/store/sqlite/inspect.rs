@@ -13,7 +13,7 @@ use super::writer;
 use crate::store::{
     AttemptRow, Cancellation, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryRef, DeliveryRow, DeliverySelection,
     DeliveryStatus, DestinationName, DestinationStats, EventDetail, EventId, Inspect, Purged, RawEvent, Result,
-    StoreError, WAITING, now_ms,
+    StoreError, WAITING, now_ms, step_refusal,
 };
 
 /// The pending deliveries a selection names (`?1`: delivery ids as JSON or NULL when selecting
@@ -43,6 +43,26 @@ fn replayed(now: &str, waiting: &str) -> String {
                         WHEN status = 'pending' THEN next_at
                         ELSE {waiting} END"
     )
+}
+
+/// Why some of `ids` cannot be replayed: a later step that was never sent (skipped, or still
+/// waiting) has no request without the answer of the step before it; replaying that one resumes
+/// the chain.
+fn unreplayable_steps(c: &Connection, ids: &[DeliveryRef]) -> rusqlite::Result<Vec<String>> {
+    let mut refused = Vec::new();
+    let mut st = c.prepare_cached(
+        "SELECT d.parent_id, d.status FROM deliveries d LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
+         WHERE d.id = ?1 AND d.parent_id IS NOT NULL AND b.context IS NULL",
+    )?;
+    for id in ids {
+        let DeliveryRef::Delivery(n) = id else { continue };
+        if let Some((parent, status)) =
+            st.query_row([n.0], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))).optional()?
+        {
+            refused.push(step_refusal(n.0, parent, &status));
+        }
+    }
+    Ok(refused)
 }
 
 /// Advances each of `keys` (see [`writer::advance_key`]).
@@ -101,7 +121,7 @@ impl Inspect for SqliteStore {
             let mut st = c.prepare_cached(
                 "SELECT d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts, d.next_at,
                         d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, d.order_key, d.held,
-                        d.batch_id, bt.msg_id
+                        d.batch_id, bt.msg_id, d.parent_id, (SELECT url FROM delivery_bodies WHERE delivery_id = d.id)
                  FROM deliveries d JOIN events e ON e.id = d.event_id
                    LEFT JOIN cancellations c ON c.delivery_id = d.id AND d.status = 'cancelled'
                    LEFT JOIN batches bt ON bt.id = d.batch_id
@@ -144,14 +164,14 @@ impl Inspect for SqliteStore {
             let mut st = c.prepare_cached(
                 "SELECT d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts, d.next_at,
                         d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, d.order_key, d.held,
-                        d.batch_id, bt.msg_id, b.body
+                        d.batch_id, bt.msg_id, d.parent_id, b.url, b.body
                  FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
                    LEFT JOIN cancellations c ON c.delivery_id = d.id AND d.status = 'cancelled'
                    LEFT JOIN batches bt ON bt.id = d.batch_id
                  WHERE d.event_id = ?1 ORDER BY d.id",
             )?;
             let rows: Vec<(DeliveryRow, Option<Vec<u8>>)> =
-                st.query_map([&id], |r| Ok((delivery_row(r)?, r.get(20)?)))?.collect::<rusqlite::Result<_>>()?;
+                st.query_map([&id], |r| Ok((delivery_row(r)?, r.get(22)?)))?.collect::<rusqlite::Result<_>>()?;
             let mut at = c.prepare_cached(
                 "SELECT n, at, status_code, latency_ms, response, error FROM attempts WHERE delivery_id = ?1 ORDER BY n",
             )?;
@@ -193,31 +213,50 @@ impl Inspect for SqliteStore {
     }
 
     async fn replay(&self, ids: Vec<DeliveryRef>) -> Result<usize> {
-        self.write(move |t| {
-            let mut n = 0;
-            let mut unknown = Vec::new();
-            let mut keys = Vec::new();
-            let now = now_ms();
-            for id in &ids {
-                let (by, value): (&str, &dyn rusqlite::ToSql) = match id {
-                    DeliveryRef::Delivery(num) => ("id", num),
-                    DeliveryRef::Event(id) => ("event_id", id),
-                };
-                keys.extend(writer::keys_of(t, &format!("{by} = ?1"), [value])?);
-                let changed = t.execute(
-                    &format!("UPDATE deliveries SET {} WHERE {by} = ?1", replayed("?2", "?3")),
-                    params![value, now, WAITING],
-                )?;
-                if changed == 0 {
-                    unknown.push(id.clone());
+        let (n, unknown, refused) = self
+            .write(move |t| {
+                let refused = unreplayable_steps(t, &ids)?;
+                if !refused.is_empty() {
+                    return Ok((0, Vec::new(), refused));
                 }
-                n += changed;
-            }
-            advance_all(t, keys, now)?;
-            Ok((n, unknown))
-        })
-        .await
-        .and_then(|(n, unknown)| if unknown.is_empty() { Ok(n) } else { Err(not_found(unknown)) })
+                let mut n = 0;
+                let mut unknown = Vec::new();
+                let mut keys = Vec::new();
+                let now = now_ms();
+                for id in &ids {
+                    let (by, value): (&str, &dyn rusqlite::ToSql) = match id {
+                        DeliveryRef::Delivery(num) => ("id", num),
+                        DeliveryRef::Event(id) => ("event_id", id),
+                    };
+                    keys.extend(writer::keys_of(t, &format!("{by} = ?1"), [value])?);
+                    // an event's later steps wait for the steps before them again
+                    let first_steps = if by == "event_id" { " AND parent_id IS NULL" } else { "" };
+                    let mut changed = t.execute(
+                        &format!("UPDATE deliveries SET {} WHERE {by} = ?1{first_steps}", replayed("?2", "?3")),
+                        params![value, now, WAITING],
+                    )?;
+                    match id {
+                        DeliveryRef::Event(_) => changed += t.execute(
+                            "UPDATE deliveries SET status = 'pending', next_at = ?3, updated_at = ?2, last_error = NULL
+                                 WHERE event_id = ?1 AND parent_id IS NOT NULL",
+                            params![value, now, WAITING],
+                        )?,
+                        // its skipped later steps wait for its new answer
+                        DeliveryRef::Delivery(num) => changed += writer::rearm_steps_after(t, num.0, now)?,
+                    }
+                    if changed == 0 {
+                        unknown.push(id.clone());
+                    }
+                    n += changed;
+                }
+                advance_all(t, keys, now)?;
+                Ok((n, unknown, Vec::new()))
+            })
+            .await?;
+        if !refused.is_empty() {
+            return Err(StoreError::Refused(refused.join("; ")));
+        }
+        if unknown.is_empty() { Ok(n) } else { Err(not_found(unknown)) }
     }
 
     async fn replay_dead(&self, destination: Option<DestinationName>, since_ms: Option<i64>) -> Result<usize> {
@@ -226,10 +265,17 @@ impl Inspect for SqliteStore {
                 "status = 'dead' AND (?1 IS NULL OR destination = ?1) AND updated_at >= COALESCE(?2, 0)";
             let now = now_ms();
             let keys = writer::keys_of(t, DEAD_SINCE, params![destination, since_ms])?;
+            let leaders: Vec<i64> = {
+                let mut st = t.prepare(&format!("SELECT id FROM deliveries WHERE leads = 1 AND {DEAD_SINCE}"))?;
+                st.query_map(params![destination, since_ms], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+            };
             let n = t.execute(
                 &format!("UPDATE deliveries SET {} WHERE {DEAD_SINCE}", replayed("?3", "?4")),
                 params![destination, since_ms, now, WAITING],
             )?;
+            for id in leaders {
+                writer::rearm_steps_after(t, id, now)?;
+            }
             advance_all(t, keys, now)?;
             Ok(n)
         })
@@ -367,10 +413,19 @@ impl Inspect for SqliteStore {
                     &format!("id IN (SELECT d.id FROM deliveries d WHERE {SELECTED})"),
                     params![a, b, d, s, since],
                 )?;
+                let leaders: Vec<i64> = {
+                    let mut st =
+                        t.prepare(&format!("SELECT d.id FROM deliveries d WHERE d.leads = 1 AND {SELECTED}"))?;
+                    st.query_map(params![a, b, d, s, since], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+                };
                 let n = t.execute(
                     &format!("UPDATE deliveries AS d SET status = 'cancelled', updated_at = ?6 WHERE {SELECTED}"),
                     params![a, b, d, s, since, now],
                 )?;
+                for id in leaders {
+                    let why = format!("the step before it (delivery {id}) was cancelled");
+                    writer::skip_steps_after(t, id, &why, now)?;
+                }
                 // a cancelled head lets its key move on
                 advance_all(t, keys, now)?;
                 Ok((unknown, n))
@@ -446,6 +501,8 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
         held: r.get(17)?,
         batch_id: r.get(18)?,
         batch_msg_id: r.get(19)?,
+        after: r.get::<_, Option<i64>>(20)?.map(DeliveryId),
+        url: r.get(21)?,
     })
 }
 

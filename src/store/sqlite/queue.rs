@@ -12,7 +12,7 @@ use super::writer::{self, Op};
 use crate::clock::{Clock, Waited};
 use crate::store::{
     ANSWER_GRACE, Accepted, AttemptRecord, DeliveryId, DestinationName, DueDelivery, EventId, NewDelivery, NewEvent,
-    Queue, Result, Settle, StoreError, now_ms,
+    Queue, Result, Settle, StepDecision, StoreError, WAITING, WaitingStep, now_ms,
 };
 use crate::store::{BatchLimits, DueBatch, Formation};
 
@@ -42,8 +42,52 @@ impl Queue for SqliteStore {
         error: Option<String>,
     ) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(Op::Settle { delivery_id, attempt, settle, error, advance: None, reply: tx })?;
+        self.writer.send(Op::Settle {
+            delivery_id,
+            attempt,
+            settle,
+            error,
+            advance: None,
+            steps: Vec::new(),
+            reply: tx,
+        })?;
         self.wait_for_writer(rx).await.map(drop)
+    }
+
+    /// One operation of the writer: the settle and its steps' decisions commit together.
+    async fn settle_steps(
+        &self,
+        delivery_id: DeliveryId,
+        attempt: AttemptRecord,
+        settle: Settle,
+        error: Option<String>,
+        steps: Vec<StepDecision>,
+    ) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.send(Op::Settle { delivery_id, attempt, settle, error, advance: None, steps, reply: tx })?;
+        self.wait_for_writer(rx).await.map(drop)
+    }
+
+    async fn steps_after(&self, delivery: DeliveryId) -> Result<Vec<WaitingStep>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT d.id, d.route, d.destination, COALESCE(b.body, e.body), b.context IS NOT NULL, b.headers
+                 FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
+                 WHERE d.parent_id = ?1 AND d.status = 'pending' AND d.next_at = ?2 ORDER BY d.id",
+            )?;
+            let rows = st.query_map(params![delivery.0, WAITING], |r| {
+                Ok(WaitingStep {
+                    id: DeliveryId(r.get(0)?),
+                    route: r.get(1)?,
+                    destination: r.get(2)?,
+                    body: Bytes::from(r.get::<_, Vec<u8>>(3)?),
+                    rendered: r.get(4)?,
+                    extra_headers: r.get::<_, Option<String>>(5)?.and_then(|h| serde_json::from_str(&h).ok()),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
     }
 
     /// One operation of the writer: the settle and the key's advance commit together.
@@ -58,7 +102,7 @@ impl Queue for SqliteStore {
     ) -> Result<Option<DeliveryId>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let advance = Some((destination.to_string(), key));
-        self.writer.send(Op::Settle { delivery_id, attempt, settle, error, advance, reply: tx })?;
+        self.writer.send(Op::Settle { delivery_id, attempt, settle, error, advance, steps: Vec::new(), reply: tx })?;
         self.wait_for_writer(rx).await.map(|head| head.map(DeliveryId))
     }
 
@@ -87,7 +131,7 @@ impl Queue for SqliteStore {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT d.id, d.event_id, d.route, d.destination, d.msg_id, d.attempts, e.headers, b.headers, COALESCE(b.body, e.body),
-                        d.order_key
+                        d.order_key, b.url, d.leads, b.context
                  FROM deliveries d JOIN events e ON e.id = d.event_id LEFT JOIN delivery_bodies b ON b.delivery_id = d.id
                  WHERE d.id = ?1 AND d.status = 'pending' AND d.next_at <= ?2",
             )?;
@@ -129,10 +173,7 @@ impl Queue for SqliteStore {
 
     async fn add_deliveries(&self, event_id: EventId, deliveries: Vec<NewDelivery>) -> Result<usize> {
         self.write(move |t| {
-            let now = now_ms();
-            for d in &deliveries {
-                writer::insert_delivery(t, &event_id, d, now)?;
-            }
+            writer::insert_deliveries(t, &event_id, &deliveries, now_ms())?;
             Ok(deliveries.len())
         })
         .await
@@ -277,6 +318,9 @@ fn due_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DueDelivery> {
         extra_headers: extra.map(|e| Arc::new(serde_json::from_str(&e).unwrap_or_default())),
         body: Bytes::from(r.get::<_, Vec<u8>>(8)?),
         order_key: r.get(9)?,
+        url: r.get::<_, Option<String>>(10)?.map(Arc::from),
+        leads: r.get(11)?,
+        context: r.get::<_, Option<Vec<u8>>>(12)?.map(Bytes::from),
         lease_until: None,
     })
 }

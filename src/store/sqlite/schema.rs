@@ -129,6 +129,18 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_awaiting ON deliveries(destination, id) WHERE batch_id = 0 AND status = 'pending';
     CREATE INDEX deliveries_batch ON deliveries(batch_id) WHERE batch_id > 0;
     "#,
+    // 6: chains and dynamic endpoints. A chain's later step follows one delivery (parent_id) and
+    // waits (next_at = WAITING) until that one's final settle releases, skips or fails it; the
+    // delivery it follows is marked (leads) so only its settles look for steps. A URL rendered
+    // from a template, and the responses a released step's own later steps read (context; set
+    // once it is rendered), live beside the body.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN parent_id INTEGER;                  -- NULL: not a later step
+    ALTER TABLE deliveries ADD COLUMN leads INTEGER NOT NULL DEFAULT 0;   -- 1: later steps follow it
+    CREATE INDEX deliveries_parent ON deliveries(parent_id) WHERE parent_id IS NOT NULL;
+    ALTER TABLE delivery_bodies ADD COLUMN url TEXT;                      -- rendered from the destination's template
+    ALTER TABLE delivery_bodies ADD COLUMN context BLOB;                  -- JSON of the responses before it
+    "#,
 ];
 
 /// Applies the migrations this database has not seen. Refuses a database from a newer Hookyard.

@@ -214,7 +214,8 @@ async fn a_version_1_database_is_migrated_with_its_queue() {
             "deliveries_event",
             "deliveries_failed",
             "deliveries_held",
-            "deliveries_order"
+            "deliveries_order",
+            "deliveries_parent"
         ]
     );
     // a purge takes the moved bodies with their deliveries

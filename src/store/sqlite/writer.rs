@@ -20,7 +20,7 @@ use tracing::error;
 
 use super::db;
 use super::health::{Health, PROBE_INTERVAL};
-use crate::store::{AWAITING_BATCH, BatchLimits, Formation, batch_msg_id};
+use crate::store::{AWAITING_BATCH, BatchLimits, Formation, StepDecision, batch_msg_id};
 use crate::store::{
     Accepted, AttemptRecord, DeliveryId, EventId, MAX_GROUP, MAX_RESPONSE_KEPT, NewDelivery, NewEvent, Result, Settle,
     StoreError, WAITING, now_ms,
@@ -50,6 +50,8 @@ pub enum Op {
         /// The order key (destination, key) to advance in the same transaction: the reply is
         /// the key's due head.
         advance: Option<(String, String)>,
+        /// What becomes of the later steps that follow it, decided in the same transaction.
+        steps: Vec<StepDecision>,
         reply: oneshot::Sender<Result<Option<i64>>>,
     },
     /// An administrative write; returns whether it succeeded (its result travels in its closure).
@@ -350,8 +352,9 @@ fn write_one(t: &Connection, op: &Op) -> Written {
         Op::Accept { event, deliveries, dedupe_window, .. } => {
             Written::Accept(accept(t, event, deliveries, *dedupe_window))
         }
-        Op::Settle { delivery_id, attempt, settle, error, advance, .. } => {
+        Op::Settle { delivery_id, attempt, settle, error, advance, steps, .. } => {
             Written::Settle(settle_delivery(t, delivery_id.0, attempt, settle, error.as_deref()).and_then(|()| {
+                decide_steps(t, delivery_id.0, steps, now_ms())?;
                 match advance {
                     Some((destination, key)) => advance_key(t, destination, key, now_ms()),
                     None => Ok(None),
@@ -430,25 +433,50 @@ fn accept(
         "INSERT INTO events (id, source, received_at, headers, body, dedupe_key, routed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![ev.id, ev.source, ev.received_at_ms, headers, &ev.body[..], ev.dedupe_key, !deliveries.is_empty()])?;
-    let now = now_ms();
-    let ids = deliveries.iter().map(|d| insert_delivery(t, &ev.id, d, now)).collect::<rusqlite::Result<_>>()?;
+    let ids = insert_deliveries(t, &ev.id, deliveries, now_ms())?;
     Ok(AcceptRows::Stored(ids))
 }
 
-/// Inserts a planned delivery; returns its id and whether it waits for its turn (an ordered
-/// delivery whose key has a pending or held delivery already).
-pub fn insert_delivery(t: &Connection, event_id: &EventId, d: &NewDelivery, now: i64) -> rusqlite::Result<(i64, bool)> {
+/// Inserts the deliveries planned for an event together (a later step names the one it follows
+/// by its index among them); returns each one's id and whether it waits.
+pub fn insert_deliveries(
+    t: &Connection,
+    event_id: &EventId,
+    deliveries: &[NewDelivery],
+    now: i64,
+) -> rusqlite::Result<Vec<(i64, bool)>> {
+    let leads = crate::store::leaders(deliveries);
+    let mut ids: Vec<(i64, bool)> = Vec::with_capacity(deliveries.len());
+    for (d, leads) in deliveries.iter().zip(leads) {
+        let parent = d.after.and_then(|i| ids.get(i)).map(|(id, _)| *id);
+        ids.push(insert_delivery(t, event_id, d, parent, leads, now)?);
+    }
+    Ok(ids)
+}
+
+/// Inserts a planned delivery (`parent`: the delivery a later step follows; `leads`: later steps
+/// follow it); returns its id and whether it waits for its turn (an ordered delivery whose key
+/// has a pending or held delivery already, a later step, one awaiting a batch).
+fn insert_delivery(
+    t: &Connection,
+    event_id: &EventId,
+    d: &NewDelivery,
+    parent: Option<i64>,
+    leads: bool,
+    now: i64,
+) -> rusqlite::Result<(i64, bool)> {
     let extra = d.headers.as_ref().map(|h| serde_json::to_string(h).expect("headers serialize"));
     let batched = d.batch && d.failed.is_none();
     let waiting = batched
+        || (parent.is_some() && d.failed.is_none())
         || match &d.order {
             Some(o) if d.failed.is_none() => key_taken(t, &d.destination, &o.key)?,
             _ => false,
         };
     t.prepare_cached(
         "INSERT INTO deliveries (event_id, route, destination, msg_id, status, attempts, next_at, created_at, updated_at,
-             last_error, order_key, order_block, batch_id)
-         VALUES (?1, ?2, ?3, ?4, ?6, 0, ?8, ?5, ?5, ?7, ?9, ?10, ?11)",
+             last_error, order_key, order_block, batch_id, parent_id, leads)
+         VALUES (?1, ?2, ?3, ?4, ?6, 0, ?8, ?5, ?5, ?7, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         event_id,
@@ -462,14 +490,81 @@ pub fn insert_delivery(t: &Connection, event_id: &EventId, d: &NewDelivery, now:
         d.order.as_ref().map(|o| &o.key),
         d.order.as_ref().is_some_and(|o| o.block),
         batched.then_some(AWAITING_BATCH),
+        parent,
+        leads,
     ])?;
     let id = t.last_insert_rowid();
-    // a transform's output lives beside the delivery, which every settle rewrites
-    if d.body.is_some() || extra.is_some() {
-        t.prepare_cached("INSERT INTO delivery_bodies (delivery_id, body, headers) VALUES (?1, ?2, ?3)")?
-            .execute(params![id, d.body.as_deref(), extra])?;
+    // a transform's output (or a template's) lives beside the delivery, which every settle rewrites
+    if d.body.is_some() || extra.is_some() || d.url.is_some() {
+        t.prepare_cached("INSERT INTO delivery_bodies (delivery_id, body, headers, url) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![id, d.body.as_deref(), extra, d.url])?;
     }
     Ok((id, waiting))
+}
+
+/// Applies the decisions on the later steps following `parent` (see
+/// [`crate::store::Queue::settle_steps`]): only steps still waiting for it change.
+pub fn decide_steps(t: &Connection, parent: i64, steps: &[StepDecision], now: i64) -> rusqlite::Result<()> {
+    for step in steps {
+        let (id, status, reason) = match step {
+            StepDecision::Release { id, url, headers, body, context } => {
+                let released = t
+                    .prepare_cached(
+                        "UPDATE deliveries SET next_at = ?3, updated_at = ?3
+                         WHERE id = ?1 AND parent_id = ?2 AND status = 'pending' AND next_at = ?4",
+                    )?
+                    .execute(params![id.0, parent, now, WAITING])?;
+                if released > 0 {
+                    let headers = headers.as_ref().map(|h| serde_json::to_string(h).expect("headers serialize"));
+                    t.prepare_cached(
+                        "INSERT INTO delivery_bodies (delivery_id, body, headers, url, context) VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (delivery_id) DO UPDATE SET body = COALESCE(excluded.body, body),
+                             headers = COALESCE(excluded.headers, headers), url = COALESCE(excluded.url, url),
+                             context = excluded.context",
+                    )?
+                    .execute(params![id.0, body.as_deref(), headers, url, &context[..]])?;
+                }
+                continue;
+            }
+            StepDecision::Skip { id, reason } => (id, "skipped", reason),
+            StepDecision::Fail { id, reason } => (id, "failed", reason),
+        };
+        let ended = t
+            .prepare_cached(
+                "UPDATE deliveries SET status = ?3, last_error = ?4, updated_at = ?5
+                 WHERE id = ?1 AND parent_id = ?2 AND status = 'pending' AND next_at = ?6",
+            )?
+            .execute(params![id.0, parent, status, reason, now, WAITING])?;
+        if ended > 0 {
+            skip_steps_after(t, id.0, &format!("the step before it (delivery {}) was not sent: {reason}", id.0), now)?;
+        }
+    }
+    Ok(())
+}
+
+/// Skips every later step still waiting in the chain after `delivery`, with `reason`.
+pub fn skip_steps_after(t: &Connection, delivery: i64, reason: &str, now: i64) -> rusqlite::Result<usize> {
+    t.prepare_cached(
+        "WITH RECURSIVE chain(id) AS (
+             SELECT id FROM deliveries WHERE parent_id = ?1
+             UNION ALL SELECT d.id FROM deliveries d JOIN chain c ON d.parent_id = c.id)
+         UPDATE deliveries SET status = 'skipped', last_error = ?2, updated_at = ?3
+         WHERE id IN (SELECT id FROM chain) AND status = 'pending' AND next_at = ?4",
+    )?
+    .execute(params![delivery, reason, now, WAITING])
+}
+
+/// Makes the skipped later steps after `delivery` (through skipped ones only) wait for it again:
+/// it is being sent again, and its new answer decides them.
+pub fn rearm_steps_after(t: &Connection, delivery: i64, now: i64) -> rusqlite::Result<usize> {
+    t.prepare_cached(
+        "WITH RECURSIVE chain(id) AS (
+             SELECT id FROM deliveries WHERE parent_id = ?1 AND status = 'skipped'
+             UNION ALL SELECT d.id FROM deliveries d JOIN chain c ON d.parent_id = c.id WHERE d.status = 'skipped')
+         UPDATE deliveries SET status = 'pending', next_at = ?3, last_error = NULL, updated_at = ?2
+         WHERE id IN (SELECT id FROM chain)",
+    )?
+    .execute(params![delivery, now, WAITING])
 }
 
 /// Whether a key of a destination has a pending delivery (its head, or ones waiting) or a held one.
