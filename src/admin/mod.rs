@@ -18,7 +18,7 @@
 //! | POST | `/api/v1/reload` | reload the config now (with PostgreSQL, every instance sharing the store reloads its own file) |
 //! | GET | `/api/v1/deliveries?status=&destination=&source=&since=&until=&before=&limit=` | newest first; `next` is the cursor for `before` |
 //! | GET | `/api/v1/events/{id}` | one event, its deliveries and every attempt |
-//! | POST | `/api/v1/replay` | body `{"ids": [...]}` (as planned), `{"dead": true, "destination": "d", "since": "1d"}`, or `{"reroute": [...]}` |
+//! | POST | `/api/v1/replay` | body `{"ids": [...]}` (as planned), `{"dead": true, "destination": "d", "since": "1d"}`, or `{"reroute": [...]}`; 409 for a later step of a chain never sent |
 //! | POST | `/api/v1/skip` | body `{"ids": [delivery ids]}`: ordered keys held by these dead or failed heads move on; answers `{"released": n}` |
 //! | GET | `/api/v1/destinations` | each destination: paused, breaker state, queue depth, oldest due, dead letters, keys held (ordered) |
 //! | POST | `/api/v1/destinations/{name}/pause` | body `{"reason": "..."}` optional |

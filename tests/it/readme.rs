@@ -86,7 +86,7 @@ fn the_reference_config_is_valid() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the documented reference config does not pass `check`:\n{stderr}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok — 2 sources, 2 destinations, 1 routes"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok — 2 sources, 4 destinations, 2 routes"));
 }
 
 /// `hookyard COMMAND --help`, once per command.
