@@ -102,5 +102,27 @@ fn route_and_plan(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, rules, signatures, route_and_plan);
+/// What a templated destination adds per delivery: rendering a URL (host label, path segment,
+/// query value) and a header from the 1 KiB push, only the read paths parsed.
+fn templates(c: &mut Criterion) {
+    use hookyard::template::{Template, Templates};
+    let mut t = Templates {
+        url: Some(
+            Template::url("https://{{ $.repository.owner.login }}.hooks.example.com/r/{{ $.repository.name }}/push?ref={{ $.ref }}")
+                .unwrap(),
+        ),
+        headers: vec![(http::HeaderName::from_static("x-event"), Template::header("{{ header:x-github-event }}").unwrap())],
+        ..Templates::default()
+    };
+    t.url.as_ref().unwrap().read_by(&mut t.projection);
+    t.reads_body = true;
+    let body = body();
+    let headers = vec![("x-github-event".to_string(), "push".to_string())];
+    assert!(t.render(&headers, &body, None).unwrap().url.unwrap().ends_with("push?ref=refs%2Fheads%2Fmain"));
+    c.bench_function("render_url_and_header_templates_1k", |b| {
+        b.iter(|| t.render(black_box(&headers), black_box(&body), None).unwrap())
+    });
+}
+
+criterion_group!(benches, rules, signatures, route_and_plan, templates);
 criterion_main!(benches);

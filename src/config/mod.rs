@@ -314,8 +314,13 @@ impl Config {
         // and the `null` such a value left, as its field's type sees it
         let null_of_unread =
             |e: &ConfigError| e.message.starts_with("invalid type: null") && self.poisoned.contains(&e.key);
-        let mut errors: Vec<ConfigError> =
-            errors.into_iter().filter(|e| !follow_on(&e.key) && !null_of_unread(e)).collect();
+        // a value that the config's checks and a component's build both refuse is reported once
+        let mut seen = std::collections::HashSet::new();
+        let mut errors: Vec<ConfigError> = errors
+            .into_iter()
+            .filter(|e| !follow_on(&e.key) && !null_of_unread(e))
+            .filter(|e| seen.insert((e.key.clone(), e.message.clone())))
+            .collect();
         errors.sort_by_key(|e| e.mark.map(|m| (m.line, m.col)));
         errors
     }

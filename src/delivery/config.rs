@@ -166,7 +166,7 @@ fn basics(d: &DestinationConfig) -> Result<(Option<http::Uri>, HeaderMap, Signer
         templates.url = Some(Template::url(&d.url).map_err(|e| KeyError::new(".url", e))?);
         None
     } else {
-        Some(d.url.parse().map_err(|e| KeyError::new(".url", format!("invalid URL: {e}")))?)
+        Some(d.url.parse().map_err(|e| KeyError::new(".url", format!("invalid URL \"{}\": {e}", d.url)))?)
     };
     let mut headers = HeaderMap::new();
     for (k, v) in &d.headers {

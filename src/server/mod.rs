@@ -177,7 +177,8 @@ impl State {
                 } else {
                     info!(event_id = %event.id, source = %source.name, bytes = event.body.len(), routes = ?names, deliveries = count, "event accepted");
                 }
-                // ordered deliveries waiting for their turn and batched ones are pending, not due
+                // ordered deliveries waiting for their turn, batched ones and later steps of chains are
+                // pending, not due
                 self.dispatcher.waiting(pending.saturating_sub(due.len()));
                 self.dispatcher.submit(due);
                 if !batched.is_empty() {

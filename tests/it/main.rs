@@ -8,6 +8,7 @@ mod harness;
 mod admin;
 mod app;
 mod batching;
+mod chains;
 mod cli;
 mod cluster;
 mod crash;
