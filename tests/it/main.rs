@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod delivery;
+mod export;
 mod ingress;
 mod logs;
 mod migrate;
