@@ -1,7 +1,8 @@
 //! The event log as a source of truth: `hookyard export` and `GET /api/v1/export` (every stored
 //! event as stored, in accept order, filtered, a page at a time in bounded memory), and `hookyard
 //! replay --reroute --since` (a time range of history through today's routes, one route, or one
-//! destination; paced; counted first), against a real gateway and real loopback receivers.
+//! destination; paced; counted first), against a real gateway and real loopback receivers. What
+//! reads the store runs on both backends: the SQLite file and a PostgreSQL schema of its own.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,7 +14,37 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use crate::harness::admin_api::write_in_place;
+use crate::harness::postgres::PgSchema;
 use crate::harness::*;
+
+/// Where a test's gateway (and the CLI pointed at its config) keeps the store: `None`, the SQLite
+/// file beside the config.
+type Backend = Option<PgSchema>;
+
+fn storage(backend: &Backend) -> String {
+    backend.as_ref().map(PgSchema::storage_yaml).unwrap_or_default()
+}
+
+/// Each named test as `<name>::sqlite` and `<name>::postgres`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(None).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(Some(crate::harness::postgres::PgSchema::new())).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    export_writes_each_event_as_stored_in_accept_order_with_its_filters,
+    replay_reroute_feeds_a_new_route_from_a_range_of_history_and_nothing_else,
+);
 
 async fn cli(config: &Path, args: &[&str]) -> Output {
     let mut cmd = hookyard();
@@ -32,7 +63,7 @@ fn ids(lines: &[Value]) -> Vec<String> {
 }
 
 /// Two sources: `app` routed to `old`, `pay` to `books`; `fresh` and the route `new` come later.
-fn config(old: &Sink, books: &Sink, fresh: Option<&Sink>) -> String {
+fn gateway_config(old: &Sink, books: &Sink, fresh: Option<&Sink>, backend: &Backend) -> String {
     let mut yaml = format!(
         r#"
 server: {{ listen: "127.0.0.1:0" }}
@@ -54,7 +85,7 @@ destinations:
     if fresh.is_some() {
         yaml += "  - { name: new, source: app, to: [fresh] }\n";
     }
-    yaml
+    yaml + &storage(backend)
 }
 
 /// Posts `n` events to `app` (bodies `{"n":i}`), one at a time, and returns their ids in accept
@@ -78,10 +109,9 @@ async fn stored(config: &Path, id: &str) -> Value {
     serde_json::from_str(&out.stdout).unwrap()
 }
 
-#[tokio::test]
-async fn export_writes_each_event_as_stored_in_accept_order_with_its_filters() {
+async fn export_writes_each_event_as_stored_in_accept_order_with_its_filters(backend: Backend) {
     let (old, books) = (Sink::start().await, Sink::start().await);
-    let gw = App::start_yaml(&config(&old, &books, None)).await;
+    let gw = App::start_yaml(&gateway_config(&old, &books, None, &backend)).await;
     let mut posted = post_app(&gw, 0, 2).await;
     // a body that is not UTF-8, on the other source
     let binary: &[u8] = b"\xff\xfe\x00raw";
@@ -306,12 +336,11 @@ async fn wait_delivered(gw: &App, route: &str, n: usize) -> Vec<(String, String,
     }
 }
 
-#[tokio::test]
-async fn replay_reroute_feeds_a_new_route_from_a_range_of_history_and_nothing_else() {
+async fn replay_reroute_feeds_a_new_route_from_a_range_of_history_and_nothing_else(backend: Backend) {
     let (old, books, fresh) = (Sink::start().await, Sink::start().await, Sink::start().await);
-    let gw = App::start_yaml(&config(&old, &books, None)).await;
+    let gw = App::start_yaml(&gateway_config(&old, &books, None, &backend)).await;
     let posted = post_app(&gw, 0, 6).await;
-    let paid = gw.post("/in/pay", &[], "{\"paid\":1}").await.accepted_id();
+    gw.post("/in/pay", &[], "{\"paid\":1}").await.accepted_id();
     old.wait_for(6, WAIT).await;
     books.wait_for(1, WAIT).await;
     let config = gw.config_path.clone();
@@ -319,7 +348,7 @@ async fn replay_reroute_feeds_a_new_route_from_a_range_of_history_and_nothing_el
         lines(&cli(&config, &["export"]).await).iter().map(|l| l["received_at_ms"].as_i64().unwrap()).collect();
 
     // a new downstream arrives: a destination and a route of its own
-    write_in_place(&config, &config_text(&old, &books, &fresh));
+    write_in_place(&config, &gateway_config(&old, &books, Some(&fresh), &backend));
     let reload = gw.admin().post_json("/api/v1/reload", "").await;
     assert!(reload["result"] == "reloaded" || reload["result"] == "unchanged", "{reload}");
     gw.admin()
@@ -387,7 +416,7 @@ async fn replay_reroute_feeds_a_new_route_from_a_range_of_history_and_nothing_el
     // a source that left the config: its events are skipped, counted and warned about
     write_in_place(
         &config,
-        &config_text(&old, &books, &fresh)
+        &gateway_config(&old, &books, Some(&fresh), &backend)
             .replace("  pay: { path: /in/pay, verify: { scheme: none } }\n", "")
             .replace("  - { name: bill, source: pay, to: [books] }\n", ""),
     );
@@ -416,17 +445,12 @@ async fn replay_reroute_feeds_a_new_route_from_a_range_of_history_and_nothing_el
         paid_to.stderr
     );
     assert!(paid_to.stderr.is_empty(), "{}", paid_to.stderr);
-    let _ = paid;
-}
-
-fn config_text(old: &Sink, books: &Sink, fresh: &Sink) -> String {
-    config(old, books, Some(fresh))
 }
 
 #[tokio::test]
 async fn replay_reroute_is_paced_and_refuses_what_it_cannot_do() {
     let (old, books, fresh) = (Sink::start().await, Sink::start().await, Sink::start().await);
-    let gw = App::start_yaml(&config(&old, &books, Some(&fresh))).await;
+    let gw = App::start_yaml(&gateway_config(&old, &books, Some(&fresh), &None)).await;
     let posted = post_app(&gw, 0, 30).await;
     fresh.wait_for(30, WAIT).await;
     let config = gw.config_path.clone();
