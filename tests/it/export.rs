@@ -271,15 +271,61 @@ async fn fill(config: &Path, n: usize) {
     }
 }
 
+/// A config whose store `fill` fills: one source and route, an admin listener for a gateway.
 fn store_only_config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("routes.yaml");
     std::fs::write(
         &path,
-        "server: { listen: \"127.0.0.1:0\" }\nstorage: { sync: normal }\nsources:\n  app: { path: /in, verify: { scheme: none } }\n\
+        "server: { listen: \"127.0.0.1:0\" }\nadmin: { listen: \"127.0.0.1:0\" }\nstorage: { sync: normal }\n\
+         sources:\n  app: { path: /in, verify: { scheme: none } }\n\
          destinations:\n  out: { url: \"http://127.0.0.1:9/\", sign: { scheme: none } }\nroutes:\n  - { name: main, source: app, to: [out] }\n",
     )
     .unwrap();
     path
+}
+
+#[tokio::test]
+async fn a_large_range_is_walked_a_page_at_a_time_each_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = store_only_config(dir.path());
+    fill(&config, 20_000).await;
+
+    // every page of the range routed once: the count is exact, and progress comes every 1000
+    let started = Instant::now();
+    let dry = cli(&config, &["replay", "--reroute", "--since", "1700000000000", "--dry-run"]).await;
+    let took = started.elapsed();
+    assert!(dry.status.success(), "{}", dry.stderr);
+    assert_eq!(
+        dry.stdout,
+        "dry run: 20000 events in range would plan 20000 deliveries; 0 matched no route; 0 skipped (source not in the config)\n"
+    );
+    // reported after the page that passes each next thousand (pages of 64 at the default body limit)
+    let progress: Vec<usize> = dry
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("progress: dry run: ")?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(progress.len(), 19, "{}", dry.stderr);
+    assert!(progress.windows(2).all(|w| (1000..1064).contains(&(w[1] - w[0]))), "{progress:?}");
+    eprintln!(
+        "replay --reroute --dry-run routed 20,000 events in {took:?} ({:.0} events/s)",
+        20_000.0 / took.as_secs_f64()
+    );
+
+    // a client of the admin API that goes away stops the export's reads
+    let gw = App::start_file(config.clone()).await;
+    let mut conn = tokio::net::TcpStream::connect(gw.admin_addr.unwrap()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut conn, b"GET /api/v1/export HTTP/1.1\r\nhost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    let mut start = vec![0u8; 64 * 1024];
+    conn.read_exact(&mut start).await.unwrap();
+    assert!(String::from_utf8_lossy(&start).starts_with("HTTP/1.1 200 OK\r\n"));
+    drop(conn);
+    let line = gw.wait_for_log("export: the client went away; stopped", WAIT).await;
+    let sent: usize = line.split("events=").nth(1).and_then(|n| n.split_whitespace().next()?.parse().ok()).unwrap();
+    assert!(sent < 20_000, "stopped after {sent} events, before the end: {line}");
+    eprintln!("the admin API's export stopped after {sent} of 20,000 events sent when its client went away");
 }
 
 #[tokio::test]
