@@ -405,8 +405,8 @@ pub async fn reroute_range(
         limit: page_size(snap.server.max_body_bytes).min(100),
     };
     let mut warned: Vec<String> = Vec::new();
-    let started = tokio::time::Instant::now();
-    let mut paced: u32 = 0;
+    let period = (range.rate > 0).then(|| Duration::from_secs_f64(1.0 / range.rate as f64));
+    let mut next_slot = tokio::time::Instant::now();
     loop {
         let page = store.export_events(filter.clone()).await?;
         let last_page = page.len() < filter.limit;
@@ -442,10 +442,11 @@ pub async fn reroute_range(
             if range.dry_run {
                 continue;
             }
-            if range.rate > 0 {
-                // event k goes at k/rate s: a steady pace, never a burst to catch up
-                tokio::time::sleep_until(started + Duration::from_secs_f64(paced as f64 / range.rate as f64)).await;
-                paced += 1;
+            if let Some(period) = period {
+                // one event a period; a slot missed (a slow page, a slow commit) is not made up
+                // for with a burst afterwards
+                tokio::time::sleep_until(next_slot).await;
+                next_slot = next_slot.max(tokio::time::Instant::now()) + period;
             }
             store.add_deliveries(e.id, deliveries).await?;
         }
