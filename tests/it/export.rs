@@ -459,6 +459,17 @@ async fn replay_reroute_feeds_a_new_route_from_a_range_of_history_and_nothing_el
     assert_eq!(msg_ids.len(), 6, "every replay has webhook-ids of its own");
     assert_eq!(fresh.wait_for(6, WAIT).await.len(), 6);
 
+    // the admin API acts when told to, and the gateway sends what it planned
+    let body = format!(
+        r#"{{"reroute": {{"since": "{since}", "until": "{until}", "route": "new", "rate": 0, "dry_run": false}}}}"#
+    );
+    let api = gw.admin().post_json("/api/v1/replay", &body).await;
+    assert_eq!(api, json!({"dry_run": false, "events": 3, "planned": 3, "unmatched": 0, "skipped": 0}));
+    let again = wait_delivered(&gw, "new", 6).await;
+    assert_eq!(again[3..].iter().map(|(event, _, _)| event.clone()).collect::<Vec<_>>(), posted[1..4]);
+    assert_eq!(fresh.wait_for(9, WAIT).await.len(), 9);
+    assert_eq!(old.requests().len(), 6, "the old destination still got nothing new");
+
     // a source that left the config: its events are skipped, counted and warned about
     write_in_place(
         &config,
