@@ -698,6 +698,40 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    /// What a client of an export sees when a page fails to be read: the pages before it, then
+    /// the connection closes without the chunked body's last chunk, so no client takes the cut
+    /// export for a whole one.
+    #[tokio::test]
+    async fn a_failed_page_cuts_the_response_short() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = hyper::service::service_fn(|_req| async {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(async move {
+                    tx.send(Ok(Bytes::from_static(b"{\"id\":\"evt_1\"}\n"))).await.unwrap();
+                    tx.send(Err("database error: gone".to_string())).await.unwrap();
+                });
+                Ok::<_, std::convert::Infallible>(Response::new(Pages(rx)))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /api/v1/export HTTP/1.1\r\nhost: admin\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), conn.read_to_end(&mut answer))
+            .await
+            .expect("the connection closes")
+            .unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.contains("transfer-encoding: chunked\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nF\r\n{\"id\":\"evt_1\"}\n\r\n"), "the page, then nothing: {answer:?}");
+    }
+
     #[test]
     fn filters_from_query_strings() {
         let f = parse_filter("status=dead&destination=chat%20ops&limit=5&before=99").unwrap();
