@@ -18,7 +18,8 @@
 //! | POST | `/api/v1/reload` | reload the config now (with PostgreSQL, every instance sharing the store reloads its own file) |
 //! | GET | `/api/v1/deliveries?status=&destination=&source=&since=&until=&before=&limit=` | newest first; `next` is the cursor for `before` |
 //! | GET | `/api/v1/events/{id}` | one event, its deliveries and every attempt |
-//! | POST | `/api/v1/replay` | body `{"ids": [...]}` (as planned), `{"dead": true, "destination": "d", "since": "1d"}`, or `{"reroute": [...]}`; 409 for a later step of a chain never sent |
+//! | GET | `/api/v1/export?source=&since=&until=&route=&deliveries=true` | stored events in accept order as NDJSON (`application/x-ndjson`, one event a line, as `hookyard export`), streamed a page at a time; an error midway cuts the response short (no clean end) |
+//! | POST | `/api/v1/replay` | body `{"ids": [...]}` (as planned), `{"dead": true, "destination": "d", "since": "1d"}`, `{"reroute": [...]}`, or `{"reroute": {"since": "1d", "until": .., "source": .., "route": .., "to": .., "rate": 50, "dry_run": false}}` (a time range of history; counts only unless `"dry_run": false`); 409 for a later step of a chain never sent |
 //! | POST | `/api/v1/skip` | body `{"ids": [delivery ids]}`: ordered keys held by these dead or failed heads move on; answers `{"released": n}` |
 //! | GET | `/api/v1/destinations` | each destination: paused, breaker state, queue depth, oldest due, dead letters, keys held (ordered) |
 //! | POST | `/api/v1/destinations/{name}/pause` | body `{"reason": "..."}` optional |
@@ -45,7 +46,7 @@ use crate::app::State;
 use crate::ops::{self, OpsError};
 use crate::reload::Reloader;
 use crate::store::cluster::Signal;
-use crate::store::{DeliveryFilter, DeliveryId, DeliveryRef, DestinationName, EventId, Inspect, Queue};
+use crate::store::{DeliveryFilter, DeliveryId, DeliveryRef, DestinationName, EventId, Inspect, Queue, RouteName};
 
 /// Largest admin request body (JSON commands are small).
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -59,6 +60,28 @@ pub struct Admin {
 }
 
 type Resp = Response<Full<Bytes>>;
+
+/// What the admin listener answers with: a whole JSON body, or an export's pages as they come.
+pub type Body = http_body_util::Either<Full<Bytes>, Pages>;
+
+/// A response body fed page by page through a bounded channel by the task that reads the store:
+/// at most one page waits in the channel while the next is read, so memory follows the page, not
+/// the export. A client that goes away drops this, which stops the task at its next page. A page
+/// that failed to be read ends the body with an error: the response stops short (no clean end
+/// of the chunked body), so a client cannot take a cut export for a whole one.
+pub struct Pages(tokio::sync::mpsc::Receiver<Result<Bytes, String>>);
+
+impl hyper::body::Body for Pages {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|page| page.map(|p| p.map(hyper::body::Frame::data).map_err(Into::into)))
+    }
+}
 
 fn reply(status: StatusCode, body: Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -82,6 +105,53 @@ fn ops_error(e: OpsError) -> Resp {
 }
 
 impl Admin {
+    /// Every request: an authorized export streams its pages; everything else is answered whole.
+    async fn respond(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() == Method::GET && req.uri().path() == "/api/v1/export" && self.authorized(&req) {
+            return self.export(req.uri().query().unwrap_or(""));
+        }
+        self.handle(req).await.map(http_body_util::Either::Left)
+    }
+
+    /// `GET /api/v1/export`: the same lines as `hookyard export`, a page at a time.
+    fn export(&self, query: &str) -> Response<Body> {
+        let left = |r: Resp| r.map(http_body_util::Either::Left);
+        let query = match parse_export(query) {
+            Ok(q) => q,
+            Err(e) => return left(ops_error(e)),
+        };
+        let page = ops::page_size(self.state.snapshot.load().server.max_body_bytes);
+        let mut export = match ops::Export::new(self.state.dispatcher.store().clone(), query, page) {
+            Ok(export) => export,
+            Err(e) => return left(ops_error(e)),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut events = 0;
+            loop {
+                let mut page = Vec::new();
+                match export.next_page(&mut page).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if tx.send(Ok(Bytes::from(page))).await.is_err() {
+                            tracing::info!(events, "export: the client went away; stopped");
+                            break;
+                        }
+                        events += n;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, events, "export failed; the response was cut short");
+                        let _ = tx.send(Err(e.to_string())).await;
+                        break;
+                    }
+                }
+            }
+        });
+        let mut r = Response::new(http_body_util::Either::Right(Pages(rx)));
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+        r
+    }
+
     fn authorized(&self, req: &Request<Incoming>) -> bool {
         let snap = self.state.snapshot.load();
         let Some(token) = &snap.admin.token else { return true };
@@ -289,9 +359,13 @@ impl Admin {
         let Ok(cmd) = serde_json::from_slice::<ReplayCommand>(body) else {
             return error(
                 StatusCode::BAD_REQUEST,
-                "expected {\"ids\": [..]}, {\"dead\": true, \"destination\": .., \"since\": ..} or {\"reroute\": [..]}",
+                "expected {\"ids\": [..]}, {\"dead\": true, \"destination\": .., \"since\": ..}, {\"reroute\": [..]} \
+                 or {\"reroute\": {\"since\": .., \"until\": .., \"source\": .., \"route\": .., \"to\": .., \"rate\": .., \"dry_run\": ..}}",
             );
         };
+        if let ReplayCommand { ids: None, dead: None | Some(false), reroute: Some(Reroute::Range(range)), .. } = cmd {
+            return self.reroute_range(range).await;
+        }
         let store = self.state.dispatcher.store();
         let result = match cmd {
             ReplayCommand { ids: Some(ids), dead: None | Some(false), reroute: None, .. } => {
@@ -304,7 +378,7 @@ impl Admin {
                 };
                 ops::replay_dead(store, destination, since).await
             }
-            ReplayCommand { ids: None, dead: None | Some(false), reroute: Some(ids), .. } => {
+            ReplayCommand { ids: None, dead: None | Some(false), reroute: Some(Reroute::Ids(ids)), .. } => {
                 let snap = self.state.snapshot.load_full();
                 ops::reroute(store, &snap, ids).await
             }
@@ -321,6 +395,60 @@ impl Admin {
 }
 
 impl Admin {
+    /// A time range of history routed again. It runs in a task of its own, so a client that
+    /// gives up waiting does not stop it half way: it runs to its end and logs its summary.
+    async fn reroute_range(&self, cmd: RerouteRangeCommand) -> Resp {
+        let now = SystemTime::now();
+        let time = |t: &str| ops::parse_since(t, now);
+        let range = match (time(&cmd.since), cmd.until.as_deref().map(time).transpose()) {
+            (Ok(since_ms), Ok(until_ms)) => ops::RerouteRange {
+                since_ms,
+                until_ms: until_ms.unwrap_or_else(|| crate::store::to_ms(now)),
+                source: cmd.source,
+                route: cmd.route,
+                to: cmd.to,
+                rate: cmd.rate.unwrap_or(ops::DEFAULT_REROUTE_RATE),
+                dry_run: cmd.dry_run.unwrap_or(true),
+            },
+            (Err(e), _) | (_, Err(e)) => return ops_error(e),
+        };
+        let snap = self.state.snapshot.load_full();
+        if let Err(e) = range.check(&snap) {
+            return ops_error(e);
+        }
+        let state = self.state.clone();
+        let task = tokio::spawn(async move {
+            let store = state.dispatcher.store().clone();
+            let mut reported = 0;
+            let result = ops::reroute_range(&store, &snap, range, |s| {
+                // the gateway sends what each page planned without waiting for its poll
+                state.dispatcher.wake();
+                if s.events >= reported + ops::REROUTE_PROGRESS_EVERY {
+                    reported = s.events;
+                    tracing::info!(events = s.events, planned = s.planned, "re-route of a range: progress");
+                }
+            })
+            .await;
+            match &result {
+                Ok(s) => tracing::info!(
+                    dry_run = s.dry_run,
+                    events = s.events,
+                    planned = s.planned,
+                    unmatched = s.unmatched,
+                    skipped = s.skipped,
+                    "re-route of a range done"
+                ),
+                Err(e) => warn!(error = %e, "re-route of a range failed; what it planned before stays planned"),
+            }
+            result
+        });
+        match task.await {
+            Ok(Ok(summary)) => reply(StatusCode::OK, json!(summary)),
+            Ok(Err(e)) => ops_error(e),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the re-route stopped: {e}")),
+        }
+    }
+
     async fn skip(&self, body: &[u8]) -> Resp {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -434,9 +562,30 @@ struct PurgeCommand {
 struct ReplayCommand {
     ids: Option<Vec<DeliveryRef>>,
     dead: Option<bool>,
-    reroute: Option<Vec<EventId>>,
+    reroute: Option<Reroute>,
     destination: Option<DestinationName>,
     since: Option<String>,
+}
+
+/// `"reroute"`: event ids, or a time range of history.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Reroute {
+    Ids(Vec<EventId>),
+    Range(RerouteRangeCommand),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RerouteRangeCommand {
+    since: String,
+    until: Option<String>,
+    source: Option<String>,
+    route: Option<RouteName>,
+    to: Option<DestinationName>,
+    rate: Option<u32>,
+    /// Default true: a range may be large, so the API counts unless told to act.
+    dry_run: Option<bool>,
 }
 
 #[derive(serde::Serialize)]
@@ -473,6 +622,30 @@ fn parse_filter(query: &str) -> Result<DeliveryFilter, OpsError> {
     Ok(f)
 }
 
+fn parse_export(query: &str) -> Result<ops::ExportQuery, OpsError> {
+    let mut q = ops::ExportQuery::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        match k {
+            "source" => q.source = Some(v),
+            "since" => q.since_ms = Some(ops::parse_since(&v, SystemTime::now())?),
+            "until" => q.until_ms = Some(ops::parse_since(&v, SystemTime::now())?),
+            "route" => q.route = Some(v.into()),
+            "deliveries" => {
+                q.deliveries = match v.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(OpsError::Invalid(format!("deliveries must be true or false, not \"{v}\""))),
+                }
+            }
+            other => return Err(OpsError::Invalid(format!("unknown query parameter \"{other}\""))),
+        }
+    }
+    q.check()?;
+    Ok(q)
+}
+
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
@@ -495,12 +668,13 @@ fn percent_decode(s: &str) -> String {
 }
 
 impl crate::server::listener::Handler for Admin {
+    type Body = Body;
     fn handle(
         &self,
         req: Request<Incoming>,
         _peer: std::net::SocketAddr,
-    ) -> impl std::future::Future<Output = Resp> + Send {
-        Admin::handle(self, req)
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
+        Admin::respond(self, req)
     }
 }
 
@@ -525,6 +699,40 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    /// What a client of an export sees when a page fails to be read: the pages before it, then
+    /// the connection closes without the chunked body's last chunk, so no client takes the cut
+    /// export for a whole one.
+    #[tokio::test]
+    async fn a_failed_page_cuts_the_response_short() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = hyper::service::service_fn(|_req| async {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(async move {
+                    tx.send(Ok(Bytes::from_static(b"{\"id\":\"evt_1\"}\n"))).await.unwrap();
+                    tx.send(Err("database error: gone".to_string())).await.unwrap();
+                });
+                Ok::<_, std::convert::Infallible>(Response::new(Pages(rx)))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /api/v1/export HTTP/1.1\r\nhost: admin\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), conn.read_to_end(&mut answer))
+            .await
+            .expect("the connection closes")
+            .unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.contains("transfer-encoding: chunked\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nF\r\n{\"id\":\"evt_1\"}\n\r\n"), "the page, then nothing: {answer:?}");
+    }
+
     #[test]
     fn filters_from_query_strings() {
         let f = parse_filter("status=dead&destination=chat%20ops&limit=5&before=99").unwrap();
@@ -534,5 +742,15 @@ mod tests {
         assert_eq!(parse_filter("colour=red").unwrap_err().to_string(), "unknown query parameter \"colour\"");
         assert_eq!(parse_filter("limit=x").unwrap_err().to_string(), "limit must be a number");
         assert_eq!(percent_decode("a%2Fb+c%zz"), "a/b c%zz");
+        let q = parse_export("source=app&route=new%20one&since=1000&until=2000&deliveries=true").unwrap();
+        assert_eq!(
+            (q.source.as_deref(), q.route.as_deref(), q.since_ms, q.until_ms, q.deliveries),
+            (Some("app"), Some("new one"), Some(1000), Some(2000), true)
+        );
+        assert_eq!(
+            parse_export("deliveries=yes").unwrap_err().to_string(),
+            "deliveries must be true or false, not \"yes\""
+        );
+        assert!(parse_export("since=2000&until=1000").unwrap_err().to_string().starts_with("until ("));
     }
 }

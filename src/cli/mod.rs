@@ -63,7 +63,11 @@ enum Command {
     Events(ops::EventsArgs),
     /// Show one event: its deliveries and every attempt.
     Event(ops::EventArgs),
-    /// Re-send deliveries as planned, all dead letters, or route events again (--reroute).
+    /// Write stored events (headers as stored, exact body, time, id; optionally their
+    /// deliveries) to stdout as NDJSON, in accept order, a page at a time.
+    Export(ops::ExportArgs),
+    /// Re-send deliveries as planned, all dead letters, or route events again (--reroute): by id,
+    /// or a time range of history (--since) through today's routes or into one destination.
     Replay(ops::ReplayArgs),
     /// Let ordered keys held by a dead or failed head (`on_dead: block`) move on: the head stays
     /// as it is, the next delivery of its key is sent.
@@ -103,6 +107,7 @@ pub fn main() -> ExitCode {
         Command::Receive(args) => with_runtime(receive::run(args)),
         Command::Events(args) => with_runtime(ops::events(args)),
         Command::Event(args) => with_runtime(ops::event(args)),
+        Command::Export(args) => with_runtime(ops::export(args)),
         Command::Replay(args) => with_runtime(ops::replay(args)),
         Command::Skip(args) => with_runtime(ops::skip(args)),
         Command::Pause(args) => with_runtime(ops::pause(args)),

@@ -1,5 +1,5 @@
-//! `hookyard events | event | replay | pause | resume`: the operations of `hookyard::ops` on the
-//! store named by the config. They work while the gateway runs (SQLite WAL allows a second
+//! `hookyard events | event | export | replay | pause | resume`: the operations of `hookyard::ops`
+//! on the store named by the config. They work while the gateway runs (SQLite WAL allows a second
 //! process); the running gateway sees replays and pauses within a second.
 
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use hookyard::ops;
 use hookyard::snapshot::Snapshot;
 use hookyard::store::{
-    DeliveryFilter, DeliveryId, DeliveryRef, DeliveryStatus, DestinationName, EventId, Inspect, Store,
+    DeliveryFilter, DeliveryId, DeliveryRef, DeliveryStatus, DestinationName, EventId, Inspect, RouteName, Store,
 };
 
 #[derive(clap::Args)]
@@ -47,6 +47,30 @@ pub struct EventArgs {
 }
 
 #[derive(clap::Args)]
+pub struct ExportArgs {
+    #[arg(long, short, default_value = "routes.yaml")]
+    config: PathBuf,
+    /// Only events of this source (one no longer in the config may still be in the store).
+    #[arg(long)]
+    source: Option<String>,
+    /// Only events received at or after this time: a duration back from now (`2h`, `7d`), an
+    /// RFC 3339 timestamp (`2026-12-04T10:00:00Z`) or unix milliseconds.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only events received before this time (exclusive), written as --since's.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only events with a delivery of this route (one no longer in the config may still be in
+    /// the store).
+    #[arg(long)]
+    route: Option<RouteName>,
+    /// Each event's deliveries too (all of them, whichever --route selected the event): route,
+    /// destination, webhook-id, status, attempts, last status and error.
+    #[arg(long)]
+    deliveries: bool,
+}
+
+#[derive(clap::Args)]
 pub struct ReplayArgs {
     #[arg(long, short, default_value = "routes.yaml")]
     config: PathBuf,
@@ -54,13 +78,39 @@ pub struct ReplayArgs {
     #[arg(long, conflicts_with = "reroute")]
     dead: bool,
     /// Route (and transform) the events again with the current config instead of re-sending the
-    /// deliveries as planned.
+    /// deliveries as planned: the events named by id, or every event of a time range (--since,
+    /// --until), in accept order.
     #[arg(long)]
     reroute: bool,
     #[arg(long, requires = "dead")]
     destination: Option<DestinationName>,
-    #[arg(long, requires = "dead")]
+    /// With --dead: dead letters since then. With --reroute: the range's start (events received
+    /// at or after). A duration back from now (`2h`, `7d`), an RFC 3339 timestamp
+    /// (`2026-12-04T10:00:00Z`) or unix milliseconds.
+    #[arg(long)]
     since: Option<String>,
+    /// The range's end (events received before it; exclusive), written as --since's. Default:
+    /// now, when the command starts.
+    #[arg(long, requires = "reroute")]
+    until: Option<String>,
+    /// Only the range's events of this source.
+    #[arg(long, requires = "reroute")]
+    source: Option<String>,
+    /// Match and plan only this route of the config (feed a new route from history; the other
+    /// routes' destinations get nothing again).
+    #[arg(long, requires = "reroute", conflicts_with = "to")]
+    route: Option<RouteName>,
+    /// Send each event of the range to this destination of the config, body and headers as
+    /// stored: no routing, no transform.
+    #[arg(long, requires = "reroute")]
+    to: Option<DestinationName>,
+    /// Events a second that plan deliveries (default 50; 0: no limit), so the downstream is not
+    /// flooded.
+    #[arg(long, requires = "reroute")]
+    rate: Option<u32>,
+    /// Count the range's events and the deliveries they would plan; plan nothing.
+    #[arg(long, requires = "reroute")]
+    dry_run: bool,
     /// Event ids (`evt_…`: all their deliveries) or delivery ids.
     ids: Vec<String>,
 }
@@ -186,7 +236,63 @@ pub async fn event(a: EventArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes NDJSON to stdout a page at a time (the page's buffer is the write buffer): memory holds
+/// one page whatever the log's size. A reader that goes away (`| head`) ends it, successfully.
+pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let (snap, store) = open(&a.config).await?;
+    let now = SystemTime::now();
+    let time = |t: &Option<String>| t.as_deref().map(|t| ops::parse_since(t, now)).transpose();
+    let query = ops::ExportQuery {
+        since_ms: time(&a.since)?,
+        until_ms: time(&a.until)?,
+        source: a.source,
+        route: a.route,
+        deliveries: a.deliveries,
+    };
+    // history may hold what the config no longer names: exported all the same
+    if let Some(source) = query.source.as_deref().filter(|s| snap.source_by_name(s).is_none()) {
+        eprintln!("warning: source {source:?} is not in the current config; exporting what the store holds of it");
+    }
+    if let Some(route) = query.route.as_deref().filter(|r| !snap.routes.iter().any(|x| &*x.name == *r)) {
+        eprintln!("warning: route {route:?} is not in the current config; exporting what the store holds of it");
+    }
+    let mut export = ops::Export::new(store, query, ops::page_size(snap.server.max_body_bytes))?;
+    let mut page = Vec::new();
+    let mut out = std::io::stdout().lock();
+    loop {
+        page.clear();
+        if export.next_page(&mut page).await? == 0 {
+            break;
+        }
+        match out.write_all(&page) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            Err(e) => return Err(anyhow::anyhow!("cannot write the export to stdout: {e}")),
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("cannot write the export to stdout: {e}"))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
 pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let ranged = a.since.is_some()
+        || a.until.is_some()
+        || a.source.is_some()
+        || a.route.is_some()
+        || a.to.is_some()
+        || a.rate.is_some()
+        || a.dry_run;
+    if a.reroute && ranged {
+        return replay_range(a).await;
+    }
+    if a.since.is_some() && !a.dead {
+        anyhow::bail!("--since goes with --dead or --reroute");
+    }
     let (snap, store) = open(&a.config).await?;
     let n = if a.dead {
         if !a.ids.is_empty() {
@@ -198,11 +304,57 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         let since = a.since.as_deref().map(|s| ops::parse_since(s, SystemTime::now())).transpose()?;
         ops::replay_dead(&store, a.destination, since).await?
     } else if a.reroute {
+        if a.ids.is_empty() {
+            anyhow::bail!("--reroute needs event ids, or a time range: --since (and --until)");
+        }
         ops::reroute(&store, &snap, a.ids.into_iter().map(EventId::from).collect()).await?
     } else {
         ops::replay(&store, a.ids.iter().map(|id| DeliveryRef::parse(id)).collect()).await?
     };
     println!("{n} deliver{} queued", if n == 1 { "y" } else { "ies" });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `replay --reroute --since …`: the range's summary on stdout at the end (the whole output of
+/// a dry run), progress on stderr as it goes.
+async fn replay_range(a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    if !a.ids.is_empty() {
+        anyhow::bail!("give either event ids or a time range (--since), not both");
+    }
+    let Some(since) = a.since.as_deref() else {
+        anyhow::bail!("a time range needs --since (and --until, default now)");
+    };
+    let (snap, store) = open(&a.config).await?;
+    let now = SystemTime::now();
+    let range = ops::RerouteRange {
+        since_ms: ops::parse_since(since, now)?,
+        until_ms: match a.until.as_deref() {
+            Some(until) => ops::parse_since(until, now)?,
+            None => hookyard::store::to_ms(now),
+        },
+        source: a.source,
+        route: a.route,
+        to: a.to,
+        rate: a.rate.unwrap_or(ops::DEFAULT_REROUTE_RATE),
+        dry_run: a.dry_run,
+    };
+    range.check(&snap)?;
+    if let Some(source) = range.source.as_deref().filter(|s| snap.source_by_name(s).is_none())
+        && range.to.is_none()
+    {
+        eprintln!(
+            "warning: source {source:?} is not in the current config: its events can only be skipped (--to sends them)"
+        );
+    }
+    let mut reported = 0;
+    let summary = ops::reroute_range(&store, &snap, range, |s| {
+        if s.events >= reported + ops::REROUTE_PROGRESS_EVERY {
+            reported = s.events;
+            eprintln!("progress: {s}");
+        }
+    })
+    .await?;
+    println!("{summary}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -243,6 +243,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl listener::Handler for State {
+    type Body = http_body_util::Full<bytes::Bytes>;
     fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = Resp> + Send {
         State::handle(self, req, peer)
     }

@@ -23,7 +23,7 @@ use http::HeaderMap;
 pub use event::{Event, EventId};
 pub use plugins::Plugins;
 pub use route::Route;
-pub use routing::{RouteNote, Routed};
+pub use routing::{REPLAY_ROUTE, RouteNote, Routed};
 pub use source::{Dedupe, DedupeKey, EventTypeAt, Source};
 
 use crate::config::{

@@ -13,6 +13,10 @@ use crate::plugin::{EventRef, Outcome, run_chain};
 use crate::rules::EventView;
 use crate::store::{DestinationName, DueDelivery, NewDelivery, OrderSpec, RouteName};
 
+/// The route name of a delivery `replay --reroute --to` planned, which no route made: `hookyard
+/// events` and an export show where it came from.
+pub const REPLAY_ROUTE: &str = "(replay)";
+
 /// Everything routing decided for one event.
 #[derive(Debug, Default)]
 pub struct Routed {
@@ -45,6 +49,13 @@ impl Snapshot {
     /// `webhook-id`s: the event id, or a fresh key when re-routing, so receivers do not take the
     /// new deliveries for duplicates.
     pub async fn route(&self, source: &Source, event: &Event, id_key: &str) -> Routed {
+        self.route_only(source, event, id_key, None).await
+    }
+
+    /// [`Snapshot::route`], but with `only`, of the source's routes only the one of that name is
+    /// matched and planned: `replay --reroute --route R` feeds history to a new route without the
+    /// other routes' transforms running or their destinations receiving anything again.
+    pub async fn route_only(&self, source: &Source, event: &Event, id_key: &str, only: Option<&str>) -> Routed {
         let json = if !source.needs_body {
             None
         } else if crate::verify::is_form(&event.headers) {
@@ -54,8 +65,13 @@ impl Snapshot {
         };
         let event_type = event_type(source, event, json.as_ref());
         let view = EventView { headers: &event.headers, body: json.as_ref(), event_type: event_type.as_deref() };
-        let matched: Vec<usize> =
-            source.routes.iter().copied().filter(|i| self.routes[*i].rule.matches(&view)).collect();
+        let matched: Vec<usize> = source
+            .routes
+            .iter()
+            .copied()
+            .filter(|i| only.is_none_or(|name| *self.routes[*i].name == *name))
+            .filter(|i| self.routes[*i].rule.matches(&view))
+            .collect();
         let dedupe_key = dedupe_key(source, event, json.as_ref());
         drop(json);
         // computed once: stored with the event and handed to plugins
@@ -188,6 +204,35 @@ impl Snapshot {
                 d.order = Some(OrderSpec { key: ordering.key_of(&event.headers, body), block: ordering.blocks() });
             }
         }
+    }
+
+    /// One delivery of `event` straight to `destination` (`replay --reroute --to`): no route, no
+    /// transform, the body and forwardable headers as stored, under the route name
+    /// [`REPLAY_ROUTE`]; its `webhook-id` is seeded by `id_key` (fresh per replay). An ordered or
+    /// batched destination orders or batches it as it would any delivery, and a templated one
+    /// renders its templates from the stored headers and body.
+    pub fn plan_to(
+        &self,
+        event: &Event,
+        stored_headers: &[(String, String)],
+        id_key: &str,
+        destination: &DestinationName,
+    ) -> NewDelivery {
+        let mut d = [NewDelivery {
+            route: RouteName(REPLAY_ROUTE.into()),
+            destination: destination.clone(),
+            msg_id: message_id(id_key, REPLAY_ROUTE, destination),
+            body: None,
+            headers: None,
+            failed: None,
+            order: None,
+            batch: false,
+            url: None,
+            after: None,
+        }];
+        self.place_in_order(event, stored_headers, &mut d);
+        let [d] = d;
+        d
     }
 
     /// The later steps of `route` for the deliveries of one output, `out[first..]`: each follows

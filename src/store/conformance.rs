@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use super::{
     Accepted, AttemptRecord, Backend, BatchLimits, Cancellation, DeliveryFilter, DeliveryId, DeliveryRef,
-    DeliverySelection, DeliveryStatus, DestinationName, DestinationStats, DueDelivery, Formation, MAX_RESPONSE_KEPT,
-    NewDelivery, NewEvent, OrderSpec, Purged, Settle, StepDecision, StoreError, now_ms,
+    DeliverySelection, DeliveryStatus, DestinationName, DestinationStats, DueDelivery, ExportFilter, Formation,
+    MAX_RESPONSE_KEPT, NewDelivery, NewEvent, OrderSpec, Purged, Settle, StepDecision, StoreError, now_ms,
 };
 
 /// One `#[test]` per behaviour, each on a store `$fresh().await` opens, which returns the store
@@ -38,6 +38,7 @@ macro_rules! conformance_suite {
             a_replayed_ordered_delivery_goes_back_to_its_place,
             cancelling_a_head_and_sweeping_stalled_keys_advance_them,
             batches_close_at_the_first_limit_and_settle_their_members,
+            export_pages_the_log_in_accept_order_with_its_filters,
             a_later_step_waits_for_the_one_before_and_is_released_with_its_request,
             a_step_that_does_not_go_on_skips_the_chain_after_it_and_a_replay_resumes_it,
             replaying_or_cancelling_a_chain,
@@ -662,6 +663,90 @@ pub async fn batches_close_at_the_first_limit_and_settle_their_members(store: im
     assert_eq!(store.cancel(selection, "operator".into(), None).await.unwrap(), 1);
     assert!(store.load_batch(b4, t).await.unwrap().is_none(), "nothing left to send");
     assert!(!store.due_batches(t, 10, vec![]).await.unwrap().iter().any(|(b, _)| *b == b4), "and it is no longer due");
+}
+
+/// Every page of [`Inspect::export_events`] for `filter`, `limit` events at a time, as event ids.
+async fn export_walk(store: &impl Backend, filter: ExportFilter, limit: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut filter = ExportFilter { limit, after: None, ..filter };
+    loop {
+        let page = store.export_events(filter.clone()).await.unwrap();
+        assert!(page.len() <= limit, "a page of {} events for a limit of {limit}", page.len());
+        let Some(last) = page.last() else { return ids };
+        filter.after = Some(last.cursor());
+        ids.extend(page.iter().map(|e| e.id.to_string()));
+    }
+}
+
+pub(crate) async fn export_pages_the_log_in_accept_order_with_its_filters(store: impl Backend) {
+    // accepted out of order, three of them in one millisecond (ordered there by id)
+    let log: [(&str, i64, &str, &str); 6] = [
+        ("evt_c", 1_000, "github", "main"),
+        ("evt_a", 1_000, "github", "main"),
+        ("evt_b", 1_000, "stripe", "billing"),
+        ("evt_d", 2_000, "github", "billing"),
+        ("evt_0", 500, "stripe", "main"),
+        ("evt_e", 3_000, "github", "main"),
+    ];
+    for (id, at, source, route) in log {
+        let ev = NewEvent {
+            source: source.into(),
+            body: if id == "evt_d" {
+                Bytes::from_static(b"\xff\x00not utf-8")
+            } else {
+                Bytes::from(format!("{{\"id\":\"{id}\"}}"))
+            },
+            ..event(id, None, at)
+        };
+        stored(store.accept(ev, vec![NewDelivery { route: route.into(), ..delivery("a") }], None).await.unwrap());
+    }
+    let all = ["evt_0", "evt_a", "evt_b", "evt_c", "evt_d", "evt_e"];
+    // page sizes that end pages inside the shared millisecond, at its end, and past the log
+    for limit in [1, 2, 4, 100] {
+        assert_eq!(export_walk(&store, ExportFilter::default(), limit).await, all, "pages of {limit}");
+    }
+    let since_until = ExportFilter { since_ms: Some(1_000), until_ms: Some(3_000), ..Default::default() };
+    assert_eq!(export_walk(&store, since_until, 2).await, ["evt_a", "evt_b", "evt_c", "evt_d"], "until is exclusive");
+    let stripe = ExportFilter { source: Some("stripe".into()), ..Default::default() };
+    assert_eq!(export_walk(&store, stripe, 1).await, ["evt_0", "evt_b"]);
+    let billing = ExportFilter { route: Some("billing".into()), ..Default::default() };
+    assert_eq!(export_walk(&store, billing, 1).await, ["evt_b", "evt_d"]);
+    let nothing = ExportFilter { source: Some("gone".into()), ..Default::default() };
+    assert!(export_walk(&store, nothing, 10).await.is_empty());
+
+    // what arrived comes back as it was stored; deliveries only when asked, one list per event
+    let page = store.export_events(ExportFilter { limit: 10, ..Default::default() }).await.unwrap();
+    let d = page.iter().find(|e| e.id == "evt_d").unwrap();
+    assert_eq!((d.source.as_str(), d.received_at_ms), ("github", 2_000));
+    assert_eq!(d.headers, [("x-github-event".to_string(), "push".to_string())]);
+    assert_eq!(&d.body[..], b"\xff\x00not utf-8");
+    assert!(page.iter().all(|e| e.deliveries.is_empty()), "no deliveries unless asked");
+
+    // a second delivery of one event, re-routed later, comes with it
+    store.add_deliveries("evt_a".into(), vec![NewDelivery { route: "later".into(), ..delivery("b") }]).await.unwrap();
+    let page = store
+        .export_events(ExportFilter { deliveries: true, until_ms: Some(2_000), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
+    let planned: Vec<String> = page
+        .iter()
+        .map(|e| {
+            let ds: Vec<String> =
+                e.deliveries.iter().map(|d| format!("{}>{} {}", d.route, d.destination, d.status)).collect();
+            format!("{}: {}", e.id, ds.join(", "))
+        })
+        .collect();
+    assert_eq!(
+        planned,
+        [
+            "evt_0: main>a pending",
+            "evt_a: main>a pending, later>b pending",
+            "evt_b: billing>a pending",
+            "evt_c: main>a pending"
+        ]
+    );
+    let later = ExportFilter { route: Some("later".into()), ..Default::default() };
+    assert_eq!(export_walk(&store, later, 10).await, ["evt_a"], "a route filter sees re-routed deliveries");
 }
 
 /// An event to crm, then billing after crm, then notify after billing (`then:`), with crm's URL

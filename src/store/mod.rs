@@ -512,6 +512,53 @@ pub struct RawEvent {
     pub body: Bytes,
 }
 
+/// Which stored events [`Inspect::export_events`] pages through, in accept order.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFilter {
+    pub source: Option<String>,
+    /// Received at or after this time (unix ms).
+    pub since_ms: Option<i64>,
+    /// Received before this time (unix ms; exclusive, so consecutive ranges never overlap).
+    pub until_ms: Option<i64>,
+    /// Only events with at least one delivery of this route (planned when they arrived or by a
+    /// re-route since).
+    pub route: Option<RouteName>,
+    /// Cursor: only events after this one in accept order (the last of the previous page).
+    pub after: Option<ExportCursor>,
+    /// Load each event's deliveries too (one query per page, not one per event).
+    pub deliveries: bool,
+    pub limit: usize,
+}
+
+/// A place in accept order: `(received_at, id)`, the order the event log keeps. Events received
+/// in the same millisecond follow their ids' order (random within the millisecond), which is
+/// total and stable, so keyset pages neither skip nor repeat one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportCursor {
+    pub received_at_ms: i64,
+    pub id: EventId,
+}
+
+/// A stored event as [`Inspect::export_events`] returns it: what arrived (headers as stored,
+/// credentials and signatures removed; the body's exact bytes) and, when asked, its deliveries
+/// (by id).
+#[derive(Debug, Clone)]
+pub struct ExportedEvent {
+    pub id: EventId,
+    pub source: String,
+    pub received_at_ms: i64,
+    pub headers: Headers,
+    pub body: Bytes,
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+impl ExportedEvent {
+    /// Where the next page starts when this event ends one.
+    pub fn cursor(&self) -> ExportCursor {
+        ExportCursor { received_at_ms: self.received_at_ms, id: self.id.clone() }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationStats {
     pub destination: DestinationName,
@@ -756,6 +803,11 @@ pub trait Inspect: Clone + Send + Sync + 'static {
 
     /// The raw event (for re-routing).
     fn raw_event(&self, id: EventId) -> impl Future<Output = Result<Option<RawEvent>>> + Send;
+
+    /// Stored events matching `filter`, in accept order (see [`ExportCursor`]), at most
+    /// `filter.limit`, after `filter.after`: one page of a walk of the event log that holds one
+    /// page in memory whatever the log's size.
+    fn export_events(&self, filter: ExportFilter) -> impl Future<Output = Result<Vec<ExportedEvent>>> + Send;
 
     /// Re-sends deliveries as planned: every delivery of the given events or the given
     /// deliveries becomes pending and due now, keeping its `webhook-id`.
@@ -1057,6 +1109,9 @@ impl Inspect for Store {
     }
     async fn raw_event(&self, id: EventId) -> Result<Option<RawEvent>> {
         on_backend!(self, b => b.raw_event(id).await)
+    }
+    async fn export_events(&self, filter: ExportFilter) -> Result<Vec<ExportedEvent>> {
+        on_backend!(self, b => b.export_events(filter).await)
     }
     async fn replay(&self, ids: Vec<DeliveryRef>) -> Result<usize> {
         on_backend!(self, b => b.replay(ids).await)

@@ -82,6 +82,8 @@ const PROTECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/deliveries?limit=5", ""),
     ("GET", "/api/v1/events/evt_00000000000000000000000000000000", ""),
     ("POST", "/api/v1/replay", r#"{"ids":["evt_00000000000000000000000000000000"]}"#),
+    ("GET", "/api/v1/export?since=1h", ""),
+    ("POST", "/api/v1/replay", r#"{"reroute":{"since":"1h"}}"#),
     ("GET", "/api/v1/destinations", ""),
     ("POST", "/api/v1/destinations/out/pause", r#"{"reason":"not allowed"}"#),
     ("POST", "/api/v1/destinations/out/resume", ""),

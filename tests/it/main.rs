@@ -13,6 +13,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod delivery;
+mod export;
 mod ingress;
 mod logs;
 mod migrate;

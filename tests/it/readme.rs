@@ -195,7 +195,8 @@ fn every_command_the_docs_show_exists_with_its_flags() {
             }
         }
     }
-    for command in ["run", "check", "send", "receive", "events", "replay", "plugin test", "reload", "status"] {
+    for command in ["run", "check", "send", "receive", "events", "export", "replay", "plugin test", "reload", "status"]
+    {
         assert!(seen.contains(command), "no document shows `hookyard {command}`: {seen:?}");
     }
 }
@@ -222,6 +223,7 @@ fn the_commands_that_take_config_are_the_documented_ones() {
         "receive",
         "events",
         "event",
+        "export",
         "replay",
         "pause",
         "resume",

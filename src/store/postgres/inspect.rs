@@ -14,8 +14,8 @@ use super::{PgStore, db};
 use crate::store::cluster::Signal;
 use crate::store::{
     AttemptRow, Cancellation, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryRef, DeliveryRow, DeliverySelection,
-    DeliveryStatus, DestinationName, DestinationStats, EventDetail, EventId, Inspect, Purged, Queue, RawEvent, Result,
-    StoreError, WAITING, now_ms, step_refusal,
+    DeliveryStatus, DestinationName, DestinationStats, EventDetail, EventId, ExportFilter, ExportedEvent, Inspect,
+    Purged, Queue, RawEvent, Result, StoreError, WAITING, now_ms, step_refusal,
 };
 
 /// The pending deliveries a selection names (`$1`: delivery ids, NULL when selecting by filter,
@@ -199,6 +199,62 @@ impl Inspect for PgStore {
             headers: serde_json::from_str(r.get(2)).unwrap_or_default(),
             body: Bytes::copy_from_slice(r.get(3)),
         }))
+    }
+
+    async fn export_events(&self, f: ExportFilter) -> Result<Vec<ExportedEvent>> {
+        let c = self.conn().await?;
+        let (after_at, after_id) = f.after.map(|a| (a.received_at_ms, a.id.as_str().to_string())).unzip();
+        let route = f.route.as_ref().map(|r| r.as_str());
+        // ids compared and sorted bytewise (`C`), as SQLite does, whatever the database's collation;
+        // one lower bound, the later of `since` and the cursor's time, so the scan of the index on
+        // received_at starts at the cursor
+        let rows = c
+            .query(
+                r#"SELECT e.id, e.source, e.received_at, e.headers, e.body FROM events e
+                 WHERE ($1::text IS NULL OR e.source = $1::text)
+                   AND e.received_at >= GREATEST($2::int8, $5::int8, -9223372036854775808)
+                   AND e.received_at < COALESCE($3::int8, 9223372036854775807)
+                   AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.route = $4::text))
+                   AND ($5::int8 IS NULL OR e.received_at > $5::int8 OR e.id COLLATE "C" > $6::text)
+                 ORDER BY e.received_at, e.id COLLATE "C" LIMIT $7"#,
+                &[&f.source, &f.since_ms, &f.until_ms, &route, &after_at, &after_id, &(f.limit as i64)],
+            )
+            .await
+            .map_err(db)?;
+        let mut events: Vec<ExportedEvent> = rows
+            .iter()
+            .map(|r| ExportedEvent {
+                id: EventId::from(r.get::<_, &str>(0)),
+                source: r.get(1),
+                received_at_ms: r.get(2),
+                headers: serde_json::from_str(r.get(3)).unwrap_or_default(),
+                body: Bytes::copy_from_slice(r.get(4)),
+                deliveries: Vec::new(),
+            })
+            .collect();
+        if f.deliveries && !events.is_empty() {
+            let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
+                           LEFT JOIN cancellations c ON c.delivery_id = d.id AND d.status = 'cancelled'
+                         WHERE d.event_id = ANY($1::text[]) ORDER BY d.id"
+                    ),
+                    &[&ids],
+                )
+                .await
+                .map_err(db)?;
+            let mut by_event: std::collections::HashMap<EventId, Vec<DeliveryRow>> = Default::default();
+            for r in &rows {
+                let row = delivery_row(r)?;
+                by_event.entry(row.event_id.clone()).or_default().push(row);
+            }
+            for e in &mut events {
+                e.deliveries = by_event.remove(&e.id).unwrap_or_default();
+            }
+        }
+        Ok(events)
     }
 
     async fn replay(&self, ids: Vec<DeliveryRef>) -> Result<usize> {

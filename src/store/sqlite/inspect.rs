@@ -12,8 +12,8 @@ use super::SqliteStore;
 use super::writer;
 use crate::store::{
     AttemptRow, Cancellation, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryRef, DeliveryRow, DeliverySelection,
-    DeliveryStatus, DestinationName, DestinationStats, EventDetail, EventId, Inspect, Purged, RawEvent, Result,
-    StoreError, WAITING, now_ms, step_refusal,
+    DeliveryStatus, DestinationName, DestinationStats, EventDetail, EventId, ExportFilter, ExportedEvent, Inspect,
+    Purged, RawEvent, Result, StoreError, WAITING, now_ms, step_refusal,
 };
 
 /// The pending deliveries a selection names (`?1`: delivery ids as JSON or NULL when selecting
@@ -208,6 +208,64 @@ impl Inspect for SqliteStore {
                 })
             })
             .optional()
+        })
+        .await
+    }
+
+    async fn export_events(&self, f: ExportFilter) -> Result<Vec<ExportedEvent>> {
+        self.read(move |c| {
+            let (after_at, after_id) = f.after.map(|a| (a.received_at_ms, a.id)).unzip();
+            // one lower bound, the later of `since` and the cursor's time: the scan of the index on
+            // received_at starts at the cursor (not at `since`, page after page), and only the
+            // cursor's own millisecond is sorted by id
+            let mut st = c.prepare_cached(
+                "SELECT e.id, e.source, e.received_at, e.headers, e.body FROM events e
+                 WHERE (?1 IS NULL OR e.source = ?1)
+                   AND e.received_at >= MAX(COALESCE(?2, -9223372036854775808), COALESCE(?5, -9223372036854775808))
+                   AND e.received_at < COALESCE(?3, 9223372036854775807)
+                   AND (?4 IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.route = ?4))
+                   AND (?5 IS NULL OR e.received_at > ?5 OR e.id > ?6)
+                 ORDER BY e.received_at, e.id LIMIT ?7",
+            )?;
+            let mut events: Vec<ExportedEvent> = st
+                .query_map(
+                    params![f.source, f.since_ms, f.until_ms, f.route, after_at, after_id, f.limit as i64],
+                    |r| {
+                        let headers: String = r.get(3)?;
+                        Ok(ExportedEvent {
+                            id: r.get(0)?,
+                            source: r.get(1)?,
+                            received_at_ms: r.get(2)?,
+                            headers: serde_json::from_str(&headers).unwrap_or_default(),
+                            body: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+                            deliveries: Vec::new(),
+                        })
+                    },
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            if f.deliveries && !events.is_empty() {
+                let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+                let ids = serde_json::to_string(&ids).expect("strings serialize");
+                let mut st = c.prepare_cached(
+                    "SELECT d.id, d.event_id, e.source, d.route, d.destination, d.msg_id, d.status, d.attempts, d.next_at,
+                            d.created_at, d.updated_at, d.last_status, d.last_error, c.actor, c.reason, c.at, d.order_key,
+                            d.held, d.batch_id, bt.msg_id, d.parent_id,
+                            (SELECT url FROM delivery_bodies WHERE delivery_id = d.id)
+                     FROM deliveries d JOIN events e ON e.id = d.event_id
+                       LEFT JOIN cancellations c ON c.delivery_id = d.id AND d.status = 'cancelled'
+                       LEFT JOIN batches bt ON bt.id = d.batch_id
+                     WHERE d.event_id IN (SELECT value FROM json_each(?1)) ORDER BY d.id",
+                )?;
+                let mut by_event: std::collections::HashMap<EventId, Vec<DeliveryRow>> = Default::default();
+                for row in st.query_map([ids], delivery_row)? {
+                    let row = row?;
+                    by_event.entry(row.event_id.clone()).or_default().push(row);
+                }
+                for e in &mut events {
+                    e.deliveries = by_event.remove(&e.id).unwrap_or_default();
+                }
+            }
+            Ok(events)
         })
         .await
     }
