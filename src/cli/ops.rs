@@ -198,14 +198,17 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
             "DELIVERY", "EVENT", "SOURCE", "ROUTE", "DESTINATION", "STATUS", "TRY"
         );
         for r in &rows {
-            // an ordered delivery waiting for its turn, and a head holding its key, say so
+            // a delivery waiting (for its turn, a batch, the step before it), and a head holding its
+            // key, say so
             let status = if r.waiting { "waiting".to_string() } else { r.status.to_string() };
             let held = match (&r.order_key, r.held) {
                 (Some(key), true) => format!(" [holds key \"{key}\": `hookyard skip {}` or replay it]", r.id),
                 _ => String::new(),
             };
+            // a later step of a chain names the delivery it follows
+            let after = r.after.map(|p| format!(" [after {p}]")).unwrap_or_default();
             println!(
-                "{:>8}  {:<36}  {:<10}  {:<20}  {:<14}  {:<9}  {:>3}  {}{held}",
+                "{:>8}  {:<36}  {:<10}  {:<20}  {:<14}  {:<9}  {:>3}  {}{held}{after}",
                 r.id,
                 r.event_id,
                 r.source,

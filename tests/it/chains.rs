@@ -484,6 +484,11 @@ async fn a_failing_first_step_holds_the_next_until_it_recovers() {
     assert_eq!(db["after"], dc["id"], "{ev:#}");
     assert_eq!(db["attempts"], 0, "{ev:#}");
     assert_eq!(db["attempt_log"], json!([]), "{ev:#}");
+    // `hookyard events` shows the step waiting, and after which delivery
+    let out = cli(&gw.config_path, &["events", "--destination", "billing"]).await;
+    let listing = &out.stdout;
+    let line = listing.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("no line for {id}:\n{listing}"));
+    assert!(line.contains(" waiting ") && line.ends_with(&format!("[after {}]", dc["id"])), "{listing}");
     gate.add_permits(1);
 
     receiver.wait_until(WAIT, "billing answered", |h| h.iter().any(|h| h.is_billing() && h.delivered())).await;
