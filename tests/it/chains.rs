@@ -881,3 +881,70 @@ routes:
     ];
     assert_eq!(lines, want, "stderr:\n{}", out.stderr);
 }
+
+/// A templated host: events name their host (`127.0.0.{{ $.host }}`, a loopback address each),
+/// each host gets its own connection pool, at most `max_hosts: 1` at a time (so the pools are
+/// dropped and made again as hosts alternate), and every request arrives at its host. A host the
+/// egress guard refuses (outside `egress.allow`) is refused at the attempt like a configured one:
+/// the delivery fails with the guard's reason, nothing is sent.
+#[tokio::test]
+async fn a_templated_host_gets_its_own_pool_and_passes_the_egress_guard() {
+    // two receivers on one port, on 127.0.0.2 and 127.0.0.3
+    let (a, b) = 'bind: {
+        for _ in 0..20 {
+            let a = Sink::at("127.0.0.2:0", Vec::new()).await.expect("bind 127.0.0.2");
+            if let Ok(b) = Sink::at(&format!("127.0.0.3:{}", a.addr.port()), Vec::new()).await {
+                break 'bind (a, b);
+            }
+        }
+        panic!("no port free on both 127.0.0.2 and 127.0.0.3");
+    };
+    let yaml = format!(
+        r#"server: {{ listen: "127.0.0.1:0" }}
+egress: {{ allow: [127.0.0.2/32, 127.0.0.3/32] }}
+sources:
+  app: {{ path: /in, verify: {{ scheme: none }} }}
+destinations:
+  tenants:
+    url: "http://127.0.0.{{{{ $.host }}}}:{port}/in/{{{{ $.tenant }}}}"
+    max_hosts: 1
+    sign: {{ scheme: none }}
+    retry: {{ schedule: [100ms], jitter: 0, throttle_floor: 0s }}
+routes:
+  - {{ name: all, source: app, to: [tenants] }}
+"#,
+        port = a.addr.port()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let host = if n % 2 == 0 { 2 } else { 3 };
+        ids.push(post(&gw, None, json!({"host": host, "tenant": format!("t{n}")})).await);
+    }
+    let to_a = a.wait_for(3, WAIT).await;
+    let to_b = b.wait_for(3, WAIT).await;
+    let paths = |r: &[Recorded]| r.iter().map(|r| r.path.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(paths(&to_a), ["/in/t0", "/in/t2", "/in/t4"].map(String::from).into());
+    assert_eq!(paths(&to_b), ["/in/t1", "/in/t3", "/in/t5"].map(String::from).into());
+    for (n, id) in ids.iter().enumerate() {
+        let ev = wait_event(&gw, id, "delivered", WAIT, |ev| delivery(ev, "tenants")["status"] == "delivered").await;
+        let host = if n % 2 == 0 { 2 } else { 3 };
+        assert_eq!(delivery(&ev, "tenants")["url"], format!("http://127.0.0.{host}:{}/in/t{n}", a.addr.port()));
+    }
+    // a host outside egress.allow: refused at the attempt, failed with the guard's reason
+    let id = post(&gw, None, json!({"host": 4, "tenant": "x"})).await;
+    let ev = wait_event(&gw, &id, "failed", WAIT, |ev| delivery(ev, "tenants")["status"] == "failed").await;
+    let d = delivery(&ev, "tenants");
+    assert_eq!(d["url"], format!("http://127.0.0.4:{}/in/x", a.addr.port()), "{ev:#}");
+    let error = d["last_error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("egress refused: 127.0.0.4") && error.contains("loopback"), "{ev:#}");
+    // a host value that is not one DNS label never renders a request
+    let id = post(&gw, None, json!({"host": "2.evil.example", "tenant": "x"})).await;
+    let ev = wait_event(&gw, &id, "failed", WAIT, |ev| delivery(ev, "tenants")["status"] == "failed").await;
+    assert_eq!(
+        delivery(&ev, "tenants")["last_error"],
+        "destinations.tenants: url: {{ $.host }}: \"2.evil.example\" is not one DNS label (letters, digits and '-', at most 63)",
+        "{ev:#}"
+    );
+    assert_eq!((a.requests().len(), b.requests().len()), (3, 3), "nothing else was sent");
+}

@@ -646,7 +646,12 @@ impl Sink {
 
     /// A sink that answers the n-th request with `script[n]`, and `200` once the script is spent.
     pub async fn with_script(script: Vec<Reply>) -> Sink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+        Sink::at("127.0.0.1:0", script).await.expect("bind sink")
+    }
+
+    /// A sink listening on `addr` (another loopback address, a given port), if it can bind it.
+    pub async fn at(addr: &str, script: Vec<Reply>) -> std::io::Result<Sink> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr().expect("sink address");
         let state = Arc::new(SinkState {
             inner: Mutex::new(SinkInner { recorded: Vec::new(), script: script.into() }),
@@ -682,7 +687,7 @@ impl Sink {
                 });
             }
         });
-        Sink { addr, state, accept }
+        Ok(Sink { addr, state, accept })
     }
 
     /// `http://127.0.0.1:PORT{path}`.
