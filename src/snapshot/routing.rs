@@ -125,16 +125,13 @@ impl Snapshot {
                             continue;
                         }
                         out.deliveries.push(NewDelivery {
-                            route: RouteName(route.name.clone()),
-                            destination: DestinationName(destination.clone()),
-                            msg_id: message_id(id_key, &route_key, destination),
                             body: body.cloned(),
                             headers: headers.cloned(),
-                            failed: None,
-                            order: None,
-                            batch: false,
-                            url: None,
-                            after: None,
+                            ..NewDelivery::new(
+                                RouteName(route.name.clone()),
+                                DestinationName(destination.clone()),
+                                message_id(id_key, &route_key, destination),
+                            )
                         });
                     }
                     self.plan_steps(route, id_key, &route_key, first, &mut out.deliveries);
@@ -218,18 +215,11 @@ impl Snapshot {
         id_key: &str,
         destination: &DestinationName,
     ) -> NewDelivery {
-        let mut d = [NewDelivery {
-            route: RouteName(REPLAY_ROUTE.into()),
-            destination: destination.clone(),
-            msg_id: message_id(id_key, REPLAY_ROUTE, destination),
-            body: None,
-            headers: None,
-            failed: None,
-            order: None,
-            batch: false,
-            url: None,
-            after: None,
-        }];
+        let mut d = [NewDelivery::new(
+            RouteName(REPLAY_ROUTE.into()),
+            destination.clone(),
+            message_id(id_key, REPLAY_ROUTE, destination),
+        )];
         self.place_in_order(event, stored_headers, &mut d);
         let [d] = d;
         d
@@ -247,16 +237,15 @@ impl Snapshot {
             let destination = &self.destinations[step.destination].name;
             let p = &out[parent];
             out.push(NewDelivery {
-                route: p.route.clone(),
-                destination: DestinationName(destination.clone()),
-                msg_id: message_id(id_key, route_key, destination),
                 body: p.body.clone(),
                 headers: p.headers.clone(),
                 failed: p.failed.clone(),
-                order: None,
-                batch: false,
-                url: None,
                 after: Some(parent),
+                ..NewDelivery::new(
+                    p.route.clone(),
+                    DestinationName(destination.clone()),
+                    message_id(id_key, route_key, destination),
+                )
             });
         }
     }
@@ -266,18 +255,11 @@ impl Snapshot {
         let first = out.len();
         for &d in &route.destinations {
             let destination = &self.destinations[d].name;
-            out.push(NewDelivery {
-                route: RouteName(route.name.clone()),
-                destination: DestinationName(destination.clone()),
-                msg_id: message_id(id_key, &route.name, destination),
-                body: None,
-                headers: None,
-                failed: None,
-                order: None,
-                batch: false,
-                url: None,
-                after: None,
-            });
+            out.push(NewDelivery::new(
+                RouteName(route.name.clone()),
+                DestinationName(destination.clone()),
+                message_id(id_key, &route.name, destination),
+            ));
         }
         self.plan_steps(route, id_key, &route.name, first, out);
     }

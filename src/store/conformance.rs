@@ -77,18 +77,7 @@ fn event_from(id: &str, source: &str) -> NewEvent {
 }
 
 pub(crate) fn delivery(dest: &str) -> NewDelivery {
-    NewDelivery {
-        route: "r".into(),
-        destination: dest.into(),
-        msg_id: format!("msg_{dest}").into(),
-        body: None,
-        headers: None,
-        failed: None,
-        order: None,
-        batch: false,
-        url: None,
-        after: None,
-    }
+    NewDelivery::new("r".into(), dest.into(), format!("msg_{dest}").into())
 }
 
 pub(crate) fn attempt(code: Option<u16>) -> AttemptRecord {

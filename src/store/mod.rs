@@ -152,6 +152,26 @@ pub struct NewDelivery {
     pub after: Option<usize>,
 }
 
+impl NewDelivery {
+    /// A delivery of the event's body as it arrived to `destination` for `route`: no transform
+    /// output, not failed, unordered, unbatched, the destination's own URL, not a later step.
+    /// Planning sets the rest.
+    pub fn new(route: RouteName, destination: DestinationName, msg_id: MsgId) -> NewDelivery {
+        NewDelivery {
+            route,
+            destination,
+            msg_id,
+            body: None,
+            headers: None,
+            failed: None,
+            order: None,
+            batch: false,
+            url: None,
+            after: None,
+        }
+    }
+}
+
 /// Where an ordered delivery stands in line: its key (per destination), and whether it holds the
 /// key when it ends undelivered (`on_dead: block`).
 ///

@@ -113,18 +113,7 @@ async fn accept(store: &Store, id: &str, dest: &str) -> Vec<DueDelivery> {
         body: Bytes::from_static(b"{}"),
         dedupe_key: None,
     };
-    let d = NewDelivery {
-        route: "r".into(),
-        destination: dest.into(),
-        msg_id: format!("msg_{id}").into(),
-        body: None,
-        headers: None,
-        failed: None,
-        order: None,
-        batch: false,
-        url: None,
-        after: None,
-    };
+    let d = NewDelivery::new("r".into(), dest.into(), format!("msg_{id}").into());
     match store.accept(ev, vec![d], None).await.unwrap() {
         Accepted::Stored(due) => due,
         Accepted::Duplicate { .. } => unreachable!(),
