@@ -1143,11 +1143,25 @@ async fn finish<T>(
         // the later steps are decided with the settle (one commit)
         None if d.leads => match inner.store.steps_after(d.id).await {
             Ok(steps) => {
-                let decisions = steps
+                let decisions: Vec<StepDecision> = steps
                     .iter()
-                    .map(|s| decide_step(inner, d, s, &record, &settle, error.as_deref(), response_headers));
-                let decisions = decisions.collect();
+                    .map(|s| decide_step(inner, d, s, &record, &settle, error.as_deref(), response_headers))
+                    .collect();
+                let outcomes: Vec<(DestinationName, &'static str)> = steps
+                    .iter()
+                    .zip(&decisions)
+                    .filter_map(|(s, decision)| match decision {
+                        StepDecision::Release { .. } => None,
+                        StepDecision::Skip { .. } => Some((s.destination.clone(), "skipped")),
+                        StepDecision::Fail { .. } => Some((s.destination.clone(), "failed")),
+                    })
+                    .collect();
                 let settled = inner.store.settle_steps(d.id, record, settle, error, decisions).await;
+                if settled.is_ok() {
+                    for (destination, outcome) in &outcomes {
+                        crate::metrics::delivery(destination, outcome);
+                    }
+                }
                 // released steps are due now
                 inner.backlog.store(true, Ordering::Release);
                 inner.wake.notify_one();

@@ -624,6 +624,10 @@ async fn conditions_on_the_response_decide_the_next_step() {
     let billing: Vec<Hit> = receiver.hits().into_iter().filter(Hit::is_billing).collect();
     assert_eq!(billing.len(), 1, "only event 1's billing is sent:\n{}", describe(&billing));
     assert_eq!(billing[0].path, "/billing/link/c_1");
+    // an on-call engineer sees the steps not sent in the deliveries metric
+    let m = AdminApi::of(&gw).await.metrics().await;
+    let outcome = |o| m.get("hookyard_deliveries_total", &[("destination", "billing"), ("outcome", o)]);
+    assert_eq!((outcome("skipped"), outcome("delivered")), (2.0, 1.0));
 }
 
 /// A path placeholder's value is percent-encoded into one segment; a missing, null or object value
