@@ -353,8 +353,9 @@ impl std::fmt::Display for RerouteSummary {
 }
 
 impl RerouteRange {
-    /// Checks the range against the config: `to` names one of its destinations, `route` one of
-    /// its routes, not both; `until` not before `since`.
+    /// Checks the range against the config: `to` names one of its destinations (one that does
+    /// not read a chain step's answer, which only a chain has), `route` one of its routes, not
+    /// both; `until` not before `since`.
     pub fn check(&self, snap: &Snapshot) -> Result<(), OpsError> {
         check_range(Some(self.since_ms), Some(self.until_ms))?;
         if self.to.is_some() && self.route.is_some() {
@@ -369,6 +370,17 @@ impl RerouteRange {
             return Err(OpsError::Invalid(format!(
                 "unknown destination \"{to}\"; destinations are: {}",
                 names.join(", ")
+            )));
+        }
+        if let Some(step) = self
+            .to
+            .as_ref()
+            .and_then(|to| snap.destination(to))
+            .and_then(|d| d.templates.steps().first().map(|s| s.to_string()))
+        {
+            return Err(OpsError::Invalid(format!(
+                "destination \"{}\" reads the answer of step \"{step}\", which only a chain has: use --route with the route whose then: sends to it",
+                self.to.as_deref().unwrap_or_default()
             )));
         }
         if let Some(route) = &self.route

@@ -451,6 +451,14 @@ async fn a_chain_links_what_the_first_step_created() {
     assert_eq!(planned[1]["after"], "crm", "{plan:#}");
     assert_eq!(planned[1]["request"], Value::Null, "{plan:#}");
     assert_eq!(receiver.hits().len(), 6, "dry-run sends nothing");
+
+    // history cannot be sent straight to a step that reads an answer only its chain has
+    let out = cli(&gw.config_path, &["replay", "--reroute", "--since", "1h", "--to", "billing", "--dry-run"]).await;
+    assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stderr,
+        "error: destination \"billing\" reads the answer of step \"crm\", which only a chain has: use --route with the route whose then: sends to it\n"
+    );
 }
 
 /// crm answers 503, 503, then 201: billing waits (pending, `waiting`, no `next_at_ms`) through
