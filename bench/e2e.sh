@@ -13,6 +13,9 @@
 #   hookyard-1            wrk -> hookyard (1 route, 1 destination) -> sink
 #   hookyard-1-transform  as hookyard-1 with the github_chat.wasm plugin on the route
 #                         (push -> {"text", "channel"}) -> sink
+#   hookyard-2            wrk -> hookyard (1 route, 2 destinations: same sink, 2 paths) -> sink
+#   hookyard-2-chain      as hookyard-2, but a chain: sink2 (`then:`) only after sink1 answered,
+#                         its URL rendered from sink1's answer ({{ response.sink1:status }})
 #   hookyard-3            wrk -> hookyard (1 route, 3 destinations: same sink, 3 paths) -> sink
 # The sink is `hookyard receive --quiet` in every scenario. wrk and the sink run
 # on LOAD_CPU (0); the server under test (nginx or hookyard) runs on SUT_CPU (1).
@@ -72,7 +75,9 @@ if ! [[ "$PORT_BASE" =~ ^[0-9]+$ ]] || ((PORT_BASE < 1024 || PORT_BASE > 65000))
   die "PORT_BASE must be in 1024..65000"
 fi
 for s in $SCENARIOS; do
-  case "$s" in direct | nginx | hyper-proxy | hookyard-1 | hookyard-1-transform | hookyard-3) ;; *) die "unknown scenario '$s'" ;; esac
+  case "$s" in direct | nginx | hyper-proxy | hookyard-1 | hookyard-1-transform | hookyard-2 | hookyard-2-chain | hookyard-3) ;;
+    *) die "unknown scenario '$s'" ;;
+  esac
 done
 
 DURATION_S=$(dur_secs "$DURATION")
@@ -221,9 +226,11 @@ render_nginx_conf() {
     "$HERE/nginx.conf.template" >"$prefix/nginx.conf"
 }
 
-# write_hookyard_conf FANOUT FILE [TRANSFORM]: TRANSFORM=1 puts $PLUGIN on the route.
+# write_hookyard_conf FANOUT FILE [TRANSFORM] [CHAIN]: TRANSFORM=1 puts $PLUGIN on the route;
+# CHAIN=1 makes the destinations a chain (sink2 only after sink1 answered, its URL rendered from
+# sink1's answer) instead of a fan-out.
 write_hookyard_conf() {
-  local fanout=$1 file=$2 transform=${3:-0} i to=""
+  local fanout=$1 file=$2 transform=${3:-0} chain=${4:-0} i to="" then="" url
   {
     echo "server: { listen: \"127.0.0.1:$HY_PORT\" }"
     echo 'egress: { allow: ["127.0.0.0/8"] }'
@@ -237,8 +244,14 @@ write_hookyard_conf() {
     echo "    verify: { scheme: github, secret: \"$GITHUB_SECRET\" }"
     echo 'destinations:'
     for ((i = 1; i <= fanout; i++)); do
-      echo "  sink$i: { url: \"http://127.0.0.1:$SINK_PORT/sink$i\", sign: { scheme: standard-webhooks, secret: \"$DEST_SECRET\" } }"
-      to+="${to:+, }sink$i"
+      url="http://127.0.0.1:$SINK_PORT/sink$i"
+      if [[ $chain == 1 && $i -gt 1 ]]; then
+        url+="/{{ response.sink$((i - 1)):status }}"
+        then+="${then:+, }{ destination: sink$i }"
+      else
+        to+="${to:+, }sink$i"
+      fi
+      echo "  sink$i: { url: \"$url\", sign: { scheme: standard-webhooks, secret: \"$DEST_SECRET\" } }"
     done
     echo 'routes:'
     echo '  - name: all-pushes'
@@ -250,6 +263,7 @@ write_hookyard_conf() {
       echo "        config: { channel: \"$PLUGIN_CHANNEL\" }"
     fi
     echo "    to: [$to]"
+    [[ -z "$then" ]] || echo "    then: [$then]"
   } >"$file"
 }
 
@@ -259,18 +273,20 @@ write_hookyard_conf() {
 ADMIN_KEY=1
 check_hookyard_configs() {
   local conf=$WORK/check.yaml v fan tf out
-  for v in 1 3 1t; do
-    fan=${v%t} tf=0
+  local ch
+  for v in 1 3 1t 2 2c; do
+    fan=${v%[tc]} tf=0 ch=0
     [[ $v == *t ]] && tf=1
+    [[ $v == *c ]] && ch=1
     if [[ $tf == 1 ]]; then
       case " $SCENARIOS " in *" hookyard-1-transform "*) ;; *) continue ;; esac
     fi
-    write_hookyard_conf "$fan" "$conf" "$tf"
+    write_hookyard_conf "$fan" "$conf" "$tf" "$ch"
     if ! out=$("$HOOKYARD" check --config "$conf" 2>&1); then
       if [[ $ADMIN_KEY == 1 && "$out" == *"admin: unknown key"* ]]; then
         log "note: this hookyard build has no admin: config key; its admin listener stays on 9090"
         ADMIN_KEY=0
-        write_hookyard_conf "$fan" "$conf" "$tf"
+        write_hookyard_conf "$fan" "$conf" "$tf" "$ch"
         out=$("$HOOKYARD" check --config "$conf" 2>&1) && continue
       fi
       printf '%s\n' "$out" >&2
@@ -338,15 +354,16 @@ start_sut() {
       SUT_LOG="$SUT_DIR/proxy.err"
       ;;
     hookyard-*)
-      local tf=0
+      local tf=0 ch=0
       FANOUT=${sc#hookyard-}
       if [[ $FANOUT == *-transform ]]; then FANOUT=${FANOUT%-transform} tf=1; fi
+      if [[ $FANOUT == *-chain ]]; then FANOUT=${FANOUT%-chain} ch=1; fi
       URL="http://127.0.0.1:$HY_PORT/hooks/github"
       # A fresh directory per run: the store (storage.path, default
       # data/hookyard.db next to the config) must not carry pending work over.
       SUT_DIR="$WORK/$sc-r$round"
       mkdir -p "$SUT_DIR"
-      write_hookyard_conf "$FANOUT" "$SUT_DIR/hookyard.yaml" "$tf"
+      write_hookyard_conf "$FANOUT" "$SUT_DIR/hookyard.yaml" "$tf" "$ch"
       ensure_port_free "$HY_PORT"
       if [[ $ADMIN_KEY == 1 ]]; then ensure_port_free "$ADMIN_PORT"; fi
       (cd "$SUT_DIR" && HOOKYARD_WORKER_THREADS=1 RUST_LOG=warn exec taskset -c "$SUT_CPU" \

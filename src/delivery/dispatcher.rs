@@ -191,8 +191,8 @@ struct Handed {
 
 /// Due ids a poll could not start, by destination, and when it read them.
 struct Ready {
-    by_destination: HashMap<Arc<str>, std::collections::VecDeque<DeliveryId>>,
-    read_at: Instant,
+    /// Per destination, the ids and when the poll that read them began.
+    by_destination: HashMap<Arc<str>, (std::collections::VecDeque<DeliveryId>, Instant)>,
 }
 
 /// An attempt slot: a permit of `delivery.max_in_flight` and, for a destination in the config, one
@@ -338,17 +338,17 @@ impl<T> Inner<T> {
             let (id, read_at) = {
                 let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
                 // nothing was left waiting for this destination (no backlog): no poll either
-                let queue = ready.by_destination.get_mut(&dest.name)?;
+                let (queue, read_at) = ready.by_destination.get_mut(&dest.name)?;
                 if !self.may_continue(dest) {
                     return None;
                 }
-                let id = queue.pop_front();
+                let (id, read_at) = (queue.pop_front(), *read_at);
                 if queue.is_empty() {
                     ready.by_destination.remove(&dest.name);
                     // the last waiting id is taken: more may be due, so the next finish polls
                     self.backlog.store(true, Ordering::Release);
                 }
-                (id, ready.read_at)
+                (id, read_at)
             };
             let id = id?;
             if read_at.elapsed() >= RELEASE_MEMORY || !self.claim(id, Some(read_at)) {
@@ -487,7 +487,7 @@ impl<T: Transport> Dispatcher<T> {
                 wake: Notify::new(),
                 // whatever a previous run left pending may be due: let the first polls take it
                 backlog: AtomicBool::new(pending > 0),
-                ready: Mutex::new(Ready { by_destination: HashMap::new(), read_at: Instant::now() }),
+                ready: Mutex::new(Ready { by_destination: HashMap::new() }),
                 handed: Mutex::new(Handed::default()),
                 share: Mutex::new((1, 0)),
                 awaiting: Mutex::new(Default::default()),
@@ -584,6 +584,12 @@ impl<T: Transport> Dispatcher<T> {
     /// the rest stay in the store for the poller.
     pub fn submit(&self, due: Vec<DueDelivery>) {
         self.inner.pending.fetch_add(due.len(), Ordering::AcqRel);
+        self.start(due);
+    }
+
+    /// Starts pending deliveries (already counted as pending) where a slot is free; the rest stay
+    /// in the store for the poller.
+    fn start(&self, due: Vec<DueDelivery>) {
         let inner = &self.inner;
         // With other instances live, what this one accepted but cannot start because *it* holds
         // its destination back (its own circuit breaker is open) is given back at once: the
@@ -811,8 +817,14 @@ impl<T: Transport> Dispatcher<T> {
         // The window: the rows tasks own (still pending in the store), one per free slot, and as
         // many again to wait (ids only) for the slots of attempts that finish.
         let window = claimed + free + inner.max_in_flight;
-        let due = inner.store.due_ids(inner.clock.now_ms(), window, self.blocked_destinations()).await?;
-        let full = due.len() >= window;
+        let blocked = self.blocked_destinations();
+        // Destinations passed over because their slots are all taken have due work this poll does
+        // not read: their tasks go on with the ids an earlier poll left them (kept below), and
+        // one with none left sets off the next poll as its tasks end.
+        let passed_over: Vec<Arc<str>> =
+            blocked.iter().filter(|name| !inner.held(name)).map(|name| name.0.clone()).collect();
+        let due = inner.store.due_ids(inner.clock.now_ms(), window, blocked).await?;
+        let mut full = due.len() >= window;
         let now = Instant::now();
         let candidates: Vec<(DeliveryId, DestinationName)> = {
             let mut claims = inner.claims.lock().unwrap_or_else(|p| p.into_inner());
@@ -836,12 +848,24 @@ impl<T: Transport> Dispatcher<T> {
                 }
             }
         }
+        // what could not start waits (as ids) for the slots of finishing attempts
+        {
+            let mut ready = inner.ready.lock().unwrap_or_else(|p| p.into_inner());
+            let mut by_destination: HashMap<Arc<str>, _> =
+                waiting.into_iter().map(|(name, ids)| (name, (ids, poll_started))).collect();
+            for name in passed_over {
+                match ready.by_destination.remove(&name) {
+                    Some(kept) => {
+                        by_destination.insert(name, kept);
+                    }
+                    None => full = true,
+                }
+            }
+            ready.by_destination = by_destination;
+        }
         if full || short {
             inner.backlog.store(true, Ordering::Release);
         }
-        // what could not start waits (as ids) for the slots of finishing attempts
-        *inner.ready.lock().unwrap_or_else(|p| p.into_inner()) =
-            Ready { by_destination: waiting, read_at: poll_started };
         if slots.is_empty() {
             return Ok(0);
         }
@@ -952,10 +976,17 @@ async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery, mut slot: S
             // a retry due soon: let the poller see its due time
             inner.wake.notify_one();
         }
+        // The later steps its settle released go now, as an accept's deliveries do (one load,
+        // not a poll per step).
+        if let Next::Done { released, .. } = &next
+            && !released.is_empty()
+        {
+            start_released(&inner, released).await;
+        }
         // An ordered delivery that ended lets the next of its key go: that one next, with this
         // slot (one store read, not a poll per delivery).
         let ordered_next = match next {
-            Next::Done(Some(head)) => inner.take_head(head, &slot).await,
+            Next::Done { head: Some(head), .. } => inner.take_head(head, &slot).await,
             _ => None,
         };
         // next: a fresh delivery handed over in memory, else an id a poll left waiting, else
@@ -993,8 +1024,8 @@ enum Next {
     /// Attempted and recorded; due again later (in the store).
     Retry,
     /// Finished: delivered, failed or dead; for an ordered delivery, its key's next head if it
-    /// is due now (the settle advanced the key).
-    Done(Option<DeliveryId>),
+    /// is due now (the settle advanced the key); the later steps of a chain its settle released.
+    Done { head: Option<DeliveryId>, released: Vec<DeliveryId> },
     /// Not attempted (paused, breaker open, stopping) or not recorded: leave it to the poller.
     Release,
 }
@@ -1138,7 +1169,7 @@ async fn finish<T>(
         // the key moves on with the settle (one commit on SQLite)
         Some(key) => {
             let (destination, key) = (d.destination.clone(), key.clone());
-            inner.store.settle_and_advance(d.id, record, settle, error, destination, key).await
+            inner.store.settle_and_advance(d.id, record, settle, error, destination, key).await.map(|h| (h, Vec::new()))
         }
         // the later steps are decided with the settle (one commit)
         None if d.leads => match inner.store.steps_after(d.id).await {
@@ -1156,30 +1187,48 @@ async fn finish<T>(
                         StepDecision::Fail { .. } => Some((s.destination.clone(), "failed")),
                     })
                     .collect();
+                let released: Vec<DeliveryId> = decisions
+                    .iter()
+                    .filter_map(|decision| match decision {
+                        StepDecision::Release { id, .. } => Some(*id),
+                        _ => None,
+                    })
+                    .collect();
                 let settled = inner.store.settle_steps(d.id, record, settle, error, decisions).await;
                 if settled.is_ok() {
                     for (destination, outcome) in &outcomes {
                         crate::metrics::delivery(destination, outcome);
                     }
                 }
-                // released steps are due now
-                inner.backlog.store(true, Ordering::Release);
-                inner.wake.notify_one();
-                settled.map(|()| None)
+                settled.map(|()| (None, released))
             }
             Err(e) => Err(e),
         },
-        None => inner.store.settle(d.id, record, settle, error).await.map(|()| None),
+        None => inner.store.settle(d.id, record, settle, error).await.map(|()| (None, Vec::new())),
     };
     match settled {
-        Ok(head) => {
+        Ok((head, released)) => {
             // the poller also resets the count from the store, so never wrap below zero
             let _ = inner.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
-            Next::Done(head)
+            Next::Done { head, released }
         }
         Err(e) => {
             error!(error = %e, delivery = d.id.0, "could not record the attempt; the delivery stays due");
             Next::Release
+        }
+    }
+}
+
+/// Starts the later steps a settle released (due now; one still pending is loaded, one another
+/// process took or a reload removed is not), with slots of their own destinations; if they cannot
+/// be loaded, the poller takes them.
+async fn start_released<T: Transport>(inner: &Arc<Inner<T>>, ids: &[DeliveryId]) {
+    match inner.store.load_pending(ids.to_vec(), inner.clock.now_ms()).await {
+        Ok(due) => Dispatcher { inner: inner.clone() }.start(due),
+        Err(e) => {
+            warn!(error = %e, "loading the steps a settle released failed; the poller takes them");
+            inner.backlog.store(true, Ordering::Release);
+            inner.wake.notify_one();
         }
     }
 }
