@@ -751,6 +751,12 @@ async fn accept_chain(store: &impl Backend, id: &str) -> (Vec<DeliveryId>, Vec<D
     (rows.iter().map(|d| d.delivery.id).collect(), due_now)
 }
 
+/// The chain's first step ends dead: the step after it is skipped.
+async fn dead_first_step(store: &impl Backend, ids: &[DeliveryId]) {
+    let skip = vec![StepDecision::Skip { id: ids[1], reason: "dead".into() }];
+    store.settle_steps(ids[0], attempt(None), Settle::Dead, None, skip).await.unwrap();
+}
+
 async fn row(store: &impl Backend, id: DeliveryId) -> super::DeliveryRow {
     let rows = store.list_deliveries(DeliveryFilter { limit: 1000, ..Default::default() }).await.unwrap();
     rows.into_iter().find(|r| r.id == id).unwrap()
@@ -816,16 +822,7 @@ pub async fn a_step_that_does_not_go_on_skips_the_chain_after_it_and_a_replay_re
     assert!(due(&store, now_ms() + 1, 10, &[]).await.is_empty());
     assert_eq!(store.purge(now_ms() + 1).await.unwrap(), 1, "skipped is final: the event's history may go");
     let (ids, _) = accept_chain(&store, "evt_d").await;
-    store
-        .settle_steps(
-            ids[0],
-            attempt(None),
-            Settle::Dead,
-            None,
-            vec![StepDecision::Skip { id: ids[1], reason: "dead".into() }],
-        )
-        .await
-        .unwrap();
+    dead_first_step(&store, &ids).await;
     // a skipped step cannot be replayed alone: it has no request without crm's answer
     let err = store.replay(vec![DeliveryRef::Delivery(ids[1])]).await.unwrap_err();
     assert!(matches!(err, StoreError::Refused(_)));
@@ -851,16 +848,7 @@ pub async fn a_step_that_does_not_go_on_skips_the_chain_after_it_and_a_replay_re
     assert_eq!(row(&store, ids[2]).await.status, DeliveryStatus::Skipped);
     // dead letters replayed bring their skipped steps back too
     let (ids, _) = accept_chain(&store, "evt_e").await;
-    store
-        .settle_steps(
-            ids[0],
-            attempt(None),
-            Settle::Dead,
-            None,
-            vec![StepDecision::Skip { id: ids[1], reason: "dead".into() }],
-        )
-        .await
-        .unwrap();
+    dead_first_step(&store, &ids).await;
     assert_eq!(store.replay_dead(Some("crm".into()), None).await.unwrap(), 1);
     assert!(row(&store, ids[1]).await.waiting() && row(&store, ids[2]).await.waiting());
 }
