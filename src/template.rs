@@ -427,10 +427,8 @@ pub struct Templates {
     pub url: Option<Template>,
     pub headers: Vec<(HeaderName, Template)>,
     pub body: Option<(Template, BodyKind)>,
-    /// What the templates read of a body: only that is parsed.
+    /// What the templates read of a body: only that is parsed (nothing, when none reads it).
     pub projection: Projection,
-    /// Whether any template reads the body.
-    pub reads_body: bool,
 }
 
 /// A delivery's request as its destination's templates render it.
@@ -470,7 +468,7 @@ impl Templates {
         body: &[u8],
         responses: Option<&Value>,
     ) -> Result<Rendered, String> {
-        let parsed = if self.reads_body { self.projection.parse(body) } else { None };
+        let parsed = if self.projection.is_empty() { None } else { self.projection.parse(body) };
         let cx = Context { headers, body: parsed.as_ref(), responses };
         let url = self.url.as_ref().map(|t| t.render(&cx).map_err(|e| format!("url: {e}"))).transpose()?;
         let mut out_headers = Vec::with_capacity(self.headers.len() + 1);
@@ -630,7 +628,6 @@ mod tests {
         for t in [templates.url.as_ref().unwrap(), &templates.body.as_ref().unwrap().0] {
             t.read_by(&mut templates.projection);
         }
-        templates.reads_body = true;
         let r = templates.render(&[("X-Acct".into(), "7".into())], br#"{"t": "a b", "big": [1,2,3]}"#, None).unwrap();
         assert_eq!(r.url.as_deref(), Some("https://example.com/a%20b"));
         assert_eq!(

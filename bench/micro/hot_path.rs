@@ -115,7 +115,6 @@ fn templates(c: &mut Criterion) {
         ..Templates::default()
     };
     t.url.as_ref().unwrap().read_by(&mut t.projection);
-    t.reads_body = true;
     let body = body();
     let headers = vec![("x-github-event".to_string(), "push".to_string())];
     assert!(t.render(&headers, &body, None).unwrap().url.unwrap().ends_with("push?ref=refs%2Fheads%2Fmain"));

@@ -194,7 +194,6 @@ fn basics(d: &DestinationConfig) -> Result<(Option<http::Uri>, HeaderMap, Signer
     {
         t.read_by(&mut templates.projection);
     }
-    templates.reads_body = !templates.projection.is_empty();
     let signer = Signer::from_config(&d.sign).map_err(|e| KeyError::new(format!(".sign{}", e.key), e.message))?;
     Ok((url, headers, signer, templates))
 }

@@ -47,7 +47,7 @@ pub struct Snapshot {
     pub destinations: Vec<Arc<Destination>>,
     /// Some destination orders (`ordering:`) or batches (`batch:`) its deliveries, or has
     /// templates: only then does routing look each planned delivery's destination up again.
-    pub orders_or_batches: bool,
+    pub finishes_plans: bool,
     pub admin: AdminConfig,
     /// `server.log_redact`, compiled.
     pub log_redact: Vec<JsonPath>,
@@ -168,7 +168,7 @@ pub fn build_from_text(
         },
         sources,
         routes,
-        orders_or_batches: destinations
+        finishes_plans: destinations
             .iter()
             .any(|d| d.ordering.is_some() || d.batch.is_some() || !d.templates.is_empty()),
         destinations,

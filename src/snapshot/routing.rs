@@ -80,7 +80,7 @@ impl Snapshot {
         for &r in &matched {
             self.plan_route(&self.routes[r], source, event, id_key, &mut routed).await;
         }
-        self.place_in_order(event, &routed.stored_headers, &mut routed.deliveries);
+        self.finish_plan(event, &routed.stored_headers, &mut routed.deliveries);
         routed.matched = matched;
         routed
     }
@@ -167,8 +167,8 @@ impl Snapshot {
     /// of batched destinations, and renders the templates of a first step's destination (a later
     /// step's are rendered when the step before it answered). A template that cannot be rendered
     /// fails its delivery with the reason: it is never sent half-rendered.
-    fn place_in_order(&self, event: &Event, stored_headers: &[(String, String)], deliveries: &mut [NewDelivery]) {
-        if !self.orders_or_batches {
+    fn finish_plan(&self, event: &Event, stored_headers: &[(String, String)], deliveries: &mut [NewDelivery]) {
+        if !self.finishes_plans {
             return;
         }
         for i in 0..deliveries.len() {
@@ -220,7 +220,7 @@ impl Snapshot {
             destination.clone(),
             message_id(id_key, REPLAY_ROUTE, destination),
         )];
-        self.place_in_order(event, stored_headers, &mut d);
+        self.finish_plan(event, stored_headers, &mut d);
         let [d] = d;
         d
     }
