@@ -5,10 +5,8 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use base64::Engine as _;
 use bytes::Bytes;
 use hookyard::snapshot::{Event, EventId};
-use serde_json::{Map, Value, json};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -60,65 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let id = args.event_id.map(|s| EventId(s.into())).unwrap_or_else(EventId::generate);
     let event = Event { id, source: source.name.clone(), received_at: now, headers, body };
-    let routed = super::runtime()?.block_on(snap.route(source, &event, &event.id.0));
-    let routed_event_type = routed.event_type.clone();
-    let routes: Vec<Value> = source
-        .routes
-        .iter()
-        .map(|r| json!({"name": &*snap.routes[*r].name, "matched": routed.matched.contains(r)}))
-        .collect();
-    let mut deliveries = Vec::new();
-    let names: Vec<String> = routed.deliveries.iter().map(|d| d.destination.to_string()).collect();
-    for planned in routed.deliveries {
-        let dest = snap.destination(&planned.destination).expect("planned destinations exist");
-        let due = snap.preview(source, &event, &planned);
-        let templated_step = planned.after.is_some() && !dest.templates.is_empty();
-        // a later step's templates read the response before it: rendered only once it answers
-        let request = match dest.target(&due) {
-            Ok(uri) if !templated_step => {
-                let req = hookyard::delivery::build_request(dest, &due, uri, now);
-                let mut headers = Map::new();
-                for (k, v) in req.headers() {
-                    headers.insert(
-                        k.as_str().to_string(),
-                        Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-                    );
-                }
-                let mut request = json!({"method": "POST", "url": req.uri().to_string(), "headers": headers});
-                match std::str::from_utf8(&due.body) {
-                    Ok(s) => request["body"] = Value::String(s.to_string()),
-                    Err(_) => {
-                        request["body_base64"] =
-                            Value::String(base64::engine::general_purpose::STANDARD.encode(&due.body))
-                    }
-                }
-                request
-            }
-            _ => Value::Null,
-        };
-        let mut delivery = json!({"route": planned.route, "destination": planned.destination, "request": request});
-        if let Some(a) = planned.after {
-            // a later step: sent once the delivery to `after` answered 2xx (and its conditions hold)
-            delivery["after"] = Value::String(names[a].clone());
-        }
-        if let Some(reason) = &planned.failed {
-            // kept as failed (on_error: fail): stored, never sent as is
-            delivery["failed"] = Value::String(reason.clone());
-        }
-        if let Some(order) = &planned.order {
-            // the key it would wait in line under (ordering:)
-            delivery["order_key"] = Value::String(order.key.clone());
-        }
-        deliveries.push(delivery);
-    }
-    let body_is_json = serde_json::from_slice::<Value>(&event.body).is_ok();
-    let event_type = routed_event_type.or_else(|| snap.event_type(source, &event));
-    let out = json!({
-        "event": {"id": event.id.to_string(), "source": &*source.name, "body_is_json": body_is_json, "event_type": event_type},
-        "routes": routes,
-        "transforms": routed.notes,
-        "deliveries": deliveries,
-    });
+    let out = super::runtime()?.block_on(hookyard::dry_run::run(&snap, source, &event));
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
 }

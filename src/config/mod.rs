@@ -325,6 +325,32 @@ impl Config {
         errors
     }
 
+    /// The lines of `text` (this config's text) that write the list item at `key` (`routes[2]`):
+    /// the item's first line and every line indented at least as far as its keys, trailing
+    /// blank and comment lines left out, dedented. As written: `${VAR}`s are not expanded. `None`
+    /// when the item is not in the file.
+    pub fn written_item(&self, text: &str, key: &str) -> Option<String> {
+        let mark = self.positions.marks.get(key)?;
+        let lines: Vec<&str> = text.lines().collect();
+        let first = *lines.get(mark.line.checked_sub(1)?)?;
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        // the item's keys start at its mark's column; its first line may start earlier (at `- `)
+        let keys_at = mark.col - 1;
+        let mut item = vec![first];
+        for line in &lines[mark.line..] {
+            if !line.trim().is_empty() && indent(line) < keys_at {
+                break;
+            }
+            item.push(line);
+        }
+        while item.last().is_some_and(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            item.pop();
+        }
+        let cut = indent(first);
+        let body: Vec<&str> = item.iter().map(|l| if l.len() >= cut { &l[cut..] } else { l.trim_start() }).collect();
+        Some(body.join("\n"))
+    }
+
     /// A component's error ([`KeyError`]) in the section at `section`.
     pub fn error_at(&self, section: &str, e: KeyError) -> ConfigError {
         self.error(&format!("{section}{}", e.key), e.message)

@@ -31,7 +31,7 @@ impl Mark {
 /// Where each key path was written. Keys of mappings point at the key, items of sequences at the item.
 #[derive(Debug, Default, Clone)]
 pub struct Positions {
-    marks: HashMap<String, Mark>,
+    pub(super) marks: HashMap<String, Mark>,
 }
 
 impl Positions {

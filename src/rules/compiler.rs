@@ -26,9 +26,10 @@ pub struct RuleError {
 /// error found, in document order, not just the first.
 pub fn compile(conditions: &[ConditionConfig]) -> Result<Rule, Vec<RuleError>> {
     let mut errors = Vec::new();
+    let written = conditions.iter().map(ConditionConfig::written).collect();
     match compile_list(conditions, "", &mut errors) {
         Some(conditions) if errors.is_empty() => {
-            Ok(Rule { needs_body: conditions.iter().any(Condition::reads_body), conditions })
+            Ok(Rule { needs_body: conditions.iter().any(Condition::reads_body), conditions, written })
         }
         _ => Err(errors),
     }

@@ -69,3 +69,57 @@ pub struct ConditionConfig {
 fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(deserializer).map(Some)
 }
+
+impl ConditionConfig {
+    /// The condition as written, on one line (YAML flow style, values as JSON), for saying which
+    /// condition did not hold: `header: X-Kind, equals: "push"`, `any: [path: $.a, exists: true]`.
+    pub fn written(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let text = |v: &Value| v.to_string();
+        if let Some(h) = &self.header {
+            parts.push(format!("header: {h}"));
+        }
+        if let Some(p) = &self.path {
+            parts.push(format!("path: {p}"));
+        }
+        if let Some(t) = &self.event_type {
+            parts.push(format!("event_type: {}", text(t)));
+        }
+        let values: [(&str, Option<&Value>); 3] = [
+            ("equals", self.equals.as_ref()),
+            ("not_equals", self.not_equals.as_ref()),
+            ("contains", self.contains.as_ref()),
+        ];
+        for (key, v) in values {
+            if let Some(v) = v {
+                parts.push(format!("{key}: {}", text(v)));
+            }
+        }
+        if let Some(list) = &self.in_ {
+            parts.push(format!("in: {}", text(&Value::Array(list.clone()))));
+        }
+        for (key, n) in [("gt", self.gt), ("gte", self.gte), ("lt", self.lt), ("lte", self.lte)] {
+            if let Some(n) = n {
+                parts.push(format!("{key}: {n}"));
+            }
+        }
+        if let Some(re) = &self.matches {
+            parts.push(format!("matches: {}", text(&Value::String(re.clone()))));
+        }
+        if let Some(e) = self.exists {
+            parts.push(format!("exists: {e}"));
+        }
+        let list =
+            |l: &[ConditionConfig]| l.iter().map(|c| format!("{{{}}}", c.written())).collect::<Vec<_>>().join(", ");
+        if let Some(l) = &self.any {
+            parts.push(format!("any: [{}]", list(l)));
+        }
+        if let Some(l) = &self.all {
+            parts.push(format!("all: [{}]", list(l)));
+        }
+        if let Some(n) = &self.not {
+            parts.push(format!("not: {{{}}}", n.written()));
+        }
+        parts.join(", ")
+    }
+}

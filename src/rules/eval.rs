@@ -25,12 +25,24 @@ pub struct EventView<'a> {
 pub struct Rule {
     pub(super) conditions: Box<[Condition]>,
     pub(super) needs_body: bool,
+    /// Each condition as written ([`super::ConditionConfig::written`]), for [`Rule::explain`].
+    pub(super) written: Box<[String]>,
 }
 
 impl Rule {
     /// Whether the event satisfies every condition.
     pub fn matches(&self, event: &EventView<'_>) -> bool {
         self.conditions.iter().all(|c| c.holds(event))
+    }
+
+    /// Why the event does not satisfy the rule: the first condition that does not hold, as
+    /// written, and what the event has instead (`when[1] (header: X-Kind, equals: "push"): the
+    /// event has X-Kind: "issues"`); `None` when it matches. The same evaluation as
+    /// [`Rule::matches`] (the console and `dry-run` explain what ingress does).
+    pub fn explain(&self, event: &EventView<'_>) -> Option<String> {
+        let (i, c) = self.conditions.iter().enumerate().find(|(_, c)| !c.holds(event))?;
+        let written = self.written.get(i).map_or("", String::as_str);
+        Some(format!("when[{i}] ({written}): {}", c.why_not(event)))
     }
 
     /// Whether any condition, however deeply nested, reads the JSON body. When false, the caller
@@ -147,6 +159,65 @@ impl Condition {
             Condition::Any(any) => any.iter().any(|c| c.holds(event)),
             Condition::All(all) => all.iter().all(|c| c.holds(event)),
             Condition::Not(inner) => !inner.holds(event),
+        }
+    }
+}
+
+/// Values shown in an explanation: at most 3, each cut at 60 characters.
+fn shown<'a>(values: impl Iterator<Item = String> + 'a) -> String {
+    let mut out: Vec<String> = values
+        .take(4)
+        .map(|v| match v.char_indices().nth(60) {
+            Some((cut, _)) => format!("{}…", &v[..cut]),
+            None => v,
+        })
+        .collect();
+    if out.len() == 4 {
+        out[3] = "…".into();
+    }
+    out.join(", ")
+}
+
+impl Condition {
+    /// What the event has where this condition (which does not hold) looks.
+    fn why_not(&self, event: &EventView<'_>) -> String {
+        match self {
+            Condition::Header { name, .. } => {
+                let values = event.headers.get_all(name);
+                if values.iter().next().is_none() {
+                    format!("the event has no {name} header")
+                } else {
+                    let texts = values
+                        .iter()
+                        .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()).to_string());
+                    format!("the event has {name}: {}", shown(texts))
+                }
+            }
+            Condition::Body { path, .. } => match event.body {
+                None => "the body is not JSON".to_string(),
+                Some(body) => {
+                    let mut found = Vec::new();
+                    path.any(body, |v| {
+                        found.push(v.to_string());
+                        found.len() > 3
+                    });
+                    if found.is_empty() {
+                        "the path selects nothing in the body".to_string()
+                    } else {
+                        format!("the body has {} there", shown(found.into_iter()))
+                    }
+                }
+            },
+            Condition::EventType(_) => match event.event_type {
+                Some(t) => format!("the event's type is {}", Value::String(t.to_string())),
+                None => "the event has no type".to_string(),
+            },
+            Condition::Any(_) => "none of its conditions holds".to_string(),
+            Condition::All(all) => match all.iter().enumerate().find(|(_, c)| !c.holds(event)) {
+                Some((j, c)) => format!("its [{j}] does not hold: {}", c.why_not(event)),
+                None => "it does not hold".to_string(),
+            },
+            Condition::Not(_) => "the condition inside it holds".to_string(),
         }
     }
 }

@@ -762,3 +762,63 @@ fn event_type_errors() {
         ["[0].any: `any` cannot be combined with `event_type` in one condition; give it its own item in the list"]
     );
 }
+
+/// The console and `dry-run` say why a route did not match: the first condition that does not
+/// hold, as written, and what the event has there.
+#[test]
+fn explain_names_the_first_condition_that_does_not_hold() {
+    let h = headers(&[("X-Kind", b"issues"), ("X-Kind", b"fork")]);
+    let body = json!({"ref": "refs/heads/dev", "n": 3, "tags": ["a"]});
+    let view = EventView { headers: &h, body: Some(&body), event_type: Some("issues") };
+    let explain = |when: Value| rule(when).explain(&view);
+    assert_eq!(explain(json!([{"header": "X-Kind", "exists": true}, {"path": "$.n", "gt": 1}])), None);
+    assert_eq!(
+        explain(json!([{"path": "$.n", "gt": 1}, {"header": "X-Kind", "equals": "push"}])).as_deref(),
+        Some(r#"when[1] (header: X-Kind, equals: "push"): the event has x-kind: "issues", "fork""#)
+    );
+    assert_eq!(
+        explain(json!([{"header": "X-Missing", "in": ["a", "b"]}])).as_deref(),
+        Some(r#"when[0] (header: X-Missing, in: ["a","b"]): the event has no x-missing header"#)
+    );
+    assert_eq!(
+        explain(json!([{"path": "$.ref", "equals": "refs/heads/main"}])).as_deref(),
+        Some(r#"when[0] (path: $.ref, equals: "refs/heads/main"): the body has "refs/heads/dev" there"#)
+    );
+    assert_eq!(
+        explain(json!([{"path": "$.pull_request.number", "exists": true}])).as_deref(),
+        Some("when[0] (path: $.pull_request.number, exists: true): the path selects nothing in the body")
+    );
+    assert_eq!(
+        explain(json!([{"event_type": ["push", "release"]}])).as_deref(),
+        Some(r#"when[0] (event_type: ["push","release"]): the event's type is "issues""#)
+    );
+    assert_eq!(
+        explain(json!([{"all": [{"path": "$.n", "lt": 10}, {"path": "$.tags", "contains": "b"}]}])).as_deref(),
+        Some(
+            r#"when[0] (all: [{path: $.n, lt: 10}, {path: $.tags, contains: "b"}]): its [1] does not hold: the body has ["a"] there"#
+        )
+    );
+    assert_eq!(
+        explain(json!([{"any": [{"path": "$.n", "gte": 5}, {"header": "X-Kind", "matches": "^p"}]}])).as_deref(),
+        Some(r#"when[0] (any: [{path: $.n, gte: 5}, {header: X-Kind, matches: "^p"}]): none of its conditions holds"#)
+    );
+    assert_eq!(
+        explain(json!([{"not": {"header": "X-Kind", "equals": "fork"}}])).as_deref(),
+        Some(r#"when[0] (not: {header: X-Kind, equals: "fork"}): the condition inside it holds"#)
+    );
+    let text = HeaderMap::new();
+    let no_body = EventView { headers: &text, body: None, event_type: None };
+    assert_eq!(
+        rule(json!([{"path": "$.a", "equals": 1}])).explain(&no_body).as_deref(),
+        Some("when[0] (path: $.a, equals: 1): the body is not JSON")
+    );
+    // long values are cut, many are summed up
+    let long = json!({"s": "x".repeat(100), "many": [1, 2, 3, 4, 5]});
+    let view = EventView { headers: &text, body: Some(&long), event_type: None };
+    assert_eq!(
+        rule(json!([{"path": "$.many[*]", "equals": 9}])).explain(&view).as_deref(),
+        Some("when[0] (path: $.many[*], equals: 9): the body has 1, 2, 3, … there")
+    );
+    let cut = rule(json!([{"path": "$.s", "equals": "y"}])).explain(&view).unwrap();
+    assert!(cut.ends_with(&format!("the body has \"{}… there", "x".repeat(59))), "{cut}");
+}

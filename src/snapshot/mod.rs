@@ -112,7 +112,8 @@ pub fn build_from_text(
     let mut route_sources: Vec<&str> = Vec::new();
     for (index, r) in &cfg.routes {
         match Route::from_config(r, &destinations, plugins, storage_dir.clone(), &mut inputs) {
-            Ok(route) => {
+            Ok(mut route) => {
+                route.written = cfg.written_item(text, &format!("routes[{index}]")).unwrap_or_default();
                 routes.push(route);
                 route_sources.push(&r.source);
             }

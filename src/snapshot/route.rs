@@ -22,6 +22,8 @@ pub struct Route {
     pub on_error: OnError,
     /// `then:`: later steps, in order, each with the destination it follows.
     pub steps: Vec<Step>,
+    /// The route as written in the config file (the console shows it).
+    pub written: String,
 }
 
 /// One later step of a route's chain.
@@ -111,6 +113,7 @@ impl Route {
             chain_label,
             on_error: r.on_error,
             steps,
+            written: String::new(),
         })
     }
 }

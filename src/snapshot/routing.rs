@@ -52,6 +52,28 @@ impl Snapshot {
         self.route_only(source, event, id_key, None).await
     }
 
+    /// Why each of `source`'s routes matched `event` or not, in file order: `None` for a route
+    /// it matched, else the first condition that did not hold ([`crate::rules::Rule::explain`]).
+    /// The same conditions [`Snapshot::route`] evaluates, on the whole body (the console and
+    /// `dry-run` show it; ingress never calls it).
+    pub fn explain(&self, source: &Source, event: &Event) -> Vec<(RouteName, Option<String>)> {
+        let json = if crate::verify::is_form(&event.headers) {
+            Some(form_json(&event.body))
+        } else {
+            serde_json::from_slice(&event.body).ok()
+        };
+        let event_type = event_type(source, event, json.as_ref());
+        let view = EventView { headers: &event.headers, body: json.as_ref(), event_type: event_type.as_deref() };
+        source
+            .routes
+            .iter()
+            .map(|i| {
+                let route = &self.routes[*i];
+                (RouteName::from(&*route.name), route.rule.explain(&view))
+            })
+            .collect()
+    }
+
     /// [`Snapshot::route`], but with `only`, of the source's routes only the one of that name is
     /// matched and planned: `replay --reroute --route R` feeds history to a new route without the
     /// other routes' transforms running or their destinations receiving anything again.

@@ -588,7 +588,25 @@ async fn dry_run_prints_matched_routes_and_exact_requests() {
             "{label}"
         );
         let routes: Vec<Value> = case.routes.iter().map(|(n, m)| json!({"name": n, "matched": m})).collect();
-        assert_eq!(v["routes"], Value::Array(routes), "{label}");
+        let shown: Vec<Value> = v["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| json!({"name": r["name"], "matched": r["matched"]}))
+            .collect();
+        assert_eq!(shown, routes, "{label}");
+        // a route that did not match says which condition did not hold
+        for r in v["routes"].as_array().unwrap() {
+            let why = r["why"].as_str();
+            assert_eq!(why.is_none(), r["matched"] == true, "{label}: {r}");
+            assert!(why.is_none_or(|w| w.starts_with("when[")), "{label}: {r}");
+        }
+        if case.headers == ["X-GitHub-Event: issues"] {
+            assert_eq!(
+                v["routes"][0]["why"],
+                r#"when[0] (header: X-GitHub-Event, equals: "push"): the event has x-github-event: "issues""#
+            );
+        }
 
         let deliveries = v["deliveries"].as_array().unwrap_or_else(|| panic!("{label}: no deliveries list"));
         let got: Vec<(&str, &str, &str)> = deliveries
