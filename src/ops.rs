@@ -114,6 +114,19 @@ pub async fn reroute(store: &Store, snap: &Snapshot, ids: Vec<EventId>) -> Resul
     Ok(planned)
 }
 
+/// A stored event through today's config, nothing stored or sent ([`crate::dry_run::run`]):
+/// which routes match it now, why the others do not, what the transforms make of it and what
+/// would be sent. The console's event page shows it beside what was done when it arrived.
+pub async fn explain(store: &Store, snap: &Snapshot, id: &EventId) -> Result<serde_json::Value, OpsError> {
+    let RawEvent { source: source_name, received_at_ms, headers, body } =
+        store.raw_event(id.clone()).await?.ok_or_else(|| OpsError::NoEvent(id.clone()))?;
+    let source = snap.source_by_name(&source_name).ok_or_else(|| {
+        OpsError::Invalid(format!("event {id}: source \"{source_name}\" is not in the current config"))
+    })?;
+    let event = routing_event(id.clone(), source.name.clone(), received_at_ms, &headers, &body);
+    Ok(crate::dry_run::run(snap, source, &event).await)
+}
+
 /// The `webhook-id` seed of a re-route of `id`: new per re-route, so receivers do not drop the new
 /// deliveries as duplicates of the first routing's.
 fn reroute_key(id: &EventId) -> String {
@@ -194,9 +207,9 @@ impl Export {
             since_ms: q.since_ms,
             until_ms: q.until_ms,
             route: q.route,
-            after: None,
             deliveries: q.deliveries,
             limit: page.max(1),
+            ..Default::default()
         };
         Ok(Export { store, filter, done: false })
     }
@@ -411,10 +424,8 @@ pub async fn reroute_range(
         source: range.source.clone(),
         since_ms: Some(range.since_ms),
         until_ms: Some(range.until_ms),
-        route: None,
-        after: None,
-        deliveries: false,
         limit: page_size(snap.server.max_body_bytes).min(100),
+        ..Default::default()
     };
     let mut warned: Vec<String> = Vec::new();
     let period = (range.rate > 0).then(|| Duration::from_secs_f64(1.0 / range.rate as f64));
@@ -531,7 +542,7 @@ pub async fn purge_dead(
         })
         .transpose()?;
     let result = if dry_run {
-        Purged { deliveries: store.count_dead(destination, before_ms).await?, events: 0 }
+        Purged { deliveries: store.count_dead(destination, None, before_ms).await?, events: 0 }
     } else {
         let p = store.purge_dead(destination.clone(), before_ms).await?;
         tracing::info!(

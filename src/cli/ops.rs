@@ -32,6 +32,9 @@ pub struct EventsArgs {
     /// Page cursor: only deliveries with a smaller id (the last id of the previous page).
     #[arg(long)]
     before: Option<i64>,
+    /// Only the delivery sent with this `webhook-id` (a receiver's log names it).
+    #[arg(long)]
+    webhook_id: Option<String>,
     /// JSON Lines (one JSON object per delivery, one per line) instead of a table. A pending
     /// delivery of a paused destination has `pause_reason`.
     #[arg(long)]
@@ -170,6 +173,7 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
         since_ms,
         until_ms: None,
         before_id: a.before.map(DeliveryId),
+        msg_id: a.webhook_id,
         limit: a.limit,
     };
     let rows = ops::list(&store, filter).await?;

@@ -411,15 +411,17 @@ pub async fn purging_dead_letters_deletes_them_and_events_left_empty(store: impl
     for id in [e1[0], e2[0], e3[0]] {
         store.settle(id, attempt(None), Settle::Dead, Some("timed out".into())).await.unwrap();
     }
-    assert_eq!(store.count_dead(None, None).await.unwrap(), 3);
-    assert_eq!(store.count_dead(Some("a".into()), None).await.unwrap(), 2);
-    assert_eq!(store.count_dead(None, Some(now_ms() - 60_000)).await.unwrap(), 0, "none older than a minute");
+    assert_eq!(store.count_dead(None, None, None).await.unwrap(), 3);
+    assert_eq!(store.count_dead(Some("a".into()), None, None).await.unwrap(), 2);
+    assert_eq!(store.count_dead(None, None, Some(now_ms() - 60_000)).await.unwrap(), 0, "none older than a minute");
+    assert_eq!(store.count_dead(None, Some(now_ms() - 60_000), None).await.unwrap(), 3, "all dead within a minute");
+    assert_eq!(store.count_dead(None, Some(now_ms() + 60_000), None).await.unwrap(), 0, "none dead from a minute on");
     let purged = store.purge_dead(Some("a".into()), None).await.unwrap();
     assert_eq!(purged, Purged { deliveries: 2, events: 1 }, "evt_2 keeps its delivery to b");
     assert!(store.event("evt_1".into()).await.unwrap().is_none());
     let ev2 = store.event("evt_2".into()).await.unwrap().unwrap();
     assert_eq!(ev2.deliveries.len(), 1);
-    assert_eq!(store.count_dead(None, None).await.unwrap(), 1);
+    assert_eq!(store.count_dead(None, None, None).await.unwrap(), 1);
     assert_eq!(store.pending_count().await.unwrap(), 1, "pending work is never purged");
 }
 
@@ -736,6 +738,44 @@ pub(crate) async fn export_pages_the_log_in_accept_order_with_its_filters(store:
     );
     let later = ExportFilter { route: Some("later".into()), ..Default::default() };
     assert_eq!(export_walk(&store, later, 10).await, ["evt_a"], "a route filter sees re-routed deliveries");
+
+    // the console's event log: newest first, by destination and status too
+    let newest = |f: ExportFilter| ExportFilter { newest_first: true, ..f };
+    for limit in [1, 2, 4, 100] {
+        let mut reversed = all;
+        reversed.reverse();
+        assert_eq!(export_walk(&store, newest(ExportFilter::default()), limit).await, reversed, "pages of {limit}");
+    }
+    let since_until = newest(ExportFilter { since_ms: Some(1_000), until_ms: Some(3_000), ..Default::default() });
+    assert_eq!(export_walk(&store, since_until, 2).await, ["evt_d", "evt_c", "evt_b", "evt_a"], "until is exclusive");
+    let to_b = newest(ExportFilter { destination: Some("b".into()), ..Default::default() });
+    assert_eq!(export_walk(&store, to_b, 1).await, ["evt_a"]);
+    let id = store.list_deliveries(DeliveryFilter { destination: Some("b".into()), limit: 1, ..Default::default() });
+    let id = id.await.unwrap()[0].id;
+    let record =
+        AttemptRecord { at_ms: now_ms(), status_code: Some(200), latency_ms: 1, response: Bytes::new(), error: None };
+    store.settle(id, record, Settle::Delivered, None).await.unwrap();
+    let delivered = newest(ExportFilter { status: Some(DeliveryStatus::Delivered), ..Default::default() });
+    assert_eq!(export_walk(&store, delivered, 1).await, ["evt_a"]);
+    let both = newest(ExportFilter {
+        route: Some("main".into()),
+        status: Some(DeliveryStatus::Delivered),
+        ..Default::default()
+    });
+    assert!(export_walk(&store, both, 1).await.is_empty(), "one delivery must be both");
+    let pending_main = newest(ExportFilter {
+        route: Some("main".into()),
+        destination: Some("a".into()),
+        status: Some(DeliveryStatus::Pending),
+        ..Default::default()
+    });
+    assert_eq!(export_walk(&store, pending_main, 3).await, ["evt_e", "evt_c", "evt_a", "evt_0"]);
+
+    // a delivery by the webhook-id its receiver saw
+    let msg = store.list_deliveries(DeliveryFilter { limit: 100, ..Default::default() }).await.unwrap();
+    let wanted = msg.iter().find(|d| d.id == id).unwrap().msg_id.to_string();
+    let found = store.list_deliveries(DeliveryFilter { msg_id: Some(wanted), limit: 10, ..Default::default() });
+    assert_eq!(found.await.unwrap().iter().map(|d| d.id).collect::<Vec<_>>(), [id]);
 }
 
 /// An event to crm, then billing after crm, then notify after billing (`then:`), with crm's URL

@@ -445,6 +445,8 @@ pub struct DeliveryFilter {
     pub until_ms: Option<i64>,
     /// Cursor: only rows with a smaller id (pages go newest first).
     pub before_id: Option<DeliveryId>,
+    /// Only the delivery with this `webhook-id` (the console's search box).
+    pub msg_id: Option<String>,
     pub limit: usize,
 }
 
@@ -543,7 +545,15 @@ pub struct ExportFilter {
     /// Only events with at least one delivery of this route (planned when they arrived or by a
     /// re-route since).
     pub route: Option<RouteName>,
-    /// Cursor: only events after this one in accept order (the last of the previous page).
+    /// Only events with at least one delivery to this destination (with `route` and `status`:
+    /// one delivery that is all of them).
+    pub destination: Option<DestinationName>,
+    /// Only events with at least one delivery in this status.
+    pub status: Option<DeliveryStatus>,
+    /// Newest first (the console's event log) instead of accept order; `after` is then the last
+    /// event of the previous page in that order.
+    pub newest_first: bool,
+    /// Cursor: only events after this one in the listing's order (the last of the previous page).
     pub after: Option<ExportCursor>,
     /// Load each event's deliveries too (one query per page, not one per event).
     pub deliveries: bool,
@@ -874,10 +884,12 @@ pub trait Inspect: Clone + Send + Sync + 'static {
     /// ids of deliveries that hold nothing count for nothing. Returns how many were held.
     fn skip(&self, ids: Vec<DeliveryId>) -> impl Future<Output = Result<usize>> + Send;
 
-    /// How many dead letters [`Inspect::purge_dead`] would delete now.
+    /// How many dead letters [`Inspect::purge_dead`] would delete now (dead before `before_ms`),
+    /// or [`Inspect::replay_dead`] would replay (dead since `since_ms`).
     fn count_dead(
         &self,
         destination: Option<DestinationName>,
+        since_ms: Option<i64>,
         before_ms: Option<i64>,
     ) -> impl Future<Output = Result<usize>> + Send;
 
@@ -1157,8 +1169,13 @@ impl Inspect for Store {
     async fn skip(&self, ids: Vec<DeliveryId>) -> Result<usize> {
         on_backend!(self, b => b.skip(ids).await)
     }
-    async fn count_dead(&self, destination: Option<DestinationName>, before_ms: Option<i64>) -> Result<usize> {
-        on_backend!(self, b => b.count_dead(destination, before_ms).await)
+    async fn count_dead(
+        &self,
+        destination: Option<DestinationName>,
+        since_ms: Option<i64>,
+        before_ms: Option<i64>,
+    ) -> Result<usize> {
+        on_backend!(self, b => b.count_dead(destination, since_ms, before_ms).await)
     }
     async fn purge_dead(&self, destination: Option<DestinationName>, before_ms: Option<i64>) -> Result<Purged> {
         on_backend!(self, b => b.purge_dead(destination, before_ms).await)

@@ -1136,6 +1136,12 @@ async fn events_show_the_pause_reason_and_resume_logs_its_reason() {
         (Some("pending"), Some("receiver migration"))
     );
     assert_eq!(by_dest("other").get("pause_reason"), None, "{rows:?}");
+    // `--webhook-id`: the delivery a receiver logged, found by the id it saw
+    let seen = other.requests()[0].must("webhook-id").to_string();
+    let out = cli(&["events", "--json", "--webhook-id", &seen]).await;
+    let found: Vec<Value> = out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(found.len(), 1, "{}{}", out.stdout, out.stderr);
+    assert_eq!((found[0]["destination"].as_str(), found[0]["msg_id"].as_str()), (Some("other"), Some(seen.as_str())));
 
     let out = cli(&["events"]).await;
     assert_eq!(

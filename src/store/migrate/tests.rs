@@ -95,7 +95,7 @@ async fn view(store: &impl Backend, now: i64) -> String {
     out += &format!("due but a's: {:?}\n", store.due_ids(now + 120_000, 100, vec!["a".into()]).await.unwrap());
     out += &format!("next due: {:?}\n", store.next_due_ms(Vec::new()).await.unwrap());
     out += &format!("pending: {}\n", store.pending_count().await.unwrap());
-    out += &format!("dead: {}\n", store.count_dead(None, None).await.unwrap());
+    out += &format!("dead: {}\n", store.count_dead(None, None, None).await.unwrap());
     out
 }
 

@@ -107,7 +107,7 @@ impl Inspect for PgStore {
                  WHERE ($1::text IS NULL OR d.status = $1::text) AND ($2::text IS NULL OR d.destination = $2::text)
                    AND ($3::text IS NULL OR e.source = $3::text)
                    AND d.created_at >= COALESCE($4::int8, 0) AND d.created_at <= COALESCE($5::int8, 9223372036854775807)
-                   AND ($6::int8 IS NULL OR d.id < $6::int8)
+                   AND ($6::int8 IS NULL OR d.id < $6::int8) AND ($8::text IS NULL OR d.msg_id = $8::text)
                  ORDER BY d.id DESC LIMIT $7"
             ))
             .await
@@ -117,7 +117,16 @@ impl Inspect for PgStore {
         let rows = c
             .query(
                 &st,
-                &[&status, &opt_name(&f.destination), &f.source, &f.since_ms, &f.until_ms, &before, &(f.limit as i64)],
+                &[
+                    &status,
+                    &opt_name(&f.destination),
+                    &f.source,
+                    &f.since_ms,
+                    &f.until_ms,
+                    &before,
+                    &(f.limit as i64),
+                    &f.msg_id,
+                ],
             )
             .await
             .map_err(db)?;
@@ -205,19 +214,47 @@ impl Inspect for PgStore {
         let c = self.conn().await?;
         let (after_at, after_id) = f.after.map(|a| (a.received_at_ms, a.id.as_str().to_string())).unzip();
         let route = f.route.as_ref().map(|r| r.as_str());
+        let status = f.status.map(DeliveryStatus::as_str);
         // ids compared and sorted bytewise (`C`), as SQLite does, whatever the database's collation;
-        // one lower bound, the later of `since` and the cursor's time, so the scan of the index on
-        // received_at starts at the cursor
+        // one bound from the cursor's time and the range, so the scan of the index on received_at
+        // starts at the cursor
+        let (range, cursor, order) = if f.newest_first {
+            (
+                "e.received_at >= COALESCE($2::int8, -9223372036854775808)
+                 AND e.received_at <= LEAST($3::int8 - 1, $5::int8, 9223372036854775807)",
+                r#"($5::int8 IS NULL OR e.received_at < $5::int8 OR e.id COLLATE "C" < $6::text)"#,
+                r#"e.received_at DESC, e.id COLLATE "C" DESC"#,
+            )
+        } else {
+            (
+                "e.received_at >= GREATEST($2::int8, $5::int8, -9223372036854775808)
+                 AND e.received_at < COALESCE($3::int8, 9223372036854775807)",
+                r#"($5::int8 IS NULL OR e.received_at > $5::int8 OR e.id COLLATE "C" > $6::text)"#,
+                r#"e.received_at, e.id COLLATE "C""#,
+            )
+        };
         let rows = c
             .query(
-                r#"SELECT e.id, e.source, e.received_at, e.headers, e.body FROM events e
-                 WHERE ($1::text IS NULL OR e.source = $1::text)
-                   AND e.received_at >= GREATEST($2::int8, $5::int8, -9223372036854775808)
-                   AND e.received_at < COALESCE($3::int8, 9223372036854775807)
-                   AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.route = $4::text))
-                   AND ($5::int8 IS NULL OR e.received_at > $5::int8 OR e.id COLLATE "C" > $6::text)
-                 ORDER BY e.received_at, e.id COLLATE "C" LIMIT $7"#,
-                &[&f.source, &f.since_ms, &f.until_ms, &route, &after_at, &after_id, &(f.limit as i64)],
+                &format!(
+                    "SELECT e.id, e.source, e.received_at, e.headers, e.body FROM events e
+                     WHERE ($1::text IS NULL OR e.source = $1::text) AND {range}
+                       AND ($4::text IS NULL AND $8::text IS NULL AND $9::text IS NULL OR EXISTS (
+                            SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND ($4::text IS NULL OR d.route = $4::text)
+                              AND ($8::text IS NULL OR d.destination = $8::text) AND ($9::text IS NULL OR d.status = $9::text)))
+                       AND {cursor}
+                     ORDER BY {order} LIMIT $7"
+                ),
+                &[
+                    &f.source,
+                    &f.since_ms,
+                    &f.until_ms,
+                    &route,
+                    &after_at,
+                    &after_id,
+                    &(f.limit as i64),
+                    &opt_name(&f.destination),
+                    &status,
+                ],
             )
             .await
             .map_err(db)?;
@@ -511,10 +548,18 @@ impl Inspect for PgStore {
         Ok(rows.len())
     }
 
-    async fn count_dead(&self, destination: Option<DestinationName>, before_ms: Option<i64>) -> Result<usize> {
+    async fn count_dead(
+        &self,
+        destination: Option<DestinationName>,
+        since_ms: Option<i64>,
+        before_ms: Option<i64>,
+    ) -> Result<usize> {
         let c = self.conn().await?;
         let row = c
-            .query_one(&format!("SELECT COUNT(*) FROM deliveries WHERE {DEAD}"), &[&opt_name(&destination), &before_ms])
+            .query_one(
+                &format!("SELECT COUNT(*) FROM deliveries WHERE {DEAD} AND updated_at >= COALESCE($3::int8, 0)"),
+                &[&opt_name(&destination), &before_ms, &since_ms],
+            )
             .await
             .map_err(db)?;
         Ok(row.get::<_, i64>(0) as usize)

@@ -127,11 +127,11 @@ impl Inspect for SqliteStore {
                    LEFT JOIN batches bt ON bt.id = d.batch_id
                  WHERE (?1 IS NULL OR d.status = ?1) AND (?2 IS NULL OR d.destination = ?2) AND (?3 IS NULL OR e.source = ?3)
                    AND d.created_at >= COALESCE(?4, 0) AND d.created_at <= COALESCE(?5, 9223372036854775807)
-                   AND (?6 IS NULL OR d.id < ?6)
+                   AND (?6 IS NULL OR d.id < ?6) AND (?8 IS NULL OR d.msg_id = ?8)
                  ORDER BY d.id DESC LIMIT ?7",
             )?;
             let rows = st.query_map(
-                params![status, f.destination, f.source, f.since_ms, f.until_ms, f.before_id, f.limit as i64],
+                params![status, f.destination, f.source, f.since_ms, f.until_ms, f.before_id, f.limit as i64, f.msg_id],
                 delivery_row,
             )?;
             rows.collect()
@@ -215,21 +215,37 @@ impl Inspect for SqliteStore {
     async fn export_events(&self, f: ExportFilter) -> Result<Vec<ExportedEvent>> {
         self.read(move |c| {
             let (after_at, after_id) = f.after.map(|a| (a.received_at_ms, a.id)).unzip();
-            // one lower bound, the later of `since` and the cursor's time: the scan of the index on
-            // received_at starts at the cursor (not at `since`, page after page), and only the
-            // cursor's own millisecond is sorted by id
-            let mut st = c.prepare_cached(
+            // one bound from the cursor's time and the range: the scan of the index on
+            // received_at starts at the cursor (not at the range's end, page after page), and
+            // only the cursor's own millisecond is sorted by id
+            let (range, cursor, order) = if f.newest_first {
+                (
+                    "e.received_at >= COALESCE(?2, -9223372036854775808)
+                     AND e.received_at <= MIN(COALESCE(?3 - 1, 9223372036854775807), COALESCE(?5, 9223372036854775807))",
+                    "(?5 IS NULL OR e.received_at < ?5 OR e.id < ?6)",
+                    "e.received_at DESC, e.id DESC",
+                )
+            } else {
+                (
+                    "e.received_at >= MAX(COALESCE(?2, -9223372036854775808), COALESCE(?5, -9223372036854775808))
+                     AND e.received_at < COALESCE(?3, 9223372036854775807)",
+                    "(?5 IS NULL OR e.received_at > ?5 OR e.id > ?6)",
+                    "e.received_at, e.id",
+                )
+            };
+            let mut st = c.prepare_cached(&format!(
                 "SELECT e.id, e.source, e.received_at, e.headers, e.body FROM events e
-                 WHERE (?1 IS NULL OR e.source = ?1)
-                   AND e.received_at >= MAX(COALESCE(?2, -9223372036854775808), COALESCE(?5, -9223372036854775808))
-                   AND e.received_at < COALESCE(?3, 9223372036854775807)
-                   AND (?4 IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.route = ?4))
-                   AND (?5 IS NULL OR e.received_at > ?5 OR e.id > ?6)
-                 ORDER BY e.received_at, e.id LIMIT ?7",
-            )?;
+                 WHERE (?1 IS NULL OR e.source = ?1) AND {range}
+                   AND (?4 IS NULL AND ?8 IS NULL AND ?9 IS NULL OR EXISTS (
+                        SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND (?4 IS NULL OR d.route = ?4)
+                          AND (?8 IS NULL OR d.destination = ?8) AND (?9 IS NULL OR d.status = ?9)))
+                   AND {cursor}
+                 ORDER BY {order} LIMIT ?7"
+            ))?;
+            let status = f.status.map(DeliveryStatus::as_str);
             let mut events: Vec<ExportedEvent> = st
                 .query_map(
-                    params![f.source, f.since_ms, f.until_ms, f.route, after_at, after_id, f.limit as i64],
+                    params![f.source, f.since_ms, f.until_ms, f.route, after_at, after_id, f.limit as i64, f.destination, status],
                     |r| {
                         let headers: String = r.get(3)?;
                         Ok(ExportedEvent {
@@ -492,12 +508,18 @@ impl Inspect for SqliteStore {
         if unknown.is_empty() { Ok(n) } else { Err(not_found(unknown)) }
     }
 
-    /// How many dead letters [`Inspect::purge_dead`] would delete now.
-    async fn count_dead(&self, destination: Option<DestinationName>, before_ms: Option<i64>) -> Result<usize> {
+    /// How many dead letters [`Inspect::purge_dead`] would delete now (`before_ms`), or
+    /// [`Inspect::replay_dead`] would replay (`since_ms`).
+    async fn count_dead(
+        &self,
+        destination: Option<DestinationName>,
+        since_ms: Option<i64>,
+        before_ms: Option<i64>,
+    ) -> Result<usize> {
         self.read(move |c| {
             c.query_row(
-                &format!("SELECT COUNT(*) FROM deliveries WHERE {DEAD}"),
-                params![destination, before_ms],
+                &format!("SELECT COUNT(*) FROM deliveries WHERE {DEAD} AND updated_at >= COALESCE(?3, 0)"),
+                params![destination, before_ms, since_ms],
                 |r| r.get::<_, i64>(0),
             )
         })
