@@ -1,10 +1,12 @@
 //! Hookyard: a webhook gateway. See `ARCHITECTURE.md` for the map.
 
+pub mod activity;
 pub mod admin;
 pub mod app;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod dry_run;
 pub mod ids;
 pub mod metrics;
 pub mod ops;

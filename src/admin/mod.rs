@@ -19,13 +19,23 @@
 //! | GET | `/api/v1/deliveries?status=&destination=&source=&since=&until=&before=&limit=` | newest first; `next` is the cursor for `before` |
 //! | GET | `/api/v1/events/{id}` | one event, its deliveries and every attempt |
 //! | GET | `/api/v1/export?source=&since=&until=&route=&deliveries=true` | stored events in accept order as NDJSON (`application/x-ndjson`, one event a line, as `hookyard export`), streamed a page at a time; an error midway cuts the response short (no clean end) |
-//! | POST | `/api/v1/replay` | body `{"ids": [...]}` (as planned), `{"dead": true, "destination": "d", "since": "1d"}`, `{"reroute": [...]}`, or `{"reroute": {"since": "1d", "until": .., "source": .., "route": .., "to": .., "rate": 50, "dry_run": false}}` (a time range of history; counts only unless `"dry_run": false`); 409 for a later step of a chain never sent |
+//! | POST | `/api/v1/replay` | body `{"ids": [...]}` (as planned), `{"dead": true, "destination": "d", "since": "1d"}` (with `"dry_run": true`: `{"would_replay": n}`, nothing replayed), `{"reroute": [...]}`, or `{"reroute": {"since": "1d", "until": .., "source": .., "route": .., "to": .., "rate": 50, "dry_run": false}}` (a time range of history; counts only unless `"dry_run": false`); 409 for a later step of a chain never sent |
 //! | POST | `/api/v1/skip` | body `{"ids": [delivery ids]}`: ordered keys held by these dead or failed heads move on; answers `{"released": n}` |
 //! | GET | `/api/v1/destinations` | each destination: paused, breaker state, queue depth, oldest due, dead letters, keys held (ordered) |
 //! | POST | `/api/v1/destinations/{name}/pause` | body `{"reason": "..."}` optional |
 //! | POST | `/api/v1/destinations/{name}/resume` | |
 //! | POST | `/api/v1/cancel` | body `{"ids": [...]}`, `{"destination": "d", "source": "s", "since": "1h"}` or `{"all": true}`, with `"reason"`; counts only unless `"dry_run": false` |
+//! | GET | `/console/` | the web console (static files; every call it makes needs the token) |
+//! | GET | `/api/v1/whoami` | the name this token's actions are logged under, and whether a token is needed |
+//! | GET | `/api/v1/overview` | events accepted, delivered and failed attempts per 5 s over the last 5 minutes (this process), success rate |
+//! | GET | `/api/v1/events?source=&route=&destination=&status=&since=&until=&q=&cursor=&limit=` | the event log newest first; `q` is an event id, a `webhook-id` or `$.path=value`; `next` is the cursor |
+//! | GET | `/api/v1/events/{id}/explain` | the stored event through today's config: routes matched, why the others did not, transforms, requests (nothing sent) |
+//! | POST | `/api/v1/dry-run` | body `{"source": "s", "headers": [["Name", "value"]], "body": "..."}`: as `hookyard dry-run` |
+//! | GET | `/api/v1/routes` | the routes in force, each as written in the file |
+//! | GET | `/api/v1/tail` | server-sent events: `event` per accepted event, `delivery` per attempt, `lagged` when the client fell behind |
 //! | POST | `/api/v1/purge` | delete dead letters: body `{"destination": "d", "older_than": "7d"}` (both optional); counts only unless `"dry_run": false` |
+
+mod console;
 
 use std::sync::Arc;
 
@@ -107,8 +117,12 @@ fn ops_error(e: OpsError) -> Resp {
 impl Admin {
     /// Every request: an authorized export streams its pages; everything else is answered whole.
     async fn respond(&self, req: Request<Incoming>) -> Response<Body> {
-        if req.method() == Method::GET && req.uri().path() == "/api/v1/export" && self.authorized(&req) {
-            return self.export(req.uri().query().unwrap_or(""));
+        if req.method() == Method::GET && self.authorized(&req) && self.refusal(&req).is_none() {
+            match req.uri().path() {
+                "/api/v1/export" => return self.export(req.uri().query().unwrap_or("")),
+                "/api/v1/tail" => return self.tail(),
+                _ => {}
+            }
         }
         self.handle(req).await.map(http_body_util::Either::Left)
     }
@@ -170,10 +184,49 @@ impl Admin {
         }
     }
 
+    /// Why a request that a browser may have sent on another site's behalf is refused:
+    /// - a request that changes something (not GET) from another origin (`Origin` that is not
+    ///   this listener, or `Sec-Fetch-Site` other than `same-origin`/`none`): cross-site request
+    ///   forgery, which matters most with no token;
+    /// - with no token, a request addressed to a name that is not loopback (`Host`): a page of
+    ///   another site whose name was made to resolve to 127.0.0.1 (DNS rebinding) would
+    ///   otherwise be same-origin with the API.
+    ///
+    /// Clients that are not browsers (the CLI, curl, probes) send neither header, or a loopback
+    /// `Host`, and pass.
+    fn refusal(&self, req: &Request<Incoming>) -> Option<&'static str> {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let host = header("host");
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            if header("sec-fetch-site").is_some_and(|site| site != "same-origin" && site != "none") {
+                return Some("cross-site request refused");
+            }
+            if let Some(origin) = header("origin") {
+                let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+                if host.is_none_or(|h| !h.eq_ignore_ascii_case(origin_host)) {
+                    return Some("cross-origin request refused");
+                }
+            }
+        }
+        if self.state.snapshot.load().admin.token.is_none() && host.is_some_and(|h| !loopback_host(h)) {
+            return Some("the admin listener has no token, so it answers only requests addressed to a loopback host");
+        }
+        None
+    }
+
     pub async fn handle(&self, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().to_string();
         if path == "/healthz" {
             return reply(StatusCode::OK, json!({"status": "ok"}));
+        }
+        if let Some(why) = self.refusal(&req) {
+            warn!(path = %path, reason = why, "admin request refused");
+            return error(StatusCode::FORBIDDEN, why);
+        }
+        if req.method() == Method::GET
+            && let Some(asset) = console::asset(&path)
+        {
+            return asset;
         }
         if !self.authorized(&req) {
             warn!(path = %path, "admin request without a valid bearer token");
@@ -211,7 +264,14 @@ impl Admin {
                 }
                 reply(StatusCode::OK, status)
             }
+            (&Method::GET, ["api", "v1", "whoami"]) => self.whoami(),
+            (&Method::GET, ["api", "v1", "overview"]) => self.overview(),
+            (&Method::GET, ["api", "v1", "events"]) => self.event_log(&query).await,
+            (&Method::GET, ["api", "v1", "events", id, "explain"]) => self.explain(id).await,
+            (&Method::POST, ["api", "v1", "dry-run"]) => self.dry_run(&body).await,
+            (&Method::GET, ["api", "v1", "routes"]) => self.routes(),
             (&Method::POST, ["api", "v1", "reload"]) => {
+                self.audit("reload", "");
                 let outcome = self.reloader.reload("admin api").await;
                 // every instance sharing the store reloads its own file too
                 if let Some(me) = store.node()
@@ -257,6 +317,7 @@ impl Admin {
                     .ok()
                     .and_then(|v| v.get("reason")?.as_str().map(str::to_string));
                 let destination = DestinationName::from(*name);
+                self.audit(action, &format!("destination={name} reason={reason:?}"));
                 let r = if *action == "pause" {
                     ops::pause(store, &destination, reason).await
                 } else {
@@ -334,6 +395,8 @@ impl Admin {
                 let s = stats.iter().find(|s| s.destination == *d.name);
                 let p = paused.iter().find(|(n, _)| *n == *d.name);
                 DestinationRow {
+                    health: self.state.dispatcher.activity().health(&d.name),
+                    rate_limit: d.rate.as_ref().map(|r| format!("{}/s", r.per_second())),
                     name: d.name.to_string(),
                     paused: p.is_some(),
                     pause_reason: p.and_then(|(_, r)| r.clone()),
@@ -356,6 +419,7 @@ impl Admin {
     }
 
     async fn replay(&self, body: &[u8]) -> Resp {
+        self.audit("replay", &String::from_utf8_lossy(body));
         let Ok(cmd) = serde_json::from_slice::<ReplayCommand>(body) else {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -363,26 +427,50 @@ impl Admin {
                  or {\"reroute\": {\"since\": .., \"until\": .., \"source\": .., \"route\": .., \"to\": .., \"rate\": .., \"dry_run\": ..}}",
             );
         };
-        if let ReplayCommand { ids: None, dead: None | Some(false), reroute: Some(Reroute::Range(range)), .. } = cmd {
+        if let ReplayCommand {
+            ids: None,
+            dead: None | Some(false),
+            reroute: Some(Reroute::Range(range)),
+            dry_run: None,
+            ..
+        } = cmd
+        {
             return self.reroute_range(range).await;
         }
         let store = self.state.dispatcher.store();
         let result = match cmd {
-            ReplayCommand { ids: Some(ids), dead: None | Some(false), reroute: None, .. } => {
+            ReplayCommand { ids: Some(ids), dead: None | Some(false), reroute: None, dry_run: None, .. } => {
                 ops::replay(store, ids).await
             }
-            ReplayCommand { ids: None, dead: Some(true), reroute: None, destination, since } => {
+            ReplayCommand { ids: None, dead: Some(true), reroute: None, destination, since, dry_run } => {
                 let since = match since.map(|s| ops::parse_since(&s, SystemTime::now())).transpose() {
                     Ok(s) => s,
                     Err(e) => return ops_error(e),
                 };
+                if dry_run == Some(true) {
+                    return match store.count_dead(destination, since, None).await {
+                        Ok(n) => reply(StatusCode::OK, json!({"dry_run": true, "would_replay": n})),
+                        Err(e) => ops_error(OpsError::Store(e)),
+                    };
+                }
                 ops::replay_dead(store, destination, since).await
             }
-            ReplayCommand { ids: None, dead: None | Some(false), reroute: Some(Reroute::Ids(ids)), .. } => {
+            ReplayCommand {
+                ids: None,
+                dead: None | Some(false),
+                reroute: Some(Reroute::Ids(ids)),
+                dry_run: None,
+                ..
+            } => {
                 let snap = self.state.snapshot.load_full();
                 ops::reroute(store, &snap, ids).await
             }
-            _ => return error(StatusCode::BAD_REQUEST, "give exactly one of ids, dead or reroute"),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "give exactly one of ids, dead or reroute (and dry_run only with dead)",
+                );
+            }
         };
         match result {
             Ok(n) => {
@@ -450,6 +538,7 @@ impl Admin {
     }
 
     async fn skip(&self, body: &[u8]) -> Resp {
+        self.audit("skip", &String::from_utf8_lossy(body));
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct SkipCommand {
@@ -469,6 +558,18 @@ impl Admin {
 }
 
 impl Admin {
+    /// Logs an action taken through the API (the console's buttons included): who (the token's
+    /// name, see [`Admin::actor`]) and what. Target `hookyard::audit`, so a log pipeline can keep
+    /// these apart.
+    fn audit(&self, action: &str, what: &str) {
+        // a command is at most 64 KiB: its first 500 characters say what it was
+        let what = match what.char_indices().nth(500) {
+            Some((cut, _)) => &what[..cut],
+            None => what,
+        };
+        tracing::info!(target: "hookyard::audit", actor = %self.actor(), action = %action, what, "admin action");
+    }
+
     /// Who an API request is, for the record a cancel keeps: `api:token <first 8 hex digits of
     /// the token's SHA-256>` (which token, without the token), or `api` when none is configured.
     fn actor(&self) -> String {
@@ -484,6 +585,7 @@ impl Admin {
     }
 
     async fn cancel(&self, body: &[u8]) -> Resp {
+        self.audit("cancel", &String::from_utf8_lossy(body));
         let Ok(cmd) = serde_json::from_slice::<CancelCommand>(body) else {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -516,6 +618,7 @@ impl Admin {
     }
 
     async fn purge(&self, body: &[u8]) -> Resp {
+        self.audit("purge", &String::from_utf8_lossy(body));
         let body = if body.is_empty() { b"{}".as_slice() } else { body };
         let Ok(cmd) = serde_json::from_slice::<PurgeCommand>(body) else {
             return error(
@@ -565,6 +668,8 @@ struct ReplayCommand {
     reroute: Option<Reroute>,
     destination: Option<DestinationName>,
     since: Option<String>,
+    /// With `dead`: only count what would be replayed.
+    dry_run: Option<bool>,
 }
 
 /// `"reroute"`: event ids, or a time range of history.
@@ -600,6 +705,11 @@ struct DestinationRow {
     failed: u64,
     /// Ordered keys held by a dead or failed head (`on_dead: block`).
     held_keys: u64,
+    /// This process's attempts in the last 5 minutes: success rate, latency p50/p99.
+    #[serde(flatten)]
+    health: crate::activity::Health,
+    /// `rate_limit:` (per second, for all instances together).
+    rate_limit: Option<String>,
 }
 
 fn parse_filter(query: &str) -> Result<DeliveryFilter, OpsError> {
@@ -615,6 +725,7 @@ fn parse_filter(query: &str) -> Result<DeliveryFilter, OpsError> {
             "since" => f.since_ms = Some(ops::parse_since(&v, SystemTime::now())?),
             "until" => f.until_ms = Some(ops::parse_since(&v, SystemTime::now())?),
             "before" => f.before_id = Some(DeliveryId(int(&v)?)),
+            "webhook_id" => f.msg_id = Some(v),
             "limit" => f.limit = int(&v)? as usize,
             other => return Err(OpsError::Invalid(format!("unknown query parameter \"{other}\""))),
         }
@@ -644,6 +755,18 @@ fn parse_export(query: &str) -> Result<ops::ExportQuery, OpsError> {
     }
     q.check()?;
     Ok(q)
+}
+
+/// Whether a `Host` header names this machine: `localhost`, or a loopback address, with or
+/// without a port.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => {
+            host.rsplit_once(':').map_or(host, |(name, port)| if port.parse::<u16>().is_ok() { name } else { host })
+        }
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn percent_decode(s: &str) -> String {

@@ -177,6 +177,7 @@ pub async fn start_with(config: &Path, plugins: Arc<Plugins>) -> Result<Running,
     if let Some(handle) = metrics.clone() {
         background.push(tokio::spawn(crate::metrics::upkeep(handle, stopped(stop_rx.clone()))));
     }
+    background.push(tokio::spawn(state.dispatcher.activity().clone().sample_every_step(stopped(stop_rx.clone()))));
     if storage.postgres.is_some() {
         background.push(tokio::spawn(cluster::listen(state.clone(), reloader.clone(), stopped(stop_rx.clone()))));
     }

@@ -159,6 +159,11 @@ impl RateLimiter {
     }
 
     /// This instance's share: `1/instances` of the configured rate.
+    /// The configured rate (for the whole destination, all instances together).
+    pub fn per_second(&self) -> f64 {
+        self.per_second
+    }
+
     pub fn set_share(&self, instances: usize) {
         let per_second = self.per_second / instances.max(1) as f64;
         *self.interval.lock().unwrap_or_else(|p| p.into_inner()) = Duration::from_secs_f64(1.0 / per_second);

@@ -46,6 +46,7 @@ use super::breaker::{Breaker, BreakerState};
 use super::client::AttemptReport;
 use super::retry::AttemptOutcome;
 use super::{Destination, StepRules, build_request};
+use crate::activity::{Activity, TailItem};
 use crate::clock::Clock;
 use crate::store::{
     AttemptRecord, DeliveryId, DestinationName, DueDelivery, Inspect, Queue, Settle, StepDecision, Store, WaitingStep,
@@ -162,6 +163,8 @@ struct Inner<T> {
     retries: AtomicU64,
     failed: AtomicU64,
     dead: AtomicU64,
+    /// Recent attempts and the live tail, for the console.
+    activity: Arc<Activity>,
 }
 
 /// How long a released claim is remembered: longer than any gap between a commit and the fast
@@ -500,6 +503,7 @@ impl<T: Transport> Dispatcher<T> {
                 retries: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 dead: AtomicU64::new(0),
+                activity: Arc::new(Activity::default()),
             }),
         };
         d.set_destinations(destinations);
@@ -547,6 +551,11 @@ impl<T: Transport> Dispatcher<T> {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// What this process did lately (the console's charts, health and live tail).
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.inner.activity
     }
 
     /// Shares every destination's `max_in_flight` and `rate_limit` among `instances` live
@@ -1083,11 +1092,23 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
     };
     inner.attempts.fetch_add(1, Ordering::Relaxed);
     crate::metrics::attempt(&dest.name, report.latency.as_secs_f64());
-    crate::metrics::delivery(
-        &dest.name,
-        outcome_label(&report.outcome, dest.retry.delay(d.attempts + 1, None, false, 0.5).is_some()),
-    );
+    let outcome = outcome_label(&report.outcome, dest.retry.delay(d.attempts + 1, None, false, 0.5).is_some());
+    crate::metrics::delivery(&dest.name, outcome);
     let attempt = d.attempts + 1;
+    let delivered = matches!(report.outcome, AttemptOutcome::Delivered { .. });
+    inner.activity.attempt(&dest.name, report.latency, delivered, || TailItem::Delivery {
+        id: d.id.0,
+        event_id: d.event_id.to_string(),
+        route: d.route.to_string(),
+        destination: dest.name.to_string(),
+        status: match outcome {
+            "delivered" | "failed" | "dead" => outcome,
+            _ => "pending",
+        },
+        attempts: attempt,
+        last_status: report.outcome.status_and_error().0,
+        latency_ms: report.latency.as_millis() as u64,
+    });
     let latency_ms = report.latency.as_millis() as u64;
     let (status_code, error_text) = report.outcome.status_and_error();
     let record = AttemptRecord {

@@ -172,6 +172,13 @@ impl State {
             Ok(Accepted::Stored(due)) => {
                 let names: Vec<&str> = routes.iter().map(|r| &*snap.routes[*r].name).collect();
                 names.iter().for_each(|n| metrics::route_matched(n));
+                self.dispatcher.activity().accepted(|| crate::activity::TailItem::Event {
+                    id: event.id.to_string(),
+                    source: source.name.to_string(),
+                    received_at_ms: to_ms(event.received_at),
+                    routes: names.iter().map(|n| n.to_string()).collect(),
+                    deliveries: count,
+                });
                 if count == 0 {
                     info!(event_id = %event.id, source = %source.name, bytes = event.body.len(), "event accepted; no route matched (unrouted)");
                 } else {

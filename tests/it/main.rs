@@ -11,6 +11,8 @@ mod batching;
 mod chains;
 mod cli;
 mod cluster;
+mod console;
+mod console_api;
 mod crash;
 mod delivery;
 mod export;

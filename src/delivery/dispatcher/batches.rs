@@ -285,6 +285,8 @@ async fn attempt<T: Transport>(inner: &Inner<T>, id: i64, slot: &Slot) {
     for _ in 0..n {
         crate::metrics::delivery(&dest.name, super::outcome_label(&report.outcome, can_retry));
     }
+    let delivered = matches!(report.outcome, AttemptOutcome::Delivered { .. });
+    inner.activity.record(&dest.name, report.latency, delivered);
     let (code, error_text) = report.outcome.status_and_error();
     let latency_ms = report.latency.as_millis() as u64;
     let attempt = record(inner, code, latency_ms, report.response_body.clone(), error_text.clone());
