@@ -17,6 +17,9 @@
 #   hookyard-2-chain      as hookyard-2, but a chain: sink2 (`then:`) only after sink1 answered,
 #                         its URL rendered from sink1's answer ({{ response.sink1:status }})
 #   hookyard-3            wrk -> hookyard (1 route, 3 destinations: same sink, 3 paths) -> sink
+#   hookyard-1-tail       as hookyard-1 with a browser tab (headless Chromium on LOAD_CPU,
+#                         bench/e2e/tail_tab.mjs) on the console's event log, live tail on: what
+#                         a console left open costs the gateway (needs `bash scripts/browser.sh`)
 # The sink is `hookyard receive --quiet` in every scenario. wrk and the sink run
 # on LOAD_CPU (0); the server under test (nginx or hookyard) runs on SUT_CPU (1).
 # Its files (payload, wrk script, nginx config, report) are in bench/e2e/; the
@@ -75,7 +78,7 @@ if ! [[ "$PORT_BASE" =~ ^[0-9]+$ ]] || ((PORT_BASE < 1024 || PORT_BASE > 65000))
   die "PORT_BASE must be in 1024..65000"
 fi
 for s in $SCENARIOS; do
-  case "$s" in direct | nginx | hyper-proxy | hookyard-1 | hookyard-1-transform | hookyard-2 | hookyard-2-chain | hookyard-3) ;;
+  case "$s" in direct | nginx | hyper-proxy | hookyard-1 | hookyard-1-transform | hookyard-1-tail | hookyard-2 | hookyard-2-chain | hookyard-3) ;;
     *) die "unknown scenario '$s'" ;;
   esac
 done
@@ -354,9 +357,10 @@ start_sut() {
       SUT_LOG="$SUT_DIR/proxy.err"
       ;;
     hookyard-*)
-      local tf=0 ch=0
+      local tf=0 ch=0 tail=0
       FANOUT=${sc#hookyard-}
       if [[ $FANOUT == *-transform ]]; then FANOUT=${FANOUT%-transform} tf=1; fi
+      if [[ $FANOUT == *-tail ]]; then FANOUT=${FANOUT%-tail} tail=1; fi
       if [[ $FANOUT == *-chain ]]; then FANOUT=${FANOUT%-chain} ch=1; fi
       URL="http://127.0.0.1:$HY_PORT/hooks/github"
       # A fresh directory per run: the store (storage.path, default
@@ -373,11 +377,38 @@ start_sut() {
       wait_listening "$SUT_DIR/hookyard.out" "$SUT_MAIN" "hookyard run ($sc)"
       SUT_PIDS=("$SUT_MAIN")
       SUT_LOG="$SUT_DIR/hookyard.err"
+      if [[ $tail == 1 ]]; then start_tail_tab; fi
       ;;
   esac
 }
 
+# start_tail_tab: the browser tab of hookyard-1-tail, on LOAD_CPU (its CPU is not the gateway's).
+TAB_PID=""
+start_tail_tab() {
+  [[ $ADMIN_KEY == 1 ]] || die "hookyard-1-tail needs a hookyard with the admin: config key"
+  command -v node >/dev/null && [[ -d "$ROOT/tests/console/node_modules/playwright-core" ]] \
+    || die "hookyard-1-tail needs node and playwright-core: run bash scripts/browser.sh"
+  taskset -c "$LOAD_CPU" node "$BENCH_DIR/e2e/tail_tab.mjs" "http://127.0.0.1:$ADMIN_PORT/console/" \
+    bench-admin-token >"$SUT_DIR/tab.out" 2>"$SUT_DIR/tab.err" &
+  TAB_PID=$!
+  track "$TAB_PID"
+  local i
+  for ((i = 0; i < 150; i++)); do
+    grep -q '^tailing' "$SUT_DIR/tab.out" 2>/dev/null && break
+    kill -0 "$TAB_PID" 2>/dev/null || die "the console tab exited: $(cat "$SUT_DIR/tab.err")"
+    sleep 0.1
+  done
+  grep -q '^tailing' "$SUT_DIR/tab.out" || die "the console tab did not start tailing within 15 s"
+  log "console tab tailing the event log (pid $TAB_PID, CPU $LOAD_CPU)"
+}
+
 stop_sut() {
+  if [[ -n "$TAB_PID" ]]; then
+    kill -TERM "$TAB_PID" 2>/dev/null || true
+    wait "$TAB_PID" 2>/dev/null || true
+    log "console tab: $(tail -n 1 "$SUT_DIR/tab.out")"
+    TAB_PID=""
+  fi
   if [[ -n "$SUT_MAIN" ]]; then stop_pid "$SUT_MAIN" "$1"; fi
   SUT_MAIN=""
 }

@@ -317,7 +317,7 @@ impl Admin {
                     .ok()
                     .and_then(|v| v.get("reason")?.as_str().map(str::to_string));
                 let destination = DestinationName::from(*name);
-                self.audit(action, &format!("destination={name} reason={reason:?}"));
+                self.audit(action, &format!("destination={name} reason={}", reason.as_deref().unwrap_or("(none)")));
                 let r = if *action == "pause" {
                     ops::pause(store, &destination, reason).await
                 } else {
