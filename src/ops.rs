@@ -607,7 +607,7 @@ pub struct DeliveryView {
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CancellationView {
-    /// `cli:<user>`, `api:token <fingerprint>`, `api` (no token) or `operator`.
+    /// `cli:<user>`, `api:<token name>`, `api:token <fingerprint>`, `api` (no token) or `operator`.
     pub by: String,
     pub reason: Option<String>,
     pub at_ms: i64,

@@ -349,7 +349,8 @@ fn keep_restart_only_settings(old: &Snapshot, new: &mut Snapshot) -> Vec<String>
     if admin_listener(&old.admin) != admin_listener(&new.admin) {
         changed.push("admin.listen / enabled / max_connections / request_timeout".to_string());
         let token = new.admin.token.take();
-        new.admin = crate::config::AdminConfig { token, ..old.admin.clone() };
+        let tokens = std::mem::take(&mut new.admin.tokens);
+        new.admin = crate::config::AdminConfig { token, tokens, ..old.admin.clone() };
     }
     if old.storage.path != new.storage.path || old.storage.sync != new.storage.sync {
         changed.push("storage.path / storage.sync".to_string());

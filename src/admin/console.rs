@@ -185,8 +185,9 @@ fn passes(f: &ExportFilter, e: &EventDetail) -> bool {
 
 impl Admin {
     /// `GET /api/v1/whoami`: the name actions are logged under, and whether a token is needed.
-    pub(super) fn whoami(&self) -> Resp {
-        reply(StatusCode::OK, json!({"actor": self.actor(), "auth": self.state.snapshot.load().admin.token.is_some()}))
+    pub(super) fn whoami(&self, actor: &str) -> Resp {
+        let admin = &self.state.snapshot.load().admin;
+        reply(StatusCode::OK, json!({"actor": actor, "auth": admin.token.is_some() || !admin.tokens.is_empty()}))
     }
 
     /// `GET /api/v1/overview`: events and deliveries per 5 s over 5 minutes (this process).

@@ -1,6 +1,6 @@
 //! The admin listener: health, readiness, Prometheus metrics and the JSON admin API, on its own
 //! address (loopback by default). Every route except `/healthz` requires the bearer token when
-//! `admin.token` is set; it must be set when the listener is not on loopback.
+//! `admin.token` or `admin.tokens` is set; one must be when the listener is not on loopback.
 //!
 //! The API calls the same `ops` functions as the CLI.
 //!
@@ -117,7 +117,7 @@ fn ops_error(e: OpsError) -> Resp {
 impl Admin {
     /// Every request: an authorized export streams its pages; everything else is answered whole.
     async fn respond(&self, req: Request<Incoming>) -> Response<Body> {
-        if req.method() == Method::GET && self.authorized(&req) && self.refusal(&req).is_none() {
+        if req.method() == Method::GET && self.authorized(&req).is_some() && self.refusal(&req).is_none() {
             match req.uri().path() {
                 "/api/v1/export" => return self.export(req.uri().query().unwrap_or("")),
                 "/api/v1/tail" => return self.tail(),
@@ -166,22 +166,31 @@ impl Admin {
         r
     }
 
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
+    /// Who the request is, if it may use the API: the actor its actions are logged under
+    /// ([`Admin::actor`]); `None` without a valid bearer token. Every configured token is compared
+    /// (as SHA-256 digests, in constant time, none skipped), so the time taken says neither which
+    /// token nor how long.
+    fn authorized(&self, req: &Request<Incoming>) -> Option<String> {
+        use sha2::{Digest, Sha256};
         let snap = self.state.snapshot.load();
-        let Some(token) = &snap.admin.token else { return true };
+        let admin = &snap.admin;
+        if admin.token.is_none() && admin.tokens.is_empty() {
+            return Some("api".to_string());
+        }
         let given = req
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            // compare digests so the comparison time does not depend on the token's length either
-            Some(g) => {
-                use sha2::{Digest, Sha256};
-                bool::from(Sha256::digest(g.as_bytes()).ct_eq(&Sha256::digest(token.0.as_bytes())))
+            .and_then(|v| v.strip_prefix("Bearer "))?;
+        let given = Sha256::digest(given.as_bytes());
+        let mut found = None;
+        let candidates = admin.token.iter().map(|t| (None, t)).chain(admin.tokens.iter().map(|(n, t)| (Some(n), t)));
+        for (name, token) in candidates {
+            if bool::from(given.ct_eq(&Sha256::digest(token.0.as_bytes()))) {
+                found = Some(actor(name.map(String::as_str), &token.0));
             }
-            None => false,
         }
+        found
     }
 
     /// Why a request that a browser may have sent on another site's behalf is refused:
@@ -208,7 +217,11 @@ impl Admin {
                 }
             }
         }
-        if self.state.snapshot.load().admin.token.is_none() && host.is_some_and(|h| !loopback_host(h)) {
+        let open = {
+            let a = &self.state.snapshot.load().admin;
+            a.token.is_none() && a.tokens.is_empty()
+        };
+        if open && host.is_some_and(|h| !loopback_host(h)) {
             return Some("the admin listener has no token, so it answers only requests addressed to a loopback host");
         }
         None
@@ -228,12 +241,12 @@ impl Admin {
         {
             return asset;
         }
-        if !self.authorized(&req) {
+        let Some(actor) = self.authorized(&req) else {
             warn!(path = %path, "admin request without a valid bearer token");
             let mut r = error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
             r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
-        }
+        };
         let method = req.method().clone();
         let query = req.uri().query().unwrap_or("").to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -264,14 +277,14 @@ impl Admin {
                 }
                 reply(StatusCode::OK, status)
             }
-            (&Method::GET, ["api", "v1", "whoami"]) => self.whoami(),
+            (&Method::GET, ["api", "v1", "whoami"]) => self.whoami(&actor),
             (&Method::GET, ["api", "v1", "overview"]) => self.overview(),
             (&Method::GET, ["api", "v1", "events"]) => self.event_log(&query).await,
             (&Method::GET, ["api", "v1", "events", id, "explain"]) => self.explain(id).await,
             (&Method::POST, ["api", "v1", "dry-run"]) => self.dry_run(&body).await,
             (&Method::GET, ["api", "v1", "routes"]) => self.routes(),
             (&Method::POST, ["api", "v1", "reload"]) => {
-                self.audit("reload", "");
+                self.audit(&actor, "reload", "");
                 let outcome = self.reloader.reload("admin api").await;
                 // every instance sharing the store reloads its own file too
                 if let Some(me) = store.node()
@@ -304,10 +317,10 @@ impl Admin {
                 Ok(ev) => reply(StatusCode::OK, json!(ev)),
                 Err(e) => ops_error(e),
             },
-            (&Method::POST, ["api", "v1", "replay"]) => self.replay(&body).await,
-            (&Method::POST, ["api", "v1", "cancel"]) => self.cancel(&body).await,
-            (&Method::POST, ["api", "v1", "skip"]) => self.skip(&body).await,
-            (&Method::POST, ["api", "v1", "purge"]) => self.purge(&body).await,
+            (&Method::POST, ["api", "v1", "replay"]) => self.replay(&actor, &body).await,
+            (&Method::POST, ["api", "v1", "cancel"]) => self.cancel(&actor, &body).await,
+            (&Method::POST, ["api", "v1", "skip"]) => self.skip(&actor, &body).await,
+            (&Method::POST, ["api", "v1", "purge"]) => self.purge(&actor, &body).await,
             (&Method::GET, ["api", "v1", "destinations"]) => self.destinations().await,
             (&Method::POST, ["api", "v1", "destinations", name, action @ ("pause" | "resume")]) => {
                 if self.state.snapshot.load().destination(name).is_none() {
@@ -317,7 +330,11 @@ impl Admin {
                     .ok()
                     .and_then(|v| v.get("reason")?.as_str().map(str::to_string));
                 let destination = DestinationName::from(*name);
-                self.audit(action, &format!("destination={name} reason={}", reason.as_deref().unwrap_or("(none)")));
+                self.audit(
+                    &actor,
+                    action,
+                    &format!("destination={name} reason={}", reason.as_deref().unwrap_or("(none)")),
+                );
                 let r = if *action == "pause" {
                     ops::pause(store, &destination, reason).await
                 } else {
@@ -418,8 +435,8 @@ impl Admin {
         }
     }
 
-    async fn replay(&self, body: &[u8]) -> Resp {
-        self.audit("replay", &String::from_utf8_lossy(body));
+    async fn replay(&self, actor: &str, body: &[u8]) -> Resp {
+        self.audit(actor, "replay", &String::from_utf8_lossy(body));
         let Ok(cmd) = serde_json::from_slice::<ReplayCommand>(body) else {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -537,8 +554,8 @@ impl Admin {
         }
     }
 
-    async fn skip(&self, body: &[u8]) -> Resp {
-        self.audit("skip", &String::from_utf8_lossy(body));
+    async fn skip(&self, actor: &str, body: &[u8]) -> Resp {
+        self.audit(actor, "skip", &String::from_utf8_lossy(body));
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct SkipCommand {
@@ -561,31 +578,17 @@ impl Admin {
     /// Logs an action taken through the API (the console's buttons included): who (the token's
     /// name, see [`Admin::actor`]) and what. Target `hookyard::audit`, so a log pipeline can keep
     /// these apart.
-    fn audit(&self, action: &str, what: &str) {
+    fn audit(&self, actor: &str, action: &str, what: &str) {
         // a command is at most 64 KiB: its first 500 characters say what it was
         let what = match what.char_indices().nth(500) {
             Some((cut, _)) => &what[..cut],
             None => what,
         };
-        tracing::info!(target: "hookyard::audit", actor = %self.actor(), action = %action, what, "admin action");
+        tracing::info!(target: "hookyard::audit", actor = %actor, action = %action, what, "admin action");
     }
 
-    /// Who an API request is, for the record a cancel keeps: `api:token <first 8 hex digits of
-    /// the token's SHA-256>` (which token, without the token), or `api` when none is configured.
-    fn actor(&self) -> String {
-        use sha2::{Digest, Sha256};
-        match &self.state.snapshot.load().admin.token {
-            Some(token) => {
-                let digest = Sha256::digest(token.0.as_bytes());
-                let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-                format!("api:token {hex}")
-            }
-            None => "api".to_string(),
-        }
-    }
-
-    async fn cancel(&self, body: &[u8]) -> Resp {
-        self.audit("cancel", &String::from_utf8_lossy(body));
+    async fn cancel(&self, actor: &str, body: &[u8]) -> Resp {
+        self.audit(actor, "cancel", &String::from_utf8_lossy(body));
         let Ok(cmd) = serde_json::from_slice::<CancelCommand>(body) else {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -604,7 +607,7 @@ impl Admin {
             since_ms,
             all: cmd.all.unwrap_or(false),
         };
-        let by = self.actor();
+        let by = actor.to_string();
         let store = self.state.dispatcher.store();
         match ops::cancel(store, selection, by.clone(), cmd.reason, cmd.dry_run.unwrap_or(true)).await {
             Ok(done) if done.dry_run => reply(StatusCode::OK, json!({"dry_run": true, "would_cancel": done.result})),
@@ -617,8 +620,8 @@ impl Admin {
         }
     }
 
-    async fn purge(&self, body: &[u8]) -> Resp {
-        self.audit("purge", &String::from_utf8_lossy(body));
+    async fn purge(&self, actor: &str, body: &[u8]) -> Resp {
+        self.audit(actor, "purge", &String::from_utf8_lossy(body));
         let body = if body.is_empty() { b"{}".as_slice() } else { body };
         let Ok(cmd) = serde_json::from_slice::<PurgeCommand>(body) else {
             return error(
@@ -755,6 +758,21 @@ fn parse_export(query: &str) -> Result<ops::ExportQuery, OpsError> {
     }
     q.check()?;
     Ok(q)
+}
+
+/// Who a request with this token is, for the log of its actions and the record a cancel keeps:
+/// `api:<name>` for a token of `admin.tokens`, `api:token <first 8 hex digits of its SHA-256>`
+/// for `admin.token` (which token, without the token).
+fn actor(name: Option<&str>, token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    match name {
+        Some(name) => format!("api:{name}"),
+        None => {
+            let digest = Sha256::digest(token.as_bytes());
+            let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+            format!("api:token {hex}")
+        }
+    }
 }
 
 /// Whether a `Host` header names this machine: `localhost`, or a loopback address, with or

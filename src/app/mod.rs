@@ -132,7 +132,7 @@ pub async fn start_with(config: &Path, plugins: Arc<Plugins>) -> Result<Running,
     let admin_listener = if admin_cfg.enabled {
         let bind_error = |source| StartError::Bind { addr: admin_cfg.listen, what: "admin.listen", source };
         let l = listener::bind(admin_cfg.listen).map_err(bind_error)?;
-        if admin_cfg.token.is_none() {
+        if admin_cfg.token.is_none() && admin_cfg.tokens.is_empty() {
             warn!(addr = %admin_cfg.listen, "the admin API has no token; it is open to every local process (set admin.token)");
         }
         Some(l)

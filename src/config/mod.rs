@@ -595,7 +595,8 @@ impl Config {
         if self.delivery.max_pending == 0 {
             errors.push(self.error("delivery.max_pending", "must be greater than 0"));
         }
-        if self.admin.enabled && !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
+        let open = self.admin.token.is_none() && self.admin.tokens.is_empty();
+        if self.admin.enabled && !self.admin.listen.ip().is_loopback() && open {
             errors.push(self.error(
                 "admin.token",
                 format!(
@@ -608,6 +609,29 @@ impl Config {
             errors.push(self.error("admin.token", BLANK_SECRET));
         } else if self.admin.token.as_ref().is_some_and(|t| t.0.len() < 16) {
             errors.push(self.error("admin.token", "must be at least 16 characters"));
+        }
+        let mut seen: Vec<&str> = self.admin.token.iter().map(|t| t.0.as_str()).collect();
+        for (name, token) in &self.admin.tokens {
+            let key = format!("admin.tokens.{name}");
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                errors.push(
+                    self.error(
+                        &key,
+                        "a token's name is letters, digits, `-`, `_` and `.` (it is logged as api:<name>)",
+                    ),
+                );
+            }
+            if token.0.trim().is_empty() {
+                errors.push(self.error(&key, BLANK_SECRET));
+            } else if token.0.len() < 16 {
+                errors.push(self.error(&key, "must be at least 16 characters"));
+            } else if seen.contains(&token.0.as_str()) {
+                errors.push(self.error(
+                    &key,
+                    "is the same token as another one: each must be its own, or the log cannot say who acted",
+                ));
+            }
+            seen.push(&token.0);
         }
         if self.server.max_connections == Some(0) {
             errors.push(self.error("server.max_connections", "must be greater than 0"));

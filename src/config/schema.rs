@@ -74,6 +74,10 @@ pub struct AdminConfig {
     /// Bearer token every admin route except `/healthz` requires (`Authorization: Bearer …`),
     /// compared in constant time. Use `${ENV_VAR}`. Optional on loopback.
     pub token: Option<Secret>,
+    /// Named bearer tokens, one per person or tool (`tokens: { alice: "${ALICE_ADMIN_TOKEN}" }`),
+    /// accepted beside `token`: the actions taken with one (the console's included) are logged
+    /// as `api:<name>`. Names are letters, digits, `-`, `_` and `.`.
+    pub tokens: std::collections::BTreeMap<String, Secret>,
     /// Set to `false` to run without the admin listener.
     pub enabled: bool,
     /// Most admin connections served at once, apart from ingress's; further ones wait in the
@@ -91,6 +95,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token: None,
+            tokens: Default::default(),
             enabled: true,
             max_connections: None,
             request_timeout: Dur(Duration::from_secs(10)),

@@ -633,7 +633,7 @@ impl DeliverySelection {
 /// Who cancelled a delivery, why and when; shown with a `cancelled` delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cancellation {
-    /// `cli:<user>`, `api:token <fingerprint>`, `api` (no token) or `operator`.
+    /// `cli:<user>`, `api:<token name>`, `api:token <fingerprint>`, `api` (no token) or `operator`.
     pub by: String,
     pub reason: Option<String>,
     pub at_ms: i64,

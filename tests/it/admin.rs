@@ -807,6 +807,39 @@ async fn a_non_loopback_admin_listener_needs_a_token() {
     let out = run_cli(cmd).await;
     assert_eq!(out.code(), Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("admin.token: must be at least 16 characters"), "{}", out.stderr);
+
+    // named tokens: one is enough off loopback; each is checked on its own, with its name
+    let named = dir.path().join("named.yaml");
+    std::fs::write(&named, format!("admin: {{ listen: \"192.0.2.1:9090\", tokens: {{ alice: \"{TOKEN}\" }} }}\n"))
+        .unwrap();
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&named);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let bad = dir.path().join("bad-named.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "admin:\n  token: \"{TOKEN}\"\n  tokens:\n    alice: short\n    \"bob smith\": \"bob-token-0123456789\"\n    carol: \"{TOKEN}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = hookyard();
+    cmd.arg("check").arg("--config").arg(&bad);
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    let file = bad.display();
+    for line in [
+        format!("{file}:4:5: admin.tokens.alice: must be at least 16 characters"),
+        format!(
+            "{file}:5:5: admin.tokens.bob smith: a token's name is letters, digits, `-`, `_` and `.` (it is logged as api:<name>)"
+        ),
+        format!(
+            "{file}:6:5: admin.tokens.carol: is the same token as another one: each must be its own, or the log cannot say who acted"
+        ),
+    ] {
+        assert!(out.stderr.lines().any(|l| l == line), "missing {line:?} in:\n{}", out.stderr);
+    }
 }
 
 // --- graceful shutdown ------------------------------------------------------------------------

@@ -28,8 +28,11 @@ const ROUTES: &str = "  - name: kind-a
     to: [out]
 ";
 
+/// A named token beside `TOKEN`: its actions are logged as `api:alice`.
+const ALICE: &str = "alice-admin-token-0123456789";
+
 fn config(out: &str, dead: &str, token: bool) -> String {
-    let token = if token { format!(", token: \"{TOKEN}\"") } else { String::new() };
+    let token = if token { format!(", token: \"{TOKEN}\", tokens: {{ alice: \"{ALICE}\" }}") } else { String::new() };
     format!(
         "server: {{ listen: \"127.0.0.1:0\" }}\n\
          admin: {{ listen: \"127.0.0.1:0\"{token} }}\n\
@@ -375,6 +378,21 @@ async fn the_console_is_served_with_its_policy_and_a_browser_cannot_be_turned_ag
     let audit = gw.log_lines_with(&["admin action", "action=pause", "destination=out"]);
     assert_eq!(audit.len(), 1, "{}", gw.logs());
     assert!(audit[0].contains("actor=api:token "), "{}", audit[0]);
+
+    // a named token: its actions carry its name, in the log and in what a cancel records
+    let bearer = format!("Bearer {ALICE}");
+    let alice = |method: Method, path: &'static str, body: &'static str| admin.send(method, path, Some(&bearer), body);
+    let who = alice(Method::GET, "/api/v1/whoami", "").await.json();
+    assert_eq!(who, json!({"actor": "api:alice", "auth": true}));
+    let a = alice(Method::POST, "/api/v1/destinations/out/resume", r#"{"reason": "done"}"#).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let audit = gw.log_lines_with(&["admin action", "action=resume", "destination=out reason=done"]);
+    assert_eq!(audit.len(), 1, "{}", gw.logs());
+    assert!(audit[0].contains("actor=api:alice"), "{}", audit[0]);
+    let a = alice(Method::POST, "/api/v1/cancel", r#"{"all": true, "dry_run": false}"#).await;
+    assert_eq!(a.json()["by"], "api:alice", "{}", a.text());
+    let wrong = admin.send(Method::GET, "/api/v1/whoami", Some(&format!("Bearer {ALICE}x")), "").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
