@@ -35,6 +35,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::OtlpConfig;
 
+/// The W3C trace context header an outgoing request carries.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// How long one export may take (connect, send, answer); the SDK's batch thread waits no longer.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A collector's answer is read no further than this (an OTLP answer is a few bytes).
@@ -141,17 +144,20 @@ impl EventTrace {
         EventTrace { trace_id, span_id: derived_span_id(event_id), sender }
     }
 
-    /// [`EventTrace::new`] from headers as stored (`name`, `value`; names in lower case).
+    /// [`EventTrace::new`] from headers as stored (`name`, `value`; names in lower case). A
+    /// header given more than once is taken as not given, as at ingress.
     pub fn from_headers<'a>(event_id: &str, headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> EventTrace {
-        let (mut parent, mut state) = (None, None);
+        let (mut parent, mut state) = ((0, None), (0, None));
         for (k, v) in headers {
-            match k {
-                "traceparent" => parent = Some(v),
-                "tracestate" => state = Some(v),
-                _ => {}
-            }
+            let seen = match k {
+                "traceparent" => &mut parent,
+                "tracestate" => &mut state,
+                _ => continue,
+            };
+            *seen = (seen.0 + 1, Some(v));
         }
-        EventTrace::new(event_id, parent, state)
+        let once = |(n, v): (usize, Option<&'a str>)| if n == 1 { v } else { None };
+        EventTrace::new(event_id, once(parent), once(state))
     }
 
     /// The event span's context, as its children (the deliveries) see it from afar.
