@@ -12,6 +12,8 @@
 #                         hookyard's HTTP stack, 1 worker) -> sink: the floor of that stack
 #   hookyard-1            wrk -> hookyard (1 route, 1 destination) -> sink
 #   hookyard-1-transform  as hookyard-1 with the github_chat.wasm plugin on the route
+#   hookyard-1-otlp       as hookyard-1 exporting its spans (telemetry.otlp) to a second
+#                         `hookyard receive` on the load CPU that discards them
 #                         (push -> {"text", "channel"}) -> sink
 #   hookyard-2            wrk -> hookyard (1 route, 2 destinations: same sink, 2 paths) -> sink
 #   hookyard-2-chain      as hookyard-2, but a chain: sink2 (`then:`) only after sink1 answered,
@@ -66,6 +68,7 @@ ADMIN_PORT=$((PORT_BASE + 2)) # hookyard's admin listener (default 9090 would co
 PROXY_PORT=$((PORT_BASE + 3))
 SINK_PORT=$((PORT_BASE + 11))
 SINK_ADDR="127.0.0.1:$SINK_PORT"
+OTLP_PORT=$((PORT_BASE + 12)) # the span sink of hookyard-1-otlp
 
 case "$HOOKYARD" in /*) ;; *) HOOKYARD="$ROOT/$HOOKYARD" ;; esac
 case "$PLUGIN" in /*) ;; *) PLUGIN="$ROOT/$PLUGIN" ;; esac
@@ -78,7 +81,7 @@ if ! [[ "$PORT_BASE" =~ ^[0-9]+$ ]] || ((PORT_BASE < 1024 || PORT_BASE > 65000))
   die "PORT_BASE must be in 1024..65000"
 fi
 for s in $SCENARIOS; do
-  case "$s" in direct | nginx | hyper-proxy | hookyard-1 | hookyard-1-transform | hookyard-1-tail | hookyard-2 | hookyard-2-chain | hookyard-3) ;;
+  case "$s" in direct | nginx | hyper-proxy | hookyard-1 | hookyard-1-transform | hookyard-1-tail | hookyard-1-otlp | hookyard-2 | hookyard-2-chain | hookyard-3) ;;
     *) die "unknown scenario '$s'" ;;
   esac
 done
@@ -220,6 +223,20 @@ start_sink() {
   log "sink: hookyard receive on 127.0.0.1:$SINK_PORT (pid $SINK_PID, CPU $LOAD_CPU)"
 }
 
+# start_otlp_sink: a second `hookyard receive`, apart from the sink that counts deliveries, that
+# takes the OTLP exports of hookyard-1-otlp and discards them (on the load CPU: not charged).
+OTLP_PID=""
+start_otlp_sink() {
+  ensure_port_free "$OTLP_PORT"
+  HOOKYARD_WORKER_THREADS=1 RUST_LOG=warn taskset -c "$LOAD_CPU" \
+    "$HOOKYARD" receive --listen "127.0.0.1:$OTLP_PORT" --quiet \
+    >"$WORK/otlp.out" 2>"$WORK/otlp.err" &
+  OTLP_PID=$!
+  track "$OTLP_PID"
+  wait_listening "$WORK/otlp.out" "$OTLP_PID" "hookyard receive (OTLP sink)"
+  log "OTLP sink: hookyard receive on 127.0.0.1:$OTLP_PORT (pid $OTLP_PID, CPU $LOAD_CPU)"
+}
+
 render_nginx_conf() {
   local prefix=$1 user_line=""
   [[ $EUID -eq 0 ]] && user_line="user root;"
@@ -229,13 +246,14 @@ render_nginx_conf() {
     "$HERE/nginx.conf.template" >"$prefix/nginx.conf"
 }
 
-# write_hookyard_conf FANOUT FILE [TRANSFORM] [CHAIN]: TRANSFORM=1 puts $PLUGIN on the route;
+# write_hookyard_conf FANOUT FILE [TRANSFORM] [CHAIN] [OTLP]: TRANSFORM=1 puts $PLUGIN on the route;
 # CHAIN=1 makes the destinations a chain (sink2 only after sink1 answered, its URL rendered from
-# sink1's answer) instead of a fan-out.
+# sink1's answer) instead of a fan-out; OTLP=1 exports spans to the OTLP sink.
 write_hookyard_conf() {
-  local fanout=$1 file=$2 transform=${3:-0} chain=${4:-0} i to="" then="" url
+  local fanout=$1 file=$2 transform=${3:-0} chain=${4:-0} otlp=${5:-0} i to="" then="" url
   {
     echo "server: { listen: \"127.0.0.1:$HY_PORT\" }"
+    [[ $otlp == 0 ]] || echo "telemetry: { otlp: { endpoint: \"http://127.0.0.1:$OTLP_PORT\" } }"
     echo 'egress: { allow: ["127.0.0.0/8"] }'
     if [[ $ADMIN_KEY == 1 ]]; then
       echo "admin: { listen: \"127.0.0.1:$ADMIN_PORT\", token: \"bench-admin-token\" }"
@@ -357,17 +375,18 @@ start_sut() {
       SUT_LOG="$SUT_DIR/proxy.err"
       ;;
     hookyard-*)
-      local tf=0 ch=0 tail=0
+      local tf=0 ch=0 tail=0 ot=0
       FANOUT=${sc#hookyard-}
       if [[ $FANOUT == *-transform ]]; then FANOUT=${FANOUT%-transform} tf=1; fi
       if [[ $FANOUT == *-tail ]]; then FANOUT=${FANOUT%-tail} tail=1; fi
+      if [[ $FANOUT == *-otlp ]]; then FANOUT=${FANOUT%-otlp} ot=1; fi
       if [[ $FANOUT == *-chain ]]; then FANOUT=${FANOUT%-chain} ch=1; fi
       URL="http://127.0.0.1:$HY_PORT/hooks/github"
       # A fresh directory per run: the store (storage.path, default
       # data/hookyard.db next to the config) must not carry pending work over.
       SUT_DIR="$WORK/$sc-r$round"
       mkdir -p "$SUT_DIR"
-      write_hookyard_conf "$FANOUT" "$SUT_DIR/hookyard.yaml" "$tf" "$ch"
+      write_hookyard_conf "$FANOUT" "$SUT_DIR/hookyard.yaml" "$tf" "$ch" "$ot"
       ensure_port_free "$HY_PORT"
       if [[ $ADMIN_KEY == 1 ]]; then ensure_port_free "$ADMIN_PORT"; fi
       (cd "$SUT_DIR" && HOOKYARD_WORKER_THREADS=1 RUST_LOG=warn exec taskset -c "$SUT_CPU" \
@@ -485,6 +504,7 @@ measure() {
 log "rounds=$ROUNDS duration=${DURATION_S}s warmup=${WARMUP_S}s connections=$CONNECTIONS" \
   "cpus: load=$LOAD_CPU sut=$SUT_CPU hookyard=$HOOKYARD"
 start_sink
+case " $SCENARIOS " in *" hookyard-1-otlp "*) start_otlp_sink ;; esac
 case " $SCENARIOS " in *" hookyard-"*) check_hookyard_configs ;; esac
 case " $SCENARIOS " in *" hookyard-1-transform "*) check_plugin ;; esac
 
@@ -497,6 +517,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 stop_pid "$SINK_PID" sink
+if [[ -n "$OTLP_PID" ]]; then
+  # a scenario that exported nothing measured nothing
+  log "OTLP sink: $(SINK_ADDR=127.0.0.1:$OTLP_PORT sink_count) exports received"
+  stop_pid "$OTLP_PID" "OTLP sink"
+fi
 sink_warns=$(warn_lines "$WORK/sink.err")
 
 JSON="$RESULTS_DIR/e2e-$TS.json"

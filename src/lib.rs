@@ -17,6 +17,7 @@ pub mod server;
 pub mod sign;
 pub mod snapshot;
 pub mod store;
+pub mod telemetry;
 pub mod template;
 pub mod tls;
 pub mod verify;

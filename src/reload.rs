@@ -6,9 +6,10 @@
 //! Settings that cannot change live keep their running values and are reported as "needs
 //! restart" (the list is [`keep_restart_only_settings`]): the listeners (`server.listen`,
 //! `server.max_connections`, `server.max_header_bytes`, the `admin` listener settings; the admin
-//! token does change live), the store (`storage.path`, `storage.sync`, `storage.postgres`, `storage.commit_timeout`)
-//! and the dispatcher's bounds (`delivery.max_in_flight`, `delivery.max_pending`). Everything
-//! else applies to the next request, the next delivery attempt and the next retention purge.
+//! token does change live), the store (`storage.path`, `storage.sync`, `storage.postgres`, `storage.commit_timeout`),
+//! the dispatcher's bounds (`delivery.max_in_flight`, `delivery.max_pending`) and `telemetry` (the
+//! span exporter is part of the process's logging). Everything else applies to the next request,
+//! the next delivery attempt and the next retention purge.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -368,6 +369,10 @@ fn keep_restart_only_settings(old: &Snapshot, new: &mut Snapshot) -> Vec<String>
     {
         changed.push("delivery.max_in_flight / delivery.max_pending".to_string());
         new.delivery = old.delivery.clone();
+    }
+    if old.telemetry != new.telemetry {
+        changed.push("telemetry".to_string());
+        new.telemetry = old.telemetry.clone();
     }
     changed
 }

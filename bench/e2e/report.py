@@ -13,7 +13,7 @@ import json
 import statistics
 import sys
 
-SCENARIO_ORDER = ["direct", "nginx", "hyper-proxy", "hookyard-1", "hookyard-1-transform", "hookyard-2",
+SCENARIO_ORDER = ["direct", "nginx", "hyper-proxy", "hookyard-1", "hookyard-1-transform", "hookyard-1-tail", "hookyard-1-otlp", "hookyard-2",
                   "hookyard-2-chain", "hookyard-3"]
 # hookyard-1-transform / hookyard-1 events/s: what the formatter plugin may cost at most.
 TRANSFORM_TARGET = 0.75
@@ -148,7 +148,8 @@ def summary(rows_path, out_path, meta_args):
     ratios = {}
     for num, den in (("hookyard-1", "nginx"), ("hyper-proxy", "nginx"), ("hookyard-1", "hyper-proxy"),
                      ("hookyard-1", "direct"),
-                     ("hookyard-1-transform", "hookyard-1"), ("hookyard-3", "hookyard-1"),
+                     ("hookyard-1-transform", "hookyard-1"), ("hookyard-1-tail", "hookyard-1"), ("hookyard-1-otlp", "hookyard-1"),
+                     ("hookyard-3", "hookyard-1"),
                      ("hookyard-2-chain", "hookyard-2")):
         if num in medians and den in medians:
             ratios[f"{num}/{den}"] = {

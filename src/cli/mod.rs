@@ -96,9 +96,12 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // `run` sets logging up itself, with the config's span exporter if it has one
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_logging(cli.log_format, None);
+    }
     let result = match cli.command {
-        Command::Run { config } => run::run(&config),
+        Command::Run { config } => run::run(&config, cli.log_format),
         Command::Check { config } => return check(&config),
         Command::DryRun(args) => dry_run::run(args),
         Command::Send(args) => with_runtime(send::run(args)),
@@ -167,14 +170,30 @@ fn with_runtime(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>
     runtime()?.block_on(fut)
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr, filtered by `RUST_LOG`; with `tracing`, also `hookyard`'s spans at `info` to
+/// the OTLP exporter, whatever `RUST_LOG` lets through to the logs (each layer has its own filter
+/// then; without an exporter the subscriber is the plain one, with one global filter).
+fn init_logging(format: LogFormat, tracing: Option<&hookyard::telemetry::Tracing>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, filter::Targets};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.with_target(false).init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let Some(tracing) = tracing else {
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+        match format {
+            LogFormat::Text => builder.with_target(false).init(),
+            LogFormat::Json => builder.json().init(),
+        }
+        return;
+    };
+    let spans = tracing.layer().with_filter(Targets::new().with_target("hookyard", tracing::Level::INFO));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_target(false).with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry().with(fmt).with(spans).init();
 }
 
 /// Prints the line tests and scripts wait for, and flushes it.

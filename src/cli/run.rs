@@ -4,10 +4,21 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use hookyard::app::{self, StartError};
+use hookyard::telemetry::Tracing;
 use tracing::info;
 
-pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
-    super::runtime()?.block_on(async move {
+pub fn run(config: &Path, log_format: super::LogFormat) -> anyhow::Result<ExitCode> {
+    let runtime = super::runtime()?;
+    let otlp = otlp_config(config);
+    let tracing = match &otlp {
+        Some(otlp) => Some(Tracing::start(otlp, runtime.handle().clone())?),
+        None => None,
+    };
+    super::init_logging(log_format, tracing.as_ref());
+    if let Some(otlp) = &otlp {
+        info!(endpoint = %otlp.endpoint, service_name = %otlp.service_name, "exporting traces over OTLP");
+    }
+    runtime.block_on(async move {
         let running = match app::start(config).await {
             Ok(r) => r,
             Err(StartError::Config { file, errors }) => {
@@ -25,8 +36,22 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
         shutdown_signal().await;
         let grace = running.configured_grace();
         running.shutdown(grace).await;
+        // last: the spans of the attempts that ended during the shutdown are sent too
+        if let Some(tracing) = tracing {
+            tracing.shutdown().await;
+        }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `telemetry.otlp` of the config at `path`, read before the gateway starts because the span
+/// exporter is part of the logging set up first; a config with problems has none (`app::start`
+/// reports them).
+fn otlp_config(path: &Path) -> Option<hookyard::config::OtlpConfig> {
+    match hookyard::config::Config::load(path) {
+        (Some(config), errors) if errors.is_empty() => config.telemetry.otlp,
+        _ => None,
+    }
 }
 
 async fn shutdown_signal() {

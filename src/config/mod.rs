@@ -133,6 +133,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub storage: StorageConfig,
     pub admin: AdminConfig,
+    pub telemetry: TelemetryConfig,
     pub sources: Vec<(String, SourceConfig)>,
     pub destinations: Vec<(String, DestinationConfig)>,
     pub routes: Vec<RouteEntry>,
@@ -147,7 +148,8 @@ pub struct Config {
     declared_destinations: Vec<String>,
 }
 
-const TOP_LEVEL: [&str; 8] = ["server", "admin", "egress", "delivery", "storage", "sources", "destinations", "routes"];
+const TOP_LEVEL: [&str; 9] =
+    ["server", "admin", "egress", "delivery", "storage", "telemetry", "sources", "destinations", "routes"];
 
 impl Config {
     /// Reads `path` and parses it with the process environment.
@@ -190,6 +192,7 @@ impl Config {
             delivery: DeliveryConfig::default(),
             storage: StorageConfig::default(),
             admin: AdminConfig::default(),
+            telemetry: TelemetryConfig::default(),
             sources: Vec::new(),
             destinations: Vec::new(),
             routes: Vec::new(),
@@ -275,6 +278,11 @@ impl Config {
         {
             cfg.admin = s;
         }
+        if let Some(v) = root.remove("telemetry")
+            && let Some(t) = cfg.item("telemetry", v, &mut errors)
+        {
+            cfg.telemetry = t;
+        }
         if let Some(v) = root.remove("sources") {
             cfg.declared_sources = declared_names(&v);
             cfg.sources = cfg.named_items("sources", v, &mut errors);
@@ -295,6 +303,7 @@ impl Config {
             Some(_) => errors.push(cfg.error("routes", "must be a list of routes")),
         }
         cfg.check_references(&mut errors);
+        cfg.check_telemetry(&mut errors);
         // the verifier or signer would report a blank secret again, as not of its scheme's form
         let blank: Vec<String> = errors.iter().filter(|e| e.message == BLANK_SECRET).map(|e| e.key.clone()).collect();
         cfg.poisoned.extend(blank);
@@ -427,6 +436,30 @@ impl Config {
         // keep file order, so summaries and dry-run list items as written
         out.sort_by_key(|(name, _)| self.positions.locate(&format!("{key}.{name}")).map(|m| (m.line, m.col)));
         out
+    }
+
+    /// The collector's URL and the export's headers, so that a typo fails `check`, not every
+    /// export in the background.
+    fn check_telemetry(&self, errors: &mut Vec<ConfigError>) {
+        let Some(otlp) = &self.telemetry.otlp else { return };
+        let key = "telemetry.otlp";
+        match otlp.endpoint.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.query().is_none() => {}
+            Ok(_) => errors.push(self.error(
+                &format!("{key}.endpoint"),
+                format!("\"{}\" must be an absolute http:// or https:// URL without a query", otlp.endpoint),
+            )),
+            Err(e) => {
+                errors.push(self.error(&format!("{key}.endpoint"), format!("invalid URL \"{}\": {e}", otlp.endpoint)))
+            }
+        }
+        for (name, value) in &otlp.headers {
+            if http::HeaderName::try_from(name.as_str()).is_err() {
+                errors.push(self.error(&format!("{key}.headers.{name}"), "not a valid header name"));
+            } else if http::HeaderValue::from_str(&value.0).is_err() {
+                errors.push(self.error(&format!("{key}.headers.{name}"), "not a valid header value"));
+            }
+        }
     }
 
     fn check_references(&self, errors: &mut Vec<ConfigError>) {

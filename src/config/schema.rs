@@ -103,6 +103,38 @@ impl Default for AdminConfig {
     }
 }
 
+/// `telemetry:` — traces of what the gateway does, exported to an OpenTelemetry collector. Read
+/// at start only: a reload that changes it says "needs restart".
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Export spans over OTLP/HTTP (protobuf). Default: not set, nothing is exported (a sender's
+    /// `traceparent` is still forwarded as it came).
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// `telemetry.otlp:` — where spans go.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's base URL, `http://` or `https://` (e.g. `http://127.0.0.1:4318`), as
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is: spans are posted to `<endpoint>/v1/traces`. Spans are
+    /// sent in batches from a queue of at most 2048 (a collector that cannot keep up loses
+    /// spans, never slows events down) and flushed at shutdown.
+    pub endpoint: String,
+    /// `service.name` of the exported resource. Default `hookyard`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Headers sent with every export, e.g. `authorization: Bearer ${OTLP_TOKEN}` for a hosted
+    /// collector. Default none.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+}
+
+fn default_service_name() -> String {
+    "hookyard".to_string()
+}
+
 /// `egress:` — where deliveries may connect. By default only public addresses are allowed, so a
 /// destination URL cannot be used to reach internal services (SSRF).
 #[derive(Debug, Clone, Default, Deserialize)]

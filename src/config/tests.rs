@@ -133,7 +133,7 @@ fn syntax_errors_and_wrong_shapes() {
         errors,
         [
             "routes.yaml:1:1: routes: must be a list of routes",
-            "routes.yaml:2:1: sourcs: unknown key (did you mean \"sources\"?); expected one of server, admin, egress, delivery, storage, sources, destinations, routes"
+            "routes.yaml:2:1: sourcs: unknown key (did you mean \"sources\"?); expected one of server, admin, egress, delivery, storage, telemetry, sources, destinations, routes"
         ]
     );
     let (_, errors) = parse("server: { request_timeout: 30 }\n");
@@ -403,4 +403,42 @@ routes:
             "routes.yaml:15:125: routes[3].then[2]: destination \"notify\" is a step and cannot be ordered or batched (yet)",
         ]
     );
+}
+
+#[test]
+fn telemetry_otlp_has_defaults_and_is_checked() {
+    let (cfg, errors) = parse(&format!("{GOOD}telemetry:\n  otlp: {{ endpoint: \"http://127.0.0.1:4318\" }}\n"));
+    assert_eq!(errors, Vec::<String>::new());
+    let otlp = cfg.telemetry.otlp.expect("otlp");
+    assert_eq!((otlp.endpoint.as_str(), otlp.service_name.as_str()), ("http://127.0.0.1:4318", "hookyard"));
+    assert!(otlp.headers.is_empty());
+    // not set: nothing is exported
+    assert_eq!(parse(GOOD).0.telemetry, TelemetryConfig::default());
+
+    // an item with an unknown key is left out whole, so its values are checked in a second run
+    let (_, errors) = parse("telemetry:\n  otlp:\n    endpoint: \"http://c:4318\"\n    servce_name: gw\n");
+    assert_eq!(
+        errors,
+        [
+            "routes.yaml:4:5: telemetry.otlp.servce_name: unknown field `servce_name`, expected one of `endpoint`, `service_name`, `headers`"
+        ]
+    );
+    let text = r#"
+telemetry:
+  otlp:
+    endpoint: "grpc://collector:4317"
+    headers: { "bad header": x }
+"#;
+    let (_, errors) = parse(text);
+    assert_eq!(
+        errors,
+        [
+            "routes.yaml:4:5: telemetry.otlp.endpoint: \"grpc://collector:4317\" must be an absolute http:// or https:// URL without a query",
+            "routes.yaml:5:16: telemetry.otlp.headers.bad header: not a valid header name",
+        ]
+    );
+    let (_, errors) = parse("telemetry:\n  otlp: { endpoint: \"http://[::1\" }\n");
+    assert_eq!(errors, ["routes.yaml:2:11: telemetry.otlp.endpoint: invalid URL \"http://[::1\": invalid authority"]);
+    let (_, errors) = parse("telemetry:\n  metrics: {}\n");
+    assert_eq!(errors, ["routes.yaml:2:3: telemetry.metrics: unknown field `metrics`, expected `otlp`"]);
 }

@@ -51,6 +51,7 @@ use crate::clock::Clock;
 use crate::store::{
     AttemptRecord, DeliveryId, DestinationName, DueDelivery, Inspect, Queue, Settle, StepDecision, Store, WaitingStep,
 };
+use crate::telemetry::{self, EventTrace, TRACEPARENT};
 
 /// How often keys of ordered destinations left without a head are looked for (see
 /// [`Dispatcher::sweep_stalled`]); also once at start.
@@ -77,7 +78,15 @@ impl Transport for HttpTransport {
         // a templated URL's host has its own pool; the egress guard checks it at every attempt
         let target = dest.target(d).and_then(|uri| Ok((dest.client_for(&uri)?, uri)));
         match target {
-            Ok((client, uri)) => client.send(build_request(dest, d, uri, SystemTime::now()), dest.timeout).await,
+            Ok((client, uri)) => {
+                let mut request = build_request(dest, d, uri, SystemTime::now());
+                // the delivery span as the destination's parent (not signed: no scheme signs headers
+                // other than its own); without an exporter a sender's traceparent goes on as it came
+                if let Some(traceparent) = telemetry::traceparent() {
+                    request.headers_mut().insert(TRACEPARENT, traceparent);
+                }
+                client.send(request, dest.timeout).await
+            }
             Err(reason) => AttemptReport::refused(reason),
         }
     }
@@ -656,9 +665,7 @@ impl<T: Transport> Dispatcher<T> {
 
     /// Starts the task of a claimed delivery.
     fn spawn(&self, d: DueDelivery, slot: Slot) {
-        let span =
-            tracing::info_span!("delivery", event_id = %d.event_id, route = %d.route, destination = %d.destination);
-        tokio::spawn(tracing::Instrument::instrument(run(self.inner.clone(), d, slot), span));
+        tokio::spawn(run(self.inner.clone(), d, slot));
     }
 
     /// Gives back a slot that was not used, or uses it for a delivery handed over meanwhile (a
@@ -971,7 +978,7 @@ struct Claims {
 /// attempts running, not the backlog.
 async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery, mut slot: Slot) {
     loop {
-        let next = attempt_once(&inner, &d, &slot).await;
+        let next = tracing::Instrument::instrument(attempt_once(&inner, &d, &slot), delivery_span(&d)).await;
         if matches!(next, Next::Release)
             && d.lease_until.is_some()
             && let Err(e) = inner.store.release(vec![d.id]).await
@@ -1021,12 +1028,37 @@ async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery, mut slot: S
             },
         };
         d = n;
-        tracing::Span::current().record("event_id", &*d.event_id).record("route", &*d.route);
     }
     // work may be waiting for this slot
     if inner.backlog.load(Ordering::Acquire) {
         inner.wake.notify_one();
     }
+}
+
+/// The span of one attempt of `d`. Its own, not the task's (a task goes on to other deliveries),
+/// and no child of the span it was started from: in a trace, its parent is its event's span,
+/// rebuilt from the stored event (`telemetry`), whether the attempt follows the commit at once or
+/// comes from the store after a restart.
+fn delivery_span(d: &DueDelivery) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "delivery",
+        event_id = %d.event_id,
+        route = %d.route,
+        destination = %d.destination,
+        delivery = d.id.0,
+        attempt = d.attempts + 1,
+        http.response.status_code = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    if telemetry::exporting() {
+        let headers = d.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        telemetry::begin_delivery(&span, &EventTrace::from_headers(&d.event_id, headers));
+    }
+    span
 }
 
 enum Next {
@@ -1111,6 +1143,16 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
     });
     let latency_ms = report.latency.as_millis() as u64;
     let (status_code, error_text) = report.outcome.status_and_error();
+    if telemetry::exporting() {
+        let span = tracing::Span::current();
+        span.record("outcome", outcome);
+        if let Some(code) = status_code {
+            span.record("http.response.status_code", code);
+        }
+        if let Some(error) = &error_text {
+            telemetry::fail(&span, error);
+        }
+    }
     let record = AttemptRecord {
         at_ms: inner.clock.now_ms(),
         status_code,

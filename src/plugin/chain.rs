@@ -14,6 +14,33 @@ pub struct ChainError {
     pub error: PluginError,
 }
 
+/// One plugin call in a `plugin` span (a child of the event's), with its outcome; a failure marks
+/// the span failed. Only while spans are exported: a span per call costs on the hot path.
+async fn traced(
+    plugin: &Plugin,
+    index: usize,
+    call: impl std::future::Future<Output = Result<Outcome, PluginError>>,
+) -> Result<Outcome, PluginError> {
+    let span = tracing::info_span!(
+        "plugin",
+        plugin = plugin.name(),
+        index,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    let result = tracing::Instrument::instrument(call, span.clone()).await;
+    match &result {
+        Ok(Outcome::Emit(outputs)) => span.record("outcome", format!("emit {}", outputs.len())),
+        Ok(Outcome::Drop(_)) => span.record("outcome", "drop"),
+        Err(e) => {
+            crate::telemetry::fail(&span, &e.to_string());
+            span.record("outcome", e.label())
+        }
+    };
+    result
+}
+
 /// Runs `plugins` in order on `event`.
 ///
 /// - The first plugin gets the event; each output of plugin *i* becomes the event of plugin
@@ -46,7 +73,9 @@ pub async fn run_chain<'a>(plugins: &[Plugin], event: impl Into<EventRef<'a>>) -
         for branch in branches {
             let step_event = EventRef { body: &branch.body, ..event };
             let allowed = branch.destinations.as_deref().unwrap_or(&plugin.inner.allowed_destinations);
-            match plugin.inner.run(step_event, &branch.headers, allowed, None).await.map_err(fail)? {
+            let call = plugin.inner.run(step_event, &branch.headers, allowed, None);
+            let result = if crate::telemetry::exporting() { traced(plugin, index, call).await } else { call.await };
+            match result.map_err(fail)? {
                 Outcome::Drop(reason) => {
                     first_drop.get_or_insert(reason);
                 }

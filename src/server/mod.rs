@@ -20,12 +20,14 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
+use tracing::field::Empty;
 use tracing::{debug, info, warn};
 
 use crate::app::State;
 use crate::metrics;
 use crate::snapshot::{Event, EventId, Snapshot, Source};
 use crate::store::{Accepted, NewEvent, Queue, to_ms};
+use crate::telemetry::{self, EventTrace};
 use crate::verify::{HandshakeOutcome, Inbound};
 use tracing::Instrument;
 
@@ -42,6 +44,21 @@ fn error(status: StatusCode, message: &str) -> Resp {
     json(status, format!("{{\"error\":\"{message}\"}}"))
 }
 
+/// The trace `id` joins: the sender's, if it sent one valid `traceparent` that the source stores
+/// with the event (a delivery rebuilds the trace from the stored headers, so one the source never
+/// forwards is not followed here either).
+fn sender_trace(source: &Source, id: &EventId, headers: &http::HeaderMap) -> EventTrace {
+    let one = |name: &'static str| {
+        let h = http::HeaderName::from_static(name);
+        let mut values = headers.get_all(&h).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) if !source.never_forward.contains(&h) => v.to_str().ok(),
+            _ => None,
+        }
+    };
+    EventTrace::new(&id.0, one("traceparent"), one("tracestate"))
+}
+
 /// The ingress side of the live state: one request in, one response out.
 impl State {
     /// Handles one request from `peer` against one snapshot, read once at the start.
@@ -52,13 +69,41 @@ impl State {
             debug!(path = req.uri().path(), "no source at this path");
             return error(StatusCode::NOT_FOUND, "not found");
         };
-        let span = tracing::info_span!("event", source = %source.name, event_id = tracing::field::Empty);
-        let resp = self.handle_source(&snap, source, req, peer).instrument(span).await;
+        // made here, before the span, so that the event's trace can be derived from it
+        let id = EventId::generate();
+        let span = tracing::info_span!(
+            "event",
+            source = %source.name,
+            event_id = Empty,
+            routes = Empty,
+            http.response.status_code = Empty,
+            otel.kind = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+        );
+        let resp = if telemetry::exporting() {
+            telemetry::begin_event(&span, &sender_trace(source, &id, req.headers()));
+            let resp = self.handle_source(&snap, source, req, peer, id).instrument(span.clone()).await;
+            span.record("http.response.status_code", resp.status().as_u16());
+            if resp.status().is_server_error() {
+                telemetry::fail(&span, resp.status().canonical_reason().unwrap_or("server error"));
+            }
+            resp
+        } else {
+            self.handle_source(&snap, source, req, peer, id).instrument(span).await
+        };
         metrics::event_received(&source.name, resp.status().as_u16(), started.elapsed().as_secs_f64());
         resp
     }
 
-    async fn handle_source(&self, snap: &Snapshot, source: &Source, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    async fn handle_source(
+        &self,
+        snap: &Snapshot,
+        source: &Source,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        id: EventId,
+    ) -> Resp {
         // the guards come first: a refused request costs neither its body nor a verification
         if let Some(allow) = &source.allow_ips {
             let client = guard::client_addr(peer.ip(), req.headers(), &snap.trusted_proxies);
@@ -130,13 +175,8 @@ impl State {
         if let Some(answer) = source.verifier.handshake_by_body(&parts.headers, &body) {
             return handshake_response(&source.name, HandshakeOutcome::Answer(answer));
         }
-        let event = Event {
-            id: EventId::generate(),
-            source: source.name.clone(),
-            received_at: SystemTime::now(),
-            headers: parts.headers,
-            body,
-        };
+        let event =
+            Event { id, source: source.name.clone(), received_at: SystemTime::now(), headers: parts.headers, body };
         tracing::Span::current().record("event_id", tracing::field::display(&event.id));
         if tracing::enabled!(tracing::Level::DEBUG) {
             debug!(body = %snap.loggable_body(&event.body), "event body");
@@ -167,10 +207,23 @@ impl State {
             dedupe_key: routed.dedupe_key,
         };
         let window = source.dedupe.as_ref().map(|d| d.window);
+        let commit = if telemetry::exporting() {
+            tracing::info_span!(
+                "store.commit",
+                deliveries = count,
+                otel.status_code = Empty,
+                otel.status_description = Empty
+            )
+        } else {
+            tracing::Span::none()
+        };
         // the 202 goes out only after this commit returned
-        match self.dispatcher.store().accept(record, deliveries, window).await {
+        match self.dispatcher.store().accept(record, deliveries, window).instrument(commit.clone()).await {
             Ok(Accepted::Stored(due)) => {
                 let names: Vec<&str> = routes.iter().map(|r| &*snap.routes[*r].name).collect();
+                if telemetry::exporting() {
+                    tracing::Span::current().record("routes", tracing::field::display(names.join(",")));
+                }
                 names.iter().for_each(|n| metrics::route_matched(n));
                 self.dispatcher.activity().accepted(|| crate::activity::TailItem::Event {
                     id: event.id.to_string(),
@@ -198,6 +251,7 @@ impl State {
                 json(StatusCode::ACCEPTED, format!("{{\"id\":\"{original}\",\"duplicate\":true}}"))
             }
             Err(e) => {
+                telemetry::fail(&commit, &e.to_string());
                 tracing::error!(source = %source.name, error = %e, "could not store the event; answering 503 so the sender retries");
                 let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "could not store the event, retry later");
                 r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));

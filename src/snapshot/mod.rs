@@ -27,7 +27,7 @@ pub use routing::{REPLAY_ROUTE, RouteNote, Routed};
 pub use source::{Dedupe, DedupeKey, EventTypeAt, Source};
 
 use crate::config::{
-    AdminConfig, Config, ConfigErrors, DeliveryConfig, Inputs, ServerConfig, StorageConfig, parse_net,
+    AdminConfig, Config, ConfigErrors, DeliveryConfig, Inputs, ServerConfig, StorageConfig, TelemetryConfig, parse_net,
 };
 use crate::delivery::egress::EgressPolicy;
 use crate::delivery::{Destination, Network};
@@ -49,6 +49,8 @@ pub struct Snapshot {
     /// templates: only then does routing look each planned delivery's destination up again.
     pub finishes_plans: bool,
     pub admin: AdminConfig,
+    /// `telemetry`, as read at start (the span exporter is the process's: a reload keeps it).
+    pub telemetry: TelemetryConfig,
     /// `server.log_redact`, compiled.
     pub log_redact: Vec<JsonPath>,
     /// Every file besides the config that the snapshot was built from: the plugin files the
@@ -174,6 +176,7 @@ pub fn build_from_text(
             .any(|d| d.ordering.is_some() || d.batch.is_some() || !d.templates.is_empty()),
         destinations,
         admin: cfg.admin.clone(),
+        telemetry: cfg.telemetry.clone(),
         log_redact,
         plugin_files,
         secret_files,

@@ -127,7 +127,13 @@ impl Snapshot {
             body: &event.body,
         };
         let started = std::time::Instant::now();
-        let result = run_chain(&route.plugins, input).await;
+        let result = if crate::telemetry::exporting() {
+            // the route's chain, around its `plugin` spans
+            let span = tracing::info_span!("transform", route = %route.name, chain = %route.chain_label);
+            tracing::Instrument::instrument(run_chain(&route.plugins, input), span).await
+        } else {
+            run_chain(&route.plugins, input).await
+        };
         let seconds = started.elapsed().as_secs_f64();
         match result {
             Ok(Outcome::Emit(outputs)) => {

@@ -27,4 +27,5 @@ mod readme;
 mod reload;
 mod routing;
 mod store_cli;
+mod telemetry;
 mod tls;

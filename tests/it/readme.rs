@@ -247,7 +247,7 @@ fn the_commands_that_take_config_are_the_documented_ones() {
 /// `server:` section (and so, by `the_reference_config_is_valid`, a key `check` accepts).
 #[test]
 fn every_documented_setting_is_in_the_reference() {
-    let sections = ["server", "admin", "egress", "delivery", "storage"];
+    let sections = ["server", "admin", "egress", "delivery", "storage", "telemetry"];
     let mut keys = BTreeSet::new();
     let mut current = "";
     for line in reference_yaml().lines() {

@@ -681,12 +681,13 @@ async fn settings_that_need_a_restart_are_reported_not_applied() {
     let changed = routes(&sink, "b", "")
         .replace("listen: \"127.0.0.1:0\" }", "listen: \"127.0.0.1:1\" }")
         .replace("path: hookyard.db", "path: elsewhere.db")
-        .replace("admin: { listen: \"127.0.0.1:0\"", "admin: { listen: \"127.0.0.1:2\"");
+        .replace("admin: { listen: \"127.0.0.1:0\"", "admin: { listen: \"127.0.0.1:2\"")
+        + "telemetry:\n  otlp: { endpoint: \"http://127.0.0.1:9\" }\n";
     assert_eq!(changed.matches(":1\"").count() + changed.matches(":2\"").count(), 2, "{changed}");
     write_rename(&node.config, &changed);
     let st = node.admin.wait_status("a reload", |s| s["reloads_ok"] == 1).await;
     let needs: Vec<&str> = st["needs_restart"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    for setting in ["server.listen", "admin.listen", "storage.path"] {
+    for setting in ["server.listen", "admin.listen", "storage.path", "telemetry"] {
         assert!(needs.iter().any(|n| n.starts_with(setting)), "{setting} in needs_restart: {needs:?}");
     }
     // The rest of the file is applied; the listeners and the store stay.
