@@ -23,8 +23,9 @@ pub const STEPS: usize = 60;
 pub const WINDOW: Duration = Duration::from_secs(300);
 /// Attempts kept per destination for its health (the newest; older ones leave the window first).
 const MAX_KEPT: usize = 4096;
-/// Items a slow tail may fall behind before it is told it missed some.
-const TAIL_CAPACITY: usize = 1024;
+/// Items a slow tail may fall behind before it is told it missed some: more than 100 ms of
+/// 16,000 items a second (the tail gathers that long, see `admin::console`).
+const TAIL_CAPACITY: usize = 4096;
 
 /// One line of the live tail.
 #[derive(Debug, Clone, Serialize)]
@@ -140,7 +141,7 @@ impl Activity {
         }
     }
 
-    /// A live tail from now on. A receiver that falls behind by more than 1,024 items gets
+    /// A live tail from now on. A receiver that falls behind by more than 4,096 items gets
     /// `Lagged` (the console says how many it missed) and goes on from the oldest it still has.
     pub fn subscribe(&self) -> broadcast::Receiver<TailItem> {
         self.tail.subscribe()

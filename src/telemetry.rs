@@ -83,6 +83,7 @@ impl Tracing {
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(exporter).build())
             .with_id_generator(EventIds::default())
+            .with_sampler(ByTraceId(config.sample_ratio))
             .with_resource(resource)
             .build();
         EXPORTING.store(true, Ordering::Relaxed);
@@ -355,9 +356,72 @@ impl HttpClient for OtlpClient {
     }
 }
 
+/// `telemetry.otlp.sample_ratio`: keeps a trace when a hash of its id falls below the ratio. By
+/// the trace id alone (not the parent's flag), so an event's spans and its deliveries' (made
+/// later from the stored event, with the same trace id) are kept or left out together. Not the
+/// SDK's `TraceIdRatioBased`, which reads the id's low 63 bits as random: an event's trace id is
+/// its UUIDv7, whose variant bits and sub-millisecond counter sit there, so a ratio under 0.75
+/// kept no event at all. The hash (splitmix64's finalizer over both halves) spreads any id.
+#[derive(Debug, Clone)]
+struct ByTraceId(f64);
+
+impl opentelemetry_sdk::trace::ShouldSample for ByTraceId {
+    fn should_sample(
+        &self,
+        parent: Option<&opentelemetry::Context>,
+        trace_id: TraceId,
+        _name: &str,
+        _kind: &opentelemetry::trace::SpanKind,
+        _attributes: &[opentelemetry::KeyValue],
+        _links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        use opentelemetry::trace::TraceContextExt;
+        use opentelemetry_sdk::trace::SamplingDecision;
+        let id = u128::from_be_bytes(trace_id.to_bytes());
+        let mut x = (id >> 64) as u64 ^ (id as u64);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+        x ^= x >> 31;
+        let keep = ((x >> 11) as f64) < self.0 * (1u64 << 53) as f64;
+        opentelemetry_sdk::trace::SamplingResult {
+            decision: if keep { SamplingDecision::RecordAndSample } else { SamplingDecision::Drop },
+            attributes: Vec::new(),
+            trace_state: parent.map(|c| c.span().span_context().trace_state().clone()).unwrap_or_default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Event trace ids are UUIDv7s: their fixed variant bits must not bias the sampling.
+    #[test]
+    fn the_sample_ratio_keeps_its_share_of_uuid_v7_traces() {
+        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+        let kept = |ratio: f64| {
+            (0..10_000)
+                .filter(|_| {
+                    let id = TraceId::from_bytes(*uuid::Uuid::now_v7().as_bytes());
+                    let r = ByTraceId(ratio).should_sample(
+                        None,
+                        id,
+                        "event",
+                        &opentelemetry::trace::SpanKind::Server,
+                        &[],
+                        &[],
+                    );
+                    r.decision == SamplingDecision::RecordAndSample
+                })
+                .count()
+        };
+        assert_eq!(kept(0.0), 0);
+        assert_eq!(kept(1.0), 10_000);
+        for (ratio, around) in [(0.1, 1_000), (0.5, 5_000)] {
+            let n = kept(ratio);
+            assert!(n.abs_diff(around) < 400, "{n} of 10,000 kept at {ratio}");
+        }
+    }
 
     #[test]
     fn traceparent_is_read_strictly() {

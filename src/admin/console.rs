@@ -35,6 +35,22 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 const MAX_PAGE: usize = 200;
 /// Events one search by a JSONPath value reads at most before it answers (with a cursor to go on).
 const MAX_SCANNED: usize = 5_000;
+/// How long the tail gathers items after the first before it writes them: a person watching sees
+/// no difference, and ingress does not wake the tail (and its connection) for every item.
+const TAIL_GATHER: std::time::Duration = std::time::Duration::from_millis(100);
+/// Bytes of tail items gathered into one write at most.
+const MAX_TAIL_WRITE: usize = 64 * 1024;
+
+/// One tail item as a server-sent event.
+fn sse_frame(item: &crate::activity::TailItem) -> String {
+    let kind = match item {
+        crate::activity::TailItem::Event { .. } => "event",
+        crate::activity::TailItem::Delivery { .. } => "delivery",
+    };
+    let data = serde_json::to_string(item).expect("tail items serialize");
+    format!("event: {kind}\ndata: {data}\n\n")
+}
+
 /// How often the tail says it is alive (proxies drop a connection silent for a minute).
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -352,20 +368,16 @@ impl Admin {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             let mut quiet = std::time::Duration::ZERO;
+            let mut backlog = false;
             if tx.send(Ok(Bytes::from_static(b": tailing\n\n"))).await.is_err() {
                 return;
             }
             loop {
-                let frame = tokio::select! {
+                let mut frame = tokio::select! {
                     item = items.recv() => match item {
                         Ok(item) => {
                             quiet = std::time::Duration::ZERO;
-                            let kind = match item {
-                                crate::activity::TailItem::Event { .. } => "event",
-                                crate::activity::TailItem::Delivery { .. } => "delivery",
-                            };
-                            let data = serde_json::to_string(&item).expect("tail items serialize");
-                            format!("event: {kind}\ndata: {data}\n\n")
+                            sse_frame(&item)
                         }
                         // fell behind: say how much was missed and go on
                         Err(RecvError::Lagged(n)) => format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"),
@@ -383,6 +395,23 @@ impl Admin {
                         ": keepalive\n\n".to_string()
                     }
                 };
+                // the items that come in the next moment go in the same write: under load, one
+                // wake and one write carry hundreds of items instead of one each (while this
+                // sleeps, a send does not wake it)
+                if frame.starts_with("event: ") && !backlog {
+                    tokio::time::sleep(TAIL_GATHER).await;
+                }
+                while frame.len() < MAX_TAIL_WRITE {
+                    match items.try_recv() {
+                        Ok(item) => frame.push_str(&sse_frame(&item)),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
+                            frame.push_str(&format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"))
+                        }
+                        Err(_) => break,
+                    }
+                }
+                // a full write leaves items waiting: the next one goes without gathering
+                backlog = frame.len() >= MAX_TAIL_WRITE;
                 if tx.send(Ok(Bytes::from(frame))).await.is_err() {
                     return; // the client left
                 }

@@ -170,13 +170,14 @@ fn with_runtime(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>
     runtime()?.block_on(fut)
 }
 
-/// Logs to stderr, filtered by `RUST_LOG`; with `tracing`, also `hookyard`'s spans at `info` to
+/// Logs to stderr, filtered by `RUST_LOG`; with `tracing`, also `hookyard`'s spans (not its log
+/// lines) at `info` to
 /// the OTLP exporter, whatever `RUST_LOG` lets through to the logs (each layer has its own filter
 /// then; without an exporter the subscriber is the plain one, with one global filter).
 fn init_logging(format: LogFormat, tracing: Option<&hookyard::telemetry::Tracing>) {
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{Layer, filter::Targets};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let Some(tracing) = tracing else {
@@ -187,7 +188,12 @@ fn init_logging(format: LogFormat, tracing: Option<&hookyard::telemetry::Tracing
         }
         return;
     };
-    let spans = tracing.layer().with_filter(Targets::new().with_target("hookyard", tracing::Level::INFO));
+    // spans only: a log line is not copied into the trace as a span event (that formatted every
+    // `info!` of an event's path, for the exporter alone, even with RUST_LOG=warn: most of what
+    // exporting cost per event)
+    let spans = tracing.layer().with_filter(tracing_subscriber::filter::filter_fn(|m| {
+        m.is_span() && m.target().starts_with("hookyard") && *m.level() <= tracing::Level::INFO
+    }));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let fmt = match format {
         LogFormat::Text => fmt.with_target(false).with_filter(filter).boxed(),

@@ -443,6 +443,9 @@ impl Config {
     fn check_telemetry(&self, errors: &mut Vec<ConfigError>) {
         let Some(otlp) = &self.telemetry.otlp else { return };
         let key = "telemetry.otlp";
+        if !(0.0..=1.0).contains(&otlp.sample_ratio) {
+            errors.push(self.error(&format!("{key}.sample_ratio"), "must be from 0 to 1"));
+        }
         match otlp.endpoint.parse::<http::Uri>() {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.query().is_none() => {}
             Ok(_) => errors.push(self.error(

@@ -129,6 +129,16 @@ pub struct OtlpConfig {
     /// collector. Default none.
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
+    /// The share of events whose traces are exported, from `0` to `1`. Default `1` (every event).
+    /// Decided by the trace id, so an event's spans and its deliveries' (made later, maybe after a
+    /// restart) are all kept or all left out. Exporting costs CPU per event (see
+    /// docs/operations.md, Traces): `0.1` keeps a tenth of that cost.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
 }
 
 fn default_service_name() -> String {

@@ -412,6 +412,9 @@ fn telemetry_otlp_has_defaults_and_is_checked() {
     let otlp = cfg.telemetry.otlp.expect("otlp");
     assert_eq!((otlp.endpoint.as_str(), otlp.service_name.as_str()), ("http://127.0.0.1:4318", "hookyard"));
     assert!(otlp.headers.is_empty());
+    assert_eq!(otlp.sample_ratio, 1.0);
+    let (_, errors) = parse("telemetry:\n  otlp: { endpoint: \"http://c:4318\", sample_ratio: 1.5 }\n");
+    assert_eq!(errors, ["routes.yaml:2:38: telemetry.otlp.sample_ratio: must be from 0 to 1"]);
     // not set: nothing is exported
     assert_eq!(parse(GOOD).0.telemetry, TelemetryConfig::default());
 
@@ -420,7 +423,7 @@ fn telemetry_otlp_has_defaults_and_is_checked() {
     assert_eq!(
         errors,
         [
-            "routes.yaml:4:5: telemetry.otlp.servce_name: unknown field `servce_name`, expected one of `endpoint`, `service_name`, `headers`"
+            "routes.yaml:4:5: telemetry.otlp.servce_name: unknown field `servce_name`, expected one of `endpoint`, `service_name`, `headers`, `sample_ratio`"
         ]
     );
     let text = r#"

@@ -317,3 +317,44 @@ async fn without_telemetry_nothing_is_exported_and_a_traceparent_passes_through(
     assert!(receiver.spans().is_empty());
     assert!(!gw.logs_contain("OTLP"), "{}", gw.logs());
 }
+
+/// `sample_ratio` keeps or leaves out whole traces, decided by the trace id: an event's spans and
+/// its deliveries' together. With 0.5, of 40 events about half are exported, each with all of its
+/// spans; the others export nothing, and every event is still delivered.
+#[tokio::test]
+async fn a_sample_ratio_keeps_or_leaves_out_whole_traces() {
+    let receiver = Receiver::start().await;
+    let sink = Sink::start().await;
+    let telemetry = format!("telemetry:\n  otlp: {{ endpoint: \"http://{}\", sample_ratio: 0.5 }}", receiver.addr);
+    let mut gw = Gateway::start(&config(&sink, &telemetry)).await;
+    let mut traces = Vec::new();
+    for n in 0..40 {
+        let id = gw.post("/in", &[], format!("{{\"n\":{n}}}")).await.accepted_id();
+        traces.push(id.strip_prefix("evt_").unwrap().to_string());
+    }
+    sink.wait_for(40, WAIT).await;
+    gw.wait_for_log_lines(&["delivered"], 40, WAIT).await;
+    assert!(gw.terminate(WAIT).await.success(), "{}", gw.logs());
+    // every span the flush sent has arrived once the delivery spans match the event spans
+    let spans = receiver
+        .wait_until("a delivery span for every exported event span", |s| {
+            let events = s.iter().filter(|s| s.name == "event").count();
+            events > 0 && s.iter().filter(|s| s.name == "delivery").count() == events
+        })
+        .await;
+    let kept: Vec<&String> = traces.iter().filter(|t| spans.iter().any(|s| s.trace == **t)).collect();
+    assert!((8..=32).contains(&kept.len()), "{} of 40 traces kept at 0.5", kept.len());
+    for t in &kept {
+        for name in ["event", "store.commit", "delivery"] {
+            assert_eq!(spans.iter().filter(|s| s.trace == **t && s.name == name).count(), 1, "{name} of trace {t}");
+        }
+    }
+    // every delivery still names its event's trace; the flags say whether it was kept
+    for r in sink.requests() {
+        let parent = r.must("traceparent").to_string();
+        let trace =
+            traces.iter().find(|t| parent.starts_with(&format!("00-{t}-"))).unwrap_or_else(|| panic!("{parent}"));
+        let flags = if kept.contains(&trace) { "01" } else { "00" };
+        assert!(parent.ends_with(&format!("-{flags}")), "{parent}: kept {}", kept.contains(&trace));
+    }
+}
