@@ -86,6 +86,7 @@ impl Tracing {
             .with_sampler(ByTraceId(config.sample_ratio))
             .with_resource(resource)
             .build();
+        SAMPLE_RATIO.store(config.sample_ratio.to_bits(), Ordering::Relaxed);
         EXPORTING.store(true, Ordering::Relaxed);
         Ok(Tracing { provider })
     }
@@ -202,7 +203,10 @@ pub fn begin_delivery(span: &Span, trace: &EventTrace) {
 /// The `traceparent` of an outgoing request made in the current span (a delivery's): its trace
 /// and its id. `None` when not exporting: the sender's own `traceparent`, if it sent one, is then
 /// forwarded as it came, as by any proxy that takes no part in tracing.
-pub fn traceparent() -> Option<HeaderValue> {
+///
+/// A delivery of a trace left out by `sample_ratio` has no exported span: it names its event's
+/// span (`trace()`) with the sampled flag off, so the destination's tracing leaves it out too.
+pub fn traceparent(trace: impl FnOnce() -> EventTrace) -> Option<HeaderValue> {
     if !exporting() {
         return None;
     }
@@ -210,7 +214,8 @@ pub fn traceparent() -> Option<HeaderValue> {
     let span = cx.span();
     let sc = span.span_context();
     if !sc.is_valid() {
-        return None;
+        let t = trace();
+        return HeaderValue::from_str(&format!("00-{}-{}-00", t.trace_id, t.span_id)).ok();
     }
     let value =
         format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), (sc.trace_flags() & TraceFlags::SAMPLED).to_u8());
@@ -365,6 +370,62 @@ impl HttpClient for OtlpClient {
 #[derive(Debug, Clone)]
 struct ByTraceId(f64);
 
+/// Whether `ratio` keeps the trace `trace_id` (see [`ByTraceId`]).
+fn keeps(ratio: f64, trace_id: TraceId) -> bool {
+    let id = u128::from_be_bytes(trace_id.to_bytes());
+    let mut x = (id >> 64) as u64 ^ (id as u64);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^= x >> 31;
+    ((x >> 11) as f64) < ratio * (1u64 << 53) as f64
+}
+
+/// `sample_ratio` of the exporter in force (as `f64` bits).
+static SAMPLE_RATIO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// Whether the next `event` or `delivery` span made on this thread is exported: decided
+    /// by [`decide`] just before the span is made, read once by [`span_filter`].
+    static ROOT_KEPT: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Decides whether the trace of `trace` is exported, before its `event` or `delivery` span is
+/// made on this thread: a trace left out then costs no OpenTelemetry work at all (its spans are
+/// not seen by the exporter's layer, and with logs at `warn` not made either).
+/// The decision stands until the returned guard is dropped (right after the span is made), so a
+/// span the filter was not asked about cannot leave it to another.
+#[must_use = "the decision holds until the guard is dropped, after the span is made"]
+pub fn decide(trace: &EventTrace) -> Decided {
+    let ratio = f64::from_bits(SAMPLE_RATIO.load(Ordering::Relaxed));
+    ROOT_KEPT.with(|k| k.set(Some(keeps(ratio, trace.trace_id))));
+    Decided(())
+}
+
+/// Clears [`decide`]'s decision when dropped.
+pub struct Decided(());
+
+impl Drop for Decided {
+    fn drop(&mut self) {
+        ROOT_KEPT.with(|k| k.set(None));
+    }
+}
+
+/// The exporter layer's filter: `hookyard`'s spans at `info` (never log lines: a log line inside
+/// a span stays in the logs), of the traces [`decide`] kept. An `event` or `delivery` span takes
+/// the decision made just before it; any other span is kept when the span it is made in is.
+pub fn span_filter<S>(m: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>) -> bool
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    if !m.is_span() || !m.target().starts_with("hookyard") || *m.level() > tracing::Level::INFO {
+        return false;
+    }
+    if let Some(kept) = ROOT_KEPT.with(|k| k.take()) {
+        return kept;
+    }
+    cx.lookup_current().is_some()
+}
+
 impl opentelemetry_sdk::trace::ShouldSample for ByTraceId {
     fn should_sample(
         &self,
@@ -377,12 +438,7 @@ impl opentelemetry_sdk::trace::ShouldSample for ByTraceId {
     ) -> opentelemetry_sdk::trace::SamplingResult {
         use opentelemetry::trace::TraceContextExt;
         use opentelemetry_sdk::trace::SamplingDecision;
-        let id = u128::from_be_bytes(trace_id.to_bytes());
-        let mut x = (id >> 64) as u64 ^ (id as u64);
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
-        x ^= x >> 31;
-        let keep = ((x >> 11) as f64) < self.0 * (1u64 << 53) as f64;
+        let keep = keeps(self.0, trace_id);
         opentelemetry_sdk::trace::SamplingResult {
             decision: if keep { SamplingDecision::RecordAndSample } else { SamplingDecision::Drop },
             attributes: Vec::new(),

@@ -191,9 +191,15 @@ fn init_logging(format: LogFormat, tracing: Option<&hookyard::telemetry::Tracing
     // spans only: a log line is not copied into the trace as a span event (that formatted every
     // `info!` of an event's path, for the exporter alone, even with RUST_LOG=warn: most of what
     // exporting cost per event)
-    let spans = tracing.layer().with_filter(tracing_subscriber::filter::filter_fn(|m| {
-        m.is_span() && m.target().starts_with("hookyard") && *m.level() <= tracing::Level::INFO
-    }));
+    // and of the traces `sample_ratio` keeps, decided before their first span is made
+    // (asked per span only for `hookyard`'s info spans: every other callsite, log lines included,
+    // is never this layer's, once and for all)
+    let spans = tracing.layer().with_filter(
+        tracing_subscriber::filter::dynamic_filter_fn(hookyard::telemetry::span_filter).with_callsite_filter(|m| {
+            let ours = m.is_span() && m.target().starts_with("hookyard") && *m.level() <= tracing::Level::INFO;
+            if ours { tracing::subscriber::Interest::sometimes() } else { tracing::subscriber::Interest::never() }
+        }),
+    );
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let fmt = match format {
         LogFormat::Text => fmt.with_target(false).with_filter(filter).boxed(),

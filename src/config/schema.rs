@@ -131,8 +131,8 @@ pub struct OtlpConfig {
     pub headers: BTreeMap<String, Secret>,
     /// The share of events whose traces are exported, from `0` to `1`. Default `1` (every event).
     /// Decided by the trace id, so an event's spans and its deliveries' (made later, maybe after a
-    /// restart) are all kept or all left out. It bounds what reaches the collector; it saves
-    /// little CPU (see docs/operations.md, Traces: the spans are made before they are sampled).
+    /// restart) are all kept or all left out. Decided before the first span is made: a trace left
+    /// out costs no OpenTelemetry work (see docs/operations.md, Traces, for what exporting costs).
     #[serde(default = "default_sample_ratio")]
     pub sample_ratio: f64,
 }

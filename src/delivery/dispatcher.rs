@@ -82,7 +82,9 @@ impl Transport for HttpTransport {
                 let mut request = build_request(dest, d, uri, SystemTime::now());
                 // the delivery span as the destination's parent (not signed: no scheme signs headers
                 // other than its own); without an exporter a sender's traceparent goes on as it came
-                if let Some(traceparent) = telemetry::traceparent() {
+                let trace =
+                    || EventTrace::from_headers(&d.event_id, d.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                if let Some(traceparent) = telemetry::traceparent(trace) {
                     request.headers_mut().insert(TRACEPARENT, traceparent);
                 }
                 client.send(request, dest.timeout).await
@@ -1040,6 +1042,10 @@ async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery, mut slot: S
 /// rebuilt from the stored event (`telemetry`), whether the attempt follows the commit at once or
 /// comes from the store after a restart.
 fn delivery_span(d: &DueDelivery) -> tracing::Span {
+    let trace = telemetry::exporting()
+        .then(|| EventTrace::from_headers(&d.event_id, d.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+    // whether this attempt's span is exported, decided before it is made
+    let decided = trace.as_ref().map(telemetry::decide);
     let span = tracing::info_span!(
         parent: None,
         "delivery",
@@ -1054,9 +1060,9 @@ fn delivery_span(d: &DueDelivery) -> tracing::Span {
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
     );
-    if telemetry::exporting() {
-        let headers = d.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        telemetry::begin_delivery(&span, &EventTrace::from_headers(&d.event_id, headers));
+    drop(decided);
+    if let Some(trace) = &trace {
+        telemetry::begin_delivery(&span, trace);
     }
     span
 }

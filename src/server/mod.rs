@@ -69,8 +69,11 @@ impl State {
             debug!(path = req.uri().path(), "no source at this path");
             return error(StatusCode::NOT_FOUND, "not found");
         };
-        // made here, before the span, so that the event's trace can be derived from it
+        // made here, before the span, so that the event's trace can be derived from it (and
+        // whether it is exported decided before the span is made)
         let id = EventId::generate();
+        let trace = telemetry::exporting().then(|| sender_trace(source, &id, req.headers()));
+        let decided = trace.as_ref().map(telemetry::decide);
         let span = tracing::info_span!(
             "event",
             source = %source.name,
@@ -81,8 +84,9 @@ impl State {
             otel.status_code = Empty,
             otel.status_description = Empty,
         );
-        let resp = if telemetry::exporting() {
-            telemetry::begin_event(&span, &sender_trace(source, &id, req.headers()));
+        drop(decided);
+        let resp = if let Some(trace) = &trace {
+            telemetry::begin_event(&span, trace);
             let resp = self.handle_source(&snap, source, req, peer, id).instrument(span.clone()).await;
             span.record("http.response.status_code", resp.status().as_u16());
             if resp.status().is_server_error() {
