@@ -51,6 +51,11 @@ fn sse_frame(item: &crate::activity::TailItem) -> String {
     format!("event: {kind}\ndata: {data}\n\n")
 }
 
+/// What a tail that fell behind is told: how many items it missed.
+fn lagged_frame(missed: u64) -> String {
+    format!("event: lagged\ndata: {{\"missed\":{missed}}}\n\n")
+}
+
 /// How often the tail says it is alive (proxies drop a connection silent for a minute).
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -380,7 +385,7 @@ impl Admin {
                             sse_frame(&item)
                         }
                         // fell behind: say how much was missed and go on
-                        Err(RecvError::Lagged(n)) => format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"),
+                        Err(RecvError::Lagged(n)) => lagged_frame(n),
                         Err(RecvError::Closed) => return,
                     },
                     _ = tick.tick() => {
@@ -404,9 +409,7 @@ impl Admin {
                 while frame.len() < MAX_TAIL_WRITE {
                     match items.try_recv() {
                         Ok(item) => frame.push_str(&sse_frame(&item)),
-                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
-                            frame.push_str(&format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"))
-                        }
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => frame.push_str(&lagged_frame(n)),
                         Err(_) => break,
                     }
                 }
