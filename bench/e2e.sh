@@ -210,31 +210,33 @@ wait_sink_at_least() {
 e2e_wrk() { run_wrk "$1" "$2" "$3" "$HERE/signed_post.lua" E2E_RESULT "$BODY_FILE" "$SIG"; }
 
 # ------------------------------------------------------------------ servers
-SINK_PID=""
-start_sink() {
-  ensure_port_free "$SINK_PORT"
+# start_receiver PORT NAME FILE: a `hookyard receive --quiet` on the load CPU (not charged to
+# the server under test), its output in $WORK/FILE.out; sets RECEIVER_PID.
+RECEIVER_PID=""
+start_receiver() {
+  ensure_port_free "$1"
   HOOKYARD_WORKER_THREADS=1 RUST_LOG=warn taskset -c "$LOAD_CPU" \
-    "$HOOKYARD" receive --listen "127.0.0.1:$SINK_PORT" --quiet \
-    >"$WORK/sink.out" 2>"$WORK/sink.err" &
-  SINK_PID=$!
-  track "$SINK_PID"
-  wait_listening "$WORK/sink.out" "$SINK_PID" "hookyard receive (sink)"
-  sink_count >/dev/null
-  log "sink: hookyard receive on 127.0.0.1:$SINK_PORT (pid $SINK_PID, CPU $LOAD_CPU)"
+    "$HOOKYARD" receive --listen "127.0.0.1:$1" --quiet \
+    >"$WORK/$3.out" 2>"$WORK/$3.err" &
+  RECEIVER_PID=$!
+  track "$RECEIVER_PID"
+  wait_listening "$WORK/$3.out" "$RECEIVER_PID" "hookyard receive ($2)"
+  log "$2: hookyard receive on 127.0.0.1:$1 (pid $RECEIVER_PID, CPU $LOAD_CPU)"
 }
 
-# start_otlp_sink: a second `hookyard receive`, apart from the sink that counts deliveries, that
-# takes the OTLP exports of hookyard-1-otlp and discards them (on the load CPU: not charged).
+SINK_PID=""
+start_sink() {
+  start_receiver "$SINK_PORT" sink sink
+  SINK_PID=$RECEIVER_PID
+  sink_count >/dev/null
+}
+
+# start_otlp_sink: a second receiver, apart from the sink that counts deliveries, that takes the
+# OTLP exports of hookyard-1-otlp and discards them.
 OTLP_PID=""
 start_otlp_sink() {
-  ensure_port_free "$OTLP_PORT"
-  HOOKYARD_WORKER_THREADS=1 RUST_LOG=warn taskset -c "$LOAD_CPU" \
-    "$HOOKYARD" receive --listen "127.0.0.1:$OTLP_PORT" --quiet \
-    >"$WORK/otlp.out" 2>"$WORK/otlp.err" &
-  OTLP_PID=$!
-  track "$OTLP_PID"
-  wait_listening "$WORK/otlp.out" "$OTLP_PID" "hookyard receive (OTLP sink)"
-  log "OTLP sink: hookyard receive on 127.0.0.1:$OTLP_PORT (pid $OTLP_PID, CPU $LOAD_CPU)"
+  start_receiver "$OTLP_PORT" "OTLP sink" otlp
+  OTLP_PID=$RECEIVER_PID
 }
 
 render_nginx_conf() {
