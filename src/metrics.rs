@@ -35,6 +35,7 @@ pub const PLUGIN_CALLS: &str = "hookyard_plugin_calls_total";
 pub const PLUGIN_SECONDS: &str = "hookyard_plugin_duration_seconds";
 pub const CLUSTER_INSTANCES: &str = "hookyard_cluster_instances";
 pub const CLUSTER_DRIFT: &str = "hookyard_cluster_config_drift";
+pub const OTLP_SPANS: &str = "hookyard_otlp_spans_total";
 
 /// Installs the global Prometheus recorder, once per process: a later call (a second gateway
 /// in the same process, as in the integration tests) gets the same handle, or the same error.
@@ -150,6 +151,10 @@ fn describe() {
         "Instances sharing the PostgreSQL store as this one's heartbeat saw them, by state (live, dead, stopped)"
     );
     describe_gauge!(CLUSTER_DRIFT, "1 when two live instances sharing the store run different config versions");
+    describe_counter!(
+        OTLP_SPANS,
+        "Spans of telemetry.otlp by result: exported, failed (the export failed), rejected (by the collector), dropped (the queue was full)"
+    );
 }
 
 pub fn event_received(source: &str, status: u16, seconds: f64) {
@@ -249,6 +254,12 @@ pub fn cluster(live: usize, dead: usize, stopped: usize, drift: bool) {
         gauge!(CLUSTER_INSTANCES, "state" => state).set(n as f64);
     }
     gauge!(CLUSTER_DRIFT).set(if drift { 1.0 } else { 0.0 });
+}
+
+/// `n` spans of the OTLP exporter came to `result` (`exported`, `failed`, `rejected`, `dropped`):
+/// counted once per export, not per span.
+pub fn otlp_spans(result: &'static str, n: u64) {
+    counter!(OTLP_SPANS, "result" => result).increment(n);
 }
 
 pub fn plugin_call(plugin: &str, outcome: &'static str, seconds: f64) {

@@ -1,8 +1,15 @@
-//! Traces over OTLP (`telemetry.otlp`): the `tracing` spans the gateway already makes (`event`,
-//! `delivery`, and, while exporting, `plugin` and `store.commit`) are bridged to OpenTelemetry
-//! (tracing-opentelemetry) and sent in batches over OTLP/HTTP with protobuf bodies to
-//! `<endpoint>/v1/traces`. The subscriber is the process's, so `hookyard run` installs this
-//! (`cli/run.rs`) and shuts it down last, flushing what is queued; a reload cannot change it.
+//! Traces over OTLP (`telemetry.otlp`): four kinds of span (`event`, `store.commit`,
+//! `transform`/`plugin`, `delivery`) recorded here and sent in batches over OTLP/HTTP, protobuf
+//! bodies built with the protocol's generated types (`opentelemetry-proto`), to
+//! `<endpoint>/v1/traces`. `hookyard run` starts the exporter (`cli/run.rs`) and shuts it down
+//! last, sending what is queued; a reload cannot change it.
+//!
+//! Why not the OpenTelemetry SDK fed by the `tracing` bridge (what 0.1's first exporter was):
+//! measured, it cost ×1.27–1.48 CPU per event (registry extensions per span, attribute visitors,
+//! a span processor's copies, then a second conversion to the wire types), and the goal is 5%.
+//! A span here is one small record made only for a trace that is exported: its ids, two
+//! timestamps and its attributes, queued when it ends and turned into protobuf by the exporter's
+//! task. The `tracing` spans stay what they were before exporting existed: the logs' context.
 //!
 //! One trace from sender to destination: an event's trace is its sender's (a valid W3C
 //! `traceparent`), else derived from the event id (`evt_` + a UUIDv7: its 16 bytes *are* the trace
@@ -12,40 +19,49 @@
 //! rebuilds the same two ids and makes its span a child of the event span with no schema change.
 //! Outgoing requests then carry the delivery span as their `traceparent`.
 //!
-//! Must not: make any span, or do any work per event, beyond one atomic load when not exporting.
+//! Must not: make any span, or do any work per event, beyond one atomic load when not exporting;
+//! ever make an event wait for the collector (a full queue drops spans, counted).
 
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider};
-use opentelemetry_http::{HttpClient, HttpError};
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::trace::{BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracer, SdkTracerProvider};
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use opentelemetry::trace::{SpanId, TraceId, TraceState};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::trace::v1 as otlp;
+use prost::Message;
+use tokio::sync::Notify;
+use tracing::warn;
 
 use crate::config::OtlpConfig;
+
+mod wire;
 
 /// The W3C trace context header an outgoing request carries.
 pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
-/// How long one export may take (connect, send, answer); the SDK's batch thread waits no longer.
+/// How long one export may take (connect, send, answer).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A collector's answer is read no further than this (an OTLP answer is a few bytes).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// An export failure is logged at most this often (the spans lost meanwhile are counted in it).
+const WARN_EVERY: Duration = Duration::from_secs(30);
 
-/// Spans are being exported: set while a [`Tracing`] runs. The subscriber is process-wide, and so
-/// is this; everything per event asks it first.
+/// Spans are being exported: set while a [`Tracing`] runs. Process-wide, as the exporter is;
+/// everything per event asks it first.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+/// `sample_ratio` of the exporter in force (as `f64` bits).
+static SAMPLE_RATIO: AtomicU64 = AtomicU64::new(0);
 
 /// Whether spans are exported now (one atomic load).
 pub fn exporting() -> bool {
@@ -57,64 +73,74 @@ pub fn exporting() -> bool {
 #[error("telemetry.otlp: {0}")]
 pub struct TelemetryError(String);
 
-/// The running exporter: a tracer provider with a batch span processor.
+/// How the exporter batches: the SDKs' defaults, and their `OTEL_BSP_*` variables.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Batching {
+    /// `OTEL_BSP_SCHEDULE_DELAY` (ms): a batch is sent at least this often.
+    every: Duration,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE`: spans waiting beyond this are dropped (and counted).
+    max_queue: usize,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`: spans per export, and the queue length that sends one
+    /// before its time.
+    batch: usize,
+}
+
+impl Batching {
+    /// From the `OTEL_BSP_*` variables `var` gives; one that is set but not a positive whole
+    /// number is an error (named), not a default taken silently.
+    fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Batching, TelemetryError> {
+        let read = |name: &str, default: u64| -> Result<u64, TelemetryError> {
+            match var(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| TelemetryError(format!("{name}={v:?} is not a positive whole number"))),
+            }
+        };
+        let every = Duration::from_millis(read("OTEL_BSP_SCHEDULE_DELAY", 5000)?);
+        let max_queue = read("OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize;
+        let batch = (read("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize).min(max_queue);
+        Ok(Batching { every, max_queue, batch })
+    }
+}
+
+/// The running exporter: a task on the gateway's runtime that sends what [`Span`]s queue.
 pub struct Tracing {
-    provider: SdkTracerProvider,
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Tracing {
-    /// Sets up the exporter for `config`. Exports run on `runtime` (the SDK's batch thread hands
-    /// each to it), so the HTTP client is the tokio one every other client here is.
+    /// Starts exporting for `config`, on `runtime` (the HTTP client is the tokio one every other
+    /// client here is). Batching follows `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_QUEUE_SIZE` and
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` when set.
     pub fn start(config: &OtlpConfig, runtime: tokio::runtime::Handle) -> Result<Tracing, TelemetryError> {
-        let endpoint = format!("{}/v1/traces", config.endpoint.trim_end_matches('/'));
-        let headers = config.headers.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect();
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(endpoint)
-            .with_timeout(EXPORT_TIMEOUT)
-            .with_headers(headers)
-            .with_http_client(OtlpClient::new(runtime)?)
-            .build()
-            .map_err(|e| TelemetryError(e.to_string()))?;
-        let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
-        // the SDK's defaults: a queue of 2048 spans (a collector that cannot keep up loses spans,
-        // never slows an event), batches of 512, sent every 5 s (`OTEL_BSP_*` change them)
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(BatchSpanProcessor::builder(exporter).build())
-            .with_id_generator(EventIds::default())
-            .with_sampler(ByTraceId(config.sample_ratio))
-            .with_resource(resource)
-            .build();
+        let batching = Batching::from_env(|name| std::env::var(name).ok())?;
+        let exporter = Exporter::new(config, &runtime)?;
+        QUEUE_LIMITS.0.store(batching.max_queue, Ordering::Relaxed);
+        QUEUE_LIMITS.1.store(batching.batch, Ordering::Relaxed);
         SAMPLE_RATIO.store(config.sample_ratio.to_bits(), Ordering::Relaxed);
+        let stop = Arc::new(Notify::new());
+        let task = runtime.spawn(exporter.run(batching, stop.clone()));
         EXPORTING.store(true, Ordering::Relaxed);
-        Ok(Tracing { provider })
-    }
-
-    /// The layer that turns `hookyard`'s spans into OpenTelemetry spans. No context activation
-    /// (nothing here reads OpenTelemetry's current context; it would cost a thread-local push at
-    /// every poll of an instrumented future), no code locations or thread names, no idle timings.
-    pub fn layer<S>(&self) -> tracing_opentelemetry::OpenTelemetryLayer<S, SdkTracer>
-    where
-        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    {
-        tracing_opentelemetry::layer()
-            .with_tracer(self.provider.tracer("hookyard"))
-            .with_context_activation(false)
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
+        Ok(Tracing { stop, task })
     }
 
     /// Sends what is queued and stops (at shutdown, after the last attempts ended, so their
-    /// spans are not lost). Blocks on the SDK's thread, so off the runtime's workers.
-    pub async fn shutdown(self) {
+    /// spans are not lost), waiting for the collector no longer than one export's timeout in all.
+    pub async fn shutdown(mut self) {
         EXPORTING.store(false, Ordering::Relaxed);
-        let provider = self.provider;
-        match tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(EXPORT_TIMEOUT)).await {
+        self.stop.notify_one();
+        match tokio::time::timeout(EXPORT_TIMEOUT, &mut self.task).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not send the last spans to the OTLP collector"),
-            Err(e) => tracing::warn!(error = %e, "could not send the last spans to the OTLP collector"),
+            Ok(Err(e)) => warn!(error = %e, "the OTLP exporter failed; the last spans were not sent"),
+            Err(_) => {
+                self.task.abort();
+                warn!("the OTLP collector took more than {EXPORT_TIMEOUT:?}; the last spans were not sent");
+            }
         }
     }
 }
@@ -127,23 +153,23 @@ pub struct EventTrace {
     pub trace_id: TraceId,
     /// The event span's id, derived from the event id.
     pub span_id: SpanId,
-    /// The sender's span (a valid `traceparent`, with its `tracestate`): the event span's parent.
-    pub sender: Option<SpanContext>,
+    /// The sender's span (a valid `traceparent`) and its `tracestate`: the event span's parent.
+    pub sender: Option<(SpanId, TraceState)>,
 }
 
 impl EventTrace {
     /// The trace of event `event_id` whose sender sent these `traceparent` and `tracestate`
     /// values (an invalid `traceparent` is ignored: the event starts a trace of its own).
     pub fn new(event_id: &str, traceparent: Option<&str>, tracestate: Option<&str>) -> EventTrace {
-        let sender = traceparent.and_then(parse_traceparent).map(|(trace_id, span_id, flags)| {
-            let state = tracestate.and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
-            SpanContext::new(trace_id, span_id, flags, true, state)
-        });
-        let trace_id = match &sender {
-            Some(s) => s.trace_id(),
-            None => derived_trace_id(event_id),
-        };
-        EventTrace { trace_id, span_id: derived_span_id(event_id), sender }
+        let uuid = event_uuid(event_id);
+        let span_id = derived_span_id(event_id, uuid);
+        match traceparent.and_then(parse_traceparent) {
+            Some((trace_id, parent)) => {
+                let state = tracestate.and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
+                EventTrace { trace_id, span_id, sender: Some((parent, state)) }
+            }
+            None => EventTrace { trace_id: derived_trace_id(event_id, uuid), span_id, sender: None },
+        }
     }
 
     /// [`EventTrace::new`] from headers as stored (`name`, `value`; names in lower case). A
@@ -162,42 +188,276 @@ impl EventTrace {
         EventTrace::new(event_id, once(parent), once(state))
     }
 
-    /// The event span's context, as its children (the deliveries) see it from afar.
-    fn event_span(&self) -> SpanContext {
-        let (flags, state) = match &self.sender {
-            Some(s) => (s.trace_flags(), s.trace_state().clone()),
-            None => (TraceFlags::SAMPLED, TraceState::default()),
+    /// Whether `sample_ratio` keeps this trace (see [`keeps`]).
+    fn kept(&self) -> bool {
+        keeps(f64::from_bits(SAMPLE_RATIO.load(Ordering::Relaxed)), self.trace_id)
+    }
+
+    /// The event span as the context of work done in it, also when the trace is left out (then
+    /// not sampled: no span is made in it, and a delivery's `traceparent` names the event span
+    /// with the sampled flag off).
+    pub fn context(&self) -> SpanContext {
+        SpanContext { trace_id: self.trace_id, span_id: self.span_id, sampled: self.kept() }
+    }
+}
+
+/// A span's place in its trace: what its children and outgoing requests name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpanContext {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// The span is recorded and exported (else its trace was left out by `sample_ratio`).
+    pub sampled: bool,
+}
+
+/// `SpanKind` of the protocol.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Internal = otlp::span::SpanKind::Internal as isize,
+    Server = otlp::span::SpanKind::Server as isize,
+    Client = otlp::span::SpanKind::Client as isize,
+}
+
+/// An attribute's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Str(String),
+    /// A name from the config or an id, shared rather than copied.
+    Shared(Arc<str>),
+    Static(&'static str),
+    Int(i64),
+}
+
+impl Value {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            Value::Shared(s) => Some(s),
+            Value::Static(s) => Some(s),
+            Value::Int(_) => None,
+        }
+    }
+}
+
+impl From<String> for Value {
+    fn from(v: String) -> Value {
+        Value::Str(v)
+    }
+}
+
+impl From<&Arc<str>> for Value {
+    fn from(v: &Arc<str>) -> Value {
+        Value::Shared(v.clone())
+    }
+}
+
+impl From<&'static str> for Value {
+    fn from(v: &'static str) -> Value {
+        Value::Static(v)
+    }
+}
+
+macro_rules! int_value {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Value {
+                Value::Int(v as i64)
+            }
+        }
+    )*};
+}
+int_value!(u16, u32, u64, usize, i64);
+
+/// What a span records; queued for export when the span ends.
+#[derive(Debug)]
+struct Record {
+    trace_id: TraceId,
+    span_id: SpanId,
+    /// `SpanId::INVALID` for a trace's root.
+    parent: SpanId,
+    /// The parent is another process's span (the sender's), or this process's from afar (a
+    /// delivery's event span, maybe before a restart).
+    remote_parent: bool,
+    trace_state: String,
+    name: &'static str,
+    kind: Kind,
+    start_ns: u64,
+    end_ns: u64,
+    attributes: Vec<(&'static str, Value)>,
+    /// Failed, with this description.
+    error: Option<String>,
+}
+
+impl Record {
+    fn has_parent(&self) -> bool {
+        self.parent != SpanId::INVALID
+    }
+
+    /// `Span.flags`: W3C trace flags (sampled), and that whether the parent is remote is known,
+    /// and is it.
+    fn flags(&self) -> u32 {
+        const HAS_IS_REMOTE: u32 = otlp::SpanFlags::ContextHasIsRemoteMask as u32;
+        const IS_REMOTE: u32 = otlp::SpanFlags::ContextIsRemoteMask as u32;
+        1 | HAS_IS_REMOTE | if self.has_parent() && self.remote_parent { IS_REMOTE } else { 0 }
+    }
+}
+
+/// A span being recorded, or nothing (not exporting, or a trace `sample_ratio` leaves out): every
+/// method is then a no-op. It ends when dropped, and is queued for export.
+#[derive(Debug, Default)]
+#[must_use = "a span ends when dropped"]
+pub struct Span(Option<Record>);
+
+impl Span {
+    /// No span.
+    pub const fn none() -> Span {
+        Span(None)
+    }
+
+    fn start(
+        trace_id: TraceId,
+        span_id: SpanId,
+        parent: SpanId,
+        name: &'static str,
+        kind: Kind,
+        attributes: usize,
+    ) -> Span {
+        Span(Some(Record {
+            trace_id,
+            span_id,
+            parent,
+            remote_parent: false,
+            trace_state: String::new(),
+            name,
+            kind,
+            start_ns: now_ns(),
+            end_ns: 0,
+            attributes: Vec::with_capacity(attributes),
+            error: None,
+        }))
+    }
+
+    /// The `event` span of an event whose trace is `trace` (`None`: not exporting), with the
+    /// derived span id: a child of the sender's span, else the trace's root.
+    pub fn event(trace: Option<&EventTrace>) -> Span {
+        let Some(trace) = trace.filter(|t| exporting() && t.kept()) else {
+            return Span::none();
         };
-        SpanContext::new(self.trace_id, self.span_id, flags, true, state)
+        let parent = trace.sender.as_ref().map_or(SpanId::INVALID, |(s, _)| *s);
+        let mut span = Span::start(trace.trace_id, trace.span_id, parent, "event", Kind::Server, 4);
+        if let (Some(r), Some((_, state))) = (&mut span.0, &trace.sender) {
+            r.remote_parent = true;
+            r.trace_state = state.header();
+        }
+        span
+    }
+
+    /// The span of one delivery attempt of an event whose trace is `trace`: a child of the
+    /// event's span, rebuilt from the stored event.
+    pub fn delivery(trace: Option<&EventTrace>) -> Span {
+        let Some(trace) = trace.filter(|t| exporting() && t.kept()) else {
+            return Span::none();
+        };
+        let mut span = Span::start(trace.trace_id, new_span_id(), trace.span_id, "delivery", Kind::Client, 7);
+        if let Some(r) = &mut span.0 {
+            r.remote_parent = true;
+        }
+        span
+    }
+
+    /// A span named `name` in the span current on this thread ([`in_span`]); none when there is
+    /// none (not exporting, a trace left out, or outside any).
+    pub fn child(name: &'static str) -> Span {
+        match current().filter(|cx| cx.sampled && exporting()) {
+            Some(cx) => Span::start(cx.trace_id, new_span_id(), cx.span_id, name, Kind::Internal, 3),
+            None => Span::none(),
+        }
+    }
+
+    /// Whether this span is recorded (and exported).
+    pub fn is_recording(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Its place in the trace, for its children ([`in_span`]); `None` when not recorded.
+    pub fn context(&self) -> Option<SpanContext> {
+        self.0.as_ref().map(|r| SpanContext { trace_id: r.trace_id, span_id: r.span_id, sampled: true })
+    }
+
+    /// Sets attribute `key` (made into a [`Value`] only when recorded).
+    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+        if let Some(r) = &mut self.0 {
+            r.attributes.push((key, value.into()));
+        }
+    }
+
+    /// Marks the span as failed (OpenTelemetry status `ERROR`) with `why`.
+    pub fn fail(&mut self, why: &dyn std::fmt::Display) {
+        if let Some(r) = &mut self.0 {
+            r.error = Some(why.to_string());
+        }
+    }
+
+    /// Drops the span unexported: what it stood for did not happen after all (a delivery taken
+    /// but not attempted: its destination paused, its breaker open, the gateway stopping).
+    pub fn discard(mut self) {
+        self.0 = None;
     }
 }
 
-/// Makes `span` (an `event` span just created, not yet entered) the event's span in its trace:
-/// a child of the sender's span, with the derived ids. tracing-opentelemetry takes a span's ids
-/// from the SDK's id generator when it starts the span, and has no way to be handed them; so the
-/// ids are left for [`EventIds`] in a thread-local and the span is started at once, here, on this
-/// thread (`context()` starts it). A remote parent made of the derived ids would give the trace
-/// a parent that is never exported; this way the event span is the trace's real root.
-pub fn begin_event(span: &Span, trace: &EventTrace) {
-    if !exporting() {
-        return;
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.0.take() {
+            r.end_ns = now_ns();
+            enqueue(r);
+        }
     }
-    span.record("otel.kind", "server");
-    if let Some(sender) = &trace.sender {
-        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sender.clone()));
-    }
-    NEXT_IDS.with(|n| n.set(Some((trace.trace_id, trace.span_id))));
-    let _ = span.context();
-    NEXT_IDS.with(|n| n.set(None));
 }
 
-/// Makes `span` (a `delivery` span just created) a child of its event's span.
-pub fn begin_delivery(span: &Span, trace: &EventTrace) {
-    if !exporting() {
-        return;
+thread_local! {
+    /// The span the code running on this thread is in ([`in_span`]): recorded, or the event span
+    /// of a trace left out (not sampled).
+    static CURRENT: Cell<Option<SpanContext>> = const { Cell::new(None) };
+}
+
+/// The span the code running now is in (see [`CURRENT`]).
+pub fn current() -> Option<SpanContext> {
+    CURRENT.with(Cell::get)
+}
+
+/// Runs `fut` in span `cx` (its [`Span::context`]): each of its polls sees it as [`current`], so
+/// the spans it makes are its children. With `None`, `fut` as it is.
+pub fn in_span<F: Future>(cx: Option<SpanContext>, fut: F) -> InSpan<F> {
+    InSpan { cx, fut }
+}
+
+pin_project_lite::pin_project! {
+    /// [`in_span`]'s future.
+    pub struct InSpan<F> {
+        cx: Option<SpanContext>,
+        #[pin]
+        fut: F,
     }
-    span.record("otel.kind", "client");
-    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(trace.event_span()));
+}
+
+impl<F: Future> Future for InSpan<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let Some(cx) = *this.cx else {
+            return this.fut.poll(task);
+        };
+        /// Puts back the span that was current, also when the poll panics.
+        struct Restore(Option<SpanContext>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                CURRENT.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(CURRENT.with(|c| c.replace(Some(cx))));
+        this.fut.poll(task)
+    }
 }
 
 /// The `traceparent` of an outgoing request made in the current span (a delivery's): its trace
@@ -205,34 +465,35 @@ pub fn begin_delivery(span: &Span, trace: &EventTrace) {
 /// forwarded as it came, as by any proxy that takes no part in tracing.
 ///
 /// A delivery of a trace left out by `sample_ratio` has no exported span: it names its event's
-/// span (`trace()`) with the sampled flag off, so the destination's tracing leaves it out too.
-pub fn traceparent(trace: impl FnOnce() -> EventTrace) -> Option<HeaderValue> {
-    if !exporting() {
-        return None;
-    }
-    let cx = Span::current().context();
-    let span = cx.span();
-    let sc = span.span_context();
-    if !sc.is_valid() {
-        let t = trace();
-        return HeaderValue::from_str(&format!("00-{}-{}-00", t.trace_id, t.span_id)).ok();
-    }
-    let value =
-        format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), (sc.trace_flags() & TraceFlags::SAMPLED).to_u8());
-    HeaderValue::from_str(&value).ok()
+/// span ([`EventTrace::context`]) with the sampled flag off, so the destination's tracing leaves
+/// it out too.
+pub fn traceparent() -> Option<HeaderValue> {
+    let cx = current().filter(|_| exporting())?;
+    Some(traceparent_value(cx.trace_id, cx.span_id, cx.sampled))
 }
 
-/// Marks the current span as failed (OpenTelemetry status `ERROR`) with `why`.
-pub fn fail(span: &Span, why: &str) {
-    if exporting() {
-        span.record("otel.status_code", "ERROR");
-        span.record("otel.status_description", why);
+/// `00-<trace>-<span>-<flags>`, written without the formatting machinery (once per attempt).
+fn traceparent_value(trace: TraceId, span: SpanId, sampled: bool) -> HeaderValue {
+    fn hex(out: &mut [u8], bytes: &[u8]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
+        }
     }
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex(&mut out[3..35], &trace.to_bytes());
+    hex(&mut out[36..52], &span.to_bytes());
+    if sampled {
+        out[54] = b'1';
+    }
+    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&out)).expect("hex digits and dashes make a header value")
 }
 
 /// A W3C `traceparent` (version `00`, or a later version read as `00`, as the spec says):
-/// lower-case hex, ids not all zero, version not `ff`.
-fn parse_traceparent(s: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
+/// lower-case hex, ids not all zero, version not `ff`. Its trace and parent span (the flags are
+/// not used: whether a trace is exported is `sample_ratio`'s decision alone).
+fn parse_traceparent(s: &str) -> Option<(TraceId, SpanId)> {
     let s = s.trim();
     let lower_hex = |p: &str| p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let (version, rest) = s.split_once('-')?;
@@ -256,22 +517,41 @@ fn parse_traceparent(s: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
     }
     let trace_id = TraceId::from_hex(trace).ok().filter(|t| *t != TraceId::INVALID)?;
     let span_id = SpanId::from_hex(parent).ok().filter(|s| *s != SpanId::INVALID)?;
-    let flags = TraceFlags::new(u8::from_str_radix(flags, 16).ok()?) & TraceFlags::SAMPLED;
-    Some((trace_id, span_id, flags))
+    Some((trace_id, span_id))
 }
 
-/// The event id's UUID (`evt_` + 32 hex digits) as a trace id; an id of another form, hashed.
-fn derived_trace_id(event_id: &str) -> TraceId {
-    let uuid = event_id.strip_prefix("evt_").filter(|h| h.len() == 32).and_then(|h| u128::from_str_radix(h, 16).ok());
+/// The UUID of an event id of the usual form (`evt_` + 32 lower-case hex digits), not zero.
+fn event_uuid(event_id: &str) -> Option<u128> {
+    let hex = event_id.strip_prefix("evt_").filter(|h| h.len() == 32)?.as_bytes();
+    let half = |digits: &[u8]| {
+        digits.iter().try_fold(0u64, |n, &c| {
+            let digit = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
+            Some(n << 4 | u64::from(digit))
+        })
+    };
+    let n = u128::from(half(&hex[..16])?) << 64 | u128::from(half(&hex[16..])?);
+    (n != 0).then_some(n)
+}
+
+/// The event id's UUID (`uuid`, [`event_uuid`]) as a trace id; an id of another form, hashed.
+fn derived_trace_id(event_id: &str, uuid: Option<u128>) -> TraceId {
     match uuid {
-        Some(n) if n != 0 => TraceId::from(n),
-        _ => TraceId::from(u128::from_be_bytes(digest(event_id)[..16].try_into().expect("16 bytes"))),
+        Some(n) => TraceId::from(n),
+        None => TraceId::from(u128::from_be_bytes(digest(event_id)[..16].try_into().expect("16 bytes"))),
     }
 }
 
-/// The event span's id: 8 bytes of a hash of the event id, never zero.
-fn derived_span_id(event_id: &str) -> SpanId {
-    let n = u64::from_be_bytes(digest(event_id)[16..24].try_into().expect("8 bytes"));
+/// The event span's id: a hash of the event id, never zero. For the usual form a mix of its
+/// UUID's bits (computed for every event and every attempt: no SHA-256 there).
+fn derived_span_id(event_id: &str, uuid: Option<u128>) -> SpanId {
+    let n = match uuid {
+        Some(n) => mix((n >> 64) as u64 ^ mix(n as u64)),
+        None => u64::from_be_bytes(digest(event_id)[16..24].try_into().expect("8 bytes")),
+    };
     SpanId::from(n.max(1))
 }
 
@@ -280,171 +560,223 @@ fn digest(event_id: &str) -> [u8; 32] {
     sha2::Sha256::digest(event_id.as_bytes()).into()
 }
 
-thread_local! {
-    /// The ids [`begin_event`] wants for the span it is starting on this thread.
-    static NEXT_IDS: Cell<Option<(TraceId, SpanId)>> = const { Cell::new(None) };
+/// splitmix64's finalizer: spreads every input bit over the output.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^ (x >> 31)
 }
 
-/// Random ids, except for the event span [`begin_event`] starts.
-#[derive(Debug, Default)]
-struct EventIds(RandomIdGenerator);
-
-impl IdGenerator for EventIds {
-    fn new_trace_id(&self) -> TraceId {
-        NEXT_IDS.with(Cell::get).map(|(t, _)| t).unwrap_or_else(|| self.0.new_trace_id())
-    }
-
-    fn new_span_id(&self) -> SpanId {
-        NEXT_IDS.with(Cell::get).map(|(_, s)| s).unwrap_or_else(|| self.0.new_span_id())
-    }
+/// A random span id (not zero).
+fn new_span_id() -> SpanId {
+    SpanId::from(fastrand::u64(1..))
 }
 
-/// The exporter's HTTP client: hyper with rustls (webpki roots), HTTP/1.1. The SDK calls it from
-/// its own thread; each export is run on the gateway's runtime. The collector is the operator's
-/// choice, so `egress:` (which guards destinations) does not apply to it.
-struct OtlpClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    runtime: tokio::runtime::Handle,
-}
-
-impl std::fmt::Debug for OtlpClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OtlpClient")
-    }
-}
-
-impl OtlpClient {
-    fn new(runtime: tokio::runtime::Handle) -> Result<OtlpClient, TelemetryError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(EXPORT_TIMEOUT));
-        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TelemetryError(format!("TLS setup: {e}")))?
-            .with_root_certificates(crate::tls::TlsRoots::webpki().0.clone())
-            .with_no_client_auth();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
-        Ok(OtlpClient { client, runtime })
-    }
-}
-
-impl HttpClient for OtlpClient {
-    // `async fn` in the trait, written out (the trait is declared with `async_trait`)
-    fn send_bytes<'a, 'b>(
-        &'a self,
-        request: Request<Bytes>,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<Bytes>, HttpError>> + Send + 'b>>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        let client = self.client.clone();
-        let task = self.runtime.spawn(async move {
-            let (parts, body) = request.into_parts();
-            let exchange = async {
-                let answer = client.request(Request::from_parts(parts, Full::new(body))).await?;
-                let (parts, body) = answer.into_parts();
-                let body = Limited::new(body, MAX_ANSWER_BYTES).collect().await?.to_bytes();
-                Ok::<_, HttpError>(Response::from_parts(parts, body))
-            };
-            match tokio::time::timeout(EXPORT_TIMEOUT, exchange).await {
-                Ok(answer) => answer,
-                Err(_) => Err(format!("no answer within {EXPORT_TIMEOUT:?}").into()),
-            }
-        });
-        Box::pin(async move { task.await.map_err(|e| Box::new(e) as HttpError)? })
-    }
+/// Now, in nanoseconds since the Unix epoch.
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// `telemetry.otlp.sample_ratio`: keeps a trace when a hash of its id falls below the ratio. By
-/// the trace id alone (not the parent's flag), so an event's spans and its deliveries' (made
+/// the trace id alone (not the sender's flags), so an event's spans and its deliveries' (made
 /// later from the stored event, with the same trace id) are kept or left out together. Not the
-/// SDK's `TraceIdRatioBased`, which reads the id's low 63 bits as random: an event's trace id is
-/// its UUIDv7, whose variant bits and sub-millisecond counter sit there, so a ratio under 0.75
-/// kept no event at all. The hash (splitmix64's finalizer over both halves) spreads any id.
-#[derive(Debug, Clone)]
-struct ByTraceId(f64);
-
-/// Whether `ratio` keeps the trace `trace_id` (see [`ByTraceId`]).
+/// OpenTelemetry SDK's `TraceIdRatioBased`, which reads the id's low 63 bits as random: an event's
+/// trace id is its UUIDv7, whose variant bits and sub-millisecond counter sit there, so a ratio
+/// under 0.75 kept no event at all. The hash (splitmix64's finalizer over both halves) spreads
+/// any id.
 fn keeps(ratio: f64, trace_id: TraceId) -> bool {
     let id = u128::from_be_bytes(trace_id.to_bytes());
-    let mut x = (id >> 64) as u64 ^ (id as u64);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
-    x ^= x >> 31;
+    let x = mix((id >> 64) as u64 ^ (id as u64));
     ((x >> 11) as f64) < ratio * (1u64 << 53) as f64
 }
 
-/// `sample_ratio` of the exporter in force (as `f64` bits).
-static SAMPLE_RATIO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+// ------------------------------------------------------------------------ the queue
 
-thread_local! {
-    /// Whether the next `event` or `delivery` span made on this thread is exported: decided
-    /// by [`decide`] just before the span is made, read once by [`span_filter`].
-    static ROOT_KEPT: Cell<Option<bool>> = const { Cell::new(None) };
+/// Spans ended and not yet exported, and how many were dropped since the last export.
+struct Queue {
+    spans: Vec<Record>,
+    dropped: u64,
 }
 
-/// Decides whether the trace of `trace` is exported, before its `event` or `delivery` span is
-/// made on this thread: a trace left out then costs no OpenTelemetry work at all (its spans are
-/// not seen by the exporter's layer, and with logs at `warn` not made either).
-/// The decision stands until the returned guard is dropped (right after the span is made), so a
-/// span the filter was not asked about cannot leave it to another.
-#[must_use = "the decision holds until the guard is dropped, after the span is made"]
-pub fn decide(trace: &EventTrace) -> Decided {
-    let ratio = f64::from_bits(SAMPLE_RATIO.load(Ordering::Relaxed));
-    ROOT_KEPT.with(|k| k.set(Some(keeps(ratio, trace.trace_id))));
-    Decided(())
-}
+static QUEUE: Mutex<Queue> = Mutex::new(Queue { spans: Vec::new(), dropped: 0 });
+/// [`Batching::max_queue`] and [`Batching::batch`] of the exporter in force.
+static QUEUE_LIMITS: (AtomicUsize, AtomicUsize) = (AtomicUsize::new(2048), AtomicUsize::new(512));
+/// Wakes the exporter when a batch is full.
+static BATCH_FULL: Notify = Notify::const_new();
 
-/// Clears [`decide`]'s decision when dropped.
-pub struct Decided(());
-
-impl Drop for Decided {
-    fn drop(&mut self) {
-        ROOT_KEPT.with(|k| k.set(None));
+fn enqueue(r: Record) {
+    let (max, batch) = (QUEUE_LIMITS.0.load(Ordering::Relaxed), QUEUE_LIMITS.1.load(Ordering::Relaxed));
+    let mut q = QUEUE.lock().unwrap_or_else(PoisonError::into_inner);
+    if q.spans.len() >= max {
+        q.dropped += 1;
+        return;
+    }
+    q.spans.push(r);
+    if q.spans.len() == batch {
+        drop(q);
+        BATCH_FULL.notify_one();
     }
 }
 
-/// The exporter layer's filter: `hookyard`'s spans at `info` (never log lines: a log line inside
-/// a span stays in the logs), of the traces [`decide`] kept. An `event` or `delivery` span takes
-/// the decision made just before it; any other span is kept when the span it is made in is.
-pub fn span_filter<S>(m: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>) -> bool
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    if !m.is_span() || !m.target().starts_with("hookyard") || *m.level() > tracing::Level::INFO {
-        return false;
-    }
-    if let Some(kept) = ROOT_KEPT.with(|k| k.take()) {
-        return kept;
-    }
-    cx.lookup_current().is_some()
+/// Up to `n` queued spans (the oldest), and the count dropped since the last call. The queue
+/// keeps room for as many as it held (up to a batch): under load it does not grow again, span by
+/// span, after each export.
+fn take(n: usize) -> (Vec<Record>, u64) {
+    let mut q = QUEUE.lock().unwrap_or_else(PoisonError::into_inner);
+    let dropped = std::mem::take(&mut q.dropped);
+    let spans = if q.spans.len() <= n {
+        let room = q.spans.len();
+        std::mem::replace(&mut q.spans, Vec::with_capacity(room))
+    } else {
+        q.spans.drain(..n).collect()
+    };
+    (spans, dropped)
 }
 
-impl opentelemetry_sdk::trace::ShouldSample for ByTraceId {
-    fn should_sample(
-        &self,
-        parent: Option<&opentelemetry::Context>,
-        trace_id: TraceId,
-        _name: &str,
-        _kind: &opentelemetry::trace::SpanKind,
-        _attributes: &[opentelemetry::KeyValue],
-        _links: &[opentelemetry::trace::Link],
-    ) -> opentelemetry_sdk::trace::SamplingResult {
-        use opentelemetry::trace::TraceContextExt;
-        use opentelemetry_sdk::trace::SamplingDecision;
-        let keep = keeps(self.0, trace_id);
-        opentelemetry_sdk::trace::SamplingResult {
-            decision: if keep { SamplingDecision::RecordAndSample } else { SamplingDecision::Drop },
-            attributes: Vec::new(),
-            trace_state: parent.map(|c| c.span().span_context().trace_state().clone()).unwrap_or_default(),
+// ------------------------------------------------------------------------ the exporter
+
+/// Sends batches to the collector.
+struct Exporter {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    uri: Uri,
+    headers: HeaderMap,
+    service_name: String,
+    /// When a failure was last logged, and the spans lost since then that were not yet logged.
+    last_warning: Option<Instant>,
+    unreported: u64,
+}
+
+impl Exporter {
+    fn new(config: &OtlpConfig, runtime: &tokio::runtime::Handle) -> Result<Exporter, TelemetryError> {
+        let endpoint = format!("{}/v1/traces", config.endpoint.trim_end_matches('/'));
+        let uri = endpoint.parse::<Uri>().map_err(|e| TelemetryError(format!("endpoint {endpoint:?}: {e}")))?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &config.headers {
+            let name = HeaderName::try_from(k.as_str())
+                .map_err(|_| TelemetryError(format!("headers: {k:?} is not a header name")))?;
+            let mut value = HeaderValue::from_str(&v.0)
+                .map_err(|_| TelemetryError(format!("headers: the value of {k:?} is not a header value")))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+        let _entered = runtime.enter();
+        Ok(Exporter {
+            client: client()?,
+            uri,
+            headers,
+            service_name: config.service_name.clone(),
+            last_warning: None,
+            unreported: 0,
+        })
+    }
+
+    /// Sends a batch when one is full, every `every`, and what is left when `stop` is notified.
+    async fn run(mut self, batching: Batching, stop: Arc<Notify>) {
+        loop {
+            let stopping = tokio::select! {
+                _ = BATCH_FULL.notified() => false,
+                _ = tokio::time::sleep(batching.every) => false,
+                _ = stop.notified() => true,
+            };
+            loop {
+                let (spans, dropped) = take(batching.batch);
+                if dropped > 0 {
+                    crate::metrics::otlp_spans("dropped", dropped);
+                    self.failed(dropped, &format!("the queue of {} spans was full", batching.max_queue));
+                }
+                let full = spans.len() == batching.batch;
+                if !spans.is_empty() {
+                    self.export(spans).await;
+                }
+                if !full {
+                    break;
+                }
+            }
+            if stopping {
+                return;
+            }
         }
     }
+
+    async fn export(&mut self, spans: Vec<Record>) {
+        let n = spans.len() as u64;
+        let body = self.encode(spans);
+        let mut request = Request::post(self.uri.clone()).body(Full::new(body)).expect("a valid request");
+        *request.headers_mut() = self.headers.clone();
+        let exchange = async {
+            let answer = self.client.request(request).await.map_err(|e| format!("{e:#}"))?;
+            let (parts, body) = answer.into_parts();
+            let body = Limited::new(body, MAX_ANSWER_BYTES).collect().await.map_err(|e| e.to_string())?.to_bytes();
+            if !parts.status.is_success() {
+                let excerpt = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                return Err(format!("the collector answered {}: {excerpt}", parts.status));
+            }
+            // a collector may take part of a batch and say so
+            let rejected = ExportTraceServiceResponse::decode(body)
+                .ok()
+                .and_then(|a| a.partial_success)
+                .filter(|p| p.rejected_spans > 0)
+                .map(|p| (p.rejected_spans as u64, p.error_message));
+            Ok(rejected)
+        };
+        match tokio::time::timeout(EXPORT_TIMEOUT, exchange).await {
+            Ok(Ok(None)) => crate::metrics::otlp_spans("exported", n),
+            Ok(Ok(Some((rejected, why)))) => {
+                crate::metrics::otlp_spans("exported", n.saturating_sub(rejected));
+                crate::metrics::otlp_spans("rejected", rejected);
+                self.failed(rejected, &format!("the collector rejected them: {why}"));
+            }
+            Ok(Err(e)) => {
+                crate::metrics::otlp_spans("failed", n);
+                self.failed(n, &e);
+            }
+            Err(_) => {
+                crate::metrics::otlp_spans("failed", n);
+                self.failed(n, &format!("no answer within {EXPORT_TIMEOUT:?}"));
+            }
+        }
+    }
+
+    /// `lost` spans were not exported because of `why`: logged at most every [`WARN_EVERY`].
+    fn failed(&mut self, lost: u64, why: &str) {
+        self.unreported += lost;
+        if self.last_warning.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+            return;
+        }
+        warn!(
+            endpoint = %self.uri,
+            spans = self.unreported,
+            "could not export spans to the OTLP collector: {why} (logged at most every {}s)",
+            WARN_EVERY.as_secs()
+        );
+        self.last_warning = Some(Instant::now());
+        self.unreported = 0;
+    }
+
+    /// One export request of `spans`, encoded.
+    fn encode(&self, spans: Vec<Record>) -> Bytes {
+        Bytes::from(wire::export_request(&self.service_name, env!("CARGO_PKG_VERSION"), &spans))
+    }
+}
+
+/// The exporter's HTTP client: hyper with rustls (webpki roots), HTTP/1.1. The collector is the
+/// operator's choice, so `egress:` (which guards destinations) does not apply to it.
+fn client() -> Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>, TelemetryError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(EXPORT_TIMEOUT));
+    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TelemetryError(format!("TLS setup: {e}")))?
+        .with_root_certificates(crate::tls::TlsRoots::webpki().0.clone())
+        .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(hyper_util::rt::TokioExecutor::new()).build(https))
 }
 
 #[cfg(test)]
@@ -454,22 +786,8 @@ mod tests {
     /// Event trace ids are UUIDv7s: their fixed variant bits must not bias the sampling.
     #[test]
     fn the_sample_ratio_keeps_its_share_of_uuid_v7_traces() {
-        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
         let kept = |ratio: f64| {
-            (0..10_000)
-                .filter(|_| {
-                    let id = TraceId::from_bytes(*uuid::Uuid::now_v7().as_bytes());
-                    let r = ByTraceId(ratio).should_sample(
-                        None,
-                        id,
-                        "event",
-                        &opentelemetry::trace::SpanKind::Server,
-                        &[],
-                        &[],
-                    );
-                    r.decision == SamplingDecision::RecordAndSample
-                })
-                .count()
+            (0..10_000).filter(|_| keeps(ratio, TraceId::from_bytes(*uuid::Uuid::now_v7().as_bytes()))).count()
         };
         assert_eq!(kept(0.0), 0);
         assert_eq!(kept(1.0), 10_000);
@@ -482,13 +800,13 @@ mod tests {
     #[test]
     fn traceparent_is_read_strictly() {
         let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let (t, s, f) = parse_traceparent(ok).unwrap();
+        let (t, s) = parse_traceparent(ok).unwrap();
         assert_eq!(
             (t.to_string().as_str(), s.to_string().as_str()),
             ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
         );
-        assert!(f.is_sampled());
-        assert!(!parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap().2.is_sampled());
+        // the flags do not decide whether the trace is exported: an unsampled one is read too
+        assert!(parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").is_some());
         // a later version: read as 00, fields after the flags ignored
         assert!(parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-ever").is_some());
         for bad in [
@@ -508,6 +826,17 @@ mod tests {
     }
 
     #[test]
+    fn a_traceparent_is_written_as_the_spec_spells_it() {
+        let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let span = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        assert_eq!(traceparent_value(trace, span, true), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(traceparent_value(trace, span, false), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        // and read back as it was written
+        let written = traceparent_value(trace, span, true);
+        assert_eq!(parse_traceparent(written.to_str().unwrap()), Some((trace, span)));
+    }
+
+    #[test]
     fn an_event_without_a_sender_trace_has_one_from_its_id() {
         let id = "evt_0190f5a2b3c47d8e9f00112233445566";
         let t = EventTrace::new(id, None, None);
@@ -516,10 +845,13 @@ mod tests {
         assert_eq!(t.sender, None);
         // what a delivery rebuilds from the stored headers is the same
         assert_eq!(t, EventTrace::from_headers(id, [("content-type", "application/json")]));
-        assert_ne!(t.span_id, EventTrace::new("evt_0190f5a2b3c47d8e9f00112233445567", None, None).span_id);
+        // ids one bit apart get unrelated span ids
+        let next = EventTrace::new("evt_0190f5a2b3c47d8e9f00112233445567", None, None).span_id;
+        assert_ne!(t.span_id, next);
+        assert!((u64::from_be_bytes(t.span_id.to_bytes()) ^ u64::from_be_bytes(next.to_bytes())).count_ones() > 16);
         // an id of another form still gives a valid, stable trace
         let other = EventTrace::new("evt_1", None, None);
-        assert!(other.event_span().is_valid());
+        assert!(other.trace_id != TraceId::INVALID && other.span_id != SpanId::INVALID);
         assert_eq!(other, EventTrace::new("evt_1", None, None));
     }
 
@@ -530,11 +862,39 @@ mod tests {
             [("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ("tracestate", "vendor=x")];
         let t = EventTrace::from_headers(id, headers);
         assert_eq!(t.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        let sender = t.sender.clone().unwrap();
-        assert_eq!(sender.span_id().to_string(), "00f067aa0ba902b7");
-        assert_eq!(sender.trace_state().header(), "vendor=x");
+        let (parent, state) = t.sender.clone().unwrap();
+        assert_eq!(parent.to_string(), "00f067aa0ba902b7");
+        assert_eq!(state.header(), "vendor=x");
         // the event span is its own (the same as without a sender), in the sender's trace
         assert_eq!(t.span_id, EventTrace::new(id, None, None).span_id);
-        assert_eq!(t.event_span().trace_id(), sender.trace_id());
+        // a header given twice is taken as not given, as at ingress
+        let twice = EventTrace::from_headers(id, [headers[0], headers[0]]);
+        assert_eq!(twice, EventTrace::new(id, None, None));
+    }
+
+    #[test]
+    fn batching_follows_the_otel_bsp_variables_and_names_a_bad_one() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(
+            Batching::from_env(env(&[])).unwrap(),
+            Batching { every: Duration::from_secs(5), max_queue: 2048, batch: 512 }
+        );
+        assert_eq!(
+            Batching::from_env(env(&[
+                ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512")
+            ]))
+            .unwrap(),
+            Batching { every: Duration::from_millis(200), max_queue: 100, batch: 100 },
+            "a batch is never larger than the queue"
+        );
+        for (name, value) in [("OTEL_BSP_SCHEDULE_DELAY", "5s"), ("OTEL_BSP_MAX_QUEUE_SIZE", "0")] {
+            let vars: &'static [(&'static str, &'static str)] = Box::leak(Box::new([(name, value)]));
+            let e = Batching::from_env(env(vars)).unwrap_err().to_string();
+            assert_eq!(e, format!("telemetry.otlp: {name}={value:?} is not a positive whole number"));
+        }
     }
 }

@@ -98,7 +98,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // `run` sets logging up itself, with the config's span exporter if it has one
     if !matches!(cli.command, Command::Run { .. }) {
-        init_logging(cli.log_format, None);
+        init_logging(cli.log_format);
     }
     let result = match cli.command {
         Command::Run { config } => run::run(&config, cli.log_format),
@@ -170,42 +170,15 @@ fn with_runtime(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>
     runtime()?.block_on(fut)
 }
 
-/// Logs to stderr, filtered by `RUST_LOG`; with `tracing`, also `hookyard`'s spans (not its log
-/// lines) at `info` to
-/// the OTLP exporter, whatever `RUST_LOG` lets through to the logs (each layer has its own filter
-/// then; without an exporter the subscriber is the plain one, with one global filter).
-fn init_logging(format: LogFormat, tracing: Option<&hookyard::telemetry::Tracing>) {
-    use tracing_subscriber::Layer;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
+/// Logs to stderr, filtered by `RUST_LOG`.
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let Some(tracing) = tracing else {
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-        match format {
-            LogFormat::Text => builder.with_target(false).init(),
-            LogFormat::Json => builder.json().init(),
-        }
-        return;
-    };
-    // spans only: a log line is not copied into the trace as a span event (that formatted every
-    // `info!` of an event's path, for the exporter alone, even with RUST_LOG=warn: most of what
-    // exporting cost per event)
-    // and of the traces `sample_ratio` keeps, decided before their first span is made
-    // (asked per span only for `hookyard`'s info spans: every other callsite, log lines included,
-    // is never this layer's, once and for all)
-    let spans = tracing.layer().with_filter(
-        tracing_subscriber::filter::dynamic_filter_fn(hookyard::telemetry::span_filter).with_callsite_filter(|m| {
-            let ours = m.is_span() && m.target().starts_with("hookyard") && *m.level() <= tracing::Level::INFO;
-            if ours { tracing::subscriber::Interest::sometimes() } else { tracing::subscriber::Interest::never() }
-        }),
-    );
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
-    let fmt = match format {
-        LogFormat::Text => fmt.with_target(false).with_filter(filter).boxed(),
-        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
-    };
-    tracing_subscriber::registry().with(fmt).with(spans).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 /// Prints the line tests and scripts wait for, and flushes it.

@@ -9,12 +9,12 @@ use tracing::info;
 
 pub fn run(config: &Path, log_format: super::LogFormat) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
+    super::init_logging(log_format);
     let otlp = otlp_config(config);
     let tracing = match &otlp {
         Some(otlp) => Some(Tracing::start(otlp, runtime.handle().clone())?),
         None => None,
     };
-    super::init_logging(log_format, tracing.as_ref());
     if let Some(otlp) = &otlp {
         info!(endpoint = %otlp.endpoint, service_name = %otlp.service_name, "exporting traces over OTLP");
     }
@@ -44,9 +44,9 @@ pub fn run(config: &Path, log_format: super::LogFormat) -> anyhow::Result<ExitCo
     })
 }
 
-/// `telemetry.otlp` of the config at `path`, read before the gateway starts because the span
-/// exporter is part of the logging set up first; a config with problems has none (`app::start`
-/// reports them).
+/// `telemetry.otlp` of the config at `path`, read before the gateway starts: the exporter is the
+/// process's, started once and stopped last (a reload cannot change it); a config with problems
+/// has none (`app::start` reports them).
 fn otlp_config(path: &Path) -> Option<hookyard::config::OtlpConfig> {
     match hookyard::config::Config::load(path) {
         (Some(config), errors) if errors.is_empty() => config.telemetry.otlp,

@@ -82,9 +82,7 @@ impl Transport for HttpTransport {
                 let mut request = build_request(dest, d, uri, SystemTime::now());
                 // the delivery span as the destination's parent (not signed: no scheme signs headers
                 // other than its own); without an exporter a sender's traceparent goes on as it came
-                let trace =
-                    || EventTrace::from_headers(&d.event_id, d.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                if let Some(traceparent) = telemetry::traceparent(trace) {
+                if let Some(traceparent) = telemetry::traceparent() {
                     request.headers_mut().insert(TRACEPARENT, traceparent);
                 }
                 client.send(request, dest.timeout).await
@@ -980,7 +978,17 @@ struct Claims {
 /// attempts running, not the backlog.
 async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery, mut slot: Slot) {
     loop {
-        let next = tracing::Instrument::instrument(attempt_once(&inner, &d, &slot), delivery_span(&d)).await;
+        let (log_span, mut otel, cx) = delivery_spans(&d);
+        let next = tracing::Instrument::instrument(
+            telemetry::in_span(cx, attempt_once(&inner, &d, &slot, &mut otel)),
+            log_span,
+        )
+        .await;
+        if matches!(next, Next::Release) {
+            otel.discard();
+        } else {
+            drop(otel);
+        }
         if matches!(next, Next::Release)
             && d.lease_until.is_some()
             && let Err(e) = inner.store.release(vec![d.id]).await
@@ -1037,16 +1045,15 @@ async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery, mut slot: S
     }
 }
 
-/// The span of one attempt of `d`. Its own, not the task's (a task goes on to other deliveries),
-/// and no child of the span it was started from: in a trace, its parent is its event's span,
-/// rebuilt from the stored event (`telemetry`), whether the attempt follows the commit at once or
-/// comes from the store after a restart.
-fn delivery_span(d: &DueDelivery) -> tracing::Span {
-    let trace = telemetry::exporting()
-        .then(|| EventTrace::from_headers(&d.event_id, d.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
-    // whether this attempt's span is exported, decided before it is made
-    let decided = trace.as_ref().map(telemetry::decide);
-    let span = tracing::info_span!(
+/// The spans of one attempt of `d`: the logs' and, when exported, the trace's. Its own, not the
+/// task's (a task goes on to other deliveries), and no child of the span it was started from: in
+/// a trace, its parent is its event's span, rebuilt from the stored event (`telemetry`), whether
+/// the attempt follows the commit at once or comes from the store after a restart.
+///
+/// With the context the attempt runs in: the delivery span's, or (a trace left out by
+/// `sample_ratio`) its event span's, not sampled; what the request's `traceparent` names.
+fn delivery_spans(d: &DueDelivery) -> (tracing::Span, telemetry::Span, Option<telemetry::SpanContext>) {
+    let log = tracing::info_span!(
         parent: None,
         "delivery",
         event_id = %d.event_id,
@@ -1054,17 +1061,19 @@ fn delivery_span(d: &DueDelivery) -> tracing::Span {
         destination = %d.destination,
         delivery = d.id.0,
         attempt = d.attempts + 1,
-        http.response.status_code = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-        otel.kind = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
     );
-    drop(decided);
-    if let Some(trace) = &trace {
-        telemetry::begin_delivery(&span, trace);
+    let trace = telemetry::exporting()
+        .then(|| EventTrace::from_headers(&d.event_id, d.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+    let mut otel = telemetry::Span::delivery(trace.as_ref());
+    if otel.is_recording() {
+        otel.set("event_id", &d.event_id.0);
+        otel.set("route", &d.route.0);
+        otel.set("destination", &d.destination.0);
+        otel.set("delivery", d.id.0);
+        otel.set("attempt", d.attempts + 1);
     }
-    span
+    let cx = otel.context().or_else(|| trace.map(|t| t.context()));
+    (log, otel, cx)
 }
 
 enum Next {
@@ -1092,7 +1101,12 @@ async fn fail_removed<T>(inner: &Inner<T>, d: &DueDelivery) -> Next {
     finish(inner, d, record, Settle::Failed, Some(reason), &[]).await
 }
 
-async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Slot) -> Next {
+async fn attempt_once<T: Transport>(
+    inner: &Inner<T>,
+    d: &DueDelivery,
+    slot: &Slot,
+    otel: &mut telemetry::Span,
+) -> Next {
     // the current config's destination: a reload since the slot was taken counts
     let current = inner.destinations.load().get(d.destination.as_str()).cloned();
     let (Some(dest), Some(_)) = (current, &slot.dest) else {
@@ -1149,14 +1163,13 @@ async fn attempt_once<T: Transport>(inner: &Inner<T>, d: &DueDelivery, slot: &Sl
     });
     let latency_ms = report.latency.as_millis() as u64;
     let (status_code, error_text) = report.outcome.status_and_error();
-    if telemetry::exporting() {
-        let span = tracing::Span::current();
-        span.record("outcome", outcome);
+    if otel.is_recording() {
+        otel.set("outcome", outcome);
         if let Some(code) = status_code {
-            span.record("http.response.status_code", code);
+            otel.set("http.response.status_code", code);
         }
         if let Some(error) = &error_text {
-            telemetry::fail(&span, error);
+            otel.fail(error);
         }
     }
     let record = AttemptRecord {

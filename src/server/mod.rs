@@ -48,15 +48,17 @@ fn error(status: StatusCode, message: &str) -> Resp {
 /// with the event (a delivery rebuilds the trace from the stored headers, so one the source never
 /// forwards is not followed here either).
 fn sender_trace(source: &Source, id: &EventId, headers: &http::HeaderMap) -> EventTrace {
-    let one = |name: &'static str| {
-        let h = http::HeaderName::from_static(name);
-        let mut values = headers.get_all(&h).iter();
+    const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+    let one = |h: &http::HeaderName| {
+        let mut values = headers.get_all(h).iter();
         match (values.next(), values.next()) {
-            (Some(v), None) if !source.never_forward.contains(&h) => v.to_str().ok(),
+            (Some(v), None) if !source.never_forward.contains(h) => v.to_str().ok(),
             _ => None,
         }
     };
-    EventTrace::new(&id.0, one("traceparent"), one("tracestate"))
+    // a tracestate means nothing without a traceparent
+    let traceparent = one(&telemetry::TRACEPARENT);
+    EventTrace::new(&id.0, traceparent, traceparent.and_then(|_| one(&TRACESTATE)))
 }
 
 /// The ingress side of the live state: one request in, one response out.
@@ -69,33 +71,22 @@ impl State {
             debug!(path = req.uri().path(), "no source at this path");
             return error(StatusCode::NOT_FOUND, "not found");
         };
-        // made here, before the span, so that the event's trace can be derived from it (and
-        // whether it is exported decided before the span is made)
+        // made here, before the spans: the event's trace (and whether it is exported) comes
+        // from it
         let id = EventId::generate();
         let trace = telemetry::exporting().then(|| sender_trace(source, &id, req.headers()));
-        let decided = trace.as_ref().map(telemetry::decide);
-        let span = tracing::info_span!(
-            "event",
-            source = %source.name,
-            event_id = Empty,
-            routes = Empty,
-            http.response.status_code = Empty,
-            otel.kind = Empty,
-            otel.status_code = Empty,
-            otel.status_description = Empty,
-        );
-        drop(decided);
-        let resp = if let Some(trace) = &trace {
-            telemetry::begin_event(&span, trace);
-            let resp = self.handle_source(&snap, source, req, peer, id).instrument(span.clone()).await;
-            span.record("http.response.status_code", resp.status().as_u16());
-            if resp.status().is_server_error() {
-                telemetry::fail(&span, resp.status().canonical_reason().unwrap_or("server error"));
-            }
-            resp
-        } else {
-            self.handle_source(&snap, source, req, peer, id).instrument(span).await
-        };
+        let mut otel = telemetry::Span::event(trace.as_ref());
+        otel.set("source", &source.name);
+        otel.set("event_id", &id.0);
+        let span = tracing::info_span!("event", source = %source.name, event_id = Empty);
+        let cx = otel.context();
+        let resp =
+            telemetry::in_span(cx, self.handle_source(&snap, source, req, peer, id, &mut otel)).instrument(span).await;
+        otel.set("http.response.status_code", resp.status().as_u16());
+        if resp.status().is_server_error() {
+            otel.fail(&resp.status().canonical_reason().unwrap_or("server error"));
+        }
+        drop(otel);
         metrics::event_received(&source.name, resp.status().as_u16(), started.elapsed().as_secs_f64());
         resp
     }
@@ -107,6 +98,7 @@ impl State {
         req: Request<Incoming>,
         peer: SocketAddr,
         id: EventId,
+        otel: &mut telemetry::Span,
     ) -> Resp {
         // the guards come first: a refused request costs neither its body nor a verification
         if let Some(allow) = &source.allow_ips {
@@ -211,22 +203,19 @@ impl State {
             dedupe_key: routed.dedupe_key,
         };
         let window = source.dedupe.as_ref().map(|d| d.window);
-        let commit = if telemetry::exporting() {
-            tracing::info_span!(
-                "store.commit",
-                deliveries = count,
-                otel.status_code = Empty,
-                otel.status_description = Empty
-            )
-        } else {
-            tracing::Span::none()
-        };
+        let mut commit = telemetry::Span::child("store.commit");
+        commit.set("deliveries", count);
         // the 202 goes out only after this commit returned
-        match self.dispatcher.store().accept(record, deliveries, window).instrument(commit.clone()).await {
+        let accepted = self.dispatcher.store().accept(record, deliveries, window).await;
+        if let Err(e) = &accepted {
+            commit.fail(e);
+        }
+        drop(commit);
+        match accepted {
             Ok(Accepted::Stored(due)) => {
                 let names: Vec<&str> = routes.iter().map(|r| &*snap.routes[*r].name).collect();
-                if telemetry::exporting() {
-                    tracing::Span::current().record("routes", tracing::field::display(names.join(",")));
+                if otel.is_recording() {
+                    otel.set("routes", names.join(","));
                 }
                 names.iter().for_each(|n| metrics::route_matched(n));
                 self.dispatcher.activity().accepted(|| crate::activity::TailItem::Event {
@@ -255,7 +244,6 @@ impl State {
                 json(StatusCode::ACCEPTED, format!("{{\"id\":\"{original}\",\"duplicate\":true}}"))
             }
             Err(e) => {
-                telemetry::fail(&commit, &e.to_string());
                 tracing::error!(source = %source.name, error = %e, "could not store the event; answering 503 so the sender retries");
                 let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "could not store the event, retry later");
                 r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));

@@ -127,13 +127,16 @@ impl Snapshot {
             body: &event.body,
         };
         let started = std::time::Instant::now();
-        let result = if crate::telemetry::exporting() {
-            // the route's chain, around its `plugin` spans
-            let span = tracing::info_span!("transform", route = %route.name, chain = %route.chain_label);
-            tracing::Instrument::instrument(run_chain(&route.plugins, input), span).await
+        // the route's chain, around its `plugin` spans
+        let mut span = crate::telemetry::Span::child("transform");
+        let result = if span.is_recording() {
+            span.set("route", &route.name);
+            span.set("chain", route.chain_label.clone());
+            crate::telemetry::in_span(span.context(), run_chain(&route.plugins, input)).await
         } else {
             run_chain(&route.plugins, input).await
         };
+        drop(span);
         let seconds = started.elapsed().as_secs_f64();
         match result {
             Ok(Outcome::Emit(outputs)) => {

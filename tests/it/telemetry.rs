@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,11 +18,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
 
+use crate::harness::admin_api::AdminApi;
 use crate::harness::*;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -40,28 +44,49 @@ struct Got {
     service: String,
 }
 
+/// How a [`Receiver`] answers each export.
+#[derive(Debug, Clone, Copy)]
+enum Answering {
+    /// Takes every span (an empty `ExportTraceServiceResponse`).
+    All,
+    /// Takes the spans but says it rejected this many (`partial_success`).
+    Rejecting(i64),
+    /// Decodes the spans, then answers `503` with a text body.
+    Failing,
+    /// Takes every span, answering the first export after this long (the others at once).
+    SlowFirst(Duration),
+}
+
 /// An OTLP/HTTP receiver on loopback: `POST /v1/traces` with a protobuf body, decoded with the
 /// protocol's generated types; anything else fails the test.
 struct Receiver {
     addr: SocketAddr,
     spans: Arc<Mutex<Vec<Got>>>,
     failures: Arc<Mutex<Vec<String>>>,
+    /// Exports answered so far.
+    answered: Arc<AtomicUsize>,
     _accept: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
     async fn start() -> Receiver {
+        Receiver::answering(Answering::All).await
+    }
+
+    async fn answering(how: Answering) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let spans = Arc::new(Mutex::new(Vec::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let (s, f) = (spans.clone(), failures.clone());
+        let answered = Arc::new(AtomicUsize::new(0));
+        let slowed = Arc::new(AtomicBool::new(false));
+        let (s, f, a) = (spans.clone(), failures.clone(), answered.clone());
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (s, f) = (s.clone(), f.clone());
+                let (s, f, a, slowed) = (s.clone(), f.clone(), a.clone(), slowed.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (s, f) = (s.clone(), f.clone());
+                        let (s, f, a, slowed) = (s.clone(), f.clone(), a.clone(), slowed.clone());
                         async move {
                             let ok = req.method() == http::Method::POST
                                 && req.uri().path() == "/v1/traces"
@@ -79,8 +104,29 @@ impl Receiver {
                                 Ok(export) => s.lock().unwrap().extend(flatten(export)),
                                 Err(e) => f.lock().unwrap().push(format!("not an ExportTraceServiceRequest: {e}")),
                             }
-                            let answer = ExportTraceServiceResponse::default().encode_to_vec();
-                            let mut resp = http::Response::new(Full::new(Bytes::from(answer)));
+                            let mut answer = ExportTraceServiceResponse::default();
+                            match how {
+                                Answering::All => {}
+                                Answering::Rejecting(n) => {
+                                    answer.partial_success = Some(ExportTracePartialSuccess {
+                                        rejected_spans: n,
+                                        error_message: "too old".into(),
+                                    })
+                                }
+                                Answering::Failing => {
+                                    a.fetch_add(1, Ordering::SeqCst);
+                                    let mut resp = http::Response::new(Full::new(Bytes::from("overloaded")));
+                                    *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                                    return Ok::<_, Infallible>(resp);
+                                }
+                                Answering::SlowFirst(wait) => {
+                                    if a.load(Ordering::SeqCst) == 0 && !slowed.swap(true, Ordering::SeqCst) {
+                                        tokio::time::sleep(wait).await
+                                    }
+                                }
+                            }
+                            a.fetch_add(1, Ordering::SeqCst);
+                            let mut resp = http::Response::new(Full::new(Bytes::from(answer.encode_to_vec())));
                             resp.headers_mut().insert("content-type", "application/x-protobuf".parse().unwrap());
                             Ok::<_, Infallible>(resp)
                         }
@@ -89,7 +135,7 @@ impl Receiver {
                 });
             }
         });
-        Receiver { addr, spans, failures, _accept: accept }
+        Receiver { addr, spans, failures, answered, _accept: accept }
     }
 
     fn spans(&self) -> Vec<Got> {
@@ -357,4 +403,132 @@ async fn a_sample_ratio_keeps_or_leaves_out_whole_traces() {
         let flags = if kept.contains(&trace) { "01" } else { "00" };
         assert!(parent.ends_with(&format!("-{flags}")), "{parent}: kept {}", kept.contains(&trace));
     }
+}
+
+/// Spans go out while the gateway runs, every `OTEL_BSP_SCHEDULE_DELAY` (here 100 ms), not only
+/// at shutdown; `hookyard_otlp_spans_total{result="exported"}` counts what the collector took.
+#[tokio::test]
+async fn spans_are_sent_while_running_every_schedule_delay_and_counted() {
+    let receiver = Receiver::start().await;
+    let sink = Sink::start().await;
+    let telemetry = format!("telemetry:\n  otlp: {{ endpoint: \"http://{}\" }}", receiver.addr);
+    let gw = Gateway::start_env(&config(&sink, &telemetry), &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+    let id = gw.post("/in", &[], "{}").await.accepted_id();
+    let trace = id.strip_prefix("evt_").unwrap().to_string();
+    sink.wait_for(1, WAIT).await;
+    let spans = receiver
+        .wait_until("the event's five spans, the gateway still running", |s| {
+            s.iter().filter(|s| s.trace == trace).count() == 5
+        })
+        .await;
+    for name in ["event", "store.commit", "transform", "plugin", "delivery"] {
+        one(&spans, name, &trace);
+    }
+    let admin = AdminApi::of(&gw).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let exported = admin.metrics().await.get("hookyard_otlp_spans_total", &[("result", "exported")]);
+        if exported == 5.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hookyard_otlp_spans_total{{result=\"exported\"}} is {exported}, not 5");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A collector that fails loses spans, never events: every event is still accepted and delivered;
+/// the failure is logged (with the collector's answer, at most every 30 s) and counted.
+#[tokio::test]
+async fn a_failing_collector_loses_spans_never_events() {
+    let receiver = Receiver::answering(Answering::Failing).await;
+    let sink = Sink::start().await;
+    let telemetry = format!("telemetry:\n  otlp: {{ endpoint: \"http://{}\" }}", receiver.addr);
+    let mut gw = Gateway::start_env(&config(&sink, &telemetry), &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+    // three events, each exported (and refused) before the next
+    for n in 0..3 {
+        assert_eq!(gw.post("/in", &[], format!("{{\"n\":{n}}}")).await.status, 202);
+        sink.wait_for(n + 1, WAIT).await;
+        let deadline = Instant::now() + WAIT;
+        while receiver.answered.load(Ordering::SeqCst) <= n {
+            assert!(Instant::now() < deadline, "no export of event {n}'s spans");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let line = gw
+        .wait_for_log(
+            "could not export spans to the OTLP collector: the collector answered 503 Service Unavailable: overloaded",
+            WAIT,
+        )
+        .await;
+    assert!(line.contains(&format!("http://{}/v1/traces", receiver.addr)), "{line}");
+    let admin = AdminApi::of(&gw).await;
+    let deadline = Instant::now() + WAIT;
+    while admin.metrics().await.get("hookyard_otlp_spans_total", &[("result", "failed")]) < 15.0 {
+        assert!(Instant::now() < deadline, "the 15 spans of 3 events not counted as failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gw.terminate(WAIT).await.success(), "{}", gw.logs());
+    // three exports or more refused, one warning: at most one every 30 s
+    let warnings = gw.log_lines_with(&["could not export spans"]);
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+}
+
+/// A collector that takes a batch but rejects part of it (`partial_success`): what it rejected is
+/// logged with its reason and counted apart from what it took.
+#[tokio::test]
+async fn spans_a_collector_rejects_are_logged_and_counted() {
+    let receiver = Receiver::answering(Answering::Rejecting(2)).await;
+    let sink = Sink::start().await;
+    let telemetry = format!("telemetry:\n  otlp: {{ endpoint: \"http://{}\" }}", receiver.addr);
+    let gw = Gateway::start_env(&config(&sink, &telemetry), &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+    assert_eq!(gw.post("/in", &[], "{}").await.status, 202);
+    sink.wait_for(1, WAIT).await;
+    gw.wait_for_log("could not export spans to the OTLP collector: the collector rejected them: too old", WAIT).await;
+    let admin = AdminApi::of(&gw).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = admin.metrics().await;
+        let (exported, rejected) = (
+            m.get("hookyard_otlp_spans_total", &[("result", "exported")]),
+            m.get("hookyard_otlp_spans_total", &[("result", "rejected")]),
+        );
+        // the five spans of the event may come in more than one batch, each rejecting 2
+        if exported + rejected == 5.0 && rejected >= 2.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "exported {exported}, rejected {rejected}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A collector too slow to keep up never slows an event: with a queue of 5 spans
+/// (`OTEL_BSP_MAX_QUEUE_SIZE`) and a collector that takes 5 s to answer the first export, ten
+/// events are all accepted and delivered while that export still waits for its answer; the spans
+/// that did not fit are dropped, logged and counted.
+#[tokio::test]
+async fn a_slow_collector_drops_spans_never_slows_events() {
+    let receiver = Receiver::answering(Answering::SlowFirst(Duration::from_secs(5))).await;
+    let sink = Sink::start().await;
+    let telemetry = format!("telemetry:\n  otlp: {{ endpoint: \"http://{}\" }}", receiver.addr);
+    let mut gw = Gateway::start_env(&config(&sink, &telemetry), &[("OTEL_BSP_MAX_QUEUE_SIZE", "5")]).await;
+    for n in 0..10 {
+        assert_eq!(gw.post("/in", &[], format!("{{\"n\":{n}}}")).await.status, 202);
+    }
+    sink.wait_for(10, WAIT).await;
+    assert_eq!(receiver.answered.load(Ordering::SeqCst), 0, "every event was delivered before the first export ended");
+    gw.wait_for_log("could not export spans to the OTLP collector: the queue of 5 spans was full", WAIT).await;
+    // drops are counted when the exporter next takes from the queue: after the slow export
+    let admin = AdminApi::of(&gw).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let dropped = admin.metrics().await.get("hookyard_otlp_spans_total", &[("result", "dropped")]);
+        // of 50 spans, at most 5 in the queue and 10 in the exports under way (a full batch
+        // and the one after it)
+        if dropped >= 35.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{dropped} of 50 spans dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.terminate(WAIT).await.success(), "{}", gw.logs());
 }

@@ -344,6 +344,12 @@ impl Gateway {
     /// `127.0.0.1:0` too (its default, a fixed port, would make parallel gateways collide); the
     /// store is the default one, in the temp dir.
     pub async fn start(yaml: &str) -> Gateway {
+        Gateway::start_env(yaml, &[]).await
+    }
+
+    /// [`Gateway::start`] with these environment variables set for the process (not for a
+    /// [`Gateway::restart`]).
+    pub async fn start_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("routes.yaml");
         let mut yaml = yaml.to_string();
@@ -352,7 +358,7 @@ impl Gateway {
         }
         std::fs::write(&config_path, yaml).expect("write config");
         let mut cmd = hookyard();
-        cmd.arg("run").arg("--config").arg(&config_path);
+        cmd.arg("run").arg("--config").arg(&config_path).envs(env.iter().copied());
         let process = Process::spawn(cmd, dir.path().join("stderr.log")).await;
         Gateway { process, config_path, client: http_client(), restarts: 0, _dir: dir }
     }
