@@ -532,3 +532,24 @@ async fn a_slow_collector_drops_spans_never_slows_events() {
     }
     assert!(gw.terminate(WAIT).await.success(), "{}", gw.logs());
 }
+
+/// An `OTEL_BSP_*` variable that is not a positive whole number stops `hookyard run` with an
+/// error naming it, rather than batching by a default the operator did not ask for.
+#[tokio::test]
+async fn a_bad_batching_variable_stops_the_gateway_naming_it() {
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    let telemetry = "telemetry:\n  otlp: { endpoint: \"http://127.0.0.1:4318\" }";
+    std::fs::write(&path, config(&sink, telemetry) + "\nadmin: { listen: \"127.0.0.1:0\" }\n").unwrap();
+    let mut cmd = hookyard();
+    cmd.arg("run").arg("--config").arg(&path).env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "lots");
+    let out = run_cli(cmd).await;
+    assert_eq!(out.code(), Some(1), "stdout: {}", out.stdout);
+    assert!(
+        out.stderr.contains(r#"telemetry.otlp: OTEL_BSP_MAX_EXPORT_BATCH_SIZE="lots" is not a positive whole number"#),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("listening on"), "{}", out.stdout);
+}
