@@ -96,12 +96,9 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `run` sets logging up itself, with the config's span exporter if it has one
-    if !matches!(cli.command, Command::Run { .. }) {
-        init_logging(cli.log_format);
-    }
+    init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run { config } => run::run(&config, cli.log_format),
+        Command::Run { config } => run::run(&config),
         Command::Check { config } => return check(&config),
         Command::DryRun(args) => dry_run::run(args),
         Command::Send(args) => with_runtime(send::run(args)),

@@ -7,9 +7,8 @@ use hookyard::app::{self, StartError};
 use hookyard::telemetry::Tracing;
 use tracing::info;
 
-pub fn run(config: &Path, log_format: super::LogFormat) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
-    super::init_logging(log_format);
     let otlp = otlp_config(config);
     let tracing = match &otlp {
         Some(otlp) => Some(Tracing::start(otlp, runtime.handle().clone())?),

@@ -984,12 +984,14 @@ async fn run<T: Transport>(inner: Arc<Inner<T>>, mut d: DueDelivery, mut slot: S
             log_span,
         )
         .await;
-        if matches!(next, Next::Release) {
+        // not attempted after all (paused, breaker open, stopping): no span for it
+        let released = matches!(next, Next::Release);
+        if released {
             otel.discard();
         } else {
             drop(otel);
         }
-        if matches!(next, Next::Release)
+        if released
             && d.lease_until.is_some()
             && let Err(e) = inner.store.release(vec![d.id]).await
         {
