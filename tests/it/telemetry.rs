@@ -42,6 +42,8 @@ struct Got {
     attrs: HashMap<String, String>,
     error: bool,
     service: String,
+    /// The export request's `x-tenant` header (`telemetry.otlp.headers` in the tests that set it).
+    tenant: Option<String>,
 }
 
 /// How a [`Receiver`] answers each export.
@@ -88,6 +90,7 @@ impl Receiver {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let (s, f, a, slowed) = (s.clone(), f.clone(), a.clone(), slowed.clone());
                         async move {
+                            let tenant = req.headers().get("x-tenant").map(|v| v.to_str().unwrap_or("?").to_string());
                             let ok = req.method() == http::Method::POST
                                 && req.uri().path() == "/v1/traces"
                                 && req.headers().get("content-type").is_some_and(|v| v == "application/x-protobuf");
@@ -101,7 +104,9 @@ impl Receiver {
                             }
                             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             match ExportTraceServiceRequest::decode(body) {
-                                Ok(export) => s.lock().unwrap().extend(flatten(export)),
+                                Ok(export) => s.lock().unwrap().extend(
+                                    flatten(export).into_iter().map(|got| Got { tenant: tenant.clone(), ..got }),
+                                ),
                                 Err(e) => f.lock().unwrap().push(format!("not an ExportTraceServiceRequest: {e}")),
                             }
                             let mut answer = ExportTraceServiceResponse::default();
@@ -182,6 +187,7 @@ fn flatten(export: ExportTraceServiceRequest) -> Vec<Got> {
                         .collect(),
                     error: s.status.is_some_and(|st| st.code == StatusCode::Error as i32),
                     service: service.clone(),
+                    tenant: None,
                 });
             }
         }
@@ -257,6 +263,7 @@ async fn one_trace_from_sender_through_the_gateway_to_the_destination() {
         .wait_until("delivery spans of the three events", |s| s.iter().filter(|s| s.name == "delivery").count() >= 3)
         .await;
     assert!(spans.iter().all(|s| s.service == "gw-under-test"), "{spans:#?}");
+    assert!(spans.iter().all(|s| s.tenant.as_deref() == Some("t1")), "the configured headers go with every export");
 
     // a: the sender's trace; the event span is the sender span's child
     let event = one(&spans, "event", SENDER_TRACE);
