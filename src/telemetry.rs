@@ -119,7 +119,7 @@ impl Tracing {
     /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` when set.
     pub fn start(config: &OtlpConfig, runtime: tokio::runtime::Handle) -> Result<Tracing, TelemetryError> {
         let batching = Batching::from_env(|name| std::env::var(name).ok())?;
-        let exporter = Exporter::new(config, &runtime)?;
+        let exporter = Exporter::new(config)?;
         QUEUE_LIMITS.0.store(batching.max_queue, Ordering::Relaxed);
         QUEUE_LIMITS.1.store(batching.batch, Ordering::Relaxed);
         SAMPLE_RATIO.store(config.sample_ratio.to_bits(), Ordering::Relaxed);
@@ -647,7 +647,7 @@ struct Exporter {
 }
 
 impl Exporter {
-    fn new(config: &OtlpConfig, runtime: &tokio::runtime::Handle) -> Result<Exporter, TelemetryError> {
+    fn new(config: &OtlpConfig) -> Result<Exporter, TelemetryError> {
         let endpoint = format!("{}/v1/traces", config.endpoint.trim_end_matches('/'));
         let uri = endpoint.parse::<Uri>().map_err(|e| TelemetryError(format!("endpoint {endpoint:?}: {e}")))?;
         let mut headers = HeaderMap::new();
@@ -660,7 +660,6 @@ impl Exporter {
             headers.insert(name, value);
         }
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
-        let _entered = runtime.enter();
         Ok(Exporter {
             client: client()?,
             uri,
