@@ -1,6 +1,6 @@
 //! Traces over OTLP (`telemetry.otlp`): four kinds of span (`event`, `store.commit`,
 //! `transform`/`plugin`, `delivery`) recorded here and sent in batches over OTLP/HTTP, protobuf
-//! bodies built with the protocol's generated types (`opentelemetry-proto`), to
+//! bodies (written by `wire.rs`, checked against `opentelemetry-proto`'s generated types), to
 //! `<endpoint>/v1/traces`. `hookyard run` starts the exporter (`cli/run.rs`) and shuts it down
 //! last, sending what is queued; a reload cannot change it.
 //!
@@ -474,16 +474,9 @@ pub fn traceparent() -> Option<HeaderValue> {
 
 /// `00-<trace>-<span>-<flags>`, written without the formatting machinery (once per attempt).
 fn traceparent_value(trace: TraceId, span: SpanId, sampled: bool) -> HeaderValue {
-    fn hex(out: &mut [u8], bytes: &[u8]) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 15)];
-        }
-    }
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    hex(&mut out[3..35], &trace.to_bytes());
-    hex(&mut out[36..52], &span.to_bytes());
+    hex::encode_to_slice(trace.to_bytes(), &mut out[3..35]).expect("32 digits for 16 bytes");
+    hex::encode_to_slice(span.to_bytes(), &mut out[36..52]).expect("16 digits for 8 bytes");
     if sampled {
         out[54] = b'1';
     }
@@ -520,21 +513,11 @@ fn parse_traceparent(s: &str) -> Option<(TraceId, SpanId)> {
     Some((trace_id, span_id))
 }
 
-/// The UUID of an event id of the usual form (`evt_` + 32 lower-case hex digits), not zero.
+/// The UUID of an event id of the usual form (`evt_` + 32 hex digits), not zero.
 fn event_uuid(event_id: &str) -> Option<u128> {
-    let hex = event_id.strip_prefix("evt_").filter(|h| h.len() == 32)?.as_bytes();
-    let half = |digits: &[u8]| {
-        digits.iter().try_fold(0u64, |n, &c| {
-            let digit = match c {
-                b'0'..=b'9' => c - b'0',
-                b'a'..=b'f' => c - b'a' + 10,
-                _ => return None,
-            };
-            Some(n << 4 | u64::from(digit))
-        })
-    };
-    let n = u128::from(half(&hex[..16])?) << 64 | u128::from(half(&hex[16..])?);
-    (n != 0).then_some(n)
+    let mut uuid = [0u8; 16];
+    hex::decode_to_slice(event_id.strip_prefix("evt_")?, &mut uuid).ok()?;
+    Some(u128::from_be_bytes(uuid)).filter(|n| *n != 0)
 }
 
 /// The event id's UUID (`uuid`, [`event_uuid`]) as a trace id; an id of another form, hashed.

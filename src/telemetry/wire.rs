@@ -117,7 +117,8 @@ fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
             put_key(out, 3, VARINT);
             put_varint(out, *i as u64);
         }
-        text => put_string_always(out, 1, text.as_str().unwrap_or_default()),
+        // written even when empty: the value is set, to ""
+        text => put_bytes(out, 1, text.as_str().unwrap_or_default().as_bytes()),
     }
 }
 
@@ -175,10 +176,6 @@ fn put_string(out: &mut Vec<u8>, field: u32, s: &str) {
     if !s.is_empty() {
         put_bytes(out, field, s.as_bytes());
     }
-}
-
-fn put_string_always(out: &mut Vec<u8>, field: u32, s: &str) {
-    put_bytes(out, field, s.as_bytes());
 }
 
 #[cfg(test)]
